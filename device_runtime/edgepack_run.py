@@ -1,0 +1,462 @@
+#!/usr/bin/env python3
+"""edgepack device script: run a bundled TFLite model with nothing but numpy and a TFLite runtime.
+
+This one file ships inside every edgepack bundle and is exactly what the host emulator runs.
+It imports no TensorFlow (unless no lighter runtime is installed) and nothing from edgepack.
+It finds ``manifest.json`` next to itself.
+
+    python3 edgepack_run.py --input in.npz --output out.npz   # inference, outputs keyed by name
+    python3 edgepack_run.py --benchmark 100 --warmup 10       # latency JSON
+    python3 edgepack_run.py --self-test                       # run bundled samples, compare
+    python3 edgepack_run.py --info | --check
+
+Exit codes: 0 ok, 2 bad arguments/input, 3 integrity (size, sha256, TFL3), 4 no TFLite runtime,
+5 the runtime cannot load or run the model, 6 self-test mismatch.
+Works on Python 3.9+ with numpy 1.x or 2.x.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import sys
+import time
+import zipfile
+
+EXIT_OK = 0
+EXIT_USAGE = 2
+EXIT_INTEGRITY = 3
+EXIT_NO_RUNTIME = 4
+EXIT_RUNTIME = 5
+EXIT_SELFTEST = 6
+
+# Hard caps on what an input file may make us allocate (elements of all arrays together).
+MAX_INPUT_ELEMENTS = int(os.environ.get("EDGEPACK_MAX_INPUT_ELEMENTS", str(1 << 28)))
+RUNTIMES = ("ai_edge_litert", "tflite_runtime", "tensorflow")
+
+try:
+    import numpy as np
+except ImportError:  # pragma: no cover - reported to the user below
+    np = None
+
+
+class Failure(Exception):
+    def __init__(self, code: int, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = " ".join(str(message).split())
+
+
+# --------------------------------------------------------------------------- runtime
+def find_runtime(preferred: str | None = None):
+    """Return (Interpreter class, runtime name, runtime version) of the first runtime found."""
+    order = [preferred] if preferred else list(RUNTIMES)
+    errors = []
+    for name in order:
+        try:
+            if name == "ai_edge_litert":
+                from ai_edge_litert.interpreter import Interpreter
+                import ai_edge_litert as mod
+            elif name == "tflite_runtime":
+                from tflite_runtime.interpreter import Interpreter
+                import tflite_runtime as mod
+            elif name == "tensorflow":
+                import tensorflow as mod
+                Interpreter = mod.lite.Interpreter
+            else:
+                raise Failure(EXIT_USAGE, "unknown runtime %r; choose from %s" % (name, ", ".join(RUNTIMES)))
+        except ImportError as exc:
+            errors.append("%s (%s)" % (name, exc))
+            continue
+        version = getattr(mod, "__version__", None) or _dist_version(name)
+        return Interpreter, name, version
+    raise Failure(EXIT_NO_RUNTIME, "no TFLite runtime importable: " + "; ".join(errors)
+                  + ". Install one: pip install ai-edge-litert  (or tflite-runtime==2.14.0 'numpy<2')")
+
+
+def _dist_version(module_name: str) -> str:
+    try:
+        from importlib.metadata import version
+        return version(module_name.replace("_", "-"))
+    except Exception:
+        return "unknown"
+
+
+# --------------------------------------------------------------------------- bundle
+def bundle_dir() -> str:
+    return os.path.dirname(os.path.abspath(__file__))
+
+
+def read_manifest(root: str) -> dict:
+    path = os.path.join(root, "manifest.json")
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read(16 << 20)
+        manifest = json.loads(raw.decode("utf-8"))
+    except OSError as exc:
+        raise Failure(EXIT_INTEGRITY, "cannot read %s: %s" % (path, exc.strerror or exc))
+    except ValueError as exc:
+        raise Failure(EXIT_INTEGRITY, "manifest.json is not valid JSON: %s" % exc)
+    for key in ("model", "inputs", "outputs", "model_sha256", "model_size"):
+        if key not in manifest:
+            raise Failure(EXIT_INTEGRITY, "manifest.json has no %r" % key)
+    return manifest
+
+
+def _inside(root: str, rel: str) -> str:
+    path = os.path.normpath(os.path.join(root, rel))
+    if os.path.isabs(rel) or not path.startswith(os.path.normpath(root) + os.sep):
+        raise Failure(EXIT_INTEGRITY, "manifest names a path outside the bundle: %r" % rel)
+    return path
+
+
+def load_model_bytes(root: str, manifest: dict) -> bytes:
+    path = _inside(root, manifest["model"])
+    try:
+        size = os.stat(path).st_size
+    except OSError as exc:
+        raise Failure(EXIT_INTEGRITY, "model file %s: %s" % (manifest["model"], exc.strerror or exc))
+    if size != int(manifest["model_size"]):
+        raise Failure(EXIT_INTEGRITY, "model size %d bytes differs from manifest (%d)" % (size, manifest["model_size"]))
+    with open(path, "rb") as fh:
+        data = fh.read()
+    if len(data) < 8 or data[4:8] != b"TFL3":
+        raise Failure(EXIT_INTEGRITY, "%s is not a TFLite flatbuffer (no TFL3 identifier)" % manifest["model"])
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != manifest["model_sha256"]:
+        raise Failure(EXIT_INTEGRITY, "model sha256 %s... differs from manifest %s..." % (digest[:12], manifest["model_sha256"][:12]))
+    return data
+
+
+# --------------------------------------------------------------------------- inputs
+def _peek_npy(fh):
+    """Read an .npy header only: (shape, dtype) without allocating the array."""
+    version = np.lib.format.read_magic(fh)
+    if version == (1, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+    elif version == (2, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+    else:
+        raise ValueError("unsupported .npy version %s" % (version,))
+    return shape, dtype
+
+
+def _check_header(key: str, shape, dtype) -> None:
+    if dtype.hasobject or dtype.kind not in "biuf":
+        raise Failure(EXIT_USAGE, "input %r has dtype %s; only numeric arrays are accepted" % (key, dtype))
+    count = 1
+    for dim in shape:
+        count *= int(dim)
+    if count > MAX_INPUT_ELEMENTS:
+        raise Failure(EXIT_USAGE, "input %r would hold %d elements (cap %d)" % (key, count, MAX_INPUT_ELEMENTS))
+
+
+def _load_npy(fh, key: str):
+    start = fh.tell()
+    shape, dtype = _peek_npy(fh)
+    _check_header(key, shape, dtype)
+    fh.seek(start)
+    return np.load(fh, allow_pickle=False)
+
+
+def read_inputs(path: str, specs: list) -> dict:
+    """Arrays keyed by input name from .npz, .npy or .json; sizes checked before allocation."""
+    names = [s["name"] for s in specs]
+    try:
+        if path.endswith(".json"):
+            with open(path, "rb") as fh:
+                raw = json.loads(fh.read(64 << 20).decode("utf-8"))
+            if isinstance(raw, list):
+                raw = {names[0]: raw} if len(names) == 1 else None
+            if not isinstance(raw, dict):
+                raise Failure(EXIT_USAGE, "JSON input must be an object keyed by input name")
+            arrays = {k: np.asarray(v, dtype=np.float32) for k, v in raw.items()}
+        elif path.endswith(".npy"):
+            with open(path, "rb") as fh:
+                arrays = {names[0]: _load_npy(fh, names[0])}
+        else:
+            arrays = {}
+            with zipfile.ZipFile(path) as zf:
+                for member in zf.namelist():
+                    key = member[:-4] if member.endswith(".npy") else member
+                    with zf.open(member) as fh:
+                        shape, dtype = _peek_npy(fh)
+                    _check_header(key, shape, dtype)
+                with np.load(path, allow_pickle=False) as npz:
+                    arrays = {k: npz[k] for k in npz.files}
+    except Failure:
+        raise
+    except (OSError, ValueError, zipfile.BadZipFile, UnicodeDecodeError, KeyError, EOFError) as exc:
+        raise Failure(EXIT_USAGE, "cannot read input %s: %s" % (path, exc))
+    if len(names) == 1 and names[0] not in arrays:
+        if len(arrays) == 1:
+            arrays = {names[0]: next(iter(arrays.values()))}
+        elif "x" in arrays:
+            arrays = {names[0]: arrays["x"]}
+    missing = [n for n in names if n not in arrays]
+    if missing:
+        raise Failure(EXIT_USAGE, "input file lacks %s (has %s)" % (", ".join(missing), ", ".join(sorted(arrays)) or "nothing"))
+    return {n: arrays[n] for n in names}
+
+
+def _expand_single(array, spec):
+    """Accept one unbatched sample for a model with a batch axis."""
+    shape = spec["shape"]
+    if array.ndim == len(shape) - 1:
+        array = array[None, ...]
+    if array.ndim != len(shape):
+        raise Failure(EXIT_USAGE, "input %r has shape %s; the model expects %s (first axis = samples)"
+                      % (spec["name"], list(array.shape), shape))
+    for got, want in zip(array.shape[1:], shape[1:]):
+        if want != -1 and got != want:
+            raise Failure(EXIT_USAGE, "input %r has shape %s; the model expects %s (first axis = samples)"
+                          % (spec["name"], list(array.shape), shape))
+    return array
+
+
+# --------------------------------------------------------------------------- runner
+class Runner:
+    """Owns one interpreter; tensors are allocated once per batch size."""
+
+    def __init__(self, model: bytes, manifest: dict, threads: int | None = None, runtime: str | None = None):
+        Interpreter, self.runtime, self.runtime_version = find_runtime(runtime)
+        self.manifest = manifest
+        start = time.perf_counter()
+        try:
+            kwargs = {"model_content": model}
+            if threads:
+                kwargs["num_threads"] = threads
+            self.interp = Interpreter(**kwargs)
+            self.interp.allocate_tensors()
+        except Exception as exc:  # the runtime's own error text names the op and version
+            raise Failure(EXIT_RUNTIME, "%s %s cannot load the model: %s" % (self.runtime, self.runtime_version, exc))
+        self.init_seconds = time.perf_counter() - start
+        details_in = {d["index"]: d for d in self.interp.get_input_details()}
+        details_out = {d["index"]: d for d in self.interp.get_output_details()}
+        self.inputs = [self._bind(spec, details_in) for spec in manifest["inputs"]]
+        self.outputs = [self._bind(spec, details_out) for spec in manifest["outputs"]]
+        self.dynamic = all(i["signature"][0] == -1 for i in self.inputs) if self.inputs else False
+        self.batch = None
+
+    def _bind(self, spec: dict, details: dict) -> dict:
+        idx = spec["index"]
+        if idx not in details:
+            raise Failure(EXIT_INTEGRITY, "manifest tensor %r (index %d) is not a model input/output" % (spec["name"], idx))
+        d = details[idx]
+        dtype = np.dtype(d["dtype"])
+        if dtype.name != spec["dtype"]:
+            raise Failure(EXIT_INTEGRITY, "tensor %r is %s in the model, %s in the manifest" % (spec["name"], dtype.name, spec["dtype"]))
+        q = spec.get("quantization") or {}
+        scale, zero = float(q.get("scale") or 0.0), int(q.get("zero_point") or 0)
+        info = np.iinfo(dtype) if dtype.kind in "iu" else None
+        sig = [int(v) for v in d.get("shape_signature", d["shape"])]
+        return {"name": spec["name"], "index": idx, "dtype": dtype, "scale": scale, "zero": zero,
+                "lo": info.min if info else None, "hi": info.max if info else None,
+                "signature": sig, "spec": spec}
+
+    def _ensure_batch(self, batch: int) -> None:
+        if self.batch == batch:
+            return
+        if self.dynamic:
+            for t in self.inputs:
+                self.interp.resize_tensor_input(t["index"], [batch] + t["signature"][1:])
+            self.interp.allocate_tensors()
+        self.batch = batch
+
+    def _prepare(self, t: dict, array):
+        """float -> quantized integer where the tensor is quantized; otherwise a dtype cast."""
+        if t["scale"] and array.dtype != t["dtype"] and array.dtype.kind == "f":
+            q = np.round(array / t["scale"]) + t["zero"]
+            return np.clip(q, t["lo"], t["hi"]).astype(t["dtype"])
+        return array.astype(t["dtype"], copy=False)
+
+    def run(self, arrays: dict, raw: bool = False, chunk: int = 64) -> dict:
+        arrays = {t["name"]: _expand_single(arrays[t["name"]], t["spec"]) for t in self.inputs}
+        counts = {a.shape[0] for a in arrays.values()}
+        if len(counts) != 1:
+            raise Failure(EXIT_USAGE, "inputs have different sample counts: %s" % sorted(counts))
+        n = counts.pop()
+        prepared = [np.ascontiguousarray(self._prepare(t, arrays[t["name"]])) for t in self.inputs]
+        batch = min(n, chunk) if self.dynamic else max(1, self.inputs[0]["signature"][0])
+        self._ensure_batch(max(batch, 1))
+        batch = self.batch
+        results = [None] * len(self.outputs)
+        interp = self.interp
+        in_idx = [t["index"] for t in self.inputs]
+        out_idx = [t["index"] for t in self.outputs]
+        for start in range(0, n, batch):
+            stop = min(start + batch, n)
+            for idx, data in zip(in_idx, prepared):
+                part = data[start:stop]
+                if stop - start < batch:  # pad the last chunk instead of re-allocating
+                    pad = np.zeros((batch - (stop - start),) + part.shape[1:], dtype=part.dtype)
+                    part = np.concatenate([part, pad])
+                interp.set_tensor(idx, part)
+            interp.invoke()
+            for k, idx in enumerate(out_idx):
+                out = interp.get_tensor(idx)
+                if results[k] is None:
+                    results[k] = np.empty((n,) + out.shape[1:], dtype=out.dtype)
+                results[k][start:stop] = out[: stop - start]
+        final = {}
+        for t, value in zip(self.outputs, results):
+            if value is None:
+                value = np.empty([0] + [max(d, 0) for d in t["signature"][1:]], dtype=t["dtype"])
+            if t["scale"] and not raw:
+                value = (value.astype(np.float32) - t["zero"]) * np.float32(t["scale"])
+            final[t["name"]] = value
+        return final
+
+    def synthetic_inputs(self, n: int, seed: int = 0) -> dict:
+        rng = np.random.default_rng(seed)
+        out = {}
+        for t in self.inputs:
+            shape = [n] + [d if d > 0 else 1 for d in t["signature"][1:]]
+            out[t["name"]] = rng.random(shape, dtype=np.float32) if t["dtype"].kind == "f" or t["scale"] else \
+                rng.integers(0, 2, size=shape).astype(t["dtype"])
+        return out
+
+
+# --------------------------------------------------------------------------- commands
+def peak_rss_mb() -> float | None:
+    try:
+        import resource
+    except ImportError:
+        return None
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / (1024.0 * 1024.0) if sys.platform == "darwin" else rss / 1024.0
+
+
+def write_outputs(path: str, outputs: dict) -> None:
+    tmp = path + ".tmp.npz"
+    np.savez(tmp, **outputs)
+    os.replace(tmp, path)
+
+
+def cmd_benchmark(runner: Runner, n: int, warmup: int, root: str, manifest: dict) -> dict:
+    samples = _sample_inputs(root, manifest)
+    one = {k: v[:1] for k, v in samples.items()} if samples else runner.synthetic_inputs(1)
+    runner._ensure_batch(1)
+    interp = runner.interp
+    for t in runner.inputs:
+        interp.set_tensor(t["index"], np.ascontiguousarray(runner._prepare(t, _expand_single(one[t["name"]], t["spec"]))))
+    for _ in range(warmup):
+        interp.invoke()
+    times = []
+    clock = time.perf_counter
+    for _ in range(n):
+        t0 = clock()
+        interp.invoke()
+        times.append((clock() - t0) * 1000.0)
+    times.sort()
+
+    def pct(p):
+        return times[min(len(times) - 1, int(round(p / 100.0 * (len(times) - 1))))] if times else None
+
+    return {"runs": n, "warmup": warmup, "p50_ms": pct(50), "p90_ms": pct(90), "p99_ms": pct(99),
+            "mean_ms": (sum(times) / len(times)) if times else None, "init_ms": runner.init_seconds * 1000.0,
+            "peak_rss_mb": peak_rss_mb(), **_platform_info(runner)}
+
+
+def _sample_inputs(root: str, manifest: dict):
+    rel = (manifest.get("samples") or {}).get("inputs")
+    if not rel:
+        return None
+    return read_inputs(_inside(root, rel), manifest["inputs"])
+
+
+def cmd_self_test(runner: Runner, root: str, manifest: dict) -> dict:
+    samples = manifest.get("samples") or {}
+    if not samples.get("inputs") or not samples.get("expected"):
+        raise Failure(EXIT_USAGE, "this bundle has no samples to self-test with")
+    got = runner.run(_sample_inputs(root, manifest))
+    expected = read_inputs(_inside(root, samples["expected"]), manifest["outputs"])
+    atol = samples.get("atol") or {}
+    report = {"passed": True, "outputs": {}, **_platform_info(runner)}
+    for name, want in expected.items():
+        have = got[name].astype(np.float64)
+        err = float(np.max(np.abs(have - want.astype(np.float64)))) if want.size else 0.0
+        tol = float(atol.get(name, 1e-5))
+        ok = bool(have.shape == want.shape and err <= tol)
+        report["outputs"][name] = {"max_abs_err": err, "atol": tol, "passed": ok}
+        report["passed"] = report["passed"] and ok
+    return report
+
+
+def _platform_info(runner: Runner | None) -> dict:
+    info = {"machine": platform.machine(), "python": platform.python_version(),
+            "numpy": np.__version__ if np is not None else None}
+    if runner is not None:
+        info.update(runtime=runner.runtime, runtime_version=runner.runtime_version)
+    return info
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="edgepack_run.py", description=__doc__.split("\n\n")[0])
+    mode = p.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--input", help="inputs: .npz keyed by input name (or one array), .npy, or .json")
+    mode.add_argument("--benchmark", type=int, metavar="N", help="time N invocations; JSON on stdout")
+    mode.add_argument("--self-test", action="store_true", help="run the bundled samples and compare")
+    mode.add_argument("--info", action="store_true", help="runtime, python, numpy and CPU as JSON")
+    mode.add_argument("--check", action="store_true", help="check integrity and load the model")
+    p.add_argument("--output", help="where --input writes outputs (.npz keyed by output name)")
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--batch", type=int, default=64, help="samples per invoke for dynamic-batch models")
+    p.add_argument("--raw", action="store_true", help="keep quantized outputs as integers")
+    p.add_argument("--runtime", choices=RUNTIMES, default=os.environ.get("EDGEPACK_RUNTIME") or None)
+    args = p.parse_args(argv)
+    if args.input and not args.output:
+        p.error("--input needs --output")
+    if args.benchmark is not None and args.benchmark < 1:
+        p.error("--benchmark needs N >= 1")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        if np is None:
+            raise Failure(EXIT_NO_RUNTIME, "numpy is not installed: pip install numpy")
+        if args.info:
+            try:
+                find = find_runtime(args.runtime)
+                info = dict(_platform_info(None), runtime=find[1], runtime_version=find[2])
+            except Failure as exc:
+                info = dict(_platform_info(None), runtime=None, error=exc.message)
+            print(json.dumps(info))
+            return EXIT_OK
+        root = bundle_dir()
+        manifest = read_manifest(root)
+        model = load_model_bytes(root, manifest)
+        inputs = read_inputs(args.input, manifest["inputs"]) if args.input else None
+        runner = Runner(model, manifest, threads=args.threads, runtime=args.runtime)
+        if args.check:
+            print(json.dumps({"ok": True, "init_ms": runner.init_seconds * 1000.0, **_platform_info(runner)}))
+        elif args.benchmark is not None:
+            print(json.dumps(cmd_benchmark(runner, args.benchmark, args.warmup, root, manifest)))
+        elif args.self_test:
+            report = cmd_self_test(runner, root, manifest)
+            print(json.dumps(report))
+            return EXIT_OK if report["passed"] else EXIT_SELFTEST
+        else:
+            try:
+                outputs = runner.run(inputs, raw=args.raw, chunk=max(1, args.batch))
+            except Failure:
+                raise
+            except Exception as exc:
+                raise Failure(EXIT_RUNTIME, "%s failed while running the model: %s" % (runner.runtime, exc))
+            try:
+                write_outputs(args.output, outputs)
+            except OSError as exc:
+                raise Failure(EXIT_USAGE, "cannot write %s: %s" % (args.output, exc.strerror or exc))
+        return EXIT_OK
+    except Failure as exc:
+        sys.stderr.write("edgepack_run: error: %s\n" % exc.message)
+        return exc.code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

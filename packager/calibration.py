@@ -1,0 +1,132 @@
+"""Calibration / verification data: .npz, .npy, or a folder of images, checked against the
+model's input spec before use.
+
+Images: sorted by file name, at most ``MAX_IMAGES``; decoded, converted to the model's channel
+count (1 = grayscale, 3 = RGB), resized to the input's H x W (bilinear) and scaled to [0, 1]
+(pixel / 255), the preprocessing of the tutorial this project grew from.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import UsageError
+from .loaders import TensorSpec
+
+RECOMMENDED = (100, 500)
+MAX_IMAGES = 500
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif"}
+
+
+@dataclass
+class Dataset:
+    inputs: dict                     # name -> array, first axis = samples
+    labels: np.ndarray | None = None
+    source: str = ""
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def count(self) -> int:
+        return next(iter(self.inputs.values())).shape[0]
+
+    def head(self, n: int) -> "Dataset":
+        return Dataset({k: v[:n] for k, v in self.inputs.items()},
+                       None if self.labels is None else self.labels[:n], self.source, self.warnings)
+
+
+def _read_arrays(path: Path, specs: list[TensorSpec]) -> tuple[dict, np.ndarray | None]:
+    from device_runtime.edgepack_run import Failure, read_inputs
+    as_manifest = [{"name": s.name} for s in specs]
+    try:
+        arrays = read_inputs(str(path), as_manifest)
+    except Failure as exc:
+        raise UsageError(exc.message.replace("input file", "data file"),
+                         hint="arrays keyed by input name (or one array 'x'), first axis = samples") from None
+    labels = None
+    if path.suffix == ".npz":
+        with np.load(path, allow_pickle=False) as npz:
+            if "y" in npz.files:
+                labels = np.asarray(npz["y"])
+                if labels.dtype.kind not in "iu" or labels.ndim != 1:
+                    labels = labels.argmax(-1) if labels.ndim == 2 and labels.dtype.kind == "f" else None
+    return arrays, labels
+
+
+def _read_images(folder: Path, specs: list[TensorSpec]) -> dict:
+    if len(specs) != 1 or len(specs[0].shape) != 4:
+        raise UsageError("an image folder can only calibrate a model with one NHWC image input",
+                         hint="pass an .npz keyed by input name instead")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())[:MAX_IMAGES]
+    if not files:
+        raise UsageError(f"{folder} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    _, h, w, c = specs[0].shape
+    if h <= 0 or w <= 0 or c not in (1, 3):
+        raise UsageError("the model's image input needs a fixed H, W and 1 or 3 channels for image folders")
+    import tensorflow as tf
+    out = np.empty((len(files), h, w, c), np.float32)
+    for i, f in enumerate(files):
+        raw = f.read_bytes()
+        if len(raw) > 64 << 20:
+            raise UsageError(f"image {f.name} is larger than 64 MiB")
+        try:
+            img = tf.io.decode_image(raw, channels=c, expand_animations=False)
+        except Exception:  # noqa: BLE001
+            raise UsageError(f"{f.name} is not a readable image") from None
+        if int(img.shape[0]) * int(img.shape[1]) > 50_000_000:
+            raise UsageError(f"image {f.name} has {img.shape[0]}x{img.shape[1]} pixels (cap 50 MP)")
+        out[i] = tf.image.resize(tf.cast(img, tf.float32), (h, w)).numpy() / 255.0
+    return {specs[0].name: out}
+
+
+def load_dataset(path: str | Path, specs: list[TensorSpec], purpose: str = "calibration") -> Dataset:
+    path = Path(path)
+    if not path.exists():
+        raise UsageError(f"{purpose} data not found: {path}")
+    labels = None
+    if path.is_dir():
+        arrays = _read_images(path, specs)
+    elif path.suffix in (".npz", ".npy"):
+        arrays, labels = _read_arrays(path, specs)
+    else:
+        raise UsageError(f"{purpose} data {path.name}: unsupported file type",
+                         hint="use .npz (arrays keyed by input name, optional y labels), .npy, or a folder of images")
+    checked = {}
+    count = None
+    for spec in specs:
+        a = np.asarray(arrays[spec.name])
+        if a.dtype.kind not in "biuf":
+            raise UsageError(f"{purpose} input {spec.name!r} has dtype {a.dtype}; numbers are needed")
+        if a.ndim == len(spec.shape) - 1:
+            a = a[None]
+        want = list(spec.shape)
+        if a.ndim != len(want) or any(wd not in (-1, gd) for wd, gd in zip(want[1:], a.shape[1:])):
+            raise UsageError(f"{purpose} input {spec.name!r} has shape {list(a.shape)}; the model expects "
+                             f"{['N' if d == -1 else d for d in want]} (first axis = samples)")
+        if a.dtype.kind == "f" and not np.all(np.isfinite(a)):
+            raise UsageError(f"{purpose} input {spec.name!r} contains NaN or Inf")
+        if count is not None and a.shape[0] != count:
+            raise UsageError(f"{purpose} inputs have different sample counts")
+        count = a.shape[0]
+        checked[spec.name] = a.astype(spec.dtype, copy=False) if np.dtype(spec.dtype).kind == "f" else a
+    if not count:
+        raise UsageError(f"{purpose} data holds no samples")
+    ds = Dataset(checked, labels if labels is not None and labels.shape[0] == count else None, str(path))
+    if purpose == "calibration" and not RECOMMENDED[0] <= count <= RECOMMENDED[1]:
+        ds.warnings.append(f"{count} calibration samples; {RECOMMENDED[0]}-{RECOMMENDED[1]} representative "
+                           "samples are recommended")
+    return ds
+
+
+def synthetic_dataset(specs: list[TensorSpec], count: int = 64, seed: int = 0) -> Dataset:
+    """Seeded uniform [0, 1) floats (integers 0/1 for integer inputs), shaped like the inputs;
+    unknown non-batch dims become 1."""
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for s in specs:
+        shape = [count] + [d if d > 0 else 1 for d in s.shape[1:]]
+        kind = np.dtype(s.dtype).kind
+        arrays[s.name] = (rng.random(shape).astype(s.dtype) if kind == "f"
+                          else rng.integers(0, 2, size=shape).astype(s.dtype))
+    return Dataset(arrays, None, f"synthetic (seed {seed})")

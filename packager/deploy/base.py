@@ -1,0 +1,176 @@
+"""The transport interface the release protocol runs over, and the one way edgepack starts a
+host process (always with a timeout, always killed with its whole process group on expiry).
+
+A transport runs POSIX-sh scripts on a device and moves files both ways. It knows nothing about
+releases; ``releases.py`` knows nothing about ssh or adb. Adding a deploy method = adding a module
+with a ``Transport`` subclass and one line in ``packager.deploy.TRANSPORTS``.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import signal
+import subprocess
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Sequence
+
+from ..errors import DeployError, EnvironmentProblem
+
+DEFAULT_TIMEOUT = 60.0
+
+q = shlex.quote
+
+
+def transfer_timeout(nbytes: int, base: float) -> float:
+    """Seconds allowed to move ``nbytes``: the command timeout plus 1 s per 256 KiB (a slow link)."""
+    return base + nbytes / (256 * 1024)
+
+
+@dataclass(frozen=True)
+class Completed:
+    """What a remote script did: its exit status and both streams (bytes)."""
+
+    rc: int
+    stdout: bytes
+    stderr: bytes
+
+    @property
+    def out(self) -> str:
+        return self.stdout.decode("utf-8", "replace").replace("\r\n", "\n")
+
+    @property
+    def err(self) -> str:
+        return self.stderr.decode("utf-8", "replace").replace("\r\n", "\n")
+
+    def last_error_line(self) -> str:
+        for text in (self.err, self.out):
+            lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+            if lines:
+                return lines[-1]
+        return f"exit status {self.rc}"
+
+
+def run_process(argv: Sequence[str], *, timeout: float, what: str, stdin: bytes | IO[bytes] | None = None,
+                env: dict | None = None, hint: str | None = None) -> Completed:
+    """Run a host program; on timeout kill its whole process group and raise DeployError."""
+    data = stdin if isinstance(stdin, (bytes, bytearray)) else None
+    stdin_arg = subprocess.PIPE if data is not None else (stdin if stdin is not None else subprocess.DEVNULL)
+    try:
+        proc = subprocess.Popen(list(argv), stdin=stdin_arg, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                env=env, start_new_session=True)
+    except FileNotFoundError:
+        raise EnvironmentProblem(f"{argv[0]} not found on this host (needed for {what})",
+                                 hint=_INSTALL_HINTS.get(Path(argv[0]).name)) from None
+    except OSError as exc:
+        raise EnvironmentProblem(f"cannot start {argv[0]}: {exc.strerror or exc}") from None
+    try:
+        out, err = proc.communicate(data, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _kill_group(proc)
+        try:
+            proc.communicate(timeout=5)
+        except subprocess.TimeoutExpired:  # pragma: no cover - a child keeps the pipes open
+            pass
+        raise DeployError(f"{what} timed out after {timeout:.0f} s; the device may be unreachable or slow",
+                          hint=hint or "check the connection, or raise --timeout") from None
+    except BaseException:
+        _kill_group(proc)
+        proc.wait()
+        raise
+    return Completed(proc.returncode, out or b"", err or b"")
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        try:
+            proc.kill()
+        except ProcessLookupError:
+            pass
+
+
+_INSTALL_HINTS = {
+    "ssh": "install the OpenSSH client (Debian/Ubuntu: apt-get install openssh-client)",
+    "adb": "install Android platform-tools (Debian/Ubuntu: apt-get install adb) or put adb on PATH",
+}
+
+
+class Transport(ABC):
+    """A device reached somehow. Scripts are POSIX sh; every value in them is ``shlex.quote``d."""
+
+    method: str = ""
+    #: where a relative remote dir (and ``~``) is anchored when the device does not say
+    default_home: str = "/"
+
+    def __init__(self, timeout: float = DEFAULT_TIMEOUT):
+        if timeout <= 0:
+            raise DeployError("timeout must be positive")
+        self.timeout = float(timeout)
+        self.bytes_sent = 0
+        self._home: str | None = None
+
+    # ------------------------------------------------------------------ to implement
+    @abstractmethod
+    def describe(self) -> str:
+        """Who the device is, for messages: ``pi@raspberrypi:22`` or ``adb:SERIAL``."""
+
+    @abstractmethod
+    def connect(self) -> None:
+        """Check the device is reachable and trusted (host key, authorization); runs nothing that writes."""
+
+    @abstractmethod
+    def sh(self, script: str, *, timeout: float | None = None, stdin: IO[bytes] | None = None) -> Completed:
+        """Run ``script`` with the device's sh. Returns its real exit status; raises DeployError only
+        when the device could not be reached or the call was cut off."""
+
+    @abstractmethod
+    def upload(self, files: Sequence[tuple[Path, str]], dest_dir: str, *, timeout: float | None = None) -> int:
+        """Copy local files to ``dest_dir/<relpath>`` (relpaths validated by the caller); returns bytes
+        sent. A failed upload raises DeployError; a 'successful' one is still checksummed by the caller."""
+
+    @abstractmethod
+    def download(self, remote_path: str, local_path: Path, *, timeout: float | None = None) -> int:
+        """Copy one remote file to ``local_path``; returns its size."""
+
+    def close(self) -> None:
+        """Release whatever the transport holds (nothing by default)."""
+
+    # ------------------------------------------------------------------ shared
+    def home(self) -> str:
+        return self._home or self.default_home
+
+    def resolve_dir(self, remote_dir: str) -> str:
+        """``~``, ``~/x`` and relative dirs are anchored at the device's home; returns an absolute path."""
+        if not remote_dir or "\n" in remote_dir or "\0" in remote_dir:
+            raise DeployError(f"invalid remote directory {remote_dir!r}")
+        home = self.home().rstrip("/") or "/"
+        if remote_dir == "~":
+            path = home
+        elif remote_dir.startswith("~/"):
+            path = home.rstrip("/") + "/" + remote_dir[2:]
+        elif remote_dir.startswith("~"):
+            raise DeployError(f"remote directory {remote_dir!r}: only ~ and ~/ are understood (not ~user)")
+        elif remote_dir.startswith("/"):
+            path = remote_dir
+        else:
+            path = home.rstrip("/") + "/" + remote_dir
+        path = re.sub(r"/+", "/", path)
+        if len(path) > 1:
+            path = path.rstrip("/")
+        parts = path.split("/")
+        if ".." in parts:
+            raise DeployError(f"remote directory {remote_dir!r} must not contain '..'")
+        if path in ("/", home.rstrip("/") or "/"):
+            raise DeployError(f"remote directory {remote_dir!r} is the device's root or home; use a directory of its own")
+        return path
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False

@@ -1,0 +1,200 @@
+"""Deploy over SSH with the system OpenSSH client, so ~/.ssh/config, agents, ProxyJump and
+certificates work as they do for the user.
+
+Host keys are checked strictly (``StrictHostKeyChecking=yes``): an unknown or changed key stops the
+deploy before any remote command runs, with the steps to enrol the host. Files travel as one tar
+stream over ``ssh HOST 'cd STAGING && tar -xf -'`` (no scp/sftp path quoting differences between
+OpenSSH versions); the release protocol checksums them on the device afterwards.
+"""
+from __future__ import annotations
+
+import os
+import re
+import tarfile
+import tempfile
+from pathlib import Path
+from typing import IO, Sequence
+
+from ..errors import DeployError, UsageError
+from .base import Completed, Transport, q, run_process, transfer_timeout
+
+# USER@HOST[:PORT]; HOST may be a name, an ssh_config alias, an IPv4 address or [IPv6].
+_HOST_SPEC = re.compile(
+    r"^(?:(?P<user>[A-Za-z0-9_][A-Za-z0-9._-]*)@)?"
+    r"(?P<host>\[[0-9A-Fa-f:.]+(?:%[A-Za-z0-9]+)?\]|[A-Za-z0-9_][A-Za-z0-9._-]*)"
+    r"(?::(?P<port>[0-9]{1,5}))?$")
+
+_HOST_KEY_CHANGED = ("REMOTE HOST IDENTIFICATION HAS CHANGED", "has changed and you have requested strict checking",
+                     "Host key for", "Offending")
+_HOST_KEY_UNKNOWN = ("host key is known for", "Host key verification failed")
+_UNREACHABLE = ("Connection refused", "Connection timed out", "timed out", "Could not resolve hostname",
+                "No route to host", "Network is unreachable", "Connection closed", "Connection reset",
+                "kex_exchange_identification", "Broken pipe")
+
+
+def parse_host(spec: str) -> tuple[str | None, str, int | None]:
+    """``USER@HOST[:PORT]`` -> (user, host, port). Rejects anything ssh could read as an option."""
+    m = _HOST_SPEC.match(spec or "")
+    if not m:
+        raise UsageError(f"--host {spec!r} is not USER@HOST[:PORT]",
+                         hint="e.g. --host pi@raspberrypi.local or --host pi@192.168.1.20:2222 or an alias from ~/.ssh/config")
+    port = int(m["port"]) if m["port"] else None
+    if port is not None and not 0 < port < 65536:
+        raise UsageError(f"--host {spec!r}: port {port} is out of range")
+    host = m["host"]
+    if host.startswith("["):
+        host = host[1:-1]
+    return m["user"], host, port
+
+
+class SshTransport(Transport):
+    method = "ssh"
+    default_home = "~"
+
+    def __init__(self, host: str, *, ssh_config: str | os.PathLike | None = None, timeout: float = 60.0,
+                 connect_timeout: float = 10.0, ssh_bin: str = "ssh", env: dict | None = None):
+        super().__init__(timeout)
+        self.user, self.host, self.port = parse_host(host)
+        self.spec = host
+        self.ssh_config = Path(ssh_config).expanduser() if ssh_config else None
+        if self.ssh_config is not None and not self.ssh_config.is_file():
+            raise UsageError(f"--ssh-config {self.ssh_config}: no such file")
+        self.connect_timeout = max(1, int(connect_timeout))
+        self.ssh_bin = ssh_bin
+        self.env = {**os.environ, **env} if env else None
+        self._effective: dict[str, str] = {}
+
+    # ------------------------------------------------------------------ argv
+    def _options(self) -> list[str]:
+        argv = [self.ssh_bin]
+        if self.ssh_config is not None:
+            argv += ["-F", str(self.ssh_config)]
+        argv += ["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
+                 "-o", f"ConnectTimeout={self.connect_timeout}",
+                 "-o", "ServerAliveInterval=10", "-o", "ServerAliveCountMax=3",
+                 "-o", "LogLevel=ERROR"]
+        if self.port is not None:
+            argv += ["-p", str(self.port)]
+        return argv
+
+    def _destination(self) -> str:
+        return f"{self.user}@{self.host}" if self.user else self.host
+
+    def describe(self) -> str:
+        dest = self._destination()
+        return f"{dest}:{self.port}" if self.port else dest
+
+    # ------------------------------------------------------------------ connect
+    def _effective_config(self) -> dict[str, str]:
+        """What ssh will really use (``ssh -G``): hostname, port, user, known-hosts file for hints."""
+        res = run_process(self._options() + ["-G", "--", self._destination()], timeout=15,
+                          what="ssh -G (reading the ssh configuration)", env=self.env)
+        if res.rc != 0:
+            raise UsageError(f"ssh cannot use this configuration: {res.last_error_line()}",
+                             hint="check --ssh-config and ~/.ssh/config")
+        conf: dict[str, str] = {}
+        for line in res.out.splitlines():
+            key, _, value = line.partition(" ")
+            conf.setdefault(key.lower(), value.strip())
+        return conf
+
+    def connect(self) -> None:
+        self._effective = self._effective_config()
+        probe = ('printf "HOME=%s\\n" "$HOME"; '
+                 'for t in sha256sum tar; do command -v "$t" >/dev/null 2>&1 || echo "MISSING=$t"; done')
+        res = self._ssh(probe, timeout=self.connect_timeout + 20)
+        if res.rc != 0:
+            raise DeployError(f"{self.describe()}: the connection check failed: {res.last_error_line()}")
+        missing = []
+        for line in res.out.splitlines():
+            if line.startswith("HOME="):
+                self._home = line[5:] or None
+            elif line.startswith("MISSING="):
+                missing.append(line[8:])
+        if not self._home or not self._home.startswith("/"):
+            self._home = None
+        if missing:
+            raise DeployError(f"{self.describe()} lacks {', '.join(missing)} (needed to checksum and unpack files)",
+                              hint="install coreutils and tar on the device")
+
+    def home(self) -> str:
+        if self._home is None:
+            raise DeployError(f"{self.describe()}: could not learn the remote home directory; pass an absolute --remote-dir")
+        return self._home
+
+    def _keyscan_hints(self) -> tuple[str, str, str, str]:
+        conf = self._effective or {}
+        hostname = conf.get("hostname", self.host)
+        port = conf.get("port", str(self.port or 22))
+        known = (conf.get("userknownhostsfile", "~/.ssh/known_hosts").split() or ["~/.ssh/known_hosts"])[0]
+        name = hostname if port == "22" else f"[{hostname}]:{port}"
+        return hostname, port, known, name
+
+    def _classify(self, res: Completed) -> DeployError:
+        err = res.err
+        hostname, port, known, name = self._keyscan_hints()
+        port_flag = f"-p {port} " if port != "22" else ""
+        enrol = f"ssh-keyscan {port_flag}{q(hostname)} >> {known}"
+        fingerprint = (f"compare `ssh-keyscan {port_flag}{q(hostname)} | ssh-keygen -lf -` with the fingerprint shown "
+                       "on the device (ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub)")
+        if any(s in err for s in _HOST_KEY_CHANGED):
+            return DeployError(
+                f"the host key of {self.describe()} has CHANGED since it was enrolled in {known}; nothing was run on the device",
+                hint=(f"if the device was reinstalled: {fingerprint}, then remove the old key with "
+                      f"ssh-keygen -R {q(name)} -f {known} and enrol the new one: {enrol}. "
+                      "Otherwise someone may be intercepting the connection."))
+        if any(s in err for s in _HOST_KEY_UNKNOWN):
+            return DeployError(
+                f"the host key of {self.describe()} is unknown (not in {known}); nothing was run on the device",
+                hint=f"{fingerprint}; if they match, enrol the host: {enrol}")
+        if "Permission denied" in err or "Too many authentication failures" in err:
+            return DeployError(f"{self.describe()} refused the login: {res.last_error_line()}",
+                               hint=("deploy never prompts for passwords (BatchMode): install your key on the device "
+                                     f"(ssh-copy-id {port_flag}{self._destination()}) and load it in ssh-agent"))
+        if any(s in err for s in _UNREACHABLE):
+            return DeployError(f"cannot reach {self.describe()}: {res.last_error_line()}",
+                               hint="check the address, that the device is on and sshd runs, or raise --timeout")
+        return DeployError(f"ssh to {self.describe()} failed: {res.last_error_line()}")
+
+    # ------------------------------------------------------------------ commands
+    def _ssh(self, script: str, *, timeout: float, stdin: IO[bytes] | None = None) -> Completed:
+        argv = self._options() + ["--", self._destination(), script]
+        res = run_process(argv, timeout=timeout, what=f"ssh to {self.describe()}", stdin=stdin, env=self.env)
+        if res.rc == 255:  # ssh's own failure; edgepack's scripts never exit 255
+            raise self._classify(res)
+        return res
+
+    def sh(self, script: str, *, timeout: float | None = None, stdin: IO[bytes] | None = None) -> Completed:
+        return self._ssh(script, timeout=timeout or self.timeout, stdin=stdin)
+
+    def upload(self, files: Sequence[tuple[Path, str]], dest_dir: str, *, timeout: float | None = None) -> int:
+        if not files:
+            return 0
+        with tempfile.TemporaryFile() as tmp:
+            with tarfile.open(fileobj=tmp, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+                for local, rel in files:
+                    info = tar.gettarinfo(str(local), arcname=rel)
+                    info.uid = info.gid = 0
+                    info.uname = info.gname = ""
+                    info.mode = 0o755 if os.access(local, os.X_OK) or rel.endswith(".py") else 0o644
+                    with open(local, "rb") as fh:
+                        tar.addfile(info, fh)
+            size = tmp.tell()
+            tmp.seek(0)
+            res = self.sh(f"mkdir -p {q(dest_dir)} && cd {q(dest_dir)} && tar -xf -", stdin=tmp,
+                          timeout=transfer_timeout(size, timeout or self.timeout))
+        self.bytes_sent += size
+        if res.rc != 0:
+            raise DeployError(f"upload to {self.describe()} failed: {res.last_error_line()}",
+                              hint="the transfer was cut off or the device's disk is full; run the deploy again")
+        return size
+
+    def download(self, remote_path: str, local_path: Path, *, timeout: float | None = None) -> int:
+        res = self.sh(f"cat {q(remote_path)}", timeout=timeout or self.timeout)
+        if res.rc != 0:
+            raise DeployError(f"cannot read {remote_path} on {self.describe()}: {res.last_error_line()}")
+        local_path = Path(local_path)
+        tmp = local_path.with_name(local_path.name + ".part")
+        tmp.write_bytes(res.stdout)
+        os.replace(tmp, local_path)
+        return len(res.stdout)

@@ -1,0 +1,128 @@
+"""Read a .tflite: named inputs/outputs with quantization, op list with versions, size.
+
+Also judges, per runtime a target declares, whether that runtime can run the model statically
+(Flex/custom ops, op versions known to be too new); the emulator then proves it by loading."""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field, asdict
+
+import numpy as np
+
+from .errors import UsageError
+
+# Highest builtin op versions tflite-runtime 2.14 registers, for ops TF 2.21 emits newer versions of
+# (measured: "Didn't find op for builtin opcode 'FULLY_CONNECTED' version '12'").
+KNOWN_MAX_VERSIONS = {
+    "tflite-runtime": {"FULLY_CONNECTED": 11},
+}
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    index: int
+    shape: list
+    dtype: str
+    quantization: dict | None
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class OpInfo:
+    name: str
+    version: int
+    custom: bool
+    count: int
+
+
+@dataclass
+class ModelSpec:
+    size: int
+    sha256: str
+    inputs: list[TensorInfo]
+    outputs: list[TensorInfo]
+    ops: list[OpInfo]
+    signature: str | None
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {"size": self.size, "sha256": self.sha256, "signature": self.signature,
+                "inputs": [t.to_json() for t in self.inputs], "outputs": [t.to_json() for t in self.outputs],
+                "ops": [asdict(o) for o in self.ops]}
+
+    def runtime_problems(self, runtime_name: str) -> list[str]:
+        problems = []
+        for op in self.ops:
+            if op.custom and op.name.startswith("Flex"):
+                problems.append(f"{op.name} is a Flex (select TF) op; plain TFLite runtimes cannot run it")
+            elif op.custom:
+                problems.append(f"custom op {op.name} needs a runtime built with it")
+            limit = KNOWN_MAX_VERSIONS.get(runtime_name, {}).get(op.name)
+            if limit is not None and op.version > limit:
+                problems.append(f"{op.name} version {op.version} (this runtime supports up to {limit})")
+        return problems
+
+
+def _ops(model: bytes) -> list[OpInfo]:
+    from ai_edge_litert import schema_py_generated as schema
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    m = schema.Model.GetRootAsModel(model, 0)
+    codes = []
+    for i in range(m.OperatorCodesLength()):
+        c = m.OperatorCodes(i)
+        code = max(c.BuiltinCode(), c.DeprecatedBuiltinCode())
+        custom = c.CustomCode()
+        codes.append((custom.decode() if custom else names.get(code, f"BUILTIN_{code}"), c.Version() or 1, bool(custom)))
+    counts = [0] * len(codes)
+    for s in range(m.SubgraphsLength()):
+        sg = m.Subgraphs(s)
+        for o in range(sg.OperatorsLength()):
+            counts[sg.Operators(o).OpcodeIndex()] += 1
+    return [OpInfo(n, v, c, counts[i]) for i, (n, v, c) in enumerate(codes)]
+
+
+def _tensor(name: str, d: dict) -> TensorInfo:
+    scale, zero = d.get("quantization", (0.0, 0))
+    q = {"scale": float(scale), "zero_point": int(zero)} if scale else None
+    shape = [int(v) for v in d.get("shape_signature", d["shape"])]
+    return TensorInfo(name, int(d["index"]), shape, np.dtype(d["dtype"]).name, q)
+
+
+def inspect_bytes(model: bytes, tensor_names: dict | None = None, order: dict | None = None) -> ModelSpec:
+    """Describe a .tflite. Names come from the signature; ``tensor_names`` maps raw tensor names
+    to spec names for models without one (TF1 path). ``order`` = {"inputs": [...], "outputs": [...]}."""
+    if len(model) < 8 or model[4:8] != b"TFL3":
+        raise UsageError("not a TFLite model (no TFL3 identifier)")
+    from ai_edge_litert.interpreter import Interpreter
+    try:
+        interp = Interpreter(model_content=model)
+    except Exception as exc:  # noqa: BLE001
+        raise UsageError(f"the TFLite model cannot be read: {str(exc).splitlines()[0]}") from None
+    names = tensor_names or {}
+    wanted = set((order or {}).get("outputs") or [])
+    sigs = interp.get_signature_list()
+    signature = None
+    views = []
+    if sigs:
+        signature = "serving_default" if "serving_default" in sigs else sorted(sigs)[0]
+        runner = interp.get_signature_runner(signature)
+        views.append(([_tensor(names.get(n, n), d) for n, d in runner.get_input_details().items()],
+                      [_tensor(names.get(n, n), d) for n, d in runner.get_output_details().items()]))
+    views.append(([_tensor(names.get(d["name"], d["name"]), d) for d in interp.get_input_details()],
+                  [_tensor(names.get(d["name"], d["name"]), d) for d in interp.get_output_details()]))
+    # Prefer the signature's names; fall back to raw tensor names when only those carry them.
+    inputs, outputs = next((v for v in views if wanted <= {t.name for t in v[1]}), views[0])
+    if order:
+        inputs = _ordered(inputs, order.get("inputs"))
+        outputs = _ordered(outputs, order.get("outputs"))
+    return ModelSpec(len(model), hashlib.sha256(model).hexdigest(), inputs, outputs, _ops(model), signature)
+
+
+def _ordered(tensors: list[TensorInfo], names: list | None) -> list[TensorInfo]:
+    if not names:
+        return sorted(tensors, key=lambda t: t.name)
+    rank = {n: i for i, n in enumerate(names)}
+    return sorted(tensors, key=lambda t: (rank.get(t.name, len(rank)), t.name))

@@ -1,0 +1,388 @@
+"""The library API: build, verify, inspect, targets. The CLI is one client of these functions;
+they return values and raise :class:`packager.errors.EdgepackError`, and never print."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from . import __version__
+from .bundle import (ENTRYPOINT, ENTRYPOINT_SOURCE, MANIFEST, MODEL, Staging, check_files, npz_bytes,
+                     read_manifest, sha256_tree, validate_name, write_archive, FORMAT, manifest_bytes,
+                     atomic_write)
+from .calibration import Dataset, load_dataset, synthetic_dataset
+from .compare import compare_all
+from .emulator import RuntimeResult, get_env, host_arch, verify_in_env
+from .errors import EdgepackError, UsageError, VerificationError
+from .inspect import ModelSpec, inspect_bytes
+from .recipes import Recipe, get_recipe, list_recipes
+from .targets import TargetProfile, get_target, list_targets
+
+Progress = Callable[[str], None]
+MAX_CHECK_SAMPLES = 256
+
+
+@dataclass
+class VerifyReport:
+    bundle: str
+    recipe: str
+    target: str
+    passed: bool
+    inputs_source: str
+    samples: int
+    runtimes: list[RuntimeResult]
+    model_size: int
+    float_size: int | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def failures(self) -> list[str]:
+        out = []
+        for r in self.runtimes:
+            if r.status == "error":
+                out.append(f"{r.runtime} {r.version} ({r.arch}): {r.error}")
+            elif r.status == "failed":
+                out += [f"{r.runtime} {r.version} ({r.arch}) output {m.name!r}: " + "; ".join(m.reasons)
+                        for m in r.metrics if not m.passed]
+        return out
+
+    def to_json(self) -> dict:
+        return {"bundle": self.bundle, "recipe": self.recipe, "target": self.target, "passed": self.passed,
+                "inputs": self.inputs_source, "samples": self.samples, "model_size": self.model_size,
+                "runtimes": [r.to_json() for r in self.runtimes], "failures": self.failures, "notes": self.notes}
+
+    def summary(self) -> dict:
+        """The manifest's copy: no histograms."""
+        data = self.to_json()
+        for r in data["runtimes"]:
+            for o in r["outputs"]:
+                o.pop("histogram", None)
+        return data
+
+
+@dataclass
+class BuildResult:
+    bundle: Path
+    archive: Path
+    manifest: dict
+    verification: VerifyReport | None
+    conversion_attempts: list
+    warnings: list[str]
+
+    def to_json(self) -> dict:
+        return {"bundle": str(self.bundle), "archive": str(self.archive), "manifest": self.manifest,
+                "verification": self.verification.to_json() if self.verification else None,
+                "attempts": [a.to_json() for a in self.conversion_attempts], "warnings": self.warnings}
+
+
+def _noop(_: str) -> None:
+    pass
+
+
+def targets() -> dict[str, TargetProfile]:
+    return list_targets()
+
+
+def recipes() -> dict[str, Recipe]:
+    return list_recipes()
+
+
+def _versions() -> dict:
+    import tensorflow as tf
+    try:
+        import keras
+        keras_version = keras.__version__
+    except ImportError:
+        keras_version = None
+    return {"edgepack": __version__, "tensorflow": tf.__version__, "keras": keras_version,
+            "converter": f"tf.lite.TFLiteConverter (TensorFlow {tf.__version__})",
+            "python": platform.python_version()}
+
+
+def _self_test_atol(spec: ModelSpec, expected: dict) -> dict:
+    """Self-test tolerance: runtimes and CPUs differ in the last bits, quantized outputs by a step."""
+    atol = {}
+    for t in spec.outputs:
+        peak = float(np.max(np.abs(expected[t.name]))) if expected[t.name].size else 0.0
+        tol = 1e-4 + 1e-3 * peak
+        if t.quantization:
+            tol = max(tol, 2.0 * t.quantization["scale"])
+        atol[t.name] = tol
+    return atol
+
+
+def _readme(target: TargetProfile, manifest: dict) -> str:
+    name = manifest["name"]
+    lines = [f"# {name}: {manifest['source']['path']} for {target.name} ({manifest['recipe']['name']})", "",
+             target.description, "", "## Install", ""]
+    lines += [f"    {s.replace('{name}', name).replace('{entrypoint}', ENTRYPOINT)}" for s in target.install_steps]
+    lines += ["", "Or let edgepack deploy it (checksummed on the device, switched atomically):", "",
+              f"    edgepack deploy . {'--host USER@HOST' if target.deploy == 'ssh' else '--serial SERIAL'} --smoke",
+              "", "## Run", "", f"    {target.run.replace('{name}', name).replace('{entrypoint}', ENTRYPOINT)}", "",
+              f"    python3 {ENTRYPOINT} --self-test          # bundled samples vs expected outputs",
+              f"    python3 {ENTRYPOINT} --benchmark 100      # latency on this device", "",
+              "Inputs: an .npz keyed by input name (first axis = samples), .npy for one input, or JSON.",
+              "Outputs: an .npz keyed by output name; quantized outputs are dequantized (--raw keeps integers).", "",
+              "## Inputs and outputs", ""]
+    for kind in ("inputs", "outputs"):
+        for t in manifest[kind]:
+            q = t["quantization"]
+            qs = f", scale {q['scale']:.6g}, zero point {q['zero_point']}" if q else ""
+            lines.append(f"- {kind[:-1]} `{t['name']}`: {t['dtype']} {t['shape']}{qs}")
+    lines += ["", "## Runtimes", ""]
+    for rt in manifest["runtimes"]:
+        lines.append(f"- {rt['name']} ({rt['status']}): `pip install {' '.join(rt['requirements'])}`"
+                     + (f" - {rt['reason']}" if rt.get("reason") else ""))
+    if target.android_assets:
+        lines += ["", "## Android app", "", "`assets/` holds the model, manifest and labels an app can copy into "
+                  "`src/main/assets/`. Keep the model uncompressed in the APK "
+                  "(`androidResources { noCompress += \"tflite\" }`) so it can be memory-mapped."]
+    return "\n".join(lines) + "\n"
+
+
+def _pick_inputs(loaded, data: str | None, calibration: Dataset | None, count: int = MAX_CHECK_SAMPLES) -> Dataset:
+    if data:
+        return load_dataset(data, loaded.inputs, purpose="verification")
+    if calibration is not None:
+        return calibration.head(count)
+    return synthetic_dataset(loaded.inputs, count=64)
+
+
+def build(model: str | os.PathLike, *, target: str = "rpi", recipe: str | None = None,
+          calibration: str | os.PathLike | None = None, io: str = "float", output: str | os.PathLike | None = None,
+          verify: bool = True, data: str | os.PathLike | None = None, runtimes: list[str] | None = None,
+          arch: str | None = None, name: str | None = None, labels: str | os.PathLike | None = None,
+          progress: Progress | None = None) -> BuildResult:
+    """Load, convert (checked against the original), bundle, verify in the target's runtimes,
+    and only then move the bundle to ``output``."""
+    from .convert import convert
+    from .loaders import load_model
+
+    progress = progress or _noop
+    profile = get_target(target)
+    rec = get_recipe(recipe or profile.default_recipe)
+    model_path = Path(model)
+    name = validate_name(name or f"{model_path.stem if model_path.suffix else model_path.name}-{profile.name}")
+    output = Path(output) if output else Path("dist") / name
+    selected = [profile.runtime(r) for r in runtimes] if runtimes else list(profile.runtimes)
+    label_names = _read_labels(labels) if labels else None
+    if rec.needs_calibration and calibration is None:
+        raise UsageError(f"recipe {rec.name!r} needs calibration data",
+                         hint="pass --calibration samples.npz (100-500 representative inputs) or a folder of "
+                              "images, or choose --quantize dynamic/float16, which need none")
+    if io not in rec.io_types:
+        raise UsageError(f"recipe {rec.name!r} does not support --io {io}",
+                         hint="choose from: " + ", ".join(rec.io_types))
+
+    progress(f"loading {model_path}")
+    loaded = load_model(model_path)
+    warnings = list(loaded.notes)
+    cal = load_dataset(calibration, loaded.inputs) if calibration is not None else None
+    if cal:
+        warnings += cal.warnings
+    check = _pick_inputs(loaded, str(data) if data else None, cal)
+    conversion = convert(loaded, rec, io, cal.inputs if cal else None, check.inputs, progress=progress)
+    progress(f"converted with {conversion.path} ({len(conversion.tflite)} bytes)")
+    reference = loaded.reference(check.inputs)
+    spec = conversion.spec
+
+    staging = Staging(output)
+    try:
+        manifest = _stage(staging, profile, rec, io, loaded, conversion, check, name, selected, label_names)
+        report = None
+        if verify:
+            report = _verify_staged(staging.dir, manifest, profile, rec, selected, check, reference, spec,
+                                    arch, progress)
+            manifest["runtimes"] = _runtime_entries(selected, report)
+            manifest["verification"] = {"status": "passed" if report.passed else "failed", **report.summary()}
+            if not report.passed:
+                raise VerificationError(
+                    f"bundle does not match the original model: {'; '.join(report.failures)[:600]}",
+                    hint="nothing was written to " + str(output) + "; see --json for every number",
+                    report=report)
+        else:
+            manifest["verification"] = {"status": "skipped", "reason": "--no-verify"}
+        staging.files.pop("README.md", None)
+        staging.write("README.md", _readme(profile, manifest).encode())
+        _write_requirements(staging, manifest)
+        staging.write_manifest(manifest)
+        progress(f"writing {output}")
+        final = staging.commit()
+    except BaseException:
+        staging.discard()
+        raise
+    archive = write_archive(final)
+    return BuildResult(final, archive, manifest, report, conversion.attempts, warnings)
+
+
+def _read_labels(path) -> list[str]:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read labels {path}: {exc}") from None
+    return [ln.strip() for ln in text.splitlines() if ln.strip()]
+
+
+def _stage(staging: Staging, profile, rec, io, loaded, conversion, check: Dataset, name, selected, label_names):
+    spec = conversion.spec
+    model_sha = staging.write(MODEL, conversion.tflite)
+    staging.write(ENTRYPOINT, ENTRYPOINT_SOURCE.read_bytes(), mode=0o755)
+    sample_inputs = check.head(profile.samples).inputs
+    from .convert import run_tflite
+    expected = run_tflite(conversion.tflite, spec, sample_inputs)
+    staging.write("samples/inputs.npz", npz_bytes(sample_inputs))
+    staging.write("samples/expected.npz", npz_bytes(expected))
+    inputs, outputs = [t.to_json() for t in spec.inputs], [t.to_json() for t in spec.outputs]
+    manifest = {
+        "format": FORMAT, "name": name, "model": MODEL, "entrypoint": ENTRYPOINT,
+        "model_sha256": model_sha, "model_size": len(conversion.tflite), "files": {},
+        "inputs": inputs, "outputs": outputs,
+        "ops": [{"name": o.name, "version": o.version, "custom": o.custom, "count": o.count} for o in spec.ops],
+        "samples": {"inputs": "samples/inputs.npz", "expected": "samples/expected.npz",
+                    "count": int(next(iter(sample_inputs.values())).shape[0]),
+                    "atol": _self_test_atol(spec, expected)},
+        "recipe": rec.to_json(io), "target": profile.to_json(),
+        "runtimes": _runtime_entries(selected, None, spec),
+        "source": {"path": loaded.path.name, "format": loaded.format, "sha256": sha256_tree(loaded.path),
+                   "conversion_path": conversion.path, "notes": loaded.notes},
+        "versions": _versions(),
+        "verification": {"status": "pending"},
+    }
+    if label_names:
+        staging.write("labels.txt", ("\n".join(label_names) + "\n").encode())
+        manifest["labels"] = "labels.txt"
+    if profile.android_assets:
+        staging.write(f"assets/{MODEL}", conversion.tflite)
+        if label_names:
+            staging.write("assets/labels.txt", ("\n".join(label_names) + "\n").encode())
+        staging.write("assets/edgepack.json", json.dumps({
+            "model": MODEL, "inputs": inputs, "outputs": outputs, "labels": "labels.txt" if label_names else None,
+            "preprocessing": "float inputs as in training; quantized inputs: q = round(x / scale) + zero_point",
+        }, indent=2).encode())
+    staging.write("README.md", b"")
+    staging.write_manifest(manifest)  # the device script needs it during verification
+    return manifest
+
+
+def _runtime_entries(selected, report: VerifyReport | None, spec: ModelSpec | None = None) -> list[dict]:
+    entries = []
+    for rt in selected:
+        entry = {"name": rt.name, "module": rt.module, "requirements": list(rt.requirements), "python": rt.python}
+        result = next((r for r in report.runtimes if r.runtime == rt.name), None) if report else None
+        if result:
+            entry.update(status=result.status, version=result.version, arch=result.arch)
+            if result.error:
+                entry["reason"] = result.error
+        else:
+            problems = spec.runtime_problems(rt.name) if spec else []
+            entry.update(status="unverified", reason="; ".join(problems) or None)
+        entries.append(entry)
+    return entries
+
+
+def _write_requirements(staging: Staging, manifest: dict) -> None:
+    usable = [r for r in manifest["runtimes"] if r["status"] in ("passed", "unverified")]
+    for rt in manifest["runtimes"]:
+        if rt in usable:
+            staging.write(f"requirements-{rt['name']}.txt", ("\n".join(rt["requirements"]) + "\n").encode())
+    if usable:
+        staging.write("requirements.txt", ("\n".join(usable[0]["requirements"]) + "\n").encode())
+
+
+def _verify_staged(bundle: Path, manifest, profile, rec, selected, data: Dataset, reference, spec, arch, progress):
+    results = []
+    for rt in selected:
+        static = spec.runtime_problems(rt.name)
+        progress(f"verifying with {rt.name} ({arch or host_arch()})")
+        try:
+            env = get_env(rt, arch, profile.python, progress=lambda msg, *_: progress(msg))
+        except EdgepackError as exc:
+            results.append(RuntimeResult(rt.name, "", arch or host_arch(), "error", error=exc.message,
+                                         static_problems=static))
+            continue
+        results.append(verify_in_env(env, bundle, data.inputs, reference, rec.tolerance, data.labels, static))
+    # A runtime that cannot load the model is reported and left out of the bundle's runtimes;
+    # a runtime that runs it and computes something else fails the bundle.
+    loaded_ok = [r for r in results if r.status != "error"]
+    passed = bool(loaded_ok) and all(r.status == "passed" for r in loaded_ok)
+    notes = [f"{r.runtime} cannot run this model: {r.error}" for r in results if r.status == "error"]
+    return VerifyReport(str(bundle), rec.name, profile.name, passed, data.source, data.count, results,
+                        manifest["model_size"], notes=notes)
+
+
+def verify(bundle: str | os.PathLike, *, reference: str | os.PathLike, data: str | os.PathLike | None = None,
+           runtimes: list[str] | None = None, arch: str | None = None, strict: bool = False,
+           progress: Progress | None = None) -> VerifyReport:
+    """Run the bundle's own entrypoint in each runtime environment of its target on the inputs and
+    compare, output by output and by name, with ``reference`` (the original model file)."""
+    from .loaders import load_model
+
+    progress = progress or _noop
+    bundle = Path(bundle)
+    manifest = read_manifest(bundle)
+    problems = check_files(bundle, manifest)
+    if problems:
+        raise VerificationError(f"bundle integrity: {'; '.join(problems)}",
+                                hint="rebuild the bundle; files were changed after `edgepack build`")
+    profile = get_target(manifest["target"]["name"])
+    rec = get_recipe(manifest["recipe"]["name"])
+    selected = [profile.runtime(r) for r in runtimes] if runtimes else list(profile.runtimes)
+    progress(f"loading reference {reference}")
+    loaded = load_model(reference)
+    if data:
+        dataset = load_dataset(data, loaded.inputs, purpose="verification")
+    elif (bundle / manifest["samples"]["inputs"]).is_file():
+        from device_runtime.edgepack_run import read_inputs
+        arrays = read_inputs(str(bundle / manifest["samples"]["inputs"]), manifest["inputs"])
+        dataset = Dataset(arrays, None, "bundle samples (samples/inputs.npz)")
+    else:
+        dataset = synthetic_dataset(loaded.inputs)
+    _check_names(loaded, manifest)
+    ref = loaded.reference(dataset.inputs)
+    spec = inspect_bytes((bundle / manifest["model"]).read_bytes(), order={
+        "inputs": [t["name"] for t in manifest["inputs"]], "outputs": [t["name"] for t in manifest["outputs"]]})
+    report = _verify_staged(bundle, manifest, profile, rec, selected, dataset, ref, spec, arch, progress)
+    if strict or runtimes:
+        report.passed = report.passed and all(r.status == "passed" for r in report.runtimes)
+    return report
+
+
+def _check_names(loaded, manifest: dict) -> None:
+    ref_names = {s.name for s in loaded.outputs}
+    bundle_names = {t["name"] for t in manifest["outputs"]}
+    if ref_names != bundle_names:
+        raise UsageError(f"the reference model's outputs ({', '.join(sorted(ref_names))}) are not the bundle's "
+                         f"({', '.join(sorted(bundle_names))})", hint="pass the model the bundle was built from")
+
+
+def inspect(path: str | os.PathLike) -> dict:
+    """Describe a bundle directory or a .tflite file."""
+    path = Path(path)
+    if path.is_dir():
+        manifest = read_manifest(path)
+        model = path / manifest["model"]
+        order = {"inputs": [t["name"] for t in manifest["inputs"]], "outputs": [t["name"] for t in manifest["outputs"]]}
+        spec = inspect_bytes(_read_model(model), order=order)
+        return {"kind": "bundle", "path": str(path), "manifest": manifest, "model": spec.to_json(),
+                "integrity": check_files(path, manifest) or "ok",
+                "runtime_problems": {rt["name"]: spec.runtime_problems(rt["name"]) for rt in manifest["runtimes"]}}
+    spec = inspect_bytes(_read_model(path))
+    return {"kind": "tflite", "path": str(path), "model": spec.to_json(),
+            "runtime_problems": {rt.name: spec.runtime_problems(rt.name)
+                                 for t in list_targets().values() for rt in t.runtimes}}
+
+
+def _read_model(path: Path) -> bytes:
+    if not path.is_file():
+        raise UsageError(f"not found: {path}", hint="pass a bundle directory or a .tflite file")
+    if path.stat().st_size > 2 << 30:
+        raise UsageError(f"{path} is larger than 2 GiB; not a TFLite model edgepack can inspect")
+    return path.read_bytes()

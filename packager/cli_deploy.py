@@ -1,0 +1,267 @@
+"""CLI commands for devices: deploy, run, rollback, status. ``register(app)`` adds them to the main
+typer app. They only call ``packager.deploy`` and render its results (rich tables, or JSON with
+--json); EdgepackError propagates to the main entry point, which prints it and sets the exit code."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from . import deploy as dep
+from .errors import UsageError
+
+HostOpt = Annotated[Optional[str], typer.Option(
+    "--host", metavar="USER@HOST[:PORT]",
+    help="Deploy over SSH (system OpenSSH: ~/.ssh/config, agent and jump hosts apply). Host keys are "
+         "checked strictly; enrol a new device first with ssh-keyscan.")]
+SerialOpt = Annotated[Optional[str], typer.Option(
+    "--serial", "-s", metavar="SERIAL",
+    help="Deploy over ADB to this device (see `adb devices`). Without --host/--serial the bundle's "
+         "target decides; with one Android device attached it is used.")]
+SshConfigOpt = Annotated[Optional[Path], typer.Option(
+    "--ssh-config", metavar="FILE", help="ssh client config file (passed as ssh -F FILE).")]
+RemoteDirOpt = Annotated[Optional[str], typer.Option(
+    "--remote-dir", metavar="DIR",
+    help="Directory on the device [default: the target's, ~/edgepack/NAME (rpi) or "
+         "/data/local/tmp/edgepack/NAME (android)].")]
+PythonOpt = Annotated[Optional[str], typer.Option(
+    "--device-python", metavar="PATH",
+    help="Python on the device for --smoke/run [default: DIR/venv/bin/python if --install made it, "
+         "else the target's (python3)].")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
+TimeoutOpt = Annotated[float, typer.Option(
+    "--timeout", metavar="SECONDS", min=1.0, help="Timeout of each device command (transfers get more).")]
+BundleOpt = Annotated[Optional[Path], typer.Argument(
+    metavar="[BUNDLE]", help="A bundle directory: its name and target give the remote dir and transport.",
+    show_default=False)]
+
+_out = Console()
+_err = Console(stderr=True)
+
+
+def _json(value) -> None:
+    def default(o):
+        if isinstance(o, Path):
+            return str(o)
+        raise TypeError(type(o).__name__)
+    typer.echo(json.dumps(dataclasses.asdict(value), indent=2, default=default))
+
+
+def _manifest(bundle: Path | None) -> dict | None:
+    if bundle is None:
+        return None
+    try:
+        manifest = json.loads((bundle / "manifest.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UsageError(f"{bundle} has no manifest.json; it is not an edgepack bundle") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise UsageError(f"{bundle}/manifest.json cannot be read: {exc}") from None
+    if not isinstance(manifest, dict):
+        raise UsageError(f"{bundle}/manifest.json is not a bundle manifest")
+    return manifest
+
+
+def _transport(host: str | None, serial: str | None, ssh_config: Path | None, timeout: float,
+               manifest: dict | None) -> dep.Transport:
+    if host and serial:
+        raise UsageError("give --host (SSH) or --serial (ADB), not both")
+    method = "ssh" if host else "adb" if serial else (dep.deploy_method(manifest) if manifest else None)
+    if method is None:
+        raise UsageError("which device? pass --host USER@HOST[:PORT] (SSH) or --serial SERIAL (ADB)",
+                         hint="or name a bundle whose target says how it is deployed")
+    if ssh_config is not None and method != "ssh":
+        raise UsageError("--ssh-config only applies to SSH (--host)")
+    if method == "ssh":
+        if not host:
+            raise UsageError("this bundle's target deploys over SSH: pass --host USER@HOST[:PORT]",
+                             hint="e.g. --host pi@raspberrypi.local")
+        return dep.make_transport("ssh", host=host, ssh_config=ssh_config, timeout=timeout)
+    return dep.make_transport(method, serial=serial, timeout=timeout)
+
+
+def _remote_dir(remote_dir: str | None, manifest: dict | None, transport: dep.Transport) -> str:
+    if remote_dir:
+        return remote_dir
+    if manifest is None:
+        raise UsageError("pass --remote-dir DIR or a BUNDLE (whose name gives the default directory)")
+    return dep.default_remote_dir(manifest, transport)
+
+
+def _progress(enabled: bool):
+    if not enabled:
+        return None
+    return lambda step, detail: _err.print(f"[dim]{step:>8}[/dim] {detail}", highlight=False)
+
+
+def _kv_table(title: str, rows: list[tuple[str, object]]) -> Table:
+    table = Table(title=title, show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    for key, value in rows:
+        table.add_row(key, "-" if value in (None, "", ()) else str(value))
+    return table
+
+
+def deploy_cmd(
+    bundle: Annotated[Path, typer.Argument(help="The bundle directory built by `edgepack build`.", show_default=False)],
+    host: HostOpt = None, serial: SerialOpt = None, ssh_config: SshConfigOpt = None,
+    remote_dir: RemoteDirOpt = None,
+    keep: Annotated[int, typer.Option("--keep", min=1, help="Releases to keep on the device (current and the "
+                                                                 "previous one are never deleted).")] = 3,
+    install: Annotated[bool, typer.Option("--install", help="SSH: create DIR/venv on the device and pip install "
+                                                             "the bundle's requirements.txt into it.")] = False,
+    smoke: Annotated[bool, typer.Option("--smoke", help="After switching, run the bundled self-test on the device; "
+                                                         "on failure switch back to the previous release.")] = False,
+    device_python: PythonOpt = None, timeout: TimeoutOpt = 60.0, as_json: JsonOpt = False,
+) -> None:
+    """Upload BUNDLE as a new release, verify every file's sha256 on the device, switch `current`.
+
+    Unchanged files are reused from releases already on the device, so redeploying sends ~nothing.
+
+    Examples:
+
+      edgepack deploy dist/mnist-rpi --host pi@raspberrypi.local --smoke
+
+      edgepack deploy dist/mnist-rpi --host pi@10.0.0.7:2222 --install --smoke --keep 5
+
+      edgepack deploy dist/mnist-android --serial R58M123 --smoke --device-python /data/local/tmp/py/bin/python3
+    """
+    manifest = _manifest(bundle)
+    transport = _transport(host, serial, ssh_config, timeout, manifest)
+    with transport:
+        result = dep.deploy(bundle, transport, remote_dir=remote_dir, keep=keep, install=install, smoke=smoke,
+                            progress=_progress(not as_json), device_python=device_python)
+    if as_json:
+        return _json(result)
+    what = "deployed" if result.changed else "already deployed (identical content; nothing switched)"
+    rows = [("device", result.device), ("remote dir", result.remote_dir), ("current", result.release),
+            ("previous", result.previous), ("uploaded", f"{len(result.uploaded)} files, {result.bytes_sent} bytes"),
+            ("reused on device", f"{len(result.reused)} files"), ("pruned", ", ".join(result.pruned)),
+            ("device python", result.device_python + (" (venv installed)" if result.installed else ""))]
+    if result.smoke is not None:
+        errs = ", ".join(f"{k} max_abs_err {v.get('max_abs_err', 0):.3g}" for k, v in sorted(result.smoke.outputs.items()))
+        rows.append(("smoke test", f"passed ({errs})"))
+    rows.append(("time", f"{result.seconds:.1f} s"))
+    _out.print(_kv_table(f"{bundle.name}: {what}", rows))
+
+
+def run_cmd(
+    bundle: BundleOpt = None, host: HostOpt = None, serial: SerialOpt = None, ssh_config: SshConfigOpt = None,
+    remote_dir: RemoteDirOpt = None,
+    input: Annotated[Optional[Path], typer.Option("--input", "-i", metavar="FILE",
+                                                  help="Inputs (.npz keyed by input name, .npy or .json), "
+                                                       "pushed to the device.")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", metavar="FILE",
+                                                   help="Where to write the outputs pulled back [default: "
+                                                        "INPUT-out.npz].")] = None,
+    benchmark: Annotated[Optional[int], typer.Option("--benchmark", metavar="N", min=1,
+                                                     help="Time N invocations on the device instead.")] = None,
+    benchmark_binary: Annotated[Optional[Path], typer.Option(
+        "--benchmark-binary", metavar="PATH",
+        help="LiteRT benchmark_model built for the device: pushed to DIR/bin and run with --graph.")] = None,
+    threads: Annotated[Optional[int], typer.Option("--threads", min=1, help="Interpreter threads.")] = None,
+    device_python: PythonOpt = None, timeout: TimeoutOpt = 60.0, as_json: JsonOpt = False,
+) -> None:
+    """Run the deployed model on the device: inference on an input file, or a benchmark.
+
+    Examples:
+
+      edgepack run --host pi@raspberrypi.local --remote-dir '~/edgepack/mnist-rpi' --input x.npz --output y.npz
+
+      edgepack run dist/mnist-rpi --host pi@raspberrypi.local --benchmark 200 --json
+
+      edgepack run dist/mnist-android --serial R58M123 --benchmark 100 --benchmark-binary ./benchmark_model
+    """
+    manifest = _manifest(bundle)
+    transport = _transport(host, serial, ssh_config, timeout, manifest)
+    with transport:
+        rdir = _remote_dir(remote_dir, manifest, transport)
+        result = dep.run(transport, rdir, input=input, output=output, benchmark=benchmark,
+                         benchmark_binary=benchmark_binary, device_python=device_python, threads=threads,
+                         timeout=timeout)
+    if as_json:
+        return _json(result)
+    rows = [("device", result.device), ("release", result.release), ("device python", result.device_python)]
+    if result.output is not None:
+        rows.append(("outputs", result.output))
+    if result.benchmark is not None:
+        b = result.benchmark
+        for key in ("runs", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "init_ms", "first_ms", "peak_rss_mb", "peak_mem_mb",
+                    "runtime", "runtime_version", "machine"):
+            if b.get(key) is not None:
+                rows.append((key, f"{b[key]:.3f}" if isinstance(b[key], float) else b[key]))
+    rows.append(("time", f"{result.seconds:.1f} s"))
+    _out.print(_kv_table("run on device", rows))
+
+
+def rollback_cmd(
+    bundle: BundleOpt = None, host: HostOpt = None, serial: SerialOpt = None, ssh_config: SshConfigOpt = None,
+    remote_dir: RemoteDirOpt = None,
+    to: Annotated[Optional[str], typer.Option("--to", metavar="RELEASE",
+                                              help="Release id to switch to [default: the one before current].")] = None,
+    timeout: TimeoutOpt = 60.0, as_json: JsonOpt = False,
+) -> None:
+    """Switch `current` back to the previous release (checksummed on the device first).
+
+    Examples:
+
+      edgepack rollback dist/mnist-rpi --host pi@raspberrypi.local
+
+      edgepack rollback --serial R58M123 --remote-dir /data/local/tmp/edgepack/mnist --to 20250101T120000Z-0123456789ab
+    """
+    manifest = _manifest(bundle)
+    transport = _transport(host, serial, ssh_config, timeout, manifest)
+    with transport:
+        result = dep.rollback(transport, _remote_dir(remote_dir, manifest, transport), to=to)
+    if as_json:
+        return _json(result)
+    _out.print(f"{result.device}: current {result.from_release} -> [bold]{result.to_release}[/bold] in {result.remote_dir}",
+               highlight=False)
+
+
+def status_cmd(
+    bundle: BundleOpt = None, host: HostOpt = None, serial: SerialOpt = None, ssh_config: SshConfigOpt = None,
+    remote_dir: RemoteDirOpt = None, timeout: TimeoutOpt = 60.0, as_json: JsonOpt = False,
+) -> None:
+    """Show the releases on the device, which one is current, and whether its files are intact.
+
+    Examples:
+
+      edgepack status dist/mnist-rpi --host pi@raspberrypi.local
+
+      edgepack status --serial R58M123 --remote-dir /data/local/tmp/edgepack/mnist --json
+    """
+    manifest = _manifest(bundle)
+    transport = _transport(host, serial, ssh_config, timeout, manifest)
+    with transport:
+        result = dep.status(transport, _remote_dir(remote_dir, manifest, transport))
+    if as_json:
+        return _json(result)
+    if not result.releases:
+        _out.print(f"{result.device}: nothing deployed in {result.remote_dir}", highlight=False)
+        return
+    table = Table(title=f"{result.device}:{result.remote_dir}", title_justify="left")
+    for col in ("", "release", "created (UTC)", "model sha256"):
+        table.add_column(col)
+    for rel in reversed(result.releases):
+        mark = "current" if rel.current else ("previous" if rel.id == result.previous else "")
+        table.add_row(mark, rel.id, rel.created, rel.model_sha256_prefix)
+    _out.print(table)
+    state = {True: "[green]intact[/green]", False: "[red]DAMAGED[/red]", None: "-"}[result.verified]
+    _out.print(f"current: {result.current or 'none'} ({result.name or '?'}), files {state}"
+               + (f", venv at {result.remote_dir}/venv" if result.venv else ""))
+    for problem in result.problems:
+        _out.print(f"[red]problem:[/red] {problem}", highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    """Add deploy, run, rollback and status to ``app``."""
+    app.command("deploy")(deploy_cmd)
+    app.command("run")(run_cmd)
+    app.command("rollback")(rollback_cmd)
+    app.command("status")(status_cmd)

@@ -1,0 +1,777 @@
+"""The release protocol, the same over every transport (docs/bundle-format.md, "Device layout").
+
+    DIR/releases/<id>/    one verified bundle per release; id = <UTC yyyymmddThhmmssZ>-<12 hex of model_sha256>
+    DIR/current -> releases/<id>     switched atomically (symlink to a temporary name, then rename over)
+    DIR/.staging-<id>/    upload target; becomes releases/<id> only after every file's sha256,
+                          computed by the device's own sha256sum, matches the manifest
+    DIR/venv/             (ssh, --install) the runtime environment built from requirements.txt
+
+Nothing on the device is trusted that was not checksummed there: a cut-off or lying transfer leaves
+``current`` untouched. Files whose content already exists in a release on the device are hard-linked
+(or copied) there instead of being sent again, so redeploying an unchanged bundle sends nothing.
+Every remote command is assembled from ``shlex.quote``d values; bundle and file names are validated.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import secrets
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Sequence
+
+from ..errors import DeployError, UsageError
+from .base import Completed, Transport, q, transfer_timeout
+
+NAME_RE = re.compile(r"^[A-Za-z0-9._][A-Za-z0-9._-]*$")
+RELEASE_RE = re.compile(r"^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{12}$")
+_SHA_LINE = re.compile(r"^\\?([0-9a-f]{64}) [ *](.+)$")
+INSTALL_TIMEOUT = 1800.0
+SMOKE_TIMEOUT = 300.0
+
+Progress = Callable[[str, str], None]
+
+
+# =========================================================================== results
+@dataclass(frozen=True)
+class SelfTest:
+    """The device script's ``--self-test`` report, as run on the device."""
+
+    passed: bool
+    outputs: dict
+    report: dict
+
+
+@dataclass(frozen=True)
+class DeployResult:
+    device: str
+    remote_dir: str
+    release: str                      # the release now current
+    previous: str | None              # the release that was current before (None on a first deploy)
+    changed: bool                     # False: identical content was already current, nothing switched
+    uploaded: tuple[str, ...]         # files sent over the link
+    reused: tuple[str, ...]           # files linked/copied from a release already on the device
+    bytes_sent: int                   # file bytes over the link (tar/adb payload), not protocol chatter
+    pruned: tuple[str, ...]
+    installed: bool
+    device_python: str | None
+    smoke: SelfTest | None
+    seconds: float
+
+
+@dataclass(frozen=True)
+class RollbackResult:
+    device: str
+    remote_dir: str
+    from_release: str | None
+    to_release: str
+
+
+@dataclass(frozen=True)
+class ReleaseInfo:
+    id: str
+    created: str                      # ISO 8601 UTC, from the id
+    model_sha256_prefix: str
+    current: bool
+
+
+@dataclass(frozen=True)
+class StatusResult:
+    device: str
+    remote_dir: str
+    exists: bool
+    current: str | None
+    previous: str | None
+    releases: tuple[ReleaseInfo, ...]
+    name: str | None                  # bundle name of the current release
+    model_sha256: str | None
+    verified: bool | None             # current's files match its manifest (None: nothing to verify)
+    problems: tuple[str, ...]
+    venv: bool
+
+
+@dataclass(frozen=True)
+class RunResult:
+    device: str
+    remote_dir: str
+    release: str
+    device_python: str | None
+    output: Path | None               # local file with the outputs (--input)
+    benchmark: dict | None            # --benchmark JSON (device script or benchmark_model)
+    seconds: float
+
+
+# =========================================================================== the local bundle
+@dataclass(frozen=True)
+class Bundle:
+    path: Path
+    manifest: dict
+    name: str
+    model_sha256: str
+    files: tuple[tuple[str, str], ...]    # (relpath, sha256 hex), manifest.json last
+    sizes: dict = field(default_factory=dict, compare=False)
+
+    def local(self, rel: str) -> Path:
+        return self.path.joinpath(*rel.split("/"))
+
+    @property
+    def wanted(self) -> dict[str, str]:
+        return dict(self.files)
+
+
+def check_name(name: object, what: str = "bundle name") -> str:
+    if not isinstance(name, str) or not NAME_RE.match(name) or name in (".", ".."):
+        raise UsageError(f"{what} {name!r} is not allowed",
+                         hint="names are letters, digits, '.', '_' and '-', and do not start with '-'")
+    return name
+
+
+def check_relpath(rel: object) -> str:
+    """A path inside a bundle: relative, '/'-separated, every part a valid name."""
+    if not isinstance(rel, str) or not rel or rel.startswith("/") or "\\" in rel:
+        raise UsageError(f"bundle file name {rel!r} is not allowed")
+    for part in rel.split("/"):
+        check_name(part, "bundle file name part")
+    return rel
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_bundle(bundle_dir: str | Path) -> Bundle:
+    """Read a bundle and check every file against its manifest before anything goes anywhere."""
+    path = Path(bundle_dir)
+    mpath = path / "manifest.json"
+    if not path.is_dir():
+        raise UsageError(f"bundle {path} is not a directory", hint="build one with: edgepack build MODEL")
+    try:
+        raw = mpath.read_bytes()
+        manifest = json.loads(raw.decode("utf-8"))
+    except FileNotFoundError:
+        raise UsageError(f"{path} has no manifest.json; it is not an edgepack bundle") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise UsageError(f"{mpath} cannot be read: {exc}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != 1:
+        raise UsageError(f"{mpath}: unsupported bundle format {manifest.get('format') if isinstance(manifest, dict) else None!r}")
+    name = check_name(manifest.get("name"))
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not files:
+        raise UsageError(f"{mpath} lists no files")
+    for key in ("model", "entrypoint"):
+        if manifest.get(key) not in files:
+            raise UsageError(f"{mpath}: {key} {manifest.get(key)!r} is not among its files")
+    model_sha = str(manifest.get("model_sha256", ""))
+    entries: list[tuple[str, str]] = []
+    sizes: dict[str, int] = {}
+    for rel, digest in sorted(files.items()):
+        check_relpath(rel)
+        if rel == "manifest.json":
+            raise UsageError(f"{mpath} lists itself among its files")
+        want = str(digest).removeprefix("sha256:")
+        if not re.fullmatch(r"[0-9a-f]{64}", want):
+            raise UsageError(f"{mpath}: {rel} has no sha256 checksum")
+        local = path.joinpath(*rel.split("/"))
+        if not local.is_file():
+            raise DeployError(f"bundle file {rel} is missing from {path}", hint="rebuild the bundle")
+        got = _sha256_file(local)
+        if got != want:
+            raise DeployError(f"bundle file {rel} does not match manifest.json (sha256 {got[:12]}... vs {want[:12]}...): "
+                              "it was changed after the bundle was built; nothing was sent",
+                              hint="rebuild the bundle with edgepack build instead of editing it")
+        entries.append((rel, want))
+        sizes[rel] = local.stat().st_size
+    if files[manifest["model"]].removeprefix("sha256:") != model_sha:
+        raise DeployError(f"{mpath}: model_sha256 differs from the model's checksum in files", hint="rebuild the bundle")
+    entries.append(("manifest.json", hashlib.sha256(raw).hexdigest()))
+    sizes["manifest.json"] = len(raw)
+    return Bundle(path=path, manifest=manifest, name=name, model_sha256=model_sha, files=tuple(entries), sizes=sizes)
+
+
+# =========================================================================== device state
+@dataclass
+class _State:
+    dir: str
+    exists: bool = False
+    current: str | None = None
+    current_raw: str | None = None
+    releases: list[str] = field(default_factory=list)
+    hashes: dict = field(default_factory=dict)      # (release, relpath) -> hex
+    venv: bool = False
+    manifest: dict | None = None                    # current/manifest.json when asked for
+    manifest_error: str | None = None
+
+    def previous(self) -> str | None:
+        """The newest release older than current."""
+        older = sorted(r for r in self.releases if self.current is None or r < self.current)
+        return older[-1] if older else None
+
+
+def _check(res: Completed, what: str, transport: Transport) -> Completed:
+    if res.rc != 0:
+        raise DeployError(f"{what} failed on {transport.describe()}: {res.last_error_line()}")
+    return res
+
+
+def _probe(transport: Transport, rdir: str, hash_files: Sequence[str] = (), read_manifest: bool = False) -> _State:
+    d = q(rdir)
+    script = [
+        f'if [ -d {d} ]; then echo "EXISTS=1"; fi',
+        f'c=$(readlink {d}/current 2>/dev/null) && echo "CURRENT=$c"',
+        f'if [ -x {d}/venv/bin/python ]; then echo "VENV=1"; fi',
+        f'for r in {d}/releases/*; do if [ -d "$r" ]; then echo "RELEASE=${{r##*/}}"; fi; done',
+    ]
+    if hash_files:
+        script.append(f"if cd {d}/releases 2>/dev/null; then sha256sum "
+                      + " ".join("*/" + q(rel) for rel in hash_files) + " 2>/dev/null; fi")
+    if read_manifest:
+        script.append(f'echo "@@MANIFEST@@"; cat {d}/current/manifest.json 2>/dev/null')
+    script.append("true")
+    res = _check(transport.sh("\n".join(script)), "reading the device's state", transport)
+    text = res.out
+    manifest_text = None
+    if read_manifest and "@@MANIFEST@@\n" in text:
+        text, manifest_text = text.split("@@MANIFEST@@\n", 1)
+    st = _State(dir=rdir)
+    for line in text.splitlines():
+        if line == "EXISTS=1":
+            st.exists = True
+        elif line.startswith("CURRENT="):
+            st.current_raw = line[8:]
+            target = st.current_raw.rstrip("/")
+            rid = target.rsplit("/", 1)[-1]
+            if RELEASE_RE.match(rid) and target in (f"releases/{rid}", f"{rdir}/releases/{rid}"):
+                st.current = rid
+        elif line == "VENV=1":
+            st.venv = True
+        elif line.startswith("RELEASE="):
+            if RELEASE_RE.match(line[8:]):
+                st.releases.append(line[8:])
+        else:
+            m = _SHA_LINE.match(line)
+            if m and "/" in m[2]:
+                rel_release, rel = m[2].split("/", 1)
+                st.hashes[(rel_release, rel)] = m[1]
+    st.releases.sort()
+    if st.current is not None and st.current not in st.releases:
+        st.current = None
+    if manifest_text is not None and manifest_text.strip():
+        try:
+            st.manifest = json.loads(manifest_text)
+            if not isinstance(st.manifest, dict):
+                raise ValueError("not an object")
+        except ValueError as exc:
+            st.manifest, st.manifest_error = None, f"current/manifest.json is not valid JSON ({exc})"
+    return st
+
+
+def _remote_hashes(transport: Transport, directory: str, rels: Sequence[str]) -> dict[str, str]:
+    """sha256 of files in ``directory`` computed by the device's sha256sum (missing files are absent)."""
+    if not rels:
+        return {}
+    res = transport.sh(f"cd {q(directory)} && sha256sum " + " ".join(q(r) for r in rels),
+                       timeout=transfer_timeout(0, transport.timeout) * 2)
+    got: dict[str, str] = {}
+    for line in res.out.splitlines():
+        m = _SHA_LINE.match(line)
+        if m:
+            got[m[2]] = m[1]
+    return got
+
+
+def _mismatches(want: dict[str, str], got: dict[str, str]) -> list[str]:
+    out = []
+    for rel, digest in want.items():
+        have = got.get(rel)
+        if have is None:
+            out.append(f"{rel} is missing")
+        elif have != digest:
+            out.append(f"{rel} has sha256 {have[:12]}... instead of {digest[:12]}...")
+    return out
+
+
+def _switch_script(rdir: str, target: str | None) -> str:
+    """Point DIR/current at releases/<target> atomically (or remove it when target is None).
+
+    ``mv -T`` (GNU coreutils, busybox, toybox) renames the new link over the old one in one rename(2);
+    where ``-T`` is unsupported the fallback removes the old link first (a tiny non-atomic window)."""
+    d = q(rdir)
+    if target is None:
+        return f"rm -f {d}/current {d}/.current-tmp"
+    rel = q(f"releases/{target}")
+    return "\n".join([
+        "set -e",
+        f"cd {d}",
+        f"test -d {rel}",
+        "rm -f .current-tmp",
+        f"ln -s {rel} .current-tmp",
+        "mv -T .current-tmp current 2>/dev/null || { rm -f current && mv .current-tmp current; }",
+        'echo "CURRENT=$(readlink current)"',
+    ])
+
+
+def _switch(transport: Transport, rdir: str, target: str | None) -> None:
+    res = transport.sh(_switch_script(rdir, target))
+    _check(res, "switching current", transport)
+    if target is not None and f"CURRENT=releases/{target}" not in res.out.splitlines():
+        raise DeployError(f"switching current to {target} on {transport.describe()} did not take effect "
+                          f"(it reads {res.out.strip()!r})")
+
+
+def _release_id(model_sha256: str, taken: Sequence[str]) -> str:
+    while True:
+        rid = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + model_sha256[:12]
+        if rid not in taken:
+            return rid
+        time.sleep(0.2)
+
+
+def _prune_list(releases: Sequence[str], keep: int, protect: Sequence[str | None]) -> list[str]:
+    ordered = sorted(set(releases), reverse=True)
+    keep_set = set(ordered[:keep]) | {p for p in protect if p}
+    return [r for r in ordered if r not in keep_set]
+
+
+def _prune(transport: Transport, rdir: str, doomed: Sequence[str]) -> None:
+    if doomed:
+        _check(transport.sh(f"cd {q(rdir + '/releases')} && rm -rf " + " ".join(q(r) for r in doomed)),
+               "pruning old releases", transport)
+
+
+def _notify(progress: Progress | None, step: str, detail: str = "") -> None:
+    if progress is not None:
+        progress(step, detail)
+
+
+# =========================================================================== device script
+def _python_token(transport: Transport, python: str) -> str:
+    if python.startswith("~/"):
+        return q(transport.home().rstrip("/") + python[1:])
+    return q(python)
+
+
+def _script_failure(res: Completed, python: str, what: str) -> str:
+    """Explain why ``python edgepack_run.py ...`` failed on the device, in one line."""
+    if res.rc in (126, 127):
+        return (f"no usable Python at {python!r} on the device ({what} could not start: "
+                f"{res.last_error_line()})")
+    line = next((ln for ln in reversed(res.err.splitlines() + res.out.splitlines()) if "edgepack_run: error:" in ln), None)
+    detail = line.split("edgepack_run: error:", 1)[1].strip() if line else res.last_error_line()
+    kinds = {2: "bad input", 3: "integrity check failed", 4: "no TFLite runtime on the device",
+             5: "the runtime cannot run the model", 6: "self-test mismatch"}
+    return f"{what} failed with exit {res.rc} ({kinds.get(res.rc, 'error')}): {detail}"
+
+
+_RUNTIME_HINT = ("install the runtime on the device (ssh: deploy --install builds DIR/venv from requirements.txt) "
+                 "or point --device-python at a Python that has numpy and ai-edge-litert")
+
+
+def _last_json(text: str) -> dict | None:
+    for line in reversed(text.splitlines()):
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                value = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(value, dict):
+                return value
+    return None
+
+
+def _smoke(transport: Transport, rdir: str, python: str, entrypoint: str) -> tuple[SelfTest | None, str | None]:
+    script = f"{_python_token(transport, python)} {q(rdir + '/current/' + entrypoint)} --self-test"
+    res = transport.sh(script, timeout=max(SMOKE_TIMEOUT, transport.timeout))
+    report = _last_json(res.out)
+    if res.rc == 0 and report is not None and report.get("passed"):
+        return SelfTest(True, report.get("outputs", {}), report), None
+    if res.rc == 6 and report is not None:
+        worst = [f"{name} max_abs_err {o.get('max_abs_err'):.4g} > atol {o.get('atol'):.3g}"
+                 for name, o in sorted(report.get("outputs", {}).items()) if not o.get("passed")]
+        return SelfTest(False, report.get("outputs", {}), report), (
+            "the self-test on the device does not match the bundled expected outputs: " + "; ".join(worst or ["shape mismatch"]))
+    return None, _script_failure(res, python, "the self-test")
+
+
+# =========================================================================== deploy
+def deploy(bundle_dir: str | Path, transport: Transport, remote_dir: str | None = None, keep: int = 3,
+           install: bool = False, smoke: bool = False, progress: Progress | None = None, *,
+           device_python: str | None = None) -> DeployResult:
+    """Upload a bundle as a new release, verify it on the device, switch ``current`` to it.
+
+    ``progress(step, detail)`` is called before each step: connect, plan, stage, upload, verify,
+    commit, install, switch, smoke, prune."""
+    started = time.monotonic()
+    if keep < 1:
+        raise UsageError(f"--keep {keep}: keep at least 1 release")
+    if install and not getattr(transport, "supports_install", transport.method == "ssh"):
+        raise UsageError(f"--install is not available over {transport.method}",
+                         hint="on Android install Python, numpy and ai-edge-litert yourself (e.g. Termux) and pass --device-python")
+    bundle = load_bundle(bundle_dir)
+    if install and "requirements.txt" not in bundle.wanted:
+        raise UsageError(f"--install needs requirements.txt in the bundle; {bundle.path} has none")
+    _notify(progress, "connect", transport.describe())
+    transport.connect()
+    rdir = transport.resolve_dir(remote_dir or default_remote_dir(bundle.manifest, transport))
+    sent_before = transport.bytes_sent
+
+    _notify(progress, "plan", rdir)
+    want = bundle.wanted
+    st = _probe(transport, rdir, hash_files=list(want))
+    prev = st.current
+    order = ([prev] if prev else []) + [r for r in reversed(st.releases) if r != prev]
+    sources: dict[str, str] = {}
+    for rel, digest in want.items():
+        for rel_release in order:
+            if st.hashes.get((rel_release, rel)) == digest:
+                sources[rel] = rel_release
+                break
+    unchanged = prev is not None and all(sources.get(rel) == prev for rel in want)
+
+    uploaded: tuple[str, ...] = ()
+    reused: tuple[str, ...] = tuple(sorted(sources))
+    python = device_python
+    installed = False
+    if unchanged:
+        release = prev
+        if install:
+            python = _install(transport, rdir, f"{rdir}/releases/{release}", device_python or _profile_python(bundle.manifest), progress)
+            installed = True
+    else:
+        release = _release_id(bundle.model_sha256, st.releases)
+        staging = f"{rdir}/.staging-{release}"
+        _notify(progress, "stage", staging)
+        dirs = sorted({staging + "/" + rel.rsplit("/", 1)[0] for rel in want if "/" in rel})
+        lines = ["set -e", f"mkdir -p {q(rdir + '/releases')}", f"rm -rf {q(rdir)}/.staging-*",
+                 f"mkdir -p {q(staging)} " + " ".join(q(x) for x in dirs)]
+        for rel, rel_release in sorted(sources.items()):
+            src, dst = q(f"{rdir}/releases/{rel_release}/{rel}"), q(f"{staging}/{rel}")
+            lines.append(f"ln {src} {dst} 2>/dev/null || cp {src} {dst}")
+        _check(transport.sh("\n".join(lines)), "preparing the staging directory", transport)
+        try:
+            to_send = [(bundle.local(rel), rel) for rel, _ in bundle.files if rel not in sources]
+            uploaded = tuple(rel for _, rel in to_send)
+            if to_send:
+                _notify(progress, "upload", f"{len(to_send)} files, {sum(bundle.sizes[r] for r in uploaded)} bytes")
+                transport.upload(to_send, staging)
+            _notify(progress, "verify", staging)
+            problems = _mismatches(want, _remote_hashes(transport, staging, list(want)))
+            if problems:
+                raise DeployError(
+                    f"checksum mismatch on the device after the transfer: {'; '.join(problems)}; "
+                    f"current is unchanged ({prev or 'none'})",
+                    hint="the transfer was cut off or corrupted; run the deploy again")
+            _notify(progress, "commit", release)
+            _check(transport.sh("\n".join([
+                "set -e", f"cd {q(rdir)}", f"test ! -e {q('releases/' + release)}",
+                f"mv {q('.staging-' + release)} {q('releases/' + release)}"])), "committing the release", transport)
+        except BaseException:
+            _cleanup(transport, f"rm -rf {q(staging)}")
+            raise
+        try:
+            if install:
+                python = _install(transport, rdir, f"{rdir}/releases/{release}", device_python or _profile_python(bundle.manifest), progress)
+                installed = True
+            _notify(progress, "switch", f"current -> releases/{release}")
+            _switch(transport, rdir, release)
+        except BaseException:
+            _cleanup(transport, _switch_script(rdir, prev) + f"\nrm -rf {q(rdir + '/releases/' + release)}")
+            raise
+
+    if python is None:
+        python = f"{rdir}/venv/bin/python" if (st.venv or installed) else _profile_python(bundle.manifest)
+    selftest = None
+    if smoke:
+        _notify(progress, "smoke", f"{python} {bundle.manifest['entrypoint']} --self-test")
+        selftest, failure = _smoke(transport, rdir, python, bundle.manifest["entrypoint"])
+        if failure is not None:
+            if not unchanged:
+                # Put back what was there before and drop the release that failed.
+                _cleanup(transport, _switch_script(rdir, prev) + f"\nrm -rf {q(rdir + '/releases/' + release)}")
+                raise DeployError(f"smoke test of release {release} failed, so current was switched back to "
+                                  f"{prev or 'nothing (first deploy)'}: {failure}",
+                                  hint=_RUNTIME_HINT if "exit 4" in failure or "no usable Python" in failure else None)
+            raise DeployError(f"smoke test of the current release {release} failed: {failure}",
+                              hint=_RUNTIME_HINT if "exit 4" in failure or "no usable Python" in failure else None)
+
+    doomed = _prune_list(st.releases + [release], keep, (release, prev))
+    if doomed:
+        _notify(progress, "prune", ", ".join(doomed))
+        _prune(transport, rdir, doomed)
+    return DeployResult(device=transport.describe(), remote_dir=rdir, release=release, previous=prev if not unchanged else st.previous(),
+                        changed=not unchanged, uploaded=uploaded, reused=reused if not unchanged else tuple(sorted(want)),
+                        bytes_sent=transport.bytes_sent - sent_before, pruned=tuple(doomed), installed=installed,
+                        device_python=python, smoke=selftest, seconds=time.monotonic() - started)
+
+
+def _cleanup(transport: Transport, script: str) -> None:
+    """Best effort: the original error matters more than a failed clean-up."""
+    try:
+        transport.sh(script)
+    except Exception:  # noqa: BLE001 - a dead link cannot clean up; the next deploy will
+        pass
+
+
+def _install(transport: Transport, rdir: str, release_dir: str, python: str, progress: Progress | None) -> str:
+    venv_python = f"{rdir}/venv/bin/python"
+    _notify(progress, "install", f"{python} -m venv {rdir}/venv; pip install -r requirements.txt")
+    res = transport.sh(
+        f"{_python_token(transport, python)} -m venv {q(rdir + '/venv')} && "
+        f"{q(venv_python)} -m pip install --disable-pip-version-check -q -r {q(release_dir + '/requirements.txt')}",
+        timeout=INSTALL_TIMEOUT)
+    if res.rc != 0:
+        if res.rc in (126, 127):
+            raise DeployError(f"--install: no usable Python at {python!r} on the device: {res.last_error_line()}",
+                              hint="pass --device-python PATH")
+        raise DeployError(f"--install failed on {transport.describe()}: {res.last_error_line()}; current is unchanged",
+                          hint="on Debian/Raspberry Pi OS: sudo apt-get install python3-venv; the device also needs "
+                               "network access to the package index")
+    return venv_python
+
+
+def _profile_python(manifest: dict) -> str:
+    target = manifest.get("target") or {}
+    if isinstance(target, dict) and isinstance(target.get("device_python"), str):
+        return target["device_python"]
+    profile = _profile(manifest)
+    return profile.device_python if profile else "python3"
+
+
+def _profile(manifest: dict):
+    target = manifest.get("target") or {}
+    name = target.get("name") if isinstance(target, dict) else target
+    if not isinstance(name, str):
+        return None
+    try:
+        from ..targets import get_target
+        return get_target(name)
+    except Exception:  # noqa: BLE001 - an unknown target only loses defaults
+        return None
+
+
+def deploy_method(manifest: dict) -> str | None:
+    """The bundle's target deploy method (``ssh``/``adb``), from the manifest or its target profile."""
+    target = manifest.get("target") or {}
+    if isinstance(target, dict) and target.get("deploy") in ("ssh", "adb"):
+        return target["deploy"]
+    profile = _profile(manifest)
+    return profile.deploy if profile else None
+
+
+def default_remote_dir(manifest: dict, transport: Transport) -> str:
+    name = check_name(manifest.get("name"))
+    target = manifest.get("target") or {}
+    template = target.get("remote_dir") if isinstance(target, dict) else None
+    if not isinstance(template, str):
+        profile = _profile(manifest)
+        if profile is not None and profile.deploy == transport.method:
+            template = profile.remote_dir
+    if not isinstance(template, str):
+        template = "/data/local/tmp/edgepack/{name}" if transport.method == "adb" else "~/edgepack/{name}"
+    return template.replace("{name}", name)
+
+
+# =========================================================================== rollback / status
+def rollback(transport: Transport, remote_dir: str, to: str | None = None,
+             progress: Progress | None = None) -> RollbackResult:
+    """Switch ``current`` to the release before it (or to ``to``), after checksumming that release."""
+    if to is not None and not RELEASE_RE.match(to):
+        raise UsageError(f"release {to!r} is not a release id (yyyymmddThhmmssZ-<12 hex>)")
+    _notify(progress, "connect", transport.describe())
+    transport.connect()
+    rdir = transport.resolve_dir(remote_dir)
+    st = _probe(transport, rdir)
+    if not st.releases:
+        raise DeployError(f"{rdir} on {transport.describe()} holds no releases")
+    target = to or st.previous()
+    if target is None:
+        raise DeployError(f"there is no release older than {st.current} in {rdir} to roll back to",
+                          hint="releases: " + ", ".join(st.releases))
+    if target not in st.releases:
+        raise DeployError(f"release {target} is not on the device", hint="releases: " + ", ".join(st.releases))
+    if target == st.current:
+        raise DeployError(f"{target} is already current")
+    _notify(progress, "verify", target)
+    problems = _verify_release(transport, f"{rdir}/releases/{target}")
+    if problems:
+        raise DeployError(f"release {target} is damaged on the device ({'; '.join(problems)}); current is unchanged",
+                          hint="deploy the bundle again instead")
+    _notify(progress, "switch", f"current -> releases/{target}")
+    _switch(transport, rdir, target)
+    return RollbackResult(device=transport.describe(), remote_dir=rdir, from_release=st.current, to_release=target)
+
+
+def _verify_release(transport: Transport, release_dir: str) -> list[str]:
+    res = transport.sh(f"cat {q(release_dir + '/manifest.json')}")
+    if res.rc != 0:
+        return ["manifest.json is missing"]
+    try:
+        files = json.loads(res.stdout.decode("utf-8")).get("files") or {}
+        want = {check_relpath(rel): str(v).removeprefix("sha256:") for rel, v in files.items()}
+    except (ValueError, AttributeError, UsageError) as exc:
+        return [f"manifest.json is not valid ({exc})"]
+    return _mismatches(want, _remote_hashes(transport, release_dir, list(want)))
+
+
+def _release_info(rid: str, current: str | None) -> ReleaseInfo:
+    stamp, sha = rid.split("-", 1)
+    created = datetime.strptime(stamp, "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc).isoformat()
+    return ReleaseInfo(id=rid, created=created, model_sha256_prefix=sha, current=rid == current)
+
+
+def status(transport: Transport, remote_dir: str, verify: bool = True) -> StatusResult:
+    """What is deployed in ``remote_dir``: releases, current, and whether current is intact."""
+    transport.connect()
+    rdir = transport.resolve_dir(remote_dir)
+    st = _probe(transport, rdir, read_manifest=True)
+    problems: list[str] = []
+    if st.current_raw is not None and st.current is None:
+        problems.append(f"current points at {st.current_raw!r}, which is not a release here")
+    if st.manifest_error:
+        problems.append(st.manifest_error)
+    verified = None
+    if verify and st.current is not None:
+        found = _verify_release(transport, f"{rdir}/releases/{st.current}")
+        problems += found
+        verified = not found
+    manifest = st.manifest or {}
+    return StatusResult(device=transport.describe(), remote_dir=rdir, exists=st.exists, current=st.current,
+                        previous=st.previous() if st.current else None,
+                        releases=tuple(_release_info(r, st.current) for r in st.releases),
+                        name=manifest.get("name"), model_sha256=manifest.get("model_sha256"),
+                        verified=verified, problems=tuple(problems), venv=st.venv)
+
+
+# =========================================================================== run
+_BENCH_LINE = re.compile(r"Inference timings in us: (.*)")
+_PEAK_MEM = re.compile(r"Peak memory footprint \(MB\): init=([0-9.eE+-]+) overall=([0-9.eE+-]+)")
+
+
+def _parse_benchmark_model(text: str, runs: int) -> dict:
+    """Read LiteRT ``benchmark_model``'s summary: 'Inference timings in us: Init: .., First inference: ..,
+    Warmup (avg): .., Inference (avg): ..'."""
+    out: dict = {"tool": "benchmark_model", "runs": runs}
+    m = None
+    for m in _BENCH_LINE.finditer(text):
+        pass
+    if m is None:
+        raise DeployError("benchmark_model printed no 'Inference timings' line",
+                          hint="last output: " + " | ".join(text.strip().splitlines()[-3:]))
+    keys = {"init": "init_ms", "first inference": "first_ms", "warmup (avg)": "warmup_mean_ms",
+            "inference (avg)": "mean_ms"}
+    for part in m[1].split(","):
+        key, _, value = part.partition(":")
+        name = keys.get(key.strip().lower())
+        if name:
+            try:
+                out[name] = float(value.strip()) / 1000.0
+            except ValueError:
+                pass
+    mem = _PEAK_MEM.search(text)
+    if mem:
+        out["peak_mem_init_mb"], out["peak_mem_mb"] = float(mem[1]), float(mem[2])
+    return out
+
+
+def run(transport: Transport, remote_dir: str, *, input: str | Path | None = None, output: str | Path | None = None,
+        benchmark: int | None = None, benchmark_binary: str | Path | None = None, device_python: str | None = None,
+        threads: int | None = None, warmup: int = 5, timeout: float | None = None) -> RunResult:
+    """Run the current release's device script on the device.
+
+    With ``input``: push the file, run ``--input/--output``, checksum and pull the outputs back.
+    With ``benchmark=N``: ``--benchmark N`` JSON, or LiteRT's ``benchmark_model --graph=...`` when
+    ``benchmark_binary`` names that program (pushed to DIR/bin/ next to the releases)."""
+    started = time.monotonic()
+    if (input is None) == (benchmark is None):
+        raise UsageError("say what to run: --input FILE or --benchmark N (one of them)")
+    if benchmark is not None and benchmark < 1:
+        raise UsageError("--benchmark needs N >= 1")
+    if benchmark_binary is not None and benchmark is None:
+        raise UsageError("--benchmark-binary needs --benchmark N")
+    in_path = Path(input) if input is not None else None
+    if in_path is not None:
+        if not in_path.is_file():
+            raise UsageError(f"input file {in_path} does not exist")
+        if in_path.suffix.lower() not in (".npz", ".npy", ".json"):
+            raise UsageError(f"input file {in_path}: use .npz (keyed by input name), .npy or .json")
+    bin_path = Path(benchmark_binary) if benchmark_binary is not None else None
+    if bin_path is not None and not bin_path.is_file():
+        raise UsageError(f"--benchmark-binary {bin_path}: no such file")
+    limit = max(timeout or 0, SMOKE_TIMEOUT, transport.timeout)
+
+    transport.connect()
+    rdir = transport.resolve_dir(remote_dir)
+    st = _probe(transport, rdir, read_manifest=True)
+    if st.current is None or st.manifest is None:
+        raise DeployError(f"nothing is deployed in {rdir} on {transport.describe()}",
+                          hint="deploy a bundle first: edgepack deploy BUNDLE")
+    manifest = st.manifest
+    entry = check_relpath(manifest.get("entrypoint", "edgepack_run.py"))
+    model = check_relpath(manifest.get("model", "model.tflite"))
+    cur = f"{rdir}/current"
+    python = device_python or (f"{rdir}/venv/bin/python" if st.venv else _profile_python(manifest))
+    threads_args = f" --threads {int(threads)}" if threads else ""
+
+    if bin_path is not None:
+        remote_bin = f"{rdir}/bin/benchmark_model"
+        want = _sha256_file(bin_path)
+        if _remote_hashes(transport, f"{rdir}/bin", ["benchmark_model"]).get("benchmark_model") != want:
+            transport.upload([(bin_path, "benchmark_model")], f"{rdir}/bin",
+                             timeout=transfer_timeout(bin_path.stat().st_size, transport.timeout))
+            got = _remote_hashes(transport, f"{rdir}/bin", ["benchmark_model"]).get("benchmark_model")
+            if got != want:
+                raise DeployError("benchmark_model arrived damaged on the device (checksum mismatch)",
+                                  hint="run again")
+        args = f" --num_threads={int(threads)}" if threads else ""
+        res = transport.sh(f"chmod 755 {q(remote_bin)} && {q(remote_bin)} --graph={q(cur + '/' + model)} "
+                           f"--num_runs={int(benchmark)} --warmup_runs={int(warmup)}{args}", timeout=limit)
+        if res.rc != 0:
+            raise DeployError(f"benchmark_model failed on {transport.describe()} with exit {res.rc}: {res.last_error_line()}",
+                              hint="is it built for this device's CPU (e.g. android_aarch64)?")
+        return RunResult(device=transport.describe(), remote_dir=rdir, release=st.current, device_python=None,
+                         output=None, benchmark=_parse_benchmark_model(res.out + "\n" + res.err, benchmark),
+                         seconds=time.monotonic() - started)
+
+    py = _python_token(transport, python)
+    if benchmark is not None:
+        res = transport.sh(f"{py} {q(cur + '/' + entry)} --benchmark {int(benchmark)} --warmup {int(warmup)}{threads_args}",
+                           timeout=limit)
+        report = _last_json(res.out)
+        if res.rc != 0 or report is None:
+            raise DeployError(_script_failure(res, python, "the benchmark"),
+                              hint=_RUNTIME_HINT if res.rc in (4, 126, 127) else None)
+        return RunResult(device=transport.describe(), remote_dir=rdir, release=st.current, device_python=python,
+                         output=None, benchmark=report, seconds=time.monotonic() - started)
+
+    out_path = Path(output) if output is not None else in_path.with_name(in_path.stem + "-out.npz")
+    work = f"{rdir}/.run-{secrets.token_hex(6)}"
+    remote_in = f"{work}/input{in_path.suffix.lower()}"
+    remote_out = f"{work}/output.npz"
+    try:
+        _check(transport.sh(f"mkdir -p {q(work)}"), "creating a work directory", transport)
+        transport.upload([(in_path, remote_in.rsplit("/", 1)[1])], work,
+                         timeout=transfer_timeout(in_path.stat().st_size, transport.timeout))
+        if _remote_hashes(transport, work, [remote_in.rsplit("/", 1)[1]]).get(remote_in.rsplit("/", 1)[1]) != _sha256_file(in_path):
+            raise DeployError("the input file arrived damaged on the device (checksum mismatch)", hint="run again")
+        res = transport.sh(f"{py} {q(cur + '/' + entry)} --input {q(remote_in)} --output {q(remote_out)}{threads_args}"
+                           f" && cd {q(work)} && sha256sum output.npz", timeout=limit)
+        if res.rc != 0:
+            raise DeployError(_script_failure(res, python, "the run"),
+                              hint=_RUNTIME_HINT if res.rc in (4, 126, 127) else None)
+        digest = next((m[1] for m in map(_SHA_LINE.match, res.out.splitlines()) if m and m[2] == "output.npz"), None)
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        transport.download(remote_out, out_path, timeout=limit)
+        if digest is None or _sha256_file(out_path) != digest:
+            out_path.unlink(missing_ok=True)
+            raise DeployError("the outputs arrived damaged from the device (checksum mismatch)", hint="run again")
+    finally:
+        _cleanup(transport, f"rm -rf {q(work)}")
+    return RunResult(device=transport.describe(), remote_dir=rdir, release=st.current, device_python=python,
+                     output=out_path, benchmark=None, seconds=time.monotonic() - started)

@@ -1,0 +1,259 @@
+"""The host emulator: run the bundle's own device script, exactly as the device would, in an
+environment that holds only one target runtime and numpy, and compare with the reference.
+
+Environments are built once per (runtime requirements, Python, architecture) and cached under
+``$EDGEPACK_CACHE_DIR`` (default ``~/.cache/edgepack``). Host-architecture environments are
+plain venvs without system site-packages, so the host's TensorFlow is not importable there;
+``arm64`` environments come from :mod:`packager.arm64` (qemu-user + real aarch64 wheels).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .bundle import npz_bytes
+from .compare import OutputMetrics, compare_all
+from .errors import EnvironmentProblem, UsageError
+from .recipes import Tolerance
+from .targets import RuntimeProfile
+
+ENV_VERSION = 1           # bump to invalidate cached environments
+PIP_TIMEOUT = 900
+RUN_TIMEOUT = 600
+DEVICE_EXIT = {2: "bad arguments or input", 3: "integrity check failed", 4: "no TFLite runtime",
+               5: "runtime cannot load or run the model", 6: "self-test mismatch"}
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("EDGEPACK_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "edgepack")
+    return Path(root)
+
+
+def host_arch() -> str:
+    machine = platform.machine().lower()
+    return {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "arm64", "arm64": "arm64"}.get(machine, machine)
+
+
+@dataclass(frozen=True)
+class RuntimeEnv:
+    runtime: str                 # distribution name, e.g. "tflite-runtime"
+    module: str                  # device script --runtime value
+    requirements: tuple
+    arch: str
+    argv: tuple                  # command prefix that runs this environment's Python
+    env: dict = field(default_factory=dict, compare=False)
+    version: str = ""
+
+    def describe(self) -> str:
+        return f"{self.runtime} {self.version} ({self.arch})"
+
+
+def _clean_env(extra: dict | None = None) -> dict:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("PYTHON", "VIRTUAL_ENV", "CONDA", "TF_")) and k != "LD_PRELOAD"}
+    env["PYTHONNOUSERSITE"] = "1"
+    env.update(extra or {})
+    return env
+
+
+def _python_ok(spec: str, version: tuple) -> bool:
+    """Tiny specifier check for ranges like '>=3.9,<3.14' (no third-party dependency)."""
+    ops = {">=": lambda a, b: a >= b, "<": lambda a, b: a < b, "<=": lambda a, b: a <= b,
+           ">": lambda a, b: a > b, "==": lambda a, b: a[:len(b)] == b}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        for op in (">=", "<=", "==", "<", ">"):
+            if part.startswith(op):
+                want = tuple(int(x) for x in part[len(op):].split("."))
+                if not ops[op](version[:len(want)], want):
+                    return False
+                break
+    return True
+
+
+def _probe(argv: list, env: dict) -> dict:
+    code = ("import json,platform,importlib\n"
+            "try:\n import tensorflow; tf=True\nexcept Exception: tf=False\n"
+            "print(json.dumps({'machine': platform.machine(), 'python': platform.python_version(), 'tensorflow': tf}))")
+    out = subprocess.run([*argv, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    if out.returncode != 0:
+        raise EnvironmentProblem(f"the runtime environment's Python does not start: {out.stderr.strip()[-300:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _installed_version(argv: list, env: dict, dist: str) -> str:
+    out = subprocess.run([*argv, "-c", f"from importlib.metadata import version; print(version({dist!r}))"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    return out.stdout.strip() if out.returncode == 0 else "unknown"
+
+
+def host_env(runtime: RuntimeProfile, progress=None) -> RuntimeEnv:
+    """A cached venv on the host's architecture holding only ``runtime.requirements``."""
+    if runtime.python and not _python_ok(runtime.python, sys.version_info[:2]):
+        raise EnvironmentProblem(
+            f"{runtime.name} supports Python {runtime.python}; the host runs {platform.python_version()}",
+            hint="run edgepack under a Python in that range, or pick another --runtime")
+    key = hashlib.sha256(json.dumps([ENV_VERSION, list(runtime.requirements), sys.version_info[:2],
+                                     host_arch()]).encode()).hexdigest()[:16]
+    root = cache_dir() / "envs" / f"{runtime.name}-{host_arch()}-{key}"
+    python = root / "bin" / "python"
+    env = _clean_env()
+    if not (root / ".complete").is_file():
+        _create_venv(root, runtime, env, progress)
+    version = (root / ".complete").read_text().strip()
+    return RuntimeEnv(runtime.name, runtime.module, runtime.requirements, host_arch(), (str(python), "-s"),
+                      env, version)
+
+
+def _create_venv(root: Path, runtime: RuntimeProfile, env: dict, progress) -> None:
+    if progress:
+        progress(f"preparing the {runtime.name} environment (once; cached in {root.parent})")
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}.tmp-"))
+    try:
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(tmp)], check=True, capture_output=True,
+                       timeout=300, env=env)
+        pip = subprocess.run([str(tmp / "bin" / "python"), "-m", "pip", "install", "--disable-pip-version-check",
+                              "--no-input", "-q", "--only-binary=:all:", *runtime.requirements],
+                             capture_output=True, text=True, timeout=PIP_TIMEOUT, env=env)
+        if pip.returncode != 0:
+            tail = " ".join(pip.stderr.strip().splitlines()[-2:])[-400:]
+            raise EnvironmentProblem(f"cannot install {' '.join(runtime.requirements)}: {tail}",
+                                     hint="check network access to the package index, or pick another --runtime")
+        # The venv is used only as `bin/python -m ...`, which works after a rename (pyvenv.cfg sits
+        # next to it); scripts with absolute shebangs (pip) are never called.
+        probe = _probe([str(tmp / "bin" / "python"), "-s"], env)
+        if probe["tensorflow"]:
+            raise EnvironmentProblem(f"TensorFlow is importable in the {runtime.name} environment; refusing to use it")
+        version = _installed_version([str(tmp / "bin" / "python")], env, runtime.name)
+        (tmp / ".complete").write_text(version + "\n")
+        if root.exists():
+            shutil.rmtree(root)
+        os.replace(tmp, root)
+    except subprocess.TimeoutExpired:
+        raise EnvironmentProblem(f"creating the {runtime.name} environment timed out") from None
+    except subprocess.CalledProcessError as exc:
+        raise EnvironmentProblem(f"python -m venv failed: {(exc.stderr or b'').decode(errors='replace')[-300:]}",
+                                 hint="install the venv module (apt-get install python3-venv)") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def arm64_env(runtime: RuntimeProfile, python_version: str, progress=None) -> RuntimeEnv:
+    from . import arm64
+    prepared = arm64.prepare_arm64_python(list(runtime.requirements), cache_dir=cache_dir() / "arm64",
+                                          python_version=python_version, progress=progress)
+    argv = list(getattr(prepared, "argv", prepared))
+    extra = dict(getattr(prepared, "env", {}) or {})
+    env = _clean_env(extra)
+    version = _installed_version(argv, env, runtime.name)
+    return RuntimeEnv(runtime.name, runtime.module, runtime.requirements, "arm64", tuple(argv), env, version)
+
+
+def get_env(runtime: RuntimeProfile, arch: str | None = None, python_version: str = "3.11", progress=None) -> RuntimeEnv:
+    arch = arch or host_arch()
+    if arch == host_arch():
+        return host_env(runtime, progress)
+    if arch == "arm64":
+        return arm64_env(runtime, python_version, progress)
+    raise UsageError(f"cannot emulate architecture {arch!r}", hint=f"choose {host_arch()} or arm64")
+
+
+# --------------------------------------------------------------------------- running
+@dataclass
+class DeviceRun:
+    ok: bool
+    exit_code: int
+    outputs: dict | None
+    error: str | None
+    seconds: float
+    info: dict = field(default_factory=dict)
+
+
+def run_device_script(env: RuntimeEnv, bundle: Path, inputs: dict, timeout: int = RUN_TIMEOUT) -> DeviceRun:
+    """Run ``python3 <bundle>/<entrypoint> --input in.npz --output out.npz`` in ``env``."""
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    script = (bundle / manifest["entrypoint"]).resolve()
+    with tempfile.TemporaryDirectory(prefix="edgepack-run-") as tmp:
+        src, dst = Path(tmp) / "in.npz", Path(tmp) / "out.npz"
+        src.write_bytes(npz_bytes(inputs))
+        argv = [*env.argv, str(script), "--input", str(src), "--output", str(dst), "--runtime", env.module]
+        start = time.perf_counter()
+        try:
+            proc = subprocess.run(argv, capture_output=True, text=True, env=env.env, timeout=timeout, cwd=tmp)
+        except subprocess.TimeoutExpired:
+            return DeviceRun(False, -1, None, f"timed out after {timeout}s", time.perf_counter() - start)
+        seconds = time.perf_counter() - start
+        if proc.returncode != 0:
+            err = _device_error(proc.stderr, proc.returncode)
+            return DeviceRun(False, proc.returncode, None, err, seconds)
+        with np.load(dst, allow_pickle=False) as npz:
+            outputs = {k: npz[k] for k in npz.files}
+        info = device_info(env, bundle)
+        return DeviceRun(True, 0, outputs, None, seconds, info)
+
+
+def device_info(env: RuntimeEnv, bundle: Path) -> dict:
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    proc = subprocess.run([*env.argv, str(bundle / manifest["entrypoint"]), "--info", "--runtime", env.module],
+                          capture_output=True, text=True, env=env.env, timeout=300)
+    try:
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return {}
+
+
+def _device_error(stderr: str, code: int) -> str:
+    lines = [ln for ln in stderr.strip().splitlines() if ln.strip()]
+    for ln in reversed(lines):
+        if ln.startswith("edgepack_run: error:"):
+            return ln.split("error:", 1)[1].strip()
+    meaning = DEVICE_EXIT.get(code, f"exit code {code}" if code >= 0 else f"killed by signal {-code}")
+    return f"{meaning}: {lines[-1][:300] if lines else 'no output'}"
+
+
+# --------------------------------------------------------------------------- verification
+@dataclass
+class RuntimeResult:
+    runtime: str
+    version: str
+    arch: str
+    status: str                      # passed | failed | error
+    error: str | None = None
+    metrics: list[OutputMetrics] = field(default_factory=list)
+    seconds: float = 0.0
+    machine: str | None = None
+    python: str | None = None
+    static_problems: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {"runtime": self.runtime, "version": self.version, "arch": self.arch, "machine": self.machine,
+                "python": self.python, "status": self.status, "error": self.error, "seconds": round(self.seconds, 3),
+                "static_problems": self.static_problems, "outputs": [m.to_json() for m in self.metrics]}
+
+
+def verify_in_env(env: RuntimeEnv, bundle: Path, inputs: dict, reference: dict, tol: Tolerance,
+                  labels=None, static_problems: list[str] | None = None) -> RuntimeResult:
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    run = run_device_script(env, bundle, inputs)
+    result = RuntimeResult(env.runtime, env.version, env.arch, "error", seconds=run.seconds,
+                           static_problems=list(static_problems or []))
+    if not run.ok:
+        result.error = run.error
+        return result
+    result.machine, result.python = run.info.get("machine"), run.info.get("python")
+    scales = {o["name"]: o["quantization"]["scale"] for o in manifest["outputs"] if o.get("quantization")}
+    result.metrics = compare_all(reference, run.outputs, tol, scales, labels)
+    result.status = "passed" if all(m.passed for m in result.metrics) else "failed"
+    return result

@@ -1,0 +1,419 @@
+"""Deploy over SSH to a real OpenSSH server on loopback (tests/ssh_fixtures.py), no mocks.
+
+The "device" filesystem is this machine's; every test deploys into its own tmp_path. Smoke runs use
+this venv's Python (it has ai-edge-litert) as --device-python.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from packager import cli_deploy
+from packager.deploy import SshTransport, deploy, make_transport, rollback, run, status
+from packager.errors import DeployError, UsageError
+from tests.deploy_helpers import make_bundle, refresh_manifest, tflite_models, tree  # noqa: F401 (fixture)
+from tests.ssh_fixtures import ssh_server  # noqa: F401 (fixture)
+
+PY = sys.executable
+
+
+@pytest.fixture
+def transport(ssh_server):
+    return SshTransport(ssh_server.host, ssh_config=ssh_server.config, timeout=30)
+
+
+@pytest.fixture
+def bundles(tmp_path, tflite_models):
+    a, b = tflite_models
+    return make_bundle(tmp_path / "bundles" / "a" / "tiny-rpi", a), make_bundle(tmp_path / "bundles" / "b" / "tiny-rpi", b)
+
+
+@pytest.fixture
+def ddir(tmp_path):
+    return tmp_path / "device" / "edgepack" / "tiny-rpi"
+
+
+def releases(ddir: Path) -> list[str]:
+    return sorted(p.name for p in (ddir / "releases").iterdir()) if (ddir / "releases").is_dir() else []
+
+
+def current(ddir: Path) -> str | None:
+    link = ddir / "current"
+    return os.readlink(link) if link.is_symlink() else None
+
+
+def assert_release_matches(ddir: Path, release: str, bundle: Path) -> None:
+    local = tree(bundle)
+    remote = tree(ddir / "releases" / release)
+    assert remote == local
+
+
+# ----------------------------------------------------------------------------- deploy
+def test_first_deploy_lays_out_a_verified_release(transport, bundles, ddir):
+    a, _ = bundles
+    steps = []
+    res = deploy(a, transport, remote_dir=str(ddir), smoke=True, device_python=PY,
+                 progress=lambda step, detail: steps.append(step))
+    assert res.changed and res.previous is None
+    assert current(ddir) == f"releases/{res.release}"          # relative link, switched atomically
+    assert releases(ddir) == [res.release]
+    assert res.release.endswith("-" + json.loads((a / "manifest.json").read_text())["model_sha256"][:12])
+    assert_release_matches(ddir, res.release, a)
+    assert not list(ddir.glob(".staging-*")) and not (ddir / ".current-tmp").exists()
+    assert os.access(ddir / "current" / "edgepack_run.py", os.X_OK)
+    model_size = (a / "model.tflite").stat().st_size
+    assert res.bytes_sent >= sum(p.stat().st_size for p in a.rglob("*") if p.is_file()) > model_size
+    assert res.smoke is not None and res.smoke.passed and res.smoke.outputs["probs"]["max_abs_err"] <= 1e-5
+    assert steps[:2] == ["connect", "plan"] and steps.index("verify") < steps.index("switch") < steps.index("smoke")
+
+
+def test_second_deploy_switches_and_keeps_the_first(transport, bundles, ddir):
+    a, b = bundles
+    first = deploy(a, transport, remote_dir=str(ddir))
+    second = deploy(b, transport, remote_dir=str(ddir))
+    assert second.release != first.release and second.previous == first.release
+    assert current(ddir) == f"releases/{second.release}"
+    assert releases(ddir) == sorted([first.release, second.release])
+    assert_release_matches(ddir, first.release, a)
+    assert_release_matches(ddir, second.release, b)
+    # only what differs travels: the device script, README and requirements are reused on the device
+    assert set(second.uploaded) == {"model.tflite", "samples/expected.npz", "manifest.json"}
+    assert {"edgepack_run.py", "README.md", "requirements.txt", "samples/inputs.npz"} <= set(second.reused)
+    assert second.bytes_sent < first.bytes_sent - (a / "edgepack_run.py").stat().st_size
+
+
+def test_redeploy_of_unchanged_bundle_sends_nothing(transport, bundles, ddir):
+    a, _ = bundles
+    first = deploy(a, transport, remote_dir=str(ddir))
+    before = tree(ddir)
+    again = deploy(a, transport, remote_dir=str(ddir))
+    assert not again.changed and again.release == first.release
+    assert again.bytes_sent == 0 and again.uploaded == ()
+    assert tree(ddir) == before                                # not a byte changed on the device
+
+
+def test_redeploy_with_only_the_script_changed_sends_just_that(transport, bundles, ddir, tflite_models):
+    a, _ = bundles
+    first = deploy(a, transport, remote_dir=str(ddir))
+    make_bundle(a, tflite_models[0], script_suffix="\n# patched\n")
+    second = deploy(a, transport, remote_dir=str(ddir))
+    assert second.changed and set(second.uploaded) == {"edgepack_run.py", "manifest.json"}
+    payload = (a / "edgepack_run.py").stat().st_size + (a / "manifest.json").stat().st_size
+    assert payload <= second.bytes_sent <= payload + 4 * 1024 + 10240  # tar headers + end blocks
+    # same model => same sha suffix, different timestamp; the model file is a hard link, not a copy
+    assert second.release.split("-")[1] == first.release.split("-")[1]
+    m1, m2 = (ddir / "releases" / r / "model.tflite" for r in (first.release, second.release))
+    assert m1.read_bytes() == m2.read_bytes()
+
+
+def test_bundle_altered_after_its_manifest_is_refused_before_connecting(transport, bundles, ddir):
+    a, _ = bundles
+    with open(a / "model.tflite", "ab") as fh:
+        fh.write(b"\0")
+    with pytest.raises(DeployError, match=r"model.tflite does not match manifest.json"):
+        deploy(a, transport, remote_dir=str(ddir))
+    assert not ddir.parent.exists() and transport.bytes_sent == 0
+
+
+def test_file_truncated_in_staging_is_caught_and_current_untouched(transport, bundles, ddir):
+    a, b = bundles
+    first = deploy(a, transport, remote_dir=str(ddir))
+    before = tree(ddir)
+
+    def cut(step, detail):
+        if step == "verify":  # the upload "succeeded" but the model on the device is short
+            model = Path(detail) / "model.tflite"
+            model.write_bytes(model.read_bytes()[:100])
+
+    with pytest.raises(DeployError, match=r"checksum mismatch on the device.*model.tflite") as err:
+        deploy(b, transport, remote_dir=str(ddir), progress=cut)
+    assert first.release in err.value.message
+    assert current(ddir) == f"releases/{first.release}" and tree(ddir) == before
+    assert not list(ddir.glob(".staging-*"))
+
+
+def _ssh_wrapper(tmp_path: Path, upload_stdin: str) -> str:
+    """An `ssh` that mangles the upload stream (the one remote command running tar) like a broken link."""
+    wrapper = tmp_path / "flaky-ssh"
+    wrapper.write_text("#!/bin/sh\n"
+                       'case "$*" in *"tar -xf -"*) ' + upload_stdin + ' | ssh "$@"; exit $? ;; esac\n'
+                       'exec ssh "$@"\n')
+    wrapper.chmod(0o755)
+    return str(wrapper)
+
+
+def test_transfer_cut_off_half_way_leaves_current_untouched(ssh_server, bundles, ddir, tmp_path):
+    a, b = bundles
+    ok = SshTransport(ssh_server.host, ssh_config=ssh_server.config)
+    first = deploy(a, ok, remote_dir=str(ddir))
+    before = tree(ddir)
+    flaky = SshTransport(ssh_server.host, ssh_config=ssh_server.config,
+                         ssh_bin=_ssh_wrapper(tmp_path, "head -c 1500"))
+    with pytest.raises(DeployError, match="upload .* failed"):
+        deploy(b, flaky, remote_dir=str(ddir))
+    assert current(ddir) == f"releases/{first.release}" and tree(ddir) == before
+
+
+def test_transfer_that_stalls_times_out_and_is_killed(ssh_server, bundles, ddir, tmp_path):
+    a, b = bundles
+    first = deploy(a, SshTransport(ssh_server.host, ssh_config=ssh_server.config), remote_dir=str(ddir))
+    before = tree(ddir)
+    stall = SshTransport(ssh_server.host, ssh_config=ssh_server.config, timeout=2,
+                         ssh_bin=_ssh_wrapper(tmp_path, "{ head -c 1500; exec sleep 29.75; }"))
+    with pytest.raises(DeployError, match="timed out"):
+        deploy(b, stall, remote_dir=str(ddir))
+    assert current(ddir) == f"releases/{first.release}" and tree(ddir) == before
+    leftover = subprocess.run(["pgrep", "-f", "sleep 29.75"], capture_output=True, text=True, timeout=10)
+    assert leftover.stdout.strip() == ""                      # the whole process group was killed
+
+
+# ----------------------------------------------------------------------------- host keys
+def test_unknown_host_key_stops_before_any_remote_command(ssh_server, bundles, ddir):
+    cfg = ssh_server.client_config("empty", "")
+    t = SshTransport(ssh_server.host, ssh_config=cfg)
+    with pytest.raises(DeployError, match="host key of .* is unknown") as err:
+        deploy(bundles[0], t, remote_dir=str(ddir))
+    assert f"ssh-keyscan -p {ssh_server.port} 127.0.0.1 >> {ssh_server.dir}/known_hosts-empty" in err.value.hint
+    assert not ddir.parent.exists()
+    assert (ssh_server.dir / "known_hosts-empty").read_text() == ""   # nothing was enrolled behind our back
+
+
+def test_changed_host_key_is_refused_with_nothing_written(ssh_server, bundles, ddir, tmp_path):
+    other = tmp_path / "other_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True, timeout=30)
+    other_line = " ".join(other.with_suffix(".pub").read_text().split()[:2])
+    cfg = ssh_server.client_config("changed", f"[127.0.0.1]:{ssh_server.port} {other_line}\n")
+    t = SshTransport(ssh_server.host, ssh_config=cfg)
+    with pytest.raises(DeployError, match="host key of .* has CHANGED") as err:
+        deploy(bundles[0], t, remote_dir=str(ddir))
+    assert "ssh-keygen -R" in err.value.hint and "ssh-keyscan" in err.value.hint
+    assert not ddir.parent.exists()
+
+
+def test_ssh_options_are_strict(ssh_server):
+    argv = SshTransport(ssh_server.host, ssh_config=ssh_server.config)._options()
+    text = " ".join(argv)
+    assert "StrictHostKeyChecking=yes" in text and "BatchMode=yes" in text and "ConnectTimeout=" in text
+    assert "StrictHostKeyChecking=no" not in text and "/dev/null" not in text
+    assert argv[argv.index("-F") + 1] == str(ssh_server.config)
+
+
+# ----------------------------------------------------------------------------- smoke
+def test_failed_smoke_test_switches_back_automatically(transport, bundles, ddir):
+    a, b = bundles
+    first = deploy(a, transport, remote_dir=str(ddir), smoke=True, device_python=PY)
+    with np.load(b / "samples" / "expected.npz") as npz:
+        wrong = {k: npz[k] + 0.25 for k in npz.files}
+    np.savez(b / "samples" / "expected.npz", **wrong)
+    refresh_manifest(b)                                        # a consistent bundle that computes something else
+    with pytest.raises(DeployError, match=r"smoke test .* failed.*switched back to " + first.release) as err:
+        deploy(b, transport, remote_dir=str(ddir), smoke=True, device_python=PY)
+    assert "probs max_abs_err 0.25 > atol 1e-05" in err.value.message
+    assert current(ddir) == f"releases/{first.release}" and releases(ddir) == [first.release]
+
+
+def test_smoke_without_a_python_says_so_and_leaves_nothing_current(transport, bundles, ddir):
+    with pytest.raises(DeployError, match=r"no usable Python at '/nonexistent/python3'") as err:
+        deploy(bundles[0], transport, remote_dir=str(ddir), smoke=True, device_python="/nonexistent/python3")
+    assert "--device-python" in err.value.hint
+    assert current(ddir) is None and releases(ddir) == []
+
+
+# ----------------------------------------------------------------------------- rollback, status, prune
+def test_rollback_and_status(transport, bundles, ddir):
+    a, b = bundles
+    first = deploy(a, transport, remote_dir=str(ddir))
+    second = deploy(b, transport, remote_dir=str(ddir))
+    st = status(transport, str(ddir))
+    assert st.current == second.release and st.previous == first.release and st.verified is True
+    assert [r.id for r in st.releases] == [first.release, second.release] and st.name == "tiny-rpi"
+    back = rollback(transport, str(ddir))
+    assert (back.from_release, back.to_release) == (second.release, first.release)
+    assert current(ddir) == f"releases/{first.release}"
+    with pytest.raises(DeployError, match="no release older than"):
+        rollback(transport, str(ddir))
+    rollback(transport, str(ddir), to=second.release)
+    assert current(ddir) == f"releases/{second.release}"
+    # damage on the device is reported by status and blocks a rollback onto it
+    (ddir / "releases" / first.release / "model.tflite").write_bytes(b"garbage")
+    with pytest.raises(DeployError, match="is damaged on the device.*model.tflite"):
+        rollback(transport, str(ddir))
+    assert current(ddir) == f"releases/{second.release}"
+    (ddir / "releases" / second.release / "samples" / "inputs.npz").write_bytes(b"x")
+    st = status(transport, str(ddir))
+    assert st.verified is False and any("samples/inputs.npz" in p for p in st.problems)
+    # a redeploy heals the damaged current release without resending what is intact
+    healed = deploy(b, transport, remote_dir=str(ddir))
+    assert healed.changed and set(healed.uploaded) == {"samples/inputs.npz"}
+    assert status(transport, str(ddir)).verified is True
+
+
+def test_status_of_an_empty_dir(transport, ddir):
+    st = status(transport, str(ddir))
+    assert not st.exists and st.current is None and st.releases == () and st.verified is None
+
+
+def test_prune_keeps_current_and_previous(transport, tmp_path, tflite_models, ddir):
+    ids = []
+    for i in range(3):
+        bundle = make_bundle(tmp_path / f"b{i}" / "tiny-rpi", tflite_models[i % 2], script_suffix=f"# {i}\n")
+        ids.append(deploy(bundle, transport, remote_dir=str(ddir), keep=1).release)
+    assert releases(ddir) == sorted(ids[1:])                    # keep=1 still keeps the previous one
+    assert current(ddir) == f"releases/{ids[2]}"
+
+
+# ----------------------------------------------------------------------------- hostile names
+HOSTILE = "it's a \"dir\" $(touch PWNED) `touch PWNED2`; touch PWNED3 & -rf"
+
+
+def test_hostile_remote_dir_and_bundle_path_are_quoted(transport, tmp_path, tflite_models):
+    bundle = make_bundle(tmp_path / "my bundles $(touch LOCALPWNED)" / "tiny-rpi", tflite_models[0])
+    ddir = tmp_path / "dev ice" / HOSTILE / "-n"
+    res = deploy(bundle, transport, remote_dir=str(ddir), smoke=True, device_python=PY)
+    assert current(ddir) == f"releases/{res.release}"
+    assert_release_matches(ddir, res.release, bundle)
+    st = status(transport, str(ddir))
+    assert st.verified and st.remote_dir == str(ddir)
+    assert rollback is not None and run(transport, str(ddir), benchmark=2).benchmark["runs"] == 2
+    for name in ("PWNED", "PWNED2", "PWNED3", "LOCALPWNED"):
+        for where in (Path.home(), tmp_path, Path.cwd(), tmp_path / "dev ice"):
+            assert not (where / name).exists(), where / name
+
+
+@pytest.mark.parametrize("name", ["-rf", "../escape", "a;touch PWNED", "a b", "$(touch PWNED)", ""])
+def test_hostile_bundle_names_are_rejected_before_connecting(transport, bundles, ddir, name):
+    a, _ = bundles
+    manifest = json.loads((a / "manifest.json").read_text())
+    manifest["name"] = name
+    (a / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(UsageError, match="bundle name"):
+        deploy(a, transport, remote_dir=str(ddir))
+    assert transport.bytes_sent == 0 and not ddir.parent.exists()
+
+
+def test_hostile_file_names_in_the_manifest_are_rejected(transport, bundles, ddir):
+    a, _ = bundles
+    (a / "$(touch PWNED)").write_text("x")
+    manifest = json.loads((a / "manifest.json").read_text())
+    manifest["files"]["$(touch PWNED)"] = "sha256:" + "0" * 64
+    (a / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(UsageError, match="bundle file name"):
+        deploy(a, transport, remote_dir=str(ddir))
+
+
+@pytest.mark.parametrize("host", ["-oProxyCommand=touch PWNED", "root@-p", "a b", "root@host;id", "root@h:99999"])
+def test_hostile_host_specs_are_rejected(host):
+    with pytest.raises(UsageError):
+        SshTransport(host)
+
+
+# ----------------------------------------------------------------------------- run
+def test_run_pushes_input_and_pulls_outputs(transport, bundles, ddir, tmp_path):
+    a, _ = bundles
+    deploy(a, transport, remote_dir=str(ddir))
+    x = np.random.default_rng(5).random((7, 4), dtype=np.float32)
+    np.savez(tmp_path / "in.npz", x=x)
+    res = run(transport, str(ddir), input=tmp_path / "in.npz", output=tmp_path / "out.npz", device_python=PY)
+    with np.load(res.output) as out:
+        probs = out["probs"]
+    assert probs.shape == (7, 3) and np.allclose(probs.sum(axis=1), 1, atol=1e-5)
+    assert not list(ddir.glob(".run-*"))                       # the work dir on the device is cleaned up
+    bench = run(transport, str(ddir), benchmark=5, device_python=PY).benchmark
+    assert bench["runs"] == 5 and bench["p50_ms"] > 0 and bench["runtime"] == "ai_edge_litert"
+
+
+def test_run_with_a_benchmark_model_binary(transport, bundles, ddir, tmp_path):
+    deploy(bundles[0], transport, remote_dir=str(ddir))
+    fake = tmp_path / "benchmark_model"   # prints what LiteRT's benchmark_model prints
+    fake.write_text('#!/bin/sh\ncase "$1" in --graph=*) test -f "${1#--graph=}" || exit 1;; *) exit 2;; esac\n'
+                    'echo "Inference timings in us: Init: 2500, First inference: 900, Warmup (avg): 410.5, '
+                    'Inference (avg): 400.25"\necho "Peak memory footprint (MB): init=3.1 overall=4.5"\n')
+    res = run(transport, str(ddir), benchmark=10, benchmark_binary=fake)
+    assert res.benchmark["mean_ms"] == pytest.approx(0.40025) and res.benchmark["peak_mem_mb"] == 4.5
+    assert (ddir / "bin" / "benchmark_model").read_bytes() == fake.read_bytes()
+
+
+def test_run_without_python_says_so(transport, bundles, ddir, tmp_path):
+    deploy(bundles[0], transport, remote_dir=str(ddir))
+    with pytest.raises(DeployError, match="no usable Python at 'nopython3'"):
+        run(transport, str(ddir), benchmark=1, device_python="nopython3")
+
+
+def test_run_with_nothing_deployed(transport, ddir):
+    with pytest.raises(DeployError, match="nothing is deployed"):
+        run(transport, str(ddir), benchmark=1)
+
+
+# ----------------------------------------------------------------------------- CLI
+@pytest.fixture
+def cli():
+    app = typer.Typer()
+    cli_deploy.register(app)
+    runner = CliRunner()
+    return lambda *args: runner.invoke(app, [str(a) for a in args])
+
+
+def test_cli_deploy_status_rollback_json(cli, ssh_server, bundles, ddir):
+    a, b = bundles
+    common = ["--host", ssh_server.host, "--ssh-config", ssh_server.config, "--remote-dir", ddir]
+    r1 = cli("deploy", a, *common, "--smoke", "--device-python", PY, "--json")
+    assert r1.exit_code == 0, r1.output
+    first = json.loads(r1.stdout)
+    assert first["changed"] and first["smoke"]["passed"] and first["remote_dir"] == str(ddir)
+    r2 = cli("deploy", b, *common, "--keep", "2")
+    assert r2.exit_code == 0, r2.output and "deployed" in r2.stdout
+    st = json.loads(cli("status", *common, "--json").stdout)
+    assert st["current"] != first["release"] and st["previous"] == first["release"]
+    human = cli("status", *common)
+    assert "current" in human.stdout and "intact" in human.stdout
+    rb = cli("rollback", *common, "--json")
+    assert json.loads(rb.stdout)["to_release"] == first["release"]
+    x = ddir.parent.parent / "x.npz"
+    np.savez(x, x=np.ones((2, 4), np.float32))
+    rr = cli("run", *common, "--input", x, "--device-python", PY)
+    assert rr.exit_code == 0, rr.output
+    assert (ddir.parent.parent / "x-out.npz").is_file()
+
+
+def test_cli_errors_propagate_for_the_main_entry_point(cli, ssh_server, bundles, ddir):
+    res = cli("deploy", bundles[0], "--host", ssh_server.host, "--serial", "emulator-5554")
+    assert isinstance(res.exception, UsageError)
+    res = cli("deploy", bundles[0])                             # rpi target: SSH, but no host
+    assert isinstance(res.exception, UsageError) and "--host" in res.exception.message
+    res = cli("status", "--host", ssh_server.host, "--ssh-config", ssh_server.config)
+    assert isinstance(res.exception, UsageError) and "--remote-dir" in res.exception.message
+    cfg = ssh_server.client_config("cli-empty", "")
+    res = cli("deploy", bundles[0], "--host", ssh_server.host, "--ssh-config", cfg, "--remote-dir", ddir)
+    assert isinstance(res.exception, DeployError) and res.exception.exit_code == 6
+
+
+def test_cli_help_has_examples(cli):
+    for cmd in ("deploy", "run", "rollback", "status"):
+        res = cli(cmd, "--help")
+        assert res.exit_code == 0 and "Examples" in res.stdout and "--host" in res.stdout
+
+
+# ----------------------------------------------------------------------------- slow: --install
+@pytest.mark.slow
+def test_install_builds_a_venv_on_the_device_and_smoke_uses_it(transport, bundles, ddir):
+    """Needs the package index (pip install ai-edge-litert numpy on the 'device')."""
+    res = deploy(bundles[0], transport, remote_dir=str(ddir), install=True, smoke=True, device_python=PY)
+    assert res.installed and res.device_python == f"{ddir}/venv/bin/python"
+    assert res.smoke.passed and (ddir / "venv" / "bin" / "python").exists()
+    bench = run(transport, str(ddir), benchmark=3)             # run picks the venv by itself
+    assert bench.device_python == f"{ddir}/venv/bin/python"
+
+
+def test_make_transport_registry(ssh_server):
+    t = make_transport("ssh", host=ssh_server.host, ssh_config=ssh_server.config)
+    assert isinstance(t, SshTransport) and t.describe() == ssh_server.host
+    with pytest.raises(UsageError, match="unknown deploy method"):
+        make_transport("carrier-pigeon")

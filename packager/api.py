@@ -60,9 +60,12 @@ class VerifyReport:
                 "runtimes": [r.to_json() for r in self.runtimes], "failures": self.failures, "notes": self.notes}
 
     def summary(self) -> dict:
-        """The manifest's copy: no histograms."""
+        """The manifest's copy: no histograms, no timings (two builds of the same inputs must give
+        byte-identical bundles)."""
         data = self.to_json()
+        data["bundle"] = "."
         for r in data["runtimes"]:
+            r.pop("seconds", None)
             for o in r["outputs"]:
                 o.pop("histogram", None)
         return data

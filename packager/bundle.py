@@ -113,6 +113,7 @@ class Staging:
                              hint="choose another -o directory or remove it")
         self.output.parent.mkdir(parents=True, exist_ok=True)
         self.dir = Path(tempfile.mkdtemp(dir=self.output.parent, prefix=f".{self.output.name}.staging-"))
+        os.chmod(self.dir, 0o755)
         self.files: dict[str, str] = {}
 
     def write(self, rel: str, data: bytes, mode: int = 0o644) -> str:

@@ -9,7 +9,7 @@ import numpy as np
 from .compare import OutputMetrics, compare_all
 from .errors import ConversionError, UsageError
 from .inspect import ModelSpec, inspect_bytes
-from .loaders import LoadedModel, import_tf
+from .loaders import LoadedModel, import_tf, native_quiet
 from .recipes import Recipe
 
 IO_DTYPES = {"float": None, "int8": "int8", "uint8": "uint8", "int16": "int16"}
@@ -45,8 +45,9 @@ def run_tflite(model: bytes, spec: ModelSpec, arrays: dict) -> dict:
     from device_runtime.edgepack_run import Failure, Runner
     inputs, outputs = manifest_tensors(spec)
     try:
-        runner = Runner(model, {"inputs": inputs, "outputs": outputs}, runtime="ai_edge_litert")
-        return runner.run(arrays)
+        with native_quiet():
+            runner = Runner(model, {"inputs": inputs, "outputs": outputs}, runtime="ai_edge_litert")
+            return runner.run(arrays)
     except Failure as exc:
         raise ConversionError(exc.message) from None
 
@@ -92,8 +93,9 @@ def convert(loaded: LoadedModel, recipe: Recipe, io: str, calibration: dict | No
         if progress:
             progress(f"converting ({cand.name}, {recipe.name})")
         try:
-            converter = _configure(tf, cand.make(), recipe, io, calibration, loaded)
-            model = bytes(converter.convert())
+            with native_quiet():
+                converter = _configure(tf, cand.make(), recipe, io, calibration, loaded)
+                model = bytes(converter.convert())
             spec = inspect_bytes(model, cand.tensor_names, order)
         except Exception as exc:  # noqa: BLE001 - each path's failure is recorded and the next tried
             attempts.append(Attempt(cand.name, False, _one_line(exc)))

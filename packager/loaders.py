@@ -9,7 +9,11 @@ TensorFlow and Keras are imported lazily, inside functions.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
+import tempfile
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,10 +58,33 @@ class LoadedModel:
     keepalive: object = None         # objects the candidates need alive (loaded SavedModel...)
 
 
+@contextlib.contextmanager
+def native_quiet():
+    """Send what TensorFlow's C++ side writes to fd 2 (absl/cuda banners, converter chatter) to a
+    temp file instead of the user's terminal; EDGEPACK_DEBUG=1 shows it."""
+    if os.environ.get("EDGEPACK_DEBUG"):
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
 def import_tf():
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("ABSL_MIN_LOG_LEVEL", "3")
     try:
-        import tensorflow as tf
+        with native_quiet():
+            import tensorflow as tf
     except ImportError:
         raise EnvironmentProblem("TensorFlow is not installed on the host",
                                  hint="pip install 'tensorflow-cpu==2.21.*'") from None
@@ -103,7 +130,17 @@ def sniff_format(path: Path) -> str:
 def load_model(path: str | os.PathLike) -> LoadedModel:
     path = Path(path)
     fmt = sniff_format(path)
-    return LOADERS[fmt](path)
+    import_tf()
+    with native_quiet():
+        loaded = LOADERS[fmt](path)
+    inner = loaded.reference
+
+    def quiet_reference(arrays: dict) -> dict:
+        with native_quiet():
+            return inner(arrays)
+
+    loaded.reference = quiet_reference
+    return loaded
 
 
 # --------------------------------------------------------------------------- Keras
@@ -346,8 +383,11 @@ def _read_signature_def(path: Path, key: str | None):
 
 def _tf1_tensor_names(path: Path, key: str | None) -> dict:
     _, sig = _read_signature_def(path, key)
-    names = {info.name: k for k, info in sig.inputs.items()}
-    names.update({info.name: k for k, info in sig.outputs.items()})
+    names = {}
+    for group in (sig.inputs, sig.outputs):
+        for key, info in group.items():
+            names[info.name] = key
+            names[info.name.split(":")[0]] = key   # the converter drops the ':0' output index
     return names
 
 

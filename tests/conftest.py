@@ -1,0 +1,70 @@
+"""Shared session fixtures: one model zoo, data files and built bundles per test run.
+
+Runtime environments are cached in $EDGEPACK_CACHE_DIR (the `dev` script points it at
+.edgepack-cache/ in the checkout), so only the first run of a clone pays for creating them.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+os.environ.setdefault("EDGEPACK_CACHE_DIR", str(ROOT / ".edgepack-cache"))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+pytest_plugins = ["tests.adb_fixtures", "tests.ssh_fixtures"]
+
+
+@pytest.fixture(scope="session")
+def data_files(tmp_path_factory):
+    """Real digits: calibration.npz (200 train), eval.npz (x, y: held-out), and the arrays."""
+    from tests import models
+    (x, y), (xt, yt) = models.digits()
+    out = tmp_path_factory.mktemp("data")
+    np.savez(out / "calibration.npz", x=x[:200])
+    np.savez(out / "eval.npz", x=xt, y=yt)
+    return {"dir": out, "calibration": out / "calibration.npz", "eval": out / "eval.npz",
+            "x": x, "y": y, "xt": xt, "yt": yt}
+
+
+@pytest.fixture(scope="session")
+def zoo(tmp_path_factory, data_files):
+    """Every input form, generated once: name -> path."""
+    from tests import models
+    out = tmp_path_factory.mktemp("zoo")
+    x, y = data_files["x"], data_files["y"]
+    mlp = models.trained_mlp(x, y)
+    return {
+        "keras3_h5": models.keras3_h5(mlp, out),
+        "keras3_v3": models.keras3_v3(mlp, out),
+        "keras2_h5": models.keras2_h5(x, y, out, ".h5"),
+        "keras2_hdf5": models.keras2_h5(x, y, out, ".hdf5"),
+        "saved_model_keras": models.saved_model_keras(mlp, out),
+        "saved_model_subclassed": models.saved_model_subclassed(x, y, out, with_signature=False),
+        "saved_model_subclassed_sig": models.saved_model_subclassed(x, y, out, with_signature=True),
+        "saved_model_module": models.saved_model_module(out),
+        "keras_export": models.keras_export(mlp, out),
+        "saved_model_old_tf": models.saved_model_old_tf(out),
+        "multi_io": models.multi_io(out),
+        "other_same_shapes": models.other_mlp_same_shapes(out),
+    }
+
+
+@pytest.fixture(scope="session")
+def int8_bundle(tmp_path_factory, zoo, data_files):
+    """The main job: the digits MLP as int8 for rpi, verified in both runtimes."""
+    from packager import api
+    out = tmp_path_factory.mktemp("bundles") / "digits-rpi"
+    return api.build(zoo["keras3_h5"], target="rpi", recipe="int8", calibration=data_files["calibration"],
+                     data=data_files["eval"], output=out)
+
+
+@pytest.fixture(scope="session")
+def runtime_python():
+    """The cached ai-edge-litert environment's Python (no TensorFlow in it)."""
+    from packager.emulator import get_env
+    from packager.targets import get_target
+    return get_env(get_target("rpi").runtime("ai-edge-litert"))

@@ -27,7 +27,8 @@ PY = sys.executable
 
 @pytest.fixture
 def transport(ssh_server):
-    return SshTransport(ssh_server.host, ssh_config=ssh_server.config, timeout=30)
+    with SshTransport(ssh_server.host, ssh_config=ssh_server.config, timeout=30) as t:
+        yield t
 
 
 @pytest.fixture
@@ -282,7 +283,7 @@ def test_hostile_remote_dir_and_bundle_path_are_quoted(transport, tmp_path, tfli
     assert_release_matches(ddir, res.release, bundle)
     st = status(transport, str(ddir))
     assert st.verified and st.remote_dir == str(ddir)
-    assert rollback is not None and run(transport, str(ddir), benchmark=2).benchmark["runs"] == 2
+    assert run(transport, str(ddir), benchmark=2, device_python=PY).benchmark["runs"] == 2
     for name in ("PWNED", "PWNED2", "PWNED3", "LOCALPWNED"):
         for where in (Path.home(), tmp_path, Path.cwd(), tmp_path / "dev ice"):
             assert not (where / name).exists(), where / name

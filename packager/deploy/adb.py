@@ -25,7 +25,7 @@ _SERIAL = re.compile(r"^[A-Za-z0-9._:\[\]-]+$")
 
 class AdbTransport(Transport):
     method = "adb"
-    default_home = "/data/local/tmp"
+    home_expr = "/data/local/tmp"
     supports_install = False
 
     def __init__(self, serial: str | None = None, *, timeout: float = 60.0, adb_bin: str = "adb",
@@ -79,12 +79,6 @@ class AdbTransport(Transport):
             hint = ("accept the 'Allow USB debugging' prompt on the device" if state == "unauthorized"
                     else "reconnect it (adb reconnect) or restart adb (adb kill-server)")
             raise DeployError(f"device {self.serial} is {state}", hint=hint)
-        res = self.sh('for t in sha256sum; do command -v "$t" >/dev/null 2>&1 || echo "MISSING=$t"; done',
-                      timeout=30)
-        missing = [ln[8:] for ln in res.out.splitlines() if ln.startswith("MISSING=")]
-        if missing:
-            raise DeployError(f"{self.describe()} lacks {', '.join(missing)} (needed to checksum files)",
-                              hint="Android 8+ ships it in toybox; older devices are not supported")
 
     # ------------------------------------------------------------------ commands
     def sh(self, script: str, *, timeout: float | None = None, stdin: IO[bytes] | None = None) -> Completed:
@@ -110,7 +104,12 @@ class AdbTransport(Transport):
         # so callers find error lines wherever they look.
         return Completed(rc, body, res.stderr)
 
-    def upload(self, files: Sequence[tuple[Path, str]], dest_dir: str, *, timeout: float | None = None) -> int:
+    def upload(self, files: Sequence[tuple[Path, str]], dest_dir: str, *, timeout: float | None = None,
+               prepare: str | None = None) -> int:
+        if prepare:
+            res = self.sh(prepare, timeout=timeout)
+            if res.rc != 0:
+                raise DeployError(f"preparing {dest_dir} on {self.serial} failed: {res.last_error_line()}")
         sent = 0
         for local, rel in files:
             size = Path(local).stat().st_size

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Sequence
 
-from ..errors import DeployError, EnvironmentProblem
+from ..errors import DeployError, EnvironmentProblem, UsageError
 
 DEFAULT_TIMEOUT = 60.0
 
@@ -103,15 +103,12 @@ class Transport(ABC):
     """A device reached somehow. Scripts are POSIX sh; every value in them is ``shlex.quote``d."""
 
     method: str = ""
-    #: where a relative remote dir (and ``~``) is anchored when the device does not say
-    default_home: str = "/"
 
     def __init__(self, timeout: float = DEFAULT_TIMEOUT):
         if timeout <= 0:
             raise DeployError("timeout must be positive")
         self.timeout = float(timeout)
         self.bytes_sent = 0
-        self._home: str | None = None
 
     # ------------------------------------------------------------------ to implement
     @abstractmethod
@@ -120,7 +117,8 @@ class Transport(ABC):
 
     @abstractmethod
     def connect(self) -> None:
-        """Check the device is reachable and trusted (host key, authorization); runs nothing that writes."""
+        """Pick and check the device (host key and login for ssh, the serial for adb). Runs no
+        remote command; calling it again on a connected transport is cheap."""
 
     @abstractmethod
     def sh(self, script: str, *, timeout: float | None = None, stdin: IO[bytes] | None = None) -> Completed:
@@ -128,9 +126,12 @@ class Transport(ABC):
         when the device could not be reached or the call was cut off."""
 
     @abstractmethod
-    def upload(self, files: Sequence[tuple[Path, str]], dest_dir: str, *, timeout: float | None = None) -> int:
+    def upload(self, files: Sequence[tuple[Path, str]], dest_dir: str, *, timeout: float | None = None,
+               prepare: str | None = None) -> int:
         """Copy local files to ``dest_dir/<relpath>`` (relpaths validated by the caller); returns bytes
-        sent. A failed upload raises DeployError; a 'successful' one is still checksummed by the caller."""
+        sent. ``prepare`` is a script to run on the device first (in the same round trip where the
+        transport can). A failed upload raises DeployError; a 'successful' one is still checksummed
+        by the caller."""
 
     @abstractmethod
     def download(self, remote_path: str, local_path: Path, *, timeout: float | None = None) -> int:
@@ -140,32 +141,40 @@ class Transport(ABC):
         """Release whatever the transport holds (nothing by default)."""
 
     # ------------------------------------------------------------------ shared
-    def home(self) -> str:
-        return self._home or self.default_home
+    #: shell expression for where ``~`` and relative remote dirs are anchored
+    home_expr: str = "/"
+    #: device commands the release protocol needs besides POSIX sh basics
+    required_tools: tuple[str, ...] = ("sha256sum",)
 
-    def resolve_dir(self, remote_dir: str) -> str:
-        """``~``, ``~/x`` and relative dirs are anchored at the device's home; returns an absolute path."""
-        if not remote_dir or "\n" in remote_dir or "\0" in remote_dir:
-            raise DeployError(f"invalid remote directory {remote_dir!r}")
-        home = self.home().rstrip("/") or "/"
-        if remote_dir == "~":
-            path = home
-        elif remote_dir.startswith("~/"):
-            path = home.rstrip("/") + "/" + remote_dir[2:]
-        elif remote_dir.startswith("~"):
-            raise DeployError(f"remote directory {remote_dir!r}: only ~ and ~/ are understood (not ~user)")
-        elif remote_dir.startswith("/"):
-            path = remote_dir
-        else:
-            path = home.rstrip("/") + "/" + remote_dir
-        path = re.sub(r"/+", "/", path)
+    def path_expr(self, remote_path: str) -> str:
+        """A shell expression for a remote path as the user wrote it: ``~``, ``~/x`` and relative
+        paths are anchored at the device's home; everything else is quoted literally."""
+        if not remote_path or "\n" in remote_path or "\0" in remote_path:
+            raise UsageError(f"invalid remote path {remote_path!r}")
+        if ".." in remote_path.split("/"):
+            raise UsageError(f"remote path {remote_path!r} must not contain '..'")
+        if remote_path == "~":
+            return self.home_expr
+        if remote_path.startswith("~/"):
+            return f"{self.home_expr}/{q(remote_path[2:])}"
+        if remote_path.startswith("~"):
+            raise UsageError(f"remote path {remote_path!r}: only ~ and ~/ are understood (not ~user)")
+        if remote_path.startswith("/"):
+            return q(remote_path)
+        return f"{self.home_expr}/{q(remote_path)}"
+
+    @staticmethod
+    def normalize_dir(resolved: str, home: str, spec: str) -> str:
+        """Check the absolute directory the device resolved ``spec`` to."""
+        path = re.sub(r"/+", "/", resolved)
         if len(path) > 1:
             path = path.rstrip("/")
-        parts = path.split("/")
-        if ".." in parts:
-            raise DeployError(f"remote directory {remote_dir!r} must not contain '..'")
-        if path in ("/", home.rstrip("/") or "/"):
-            raise DeployError(f"remote directory {remote_dir!r} is the device's root or home; use a directory of its own")
+        if not path.startswith("/"):
+            raise DeployError(f"remote directory {spec!r} resolved to {resolved!r}, not an absolute path",
+                              hint="pass an absolute --remote-dir")
+        home = re.sub(r"/+", "/", home).rstrip("/") or "/"
+        if path in ("/", home):
+            raise UsageError(f"remote directory {spec!r} is the device's root or home; use a directory of its own")
         return path
 
     def __enter__(self):

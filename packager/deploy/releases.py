@@ -199,6 +199,7 @@ def load_bundle(bundle_dir: str | Path) -> Bundle:
 @dataclass
 class _State:
     dir: str
+    home: str = ""
     exists: bool = False
     current: str | None = None
     current_raw: str | None = None
@@ -220,9 +221,18 @@ def _check(res: Completed, what: str, transport: Transport) -> Completed:
     return res
 
 
-def _probe(transport: Transport, rdir: str, hash_files: Sequence[str] = (), read_manifest: bool = False) -> _State:
-    d = q(rdir)
+def _open(transport: Transport, remote_dir: str, hash_files: Sequence[str] = (), read_manifest: bool = False) -> _State:
+    """Connect, resolve ``remote_dir`` on the device and read its state, all in one remote call."""
+    transport.connect()
+    return _probe(transport, remote_dir, hash_files, read_manifest)
+
+
+def _probe(transport: Transport, remote_dir: str, hash_files: Sequence[str] = (), read_manifest: bool = False) -> _State:
+    d = '"$d"'
     script = [
+        f"d={transport.path_expr(remote_dir)}",
+        'printf "DIR=%s\\n" "$d"', 'printf "HOME=%s\\n" "$HOME"',
+        f'for t in {" ".join(transport.required_tools)}; do command -v "$t" >/dev/null 2>&1 || echo "MISSING=$t"; done',
         f'if [ -d {d} ]; then echo "EXISTS=1"; fi',
         f'c=$(readlink {d}/current 2>/dev/null) && echo "CURRENT=$c"',
         f'if [ -x {d}/venv/bin/python ]; then echo "VENV=1"; fi',
@@ -239,15 +249,22 @@ def _probe(transport: Transport, rdir: str, hash_files: Sequence[str] = (), read
     manifest_text = None
     if read_manifest and "@@MANIFEST@@\n" in text:
         text, manifest_text = text.split("@@MANIFEST@@\n", 1)
-    st = _State(dir=rdir)
+    st = _State(dir="")
+    resolved, home, missing = None, "", []
     for line in text.splitlines():
-        if line == "EXISTS=1":
+        if line.startswith("DIR=") and resolved is None:
+            resolved = line[4:]
+        elif line.startswith("HOME=") and not home:
+            home = line[5:]
+        elif line.startswith("MISSING="):
+            missing.append(line[8:])
+        elif line == "EXISTS=1":
             st.exists = True
         elif line.startswith("CURRENT="):
             st.current_raw = line[8:]
             target = st.current_raw.rstrip("/")
             rid = target.rsplit("/", 1)[-1]
-            if RELEASE_RE.match(rid) and target in (f"releases/{rid}", f"{rdir}/releases/{rid}"):
+            if RELEASE_RE.match(rid) and target.endswith(f"releases/{rid}"):
                 st.current = rid
         elif line == "VENV=1":
             st.venv = True
@@ -259,6 +276,16 @@ def _probe(transport: Transport, rdir: str, hash_files: Sequence[str] = (), read
             if m and "/" in m[2]:
                 rel_release, rel = m[2].split("/", 1)
                 st.hashes[(rel_release, rel)] = m[1]
+    if resolved is None:
+        raise DeployError(f"{transport.describe()} gave no answer to the state probe: {res.last_error_line()}")
+    if missing:
+        raise DeployError(f"{transport.describe()} lacks {', '.join(missing)} (needed to checksum and unpack files)",
+                          hint="install coreutils and tar on the device" if transport.method == "ssh"
+                          else "Android 8+ ships sha256sum in toybox; older devices are not supported")
+    if remote_dir.startswith("~") and not home.startswith("/"):
+        raise DeployError(f"{transport.describe()} has no usable $HOME for {remote_dir!r}", hint="pass an absolute --remote-dir")
+    st.dir = transport.normalize_dir(resolved, home or "/", remote_dir)
+    st.home = home
     st.releases.sort()
     if st.current is not None and st.current not in st.releases:
         st.current = None
@@ -339,10 +366,33 @@ def _prune_list(releases: Sequence[str], keep: int, protect: Sequence[str | None
     return [r for r in ordered if r not in keep_set]
 
 
-def _prune(transport: Transport, rdir: str, doomed: Sequence[str]) -> None:
-    if doomed:
-        _check(transport.sh(f"cd {q(rdir + '/releases')} && rm -rf " + " ".join(q(r) for r in doomed)),
-               "pruning old releases", transport)
+def _prune_script(rdir: str, doomed: Sequence[str]) -> str:
+    if not doomed:
+        return "true"
+    return f"cd {q(rdir + '/releases')} && rm -rf " + " ".join(q(r) for r in doomed)
+
+
+def _verify_commit_script(rdir: str, release: str, want: dict[str, str]) -> str:
+    """On the device: sha256sum every staged file, compare, and only if all match move staging to
+    releases/<id>. Exit 91 (staging removed) on a mismatch; prints ``SUM=<hex> <file>`` lines."""
+    staging = f"{rdir}/.staging-{release}"
+    lines = [f"cd {q(staging)} || exit 90", "bad="]
+    for rel, digest in want.items():
+        lines.append(f"h=$(sha256sum {q(rel)} 2>/dev/null); h=${{h%% *}}; echo \"SUM=$h \"{q(rel)}; "
+                     f"[ \"$h\" = {q(digest)} ] || bad=1")
+    lines += [f'if [ -n "$bad" ]; then cd / && rm -rf {q(staging)}; exit 91; fi',
+              "set -e", f"cd {q(rdir)}", f"test ! -e {q('releases/' + release)}",
+              f"mv {q('.staging-' + release)} {q('releases/' + release)}"]
+    return "\n".join(lines)
+
+
+def _parse_sums(text: str) -> dict[str, str]:
+    got = {}
+    for line in text.splitlines():
+        m = re.match(r"^SUM=([0-9a-f]{64})? (.+)$", line)
+        if m and m[1]:
+            got[m[2]] = m[1]
+    return got
 
 
 def _notify(progress: Progress | None, step: str, detail: str = "") -> None:
@@ -353,7 +403,7 @@ def _notify(progress: Progress | None, step: str, detail: str = "") -> None:
 # =========================================================================== device script
 def _python_token(transport: Transport, python: str) -> str:
     if python.startswith("~/"):
-        return q(transport.home().rstrip("/") + python[1:])
+        return transport.path_expr(python)
     return q(python)
 
 
@@ -406,8 +456,9 @@ def deploy(bundle_dir: str | Path, transport: Transport, remote_dir: str | None 
            device_python: str | None = None) -> DeployResult:
     """Upload a bundle as a new release, verify it on the device, switch ``current`` to it.
 
-    ``progress(step, detail)`` is called before each step: connect, plan, stage, upload, verify,
-    commit, install, switch, smoke, prune."""
+    ``progress(step, detail)`` is called before each step: connect, plan, upload, verify, install,
+    switch, smoke, prune. Over SSH a deploy is four remote calls on one connection (check, plan,
+    stage+upload, verify+commit+switch+prune) plus one for ``smoke`` and one for ``install``."""
     started = time.monotonic()
     if keep < 1:
         raise UsageError(f"--keep {keep}: keep at least 1 release")
@@ -419,12 +470,12 @@ def deploy(bundle_dir: str | Path, transport: Transport, remote_dir: str | None 
         raise UsageError(f"--install needs requirements.txt in the bundle; {bundle.path} has none")
     _notify(progress, "connect", transport.describe())
     transport.connect()
-    rdir = transport.resolve_dir(remote_dir or default_remote_dir(bundle.manifest, transport))
     sent_before = transport.bytes_sent
-
-    _notify(progress, "plan", rdir)
+    spec = remote_dir or default_remote_dir(bundle.manifest, transport)
+    _notify(progress, "plan", spec)
     want = bundle.wanted
-    st = _probe(transport, rdir, hash_files=list(want))
+    st = _probe(transport, spec, hash_files=list(want))
+    rdir = st.dir
     prev = st.current
     order = ([prev] if prev else []) + [r for r in reversed(st.releases) if r != prev]
     sources: dict[str, str] = {}
@@ -447,31 +498,36 @@ def deploy(bundle_dir: str | Path, transport: Transport, remote_dir: str | None 
     else:
         release = _release_id(bundle.model_sha256, st.releases)
         staging = f"{rdir}/.staging-{release}"
-        _notify(progress, "stage", staging)
+        doomed = _prune_list(st.releases + [release], keep, (release, prev))
         dirs = sorted({staging + "/" + rel.rsplit("/", 1)[0] for rel in want if "/" in rel})
-        lines = ["set -e", f"mkdir -p {q(rdir + '/releases')}", f"rm -rf {q(rdir)}/.staging-*",
-                 f"mkdir -p {q(staging)} " + " ".join(q(x) for x in dirs)]
+        prepare = ["set -e", f"mkdir -p {q(rdir + '/releases')}", f"rm -rf {q(rdir)}/.staging-*",
+                   f"mkdir -p {q(staging)} " + " ".join(q(x) for x in dirs)]
         for rel, rel_release in sorted(sources.items()):
             src, dst = q(f"{rdir}/releases/{rel_release}/{rel}"), q(f"{staging}/{rel}")
-            lines.append(f"ln {src} {dst} 2>/dev/null || cp {src} {dst}")
-        _check(transport.sh("\n".join(lines)), "preparing the staging directory", transport)
+            prepare.append(f"ln {src} {dst} 2>/dev/null || cp {src} {dst}")
+        to_send = [(bundle.local(rel), rel) for rel, _ in bundle.files if rel not in sources]
+        uploaded = tuple(rel for _, rel in to_send)
+        _notify(progress, "upload", f"{len(to_send)} files, {sum(bundle.sizes[r] for r in uploaded)} bytes "
+                                    f"({len(sources)} reused on the device)")
         try:
-            to_send = [(bundle.local(rel), rel) for rel, _ in bundle.files if rel not in sources]
-            uploaded = tuple(rel for _, rel in to_send)
-            if to_send:
-                _notify(progress, "upload", f"{len(to_send)} files, {sum(bundle.sizes[r] for r in uploaded)} bytes")
-                transport.upload(to_send, staging)
+            transport.upload(to_send, staging, prepare="\n".join(prepare),
+                             timeout=transfer_timeout(sum(bundle.sizes[r] for r in uploaded), transport.timeout))
+            # One round trip: the device checksums every file with its own sha256sum and only if all
+            # match renames staging to releases/<id>, switches current and prunes (unless --install
+            # has to run in between).
             _notify(progress, "verify", staging)
-            problems = _mismatches(want, _remote_hashes(transport, staging, list(want)))
-            if problems:
+            script = _verify_commit_script(rdir, release, want)
+            if not install:
+                _notify(progress, "switch", f"current -> releases/{release}")
+                script += "\n" + _switch_script(rdir, release) + "\n" + _prune_script(rdir, doomed)
+            res = transport.sh(script, timeout=transfer_timeout(sum(bundle.sizes.values()), transport.timeout))
+            if res.rc == 91:
+                problems = _mismatches(want, _parse_sums(res.out))
                 raise DeployError(
-                    f"checksum mismatch on the device after the transfer: {'; '.join(problems)}; "
+                    f"checksum mismatch on the device after the transfer: {'; '.join(problems) or res.out.strip()}; "
                     f"current is unchanged ({prev or 'none'})",
                     hint="the transfer was cut off or corrupted; run the deploy again")
-            _notify(progress, "commit", release)
-            _check(transport.sh("\n".join([
-                "set -e", f"cd {q(rdir)}", f"test ! -e {q('releases/' + release)}",
-                f"mv {q('.staging-' + release)} {q('releases/' + release)}"])), "committing the release", transport)
+            _check(res, "verifying and switching to the new release", transport)
         except BaseException:
             _cleanup(transport, f"rm -rf {q(staging)}")
             raise
@@ -479,11 +535,16 @@ def deploy(bundle_dir: str | Path, transport: Transport, remote_dir: str | None 
             if install:
                 python = _install(transport, rdir, f"{rdir}/releases/{release}", device_python or _profile_python(bundle.manifest), progress)
                 installed = True
-            _notify(progress, "switch", f"current -> releases/{release}")
-            _switch(transport, rdir, release)
+                _notify(progress, "switch", f"current -> releases/{release}")
+                res = _check(transport.sh(_switch_script(rdir, release) + "\n" + _prune_script(rdir, doomed)),
+                             "switching current", transport)
+            if f"CURRENT=releases/{release}" not in res.out.splitlines():
+                raise DeployError(f"switching current to {release} on {transport.describe()} did not take effect")
         except BaseException:
             _cleanup(transport, _switch_script(rdir, prev) + f"\nrm -rf {q(rdir + '/releases/' + release)}")
             raise
+        if doomed:
+            _notify(progress, "prune", ", ".join(doomed))
 
     if python is None:
         python = f"{rdir}/venv/bin/python" if (st.venv or installed) else _profile_python(bundle.manifest)
@@ -501,10 +562,11 @@ def deploy(bundle_dir: str | Path, transport: Transport, remote_dir: str | None 
             raise DeployError(f"smoke test of the current release {release} failed: {failure}",
                               hint=_RUNTIME_HINT if "exit 4" in failure or "no usable Python" in failure else None)
 
-    doomed = _prune_list(st.releases + [release], keep, (release, prev))
-    if doomed:
-        _notify(progress, "prune", ", ".join(doomed))
-        _prune(transport, rdir, doomed)
+    if unchanged:
+        doomed = _prune_list(st.releases, keep, (release, st.previous()))
+        if doomed:
+            _notify(progress, "prune", ", ".join(doomed))
+            _check(transport.sh(_prune_script(rdir, doomed)), "pruning old releases", transport)
     return DeployResult(device=transport.describe(), remote_dir=rdir, release=release, previous=prev if not unchanged else st.previous(),
                         changed=not unchanged, uploaded=uploaded, reused=reused if not unchanged else tuple(sorted(want)),
                         bytes_sent=transport.bytes_sent - sent_before, pruned=tuple(doomed), installed=installed,
@@ -585,9 +647,8 @@ def rollback(transport: Transport, remote_dir: str, to: str | None = None,
     if to is not None and not RELEASE_RE.match(to):
         raise UsageError(f"release {to!r} is not a release id (yyyymmddThhmmssZ-<12 hex>)")
     _notify(progress, "connect", transport.describe())
-    transport.connect()
-    rdir = transport.resolve_dir(remote_dir)
-    st = _probe(transport, rdir)
+    st = _open(transport, remote_dir)
+    rdir = st.dir
     if not st.releases:
         raise DeployError(f"{rdir} on {transport.describe()} holds no releases")
     target = to or st.previous()
@@ -628,9 +689,8 @@ def _release_info(rid: str, current: str | None) -> ReleaseInfo:
 
 def status(transport: Transport, remote_dir: str, verify: bool = True) -> StatusResult:
     """What is deployed in ``remote_dir``: releases, current, and whether current is intact."""
-    transport.connect()
-    rdir = transport.resolve_dir(remote_dir)
-    st = _probe(transport, rdir, read_manifest=True)
+    st = _open(transport, remote_dir, read_manifest=True)
+    rdir = st.dir
     problems: list[str] = []
     if st.current_raw is not None and st.current is None:
         problems.append(f"current points at {st.current_raw!r}, which is not a release here")
@@ -706,9 +766,8 @@ def run(transport: Transport, remote_dir: str, *, input: str | Path | None = Non
         raise UsageError(f"--benchmark-binary {bin_path}: no such file")
     limit = max(timeout or 0, SMOKE_TIMEOUT, transport.timeout)
 
-    transport.connect()
-    rdir = transport.resolve_dir(remote_dir)
-    st = _probe(transport, rdir, read_manifest=True)
+    st = _open(transport, remote_dir, read_manifest=True)
+    rdir = st.dir
     if st.current is None or st.manifest is None:
         raise DeployError(f"nothing is deployed in {rdir} on {transport.describe()}",
                           hint="deploy a bundle first: edgepack deploy BUNDLE")

@@ -5,13 +5,21 @@ Host keys are checked strictly (``StrictHostKeyChecking=yes``): an unknown or ch
 deploy before any remote command runs, with the steps to enrol the host. Files travel as one tar
 stream over ``ssh HOST 'cd STAGING && tar -xf -'`` (no scp/sftp path quoting differences between
 OpenSSH versions); the release protocol checksums them on the device afterwards.
+
+A deploy makes four remote calls (plus smoke/install). They share one authenticated connection: ``connect()``
+starts ``ssh -M -N`` (a ControlMaster owned by this transport, in a private 0700 socket directory)
+and ``close()`` stops it, so the key exchange happens once per deploy instead of once per call.
 """
 from __future__ import annotations
 
 import os
 import re
+import shutil
+import subprocess
 import tarfile
 import tempfile
+import time
+import weakref
 from pathlib import Path
 from typing import IO, Sequence
 
@@ -49,10 +57,12 @@ def parse_host(spec: str) -> tuple[str | None, str, int | None]:
 
 class SshTransport(Transport):
     method = "ssh"
-    default_home = "~"
+    home_expr = '"$HOME"'
+    required_tools = ("sha256sum", "tar")
 
     def __init__(self, host: str, *, ssh_config: str | os.PathLike | None = None, timeout: float = 60.0,
-                 connect_timeout: float = 10.0, ssh_bin: str = "ssh", env: dict | None = None):
+                 connect_timeout: float = 10.0, ssh_bin: str = "ssh", env: dict | None = None,
+                 multiplex: bool = True):
         super().__init__(timeout)
         self.user, self.host, self.port = parse_host(host)
         self.spec = host
@@ -63,6 +73,10 @@ class SshTransport(Transport):
         self.ssh_bin = ssh_bin
         self.env = {**os.environ, **env} if env else None
         self._effective: dict[str, str] = {}
+        self.multiplex = multiplex
+        self._master: subprocess.Popen | None = None
+        self._control_path: str | None = None
+        self._finalizer = None
 
     # ------------------------------------------------------------------ argv
     def _options(self) -> list[str]:
@@ -75,6 +89,12 @@ class SshTransport(Transport):
                  "-o", "LogLevel=ERROR"]
         if self.port is not None:
             argv += ["-p", str(self.port)]
+        return argv
+
+    def _command_options(self) -> list[str]:
+        argv = self._options()
+        if self._control_path is not None:
+            argv += ["-o", "ControlMaster=no", "-o", f"ControlPath={self._control_path}"]
         return argv
 
     def _destination(self) -> str:
@@ -99,28 +119,50 @@ class SshTransport(Transport):
         return conf
 
     def connect(self) -> None:
-        self._effective = self._effective_config()
-        probe = ('printf "HOME=%s\\n" "$HOME"; '
-                 'for t in sha256sum tar; do command -v "$t" >/dev/null 2>&1 || echo "MISSING=$t"; done')
-        res = self._ssh(probe, timeout=self.connect_timeout + 20)
-        if res.rc != 0:
-            raise DeployError(f"{self.describe()}: the connection check failed: {res.last_error_line()}")
-        missing = []
-        for line in res.out.splitlines():
-            if line.startswith("HOME="):
-                self._home = line[5:] or None
-            elif line.startswith("MISSING="):
-                missing.append(line[8:])
-        if not self._home or not self._home.startswith("/"):
-            self._home = None
-        if missing:
-            raise DeployError(f"{self.describe()} lacks {', '.join(missing)} (needed to checksum and unpack files)",
-                              hint="install coreutils and tar on the device")
+        if not self._effective:
+            self._effective = self._effective_config()
+        if self.multiplex:
+            self._start_master()
 
-    def home(self) -> str:
-        if self._home is None:
-            raise DeployError(f"{self.describe()}: could not learn the remote home directory; pass an absolute --remote-dir")
-        return self._home
+    def _start_master(self) -> None:
+        """One authenticated connection for all later calls; host key and login are checked here."""
+        if self._master is not None and self._master.poll() is None:
+            return
+        self.close()
+        cm_dir = tempfile.mkdtemp(prefix="edgepack-ssh-", dir="/tmp" if os.path.isdir("/tmp") else None)
+        path = os.path.join(cm_dir, "cm")
+        log_path = os.path.join(cm_dir, "master.log")
+        argv = self._options() + ["-M", "-N", "-o", "ControlPersist=no", "-o", f"ControlPath={path}",
+                                  "--", self._destination()]
+        try:
+            with open(log_path, "wb") as log:
+                master = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
+                                          env=self.env, start_new_session=True)
+        except FileNotFoundError:
+            shutil.rmtree(cm_dir, ignore_errors=True)
+            return  # run_process reports the missing ssh client on the first call
+        self._master, self._control_path = master, None
+        self._finalizer = weakref.finalize(self, _stop_master, master, cm_dir)
+        deadline = time.monotonic() + self.connect_timeout + 20
+        while not os.path.exists(path):
+            if master.poll() is not None:
+                with open(log_path, "rb") as fh:
+                    err = fh.read()
+                self.close()
+                raise self._classify(Completed(255, b"", err))
+            if time.monotonic() > deadline:
+                self.close()
+                raise DeployError(f"ssh to {self.describe()} timed out while connecting",
+                                  hint="check the address and that sshd runs, or raise --timeout")
+            time.sleep(0.02)
+        self._control_path = path
+
+    def close(self) -> None:
+        if self._finalizer is not None:
+            self._finalizer()
+        self._finalizer = None
+        self._master = None
+        self._control_path = None
 
     def _keyscan_hints(self) -> tuple[str, str, str, str]:
         conf = self._effective or {}
@@ -158,7 +200,7 @@ class SshTransport(Transport):
 
     # ------------------------------------------------------------------ commands
     def _ssh(self, script: str, *, timeout: float, stdin: IO[bytes] | None = None) -> Completed:
-        argv = self._options() + ["--", self._destination(), script]
+        argv = self._command_options() + ["--", self._destination(), script]
         res = run_process(argv, timeout=timeout, what=f"ssh to {self.describe()}", stdin=stdin, env=self.env)
         if res.rc == 255:  # ssh's own failure; edgepack's scripts never exit 255
             raise self._classify(res)
@@ -167,8 +209,13 @@ class SshTransport(Transport):
     def sh(self, script: str, *, timeout: float | None = None, stdin: IO[bytes] | None = None) -> Completed:
         return self._ssh(script, timeout=timeout or self.timeout, stdin=stdin)
 
-    def upload(self, files: Sequence[tuple[Path, str]], dest_dir: str, *, timeout: float | None = None) -> int:
+    def upload(self, files: Sequence[tuple[Path, str]], dest_dir: str, *, timeout: float | None = None,
+               prepare: str | None = None) -> int:
         if not files:
+            if prepare:
+                res = self.sh(prepare, timeout=timeout)
+                if res.rc != 0:
+                    raise DeployError(f"preparing {dest_dir} on {self.describe()} failed: {res.last_error_line()}")
             return 0
         with tempfile.TemporaryFile() as tmp:
             with tarfile.open(fileobj=tmp, mode="w", format=tarfile.USTAR_FORMAT) as tar:
@@ -179,9 +226,13 @@ class SshTransport(Transport):
                     info.mode = 0o755 if os.access(local, os.X_OK) or rel.endswith(".py") else 0o644
                     with open(local, "rb") as fh:
                         tar.addfile(info, fh)
-            size = tmp.tell()
+                end = tar.offset
+            # the two zero blocks end the archive; tarfile's padding to a 10 KiB record is not needed
+            size = end + 2 * tarfile.BLOCKSIZE
+            tmp.truncate(size)
             tmp.seek(0)
-            res = self.sh(f"mkdir -p {q(dest_dir)} && cd {q(dest_dir)} && tar -xf -", stdin=tmp,
+            unpack = f"mkdir -p {q(dest_dir)} && cd {q(dest_dir)} && tar -xf -"
+            res = self.sh(f"{prepare}\n{unpack}" if prepare else unpack, stdin=tmp,
                           timeout=transfer_timeout(size, timeout or self.timeout))
         self.bytes_sent += size
         if res.rc != 0:
@@ -198,3 +249,14 @@ class SshTransport(Transport):
         tmp.write_bytes(res.stdout)
         os.replace(tmp, local_path)
         return len(res.stdout)
+
+
+def _stop_master(master: subprocess.Popen, cm_dir: str) -> None:
+    if master.poll() is None:
+        master.terminate()
+        try:
+            master.wait(5)
+        except subprocess.TimeoutExpired:
+            master.kill()
+            master.wait(5)
+    shutil.rmtree(cm_dir, ignore_errors=True)

@@ -120,7 +120,9 @@ class AdbTransport(Transport):
             sent += size
             text = res.out + res.err
             if res.rc != 0 or re.search(r"^adb: error|: error:|failed to copy|remote ", text, re.M):
-                raise DeployError(f"adb push of {rel} to {self.serial} failed: {res.last_error_line()}",
+                why = next((ln.strip() for ln in text.splitlines() if re.search(r"error|fail|couldn't", ln)),
+                           res.last_error_line())
+                raise DeployError(f"adb push of {rel} to {self.serial} failed: {why}",
                                   hint="the transfer was cut off; check the cable/connection and run again")
         if any(rel.endswith(".py") for _, rel in files):
             self.sh("chmod 755 " + " ".join(q(f"{dest_dir}/{rel}") for _, rel in files if rel.endswith(".py")))

@@ -432,6 +432,8 @@ def main(argv=None) -> int:
         manifest = read_manifest(root)
         model = load_model_bytes(root, manifest)
         inputs = read_inputs(args.input, manifest["inputs"]) if args.input else None
+        if inputs is not None:  # shapes checked against the manifest before the model is loaded
+            inputs = {spec["name"]: _expand_single(inputs[spec["name"]], spec) for spec in manifest["inputs"]}
         runner = Runner(model, manifest, threads=args.threads, runtime=args.runtime)
         if args.check:
             print(json.dumps({"ok": True, "init_ms": runner.init_seconds * 1000.0, **_platform_info(runner)}))

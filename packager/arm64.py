@@ -226,7 +226,7 @@ def _require_qemu() -> str:
 
 def _dir_size(path: Path) -> int:
     total = 0
-    for dirpath, dirnames, filenames in os.walk(path):
+    for dirpath, _dirnames, filenames in os.walk(path):
         for name in filenames:
             try:
                 total += os.lstat(os.path.join(dirpath, name)).st_size
@@ -326,7 +326,7 @@ class _Lock:
                 if time.monotonic() > deadline:
                     os.close(self.fd)
                     raise EnvironmentProblem(f"another process has held {self.path} for over {LOCK_WAIT} s",
-                                             hint=f"stop that process, or remove {self.path} if none runs")
+                                             hint=f"stop that process, or remove {self.path} if none runs") from None
                 time.sleep(1.0)
 
     def __exit__(self, *exc):

@@ -169,10 +169,18 @@ def build(model: str | os.PathLike, *, target: str = "rpi", recipe: str | None =
     from .convert import convert
     from .loaders import load_model
 
+    from .loaders import sniff_format
+
     progress = progress or _noop
-    profile = get_target(target)
-    rec = get_recipe(recipe or profile.default_recipe)
     model_path = Path(model)
+    sniff_format(model_path)            # a missing or unreadable model is the first thing to say
+    profile = get_target(target)
+    notes = []
+    if recipe is None and calibration is None and get_recipe(profile.default_recipe).needs_calibration:
+        recipe = profile.fallback_recipe
+        notes.append(f"no --calibration: built {recipe} instead of the target's default {profile.default_recipe}; "
+                     f"pass --calibration for {profile.default_recipe}")
+    rec = get_recipe(recipe or profile.default_recipe)
     name = validate_name(name or f"{model_path.stem if model_path.suffix else model_path.name}-{profile.name}")
     output = Path(output) if output else Path("dist") / name
     selected = [profile.runtime(r) for r in runtimes] if runtimes else list(profile.runtimes)
@@ -187,7 +195,7 @@ def build(model: str | os.PathLike, *, target: str = "rpi", recipe: str | None =
 
     progress(f"loading {model_path}")
     loaded = load_model(model_path)
-    warnings = list(loaded.notes)
+    warnings = notes + list(loaded.notes)
     cal = load_dataset(calibration, loaded.inputs) if calibration is not None else None
     if cal:
         warnings += cal.warnings

@@ -40,6 +40,7 @@ class TargetProfile:
     arch: str
     python: str
     default_recipe: str
+    fallback_recipe: str      # used when the default needs calibration and none was given
     deploy: str
     remote_dir: str
     device_python: str
@@ -61,7 +62,7 @@ class TargetProfile:
     def to_json(self) -> dict:
         return {
             "name": self.name, "description": self.description, "arch": self.arch, "python": self.python,
-            "default_recipe": self.default_recipe, "deploy": self.deploy, "remote_dir": self.remote_dir,
+            "default_recipe": self.default_recipe, "fallback_recipe": self.fallback_recipe, "deploy": self.deploy, "remote_dir": self.remote_dir,
             "device_python": self.device_python, "samples": self.samples,
             "runtimes": [{"name": r.name, "module": r.module, "requirements": list(r.requirements),
                           "python": r.python, "note": r.note} for r in self.runtimes],
@@ -102,7 +103,8 @@ def _parse(path: Path) -> TargetProfile:
     install = data.get("install", {})
     return TargetProfile(
         name=data["name"], description=data.get("description", ""), arch=data["arch"],
-        python=str(data.get("python", "3")), default_recipe=data["default_recipe"], deploy=data["deploy"],
+        python=str(data.get("python", "3")), default_recipe=data["default_recipe"],
+        fallback_recipe=data.get("fallback_recipe", "float16"), deploy=data["deploy"],
         remote_dir=data["remote_dir"], device_python=data.get("device_python", "python3"),
         runtimes=tuple(runtimes), samples=int(data.get("samples", 16)),
         android_assets=bool(data.get("android_assets", False)),

@@ -1,7 +1,7 @@
 """Shared session fixtures: one model zoo, data files and built bundles per test run.
 
-Runtime environments are cached in $EDGEPACK_CACHE_DIR (the `dev` script points it at
-.edgepack-cache/ in the checkout), so only the first run of a clone pays for creating them.
+Runtime environments (venvs, the arm64 root filesystem) are cached by content hash under
+$EDGEPACK_CACHE_DIR (default ~/.cache/edgepack), so only the first run on a machine pays for them.
 """
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-os.environ.setdefault("EDGEPACK_CACHE_DIR", str(ROOT / ".edgepack-cache"))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 pytest_plugins = ["tests.adb_fixtures", "tests.ssh_fixtures"]

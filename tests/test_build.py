@@ -236,3 +236,9 @@ def test_android_bundle_has_assets(zoo, data_files, tmp_path):
     assert info["inputs"][0]["name"] == "pixels"
     assert "noCompress" in (root / "README.md").read_text()
     assert res.manifest["target"]["deploy"] == "adb"
+
+
+def test_target_default_without_calibration_says_what_it_built(zoo, tmp_path):
+    res = api.build(zoo["keras3_h5"], target="rpi", runtimes=LITERT, output=tmp_path / "b")
+    assert res.manifest["recipe"]["name"] == "float16"
+    assert any("no --calibration" in w and "int8" in w for w in res.warnings)

@@ -1,104 +1,111 @@
-"""Small bundles for the deploy tests, assembled per docs/bundle-format.md.
+"""Bundles for the deploy tests, built by the real ``packager.api.build``.
 
-Two tiny float Keras models (Dense 4->3 softmax with different weights) are converted once with
-``tf.lite.TFLiteConverter.from_keras_model`` and cached in pytest's cache dir, so later runs do not
-import TensorFlow at all. ``make_bundle`` lays out a real bundle (model, the real device script,
-requirements, README, samples with expected outputs computed by ai-edge-litert) and its manifest.
+Two tiny Keras models (Dense 4->3 softmax, different seeds) are built for the rpi and android
+targets (recipe float32, no emulator verification) in a subprocess, once; the bundles are cached in
+pytest's cache dir under a key that hashes the packager sources, the device script and the target
+profiles, so later runs import no TensorFlow unless the build code changed. Tests work on copies.
 """
 from __future__ import annotations
 
 import hashlib
-import io
 import json
+import os
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-DEVICE_SCRIPT = ROOT / "device_runtime" / "edgepack_run.py"
-CACHE_KEY = "edgepack-deploy-tests/tiny-models-v1"
+CACHE_NAME = "edgepack-deploy-test-bundles"
 
-_CONVERT = r"""
-import sys, numpy as np, tensorflow as tf
-for seed, out in zip((1, 2), sys.argv[1:3]):
-    rng = np.random.default_rng(seed)
-    model = tf.keras.Sequential([tf.keras.Input((4,), name="x"), tf.keras.layers.Dense(3, activation="softmax")])
-    model.layers[-1].set_weights([rng.normal(size=(4, 3)).astype("float32"), rng.normal(size=3).astype("float32")])
-    open(out, "wb").write(tf.lite.TFLiteConverter.from_keras_model(model).convert())
+_BUILD = r"""
+import os, sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[2])
+import keras
+from packager import api
+out = Path(sys.argv[1])
+for tag, seed in (("a", 1), ("b", 2)):
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential([keras.Input((4,), name="x"), keras.layers.Dense(3, activation="softmax", name="probs")])
+    path = out / f"tiny-{tag}.keras"
+    model.save(path)
+    for target in ("rpi", "android"):
+        api.build(path, target=target, recipe="float32", verify=False, output=out / tag / f"tiny-{target}",
+                  name=f"tiny-{target}")
 """
 
 
-def tiny_models(cache_dir: Path) -> tuple[bytes, bytes]:
-    """Two different small .tflite models (converted in a subprocess once, then cached)."""
-    a, b = cache_dir / "a.tflite", cache_dir / "b.tflite"
-    if not (a.is_file() and b.is_file()):
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        subprocess.run([sys.executable, "-c", _CONVERT, str(a), str(b)], check=True, timeout=300,
-                       stdin=subprocess.DEVNULL, capture_output=True,
-                       env={"TF_CPP_MIN_LOG_LEVEL": "3", "PATH": "/usr/bin:/bin", "HOME": str(cache_dir)})
-    return a.read_bytes(), b.read_bytes()
+def _source_key() -> str:
+    h = hashlib.sha256()
+    files = sorted(p for p in (ROOT / "packager").glob("*.py") if not p.name.startswith("cli"))
+    files += [ROOT / "packager" / "recipes.toml", ROOT / "device_runtime" / "edgepack_run.py"]
+    files += sorted((ROOT / "targets").glob("*.toml"))
+    for p in files:
+        if p.is_file():
+            h.update(p.name.encode() + b"\0" + p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def build_bundles(cache: Path) -> dict[tuple[str, str], Path]:
+    """{(target, "a"|"b"): bundle dir}, built with packager.api.build (cached by source hash)."""
+    where = cache / _source_key()
+    result = {(t, tag): where / tag / f"tiny-{t}" for t in ("rpi", "android") for tag in ("a", "b")}
+    if not all((p / "manifest.json").is_file() for p in result.values()):
+        if where.exists():
+            shutil.rmtree(where)
+        where.mkdir(parents=True)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
+        env.update(TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
+        proc = subprocess.run([sys.executable, "-c", _BUILD, str(where), str(ROOT)], capture_output=True, text=True,
+                              timeout=600, stdin=subprocess.DEVNULL, env=env, cwd=str(where))
+        if proc.returncode != 0:
+            shutil.rmtree(where, ignore_errors=True)
+            # The deploy tests test deploying, not building: while the build code is broken (say,
+            # mid-edit), fall back to the last bundles it did build, if any, and say so.
+            previous = [d for d in cache.iterdir() if d.is_dir() and (d / "a" / "tiny-rpi" / "manifest.json").is_file()]
+            if previous:
+                last = max(previous, key=lambda d: d.stat().st_mtime)
+                warnings.warn(f"packager.api.build failed; using the bundles it built before ({last.name}): "
+                              + proc.stderr.strip().splitlines()[-1][:300])
+                return {(t, tag): last / tag / f"tiny-{t}" for t in ("rpi", "android") for tag in ("a", "b")}
+            raise RuntimeError("building the test bundles failed:\n" + proc.stderr[-3000:])
+        for old in cache.iterdir():
+            if old != where and old.is_dir():
+                shutil.rmtree(old, ignore_errors=True)
+    return result
 
 
 @pytest.fixture(scope="session")
-def tflite_models(request) -> tuple[bytes, bytes]:
-    return tiny_models(Path(request.config.cache.mkdir(CACHE_KEY.replace("/", "-"))))
+def built_bundles(request, tmp_path_factory) -> dict[tuple[str, str], Path]:
+    cache = getattr(request.config, "cache", None)     # absent with -p no:cacheprovider
+    where = Path(cache.mkdir(CACHE_NAME)) if cache is not None else tmp_path_factory.mktemp("bundles")
+    return build_bundles(where)
+
+
+def copy_bundle(src: Path, dest: Path, script_suffix: str = "") -> Path:
+    """A private copy of a built bundle (optionally with the device script changed, checksums updated)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(src, dest, symlinks=True)
+    if script_suffix:
+        with open(dest / "edgepack_run.py", "a", encoding="utf-8") as fh:
+            fh.write(script_suffix)
+        refresh_manifest(dest)
+    return dest
 
 
 def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _npz(arrays: dict) -> bytes:
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    return buf.getvalue()
-
-
-def make_bundle(dest: Path, model: bytes, *, name: str = "tiny-rpi", target: str = "rpi",
-                script_suffix: str = "") -> Path:
-    """Write a bundle directory at ``dest`` (replaced if present) and return it."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    interp = Interpreter(model_content=model)
-    interp.allocate_tensors()
-    din, dout = interp.get_input_details()[0], interp.get_output_details()[0]
-    x = np.random.default_rng(0).random((3, 4), dtype=np.float32)
-    expected = []
-    for row in x:
-        interp.set_tensor(din["index"], row[None, :])
-        interp.invoke()
-        expected.append(interp.get_tensor(dout["index"])[0])
-    files = {
-        "model.tflite": model,
-        "edgepack_run.py": DEVICE_SCRIPT.read_bytes() + script_suffix.encode(),
-        "requirements.txt": b"ai-edge-litert==2.3.*\nnumpy>=1.23,<3\n",
-        "README.md": f"# {name}\n\npython3 edgepack_run.py --self-test\n".encode(),
-        "samples/inputs.npz": _npz({"x": x}),
-        "samples/expected.npz": _npz({"probs": np.stack(expected)}),
-    }
-    if dest.exists():
-        shutil.rmtree(dest)
-    for rel, data in files.items():
-        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-        (dest / rel).write_bytes(data)
-    (dest / "edgepack_run.py").chmod(0o755)
-    manifest = {
-        "format": 1, "name": name, "model": "model.tflite", "entrypoint": "edgepack_run.py",
-        "model_sha256": _sha(model), "model_size": len(model),
-        "files": {rel: "sha256:" + _sha(data) for rel, data in files.items()},
-        "inputs": [{"name": "x", "shape": [-1, 4], "dtype": "float32", "index": int(din["index"]), "quantization": None}],
-        "outputs": [{"name": "probs", "shape": [-1, 3], "dtype": "float32", "index": int(dout["index"]),
-                     "quantization": None}],
-        "samples": {"inputs": "samples/inputs.npz", "expected": "samples/expected.npz", "atol": {"probs": 1e-5}},
-        "recipe": {"name": "float"}, "target": {"name": target},
-        "verification": {"status": "skipped"},
-    }
-    (dest / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    return dest
+def differing_files(a: Path, b: Path) -> set[str]:
+    """Files of bundle b whose content differs from a's (plus manifest.json): what a deploy of b over a sends."""
+    fa = json.loads((a / "manifest.json").read_text())["files"]
+    fb = json.loads((b / "manifest.json").read_text())["files"]
+    return {rel for rel, digest in fb.items() if fa.get(rel) != digest} | {"manifest.json"}
 
 
 def refresh_manifest(bundle: Path) -> None:

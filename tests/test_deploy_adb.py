@@ -18,9 +18,9 @@ from typer.testing import CliRunner
 from packager import cli_deploy
 from packager.deploy import AdbTransport, deploy, make_transport, rollback, run, status
 from packager.errors import DeployError, UsageError
-from tests.adb_fixtures import adb_device, adb_server  # noqa: F401 (fixtures)
 from tests.adbd_standin import AdbdStandin
-from tests.deploy_helpers import make_bundle, refresh_manifest, tflite_models, tree  # noqa: F401 (fixture)
+from tests.deploy_helpers import built_bundles, copy_bundle, differing_files, tree  # noqa: F401 (fixture)
+# adb_server/adb_device come from the tests.adb_fixtures plugin (conftest.py)
 
 PY = sys.executable
 DIR = "/data/local/tmp/edgepack/tiny-android"
@@ -33,10 +33,8 @@ def t(adb_device):
 
 
 @pytest.fixture
-def bundles(tmp_path, tflite_models):
-    a, b = tflite_models
-    return (make_bundle(tmp_path / "a" / "tiny-android", a, name="tiny-android", target="android"),
-            make_bundle(tmp_path / "b" / "tiny-android", b, name="tiny-android", target="android"))
+def bundles(tmp_path, built_bundles):
+    return tuple(copy_bundle(built_bundles[("android", tag)], tmp_path / tag / "tiny-android") for tag in "ab")
 
 
 def state(dev, d=DIR):
@@ -70,8 +68,8 @@ def test_redeploy_sends_nothing_and_second_deploy_sends_the_difference(t, adb_de
     second = deploy(b, t)
     assert second.previous == first.release and state(adb_device) == (f"releases/{second.release}",
                                                                          sorted([first.release, second.release]))
-    new_pushes = {p["path"].rsplit("/", 1)[-1] for p in adb_device.standin.pushes[n:]}
-    assert new_pushes == {"model.tflite", "expected.npz", "manifest.json"}
+    new_pushes = {p["path"].split(f"/.staging-{second.release}/", 1)[-1] for p in adb_device.standin.pushes[n:]}
+    assert new_pushes == differing_files(a, b) == set(second.uploaded) and "model.tflite" in new_pushes
     assert second.bytes_sent == sum((b / r).stat().st_size for r in second.uploaded)
 
 
@@ -93,10 +91,10 @@ def test_lying_truncated_push_is_caught_by_the_device_checksum(t, adb_device, bu
     a, b = bundles
     first = deploy(a, t)
     adb_device.truncate_push_to, adb_device.truncate_push_times = 100, 1
-    with pytest.raises(DeployError, match=r"checksum mismatch on the device.*model.tflite") as err:
+    with pytest.raises(DeployError, match=r"checksum mismatch on the device") as err:
         deploy(b, t)
-    assert adb_device.standin.pushes[-3]["fault"] == "truncated" or any(
-        p["fault"] == "truncated" for p in adb_device.standin.pushes)
+    lied = [p["path"] for p in adb_device.standin.pushes if p["fault"] == "truncated"]
+    assert len(lied) == 1 and lied[0].split("/.staging-")[1].split("/", 1)[1] + " has sha256" in err.value.message
     assert first.release in err.value.message
     assert state(adb_device) == (f"releases/{first.release}", [first.release])
     assert not list(adb_device.path(DIR).glob(".staging-*"))
@@ -143,6 +141,12 @@ def test_hostile_remote_dir(t, adb_device, bundles, tmp_path):
     tmp = adb_device.root / "data" / "local" / "tmp"
     assert not (tmp / "PWNED").exists() and not (tmp / "PWNED2").exists()
     assert not any(p.name in ("PWNED", "PWNED2") for p in adb_device.root.rglob("*"))
+
+
+def test_relative_remote_dir_is_under_data_local_tmp(t, adb_device, bundles):
+    res = deploy(bundles[0], t, remote_dir="edgepack/rel")
+    assert res.remote_dir == "/data/local/tmp/edgepack/rel"
+    assert (adb_device.root / "data/local/tmp/edgepack/rel/current").is_symlink()
 
 
 @pytest.mark.parametrize("serial", ["-s", "a b", "x;reboot", "$(id)"])

@@ -718,9 +718,8 @@ def _parse_benchmark_model(text: str, runs: int) -> dict:
     """Read LiteRT ``benchmark_model``'s summary: 'Inference timings in us: Init: .., First inference: ..,
     Warmup (avg): .., Inference (avg): ..'."""
     out: dict = {"tool": "benchmark_model", "runs": runs}
-    m = None
-    for m in _BENCH_LINE.finditer(text):
-        pass
+    matches = list(_BENCH_LINE.finditer(text))
+    m = matches[-1] if matches else None
     if m is None:
         raise DeployError("benchmark_model printed no 'Inference timings' line",
                           hint="last output: " + " | ".join(text.strip().splitlines()[-3:]))

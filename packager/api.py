@@ -98,18 +98,6 @@ def recipes() -> dict[str, Recipe]:
     return list_recipes()
 
 
-def _versions() -> dict:
-    import tensorflow as tf
-    try:
-        import keras
-        keras_version = keras.__version__
-    except ImportError:
-        keras_version = None
-    return {"edgepack": __version__, "tensorflow": tf.__version__, "keras": keras_version,
-            "converter": f"tf.lite.TFLiteConverter (TensorFlow {tf.__version__})",
-            "python": platform.python_version()}
-
-
 def _self_test_atol(spec: ModelSpec, expected: dict) -> dict:
     """Self-test tolerance: runtimes and CPUs differ in the last bits, quantized outputs by a step."""
     atol = {}
@@ -151,24 +139,14 @@ def _readme(target: TargetProfile, manifest: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _pick_inputs(loaded, data: str | None, calibration: Dataset | None, count: int = MAX_CHECK_SAMPLES) -> Dataset:
-    if data:
-        return load_dataset(data, loaded.inputs, purpose="verification")
-    if calibration is not None:
-        return calibration.head(count)
-    return synthetic_dataset(loaded.inputs, count=64)
-
-
 def build(model: str | os.PathLike, *, target: str = "rpi", recipe: str | None = None,
           calibration: str | os.PathLike | None = None, io: str = "float", output: str | os.PathLike | None = None,
           verify: bool = True, data: str | os.PathLike | None = None, runtimes: list[str] | None = None,
           arch: str | None = None, name: str | None = None, labels: str | os.PathLike | None = None,
-          progress: Progress | None = None) -> BuildResult:
+          trust_model: bool = False, progress: Progress | None = None) -> BuildResult:
     """Load, convert (checked against the original), bundle, verify in the target's runtimes,
-    and only then move the bundle to ``output``."""
-    from .convert import convert
-    from .loaders import load_model
-
+    and only then move the bundle to ``output``. TensorFlow work runs in a contained child."""
+    from . import isolate, jobs
     from .loaders import sniff_format
 
     progress = progress or _noop
@@ -192,26 +170,26 @@ def build(model: str | os.PathLike, *, target: str = "rpi", recipe: str | None =
     if io not in rec.io_types:
         raise UsageError(f"recipe {rec.name!r} does not support --io {io}",
                          hint="choose from: " + ", ".join(rec.io_types))
+    if calibration is not None and not Path(calibration).exists():
+        raise UsageError(f"calibration data not found: {calibration}")
+    if data is not None and not Path(data).exists():
+        raise UsageError(f"verification data not found: {data}")
 
-    progress(f"loading {model_path}")
-    loaded = load_model(model_path)
-    warnings = notes + list(loaded.notes)
-    cal = load_dataset(calibration, loaded.inputs) if calibration is not None else None
-    if cal:
-        warnings += cal.warnings
-    check = _pick_inputs(loaded, str(data) if data else None, cal)
-    conversion = convert(loaded, rec, io, cal.inputs if cal else None, check.inputs, progress=progress)
+    progress(f"loading and converting {model_path} ({rec.name})")
+    prepared = isolate.run(jobs.prepare, str(model_path), rec.name, io,
+                           str(calibration) if calibration is not None else None,
+                           str(data) if data is not None else None, trust_model)
+    conversion = prepared.conversion
     progress(f"converted with {conversion.path} ({len(conversion.tflite)} bytes)")
-    reference = loaded.reference(check.inputs)
-    spec = conversion.spec
+    warnings = notes + prepared.warnings
 
     staging = Staging(output)
     try:
-        manifest = _stage(staging, profile, rec, io, loaded, conversion, check, name, selected, label_names)
+        manifest = _stage(staging, profile, rec, io, prepared, name, selected, label_names)
         report = None
         if verify:
-            report = _verify_staged(staging.dir, manifest, profile, rec, selected, check, reference, spec,
-                                    arch, progress)
+            report = _verify_staged(staging.dir, manifest, profile, rec, selected, prepared.check,
+                                    prepared.reference, conversion.spec, arch, progress)
             manifest["runtimes"] = _runtime_entries(selected, report)
             manifest["verification"] = {"status": "passed" if report.passed else "failed", **report.summary()}
             if not report.passed:
@@ -242,7 +220,8 @@ def _read_labels(path) -> list[str]:
     return [ln.strip() for ln in text.splitlines() if ln.strip()]
 
 
-def _stage(staging: Staging, profile, rec, io, loaded, conversion, check: Dataset, name, selected, label_names):
+def _stage(staging: Staging, profile, rec, io, prepared, name, selected, label_names):
+    conversion, check = prepared.conversion, prepared.check
     spec = conversion.spec
     model_sha = staging.write(MODEL, conversion.tflite)
     staging.write(ENTRYPOINT, ENTRYPOINT_SOURCE.read_bytes(), mode=0o755)
@@ -262,9 +241,9 @@ def _stage(staging: Staging, profile, rec, io, loaded, conversion, check: Datase
                     "atol": _self_test_atol(spec, expected)},
         "recipe": rec.to_json(io), "target": profile.to_json(),
         "runtimes": _runtime_entries(selected, None, spec),
-        "source": {"path": loaded.path.name, "format": loaded.format, "sha256": sha256_tree(loaded.path),
-                   "conversion_path": conversion.path, "notes": loaded.notes},
-        "versions": _versions(),
+        "source": {"path": Path(prepared.path).name, "format": prepared.format,
+                   "sha256": sha256_tree(Path(prepared.path)), "conversion_path": conversion.path},
+        "versions": prepared.versions,
         "verification": {"status": "pending"},
     }
     if label_names:
@@ -331,11 +310,9 @@ def _verify_staged(bundle: Path, manifest, profile, rec, selected, data: Dataset
 
 def verify(bundle: str | os.PathLike, *, reference: str | os.PathLike, data: str | os.PathLike | None = None,
            runtimes: list[str] | None = None, arch: str | None = None, strict: bool = False,
-           progress: Progress | None = None) -> VerifyReport:
+           trust_model: bool = False, progress: Progress | None = None) -> VerifyReport:
     """Run the bundle's own entrypoint in each runtime environment of its target on the inputs and
     compare, output by output and by name, with ``reference`` (the original model file)."""
-    from .loaders import load_model
-
     progress = progress or _noop
     bundle = Path(bundle)
     manifest = read_manifest(bundle)
@@ -346,18 +323,19 @@ def verify(bundle: str | os.PathLike, *, reference: str | os.PathLike, data: str
     profile = get_target(manifest["target"]["name"])
     rec = get_recipe(manifest["recipe"]["name"])
     selected = [profile.runtime(r) for r in runtimes] if runtimes else list(profile.runtimes)
-    progress(f"loading reference {reference}")
-    loaded = load_model(reference)
-    if data:
-        dataset = load_dataset(data, loaded.inputs, purpose="verification")
-    elif (bundle / manifest["samples"]["inputs"]).is_file():
+    arrays = None
+    if not data and (bundle / manifest["samples"]["inputs"]).is_file():
         from device_runtime.edgepack_run import read_inputs
         arrays = read_inputs(str(bundle / manifest["samples"]["inputs"]), manifest["inputs"])
-        dataset = Dataset(arrays, None, "bundle samples (samples/inputs.npz)")
-    else:
-        dataset = synthetic_dataset(loaded.inputs)
-    _check_names(loaded, manifest)
-    ref = loaded.reference(dataset.inputs)
+    if data is not None and not Path(data).exists():
+        raise UsageError(f"verification data not found: {data}")
+    from . import isolate, jobs
+    from .loaders import sniff_format
+    sniff_format(Path(reference))
+    progress(f"computing reference outputs with {reference}")
+    dataset, ref, ref_names = isolate.run(jobs.reference, str(reference), str(data) if data else None, arrays,
+                                          trust_model, what="running the reference model")
+    _check_names(ref_names, manifest)
     spec = inspect_bytes((bundle / manifest["model"]).read_bytes(), order={
         "inputs": [t["name"] for t in manifest["inputs"]], "outputs": [t["name"] for t in manifest["outputs"]]})
     report = _verify_staged(bundle, manifest, profile, rec, selected, dataset, ref, spec, arch, progress)
@@ -366,8 +344,8 @@ def verify(bundle: str | os.PathLike, *, reference: str | os.PathLike, data: str
     return report
 
 
-def _check_names(loaded, manifest: dict) -> None:
-    ref_names = {s.name for s in loaded.outputs}
+def _check_names(names: list[str], manifest: dict) -> None:
+    ref_names = set(names)
     bundle_names = {t["name"] for t in manifest["outputs"]}
     if ref_names != bundle_names:
         raise UsageError(f"the reference model's outputs ({', '.join(sorted(ref_names))}) are not the bundle's "

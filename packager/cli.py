@@ -80,6 +80,8 @@ def _arch(arch: Optional[Arch]) -> Optional[str]:
 
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout (for CI).")]
+TrustOpt = Annotated[bool, typer.Option("--trust-model", help="Load models that carry code (Lambda layers, "
+                     "custom classes, file/Python ops). Only for models from a source you trust.")]
 
 
 @app.command()
@@ -106,6 +108,7 @@ def build(
     name: Annotated[Optional[str], typer.Option("--name", help="Bundle name (default <model>-<target>).")] = None,
     labels: Annotated[Optional[Path], typer.Option("--labels", help="Class names, one per line (shipped).")] = None,
     html: Annotated[Optional[Path], typer.Option("--html", help="Also write an HTML verification report.")] = None,
+    trust_model: TrustOpt = False,
     json_output: JsonOpt = False,
 ):
     """Convert a model, quantize it, bundle it for a target and verify it in the target's runtime.
@@ -122,7 +125,8 @@ def build(
     with render.progress(not json_output) as report:
         result = api.build(model, target=target, recipe=quantize.value if quantize else None,
                            calibration=calibration, io=io.value, output=output, verify=verify, data=data,
-                           runtimes=runtime, arch=_arch(verify_arch), name=name, labels=labels, progress=report)
+                           runtimes=runtime, arch=_arch(verify_arch), name=name, labels=labels,
+                           trust_model=trust_model, progress=report)
     data_out = result.to_json()
     if html and result.verification:
         html.write_text(render.html_report(result.verification.to_json(), f"edgepack build {model}"))
@@ -144,6 +148,7 @@ def verify(
     arch: Annotated[Optional[Arch], typer.Option("--arch", help="host, or arm64 under qemu-user.")] = None,
     strict: Annotated[bool, typer.Option("--strict", help="Fail if any declared runtime cannot run the model.")] = False,
     html: Annotated[Optional[Path], typer.Option("--html", help="Write an HTML report with error histograms.")] = None,
+    trust_model: TrustOpt = False,
     json_output: JsonOpt = False,
 ):
     """Run the bundle's own device script in each runtime environment of its target (only that
@@ -156,7 +161,7 @@ def verify(
     from . import api, render
     with render.progress(not json_output) as report_cb:
         report = api.verify(bundle, reference=reference, data=data, runtimes=runtime, arch=_arch(arch),
-                            strict=strict, progress=report_cb)
+                            strict=strict, trust_model=trust_model, progress=report_cb)
     data_out = report.to_json()
     if html:
         html.write_text(render.html_report(data_out, f"edgepack verify {bundle}"))

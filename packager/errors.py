@@ -20,6 +20,9 @@ class EdgepackError(Exception):
     def __str__(self) -> str:
         return self.message
 
+    def __reduce__(self):  # keep message and hint across process boundaries
+        return (self.__class__, (self.message, self.hint))
+
 
 class UsageError(EdgepackError):
     """The user's input is wrong: a missing/unreadable model, a bad flag, bad calibration data."""

@@ -127,12 +127,14 @@ def sniff_format(path: Path) -> str:
                      hint="supported: .h5/.hdf5 (model.save), .keras, or a SavedModel directory")
 
 
-def load_model(path: str | os.PathLike) -> LoadedModel:
+def load_model(path: str | os.PathLike, trust: bool = False) -> LoadedModel:
     path = Path(path)
     fmt = sniff_format(path)
+    from .safety import check_model
+    check_model(path, fmt, trust)
     import_tf()
     with native_quiet():
-        loaded = LOADERS[fmt](path)
+        loaded = LOADERS[fmt](path, trust)
     inner = loaded.reference
 
     def quiet_reference(arrays: dict) -> dict:
@@ -158,13 +160,13 @@ def _keras_model_tf_function(tf, model, inputs: list[TensorSpec], outputs: list[
     return tf.function(call, input_signature=signature)
 
 
-def _load_keras(path: Path) -> LoadedModel:
+def _load_keras(path: Path, trust: bool = False) -> LoadedModel:
     tf = import_tf()
     fmt = sniff_format(path)
     model, errors = None, []
     import keras
     try:
-        model = keras.models.load_model(path, compile=False, safe_mode=True)
+        model = keras.models.load_model(path, compile=False, safe_mode=not trust)
     except Exception as exc:  # noqa: BLE001 - the loaders' own messages are what the user needs
         errors.append(f"keras {keras.__version__}: {_first_line(exc)}")
     if model is None and fmt == "keras-h5":
@@ -255,7 +257,7 @@ def _batched(call, arrays: list, batch: int = 256) -> dict:
 
 
 # --------------------------------------------------------------------------- SavedModel
-def _load_saved_model(path: Path) -> LoadedModel:
+def _load_saved_model(path: Path, trust: bool = False) -> LoadedModel:
     tf = import_tf()
     try:
         loaded = tf.saved_model.load(str(path))

@@ -13,6 +13,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# Library calls in the test process run TensorFlow in-process (fast); the CLI tests unset this so
+# the default, a contained child process, is what they exercise.
+os.environ.setdefault("EDGEPACK_IN_PROCESS", "1")
 
 pytest_plugins = ["tests.adb_fixtures", "tests.ssh_fixtures"]
 

@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def edgepack(*args, cwd=None, timeout=600):
     env = dict(os.environ, COLUMNS="200")
+    env.pop("EDGEPACK_IN_PROCESS", None)     # the real default: TensorFlow in a contained child
     return subprocess.run([sys.executable, "-m", "packager.cli", *map(str, args)], capture_output=True, text=True,
                           cwd=cwd, env=env, timeout=timeout)
 

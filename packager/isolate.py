@@ -1,0 +1,95 @@
+"""Run TensorFlow work (loading a model, converting it, computing reference outputs) in a child
+process with an address-space limit and a timeout. Models are programs: a hostile or broken one
+ends as an edgepack error, never as a hung or crashed edgepack. The parent never imports
+TensorFlow.
+
+Limits: ``EDGEPACK_MEMORY_MB`` (default 8192, address space of the child) and
+``EDGEPACK_TIMEOUT`` (seconds, default 1800). ``EDGEPACK_IN_PROCESS=1`` runs jobs in the calling
+process instead (faster for tests and debugging; no containment).
+"""
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import traceback
+
+from .errors import ConversionError, EdgepackError
+
+DEFAULT_MEMORY_MB = 8192
+DEFAULT_TIMEOUT = 1800
+
+
+def _limits() -> tuple[int, float]:
+    try:
+        memory = int(os.environ.get("EDGEPACK_MEMORY_MB", DEFAULT_MEMORY_MB))
+        timeout = float(os.environ.get("EDGEPACK_TIMEOUT", DEFAULT_TIMEOUT))
+    except ValueError:
+        raise ConversionError("EDGEPACK_MEMORY_MB / EDGEPACK_TIMEOUT must be numbers") from None
+    return memory, timeout
+
+
+def _child(conn, func, args, memory_mb: int) -> None:
+    try:
+        import resource
+        limit = memory_mb * 1024 * 1024
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    except (ImportError, ValueError, OSError):
+        pass
+    try:
+        result = ("ok", func(*args))
+    except EdgepackError as exc:
+        result = ("error", exc)
+    except MemoryError:
+        result = ("error", ConversionError(f"the model needed more than {memory_mb} MiB",
+                                           hint="raise EDGEPACK_MEMORY_MB if the model is really that large"))
+    except BaseException as exc:  # noqa: BLE001 - reported as one line by the parent
+        result = ("crash", f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}",
+                  traceback.format_exc()[-4000:])
+    try:
+        conn.send(result)
+    except Exception as exc:  # noqa: BLE001 - e.g. an unpicklable result
+        conn.send(("crash", f"cannot return the result: {exc}", ""))
+    conn.close()
+
+
+def in_process() -> bool:
+    return os.environ.get("EDGEPACK_IN_PROCESS", "") not in ("", "0")
+
+
+def run(func, *args, what: str = "loading and converting the model"):
+    """``func(*args)`` in a spawned child (module-level function, picklable args and result)."""
+    if in_process():
+        return func(*args)
+    memory_mb, timeout = _limits()
+    ctx = multiprocessing.get_context("spawn")
+    parent, child = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_child, args=(child, func, args, memory_mb), daemon=True)
+    proc.start()
+    child.close()
+    try:
+        if not parent.poll(timeout):
+            raise ConversionError(f"{what} took longer than {timeout:.0f} s; stopped",
+                                  hint="raise EDGEPACK_TIMEOUT if the model is really that slow")
+        try:
+            result = parent.recv()
+        except EOFError:
+            proc.join(10)
+            code = proc.exitcode
+            how = f"signal {-code} ({signal.Signals(-code).name})" if code and code < 0 else f"exit code {code}"
+            raise ConversionError(f"TensorFlow died while {what} ({how})",
+                                  hint="the model file may be corrupt or hostile; EDGEPACK_MEMORY_MB raises "
+                                       "the memory limit") from None
+    finally:
+        if proc.is_alive():
+            proc.kill()
+        proc.join(10)
+        parent.close()
+    if result[0] == "ok":
+        return result[1]
+    if result[0] == "error":
+        raise result[1]
+    if os.environ.get("EDGEPACK_DEBUG"):
+        raise RuntimeError(result[2])
+    raise ConversionError(f"{what} failed: {result[1]}",
+                          hint="rerun with EDGEPACK_DEBUG=1 for the traceback and report it if the model is valid")

@@ -1,0 +1,163 @@
+"""Look at a model file before any framework code runs on it.
+
+Models are programs. Keras files can carry Python (a ``Lambda`` layer's marshalled bytecode,
+a ``TFSMLayer`` that loads another SavedModel, classes from arbitrary modules); SavedModels can
+carry file-system and Python-callback ops. These are refused by name unless the user opts in with
+``--trust-model``. Archives are checked for path traversal and decompression bombs first.
+"""
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+from .errors import UsageError
+
+TRUST_HINT = "only if you trust where this model comes from, pass --trust-model"
+UNSAFE_LAYERS = {"Lambda", "TFSMLayer"}
+SAFE_MODULE_PREFIXES = ("keras", "tf_keras")
+MAX_MEMBERS = 10_000
+MAX_UNCOMPRESSED = 8 << 30          # 8 GiB
+MAX_RATIO = 200                     # uncompressed / compressed, per member (bombs are ~1000x)
+MAX_CONFIG_BYTES = 64 << 20
+# Ops that touch the file system, run Python, or talk to the network when the graph runs.
+UNSAFE_OPS = {"ReadFile", "WriteFile", "MatchingFiles", "DeleteFile", "PyFunc", "PyFuncStateless", "EagerPyFunc",
+              "ImmutableConst", "Save", "SaveV2", "SaveSlices", "Restore", "RestoreSlice", "MergeV2Checkpoints",
+              "ShellCommand", "DebugIdentityV2", "DebugIdentityV3", "RecvTPUEmbeddingActivations"}
+
+
+def check_model(path: Path, fmt: str, trust: bool) -> None:
+    if fmt == "keras-v3":
+        config = _keras_zip_config(path)
+    elif fmt == "keras-h5":
+        config = _h5_config(path)
+    else:
+        _check_saved_model(path, trust)
+        return
+    if not trust:
+        problem = _unsafe_in_config(config)
+        if problem:
+            raise UsageError(f"{path.name} contains {problem}, which runs code when loaded; refused", hint=TRUST_HINT)
+
+
+def _keras_zip_config(path: Path):
+    try:
+        with zipfile.ZipFile(path) as zf:
+            infos = zf.infolist()
+            if len(infos) > MAX_MEMBERS:
+                raise UsageError(f"{path.name} holds {len(infos)} archive members (cap {MAX_MEMBERS})")
+            names, total = set(), 0
+            for info in infos:
+                name = info.filename
+                parts = name.replace("\\", "/").split("/")
+                if name.startswith(("/", "\\")) or ".." in parts or ":" in parts[0]:
+                    raise UsageError(f"{path.name} has an archive member with an unsafe path: {name!r}")
+                if name in names:
+                    raise UsageError(f"{path.name} has a duplicate archive member: {name!r}")
+                names.add(name)
+                total += info.file_size
+                if info.compress_size and info.file_size / info.compress_size > MAX_RATIO and info.file_size > 1 << 20:
+                    raise UsageError(f"{path.name}: member {name!r} would expand {info.file_size // info.compress_size}x "
+                                     "(a decompression bomb?)")
+            if total > MAX_UNCOMPRESSED:
+                raise UsageError(f"{path.name} would expand to {total >> 20} MiB (cap {MAX_UNCOMPRESSED >> 20} MiB)")
+            if "config.json" not in names:
+                raise UsageError(f"{path.name} is a zip but not a .keras model (no config.json)")
+            info = zf.getinfo("config.json")
+            if info.file_size > MAX_CONFIG_BYTES:
+                raise UsageError(f"{path.name}: config.json is {info.file_size >> 20} MiB")
+            raw = zf.read("config.json")
+    except zipfile.BadZipFile as exc:
+        raise UsageError(f"{path.name} is not a readable .keras archive: {exc}") from None
+    except OSError as exc:
+        raise UsageError(f"cannot read {path.name}: {exc}") from None
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise UsageError(f"{path.name}: config.json is not valid JSON") from None
+
+
+def _h5_config(path: Path):
+    try:
+        import h5py
+    except ImportError:  # keras depends on h5py; without it nothing can read the file anyway
+        return None
+    try:
+        with h5py.File(path, "r") as h5:
+            raw = h5.attrs.get("model_config")
+    except Exception as exc:  # noqa: BLE001 - h5py raises many kinds for broken files
+        raise UsageError(f"{path.name} is not a readable HDF5 model: {str(exc).splitlines()[0][:200]}") from None
+    if raw is None:
+        raise UsageError(f"{path.name} holds no model_config (weights only?)",
+                         hint="save the whole model with model.save('x.h5'), not save_weights")
+    if isinstance(raw, bytes):
+        raw = raw.decode("utf-8", "replace")
+    try:
+        return json.loads(raw)
+    except ValueError:
+        raise UsageError(f"{path.name}: model_config is not valid JSON") from None
+
+
+def _unsafe_in_config(node, depth: int = 0) -> str | None:
+    if depth > 200:
+        return "a configuration nested deeper than 200 levels"
+    if isinstance(node, dict):
+        cls = node.get("class_name")
+        name = (node.get("config") or {}).get("name") if isinstance(node.get("config"), dict) else None
+        label = f"layer {name!r} ({cls})" if name else f"a {cls}"
+        if cls in UNSAFE_LAYERS:
+            return label
+        module = node.get("module")
+        if isinstance(module, str) and module and not module.startswith(SAFE_MODULE_PREFIXES):
+            return f"{label} from module {module!r} (outside Keras)"
+        registered = node.get("registered_name")
+        if isinstance(registered, str) and ">" in registered:
+            return f"{label}, a custom object {registered!r}"
+        if node.get("function_type") == "lambda" or "__lambda__" in node or "__python_function__" in node:
+            return f"{label} with serialized Python code"
+        for value in node.values():
+            found = _unsafe_in_config(value, depth + 1)
+            if found:
+                return found
+    elif isinstance(node, list):
+        for value in node:
+            found = _unsafe_in_config(value, depth + 1)
+            if found:
+                return found
+    return None
+
+
+def _check_saved_model(path: Path, trust: bool) -> None:
+    pb = path / "saved_model.pb"
+    if not pb.is_file():
+        return  # saved_model.pbtxt: TF reports its own errors
+    if pb.stat().st_size > 2 << 30:
+        raise UsageError(f"{pb} is larger than 2 GiB")
+    try:
+        from tensorflow.core.protobuf import saved_model_pb2
+    except ImportError:
+        return
+    proto = saved_model_pb2.SavedModel()
+    try:
+        proto.ParseFromString(pb.read_bytes())
+    except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError and friends
+        raise UsageError(f"{pb} is corrupt: {str(exc).splitlines()[0][:200] or 'cannot parse'}") from None
+    if not proto.meta_graphs:
+        raise UsageError(f"{pb} holds no graph")
+    if trust:
+        return
+    found = set()
+    for meta in proto.meta_graphs:
+        for node in meta.graph_def.node:
+            found.add(node.op)
+        for fn in meta.graph_def.library.function:
+            for node in fn.node_def:
+                found.add(node.op)
+    bad = sorted(found & UNSAFE_OPS)
+    # Variable checkpoints are restored by the loader itself through RestoreV2/SaveV2 in the
+    # saver's own graph; those never run on model inputs, so only serving graphs are judged.
+    bad = [op for op in bad if op not in ("Save", "SaveV2", "Restore", "RestoreSlice", "SaveSlices",
+                                          "MergeV2Checkpoints")]
+    if bad:
+        raise UsageError(f"{path.name} uses ops that touch files or run Python ({', '.join(bad)}); refused",
+                         hint=TRUST_HINT)

@@ -16,7 +16,6 @@ import sys
 import warnings
 from pathlib import Path
 
-import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE_NAME = "edgepack-deploy-test-bundles"
@@ -79,8 +78,8 @@ def build_bundles(cache: Path) -> dict[tuple[str, str], Path]:
     return result
 
 
-@pytest.fixture(scope="session")
-def built_bundles(request, tmp_path_factory) -> dict[tuple[str, str], Path]:
+def session_bundles(request, tmp_path_factory) -> dict[tuple[str, str], Path]:
+    """For a session fixture: the built bundles, from pytest's cache dir when there is one."""
     cache = getattr(request.config, "cache", None)     # absent with -p no:cacheprovider
     where = Path(cache.mkdir(CACHE_NAME)) if cache is not None else tmp_path_factory.mktemp("bundles")
     return build_bundles(where)

@@ -19,11 +19,16 @@ from packager import cli_deploy
 from packager.deploy import AdbTransport, deploy, make_transport, rollback, run, status
 from packager.errors import DeployError, UsageError
 from tests.adbd_standin import AdbdStandin
-from tests.deploy_helpers import built_bundles, copy_bundle, differing_files, tree  # noqa: F401 (fixture)
+from tests.deploy_helpers import copy_bundle, differing_files, tree, session_bundles
 # adb_server/adb_device come from the tests.adb_fixtures plugin (conftest.py)
 
 PY = sys.executable
 DIR = "/data/local/tmp/edgepack/tiny-android"
+
+
+@pytest.fixture(scope="session")
+def built_bundles(request, tmp_path_factory):
+    return session_bundles(request, tmp_path_factory)
 
 
 @pytest.fixture

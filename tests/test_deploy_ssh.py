@@ -19,10 +19,15 @@ from typer.testing import CliRunner
 from packager import cli_deploy
 from packager.deploy import SshTransport, deploy, make_transport, rollback, run, status
 from packager.errors import DeployError, UsageError
-from tests.deploy_helpers import built_bundles, copy_bundle, differing_files, refresh_manifest, tree  # noqa: F401 (fixture)
+from tests.deploy_helpers import copy_bundle, differing_files, refresh_manifest, tree, session_bundles
 # ssh_server comes from the tests.ssh_fixtures plugin (conftest.py)
 
 PY = sys.executable
+
+
+@pytest.fixture(scope="session")
+def built_bundles(request, tmp_path_factory):
+    return session_bundles(request, tmp_path_factory)
 
 
 @pytest.fixture

@@ -137,7 +137,7 @@ class Transport(ABC):
     def download(self, remote_path: str, local_path: Path, *, timeout: float | None = None) -> int:
         """Copy one remote file to ``local_path``; returns its size."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - an optional hook, not abstract
         """Release whatever the transport holds (nothing by default)."""
 
     # ------------------------------------------------------------------ shared

@@ -577,7 +577,7 @@ def _cleanup(transport: Transport, script: str) -> None:
     """Best effort: the original error matters more than a failed clean-up."""
     try:
         transport.sh(script)
-    except Exception:  # noqa: BLE001 - a dead link cannot clean up; the next deploy will
+    except Exception:  # noqa: S110 - a dead link cannot clean up; the next deploy will
         pass
 
 

@@ -129,7 +129,8 @@ class SshTransport(Transport):
         if self._master is not None and self._master.poll() is None:
             return
         self.close()
-        cm_dir = tempfile.mkdtemp(prefix="edgepack-ssh-", dir="/tmp" if os.path.isdir("/tmp") else None)
+        # mkdtemp: a fresh 0700 directory; in /tmp because socket paths must stay short (< 104 bytes)
+        cm_dir = tempfile.mkdtemp(prefix="edgepack-ssh-", dir="/tmp" if os.path.isdir("/tmp") else None)  # noqa: S108
         path = os.path.join(cm_dir, "cm")
         log_path = os.path.join(cm_dir, "master.log")
         argv = self._options() + ["-M", "-N", "-o", "ControlPersist=no", "-o", f"ControlPath={path}",

@@ -2,24 +2,19 @@
 they return values and raise :class:`packager.errors.EdgepackError`, and never print."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import platform
-import shutil
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from . import __version__
-from .bundle import (ENTRYPOINT, ENTRYPOINT_SOURCE, MANIFEST, MODEL, Staging, check_files, npz_bytes,
-                     read_manifest, sha256_tree, validate_name, write_archive, FORMAT, manifest_bytes,
-                     atomic_write)
-from .calibration import Dataset, load_dataset, synthetic_dataset
-from .compare import compare_all
+from .bundle import (ENTRYPOINT, ENTRYPOINT_SOURCE, MODEL, Staging, check_files, npz_bytes,
+                     read_manifest, sha256_tree, validate_name, write_archive, extract_archive, fault, FORMAT)
+from .calibration import Dataset
 from .emulator import RuntimeResult, get_env, host_arch, verify_in_env
 from .errors import EdgepackError, UsageError, VerificationError
 from .inspect import ModelSpec, inspect_bytes
@@ -180,12 +175,14 @@ def build(model: str | os.PathLike, *, target: str = "rpi", recipe: str | None =
                            str(calibration) if calibration is not None else None,
                            str(data) if data is not None else None, trust_model)
     conversion = prepared.conversion
+    fault("converted")
     progress(f"converted with {conversion.path} ({len(conversion.tflite)} bytes)")
     warnings = notes + prepared.warnings
 
     staging = Staging(output)
     try:
         manifest = _stage(staging, profile, rec, io, prepared, name, selected, label_names)
+        fault("staged")
         report = None
         if verify:
             report = _verify_staged(staging.dir, manifest, profile, rec, selected, prepared.check,
@@ -208,6 +205,7 @@ def build(model: str | os.PathLike, *, target: str = "rpi", recipe: str | None =
     except BaseException:
         staging.discard()
         raise
+    fault("archive")
     archive = write_archive(final)
     return BuildResult(final, archive, manifest, report, conversion.attempts, warnings)
 
@@ -314,7 +312,11 @@ def verify(bundle: str | os.PathLike, *, reference: str | os.PathLike, data: str
     """Run the bundle's own entrypoint in each runtime environment of its target on the inputs and
     compare, output by output and by name, with ``reference`` (the original model file)."""
     progress = progress or _noop
-    bundle = Path(bundle)
+    with _bundle_dir(bundle) as bundle:
+        return _verify(bundle, reference, data, runtimes, arch, strict, trust_model, progress)
+
+
+def _verify(bundle: Path, reference, data, runtimes, arch, strict, trust_model, progress) -> VerifyReport:
     manifest = read_manifest(bundle)
     problems = check_files(bundle, manifest)
     if problems:
@@ -352,9 +354,25 @@ def _check_names(names: list[str], manifest: dict) -> None:
                          f"({', '.join(sorted(bundle_names))})", hint="pass the model the bundle was built from")
 
 
-def inspect(path: str | os.PathLike) -> dict:
-    """Describe a bundle directory or a .tflite file."""
+@contextlib.contextmanager
+def _bundle_dir(path):
+    """A bundle directory as is, or a bundle .tar.gz unpacked safely into a temp dir."""
     path = Path(path)
+    if path.is_file() and path.name.endswith((".tar.gz", ".tgz")):
+        with tempfile.TemporaryDirectory(prefix="edgepack-bundle-") as tmp:
+            yield extract_archive(path, Path(tmp))
+    else:
+        yield path
+
+
+def inspect(path: str | os.PathLike) -> dict:
+    """Describe a bundle directory or archive, or a .tflite file."""
+    path = Path(path)
+    if path.is_file() and path.name.endswith((".tar.gz", ".tgz")):
+        with _bundle_dir(path) as unpacked:
+            info = inspect(unpacked)
+        info["path"] = str(path)
+        return info
     if path.is_dir():
         manifest = read_manifest(path)
         model = path / manifest["model"]

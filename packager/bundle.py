@@ -9,6 +9,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import tarfile
 import tempfile
 from pathlib import Path
@@ -103,6 +104,53 @@ def _replaceable(path: Path) -> bool:
         (path / MANIFEST).is_file() or not any(path.iterdir()))
 
 
+def fault(point: str) -> None:
+    """Test seam: EDGEPACK_FAULT_AT=<point> kills this process there (SIGKILL), so tests can prove
+    that an interrupted build leaves either nothing or a complete bundle at -o."""
+    if os.environ.get("EDGEPACK_FAULT_AT") == point:
+        import signal
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """renameat2(RENAME_EXCHANGE) where the kernel and filesystem have it (Linux >= 3.15)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    AT_FDCWD, RENAME_EXCHANGE = -100, 2
+    return fn(AT_FDCWD, os.fsencode(str(a)), AT_FDCWD, os.fsencode(str(b)), RENAME_EXCHANGE) == 0
+
+
+def _remove_stale(output: Path) -> None:
+    """Staging/old dirs left by a build that was killed (its pid is gone) are removed."""
+    for p in output.parent.glob(f".{output.name}.staging-*"):
+        pid = p.name.split(".staging-", 1)[1].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(p, ignore_errors=True)
+    for p in output.parent.glob(f".{output.name}.old-*"):
+        pid = p.name.rsplit("-", 1)[1]
+        if pid.isdigit() and not _alive(int(pid)):
+            if not output.exists() and (p / MANIFEST).is_file():
+                os.replace(p, output)      # killed between the two renames: put the old bundle back
+            else:
+                shutil.rmtree(p, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class Staging:
     """A bundle being assembled next to its final place (same filesystem, so the move is a rename)."""
 
@@ -112,8 +160,10 @@ class Staging:
             raise UsageError(f"{self.output} exists and is not an edgepack bundle; refusing to overwrite it",
                              hint="choose another -o directory or remove it")
         self.output.parent.mkdir(parents=True, exist_ok=True)
-        self.dir = Path(tempfile.mkdtemp(dir=self.output.parent, prefix=f".{self.output.name}.staging-"))
-        os.chmod(self.dir, 0o755)
+        _remove_stale(self.output)
+        self.dir = Path(tempfile.mkdtemp(dir=self.output.parent,
+                                         prefix=f".{self.output.name}.staging-{os.getpid()}-"))
+        os.chmod(self.dir, 0o755)  # noqa: S103 - a bundle is meant to be readable, like any release dir
         self.files: dict[str, str] = {}
 
     def write(self, rel: str, data: bytes, mode: int = 0o644) -> str:
@@ -130,6 +180,7 @@ class Staging:
 
     def write_manifest(self, manifest: dict) -> None:
         manifest["files"] = dict(sorted(self.files.items()))
+        fault("before-manifest")
         atomic_write(self.dir / MANIFEST, manifest_bytes(manifest))
 
     def commit(self) -> Path:
@@ -138,14 +189,24 @@ class Staging:
             if p.is_dir():
                 fsync_dir(p)
         fsync_dir(self.dir)
-        old = None
+        fault("before-commit")
         if self.output.exists():
+            if _exchange(self.dir, self.output):        # atomic swap: -o is never missing
+                fsync_dir(self.output.parent)
+                fault("after-exchange")
+                shutil.rmtree(self.dir, ignore_errors=True)
+                fault("after-commit")
+                return self.output
             old = self.output.parent / f".{self.output.name}.old-{os.getpid()}"
             os.replace(self.output, old)
-        os.replace(self.dir, self.output)
-        fsync_dir(self.output.parent)
-        if old is not None:
+            fault("between-renames")
+            os.replace(self.dir, self.output)
+            fsync_dir(self.output.parent)
             shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(self.dir, self.output)
+            fsync_dir(self.output.parent)
+        fault("after-commit")
         return self.output
 
     def discard(self) -> None:
@@ -217,3 +278,78 @@ def check_files(bundle: Path, manifest: dict) -> list[str]:
         if "sha256:" + sha256_file(path) != digest:
             problems.append(f"{rel}: sha256 differs from the manifest")
     return problems
+
+
+MAX_ARCHIVE_MEMBERS = 10_000
+MAX_ARCHIVE_BYTES = 4 << 30
+
+
+def extract_archive(archive: Path, dest: Path) -> Path:
+    """Unpack a bundle .tar.gz safely: only regular files and directories, every file named in
+    the manifest (no links, devices, absolute paths, '..', duplicates), capped in member count
+    and size, then every sha256 re-checked. Returns the bundle directory inside ``dest``."""
+    archive = Path(archive)
+
+    def bad(msg: str) -> UsageError:
+        return UsageError(f"{archive.name}: {msg}", hint="only archives written by `edgepack build` are accepted")
+
+    try:
+        tar = tarfile.open(archive, "r:gz")
+    except (OSError, tarfile.TarError) as exc:
+        raise bad(f"not a readable .tar.gz ({exc})") from None
+    with tar:
+        members, seen, total, root = [], set(), 0, None
+        for m in tar:
+            if len(members) >= MAX_ARCHIVE_MEMBERS:
+                raise bad(f"more than {MAX_ARCHIVE_MEMBERS} members")
+            name = m.name
+            parts = name.split("/")
+            if name.startswith("/") or ".." in parts or "" in parts[1:] or "\\" in name:
+                raise bad(f"unsafe member path {name!r}")
+            if not (m.isreg() or m.isdir()):
+                raise bad(f"member {name!r} is not a regular file or directory")
+            if name in seen:
+                raise bad(f"duplicate member {name!r}")
+            root = root or parts[0]
+            if parts[0] != root:
+                raise bad("members outside one top-level directory")
+            validate_name(root)
+            seen.add(name)
+            total += m.size
+            if total > MAX_ARCHIVE_BYTES:
+                raise bad(f"expands beyond {MAX_ARCHIVE_BYTES >> 20} MiB")
+            members.append(m)
+        by_name = {m.name: m for m in members}
+        man = by_name.get(f"{root}/{MANIFEST}")
+        if man is None or not man.isreg() or man.size > 16 << 20:
+            raise bad("no manifest.json")
+        try:
+            manifest = json.loads(tar.extractfile(man).read())
+            listed = set(manifest["files"])
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise bad("manifest.json is not an edgepack manifest") from None
+        allowed_dirs = {root} | {f"{root}/" + "/".join(p.split("/")[:i]) for p in listed
+                                 for i in range(1, p.count("/") + 1)}
+        for m in members:
+            rel = m.name[len(root) + 1:]
+            if m.isdir() and m.name not in allowed_dirs:
+                raise bad(f"directory {m.name!r} is not part of the bundle")
+            if m.isreg() and rel != MANIFEST and rel not in listed:
+                raise bad(f"file {m.name!r} is not named in the manifest")
+        missing = listed - {m.name[len(root) + 1:] for m in members if m.isreg()}
+        if missing:
+            raise bad("files named in the manifest are missing: " + ", ".join(sorted(missing)))
+        out = Path(dest) / root
+        for m in members:
+            target = Path(dest) / m.name
+            if m.isdir():
+                target.mkdir(parents=True, exist_ok=True)
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with tar.extractfile(m) as src, open(target, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+            os.chmod(target, 0o755 if m.mode & 0o100 else 0o644)
+    problems = check_files(out, manifest)
+    if problems:
+        raise bad("checksum mismatch: " + "; ".join(problems))
+    return out

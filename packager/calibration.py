@@ -54,6 +54,36 @@ def _read_arrays(path: Path, specs: list[TensorSpec]) -> tuple[dict, np.ndarray 
     return arrays, labels
 
 
+MAX_PIXELS = 50_000_000
+
+
+def image_size(raw: bytes) -> tuple[int, int] | None:
+    """(width, height) from the header alone, before anything is decoded."""
+    import struct
+    if raw[:8] == b"\x89PNG\r\n\x1a\n" and len(raw) >= 24:
+        return struct.unpack(">II", raw[16:24])
+    if raw[:6] in (b"GIF87a", b"GIF89a") and len(raw) >= 10:
+        return struct.unpack("<HH", raw[6:10])
+    if raw[:2] == b"BM" and len(raw) >= 26:
+        w, h = struct.unpack("<ii", raw[18:26])
+        return abs(w), abs(h)
+    if raw[:2] == b"\xff\xd8":
+        i = 2
+        while i + 9 < len(raw):
+            if raw[i] != 0xFF:
+                return None
+            marker = raw[i + 1]
+            if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+                i += 2
+                continue
+            length = struct.unpack(">H", raw[i + 2:i + 4])[0]
+            if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+                h, w = struct.unpack(">HH", raw[i + 5:i + 9])
+                return w, h
+            i += 2 + length
+    return None
+
+
 def _read_images(folder: Path, specs: list[TensorSpec]) -> dict:
     if len(specs) != 1 or len(specs[0].shape) != 4:
         raise UsageError("an image folder can only calibrate a model with one NHWC image input",
@@ -67,15 +97,19 @@ def _read_images(folder: Path, specs: list[TensorSpec]) -> dict:
     import tensorflow as tf
     out = np.empty((len(files), h, w, c), np.float32)
     for i, f in enumerate(files):
-        raw = f.read_bytes()
-        if len(raw) > 64 << 20:
+        if f.stat().st_size > 64 << 20:
             raise UsageError(f"image {f.name} is larger than 64 MiB")
+        raw = f.read_bytes()
+        dims = image_size(raw)
+        if dims is None:
+            raise UsageError(f"{f.name} is not a PNG, JPEG, GIF or BMP image")
+        if dims[0] * dims[1] > MAX_PIXELS:
+            raise UsageError(f"image {f.name} declares {dims[0]}x{dims[1]} pixels (cap {MAX_PIXELS // 1_000_000} MP); "
+                             "not decoded")
         try:
             img = tf.io.decode_image(raw, channels=c, expand_animations=False)
         except Exception:  # noqa: BLE001
             raise UsageError(f"{f.name} is not a readable image") from None
-        if int(img.shape[0]) * int(img.shape[1]) > 50_000_000:
-            raise UsageError(f"image {f.name} has {img.shape[0]}x{img.shape[1]} pixels (cap 50 MP)")
         out[i] = tf.image.resize(tf.cast(img, tf.float32), (h, w)).numpy() / 255.0
     return {specs[0].name: out}
 

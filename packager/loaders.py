@@ -85,9 +85,14 @@ def import_tf():
     try:
         with native_quiet():
             import tensorflow as tf
-    except ImportError:
-        raise EnvironmentProblem("TensorFlow is not installed on the host",
-                                 hint="pip install 'tensorflow-cpu==2.21.*'") from None
+    except (ImportError, MemoryError) as exc:
+        import importlib.util
+        if importlib.util.find_spec("tensorflow") is None:
+            raise EnvironmentProblem("TensorFlow is not installed on the host",
+                                     hint="pip install 'tensorflow-cpu==2.21.*'") from None
+        from .errors import ConversionError
+        raise ConversionError(f"TensorFlow failed to start: {_first_line(exc)}",
+                              hint="out of memory? EDGEPACK_MEMORY_MB raises the limit of the conversion process") from None
     return tf
 
 

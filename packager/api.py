@@ -138,7 +138,7 @@ def build(model: str | os.PathLike, *, target: str = "rpi", recipe: str | None =
           calibration: str | os.PathLike | None = None, io: str = "float", output: str | os.PathLike | None = None,
           verify: bool = True, data: str | os.PathLike | None = None, runtimes: list[str] | None = None,
           arch: str | None = None, name: str | None = None, labels: str | os.PathLike | None = None,
-          trust_model: bool = False, progress: Progress | None = None) -> BuildResult:
+          trust_model: bool = False, use_cache: bool = True, progress: Progress | None = None) -> BuildResult:
     """Load, convert (checked against the original), bundle, verify in the target's runtimes,
     and only then move the bundle to ``output``. TensorFlow work runs in a contained child."""
     from . import isolate, jobs
@@ -170,10 +170,21 @@ def build(model: str | os.PathLike, *, target: str = "rpi", recipe: str | None =
     if data is not None and not Path(data).exists():
         raise UsageError(f"verification data not found: {data}")
 
-    progress(f"loading and converting {model_path} ({rec.name})")
-    prepared = isolate.run(jobs.prepare, str(model_path), rec.name, io,
-                           str(calibration) if calibration is not None else None,
-                           str(data) if data is not None else None, trust_model)
+    from . import cache
+    use_cache = use_cache and cache.enabled()
+    prepared = None
+    if use_cache:
+        key = cache.conversion_key(model_path, rec.name, io, calibration, data, trust_model)
+        prepared = cache.load_prepared(key, model_path)
+        if prepared is not None:
+            progress("unchanged model and settings: reusing the cached conversion")
+    if prepared is None:
+        progress(f"loading and converting {model_path} ({rec.name})")
+        prepared = isolate.run(jobs.prepare, str(model_path), rec.name, io,
+                               str(calibration) if calibration is not None else None,
+                               str(data) if data is not None else None, trust_model)
+        if use_cache:
+            cache.save_prepared(key, prepared)
     conversion = prepared.conversion
     fault("converted")
     progress(f"converted with {conversion.path} ({len(conversion.tflite)} bytes)")
@@ -186,7 +197,7 @@ def build(model: str | os.PathLike, *, target: str = "rpi", recipe: str | None =
         report = None
         if verify:
             report = _verify_staged(staging.dir, manifest, profile, rec, selected, prepared.check,
-                                    prepared.reference, conversion.spec, arch, progress)
+                                    prepared.reference, conversion.spec, arch, progress, use_cache)
             manifest["runtimes"] = _runtime_entries(selected, report)
             manifest["verification"] = {"status": "passed" if report.passed else "failed", **report.summary()}
             if not report.passed:
@@ -285,7 +296,8 @@ def _write_requirements(staging: Staging, manifest: dict) -> None:
         staging.write("requirements.txt", ("\n".join(usable[0]["requirements"]) + "\n").encode())
 
 
-def _verify_staged(bundle: Path, manifest, profile, rec, selected, data: Dataset, reference, spec, arch, progress):
+def _verify_staged(bundle: Path, manifest, profile, rec, selected, data: Dataset, reference, spec, arch, progress,
+                   use_cache: bool = False):
     results = []
     for rt in selected:
         static = spec.runtime_problems(rt.name)
@@ -296,7 +308,8 @@ def _verify_staged(bundle: Path, manifest, profile, rec, selected, data: Dataset
             results.append(RuntimeResult(rt.name, "", arch or host_arch(), "error", error=exc.message,
                                          static_problems=static))
             continue
-        results.append(verify_in_env(env, bundle, data.inputs, reference, rec.tolerance, data.labels, static))
+        results.append(verify_in_env(env, bundle, data.inputs, reference, rec.tolerance, data.labels, static,
+                                     use_cache=use_cache))
     # A runtime that cannot load the model is reported and left out of the bundle's runtimes;
     # a runtime that runs it and computes something else fails the bundle.
     loaded_ok = [r for r in results if r.status != "error"]

@@ -109,6 +109,8 @@ def build(
     labels: Annotated[Optional[Path], typer.Option("--labels", help="Class names, one per line (shipped).")] = None,
     html: Annotated[Optional[Path], typer.Option("--html", help="Also write an HTML verification report.")] = None,
     trust_model: TrustOpt = False,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Convert and verify afresh even if an identical "
+                        "build is cached (~/.cache/edgepack, by content hash).")] = False,
     json_output: JsonOpt = False,
 ):
     """Convert a model, quantize it, bundle it for a target and verify it in the target's runtime.
@@ -126,7 +128,7 @@ def build(
         result = api.build(model, target=target, recipe=quantize.value if quantize else None,
                            calibration=calibration, io=io.value, output=output, verify=verify, data=data,
                            runtimes=runtime, arch=_arch(verify_arch), name=name, labels=labels,
-                           trust_model=trust_model, progress=report)
+                           trust_model=trust_model, use_cache=not no_cache, progress=report)
     data_out = result.to_json()
     if html and result.verification:
         html.write_text(render.html_report(result.verification.to_json(), f"edgepack build {model}"))

@@ -244,9 +244,21 @@ class RuntimeResult:
 
 
 def verify_in_env(env: RuntimeEnv, bundle: Path, inputs: dict, reference: dict, tol: Tolerance,
-                  labels=None, static_problems: list[str] | None = None) -> RuntimeResult:
+                  labels=None, static_problems: list[str] | None = None, use_cache: bool = False) -> RuntimeResult:
+    """Run the bundle in ``env`` and compare. With ``use_cache``, the outputs of an identical run
+    (same model bytes, device script, inputs and environment) are reused; the comparison is not."""
     manifest = json.loads((bundle / "manifest.json").read_text())
-    run = run_device_script(env, bundle, inputs)
+    run = None
+    if use_cache:
+        from . import cache
+        key = cache.verification_key(env, bundle, manifest, inputs)
+        hit = cache.load_outputs(key)
+        if hit is not None:
+            run = DeviceRun(True, 0, hit[0], None, 0.0, hit[1])
+    if run is None:
+        run = run_device_script(env, bundle, inputs)
+        if use_cache and run.ok:
+            cache.save_outputs(key, run.outputs, run.info)
     result = RuntimeResult(env.runtime, env.version, env.arch, "error", seconds=run.seconds,
                            static_problems=list(static_problems or []))
     if not run.ok:

@@ -16,6 +16,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # Library calls in the test process run TensorFlow in-process (fast); the CLI tests unset this so
 # the default, a contained child process, is what they exercise.
 os.environ.setdefault("EDGEPACK_IN_PROCESS", "1")
+# Every test converts and verifies for real; the conversion/run cache is tested on its own.
+os.environ.setdefault("EDGEPACK_NO_CACHE", "1")
 
 pytest_plugins = ["tests.adb_fixtures", "tests.ssh_fixtures"]
 

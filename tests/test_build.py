@@ -242,3 +242,31 @@ def test_target_default_without_calibration_says_what_it_built(zoo, tmp_path):
     res = api.build(zoo["keras3_h5"], target="rpi", runtimes=LITERT, output=tmp_path / "b")
     assert res.manifest["recipe"]["name"] == "float16"
     assert any("no --calibration" in w and "int8" in w for w in res.warnings)
+
+
+def test_rebuild_reuses_cache_and_gives_identical_bundle(zoo, data_files, tmp_path, monkeypatch):
+    monkeypatch.delenv("EDGEPACK_NO_CACHE")
+    import time
+    import uuid
+    # Calibration data no earlier run has seen, so the first build below cannot hit the cache.
+    cal = tmp_path / "cal.npz"
+    noise = np.random.default_rng(uuid.uuid4().int % 2**32).random(data_files["x"][:200].shape) * 1e-3
+    np.savez(cal, x=(data_files["x"][:200] + noise).astype("float32"))
+    kwargs = dict(target="rpi", recipe="int8", calibration=cal, data=data_files["eval"])
+    t0 = time.perf_counter()
+    first = api.build(zoo["keras3_h5"], output=tmp_path / "one" / "d", **kwargs)
+    t1 = time.perf_counter()
+    messages = []
+    second = api.build(zoo["keras3_h5"], output=tmp_path / "two" / "d", progress=messages.append, **kwargs)
+    t2 = time.perf_counter()
+    assert any("cached conversion" in m for m in messages)
+    assert first.archive.read_bytes() == second.archive.read_bytes()
+    assert second.verification.passed
+    assert (t2 - t1) < (t1 - t0)          # the ratio itself is a benchmark (BENCHMARKS.md)
+    # Changing an input (the calibration data) is a different key: converted afresh.
+    other = tmp_path / "cal2.npz"
+    np.savez(other, x=data_files["x"][200:400])
+    messages.clear()
+    api.build(zoo["keras3_h5"], output=tmp_path / "three" / "d", progress=messages.append,
+              **dict(kwargs, calibration=other))
+    assert not any("cached conversion" in m for m in messages)

@@ -196,6 +196,7 @@ def test_image_folder_calibration_works(tmp_path):
 def test_timeout_in_child(zoo, tmp_path, monkeypatch):
     monkeypatch.delenv("EDGEPACK_IN_PROCESS", raising=False)
     monkeypatch.setenv("EDGEPACK_TIMEOUT", "1")
+    monkeypatch.setenv("EDGEPACK_NO_CACHE", "1")
     err = expect_refusal(tmp_path, zoo["keras3_h5"], "longer than 1 s", error=ConversionError)
     assert "EDGEPACK_TIMEOUT" in err.hint
 
@@ -203,6 +204,7 @@ def test_timeout_in_child(zoo, tmp_path, monkeypatch):
 def test_memory_limit_in_child(zoo, tmp_path, monkeypatch):
     monkeypatch.delenv("EDGEPACK_IN_PROCESS", raising=False)
     monkeypatch.setenv("EDGEPACK_MEMORY_MB", "300")
+    monkeypatch.setenv("EDGEPACK_NO_CACHE", "1")
     expect_refusal(tmp_path, zoo["keras3_h5"], "", error=ConversionError)
 
 

@@ -1,0 +1,155 @@
+"""Content-addressed cache of conversions and verification runs.
+
+A rebuild of an unchanged model with unchanged settings skips TensorFlow entirely: the key is the
+sha256 of the model (file or SavedModel tree), calibration and verification data, the recipe,
+I/O type and trust flag, and the edgepack and TensorFlow versions. A verification run is reused
+when the model bytes, the device script, the inputs and the runtime environment are the same.
+Entries are plain JSON + .npz (no pickles), written to a temp dir and renamed into place.
+``--no-cache`` (or ``EDGEPACK_NO_CACHE=1``) bypasses it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .bundle import npz_bytes, sha256_file, sha256_tree
+from .calibration import Dataset
+from .compare import OutputMetrics
+from .convert import Attempt, Conversion
+from .emulator import RuntimeResult, cache_dir
+from .inspect import ModelSpec, OpInfo, TensorInfo
+from .loaders import TensorSpec
+
+FORMAT = 1
+
+
+def enabled() -> bool:
+    return os.environ.get("EDGEPACK_NO_CACHE", "") in ("", "0")
+
+
+def _tf_version() -> str:
+    for dist in ("tensorflow-cpu", "tensorflow"):
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return "none"
+
+
+def digest(*parts) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(json.dumps(part, sort_keys=True, default=str).encode() + b"\0")
+    return h.hexdigest()
+
+
+def conversion_key(model: Path, recipe: str, io: str, calibration, data, trust: bool) -> str:
+    def content(p):
+        return None if p is None else sha256_tree(Path(p))
+    return digest("conversion", FORMAT, __version__, _tf_version(), sha256_tree(model), recipe, io,
+                  content(calibration), content(data), trust)
+
+
+def _dir(kind: str, key: str) -> Path:
+    return cache_dir() / kind / key[:2] / key
+
+
+def _store(kind: str, key: str, files: dict[str, bytes]) -> None:
+    final = _dir(kind, key)
+    if final.exists():
+        return
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{key[:12]}-"))
+    try:
+        for name, data in files.items():
+            (tmp / name).write_bytes(data)
+        os.replace(tmp, final)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _split(arrays: dict, prefix: str) -> dict:
+    return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+
+
+# --------------------------------------------------------------------------- conversions
+def save_prepared(key: str, prepared) -> None:
+    conv = prepared.conversion
+    meta = {
+        "format": prepared.format, "inputs": [asdict(s) for s in prepared.inputs],
+        "outputs": [asdict(s) for s in prepared.outputs], "warnings": prepared.warnings,
+        "versions": prepared.versions, "check_source": prepared.check.source,
+        "check_warnings": prepared.check.warnings, "has_labels": prepared.check.labels is not None,
+        "conversion": {"path": conv.path, "spec": conv.spec.to_json(), "spec_notes": conv.spec.notes,
+                       "attempts": [a.to_json() for a in conv.attempts],
+                       "metrics": [m.to_json() for m in conv.metrics]},
+    }
+    arrays = {f"check/{k}": v for k, v in prepared.check.inputs.items()}
+    arrays.update({f"reference/{k}": v for k, v in prepared.reference.items()})
+    if prepared.check.labels is not None:
+        arrays["labels"] = prepared.check.labels
+    _store("conversions", key, {"meta.json": json.dumps(meta).encode(), "model.tflite": conv.tflite,
+                                "arrays.npz": npz_bytes(arrays)})
+
+
+def load_prepared(key: str, model: Path):
+    from .jobs import Prepared
+    root = _dir("conversions", key)
+    try:
+        meta = json.loads((root / "meta.json").read_text())
+        tflite = (root / "model.tflite").read_bytes()
+        with np.load(root / "arrays.npz", allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except (OSError, ValueError, KeyError):
+        return None
+    c = meta["conversion"]
+    s = c["spec"]
+    spec = ModelSpec(s["size"], s["sha256"], [TensorInfo(**t) for t in s["inputs"]],
+                     [TensorInfo(**t) for t in s["outputs"]], [OpInfo(**o) for o in s["ops"]], s["signature"],
+                     c.get("spec_notes", []))
+    if hashlib.sha256(tflite).hexdigest() != spec.sha256:
+        return None
+    attempts = [Attempt(a["path"], a["ok"], a["error"], [OutputMetrics(**m) for m in a["metrics"]])
+                for a in c["attempts"]]
+    conversion = Conversion(tflite, spec, c["path"], attempts, [OutputMetrics(**m) for m in c["metrics"]])
+    check = Dataset(_split(arrays, "check/"), arrays.get("labels") if meta["has_labels"] else None,
+                    meta["check_source"], meta["check_warnings"])
+    return Prepared(str(model), meta["format"], [TensorSpec(t["name"], tuple(t["shape"]), t["dtype"])
+                                                for t in meta["inputs"]],
+                    [TensorSpec(t["name"], tuple(t["shape"]), t["dtype"]) for t in meta["outputs"]],
+                    conversion, check, _split(arrays, "reference/"), meta["warnings"], meta["versions"])
+
+
+# --------------------------------------------------------------------------- verification runs
+def verification_key(env, bundle: Path, manifest: dict, inputs: dict) -> str:
+    return digest("verification", FORMAT, env.runtime, env.version, env.arch, list(env.argv),
+                  manifest["model_sha256"], sha256_file(bundle / manifest["entrypoint"]),
+                  [(t["name"], t["index"], t["quantization"]) for t in manifest["inputs"] + manifest["outputs"]],
+                  hashlib.sha256(npz_bytes(inputs)).hexdigest())
+
+
+def save_outputs(key: str, outputs: dict, info: dict) -> None:
+    _store("runs", key, {"outputs.npz": npz_bytes(outputs), "info.json": json.dumps(info).encode()})
+
+
+def load_outputs(key: str):
+    root = _dir("runs", key)
+    try:
+        with np.load(root / "outputs.npz", allow_pickle=False) as npz:
+            outputs = {k: npz[k] for k in npz.files}
+        return outputs, json.loads((root / "info.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+__all__ = ["enabled", "conversion_key", "save_prepared", "load_prepared", "verification_key", "save_outputs",
+           "load_outputs", "RuntimeResult"]

@@ -68,7 +68,13 @@ def reference(model: str, data: str | None, arrays: dict | None, trust: bool) ->
     """Inputs (from ``data``, else ``arrays``, else synthetic) and the model's outputs on them."""
     from .loaders import load_model
 
+    from .errors import UsageError
+
     loaded = load_model(model, trust=trust)
+    if arrays is not None and set(arrays) != {s.name for s in loaded.inputs}:
+        raise UsageError(f"the reference model's inputs ({', '.join(sorted(s.name for s in loaded.inputs))}) are not "
+                         f"the bundle's ({', '.join(sorted(arrays))}); their outputs differ too",
+                         hint="pass the model the bundle was built from")
     if data:
         dataset = load_dataset(data, loaded.inputs, purpose="verification")
     elif arrays is not None:

@@ -45,7 +45,7 @@ def test_build_json_then_inspect_and_verify(zoo, data_files, tmp_path):
     assert json.loads(proc.stdout)["passed"] is True
     # A different model as reference: refused by name before any number is computed.
     proc = edgepack("verify", out, "--reference", zoo["multi_io"])
-    assert_clean_error(proc, 2, "outputs")
+    assert_clean_error(proc, 2, "not the bundle's")
 
 
 def test_verify_mismatch_exit_4_with_numbers(zoo, int8_bundle, tmp_path):

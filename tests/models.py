@@ -14,27 +14,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 def digits(n_train: int = 1200):
-    from sklearn.datasets import load_digits
-    d = load_digits()
-    x = (d.images / 16.0).astype("float32")[..., None]
-    y = d.target.astype("int64")
-    order = np.random.default_rng(0).permutation(len(x))
-    x, y = x[order], y[order]
-    return (x[:n_train], y[:n_train]), (x[n_train:], y[n_train:])
+    from examples.digits import load_split
+    return load_split(n_train)
 
 
 def trained_mlp(x, y, epochs: int = 15, seed: int = 0):
-    """The tutorial's MLP (Flatten -> Dense relu -> Dense -> softmax), Keras 3."""
-    import keras
-    keras.utils.set_random_seed(seed)
-    model = keras.Sequential([
-        keras.Input((8, 8, 1), name="pixels"),
-        keras.layers.Flatten(),
-        keras.layers.Dense(32, activation="relu"),
-        keras.layers.Dense(10),
-        keras.layers.Softmax(name="probs"),
-    ])
-    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="sparse_categorical_crossentropy")
+    """The tutorial's MLP (examples/digits.py), smaller hidden layer, Keras 3."""
+    from examples.digits import tutorial_mlp
+    model = tutorial_mlp(32, seed)
     model.fit(x, y, epochs=epochs, batch_size=64, verbose=0)
     return model
 
@@ -192,15 +179,7 @@ def multi_io(out: Path) -> Path:
 
 def other_mlp_same_shapes(out: Path) -> Path:
     """Same input/output shapes and names as ``trained_mlp`` but different (random) weights."""
-    import keras
-    keras.utils.set_random_seed(99)
-    model = keras.Sequential([
-        keras.Input((8, 8, 1), name="pixels"),
-        keras.layers.Flatten(),
-        keras.layers.Dense(32, activation="relu"),
-        keras.layers.Dense(10),
-        keras.layers.Softmax(name="probs"),
-    ])
+    from examples.digits import tutorial_mlp
     path = out / "other.h5"
-    model.save(path)
+    tutorial_mlp(32, seed=99).save(path)
     return path

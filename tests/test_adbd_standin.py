@@ -10,7 +10,6 @@ import stat
 import struct
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from pathlib import Path

@@ -23,6 +23,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Sequence
 
+from ..bundle import sha256_file
 from ..errors import DeployError, UsageError
 from .base import Completed, Transport, q, transfer_timeout
 
@@ -138,14 +139,6 @@ def check_relpath(rel: object) -> str:
     return rel
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def load_bundle(bundle_dir: str | Path) -> Bundle:
     """Read a bundle and check every file against its manifest before anything goes anywhere."""
     path = Path(bundle_dir)
@@ -181,7 +174,7 @@ def load_bundle(bundle_dir: str | Path) -> Bundle:
         local = path.joinpath(*rel.split("/"))
         if not local.is_file():
             raise DeployError(f"bundle file {rel} is missing from {path}", hint="rebuild the bundle")
-        got = _sha256_file(local)
+        got = sha256_file(local)
         if got != want:
             raise DeployError(f"bundle file {rel} does not match manifest.json (sha256 {got[:12]}... vs {want[:12]}...): "
                               "it was changed after the bundle was built; nothing was sent",
@@ -779,7 +772,7 @@ def run(transport: Transport, remote_dir: str, *, input: str | Path | None = Non
 
     if bin_path is not None:
         remote_bin = f"{rdir}/bin/benchmark_model"
-        want = _sha256_file(bin_path)
+        want = sha256_file(bin_path)
         if _remote_hashes(transport, f"{rdir}/bin", ["benchmark_model"]).get("benchmark_model") != want:
             transport.upload([(bin_path, "benchmark_model")], f"{rdir}/bin",
                              timeout=transfer_timeout(bin_path.stat().st_size, transport.timeout))
@@ -816,7 +809,7 @@ def run(transport: Transport, remote_dir: str, *, input: str | Path | None = Non
         _check(transport.sh(f"mkdir -p {q(work)}"), "creating a work directory", transport)
         transport.upload([(in_path, remote_in.rsplit("/", 1)[1])], work,
                          timeout=transfer_timeout(in_path.stat().st_size, transport.timeout))
-        if _remote_hashes(transport, work, [remote_in.rsplit("/", 1)[1]]).get(remote_in.rsplit("/", 1)[1]) != _sha256_file(in_path):
+        if _remote_hashes(transport, work, [remote_in.rsplit("/", 1)[1]]).get(remote_in.rsplit("/", 1)[1]) != sha256_file(in_path):
             raise DeployError("the input file arrived damaged on the device (checksum mismatch)", hint="run again")
         res = transport.sh(f"{py} {q(cur + '/' + entry)} --input {q(remote_in)} --output {q(remote_out)}{threads_args}"
                            f" && cd {q(work)} && sha256sum output.npz", timeout=limit)
@@ -826,7 +819,7 @@ def run(transport: Transport, remote_dir: str, *, input: str | Path | None = Non
         digest = next((m[1] for m in map(_SHA_LINE.match, res.out.splitlines()) if m and m[2] == "output.npz"), None)
         out_path.parent.mkdir(parents=True, exist_ok=True)
         transport.download(remote_out, out_path, timeout=limit)
-        if digest is None or _sha256_file(out_path) != digest:
+        if digest is None or sha256_file(out_path) != digest:
             out_path.unlink(missing_ok=True)
             raise DeployError("the outputs arrived damaged from the device (checksum mismatch)", hint="run again")
     finally:

@@ -62,10 +62,15 @@ def _configure(tf, converter, recipe: Recipe, io: str, calibration: dict | None,
         names = [s.name for s in loaded.inputs]
         arrays = [calibration[n] for n in names]
         count = arrays[0].shape[0]
+        # A model traced at a fixed batch size (e.g. a subclassed call) is calibrated at that size.
+        batch = loaded.inputs[0].shape[0] if loaded.inputs[0].shape and loaded.inputs[0].shape[0] > 0 else 1
+        if count < batch:
+            arrays = [np.concatenate([a] * (batch // count + 1))[:batch] for a in arrays]
+            count = batch
 
         def representative():
-            for i in range(count):
-                yield [a[i:i + 1].astype(np.float32) if a.dtype.kind == "f" else a[i:i + 1] for a in arrays]
+            for i in range(0, count - batch + 1, batch):
+                yield [a[i:i + batch].astype(np.float32) if a.dtype.kind == "f" else a[i:i + batch] for a in arrays]
 
         converter.representative_dataset = representative
     if io != "float":

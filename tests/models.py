@@ -61,7 +61,7 @@ def saved_model_keras(model, out: Path) -> Path:
     return path
 
 
-def _subclassed(with_signature: bool, x, y):
+def _subclassed(with_signature: bool, x, y, trained=None):
     import keras
     import tensorflow as tf
 
@@ -80,16 +80,18 @@ def _subclassed(with_signature: bool, x, y):
             return tf.nn.softmax(self.dense2(self.dense1(self.flatten(inputs))))
 
     model = MLP()
-    # Keras 3 cannot fit through a tf.function-decorated call (no gradients); random weights do
-    # for a conversion test. Calling it builds the layers and, without a signature, traces the
-    # function at batch 4 - the SEED's "call must be a tf.function" way.
+    # Calling it builds the layers and, without a signature, traces the function at batch 4 - the
+    # SEED's "call must be a tf.function" way. Keras 3 cannot fit through a tf.function-decorated
+    # call (no gradients), so the weights come from the trained Sequential MLP of the same shape.
     model(x[:4])
+    if trained is not None:
+        model.set_weights(trained.get_weights())
     return model
 
 
-def saved_model_subclassed(x, y, out: Path, with_signature: bool) -> Path:
+def saved_model_subclassed(x, y, out: Path, with_signature: bool, trained=None) -> Path:
     import tensorflow as tf
-    model = _subclassed(with_signature, x, y)
+    model = _subclassed(with_signature, x, y, trained)
     path = out / ("sm_sub_sig" if with_signature else "sm_sub") / "1"
     tf.saved_model.save(model, str(path))
     return path

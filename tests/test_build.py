@@ -270,3 +270,11 @@ def test_rebuild_reuses_cache_and_gives_identical_bundle(zoo, data_files, tmp_pa
     api.build(zoo["keras3_h5"], output=tmp_path / "three" / "d", progress=messages.append,
               **dict(kwargs, calibration=other))
     assert not any("cached conversion" in m for m in messages)
+
+
+@pytest.mark.parametrize("form", ["saved_model_subclassed", "saved_model_module"])
+def test_fixed_batch_models_calibrate_at_their_batch_size(form, zoo, data_files, tmp_path):
+    res = api.build(zoo[form], target="rpi", recipe="int8", calibration=data_files["calibration"],
+                    data=data_files["eval"], runtimes=LITERT, output=tmp_path / "b")
+    assert res.verification.passed
+    assert res.manifest["inputs"][0]["shape"][0] > 1

@@ -3,24 +3,36 @@
 
 This one file ships inside every edgepack bundle and is exactly what the host emulator runs.
 It imports no TensorFlow (unless no lighter runtime is installed) and nothing from edgepack.
-It finds ``manifest.json`` next to itself.
+It finds ``manifest.json`` next to itself (``--bundle DIR`` points it at another bundle directory).
 
     python3 edgepack_run.py --input in.npz --output out.npz   # inference, outputs keyed by name
     python3 edgepack_run.py --benchmark 100 --warmup 10       # latency JSON
     python3 edgepack_run.py --self-test                       # run bundled samples, compare
     python3 edgepack_run.py --info | --check
+    options: --threads T, --batch B, --raw, --runtime NAME, --bundle DIR, --no-isolate
 
 Exit codes: 0 ok, 2 bad arguments/input, 3 integrity (size, sha256, TFL3), 4 no TFLite runtime,
-5 the runtime cannot load or run the model, 6 self-test mismatch.
+5 the runtime cannot load or run the model (also when it crashes), 6 self-test mismatch.
 Works on Python 3.9+ with numpy 1.x or 2.x.
+
+Crash containment: after the integrity and input-file checks, everything that touches the TFLite
+runtime (import, load, allocate, invoke) runs in one forked child where ``os.fork`` exists (Linux,
+Android; not macOS, where fork after numpy's Accelerate is unsafe; not Windows). If a corrupt or
+hostile model makes the native runtime die by a signal, this process reports it as one error line
+and exit code 5 instead of dying itself. ``--no-isolate`` (or ``EDGEPACK_NO_ISOLATE=1``) runs it in
+this process instead. ``--info`` always runs in-process. SIGINT/SIGTERM/SIGHUP are passed on to the
+child, which dies of them at once (even inside a long invoke); this process then dies of the same
+signal.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
 import platform
+import signal
 import sys
 import time
 import zipfile
@@ -47,6 +59,8 @@ class Failure(Exception):
         super().__init__(message)
         self.code = code
         self.message = " ".join(str(message).split())
+        if len(self.message) > 1000:  # runtimes can repeat one complaint per node
+            self.message = self.message[:997] + "..."
 
 
 # --------------------------------------------------------------------------- runtime
@@ -96,9 +110,9 @@ def read_manifest(root: str) -> dict:
             raw = fh.read(16 << 20)
         manifest = json.loads(raw.decode("utf-8"))
     except OSError as exc:
-        raise Failure(EXIT_INTEGRITY, "cannot read %s: %s" % (path, exc.strerror or exc))
+        raise Failure(EXIT_INTEGRITY, "cannot read %s: %s" % (path, exc.strerror or exc)) from None
     except ValueError as exc:
-        raise Failure(EXIT_INTEGRITY, "manifest.json is not valid JSON: %s" % exc)
+        raise Failure(EXIT_INTEGRITY, "manifest.json is not valid JSON: %s" % exc) from None
     for key in ("model", "inputs", "outputs", "model_sha256", "model_size"):
         if key not in manifest:
             raise Failure(EXIT_INTEGRITY, "manifest.json has no %r" % key)
@@ -117,7 +131,7 @@ def load_model_bytes(root: str, manifest: dict) -> bytes:
     try:
         size = os.stat(path).st_size
     except OSError as exc:
-        raise Failure(EXIT_INTEGRITY, "model file %s: %s" % (manifest["model"], exc.strerror or exc))
+        raise Failure(EXIT_INTEGRITY, "model file %s: %s" % (manifest["model"], exc.strerror or exc)) from None
     if size != int(manifest["model_size"]):
         raise Failure(EXIT_INTEGRITY, "model size %d bytes differs from manifest (%d)" % (size, manifest["model_size"]))
     with open(path, "rb") as fh:
@@ -188,8 +202,8 @@ def read_inputs(path: str, specs: list) -> dict:
                     arrays = {k: npz[k] for k in npz.files}
     except Failure:
         raise
-    except (OSError, ValueError, zipfile.BadZipFile, UnicodeDecodeError, KeyError, EOFError) as exc:
-        raise Failure(EXIT_USAGE, "cannot read input %s: %s" % (path, exc))
+    except Exception as exc:  # noqa: BLE001 - whatever a corrupt file raises, it is a bad input
+        raise Failure(EXIT_USAGE, "cannot read input %s: %s: %s" % (path, type(exc).__name__, exc)) from None
     if len(names) == 1 and names[0] not in arrays:
         if len(arrays) == 1:
             arrays = {names[0]: next(iter(arrays.values()))}
@@ -220,8 +234,9 @@ def _expand_single(array, spec):
 class Runner:
     """Owns one interpreter; tensors are allocated once per batch size."""
 
-    def __init__(self, model: bytes, manifest: dict, threads: int | None = None, runtime: str | None = None):
-        Interpreter, self.runtime, self.runtime_version = find_runtime(runtime)
+    def __init__(self, model: bytes, manifest: dict, threads: int | None = None, runtime: str | None = None,
+                 found: tuple | None = None):
+        Interpreter, self.runtime, self.runtime_version = found or find_runtime(runtime)
         self.manifest = manifest
         start = time.perf_counter()
         try:
@@ -231,13 +246,13 @@ class Runner:
             self.interp = Interpreter(**kwargs)
             self.interp.allocate_tensors()
         except Exception as exc:  # the runtime's own error text names the op and version
-            raise Failure(EXIT_RUNTIME, "%s %s cannot load the model: %s" % (self.runtime, self.runtime_version, exc))
+            raise Failure(EXIT_RUNTIME, "%s %s cannot load the model: %s" % (self.runtime, self.runtime_version, exc)) from None
         self.init_seconds = time.perf_counter() - start
         details_in = {d["index"]: d for d in self.interp.get_input_details()}
         details_out = {d["index"]: d for d in self.interp.get_output_details()}
         self.inputs = [self._bind(spec, details_in) for spec in manifest["inputs"]]
         self.outputs = [self._bind(spec, details_out) for spec in manifest["outputs"]]
-        self.dynamic = all(i["signature"][0] == -1 for i in self.inputs) if self.inputs else False
+        self.dynamic = all(i["signature"][:1] == [-1] for i in self.inputs) if self.inputs else False
         self.batch = None
 
     def _bind(self, spec: dict, details: dict) -> dict:
@@ -267,10 +282,11 @@ class Runner:
 
     def _prepare(self, t: dict, array):
         """float -> quantized integer where the tensor is quantized; otherwise a dtype cast."""
-        if t["scale"] and array.dtype != t["dtype"] and array.dtype.kind == "f":
-            q = np.round(array / t["scale"]) + t["zero"]
-            return np.clip(q, t["lo"], t["hi"]).astype(t["dtype"])
-        return array.astype(t["dtype"], copy=False)
+        with np.errstate(invalid="ignore", over="ignore"):  # NaN/inf inputs: garbage in, no warning noise
+            if t["scale"] and array.dtype != t["dtype"] and array.dtype.kind == "f":
+                q = np.round(array / t["scale"]) + t["zero"]
+                return np.clip(q, t["lo"], t["hi"]).astype(t["dtype"])
+            return array.astype(t["dtype"], copy=False)
 
     def run(self, arrays: dict, raw: bool = False, chunk: int = 64) -> dict:
         arrays = {t["name"]: _expand_single(arrays[t["name"]], t["spec"]) for t in self.inputs}
@@ -279,7 +295,7 @@ class Runner:
             raise Failure(EXIT_USAGE, "inputs have different sample counts: %s" % sorted(counts))
         n = counts.pop()
         prepared = [np.ascontiguousarray(self._prepare(t, arrays[t["name"]])) for t in self.inputs]
-        batch = min(n, chunk) if self.dynamic else max(1, self.inputs[0]["signature"][0])
+        batch = min(n, chunk) if self.dynamic else max([1] + self.inputs[0]["signature"][:1])
         self._ensure_batch(max(batch, 1))
         batch = self.batch
         results = [None] * len(self.outputs)
@@ -377,9 +393,12 @@ def cmd_self_test(runner: Runner, root: str, manifest: dict) -> dict:
     report = {"passed": True, "outputs": {}, **_platform_info(runner)}
     for name, want in expected.items():
         have = got[name].astype(np.float64)
-        err = float(np.max(np.abs(have - want.astype(np.float64)))) if want.size else 0.0
         tol = float(atol.get(name, 1e-5))
-        ok = bool(have.shape == want.shape and err <= tol)
+        if have.shape != want.shape:  # reported as Infinity: consumers format this number
+            err = float("inf")
+        else:
+            err = float(np.max(np.abs(have - want.astype(np.float64)))) if want.size else 0.0
+        ok = bool(err <= tol)
         report["outputs"][name] = {"max_abs_err": err, "atol": tol, "passed": ok}
         report["passed"] = report["passed"] and ok
     return report
@@ -407,6 +426,10 @@ def parse_args(argv):
     p.add_argument("--batch", type=int, default=64, help="samples per invoke for dynamic-batch models")
     p.add_argument("--raw", action="store_true", help="keep quantized outputs as integers")
     p.add_argument("--runtime", choices=RUNTIMES, default=os.environ.get("EDGEPACK_RUNTIME") or None)
+    p.add_argument("--bundle", metavar="DIR", default=None,
+                   help="bundle directory holding manifest.json (default: this script's directory)")
+    p.add_argument("--no-isolate", action="store_true",
+                   help="load and run the model in this process, not in a forked child (also EDGEPACK_NO_ISOLATE=1)")
     args = p.parse_args(argv)
     if args.input and not args.output:
         p.error("--input needs --output")
@@ -428,36 +451,202 @@ def main(argv=None) -> int:
                 info = dict(_platform_info(None), runtime=None, error=exc.message)
             print(json.dumps(info))
             return EXIT_OK
-        root = bundle_dir()
+        # Integrity and input files first, in this process: their errors come at once.
+        root = os.path.abspath(args.bundle) if args.bundle else bundle_dir()
         manifest = read_manifest(root)
         model = load_model_bytes(root, manifest)
         inputs = read_inputs(args.input, manifest["inputs"]) if args.input else None
         if inputs is not None:  # shapes checked against the manifest before the model is loaded
             inputs = {spec["name"]: _expand_single(inputs[spec["name"]], spec) for spec in manifest["inputs"]}
-        runner = Runner(model, manifest, threads=args.threads, runtime=args.runtime)
+
+        def work(announce=None):
+            return run_model(args, root, manifest, model, inputs, announce)
+
+        if args.no_isolate or os.environ.get("EDGEPACK_NO_ISOLATE", "") not in ("", "0") or not can_isolate():
+            return work()
+        return run_isolated(work)
+    except Failure as exc:
+        report(exc)
+        return exc.code
+
+
+def report(exc: Failure) -> None:
+    sys.stderr.write("edgepack_run: error: %s\n" % exc.message)
+
+
+def run_model(args, root: str, manifest: dict, model: bytes, inputs, announce=None) -> int:
+    """Everything that touches the runtime. ``announce((Interpreter, name, version))`` once it is known."""
+    found = find_runtime(args.runtime)
+    if announce is not None:
+        announce(found)
+    try:
+        runner = Runner(model, manifest, threads=args.threads, found=found)
         if args.check:
             print(json.dumps({"ok": True, "init_ms": runner.init_seconds * 1000.0, **_platform_info(runner)}))
         elif args.benchmark is not None:
             print(json.dumps(cmd_benchmark(runner, args.benchmark, args.warmup, root, manifest)))
         elif args.self_test:
-            report = cmd_self_test(runner, root, manifest)
-            print(json.dumps(report))
-            return EXIT_OK if report["passed"] else EXIT_SELFTEST
+            result = cmd_self_test(runner, root, manifest)
+            print(json.dumps(result))
+            if not result["passed"]:
+                bad = ["%s max_abs_err %.4g > atol %.3g" % (name, o["max_abs_err"], o["atol"])
+                       for name, o in result["outputs"].items() if not o["passed"]]
+                raise Failure(EXIT_SELFTEST, "self-test failed: " + "; ".join(bad))
         else:
-            try:
-                outputs = runner.run(inputs, raw=args.raw, chunk=max(1, args.batch))
-            except Failure:
-                raise
-            except Exception as exc:
-                raise Failure(EXIT_RUNTIME, "%s failed while running the model: %s" % (runner.runtime, exc))
+            outputs = runner.run(inputs, raw=args.raw, chunk=max(1, args.batch))
             try:
                 write_outputs(args.output, outputs)
             except OSError as exc:
-                raise Failure(EXIT_USAGE, "cannot write %s: %s" % (args.output, exc.strerror or exc))
+                raise Failure(EXIT_USAGE, "cannot write %s: %s" % (args.output, exc.strerror or exc)) from None
         return EXIT_OK
+    except Failure:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a model the runtime mis-parses can raise anything
+        raise Failure(EXIT_RUNTIME, "%s %s failed while loading or running the model: %s: %s"
+                      % (found[1], found[2], type(exc).__name__, exc)) from None
+
+
+# --------------------------------------------------------------------------- crash containment
+STOP_SIGNALS = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n))
+
+
+def can_isolate() -> bool:
+    return hasattr(os, "fork") and hasattr(os, "waitpid") and sys.platform != "darwin"
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return "unknown signal"
+
+
+def run_isolated(work) -> int:
+    """``work(announce)`` in one forked child; a signal death of the child becomes exit code 5."""
+    state = {"pid": None, "received": []}
+
+    def forward(signum, frame):
+        state["received"].append(signum)
+        if state["pid"]:
+            with contextlib.suppress(OSError):
+                os.kill(state["pid"], signum)
+
+    previous = {}
+    try:
+        for signum in STOP_SIGNALS:
+            if signal.getsignal(signum) != signal.SIG_IGN:  # e.g. nohup: stays ignored, here and in the child
+                previous[signum] = signal.signal(signum, forward)
+        if hasattr(signal, "SIGCHLD") and signal.getsignal(signal.SIGCHLD) == signal.SIG_IGN:
+            previous[signal.SIGCHLD] = signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # else waitpid cannot
+    except (ValueError, OSError):  # not the main thread: no forwarding, still contained
+        pass
+    mask = tuple(s for s in STOP_SIGNALS if s in previous) if hasattr(signal, "pthread_sigmask") else ()
+    try:
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None:
+                stream.flush()
+        read_end, write_end = os.pipe()
+        if mask:  # no stop signal between fork and the child's own handlers: it is held until then
+            signal.pthread_sigmask(signal.SIG_BLOCK, mask)
+        try:
+            import warnings
+            with warnings.catch_warnings():  # Python 3.12+ warns when numpy's BLAS threads exist
+                warnings.simplefilter("ignore", DeprecationWarning)
+                parent = os.getpid()
+                pid = os.fork()
+        except OSError:
+            if mask:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, mask)
+            os.close(read_end)
+            os.close(write_end)
+            _restore(previous)
+            previous = {}
+            return work()
+        if pid == 0:  # the child: never returns
+            _child(work, read_end, write_end, previous, mask, parent)
+        state["pid"] = pid
+        for signum in state["received"]:  # arrived before the fork
+            with contextlib.suppress(OSError):
+                os.kill(pid, signum)
+        if mask:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, mask)
+        os.close(write_end)
+        label = b""
+        try:
+            while True:
+                chunk = os.read(read_end, 512)
+                if not chunk:
+                    break
+                label += chunk
+        finally:
+            os.close(read_end)
+        _, status = os.waitpid(pid, 0)
+    finally:
+        _restore(previous)
+    if not os.WIFSIGNALED(status):
+        return os.WEXITSTATUS(status) if os.WIFEXITED(status) else EXIT_RUNTIME
+    signum = os.WTERMSIG(status)
+    if state["received"]:  # we were asked to stop: die of the same signal, as without the child
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None:
+                stream.flush()
+        signal.signal(state["received"][0], signal.SIG_DFL)
+        os.kill(os.getpid(), state["received"][0])
+        return 128 + state["received"][0]  # only where the signal did not end us
+    runtime = label.decode("utf-8", "replace").strip() or "the TFLite runtime"
+    hint = "; killed from outside, possibly for lack of memory" if signum == getattr(signal, "SIGKILL", -1) else ""
+    report(Failure(EXIT_RUNTIME, "%s crashed (signal %d: %s) while loading or running the model%s"
+                   % (runtime, signum, _signal_name(signum), hint)))
+    return EXIT_RUNTIME
+
+
+def _restore(previous: dict) -> None:
+    for signum, handler in previous.items():
+        signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+
+
+def _die_with_parent(parent: int) -> None:
+    """Linux/Android: SIGKILL this child when the parent dies (e.g. a supervisor's SIGKILL on a timeout)."""
+    if not sys.platform.startswith(("linux", "android")):
+        return
+    try:
+        import ctypes
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except Exception:  # noqa: BLE001 - best effort: no libc symbol, no ctypes
+        return
+    if os.getppid() != parent:  # the parent died before the prctl
+        os._exit(EXIT_RUNTIME)
+
+
+def _child(work, read_end: int, write_end: int, previous: dict, mask: tuple, parent: int) -> None:
+    code = EXIT_RUNTIME
+    try:
+        os.close(read_end)
+        _die_with_parent(parent)
+        for signum, handler in previous.items():  # die of a stop signal at once, even inside a native invoke
+            signal.signal(signum, signal.SIG_DFL if signum in STOP_SIGNALS else handler)
+        if mask:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, mask)
+
+        def announce(found):
+            os.write(write_end, ("%s %s" % (found[1], found[2])).encode("utf-8")[:500])
+            os.close(write_end)
+
+        code = work(announce)
     except Failure as exc:
-        sys.stderr.write("edgepack_run: error: %s\n" % exc.message)
-        return exc.code
+        report(exc)
+        code = exc.code
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (EXIT_OK if exc.code is None else EXIT_USAGE)
+    except BaseException as exc:  # noqa: BLE001 - the child must end in os._exit whatever happens
+        code = EXIT_RUNTIME
+        with contextlib.suppress(BaseException):
+            report(Failure(EXIT_RUNTIME, "unexpected %s: %s" % (type(exc).__name__, exc)))
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(BaseException):  # e.g. a closed pipe; the exit code still counts
+                stream.flush()
+        os._exit(code if isinstance(code, int) and 0 <= code < 256 else EXIT_RUNTIME)
 
 
 if __name__ == "__main__":

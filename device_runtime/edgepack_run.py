@@ -157,7 +157,9 @@ def _peek_npy(fh):
     return shape, dtype
 
 
-def _check_header(key: str, shape, dtype) -> None:
+def _check_header(key: str, shape, dtype, available=None) -> None:
+    """Refuse non-numeric dtypes, element counts over the cap, and headers that announce more
+    data than the file holds (checked before numpy allocates the array)."""
     if dtype.hasobject or dtype.kind not in "biuf":
         raise Failure(EXIT_USAGE, "input %r has dtype %s; only numeric arrays are accepted" % (key, dtype))
     count = 1
@@ -165,12 +167,15 @@ def _check_header(key: str, shape, dtype) -> None:
         count *= int(dim)
     if count > MAX_INPUT_ELEMENTS:
         raise Failure(EXIT_USAGE, "input %r would hold %d elements (cap %d)" % (key, count, MAX_INPUT_ELEMENTS))
+    if available is not None and count * dtype.itemsize > available:
+        raise Failure(EXIT_USAGE, "input %r announces %d bytes of data but holds %d (truncated?)"
+                      % (key, count * dtype.itemsize, available))
 
 
-def _load_npy(fh, key: str):
+def _load_npy(fh, key: str, size=None):
     start = fh.tell()
     shape, dtype = _peek_npy(fh)
-    _check_header(key, shape, dtype)
+    _check_header(key, shape, dtype, None if size is None else size - (fh.tell() - start))
     fh.seek(start)
     return np.load(fh, allow_pickle=False)
 
@@ -189,7 +194,7 @@ def read_inputs(path: str, specs: list) -> dict:
             arrays = {k: np.asarray(v, dtype=np.float32) for k, v in raw.items()}
         elif path.endswith(".npy"):
             with open(path, "rb") as fh:
-                arrays = {names[0]: _load_npy(fh, names[0])}
+                arrays = {names[0]: _load_npy(fh, names[0], os.fstat(fh.fileno()).st_size)}
         else:
             arrays = {}
             with zipfile.ZipFile(path) as zf:
@@ -197,7 +202,8 @@ def read_inputs(path: str, specs: list) -> dict:
                     key = member[:-4] if member.endswith(".npy") else member
                     with zf.open(member) as fh:
                         shape, dtype = _peek_npy(fh)
-                    _check_header(key, shape, dtype)
+                        header = fh.tell()
+                    _check_header(key, shape, dtype, zf.getinfo(member).file_size - header)
                 with np.load(path, allow_pickle=False) as npz:
                     arrays = {k: npz[k] for k in npz.files}
     except Failure:

@@ -319,3 +319,17 @@ def test_killed_build_leaves_nothing_or_a_complete_bundle(zoo, tmp_path):
     subprocess.run(base + ["-o", str(out)], env=env, check=True, capture_output=True, timeout=300)
     assert check_files(out, json.loads((out / "manifest.json").read_text())) == []
     assert not list(out.parent.glob(".b.*"))
+
+
+def test_npz_header_larger_than_its_data_is_refused_before_allocation(zoo, tmp_path):
+    """Under the element cap, but announcing 512 MiB the member does not hold."""
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False,
+                                                  "shape": (2_000_000, 8, 8, 1)})
+    path = tmp_path / "liar.npz"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("x.npy", header.getvalue() + b"\0" * 4096)
+    import resource
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    expect_refusal(tmp_path, zoo["keras3_h5"], "truncated", recipe="int8", calibration=path)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 256 * 1024   # KiB: nothing like 512 MiB

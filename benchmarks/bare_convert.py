@@ -1,0 +1,33 @@
+"""Yardstick for `edgepack build`: the bare load-and-convert script from the TFLite tutorial.
+
+    python bare_convert.py MODEL.h5 CALIBRATION.npz OUT.tflite
+
+Keras load, TFLiteConverter.from_keras_model, full-integer int8 with a representative dataset of
+the calibration samples (float input/output, as `edgepack build -q int8` makes by default), write.
+No checking, no bundle, no verification.
+"""
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import numpy as np
+import tensorflow as tf
+import keras
+
+model_path, cal_path, out_path = sys.argv[1:4]
+model = keras.models.load_model(model_path, compile=False)
+with np.load(cal_path) as npz:
+    cal = npz[npz.files[0]].astype(np.float32)
+
+
+def representative():
+    for i in range(cal.shape[0]):
+        yield [cal[i:i + 1]]
+
+
+converter = tf.lite.TFLiteConverter.from_keras_model(model)
+converter.optimizations = [tf.lite.Optimize.DEFAULT]
+converter.representative_dataset = representative
+converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+with open(out_path, "wb") as fh:
+    fh.write(converter.convert())

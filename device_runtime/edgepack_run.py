@@ -26,7 +26,6 @@ signal.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import hashlib
 import json
@@ -48,10 +47,22 @@ EXIT_SELFTEST = 6
 MAX_INPUT_ELEMENTS = int(os.environ.get("EDGEPACK_MAX_INPUT_ELEMENTS", str(1 << 28)))
 RUNTIMES = ("ai_edge_litert", "tflite_runtime", "tensorflow")
 
-try:
-    import numpy as np
-except ImportError:  # pragma: no cover - reported to the user below
-    np = None
+np = None  # run as a script: imported by _load_numpy() in the forked child, so the parent forks a small process
+if __name__ != "__main__":  # imported as a module (packager uses read_inputs & co.): import it now
+    try:
+        import numpy as np
+    except ImportError:  # pragma: no cover - reported by _load_numpy()
+        np = None
+
+
+def _load_numpy():
+    global np
+    if np is None:
+        try:
+            import numpy
+        except ImportError:
+            raise Failure(EXIT_NO_RUNTIME, "numpy is not installed: pip install numpy") from None
+        np = numpy
 
 
 class Failure(Exception):
@@ -418,7 +429,46 @@ def _platform_info(runner: Runner | None) -> dict:
     return info
 
 
+_VALUED = {"--input": str, "--output": str, "--benchmark": int, "--warmup": int, "--threads": int, "--batch": int,
+           "--runtime": str, "--bundle": str}
+_FLAGS = ("--self-test", "--info", "--check", "--raw", "--no-isolate")
+
+
+def _fast_args(argv):
+    """The well-formed common case without importing argparse (~20 ms); None -> argparse decides."""
+    vals = {"input": None, "output": None, "benchmark": None, "warmup": 5, "threads": None, "batch": 64,
+            "runtime": os.environ.get("EDGEPACK_RUNTIME") or None, "bundle": None,
+            "self_test": False, "info": False, "check": False, "raw": False, "no_isolate": False}
+    i, seen = 0, set()
+    while i < len(argv):
+        a = argv[i]
+        if a in seen:
+            return None
+        seen.add(a)
+        if a in _FLAGS:
+            vals[a[2:].replace("-", "_")] = True
+            i += 1
+        elif a in _VALUED and i + 1 < len(argv) and not argv[i + 1].startswith("-"):
+            try:
+                vals[a[2:]] = _VALUED[a](argv[i + 1])
+            except ValueError:
+                return None
+            i += 2
+        else:
+            return None
+    modes = [m for m in ("input", "benchmark") if vals[m] is not None] + [m for m in ("self_test", "info", "check") if vals[m]]
+    if len(modes) != 1 or (vals["input"] and not vals["output"]) or (vals["benchmark"] is not None and vals["benchmark"] < 1) \
+            or (vals["runtime"] is not None and vals["runtime"] not in RUNTIMES):
+        return None
+    import types
+    return types.SimpleNamespace(**vals)
+
+
 def parse_args(argv):
+    fast = _fast_args(argv)
+    if fast is not None:
+        return fast
+    import argparse
     p = argparse.ArgumentParser(prog="edgepack_run.py", description=__doc__.split("\n\n")[0])
     mode = p.add_mutually_exclusive_group(required=True)
     mode.add_argument("--input", help="inputs: .npz keyed by input name (or one array), .npy, or .json")
@@ -447,9 +497,8 @@ def parse_args(argv):
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        if np is None:
-            raise Failure(EXIT_NO_RUNTIME, "numpy is not installed: pip install numpy")
         if args.info:
+            _load_numpy()
             try:
                 find = find_runtime(args.runtime)
                 info = dict(_platform_info(None), runtime=find[1], runtime_version=find[2])
@@ -461,11 +510,12 @@ def main(argv=None) -> int:
         root = os.path.abspath(args.bundle) if args.bundle else bundle_dir()
         manifest = read_manifest(root)
         model = load_model_bytes(root, manifest)
-        inputs = read_inputs(args.input, manifest["inputs"]) if args.input else None
-        if inputs is not None:  # shapes checked against the manifest before the model is loaded
-            inputs = {spec["name"]: _expand_single(inputs[spec["name"]], spec) for spec in manifest["inputs"]}
 
         def work(announce=None):
+            _load_numpy()
+            inputs = read_inputs(args.input, manifest["inputs"]) if args.input else None
+            if inputs is not None:  # shapes checked against the manifest before the model is loaded
+                inputs = {spec["name"]: _expand_single(inputs[spec["name"]], spec) for spec in manifest["inputs"]}
             return run_model(args, root, manifest, model, inputs, announce)
 
         if args.no_isolate or os.environ.get("EDGEPACK_NO_ISOLATE", "") not in ("", "0") or not can_isolate():

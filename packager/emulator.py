@@ -204,7 +204,19 @@ def run_device_script(env: RuntimeEnv, bundle: Path, inputs: dict, timeout: int 
         return DeviceRun(True, 0, outputs, None, seconds, info)
 
 
+_INFO: dict = {}
+
+
 def device_info(env: RuntimeEnv, bundle: Path) -> dict:
+    """What the device script reports about its environment (CPU, Python, runtime); asked once
+    per environment and process, since it cannot change between runs."""
+    key = (env.argv, tuple(sorted(env.env.items())), env.module)
+    if key not in _INFO:
+        _INFO[key] = _ask_info(env, bundle)
+    return _INFO[key]
+
+
+def _ask_info(env: RuntimeEnv, bundle: Path) -> dict:
     manifest = json.loads((bundle / "manifest.json").read_text())
     proc = subprocess.run([*env.argv, str(bundle / manifest["entrypoint"]), "--info", "--runtime", env.module],
                           capture_output=True, text=True, env=env.env, timeout=300)

@@ -150,13 +150,17 @@ def test_savedmodel_with_file_ops_refused(tmp_path):
 
 
 # ---------------------------------------------------------------- data that would blow up
-def test_npz_that_would_expand_to_gigabytes(zoo, tmp_path):
+def npz_announcing(path: Path, shape: tuple) -> Path:
+    """An .npz whose one member's header announces float32 ``shape`` but holds only 4 KiB."""
     header = io.BytesIO()
-    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False,
-                                                  "shape": (10_000_000, 8, 8, 1)})
-    path = tmp_path / "big.npz"
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False, "shape": shape})
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
         zf.writestr("x.npy", header.getvalue() + b"\0" * 4096)
+    return path
+
+
+def test_npz_that_would_expand_to_gigabytes(zoo, tmp_path):
+    path = npz_announcing(tmp_path / "big.npz", (10_000_000, 8, 8, 1))
     expect_refusal(tmp_path, zoo["keras3_h5"], "elements", recipe="int8", calibration=path)
 
 
@@ -323,12 +327,7 @@ def test_killed_build_leaves_nothing_or_a_complete_bundle(zoo, tmp_path):
 
 def test_npz_header_larger_than_its_data_is_refused_before_allocation(zoo, tmp_path):
     """Under the element cap, but announcing 512 MiB the member does not hold."""
-    header = io.BytesIO()
-    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False,
-                                                  "shape": (2_000_000, 8, 8, 1)})
-    path = tmp_path / "liar.npz"
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
-        zf.writestr("x.npy", header.getvalue() + b"\0" * 4096)
+    path = npz_announcing(tmp_path / "liar.npz", (2_000_000, 8, 8, 1))
     import resource
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     expect_refusal(tmp_path, zoo["keras3_h5"], "truncated", recipe="int8", calibration=path)

@@ -22,7 +22,6 @@ from .recipes import Recipe, get_recipe, list_recipes
 from .targets import TargetProfile, get_target, list_targets
 
 Progress = Callable[[str], None]
-MAX_CHECK_SAMPLES = 256
 
 
 @dataclass
@@ -35,7 +34,6 @@ class VerifyReport:
     samples: int
     runtimes: list[RuntimeResult]
     model_size: int
-    float_size: int | None = None
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -339,9 +337,14 @@ def _verify(bundle: Path, reference, data, runtimes, arch, strict, trust_model, 
     rec = get_recipe(manifest["recipe"]["name"])
     selected = [profile.runtime(r) for r in runtimes] if runtimes else list(profile.runtimes)
     arrays = None
-    if not data and (bundle / manifest["samples"]["inputs"]).is_file():
-        from device_runtime.edgepack_run import read_inputs
-        arrays = read_inputs(str(bundle / manifest["samples"]["inputs"]), manifest["inputs"])
+    samples = (manifest.get("samples") or {}).get("inputs")
+    if not data and samples and (bundle / samples).is_file():
+        from device_runtime.edgepack_run import Failure, read_inputs
+        try:
+            arrays = read_inputs(str(bundle / samples), manifest["inputs"])
+        except Failure as exc:
+            raise VerificationError(f"the bundle's sample inputs are unreadable: {exc.message}",
+                                    hint="pass --data eval.npz") from None
     if data is not None and not Path(data).exists():
         raise UsageError(f"verification data not found: {data}")
     from . import isolate, jobs

@@ -87,15 +87,15 @@ def find_runtime(preferred: str | None = None):
             elif name == "tflite_runtime":
                 from tflite_runtime.interpreter import Interpreter
                 import tflite_runtime as mod
-            elif name == "tensorflow":
-                import tensorflow as mod
-                Interpreter = mod.lite.Interpreter
+            elif name == "tensorflow":  # last resort: only its TFLite interpreter is used
+                from tensorflow.lite.python.interpreter import Interpreter
+                mod = None
             else:
                 raise Failure(EXIT_USAGE, "unknown runtime %r; choose from %s" % (name, ", ".join(RUNTIMES)))
         except ImportError as exc:
             errors.append("%s (%s)" % (name, exc))
             continue
-        version = getattr(mod, "__version__", None) or _dist_version(name)
+        version = getattr(mod, "__version__", None) or _dist_version(name if mod is not None else "tensorflow")
         return Interpreter, name, version
     raise Failure(EXIT_NO_RUNTIME, "no TFLite runtime importable: " + "; ".join(errors)
                   + ". Install one: pip install ai-edge-litert  (or tflite-runtime==2.14.0 'numpy<2')")

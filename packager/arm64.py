@@ -265,8 +265,7 @@ def _run(cmd: list, *, timeout: float, what: str, hint: str | None = None, on_li
     timer.start()
     tail: deque = deque(maxlen=60)
     try:
-        assert proc.stdout is not None
-        for line in proc.stdout:
+        for line in proc.stdout or ():
             line = line.rstrip()
             tail.append(line)
             if on_line and line:

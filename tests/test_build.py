@@ -265,7 +265,7 @@ def test_rebuild_reuses_cache_and_gives_identical_bundle(zoo, data_files, tmp_pa
     assert (t2 - t1) < (t1 - t0)          # the ratio itself is a benchmark (BENCHMARKS.md)
     # Changing an input (the calibration data) is a different key: converted afresh.
     other = tmp_path / "cal2.npz"
-    np.savez(other, x=data_files["x"][200:400])
+    np.savez(other, x=(data_files["x"][200:400] + noise).astype("float32"))   # also unseen by earlier runs
     messages.clear()
     api.build(zoo["keras3_h5"], output=tmp_path / "three" / "d", progress=messages.append,
               **dict(kwargs, calibration=other))

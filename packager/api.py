@@ -2,10 +2,8 @@
 they return values and raise :class:`packager.errors.EdgepackError`, and never print."""
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -13,7 +11,7 @@ from typing import Callable
 import numpy as np
 
 from .bundle import (ENTRYPOINT, ENTRYPOINT_SOURCE, MODEL, Staging, check_files, npz_bytes,
-                     read_manifest, sha256_tree, validate_name, write_archive, extract_archive, fault, FORMAT)
+                     read_manifest, sha256_tree, validate_name, write_archive, open_bundle, fault, FORMAT)
 from .calibration import Dataset
 from .emulator import RuntimeResult, get_env, host_arch, verify_in_env
 from .errors import EdgepackError, UsageError, VerificationError
@@ -323,7 +321,7 @@ def verify(bundle: str | os.PathLike, *, reference: str | os.PathLike, data: str
     """Run the bundle's own entrypoint in each runtime environment of its target on the inputs and
     compare, output by output and by name, with ``reference`` (the original model file)."""
     progress = progress or _noop
-    with _bundle_dir(bundle) as bundle:
+    with open_bundle(bundle) as bundle:
         return _verify(bundle, reference, data, runtimes, arch, strict, trust_model, progress)
 
 
@@ -370,22 +368,11 @@ def _check_names(names: list[str], manifest: dict) -> None:
                          f"({', '.join(sorted(bundle_names))})", hint="pass the model the bundle was built from")
 
 
-@contextlib.contextmanager
-def _bundle_dir(path):
-    """A bundle directory as is, or a bundle .tar.gz unpacked safely into a temp dir."""
-    path = Path(path)
-    if path.is_file() and path.name.endswith((".tar.gz", ".tgz")):
-        with tempfile.TemporaryDirectory(prefix="edgepack-bundle-") as tmp:
-            yield extract_archive(path, Path(tmp))
-    else:
-        yield path
-
-
 def inspect(path: str | os.PathLike) -> dict:
     """Describe a bundle directory or archive, or a .tflite file."""
     path = Path(path)
     if path.is_file() and path.name.endswith((".tar.gz", ".tgz")):
-        with _bundle_dir(path) as unpacked:
+        with open_bundle(path) as unpacked:
             info = inspect(unpacked)
         info["path"] = str(path)
         return info

@@ -2,6 +2,7 @@
 then move into place; a deterministic .tar.gz of the same tree goes beside it."""
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import io
@@ -278,6 +279,18 @@ def check_files(bundle: Path, manifest: dict) -> list[str]:
         if "sha256:" + sha256_file(path) != digest:
             problems.append(f"{rel}: sha256 differs from the manifest")
     return problems
+
+
+@contextlib.contextmanager
+def open_bundle(path):
+    """A bundle directory as is, or a bundle .tar.gz unpacked safely into a temp dir for the
+    duration of the ``with`` block."""
+    path = Path(path)
+    if path.is_file() and path.name.endswith((".tar.gz", ".tgz")):
+        with tempfile.TemporaryDirectory(prefix="edgepack-bundle-") as tmp:
+            yield extract_archive(path, Path(tmp))
+    else:
+        yield path
 
 
 MAX_ARCHIVE_MEMBERS = 10_000

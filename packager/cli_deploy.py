@@ -108,7 +108,8 @@ def _kv_table(title: str, rows: list[tuple[str, object]]) -> Table:
 
 
 def deploy_cmd(
-    bundle: Annotated[Path, typer.Argument(help="The bundle directory built by `edgepack build`.", show_default=False)],
+    bundle: Annotated[Path, typer.Argument(help="The bundle directory built by `edgepack build`, or its .tar.gz "
+                                                "(unpacked by the safe archive reader first).", show_default=False)],
     host: HostOpt = None, serial: SerialOpt = None, ssh_config: SshConfigOpt = None,
     remote_dir: RemoteDirOpt = None,
     keep: Annotated[int, typer.Option("--keep", min=1, help="Releases to keep on the device (current and the "
@@ -131,11 +132,13 @@ def deploy_cmd(
 
       edgepack deploy dist/mnist-android --serial R58M123 --smoke --device-python /data/local/tmp/py/bin/python3
     """
-    manifest = _manifest(bundle)
-    transport = _transport(host, serial, ssh_config, timeout, manifest)
-    with transport:
-        result = dep.deploy(bundle, transport, remote_dir=remote_dir, keep=keep, install=install, smoke=smoke,
-                            progress=_progress(not as_json), device_python=device_python)
+    from .bundle import open_bundle
+    with open_bundle(bundle) as bundle:
+        manifest = _manifest(bundle)
+        transport = _transport(host, serial, ssh_config, timeout, manifest)
+        with transport:
+            result = dep.deploy(bundle, transport, remote_dir=remote_dir, keep=keep, install=install, smoke=smoke,
+                                progress=_progress(not as_json), device_python=device_python)
     if as_json:
         return _json(result)
     what = "deployed" if result.changed else "already deployed (identical content; nothing switched)"

@@ -391,6 +391,19 @@ def test_cli_deploy_status_rollback_json(cli, ssh_server, bundles, ddir):
     assert (ddir.parent.parent / "x-out.npz").is_file()
 
 
+def test_cli_deploys_a_bundle_archive(cli, ssh_server, bundles, ddir):
+    a, _ = bundles
+    archive = a.with_name(a.name + ".tar.gz")
+    if not archive.is_file():
+        from packager.bundle import write_archive
+        archive = write_archive(a, a.parent / f"{a.name}-copy.tar.gz")
+    common = ["--host", ssh_server.host, "--ssh-config", ssh_server.config, "--remote-dir", ddir]
+    r = cli("deploy", archive, *common, "--json")
+    assert r.exit_code == 0, r.output
+    release = json.loads(r.stdout)["release"]
+    assert (ddir / "releases" / release / "model.tflite").read_bytes() == (a / "model.tflite").read_bytes()
+
+
 def test_cli_errors_propagate_for_the_main_entry_point(cli, ssh_server, bundles, ddir):
     res = cli("deploy", bundles[0], "--host", ssh_server.host, "--serial", "emulator-5554")
     assert isinstance(res.exception, UsageError)

@@ -154,13 +154,7 @@ def build(model: str | os.PathLike, *, target: str = "rpi", recipe: str | None =
     output = Path(output) if output else Path("dist") / name
     selected = [profile.runtime(r) for r in runtimes] if runtimes else list(profile.runtimes)
     label_names = _read_labels(labels) if labels else None
-    if rec.needs_calibration and calibration is None:
-        raise UsageError(f"recipe {rec.name!r} needs calibration data",
-                         hint="pass --calibration samples.npz (100-500 representative inputs) or a folder of "
-                              "images, or choose --quantize dynamic/float16, which need none")
-    if io not in rec.io_types:
-        raise UsageError(f"recipe {rec.name!r} does not support --io {io}",
-                         hint="choose from: " + ", ".join(rec.io_types))
+    rec.check_request(io, calibration is not None)
     if calibration is not None and not Path(calibration).exists():
         raise UsageError(f"calibration data not found: {calibration}")
     if data is not None and not Path(data).exists():

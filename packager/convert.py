@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .compare import OutputMetrics, compare_all
-from .errors import ConversionError, UsageError
+from .errors import ConversionError
 from .inspect import ModelSpec, inspect_bytes
 from .loaders import LoadedModel, import_tf, native_quiet
 from .recipes import Recipe
@@ -83,13 +83,7 @@ def _configure(tf, converter, recipe: Recipe, io: str, calibration: dict | None,
 def convert(loaded: LoadedModel, recipe: Recipe, io: str, calibration: dict | None,
             check_inputs: dict, progress=None) -> Conversion:
     """Convert with the first candidate path whose outputs match the original model's."""
-    if io not in recipe.io_types:
-        raise UsageError(f"recipe {recipe.name!r} does not support --io {io}",
-                         hint="choose from: " + ", ".join(recipe.io_types))
-    if recipe.needs_calibration and calibration is None:
-        raise UsageError(f"recipe {recipe.name!r} needs calibration data",
-                         hint="pass --calibration samples.npz (100-500 representative inputs), "
-                              "or choose --quantize dynamic/float16 which need none")
+    recipe.check_request(io, calibration is not None)
     tf = import_tf()
     reference = loaded.reference(check_inputs)
     attempts: list[Attempt] = []

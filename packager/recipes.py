@@ -35,6 +35,16 @@ class Recipe:
     tolerance: Tolerance
     io_types: tuple[str, ...] = ("float",)
 
+    def check_request(self, io: str, has_calibration: bool) -> None:
+        """Refuse (never downgrade) an I/O type the recipe lacks or missing calibration data."""
+        if self.needs_calibration and not has_calibration:
+            raise UsageError(f"recipe {self.name!r} needs calibration data",
+                             hint="pass --calibration samples.npz (100-500 representative inputs) or a folder of "
+                                  "images, or choose --quantize dynamic/float16, which need none")
+        if io not in self.io_types:
+            raise UsageError(f"recipe {self.name!r} does not support --io {io}",
+                             hint="choose from: " + ", ".join(self.io_types))
+
     def to_json(self, io: str = "float") -> dict:
         data = asdict(self)
         data["io"] = io

@@ -11,6 +11,11 @@ It finds ``manifest.json`` next to itself (``--bundle DIR`` points it at another
     python3 edgepack_run.py --info | --check
     options: --threads T, --batch B, --raw, --runtime NAME, --bundle DIR, --no-isolate
 
+Input values are real values in the original model's units, whatever their dtype (uint8 pixels
+0..255 are pixel values, not quantized codes): a quantized input gets q = round(x / scale) +
+zero_point here. ``--raw`` means the inputs are already quantized integers and keeps quantized
+outputs as integers. The host emulator applies the same rule.
+
 Exit codes: 0 ok, 2 bad arguments/input, 3 integrity (size, sha256, TFL3), 4 no TFLite runtime,
 5 the runtime cannot load or run the model (also when it crashes), 6 self-test mismatch.
 Works on Python 3.9+ with numpy 1.x or 2.x.
@@ -270,7 +275,9 @@ class Runner:
         self.inputs = [self._bind(spec, details_in) for spec in manifest["inputs"]]
         self.outputs = [self._bind(spec, details_out) for spec in manifest["outputs"]]
         self.dynamic = all(i["signature"][:1] == [-1] for i in self.inputs) if self.inputs else False
+        self.variable = any(-1 in i["signature"][1:] for i in self.inputs)
         self.batch = None
+        self.shapes = None
 
     def _bind(self, spec: dict, details: dict) -> dict:
         idx = spec["index"]
@@ -288,20 +295,28 @@ class Runner:
                 "lo": info.min if info else None, "hi": info.max if info else None,
                 "signature": sig, "spec": spec}
 
-    def _ensure_batch(self, batch: int) -> None:
-        if self.batch == batch:
+    def _ensure_batch(self, batch: int, arrays=None) -> None:
+        """Resize the inputs to ``batch`` samples (dynamic-batch models) and, for variable-length
+        axes (-1 in the signature besides the batch), to the real lengths of ``arrays``; never to -1."""
+        shapes = tuple(tuple(a.shape[1:]) for a in arrays) if (arrays is not None and self.variable) else None
+        if self.batch == batch and self.shapes == shapes:
             return
-        if self.dynamic:
-            for t in self.inputs:
-                self.interp.resize_tensor_input(t["index"], [batch] + t["signature"][1:])
+        if self.dynamic or self.variable:
+            for k, t in enumerate(self.inputs):
+                rest = list(shapes[k]) if shapes is not None else [d if d > 0 else 1 for d in t["signature"][1:]]
+                first = batch if self.dynamic else max(1, t["signature"][0])
+                self.interp.resize_tensor_input(t["index"], [first] + rest)
             self.interp.allocate_tensors()
-        self.batch = batch
+        self.batch, self.shapes = batch, shapes
 
-    def _prepare(self, t: dict, array):
-        """float -> quantized integer where the tensor is quantized; otherwise a dtype cast."""
+    def _prepare(self, t: dict, array, raw: bool = False):
+        """One rule for every input file, here and in the host emulator: values are real values in
+        the original model's units, whatever their dtype, and a quantized input gets
+        ``q = round(x / scale) + zero_point`` (clipped). ``raw`` passes already-quantized integers
+        through unchanged. Unquantized inputs are cast to the tensor's dtype."""
         with np.errstate(invalid="ignore", over="ignore"):  # NaN/inf inputs: garbage in, no warning noise
-            if t["scale"] and array.dtype != t["dtype"] and array.dtype.kind == "f":
-                q = np.round(array / t["scale"]) + t["zero"]
+            if t["scale"] and not raw:
+                q = np.round(array.astype(np.float64) / t["scale"]) + t["zero"]
                 return np.clip(q, t["lo"], t["hi"]).astype(t["dtype"])
             return array.astype(t["dtype"], copy=False)
 
@@ -311,9 +326,9 @@ class Runner:
         if len(counts) != 1:
             raise Failure(EXIT_USAGE, "inputs have different sample counts: %s" % sorted(counts))
         n = counts.pop()
-        prepared = [np.ascontiguousarray(self._prepare(t, arrays[t["name"]])) for t in self.inputs]
+        prepared = [np.ascontiguousarray(self._prepare(t, arrays[t["name"]], raw)) for t in self.inputs]
         batch = min(n, chunk) if self.dynamic else max([1] + self.inputs[0]["signature"][:1])
-        self._ensure_batch(max(batch, 1))
+        self._ensure_batch(max(batch, 1), prepared)
         batch = self.batch
         results = [None] * len(self.outputs)
         interp = self.interp
@@ -347,8 +362,12 @@ class Runner:
         out = {}
         for t in self.inputs:
             shape = [n] + [d if d > 0 else 1 for d in t["signature"][1:]]
-            out[t["name"]] = rng.random(shape, dtype=np.float32) if t["dtype"].kind == "f" or t["scale"] else \
-                rng.integers(0, 2, size=shape).astype(t["dtype"])
+            domain = t["spec"].get("domain")
+            if t["dtype"].kind == "f" or t["scale"]:
+                out[t["name"]] = rng.random(shape, dtype=np.float32)
+            else:
+                lo, hi = domain if domain else (0, 2)
+                out[t["name"]] = rng.integers(lo, hi, size=shape).astype(t["dtype"])
         return out
 
 
@@ -371,10 +390,14 @@ def write_outputs(path: str, outputs: dict) -> None:
 def cmd_benchmark(runner: Runner, n: int, warmup: int, root: str, manifest: dict) -> dict:
     samples = _sample_inputs(root, manifest)
     one = {k: v[:1] for k, v in samples.items()} if samples else runner.synthetic_inputs(1)
-    runner._ensure_batch(1)
+    batch = 1 if runner.dynamic else max(1, runner.inputs[0]["signature"][0]) if runner.inputs else 1
+    prepared = [np.ascontiguousarray(runner._prepare(t, _expand_single(one[t["name"]], t["spec"])))
+                for t in runner.inputs]
+    prepared = [np.concatenate([p] * batch) if p.shape[0] != batch else p for p in prepared]
+    runner._ensure_batch(batch, prepared)
     interp = runner.interp
-    for t in runner.inputs:
-        interp.set_tensor(t["index"], np.ascontiguousarray(runner._prepare(t, _expand_single(one[t["name"]], t["spec"]))))
+    for t, data in zip(runner.inputs, prepared):
+        interp.set_tensor(t["index"], data)
     for _ in range(warmup):
         interp.invoke()
     times = []
@@ -480,7 +503,9 @@ def parse_args(argv):
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--batch", type=int, default=64, help="samples per invoke for dynamic-batch models")
-    p.add_argument("--raw", action="store_true", help="keep quantized outputs as integers")
+    p.add_argument("--raw", action="store_true", help="inputs are already-quantized integers (passed through "
+                   "unchanged) and quantized outputs stay integers; without it input values are real values, "
+                   "whatever their dtype, quantized here with the input's scale and zero point")
     p.add_argument("--runtime", choices=RUNTIMES, default=os.environ.get("EDGEPACK_RUNTIME") or None)
     p.add_argument("--bundle", metavar="DIR", default=None,
                    help="bundle directory holding manifest.json (default: this script's directory)")

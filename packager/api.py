@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -12,14 +12,19 @@ import numpy as np
 
 from .bundle import (ENTRYPOINT, ENTRYPOINT_SOURCE, MODEL, Staging, check_files, npz_bytes,
                      read_manifest, sha256_tree, validate_name, write_archive, open_bundle, fault, FORMAT)
-from .calibration import Dataset
+from .calibration import WEAK_EVIDENCE, Dataset
 from .emulator import RuntimeResult, get_env, host_arch, verify_in_env
-from .errors import EdgepackError, UsageError, VerificationError
+from .errors import ConversionError, EdgepackError, EnvironmentProblem, UsageError, VerificationError
 from .inspect import ModelSpec, inspect_bytes
-from .recipes import Recipe, get_recipe, list_recipes
+from .recipes import Recipe, get_recipe, list_recipes, parse_overrides, resolve_tolerance
 from .targets import TargetProfile, get_target, list_targets
 
 Progress = Callable[[str], None]
+
+# One rule for input files, the same in the host emulator and the device script (its _prepare).
+INPUT_VALUES_RULE = ("input files hold real values in the original model's units, whatever their dtype (uint8 "
+                     "pixels are pixel values); a quantized input is quantized by the device script, "
+                     "q = round(x / scale) + zero_point; --raw passes already-quantized integers unchanged")
 
 
 @dataclass
@@ -33,21 +38,35 @@ class VerifyReport:
     runtimes: list[RuntimeResult]
     model_size: int
     notes: list[str] = field(default_factory=list)
+    evidence: str = "held-out"       # calibration.EVIDENCE: what the verdict rests on
+    evidence_text: str = ""          # e.g. "held-out: eval.npz, n=100"
+    strict: bool = False             # weak evidence fails, and so does a runtime left out
+    require_all: bool = False        # every runtime must pass (--strict, or --runtime given)
+
+    @property
+    def weak(self) -> bool:
+        """True when the verdict rests on inputs that were not held out (calibration, synthetic)."""
+        return self.evidence in WEAK_EVIDENCE
 
     @property
     def failures(self) -> list[str]:
         out = []
         for r in self.runtimes:
-            if r.status == "error":
-                out.append(f"{r.runtime} {r.version} ({r.arch}): {r.error}")
+            if r.status in ("error", "unavailable"):
+                if self.require_all or r.status == "error" and not any(x.status == "passed" for x in self.runtimes):
+                    out.append(f"{r.runtime} {r.version} ({r.arch}): {r.error}")
             elif r.status == "failed":
                 out += [f"{r.runtime} {r.version} ({r.arch}) output {m.name!r}: " + "; ".join(m.reasons)
                         for m in r.metrics if not m.passed]
+        if self.strict and self.weak:
+            out.append(f"--strict: the verdict rests on weak evidence ({self.evidence_text}); pass --data with "
+                       "held-out inputs")
         return out
 
     def to_json(self) -> dict:
         return {"bundle": self.bundle, "recipe": self.recipe, "target": self.target, "passed": self.passed,
                 "inputs": self.inputs_source, "samples": self.samples, "model_size": self.model_size,
+                "evidence": {"kind": self.evidence, "weak": self.weak, "text": self.evidence_text},
                 "runtimes": [r.to_json() for r in self.runtimes], "failures": self.failures, "notes": self.notes}
 
     def summary(self) -> dict:
@@ -134,10 +153,16 @@ def build(model: str | os.PathLike, *, target: str = "rpi", recipe: str | None =
           calibration: str | os.PathLike | None = None, io: str = "float", output: str | os.PathLike | None = None,
           verify: bool = True, data: str | os.PathLike | None = None, runtimes: list[str] | None = None,
           arch: str | None = None, name: str | None = None, labels: str | os.PathLike | None = None,
-          trust_model: bool = False, use_cache: bool = True, progress: Progress | None = None) -> BuildResult:
+          trust_model: bool = False, use_cache: bool = True, progress: Progress | None = None,
+          atol: list[str] | None = None, rtol: list[str] | None = None, strict: bool = False) -> BuildResult:
     """Load, convert (checked against the original), bundle, verify in the target's runtimes,
-    and only then move the bundle to ``output``. TensorFlow work runs in a contained child."""
-    from . import isolate, jobs
+    and only then move the bundle to ``output``. TensorFlow work runs in a contained child.
+
+    ``atol``/``rtol``: tolerance overrides, ``"0.05"`` for every output or ``"NAME:0.05"`` for one
+    (see :func:`packager.recipes.resolve_tolerance`). ``strict``: weak evidence (no held-out
+    ``data``) or a runtime of the target left out is a failure. Raises UsageError (bad input),
+    ConversionError (no path matches), VerificationError (the bundle does not match),
+    EnvironmentProblem (no runtime environment could be prepared)."""
     from .loaders import sniff_format
 
     progress = progress or _noop
@@ -150,7 +175,9 @@ def build(model: str | os.PathLike, *, target: str = "rpi", recipe: str | None =
         notes.append(f"no --calibration: built {recipe} instead of the target's default {profile.default_recipe}; "
                      f"pass --calibration for {profile.default_recipe}")
     rec = get_recipe(recipe or profile.default_recipe)
-    name = validate_name(name or f"{model_path.stem if model_path.suffix else model_path.name}-{profile.name}")
+    parse_overrides(atol, "--atol")
+    parse_overrides(rtol, "--rtol")
+    name = validate_name(name or f"{default_model_name(model_path)}-{profile.name}")
     output = Path(output) if output else Path("dist") / name
     selected = [profile.runtime(r) for r in runtimes] if runtimes else list(profile.runtimes)
     label_names = _read_labels(labels) if labels else None
@@ -164,21 +191,22 @@ def build(model: str | os.PathLike, *, target: str = "rpi", recipe: str | None =
     use_cache = use_cache and cache.enabled()
     prepared = None
     if use_cache:
-        key = cache.conversion_key(model_path, rec.name, io, calibration, data, trust_model)
+        key = cache.conversion_key(model_path, rec.name, io, calibration, data, trust_model, [atol, rtol])
         prepared = cache.load_prepared(key, model_path)
         if prepared is not None:
             progress("unchanged model and settings: reusing the cached conversion")
     if prepared is None:
         progress(f"loading and converting {model_path} ({rec.name})")
-        prepared = isolate.run(jobs.prepare, str(model_path), rec.name, io,
-                               str(calibration) if calibration is not None else None,
-                               str(data) if data is not None else None, trust_model)
+        prepared = _prepare_contained(model_path, rec, io, calibration, data, trust_model, atol, rtol, progress)
         if use_cache:
             cache.save_prepared(key, prepared)
     conversion = prepared.conversion
     fault("converted")
     progress(f"converted with {conversion.path} ({len(conversion.tflite)} bytes)")
     warnings = notes + prepared.warnings
+    replaced = _previous_bundle(output)
+    if replaced:
+        warnings.append(f"replaced the bundle at {output} ({replaced}); pass -o or --name to keep both")
 
     staging = Staging(output)
     try:
@@ -187,14 +215,14 @@ def build(model: str | os.PathLike, *, target: str = "rpi", recipe: str | None =
         report = None
         if verify:
             report = _verify_staged(staging.dir, manifest, profile, rec, selected, prepared.check,
-                                    prepared.reference, conversion.spec, arch, progress, use_cache)
+                                    prepared.references, conversion.spec, arch, progress, use_cache,
+                                    prepared.tolerance, strict, require_all=bool(runtimes))
             manifest["runtimes"] = _runtime_entries(selected, report)
             manifest["verification"] = {"status": "passed" if report.passed else "failed", **report.summary()}
             if not report.passed:
                 raise VerificationError(
                     f"bundle does not match the original model: {'; '.join(report.failures)[:600]}",
-                    hint="nothing was written to " + str(output) + "; see --json for every number",
-                    report=report)
+                    hint=_mismatch_hint(report, output), report=report)
         else:
             manifest["verification"] = {"status": "skipped", "reason": "--no-verify"}
         staging.files.pop("README.md", None)
@@ -209,6 +237,63 @@ def build(model: str | os.PathLike, *, target: str = "rpi", recipe: str | None =
     fault("archive")
     archive = write_archive(final)
     return BuildResult(final, archive, manifest, report, conversion.attempts, warnings)
+
+
+def _prepare_contained(model_path, rec, io, calibration, data, trust_model, atol, rtol, progress):
+    """jobs.prepare in the contained child. When TensorFlow crashes on one conversion path (a
+    converter segfault), the next child skips that path instead of the build ending there."""
+    from . import isolate, jobs
+    skip: list[str] = []
+    crashes = []
+    while True:
+        try:
+            prepared = isolate.run(jobs.prepare, str(model_path), rec.name, io,
+                                   str(calibration) if calibration is not None else None,
+                                   str(data) if data is not None else None, trust_model, atol, rtol, tuple(skip),
+                                   progress=progress)
+            break
+        except ConversionError as exc:
+            path = getattr(exc, "path", None)
+            if not path or path in skip:
+                if crashes:
+                    exc.message += " (earlier: " + "; ".join(crashes) + ")"
+                raise
+            skip.append(path)
+            crashes.append(exc.message)
+            progress(f"{exc.message}; trying the other conversion paths")
+    prepared.warnings.extend(f"{m}; another path was used" for m in crashes)
+    return prepared
+
+
+def default_model_name(path: Path) -> str:
+    """``model.h5`` -> ``model``; a SavedModel directory -> its name, or its parent's when the
+    directory is a version number (``saved/mnist/1`` -> ``mnist``)."""
+    path = Path(os.path.abspath(path))
+    if path.is_dir():
+        return path.parent.name if path.name.isdigit() and path.parent.name else path.name
+    return path.stem if path.suffix else path.name
+
+
+def _previous_bundle(output: Path) -> str | None:
+    """What an existing bundle at ``output`` holds ("recipe int8 of model.h5"), or None."""
+    try:
+        old = json.loads((Path(output) / "manifest.json").read_text())
+        return f"recipe {old['recipe']['name']} of {old['source']['path']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _mismatch_hint(report: VerifyReport, output) -> str:
+    hint = f"nothing was written to {output}; see --json for every number"
+    failed = [r for r in report.runtimes if r.status == "failed"]
+    passed = [r for r in report.runtimes if r.status == "passed"]
+    if failed and passed and report.recipe == "float32":
+        names = ", ".join(r.runtime for r in failed)
+        hint = (f"{names} disagrees with {passed[0].runtime} on the same float32 model: build with --runtime "
+                f"{passed[0].runtime}, or widen the limit with --atol if that difference is acceptable; " + hint)
+    elif failed:
+        hint = "try a recipe that keeps more precision (int16x8, dynamic, float16), or --atol NAME:VALUE; " + hint
+    return hint
 
 
 def _read_labels(path) -> list[str]:
@@ -243,6 +328,9 @@ def _stage(staging: Staging, profile, rec, io, prepared, name, selected, label_n
         "source": {"path": Path(prepared.path).name, "format": prepared.format,
                    "sha256": sha256_tree(Path(prepared.path)), "conversion_path": conversion.path},
         "versions": prepared.versions,
+        "fixed": prepared.fixed,
+        "tolerance": {n: asdict(t) for n, t in prepared.tolerance.items()},
+        "input_values": INPUT_VALUES_RULE,
         "verification": {"status": "pending"},
     }
     if label_names:
@@ -278,7 +366,8 @@ def _runtime_entries(selected, report: VerifyReport | None, spec: ModelSpec | No
 
 
 def _write_requirements(staging: Staging, manifest: dict) -> None:
-    usable = [r for r in manifest["runtimes"] if r["status"] in ("passed", "unverified")]
+    usable = sorted((r for r in manifest["runtimes"] if r["status"] in ("passed", "unverified", "unavailable")),
+                    key=lambda r: r["status"] != "passed")
     for rt in manifest["runtimes"]:
         if rt in usable:
             staging.write(f"requirements-{rt['name']}.txt", ("\n".join(rt["requirements"]) + "\n").encode())
@@ -286,40 +375,65 @@ def _write_requirements(staging: Staging, manifest: dict) -> None:
         staging.write("requirements.txt", ("\n".join(usable[0]["requirements"]) + "\n").encode())
 
 
-def _verify_staged(bundle: Path, manifest, profile, rec, selected, data: Dataset, reference, spec, arch, progress,
-                   use_cache: bool = False):
+def _verify_staged(bundle: Path, manifest, profile, rec, selected, data: Dataset, references: list, spec, arch,
+                   progress, use_cache: bool = False, tolerance=None, strict: bool = False,
+                   require_all: bool = False) -> VerifyReport:
+    """Run the staged bundle in each selected runtime's environment on every group of ``data``
+    and compare with ``references`` (one dict of outputs per group)."""
     results = []
+    tol = tolerance or rec.tolerance
     for rt in selected:
         static = spec.runtime_problems(rt.name)
         progress(f"verifying with {rt.name} ({arch or host_arch()})")
         try:
             env = get_env(rt, arch, profile.python, progress=lambda msg, *_: progress(msg))
         except EdgepackError as exc:
-            results.append(RuntimeResult(rt.name, "", arch or host_arch(), "error", error=exc.message,
+            results.append(RuntimeResult(rt.name, "", arch or host_arch(), "unavailable", error=exc.message,
                                          static_problems=static))
             continue
-        results.append(verify_in_env(env, bundle, data.inputs, reference, rec.tolerance, data.labels, static,
+        results.append(verify_in_env(env, bundle, data.groups, references, tol, data.labels, static,
                                      use_cache=use_cache))
+    unavailable = [r for r in results if r.status == "unavailable"]
+    if len(unavailable) == len(results):
+        raise EnvironmentProblem("no runtime environment could be prepared: "
+                                 + "; ".join(f"{r.runtime}: {r.error}" for r in unavailable),
+                                 hint="fix the host (see `edgepack doctor`), or pass --no-verify to build unverified")
     # A runtime that cannot load the model is reported and left out of the bundle's runtimes;
     # a runtime that runs it and computes something else fails the bundle.
-    loaded_ok = [r for r in results if r.status != "error"]
+    loaded_ok = [r for r in results if r.status in ("passed", "failed")]
     passed = bool(loaded_ok) and all(r.status == "passed" for r in loaded_ok)
     notes = [f"{r.runtime} cannot run this model: {r.error}" for r in results if r.status == "error"]
-    return VerifyReport(str(bundle), rec.name, profile.name, passed, data.source, data.count, results,
-                        manifest["model_size"], notes=notes)
+    notes += [f"{r.runtime} was not verified (host environment problem): {r.error}" for r in unavailable]
+    notes += list(data.notes)
+    report = VerifyReport(str(bundle), rec.name, profile.name, passed, data.source, data.count, results,
+                          manifest["model_size"], notes=notes, evidence=data.evidence, evidence_text=data.describe(),
+                          strict=strict, require_all=strict or require_all)
+    if report.require_all:
+        report.passed = passed and all(r.status == "passed" for r in results)
+    if strict and report.weak:
+        report.passed = False
+    return report
 
 
 def verify(bundle: str | os.PathLike, *, reference: str | os.PathLike, data: str | os.PathLike | None = None,
            runtimes: list[str] | None = None, arch: str | None = None, strict: bool = False,
-           trust_model: bool = False, progress: Progress | None = None) -> VerifyReport:
+           trust_model: bool = False, progress: Progress | None = None, atol: list[str] | None = None,
+           rtol: list[str] | None = None) -> VerifyReport:
     """Run the bundle's own entrypoint in each runtime environment of its target on the inputs and
-    compare, output by output and by name, with ``reference`` (the original model file)."""
+    compare, output by output and by name, with ``reference`` (the original model file).
+
+    Inputs: ``data`` (held-out), else the bundle's samples, else synthetic. ``strict``: weak
+    evidence or a runtime that cannot run the model fails. ``atol``/``rtol`` as in :func:`build`,
+    on top of the tolerance recorded in the manifest."""
     progress = progress or _noop
+    parse_overrides(atol, "--atol")
+    parse_overrides(rtol, "--rtol")
     with open_bundle(bundle) as bundle:
-        return _verify(bundle, reference, data, runtimes, arch, strict, trust_model, progress)
+        return _verify(bundle, reference, data, runtimes, arch, strict, trust_model, progress, atol, rtol)
 
 
-def _verify(bundle: Path, reference, data, runtimes, arch, strict, trust_model, progress) -> VerifyReport:
+def _verify(bundle: Path, reference, data, runtimes, arch, strict, trust_model, progress, atol=None,
+            rtol=None) -> VerifyReport:
     manifest = read_manifest(bundle)
     problems = check_files(bundle, manifest)
     if problems:
@@ -343,15 +457,30 @@ def _verify(bundle: Path, reference, data, runtimes, arch, strict, trust_model, 
     from .loaders import sniff_format
     sniff_format(Path(reference))
     progress(f"computing reference outputs with {reference}")
-    dataset, ref, ref_names = isolate.run(jobs.reference, str(reference), str(data) if data else None, arrays,
-                                          trust_model, what="running the reference model")
+    dataset, refs, ref_names = isolate.run(jobs.reference, str(reference), str(data) if data else None, arrays,
+                                           trust_model, what="running the reference model", progress=progress)
     _check_names(ref_names, manifest)
     spec = inspect_bytes((bundle / manifest["model"]).read_bytes(), order={
         "inputs": [t["name"] for t in manifest["inputs"]], "outputs": [t["name"] for t in manifest["outputs"]]})
-    report = _verify_staged(bundle, manifest, profile, rec, selected, dataset, ref, spec, arch, progress)
-    if strict or runtimes:
-        report.passed = report.passed and all(r.status == "passed" for r in report.runtimes)
+    tolerance = _bundle_tolerance(manifest, rec, atol, rtol)
+    report = _verify_staged(bundle, manifest, profile, rec, selected, dataset, refs, spec, arch, progress,
+                            tolerance=tolerance, strict=strict, require_all=bool(runtimes))
     return report
+
+
+def _bundle_tolerance(manifest: dict, rec: Recipe, atol, rtol) -> dict:
+    """The tolerance the bundle was built with (manifest), with this call's overrides on top."""
+    from .recipes import Tolerance
+    names = [t["name"] for t in manifest["outputs"]]
+    recorded = manifest.get("tolerance") or {}
+    base = {n: Tolerance(**recorded[n]) if isinstance(recorded.get(n), dict) else rec.tolerance for n in names}
+    if not atol and not rtol:
+        return base
+    from dataclasses import replace
+    override = resolve_tolerance(rec.tolerance, names, atol, rtol)
+    a, r = parse_overrides(atol, "--atol"), parse_overrides(rtol, "--rtol")
+    return {n: replace(base[n], atol=override[n].atol if (n in a or None in a) else base[n].atol,
+                       rtol=override[n].rtol if (n in r or None in r) else base[n].rtol) for n in names}
 
 
 def _check_names(names: list[str], manifest: dict) -> None:

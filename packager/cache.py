@@ -28,8 +28,9 @@ from .convert import Attempt, Conversion
 from .emulator import RuntimeResult, cache_dir
 from .inspect import ModelSpec, OpInfo, TensorInfo
 from .loaders import TensorSpec
+from .recipes import Tolerance
 
-FORMAT = 1
+FORMAT = 2
 
 
 def enabled() -> bool:
@@ -52,11 +53,12 @@ def digest(*parts) -> str:
     return h.hexdigest()
 
 
-def conversion_key(model: Path, recipe: str, io: str, calibration, data, trust: bool) -> str:
+def conversion_key(model: Path, recipe: str, io: str, calibration, data, trust: bool, extra=None) -> str:
+    """``extra``: any further settings that change the result (tolerance overrides)."""
     def content(p):
         return None if p is None else sha256_tree(Path(p))
     return digest("conversion", FORMAT, __version__, _tf_version(), sha256_tree(model), recipe, io,
-                  content(calibration), content(data), trust)
+                  content(calibration), content(data), trust, extra)
 
 
 def _dir(kind: str, key: str) -> Path:
@@ -89,12 +91,18 @@ def save_prepared(key: str, prepared) -> None:
         "outputs": [asdict(s) for s in prepared.outputs], "warnings": prepared.warnings,
         "versions": prepared.versions, "check_source": prepared.check.source,
         "check_warnings": prepared.check.warnings, "has_labels": prepared.check.labels is not None,
+        "check_evidence": prepared.check.evidence, "check_notes": prepared.check.notes,
+        "variants": len(prepared.check.variants), "fixed": prepared.fixed,
+        "tolerance": {n: asdict(t) for n, t in prepared.tolerance.items()},
         "conversion": {"path": conv.path, "spec": conv.spec.to_json(), "spec_notes": conv.spec.notes,
                        "attempts": [a.to_json() for a in conv.attempts],
                        "metrics": [m.to_json() for m in conv.metrics]},
     }
     arrays = {f"check/{k}": v for k, v in prepared.check.inputs.items()}
     arrays.update({f"reference/{k}": v for k, v in prepared.reference.items()})
+    for i, (group, ref) in enumerate(zip(prepared.check.variants, prepared.variant_references)):
+        arrays.update({f"v{i}/check/{k}": v for k, v in group.items()})
+        arrays.update({f"v{i}/reference/{k}": v for k, v in ref.items()})
     if prepared.check.labels is not None:
         arrays["labels"] = prepared.check.labels
     _store("conversions", key, {"meta.json": json.dumps(meta).encode(), "model.tflite": conv.tflite,
@@ -121,12 +129,18 @@ def load_prepared(key: str, model: Path):
     attempts = [Attempt(a["path"], a["ok"], a["error"], [OutputMetrics(**m) for m in a["metrics"]])
                 for a in c["attempts"]]
     conversion = Conversion(tflite, spec, c["path"], attempts, [OutputMetrics(**m) for m in c["metrics"]])
+    variants = range(meta["variants"])
     check = Dataset(_split(arrays, "check/"), arrays.get("labels") if meta["has_labels"] else None,
-                    meta["check_source"], meta["check_warnings"])
-    return Prepared(str(model), meta["format"], [TensorSpec(t["name"], tuple(t["shape"]), t["dtype"])
-                                                for t in meta["inputs"]],
-                    [TensorSpec(t["name"], tuple(t["shape"]), t["dtype"]) for t in meta["outputs"]],
-                    conversion, check, _split(arrays, "reference/"), meta["warnings"], meta["versions"])
+                    meta["check_source"], meta["check_warnings"], meta["check_evidence"],
+                    [_split(arrays, f"v{i}/check/") for i in variants], meta["check_notes"])
+
+    def spec(t):
+        return TensorSpec(t["name"], tuple(t["shape"]), t["dtype"], tuple(t["domain"]) if t.get("domain") else None)
+
+    return Prepared(str(model), meta["format"], [spec(t) for t in meta["inputs"]], [spec(t) for t in meta["outputs"]],
+                    conversion, check, _split(arrays, "reference/"), meta["warnings"], meta["versions"],
+                    [_split(arrays, f"v{i}/reference/") for i in variants], meta["fixed"],
+                    {n: Tolerance(**t) for n, t in meta["tolerance"].items()})
 
 
 # --------------------------------------------------------------------------- verification runs

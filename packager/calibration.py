@@ -20,20 +20,74 @@ MAX_IMAGES = 500
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif"}
 
 
+# What a verdict rests on, strongest first. ``held-out``: --data the model was not calibrated on;
+# ``calibration``: the calibration set (not held out); ``samples``: the bundle's own samples;
+# ``synthetic``: seeded random inputs shaped like the model's.
+EVIDENCE = ("held-out", "calibration", "samples", "synthetic")
+WEAK_EVIDENCE = ("calibration", "samples", "synthetic")
+# Lengths synthetic inputs get on variable-length axes: verification covers more than one.
+SYNTHETIC_LENGTHS = (8, 3, 17)
+
+
 @dataclass
 class Dataset:
-    inputs: dict                     # name -> array, first axis = samples
+    """Inputs keyed by input name (first axis = samples), optional integer ``labels``, where they
+    came from (``source``: a file name or "synthetic (seed 0)") and what kind of evidence they
+    are (``evidence``: one of :data:`EVIDENCE`). ``variants`` hold the same kind of inputs at other
+    lengths of a variable-length axis; verification runs every group."""
+    inputs: dict
     labels: np.ndarray | None = None
     source: str = ""
     warnings: list[str] = field(default_factory=list)
+    evidence: str = "held-out"
+    variants: list = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def count(self) -> int:
         return next(iter(self.inputs.values())).shape[0]
 
+    @property
+    def groups(self) -> list[dict]:
+        """The main inputs, then each variant."""
+        return [self.inputs] + list(self.variants)
+
     def head(self, n: int) -> "Dataset":
         return Dataset({k: v[:n] for k, v in self.inputs.items()},
-                       None if self.labels is None else self.labels[:n], self.source, self.warnings)
+                       None if self.labels is None else self.labels[:n], self.source, self.warnings, self.evidence,
+                       [{k: v[:n] for k, v in g.items()} for g in self.variants], self.notes)
+
+    def describe(self) -> str:
+        """``held-out: eval.npz, n=100`` / ``synthetic: seed 0, n=192, lengths 8x3/3x3/17x3``."""
+        n = self.count + sum(next(iter(g.values())).shape[0] for g in self.variants)
+        lengths = ""
+        if self.variants:
+            lengths = ", lengths " + "/".join(str(_length(g)) for g in self.groups)
+        return f"{self.evidence}: {self.source}, n={n}{lengths}"
+
+
+def _length(group: dict) -> str:
+    a = next(iter(group.values()))
+    return "x".join(str(d) for d in a.shape[1:])
+
+
+def with_length_variants(ds: Dataset, specs: list[TensorSpec]) -> Dataset:
+    """For inputs with variable-length axes, add the same samples cropped to about half their
+    length, so verification sees more than one length."""
+    if ds.variants or not any(s.variable_axes for s in specs):
+        return ds
+    cropped = {}
+    for s in specs:
+        a = ds.inputs[s.name]
+        index = [slice(None)] * a.ndim
+        for axis in s.variable_axes:
+            if a.shape[axis] > 1:
+                index[axis] = slice(0, max(1, a.shape[axis] // 2))
+        cropped[s.name] = a[tuple(index)]
+    if all(cropped[s.name].shape == ds.inputs[s.name].shape for s in specs):
+        return ds
+    ds.variants = [cropped]
+    return ds
 
 
 def _read_arrays(path: Path, specs: list[TensorSpec]) -> tuple[dict, np.ndarray | None]:
@@ -140,13 +194,18 @@ def load_dataset(path: str | Path, specs: list[TensorSpec], purpose: str = "cali
                              f"{['N' if d == -1 else d for d in want]} (first axis = samples)")
         if a.dtype.kind == "f" and not np.all(np.isfinite(a)):
             raise UsageError(f"{purpose} input {spec.name!r} contains NaN or Inf")
+        if spec.domain is not None and a.size and (a.min() < spec.domain[0] or a.max() >= spec.domain[1]):
+            raise UsageError(f"{purpose} input {spec.name!r} holds values in [{a.min()}, {a.max()}]; the model "
+                             f"accepts [{spec.domain[0]}, {spec.domain[1] - 1}] (its Embedding vocabulary)",
+                             hint="pass ids the model was trained on")
         if count is not None and a.shape[0] != count:
             raise UsageError(f"{purpose} inputs have different sample counts")
         count = a.shape[0]
         checked[spec.name] = a.astype(spec.dtype, copy=False) if np.dtype(spec.dtype).kind == "f" else a
     if not count:
         raise UsageError(f"{purpose} data holds no samples")
-    ds = Dataset(checked, labels if labels is not None and labels.shape[0] == count else None, str(path))
+    ds = Dataset(checked, labels if labels is not None and labels.shape[0] == count else None, path.name,
+                 evidence="held-out" if purpose == "verification" else "calibration")
     if purpose == "calibration" and not RECOMMENDED[0] <= count <= RECOMMENDED[1]:
         ds.warnings.append(f"{count} calibration samples; {RECOMMENDED[0]}-{RECOMMENDED[1]} representative "
                            "samples are recommended")
@@ -154,13 +213,29 @@ def load_dataset(path: str | Path, specs: list[TensorSpec], purpose: str = "cali
 
 
 def synthetic_dataset(specs: list[TensorSpec], count: int = 64, seed: int = 0) -> Dataset:
-    """Seeded uniform [0, 1) floats (integers 0/1 for integer inputs), shaped like the inputs;
-    unknown non-batch dims become 1."""
+    """Seeded inputs shaped like the model's: floats uniform in [0, 1); integers uniform over the
+    input's declared domain (an Embedding's vocabulary), else 0/1 with a note that the real range
+    is unknown. Variable-length axes get several lengths (:data:`SYNTHETIC_LENGTHS`): the first as
+    the main group, the others as variants. ``evidence`` is "synthetic" (weak)."""
     rng = np.random.default_rng(seed)
-    arrays = {}
+    notes = []
+    groups = []
+    variable = any(s.variable_axes for s in specs)
+    for length in (SYNTHETIC_LENGTHS if variable else SYNTHETIC_LENGTHS[:1]):
+        arrays = {}
+        for s in specs:
+            shape = [count] + [d if d > 0 else length for d in s.shape[1:]]
+            kind = np.dtype(s.dtype).kind
+            if kind == "f":
+                arrays[s.name] = rng.random(shape).astype(s.dtype)
+            elif kind == "b":
+                arrays[s.name] = rng.integers(0, 2, size=shape).astype(s.dtype)
+            else:
+                lo, hi = s.domain if s.domain is not None else (0, 2)
+                arrays[s.name] = rng.integers(lo, hi, size=shape).astype(s.dtype)
+        groups.append(arrays)
     for s in specs:
-        shape = [count] + [d if d > 0 else 1 for d in s.shape[1:]]
-        kind = np.dtype(s.dtype).kind
-        arrays[s.name] = (rng.random(shape).astype(s.dtype) if kind == "f"
-                          else rng.integers(0, 2, size=shape).astype(s.dtype))
-    return Dataset(arrays, None, f"synthetic (seed {seed})")
+        if np.dtype(s.dtype).kind in "iu" and s.domain is None:
+            notes.append(f"integer input {s.name!r} has no declared range: synthetic values are 0 and 1 only, "
+                         "which proves little for ids or indices; pass --data with real inputs")
+    return Dataset(groups[0], None, f"seed {seed}", evidence="synthetic", variants=groups[1:], notes=notes)

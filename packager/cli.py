@@ -82,6 +82,14 @@ def _arch(arch: Optional[Arch]) -> Optional[str]:
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout (for CI).")]
 TrustOpt = Annotated[bool, typer.Option("--trust-model", help="Load models that carry code (Lambda layers, "
                      "custom classes, file/Python ops). Only for models from a source you trust.")]
+AtolOpt = Annotated[Optional[List[str]], typer.Option("--atol", metavar="[NAME:]VALUE", help="Absolute error "
+                    "allowed, in the output's units: VALUE for every output or NAME:VALUE for one (repeatable); "
+                    "replaces the recipe's atol (see `edgepack recipes`).")]
+RtolOpt = Annotated[Optional[List[str]], typer.Option("--rtol", metavar="[NAME:]VALUE", help="Error allowed "
+                    "relative to max|reference|, as --atol.")]
+StrictOpt = Annotated[bool, typer.Option("--strict", help="Also fail when the verdict rests on weak evidence "
+                      "(no held-out --data: calibration or synthetic inputs) or a runtime of the target cannot "
+                      "run the model.")]
 
 
 @app.command()
@@ -111,6 +119,9 @@ def build(
     trust_model: TrustOpt = False,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Convert and verify afresh even if an identical "
                         "build is cached (~/.cache/edgepack, by content hash).")] = False,
+    atol: AtolOpt = None,
+    rtol: RtolOpt = None,
+    strict: StrictOpt = False,
     json_output: JsonOpt = False,
 ):
     """Convert a model, quantize it, bundle it for a target and verify it in the target's runtime.
@@ -128,7 +139,8 @@ def build(
         result = api.build(model, target=target, recipe=quantize.value if quantize else None,
                            calibration=calibration, io=io.value, output=output, verify=verify, data=data,
                            runtimes=runtime, arch=_arch(verify_arch), name=name, labels=labels,
-                           trust_model=trust_model, use_cache=not no_cache, progress=report)
+                           trust_model=trust_model, use_cache=not no_cache, progress=report, atol=atol, rtol=rtol,
+                           strict=strict)
     data_out = result.to_json()
     if html and result.verification:
         html.write_text(render.html_report(result.verification.to_json(), f"edgepack build {model}"))
@@ -148,9 +160,11 @@ def verify(
     runtime: Annotated[Optional[List[str]], typer.Option("--runtime", help="Only these runtimes "
                        "(e.g. tflite-runtime==2.14 or ai-edge-litert); each must pass.")] = None,
     arch: Annotated[Optional[Arch], typer.Option("--arch", help="host, or arm64 under qemu-user.")] = None,
-    strict: Annotated[bool, typer.Option("--strict", help="Fail if any declared runtime cannot run the model.")] = False,
+    strict: StrictOpt = False,
     html: Annotated[Optional[Path], typer.Option("--html", help="Write an HTML report with error histograms.")] = None,
     trust_model: TrustOpt = False,
+    atol: AtolOpt = None,
+    rtol: RtolOpt = None,
     json_output: JsonOpt = False,
 ):
     """Run the bundle's own device script in each runtime environment of its target (only that
@@ -163,7 +177,7 @@ def verify(
     from . import api, render
     with render.progress(not json_output) as report_cb:
         report = api.verify(bundle, reference=reference, data=data, runtimes=runtime, arch=_arch(arch),
-                            strict=strict, trust_model=trust_model, progress=report_cb)
+                            strict=strict, trust_model=trust_model, progress=report_cb, atol=atol, rtol=rtol)
     data_out = report.to_json()
     if html:
         html.write_text(render.html_report(data_out, f"edgepack verify {bundle}"))

@@ -63,14 +63,22 @@ def compare_output(name: str, ref: np.ndarray, got: np.ndarray, tol: Tolerance,
     snr = float("inf") if noise == 0 else (10.0 * np.log10(signal / noise) if signal > 0 else float("-inf"))
     top1 = None
     classification = ref.ndim == 2 and ref.shape[1] > 1
+    flags_extra = []
     if classification and ref.shape[0]:
-        top1 = float(np.mean(ref.argmax(1) == got.argmax(1)))
+        untied = _untied_rows(ref)
+        if untied.mean() >= 0.5:        # top-1 means something only where the reference has one top value
+            top1 = float(np.mean(ref.argmax(1)[untied] == got.argmax(1)[untied]))
+            if not untied.all():
+                flags_extra.append(f"top-1 judged on {int(untied.sum())} of {len(untied)} rows (others tie)")
+        else:
+            flags_extra.append(f"top-1 not judged: {int((~untied).sum())} of {len(untied)} reference rows have "
+                               "tied top values (0/1 codes, masks, multi-label)")
     allowed = tol.atol + tol.rtol * float(np.max(np.abs(ref))) if ref.size else tol.atol
     if scale:
         allowed += tol.steps * scale
     m = OutputMetrics(name, list(got.shape), max_err, mean_err, cosine, snr, top1, allowed,
-                      flags=_flags(got, None))
-    if labels is not None and classification and labels.shape[0] == ref.shape[0]:
+                      flags=_flags(got, None) + flags_extra)
+    if labels is not None and classification and top1 is not None and labels.shape[0] == ref.shape[0]:
         m.accuracy_reference = float(np.mean(ref.argmax(1) == labels))
         m.accuracy_candidate = float(np.mean(got.argmax(1) == labels))
     if diff.size and finite.all():
@@ -92,9 +100,22 @@ def compare_output(name: str, ref: np.ndarray, got: np.ndarray, tol: Tolerance,
     return m
 
 
-def compare_all(reference: dict, candidate: dict, tol: Tolerance, scales: dict | None = None,
+def _untied_rows(ref: np.ndarray) -> np.ndarray:
+    """Rows (samples) whose largest value is unique: the top two differ by more than float noise."""
+    part = np.sort(ref, axis=1)[:, -2:]
+    noise = 1e-6 * np.maximum(np.abs(part[:, 1]), 1.0)
+    return (part[:, 1] - part[:, 0]) > noise
+
+
+def tolerance_for(tol, name: str) -> Tolerance:
+    """``tol`` is one :class:`Tolerance` for every output or a dict keyed by output name."""
+    return tol[name] if isinstance(tol, dict) else tol
+
+
+def compare_all(reference: dict, candidate: dict, tol, scales: dict | None = None,
                 labels: np.ndarray | None = None) -> list[OutputMetrics]:
-    """Match outputs by name; a missing or extra name is a failure of its own."""
+    """Match outputs by name; a missing or extra name is a failure of its own. ``tol`` is a
+    :class:`Tolerance` or {output name: Tolerance}."""
     scales = scales or {}
     results = []
     for name, ref in reference.items():
@@ -103,5 +124,31 @@ def compare_all(reference: dict, candidate: dict, tol: Tolerance, scales: dict |
             m.reasons.append(f"the bundle produced no output named {name!r} (has: {', '.join(sorted(candidate))})")
             results.append(m)
             continue
-        results.append(compare_output(name, ref, candidate[name], tol, scales.get(name), labels))
+        results.append(compare_output(name, ref, candidate[name], tolerance_for(tol, name), scales.get(name), labels))
     return results
+
+
+def merge_metrics(groups: list[list[OutputMetrics]], labels: list[str]) -> list[OutputMetrics]:
+    """One row per output from the same output measured on several groups of inputs (e.g. one
+    group per sequence length): worst error, worst cosine, sample-weighted top-1; the reasons say
+    which group failed. Group 0's accuracy and histogram are kept."""
+    if len(groups) == 1:
+        return groups[0]
+    merged = []
+    for i, first in enumerate(groups[0]):
+        rows = [g[i] for g in groups]
+        weights = [max(1, r.shape[0] if r.shape else 1) for r in rows]
+        top = [(r.top1_agreement, w) for r, w in zip(rows, weights) if r.top1_agreement is not None]
+        m = OutputMetrics(
+            first.name, first.shape, max(r.max_abs_err for r in rows),
+            float(sum(r.mean_abs_err * w for r, w in zip(rows, weights)) / sum(weights)),
+            min(r.cosine for r in rows), min(r.snr_db for r in rows),
+            float(sum(t * w for t, w in top) / sum(w for _, w in top)) if top else None,
+            min(r.allowed_max_abs for r in rows),
+            flags=sorted({f for r in rows for f in r.flags}),
+            accuracy_reference=first.accuracy_reference, accuracy_candidate=first.accuracy_candidate,
+            histogram=first.histogram)
+        m.reasons = [f"{label}: {reason}" for r, label in zip(rows, labels) for reason in r.reasons]
+        m.passed = all(r.passed for r in rows)
+        merged.append(m)
+    return merged

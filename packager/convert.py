@@ -2,12 +2,12 @@
 original model computes. A clean conversion proves nothing; only compared outputs do."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from .compare import OutputMetrics, compare_all
-from .errors import ConversionError
+from .errors import ConversionError, EdgepackError, VerificationError
 from .inspect import ModelSpec, inspect_bytes
 from .loaders import LoadedModel, import_tf, native_quiet
 from .recipes import Recipe
@@ -52,7 +52,8 @@ def run_tflite(model: bytes, spec: ModelSpec, arrays: dict) -> dict:
         raise ConversionError(exc.message) from None
 
 
-def _configure(tf, converter, recipe: Recipe, io: str, calibration: dict | None, loaded: LoadedModel):
+def _configure(tf, converter, recipe: Recipe, io: str, calibration: dict | None, loaded: LoadedModel,
+               batch: int | None = None):
     converter.optimizations = [getattr(tf.lite.Optimize, o) for o in recipe.optimizations]
     types = {"float16": tf.float16, "int8": tf.int8}
     if recipe.supported_types:
@@ -62,8 +63,9 @@ def _configure(tf, converter, recipe: Recipe, io: str, calibration: dict | None,
         names = [s.name for s in loaded.inputs]
         arrays = [calibration[n] for n in names]
         count = arrays[0].shape[0]
-        # A model traced at a fixed batch size (e.g. a subclassed call) is calibrated at that size.
-        batch = loaded.inputs[0].shape[0] if loaded.inputs[0].shape and loaded.inputs[0].shape[0] > 0 else 1
+        # A model traced at a fixed batch size (e.g. a subclassed call, a recurrent model) is
+        # calibrated at that size.
+        batch = batch or 1
         if count < batch:
             arrays = [np.concatenate([a] * (batch // count + 1))[:batch] for a in arrays]
             count = batch
@@ -81,49 +83,147 @@ def _configure(tf, converter, recipe: Recipe, io: str, calibration: dict | None,
 
 
 def convert(loaded: LoadedModel, recipe: Recipe, io: str, calibration: dict | None,
-            check_inputs: dict, progress=None) -> Conversion:
-    """Convert with the first candidate path whose outputs match the original model's."""
+            check_inputs: dict, tolerance=None, skip: tuple = ()) -> Conversion:
+    """Convert with the first candidate path (not in ``skip``) whose outputs match the original model's, within
+    ``tolerance`` (a :class:`~packager.recipes.Tolerance` or {output name: Tolerance}; default the
+    recipe's). Raises :class:`ConversionError` naming the best path's numbers and likely cause."""
     recipe.check_request(io, calibration is not None)
     tf = import_tf()
     reference = loaded.reference(check_inputs)
     attempts: list[Attempt] = []
     order = {"inputs": [s.name for s in loaded.inputs], "outputs": [s.name for s in loaded.outputs]}
+    from .isolate import stage
     for cand in loaded.candidates:
-        if progress:
-            progress(f"converting ({cand.name}, {recipe.name})")
+        if cand.name in skip:
+            attempts.append(Attempt(cand.name, False, "TensorFlow crashed on this path in an earlier try"))
+            continue
+        stage(f"converting with {cand.name} ({recipe.name})", cand.name)
         try:
             with native_quiet():
-                converter = _configure(tf, cand.make(), recipe, io, calibration, loaded)
+                batch = cand.batch or _model_batch(loaded)
+                converter = _configure(tf, cand.make(), recipe, io, calibration, loaded, batch)
                 model = bytes(converter.convert())
-            spec = inspect_bytes(model, cand.tensor_names, order)
+            spec = _named(inspect_bytes(model, cand.tensor_names, order), order)
         except Exception as exc:  # noqa: BLE001 - each path's failure is recorded and the next tried
             attempts.append(Attempt(cand.name, False, _one_line(exc)))
             continue
         missing = [n for n in order["outputs"] if n not in {t.name for t in spec.outputs}]
         if missing:
-            attempts.append(Attempt(cand.name, False, "converted model lost output names: " + ", ".join(missing)))
+            attempts.append(Attempt(cand.name, False, "converted model lost output names: " + ", ".join(missing)
+                                    + f" (has {', '.join(t.name for t in spec.outputs)})"))
             continue
+        stage(f"checking the {cand.name} model against the original", cand.name)
         try:
             got = run_tflite(model, spec, check_inputs)
         except ConversionError as exc:
             attempts.append(Attempt(cand.name, False, exc.message))
             continue
         scales = {t.name: t.quantization["scale"] for t in spec.outputs if t.quantization}
-        metrics = compare_all(reference, got, recipe.tolerance, scales)
+        metrics = compare_all(reference, got, tolerance or recipe.tolerance, scales)
         ok = all(m.passed for m in metrics)
         attempts.append(Attempt(cand.name, ok, None if ok else "; ".join(r for m in metrics for r in m.reasons),
                                 metrics))
         if ok:
             return Conversion(model, spec, cand.name, attempts, metrics)
+    raise _no_match(attempts, recipe, calibration, check_inputs)
+
+
+def _model_batch(loaded: LoadedModel) -> int | None:
+    shape = loaded.inputs[0].shape if loaded.inputs else ()
+    return shape[0] if shape and shape[0] > 0 else None
+
+
+def _named(spec: ModelSpec, order: dict) -> ModelSpec:
+    """Give the output its model name when the path lost it but the mapping is certain: the model
+    and the converted model have exactly one output. Several unnamed outputs are never guessed."""
+    want = order["outputs"]
+    have = [t.name for t in spec.outputs]
+    if set(want) <= set(have) or len(have) != len(want) or (len(want) > 1 and set(have) & set(want)):
+        return spec
+    if len(want) > 1:
+        return spec
+    renamed = [replace(spec.outputs[0], name=want[0])]
+    return replace(spec, outputs=renamed, notes=spec.notes + [f"output {have[0]!r} is the model's {want[0]!r}"])
+
+
+def _no_match(attempts: list[Attempt], recipe: Recipe, calibration: dict | None, check: dict) -> EdgepackError:
+    """The refusal leads with the numbers of the best path that ran, then its likely cause. A
+    path that converted and ran but computes something else is a VerificationError (exit 4: the
+    outputs differ); no runnable model at all is a ConversionError (exit 3)."""
+    ran = [a for a in attempts if a.metrics]
+    if ran:
+        best = min(ran, key=lambda a: max((m.max_abs_err / m.allowed_max_abs if m.allowed_max_abs else float("inf"))
+                                          for m in a.metrics))
+        numbers = "; ".join(f"{m.name}: " + ", ".join(m.reasons) for m in best.metrics if m.reasons)
+        cause = _likely_cause(best.metrics, recipe, calibration, check)
+        others = [f"{a.path}: {a.error}" for a in attempts if a is not best]
+        message = (f"the {recipe.name} model does not compute what the original computes ({numbers}; path {best.path})"
+                   + (f"; likely cause: {cause}" if cause else "")
+                   + (f"; other paths: {' | '.join(o[:160] for o in others)}" if others else ""))
+        hint = ("compare recipes: --quantize int16x8 or dynamic keep more precision; with int8, give 100-500 "
+                "calibration samples drawn like the real inputs; `--atol` widens the limit if this error is acceptable"
+                if recipe.needs_calibration else
+                "try --quantize float16 or float32; `--atol` widens the limit if this error is acceptable")
+        return VerificationError(message[:1200], hint=hint)
     detail = " | ".join(f"{a.path}: {a.error}" for a in attempts)
-    raise ConversionError(f"no conversion path produced a model matching the original ({detail})",
-                          hint="try another --quantize recipe, or report the model to edgepack")
+    return ConversionError(f"no conversion path produced a TFLite model that runs: {detail}"[:1200],
+                           hint=_conversion_hint(attempts))
+
+
+def _likely_cause(metrics, recipe: Recipe, calibration: dict | None, check: dict) -> str | None:
+    for m in metrics:
+        if any("stuck" in r for r in m.reasons):
+            return (f"output {m.name!r} is stuck at one value (the zero point): its values fall below one "
+                    "quantization step")
+    if recipe.needs_calibration and calibration:
+        for name, cal in calibration.items():
+            data = check.get(name)
+            if data is None or cal.dtype.kind != "f" or data.dtype.kind not in "fiu":
+                continue
+            clo, chi = float(np.min(cal)), float(np.max(cal))
+            dlo, dhi = float(np.min(data)), float(np.max(data))
+            span = max(chi - clo, 1e-12)
+            if dhi > chi + 0.25 * span or dlo < clo - 0.25 * span or (dhi - dlo) < 0.25 * span:
+                return (f"calibration data for {name!r} spans [{clo:.4g}, {chi:.4g}] but the verification data "
+                        f"spans [{dlo:.4g}, {dhi:.4g}]: calibrate on data scaled like the real inputs")
+        count = len(next(iter(calibration.values())))
+        if count < 100:
+            return f"only {count} calibration samples; 100-500 representative samples are recommended"
+    return None
+
+
+def _conversion_hint(attempts: list[Attempt]) -> str:
+    text = " ".join(a.error or "" for a in attempts)
+    if "TensorList" in text:
+        return "a recurrent layer with an open batch or time axis: build the model with a fixed batch size"
+    if "Flex" in text or "Select TF" in text or "not supported" in text:
+        return "the model uses TensorFlow ops TFLite builtins lack; replace them, or report the model to edgepack"
+    if "RandomFlip" in text or "RandomRotation" in text or "StatelessRandom" in text:
+        return ("augmentation layers (RandomFlip/RandomRotation...) were exported into the SavedModel: build from "
+                "the .keras file, or export without them")
+    return "try another --quantize recipe, or report the model to edgepack with EDGEPACK_DEBUG=1 output"
 
 
 def _one_line(exc: BaseException) -> str:
+    """The useful part of a converter or runtime error: the op and the layer it came from, not the
+    raw MLIR dump. ``loc(fused["X:", "model/lstm/while@fn"]): error: 'tf.X' op requires ...`` becomes
+    ``op tf.X in layer 'lstm': requires ...``."""
+    import re
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    # TF converter errors put the useful part on the last "error:" line.
+    for ln in lines:
+        m = re.search(r"'((?:tf|tfl|mhlo|stablehlo)\.\w+)' op (.*)", ln)
+        if m and "error" in ln.lower():
+            where = re.search(r'"([\w.-]+(?:/[\w.-]+)+)[@"]', ln)
+            layer = f" in layer {where.group(1).split('/')[1]!r}" if where else ""
+            return _clip(f"op {m.group(1)}{layer}: {m.group(2)}")
     for ln in lines:
         if "error:" in ln.lower():
-            return ln[:300]
-    return (lines[0] if lines else type(exc).__name__)[:300]
+            return _clip(ln.split("error:", 1)[1].strip() or ln)
+    return _clip(lines[0] if lines else type(exc).__name__)
+
+
+def _clip(text: str, limit: int = 240) -> str:
+    """At most ``limit`` characters, cut at a word boundary."""
+    if len(text) <= limit:
+        return text
+    return text[:limit].rsplit(" ", 1)[0] + " ..."

@@ -23,9 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from .bundle import npz_bytes
-from .compare import OutputMetrics, compare_all
+from .compare import OutputMetrics, compare_all, merge_metrics
 from .errors import EnvironmentProblem, UsageError
-from .recipes import Tolerance
 from .targets import RuntimeProfile
 
 ENV_VERSION = 1           # bump to invalidate cached environments
@@ -255,29 +254,43 @@ class RuntimeResult:
                 "static_problems": self.static_problems, "outputs": [m.to_json() for m in self.metrics]}
 
 
-def verify_in_env(env: RuntimeEnv, bundle: Path, inputs: dict, reference: dict, tol: Tolerance,
+def verify_in_env(env: RuntimeEnv, bundle: Path, inputs, reference, tol,
                   labels=None, static_problems: list[str] | None = None, use_cache: bool = False) -> RuntimeResult:
-    """Run the bundle in ``env`` and compare. With ``use_cache``, the outputs of an identical run
+    """Run the bundle in ``env`` and compare with the reference outputs.
+
+    ``inputs``/``reference`` are one dict each, or aligned lists of dicts (one group per length of
+    a variable-length axis; every group is run and the metrics merged, worst first). ``tol`` is a
+    Tolerance or {output name: Tolerance}. With ``use_cache``, the outputs of an identical run
     (same model bytes, device script, inputs and environment) are reused; the comparison is not."""
+    groups = inputs if isinstance(inputs, list) else [inputs]
+    references = reference if isinstance(reference, list) else [reference]
     manifest = json.loads((bundle / "manifest.json").read_text())
-    run = None
+    scales = {o["name"]: o["quantization"]["scale"] for o in manifest["outputs"] if o.get("quantization")}
+    result = RuntimeResult(env.runtime, env.version, env.arch, "error", static_problems=list(static_problems or []))
+    measured = []
+    for k, (group, ref) in enumerate(zip(groups, references)):
+        run = _run_cached(env, bundle, manifest, group, use_cache)
+        result.seconds += run.seconds
+        if not run.ok:
+            result.error = run.error
+            return result
+        result.machine, result.python = run.info.get("machine"), run.info.get("python")
+        measured.append(compare_all(ref, run.outputs, tol, scales, labels if k == 0 else None))
+    labels_of = ["length " + "x".join(str(d) for d in next(iter(g.values())).shape[1:]) for g in groups]
+    result.metrics = merge_metrics(measured, labels_of)
+    result.status = "passed" if all(m.passed for m in result.metrics) else "failed"
+    return result
+
+
+def _run_cached(env: RuntimeEnv, bundle: Path, manifest: dict, inputs: dict, use_cache: bool) -> DeviceRun:
+    key = None
     if use_cache:
         from . import cache
         key = cache.verification_key(env, bundle, manifest, inputs)
         hit = cache.load_outputs(key)
         if hit is not None:
-            run = DeviceRun(True, 0, hit[0], None, 0.0, hit[1])
-    if run is None:
-        run = run_device_script(env, bundle, inputs)
-        if use_cache and run.ok:
-            cache.save_outputs(key, run.outputs, run.info)
-    result = RuntimeResult(env.runtime, env.version, env.arch, "error", seconds=run.seconds,
-                           static_problems=list(static_problems or []))
-    if not run.ok:
-        result.error = run.error
-        return result
-    result.machine, result.python = run.info.get("machine"), run.info.get("python")
-    scales = {o["name"]: o["quantization"]["scale"] for o in manifest["outputs"] if o.get("quantization")}
-    result.metrics = compare_all(reference, run.outputs, tol, scales, labels)
-    result.status = "passed" if all(m.passed for m in result.metrics) else "failed"
-    return result
+            return DeviceRun(True, 0, hit[0], None, 0.0, hit[1])
+    run = run_device_script(env, bundle, inputs)
+    if key is not None and run.ok:
+        cache.save_outputs(key, run.outputs, run.info)
+    return run

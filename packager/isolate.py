@@ -29,13 +29,46 @@ def _limits() -> tuple[int, float]:
     return memory, timeout
 
 
+_STAGE: dict = {"conn": None, "local": None}
+
+
+def stage(message: str, path: str | None = None) -> None:
+    """Called by jobs: tell the parent what is running now (shown as progress, and named if the
+    child dies there); ``path`` names the conversion path being tried, so a crash on one path
+    lets the parent try the others. In-process, it goes straight to the progress callback."""
+    conn = _STAGE["conn"]
+    if conn is not None:
+        try:
+            conn.send(("stage", message, path))
+        except Exception:  # noqa: BLE001, S110 - progress is best effort
+            pass
+    elif _STAGE["local"] is not None:
+        _STAGE["local"](message)
+
+
+def _silence_stdio() -> None:
+    """TensorFlow, absl and Keras write to fds 1 and 2 ("Saved artifact at ...", oneDNN banners):
+    the child's stdout/stderr go to /dev/null so the parent's --json stays one document."""
+    if os.environ.get("EDGEPACK_DEBUG"):
+        return
+    import sys
+    sys.stdout.flush()
+    sys.stderr.flush()
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 1)
+    os.dup2(null, 2)
+    os.close(null)
+
+
 def _child(conn, func, args, memory_mb: int) -> None:
+    _silence_stdio()
     try:
         import resource
         limit = memory_mb * 1024 * 1024
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     except (ImportError, ValueError, OSError):
         pass
+    _STAGE["conn"] = conn
     try:
         result = ("ok", func(*args))
     except EdgepackError as exc:
@@ -53,33 +86,62 @@ def _child(conn, func, args, memory_mb: int) -> None:
     conn.close()
 
 
+def _died(code, stage: str, memory_mb: int) -> ConversionError:
+    """The child ended without an answer: say where, and the way out that fits how it died."""
+    if code is not None and code < 0:
+        name = signal.Signals(-code).name
+        if -code == signal.SIGKILL:
+            return ConversionError(f"the TensorFlow process was killed while {stage} (SIGKILL, often the kernel's "
+                                   "out-of-memory killer)",
+                                   hint=f"free memory or lower EDGEPACK_MEMORY_MB (now {memory_mb} MiB) so the limit "
+                                        "is hit first")
+        return ConversionError(f"TensorFlow crashed ({name}) while {stage}",
+                               hint="a crash inside TensorFlow's converter, not an edgepack check: try another "
+                                    "--quantize recipe (dynamic and float16 avoid calibration), and report it with "
+                                    "EDGEPACK_DEBUG=1 output")
+    return ConversionError(f"the TensorFlow process exited (code {code}) while {stage}",
+                           hint="rerun with EDGEPACK_DEBUG=1 to see its output")
+
+
 def in_process() -> bool:
     return os.environ.get("EDGEPACK_IN_PROCESS", "") not in ("", "0")
 
 
-def run(func, *args, what: str = "loading and converting the model"):
-    """``func(*args)`` in a spawned child (module-level function, picklable args and result)."""
+def run(func, *args, what: str = "loading and converting the model", progress=None):
+    """``func(*args)`` in a spawned child (module-level function, picklable args and result).
+    ``progress(message)`` receives the stages the child announces with :func:`stage`."""
     if in_process():
-        return func(*args)
+        _STAGE["local"] = progress
+        try:
+            return func(*args)
+        finally:
+            _STAGE["local"] = None
     memory_mb, timeout = _limits()
     ctx = multiprocessing.get_context("spawn")
     parent, child = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=_child, args=(child, func, args, memory_mb), daemon=True)
     proc.start()
     child.close()
+    import time
+    deadline = time.monotonic() + timeout
+    current, path = what, None
     try:
-        if not parent.poll(timeout):
-            raise ConversionError(f"{what} took longer than {timeout:.0f} s; stopped",
-                                  hint="raise EDGEPACK_TIMEOUT if the model is really that slow")
-        try:
-            result = parent.recv()
-        except EOFError:
-            proc.join(10)
-            code = proc.exitcode
-            how = f"signal {-code} ({signal.Signals(-code).name})" if code and code < 0 else f"exit code {code}"
-            raise ConversionError(f"TensorFlow died while {what} ({how})",
-                                  hint="the model file may be corrupt or hostile; EDGEPACK_MEMORY_MB raises "
-                                       "the memory limit") from None
+        while True:
+            if not parent.poll(max(0.0, deadline - time.monotonic())):
+                raise ConversionError(f"{current} took longer than {timeout:.0f} s in all; stopped",
+                                      hint="raise EDGEPACK_TIMEOUT if the model is really that slow")
+            try:
+                result = parent.recv()
+            except EOFError:
+                proc.join(10)
+                error = _died(proc.exitcode, current, memory_mb)
+                error.path = path
+                raise error from None
+            if result[0] != "stage":
+                break
+            current, path = result[1], result[2]
+            if progress:
+                progress(current)
     finally:
         if proc.is_alive():
             proc.kill()

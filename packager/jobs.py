@@ -6,8 +6,9 @@ import platform
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .calibration import Dataset, load_dataset, synthetic_dataset
+from .calibration import Dataset, load_dataset, synthetic_dataset, with_length_variants
 from .convert import Conversion
+from .errors import VerificationError
 from .loaders import TensorSpec
 
 MAX_CHECK_SAMPLES = 256
@@ -25,6 +26,14 @@ class Prepared:
     reference: dict
     warnings: list[str] = field(default_factory=list)
     versions: dict = field(default_factory=dict)
+    variant_references: list = field(default_factory=list)   # reference outputs of check.variants
+    fixed: dict = field(default_factory=dict)                 # what the bundle fixes (batch, variable axes)
+    tolerance: dict = field(default_factory=dict)             # output name -> Tolerance used
+
+    @property
+    def references(self) -> list[dict]:
+        """Reference outputs for each group of ``check.groups``."""
+        return [self.reference] + list(self.variant_references)
 
 
 def versions() -> dict:
@@ -42,30 +51,48 @@ def versions() -> dict:
 
 def _inputs_for_check(loaded, data: str | None, calibration: Dataset | None) -> Dataset:
     if data:
-        return load_dataset(data, loaded.inputs, purpose="verification")
-    if calibration is not None:
-        return calibration.head(MAX_CHECK_SAMPLES)
-    return synthetic_dataset(loaded.inputs, count=64)
+        ds = load_dataset(data, loaded.inputs, purpose="verification")
+    elif calibration is not None:
+        ds = calibration.head(MAX_CHECK_SAMPLES)
+    else:
+        return synthetic_dataset(loaded.inputs, count=64)
+    return with_length_variants(ds, loaded.inputs)
 
 
 def prepare(model: str, recipe_name: str, io: str, calibration: str | None, data: str | None,
-            trust: bool) -> Prepared:
+            trust: bool, atol: list | None = None, rtol: list | None = None, skip: tuple = ()) -> Prepared:
     from .convert import convert
     from .loaders import load_model
     from .recipes import get_recipe
 
+    from .isolate import stage
+    from .recipes import resolve_tolerance
+    stage(f"loading {Path(model).name}")
     loaded = load_model(model, trust=trust)
+    recipe = get_recipe(recipe_name)
+    tolerance = resolve_tolerance(recipe.tolerance, [s.name for s in loaded.outputs], atol, rtol)
     cal = load_dataset(calibration, loaded.inputs) if calibration is not None else None
     check = _inputs_for_check(loaded, data, cal)
-    conversion = convert(loaded, get_recipe(recipe_name), io, cal.inputs if cal else None, check.inputs)
-    reference = loaded.reference(check.inputs)
-    warnings = list(loaded.notes) + (cal.warnings if cal else [])
-    return Prepared(str(loaded.path), loaded.format, loaded.inputs, loaded.outputs, conversion, check, reference,
-                    warnings, versions())
+    try:
+        conversion = convert(loaded, recipe, io, cal.inputs if cal else None, check.inputs, tolerance=tolerance,
+                             skip=tuple(skip))
+    except VerificationError as exc:
+        if check.evidence == "synthetic":
+            exc.hint = ("these numbers come from synthetic inputs (uniform [0, 1) floats" +
+                        (", ids over the vocabulary" if any(s.domain for s in loaded.inputs) else "") +
+                        "); if the model's real inputs look different (bits, pixels 0..255, ids), pass --data with "
+                        "real inputs; " + (exc.hint or ""))
+        raise
+    stage("computing the original model's outputs")
+    references = [loaded.reference(group) for group in check.groups]
+    warnings = list(loaded.notes) + (cal.warnings if cal else []) + check.notes
+    return Prepared(str(loaded.path), loaded.format, loaded.inputs, loaded.outputs, conversion, check, references[0],
+                    warnings, versions(), references[1:], dict(loaded.fixed), tolerance)
 
 
-def reference(model: str, data: str | None, arrays: dict | None, trust: bool) -> tuple[Dataset, dict, list[str]]:
-    """Inputs (from ``data``, else ``arrays``, else synthetic) and the model's outputs on them."""
+def reference(model: str, data: str | None, arrays: dict | None, trust: bool) -> tuple[Dataset, list, list[str]]:
+    """Inputs (from ``data``, else ``arrays``, else synthetic), the model's outputs on each group
+    of them (``Dataset.groups``) and the model's output names."""
     from .loaders import load_model
 
     from .errors import UsageError
@@ -76,12 +103,12 @@ def reference(model: str, data: str | None, arrays: dict | None, trust: bool) ->
                          f"the bundle's ({', '.join(sorted(arrays))}); their outputs differ too",
                          hint="pass the model the bundle was built from")
     if data:
-        dataset = load_dataset(data, loaded.inputs, purpose="verification")
+        dataset = with_length_variants(load_dataset(data, loaded.inputs, purpose="verification"), loaded.inputs)
     elif arrays is not None:
-        dataset = Dataset(arrays, None, "bundle samples (samples/inputs.npz)")
+        dataset = with_length_variants(Dataset(arrays, None, "samples/inputs.npz", evidence="samples"), loaded.inputs)
     else:
         dataset = synthetic_dataset(loaded.inputs)
-    return dataset, loaded.reference(dataset.inputs), [s.name for s in loaded.outputs]
+    return dataset, [loaded.reference(g) for g in dataset.groups], [s.name for s in loaded.outputs]
 
 
 def source_name(path: str) -> str:

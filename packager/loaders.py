@@ -28,12 +28,26 @@ H5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 @dataclass(frozen=True)
 class TensorSpec:
+    """One model input or output as the original model declares it.
+
+    ``shape`` uses -1 for unknown dims (batch, variable length); ``dtype`` is a numpy dtype name;
+    ``domain`` is the half-open range ``(low, high)`` of valid values when the model declares one
+    (an Embedding's vocabulary for integer ids), used to make synthetic inputs that cover it."""
     name: str
-    shape: tuple          # -1 for unknown dims
-    dtype: str            # numpy dtype name
+    shape: tuple
+    dtype: str
+    domain: tuple | None = None
 
     def to_json(self) -> dict:
-        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+        data = {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+        if self.domain is not None:
+            data["domain"] = list(self.domain)
+        return data
+
+    @property
+    def variable_axes(self) -> list[int]:
+        """Axes other than the batch whose length the model leaves open (``None``)."""
+        return [i for i, d in enumerate(self.shape) if i > 0 and d == -1]
 
 
 @dataclass
@@ -44,6 +58,7 @@ class Candidate:
     name: str
     make: Callable[[], object]
     tensor_names: dict | None = None
+    batch: int | None = None         # the batch size baked into this path's model (None: dynamic)
 
 
 @dataclass
@@ -56,6 +71,7 @@ class LoadedModel:
     candidates: list[Candidate] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     keepalive: object = None         # objects the candidates need alive (loaded SavedModel...)
+    fixed: dict = field(default_factory=dict)  # what the bundle fixes that the model leaves open (batch, ...)
 
 
 @contextlib.contextmanager
@@ -165,6 +181,73 @@ def _keras_model_tf_function(tf, model, inputs: list[TensorSpec], outputs: list[
     return tf.function(call, input_signature=signature)
 
 
+RECURRENT_CLASSES = {"RNN", "LSTM", "GRU", "SimpleRNN", "Bidirectional", "ConvLSTM1D", "ConvLSTM2D", "ConvLSTM3D",
+                     "LSTMV1", "GRUV1", "CuDNNLSTM", "CuDNNGRU"}
+
+
+def _walk_layers(model):
+    """Every layer, nested models and wrappers (Bidirectional, TimeDistributed) included."""
+    seen = set()
+    stack = list(getattr(model, "layers", []) or [])
+    while stack:
+        layer = stack.pop()
+        if id(layer) in seen:
+            continue
+        seen.add(id(layer))
+        yield layer
+        stack.extend(getattr(layer, "layers", []) or [])
+        for attr in ("layer", "forward_layer", "backward_layer", "cell"):
+            inner = getattr(layer, attr, None)
+            if inner is not None and hasattr(inner, "name"):
+                stack.append(inner)
+
+
+def _recurrent_layers(model) -> list:
+    return [layer for layer in _walk_layers(model)
+            if {c.__name__ for c in type(layer).__mro__} & RECURRENT_CLASSES]
+
+
+def _int_domains(model, inputs: list[TensorSpec]) -> list[TensorSpec]:
+    """Integer inputs that feed an Embedding get its vocabulary ``[0, input_dim)`` as their domain."""
+    embeddings = [layer for layer in _walk_layers(model) if type(layer).__name__ == "Embedding"]
+    if not embeddings:
+        return inputs
+    by_input = {}
+    for layer in embeddings:
+        for node in getattr(layer, "_inbound_nodes", []) or []:
+            for t in _node_inputs(node):
+                for i, mt in enumerate(model.inputs):
+                    if t is mt:
+                        by_input.setdefault(i, []).append(int(layer.input_dim))
+    out = []
+    for i, s in enumerate(inputs):
+        dims = by_input.get(i)
+        if dims and np.dtype(s.dtype).kind in "iuf":
+            s = TensorSpec(s.name, s.shape, s.dtype, (0, min(dims)))
+        out.append(s)
+    return out
+
+
+def _node_inputs(node) -> list:
+    for attr in ("input_tensors", "keras_inputs"):
+        try:
+            value = getattr(node, attr)
+        except Exception:  # noqa: BLE001, S112 - private Keras API: best effort
+            continue
+        if value is not None:
+            return list(value) if isinstance(value, (list, tuple)) else [value]
+    return []
+
+
+def _frozen_converter(tf, concrete):
+    """``from_concrete_functions`` on a copy of ``concrete`` whose variables are constants. Variables
+    read inside control flow (the WHILE of a recurrent layer) otherwise stay READ_VARIABLE ops that
+    fail at invoke ("variable != nullptr")."""
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+    frozen = convert_variables_to_constants_v2(concrete, lower_control_flow=False)
+    return tf.lite.TFLiteConverter.from_concrete_functions([frozen])
+
+
 def _load_keras(path: Path, trust: bool = False) -> LoadedModel:
     tf = import_tf()
     fmt = sniff_format(path)
@@ -186,18 +269,28 @@ def _load_keras(path: Path, trust: bool = False) -> LoadedModel:
         raise UsageError(f"cannot load {path.name}: " + "; ".join(errors))
     inputs = [TensorSpec(_input_name(t, i), _shape(t.shape), _np_dtype(tf.as_dtype(t.dtype)))
               for i, t in enumerate(model.inputs)]
+    inputs = _int_domains(model, inputs)
     names = [_output_name(t) for t in model.outputs]
     if len(names) != len(model.outputs) or len(set(names)) != len(names):
         names = [f"output_{i}" for i in range(len(model.outputs))]
+    recurrent = _recurrent_layers(model)
+    stateful = [layer.name for layer in recurrent if getattr(layer, "stateful", False)]
+    if stateful:
+        from .errors import ConversionError
+        raise ConversionError(
+            f"stateful recurrent layer(s) {', '.join(stateful)} carry state from one call to the next; a converted "
+            "model would silently start from the initial state at every invoke",
+            hint="rebuild the layer with stateful=False and pass the state as explicit inputs/outputs "
+                 "(return_state=True, initial_state=...), then build that model")
     fn = _keras_model_tf_function(tf, model, inputs, names)
     concrete = fn.get_concrete_function()
     out_specs = [TensorSpec(n, _shape(concrete.structured_outputs[n].shape),
                             _np_dtype(concrete.structured_outputs[n].dtype)) for n in names]
+    model_batch = inputs[0].shape[0] if inputs and inputs[0].shape and inputs[0].shape[0] > 0 else None
 
     def reference(arrays: dict) -> dict:
-        result = _batched(lambda *xs: concrete(*[tf.constant(x) for x in xs]),
-                          [arrays[s.name] for s in inputs])
-        return result
+        return _run_fixed_or_dynamic(lambda *xs: concrete(*[tf.constant(x) for x in xs]),
+                                     [arrays[s.name] for s in inputs], model_batch)
 
     def from_concrete():
         return tf.lite.TFLiteConverter.from_concrete_functions([concrete], fn)
@@ -211,12 +304,39 @@ def _load_keras(path: Path, trust: bool = False) -> LoadedModel:
         tf.saved_model.save(module, tmp, signatures={"serving_default": concrete})
         return tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=["serving_default"])
 
-    candidates = [Candidate("keras-concrete-function", from_concrete, tensor_names=flattened_names(names)),
-                  Candidate("keras-via-saved-model", from_exported_saved_model)]
+    # Recurrent layers with an open batch lower to TensorList ops TFLite rejects; at a fixed batch
+    # (and with frozen variables) they become TFLite's builtin WHILE loop, which every runtime runs.
+    frozen_batch = model_batch or (1 if recurrent else None)
+    fixed = {}
+    if recurrent and not model_batch:
+        fixed["batch"] = 1
+    frozen_inputs = [TensorSpec(s.name, (frozen_batch or -1,) + tuple(s.shape[1:]), s.dtype) for s in inputs]
+    frozen_fn = _keras_model_tf_function(tf, model, frozen_inputs, names) if frozen_batch != model_batch else fn
+    frozen = Candidate("keras-frozen-concrete-function",
+                       lambda: _frozen_converter(tf, frozen_fn.get_concrete_function()),
+                       tensor_names=flattened_names(names), batch=frozen_batch)
+    candidates = [Candidate("keras-concrete-function", from_concrete, tensor_names=flattened_names(names),
+                            batch=model_batch),
+                  Candidate("keras-via-saved-model", from_exported_saved_model, batch=model_batch)]
     if len(names) == 1 and hasattr(tf.lite.TFLiteConverter, "from_keras_model"):
         candidates.append(Candidate("keras-from-keras-model",
-                                    lambda: tf.lite.TFLiteConverter.from_keras_model(model)))
-    return LoadedModel(path, fmt, inputs, out_specs, reference, candidates, keepalive=(model, fn))
+                                    lambda: tf.lite.TFLiteConverter.from_keras_model(model), batch=model_batch))
+    candidates = [frozen] + candidates if recurrent else candidates + [frozen]
+    notes = []
+    if model_batch:
+        fixed["batch"] = model_batch
+        notes.append(f"the model's batch size is fixed at {model_batch}: the device script invokes it "
+                     f"{model_batch} sample(s) at a time")
+    if recurrent and not model_batch:
+        notes.append(f"recurrent layer(s) {', '.join(sorted(layer.name for layer in recurrent))}: batch fixed to 1 for "
+                     "TFLite (a static batch turns the loop into a builtin WHILE); the device feeds one sample per invoke")
+    variable = sorted({f"{s.name} axis {a}" for s in inputs for a in s.variable_axes})
+    if variable:
+        fixed["variable_axes"] = variable
+        notes.append(f"variable-length axes ({', '.join(variable)}): the device script resizes the model to each "
+                     "input's length")
+    return LoadedModel(path, fmt, inputs, out_specs, reference, candidates, notes=notes, keepalive=(model, fn),
+                       fixed=fixed)
 
 
 def flattened_names(dict_keys: list[str]) -> dict:

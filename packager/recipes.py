@@ -17,11 +17,46 @@ RECIPES_FILE = Path(__file__).with_name("recipes.toml")
 
 @dataclass(frozen=True)
 class Tolerance:
+    """What an output must meet to pass: ``max |ref - got| <= atol + rtol * max|ref| + steps * scale``
+    (``scale``: the output's quantization step; steps count only for quantized outputs), cosine
+    similarity >= ``cosine_min`` and, for classification-like outputs (2-D, > 1 column, top value
+    not tied), top-1 agreement >= ``top1_min``. Errors are in the output's own units."""
     atol: float
     rtol: float
     steps: float
     cosine_min: float
     top1_min: float
+
+
+def parse_overrides(values: list[str] | None, flag: str) -> dict:
+    """``["0.1", "logits:0.5"]`` -> ``{None: 0.1, "logits": 0.5}`` (None = every output).
+    Raises UsageError on a malformed or negative value."""
+    out: dict = {}
+    for raw in values or []:
+        name, _, value = raw.rpartition(":") if ":" in raw else ("", "", raw)
+        try:
+            number = float(value)
+        except ValueError:
+            number = -1.0
+        if not number >= 0 or number == float("inf"):
+            raise UsageError(f"{flag} {raw!r} is not a non-negative number or NAME:NUMBER",
+                             hint=f"e.g. {flag} 0.05 (every output) or {flag} logits:0.05 (one output)")
+        out[name or None] = number
+    return out
+
+
+def resolve_tolerance(base: Tolerance, outputs: list[str], atol: list[str] | None = None,
+                      rtol: list[str] | None = None) -> dict:
+    """{output name: Tolerance}: the recipe's, with ``--atol``/``--rtol`` overrides applied (a
+    named override beats a global one). Raises UsageError for a name the model has no output of."""
+    a, r = parse_overrides(atol, "--atol"), parse_overrides(rtol, "--rtol")
+    unknown = sorted({k for k in list(a) + list(r) if k is not None} - set(outputs))
+    if unknown:
+        raise UsageError(f"no output named {', '.join(unknown)} (the model's outputs: {', '.join(outputs)})",
+                         hint="name an output in --atol NAME:VALUE, or give a plain number for every output")
+    from dataclasses import replace
+    return {n: replace(base, atol=a.get(n, a.get(None, base.atol)), rtol=r.get(n, r.get(None, base.rtol)))
+            for n in outputs}
 
 
 @dataclass(frozen=True)

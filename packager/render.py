@@ -82,30 +82,36 @@ def _fmt(v, digits: int = 4) -> str:
 
 def verification_table(report: dict) -> Table:
     """The numbers a reader needs at a glance; mean error and SNR are in --json and --html."""
-    table = Table(title=f"verification: {report['recipe']} on {report['target']} "
-                        f"({report['samples']} samples, {report['inputs']})")
-    for col in ("runtime", "cpu", "output", "max abs err", "cosine", "top-1 agree", "accuracy model -> bundle",
-                "result"):
+    evidence = (report.get("evidence") or {}).get("text") or f"{report['samples']} samples, {report['inputs']}"
+    table = Table(title=f"verification: {report['recipe']} on {report['target']} ({evidence})")
+    for col in ("runtime", "cpu", "output", "max abs err", "limit (margin)", "cosine", "top-1 agree",
+                "accuracy model -> bundle", "result"):
         table.add_column(col, overflow="fold")
     for r in report["runtimes"]:
         rt = f"{r['runtime']} {r['version']}"
-        if r["status"] == "error":
-            table.add_row(rt, r["arch"], "-", "", "", "", "", f"[red]cannot run: {escape(str(r['error']))}[/red]")
+        if r["status"] in ("error", "unavailable"):
+            what = "cannot run" if r["status"] == "error" else "not verified"
+            table.add_row(rt, r["arch"], "-", "", "", "", "", "", f"[red]{what}: {escape(str(r['error']))}[/red]")
             continue
         for o in r["outputs"]:
             acc = "-"
             if o.get("accuracy_reference") is not None:
                 acc = f"{o['accuracy_reference']:.4f} -> {o['accuracy_candidate']:.4f}"
             ok = "[green]pass[/green]" if o["passed"] else "[red]FAIL: " + escape("; ".join(o["reasons"])) + "[/red]"
+            limit = o["allowed_max_abs"]
+            margin = f" ({limit / o['max_abs_err']:.1f}x)" if o["max_abs_err"] and math.isfinite(o["max_abs_err"]) else ""
             table.add_row(rt, r.get("machine") or r["arch"], o["name"], _fmt(o["max_abs_err"], 3),
-                          _fmt(o["cosine"], 6), _fmt(o["top1_agreement"]), acc, ok)
+                          _fmt(limit, 3) + margin, _fmt(o["cosine"], 6), _fmt(o["top1_agreement"]), acc, ok)
     return table
 
 
 def show_verification(report: dict) -> None:
     out.print(verification_table(report))
     verdict = "[bold green]MATCH[/bold green]" if report["passed"] else "[bold red]MISMATCH[/bold red]"
-    out.print(f"{verdict}: the bundle {'computes' if report['passed'] else 'does not compute'} what the model computes")
+    evidence = report.get("evidence") or {}
+    weak = " [yellow](weak evidence: pass --data with held-out inputs)[/yellow]" if evidence.get("weak") else ""
+    out.print(f"{verdict}: the bundle {'computes' if report['passed'] else 'does not compute'} what the model computes"
+              f" (evidence {escape(evidence.get('text') or report['inputs'])}){weak}")
     for note in report.get("notes", []):
         out.print(f"[yellow]note:[/yellow] {note}")
 
@@ -173,7 +179,7 @@ def html_report(report: dict, title: str) -> str:
     """A self-contained HTML page: the table plus an error histogram per output (inline SVG)."""
     rows, charts = [], []
     for r in report["runtimes"]:
-        if r["status"] == "error":
+        if r["status"] in ("error", "unavailable"):
             rows.append(f"<tr><td>{html.escape(r['runtime'])} {html.escape(r['version'] or '')}</td>"
                         f"<td>{r['arch']}</td><td colspan=8 class=bad>cannot run: {html.escape(str(r['error']))}</td></tr>")
             continue

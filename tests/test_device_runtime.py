@@ -172,12 +172,22 @@ def test_int8_io_roundtrip(runtime_python, zoo, data_files, tmp_path):
         deq = (r["probs"].astype(np.float32) - q["zero_point"]) * q["scale"]
         assert np.allclose(deq, f["probs"], atol=1e-6)
         assert (f["probs"].argmax(1) == data_files["yt"][:20]).mean() > 0.8
-    # Already-quantized int8 inputs pass through unchanged.
+    # Already-quantized int8 inputs pass through unchanged with --raw.
     qi = res.manifest["inputs"][0]["quantization"]
     xq = np.clip(np.round(x / qi["scale"]) + qi["zero_point"], -128, 127).astype(np.int8)
     np.savez(tmp_path / "q.npz", pixels=xq)
-    proc = run(runtime_python, res.bundle, "--input", str(tmp_path / "q.npz"), "--output", str(tmp_path / "q2.npz"))
-    with np.load(tmp_path / "q2.npz") as a, np.load(tmp_path / "f.npz") as b:
+    proc = run(runtime_python, res.bundle, "--input", str(tmp_path / "q.npz"), "--output", str(tmp_path / "q2.npz"),
+               "--raw")
+    assert proc.returncode == 0, proc.stderr
+    with np.load(tmp_path / "q2.npz") as a, np.load(tmp_path / "r.npz") as b:
+        assert np.array_equal(a["probs"], b["probs"])
+    # Without --raw, integer-typed files hold real values like any other: the same rule as the emulator.
+    np.savez(tmp_path / "i.npz", pixels=np.round(x * 16).astype(np.int16))
+    proc = run(runtime_python, res.bundle, "--input", str(tmp_path / "i.npz"), "--output", str(tmp_path / "i2.npz"))
+    assert proc.returncode == 0, proc.stderr
+    np.savez(tmp_path / "if.npz", pixels=np.round(x * 16).astype(np.float32))
+    proc = run(runtime_python, res.bundle, "--input", str(tmp_path / "if.npz"), "--output", str(tmp_path / "if2.npz"))
+    with np.load(tmp_path / "i2.npz") as a, np.load(tmp_path / "if2.npz") as b:
         assert np.array_equal(a["probs"], b["probs"])
 
 

@@ -13,7 +13,7 @@ It finds ``manifest.json`` next to itself (``--bundle DIR`` points it at another
 
 Input values are real values in the original model's units, whatever their dtype (uint8 pixels
 0..255 are pixel values, not quantized codes): a quantized input gets q = round(x / scale) +
-zero_point here. ``--raw`` means the inputs are already quantized integers and keeps quantized
+zero_point here. ``--raw`` takes integer-typed inputs as already quantized and keeps quantized
 outputs as integers. The host emulator applies the same rule.
 
 Exit codes: 0 ok, 2 bad arguments/input, 3 integrity (size, sha256, TFL3), 4 no TFLite runtime,
@@ -312,10 +312,11 @@ class Runner:
     def _prepare(self, t: dict, array, raw: bool = False):
         """One rule for every input file, here and in the host emulator: values are real values in
         the original model's units, whatever their dtype, and a quantized input gets
-        ``q = round(x / scale) + zero_point`` (clipped). ``raw`` passes already-quantized integers
-        through unchanged. Unquantized inputs are cast to the tensor's dtype."""
+        ``q = round(x / scale) + zero_point`` (clipped). With ``raw``, integer-typed arrays are taken
+        as already quantized and passed through unchanged (floats are still quantized). Unquantized
+        inputs are cast to the tensor's dtype."""
         with np.errstate(invalid="ignore", over="ignore"):  # NaN/inf inputs: garbage in, no warning noise
-            if t["scale"] and not raw:
+            if t["scale"] and not (raw and array.dtype.kind in "iu"):
                 q = np.round(array.astype(np.float64) / t["scale"]) + t["zero"]
                 return np.clip(q, t["lo"], t["hi"]).astype(t["dtype"])
             return array.astype(t["dtype"], copy=False)
@@ -503,7 +504,7 @@ def parse_args(argv):
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--batch", type=int, default=64, help="samples per invoke for dynamic-batch models")
-    p.add_argument("--raw", action="store_true", help="inputs are already-quantized integers (passed through "
+    p.add_argument("--raw", action="store_true", help="integer-typed inputs are already quantized (passed through "
                    "unchanged) and quantized outputs stay integers; without it input values are real values, "
                    "whatever their dtype, quantized here with the input's scale and zero point")
     p.add_argument("--runtime", choices=RUNTIMES, default=os.environ.get("EDGEPACK_RUNTIME") or None)

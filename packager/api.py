@@ -24,7 +24,7 @@ Progress = Callable[[str], None]
 # One rule for input files, the same in the host emulator and the device script (its _prepare).
 INPUT_VALUES_RULE = ("input files hold real values in the original model's units, whatever their dtype (uint8 "
                      "pixels are pixel values); a quantized input is quantized by the device script, "
-                     "q = round(x / scale) + zero_point; --raw passes already-quantized integers unchanged")
+                     "q = round(x / scale) + zero_point; with --raw, integer-typed inputs are already quantized and pass unchanged")
 
 
 @dataclass
@@ -255,13 +255,16 @@ def _prepare_contained(model_path, rec, io, calibration, data, trust_model, atol
         except ConversionError as exc:
             path = getattr(exc, "path", None)
             if not path or path in skip:
+                if crashes and type(exc) is ConversionError:
+                    raise ConversionError(f"{crashes[0][0]}; no other path worked ({exc.message})"[:1200],
+                                          hint=crashes[0][1]) from None
                 if crashes:
-                    exc.message += " (earlier: " + "; ".join(crashes) + ")"
+                    exc.message += " (earlier: " + "; ".join(m for m, _ in crashes) + ")"
                 raise
             skip.append(path)
-            crashes.append(exc.message)
+            crashes.append((exc.message, exc.hint))
             progress(f"{exc.message}; trying the other conversion paths")
-    prepared.warnings.extend(f"{m}; another path was used" for m in crashes)
+    prepared.warnings.extend(f"{m}; another path was used" for m, _ in crashes)
     return prepared
 
 

@@ -1,0 +1,322 @@
+"""Models from the field (issue 11): each kind builds and is checked independently (a bare
+interpreter on the bundle's model against Keras itself), or is refused with its cause and a way
+out. Models are generated here (tests/field_models.py); the verdict must never be a wrong MATCH.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from packager import api
+from packager.errors import ConversionError, UsageError, VerificationError
+from tests import field_models as fm
+
+ROOT = fm.Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def out(tmp_path_factory):
+    return tmp_path_factory.mktemp("field")
+
+
+def independent(kind, bundle, arrays=None):
+    """Max abs error of a bare interpreter on the bundle's model vs Keras, per output."""
+    x = arrays if arrays is not None else fm.eval_arrays(kind)
+    ref, got = kind.keras_call(x), fm.raw_outputs(bundle, x)
+    assert set(ref) == set(got)
+    return {k: float(np.max(np.abs(ref[k] - got[k]))) for k in ref}
+
+
+def cli(*args, env=None):
+    full = dict(os.environ, EDGEPACK_IN_PROCESS="0", **(env or {}))
+    return subprocess.run([sys.executable, "-m", "packager.cli", *map(str, args)], capture_output=True, text=True,
+                          env=full, cwd=ROOT, timeout=900)
+
+
+# --------------------------------------------------------------------------- fixed batch
+@pytest.mark.parametrize("batch", [1, 2])
+def test_fixed_batch_builds_and_reports_it(out, batch, tmp_path):
+    kind = fm.fixed_batch(out, batch)
+    res = api.build(kind.model, recipe="float32", data=kind.eval, output=tmp_path / "b")
+    assert res.verification.passed
+    assert res.manifest["fixed"]["batch"] == batch
+    assert res.manifest["inputs"][0]["shape"][0] == batch
+    assert any(f"fixed at {batch}" in w for w in res.warnings)
+    # 48 held-out samples: not a multiple of 2 with 97 generated, so the last chunk is padded.
+    assert max(independent(kind, res.bundle).values()) < 1e-5
+
+
+# --------------------------------------------------------------------------- variable length
+def test_variable_length_resizes_to_real_lengths(out, tmp_path, runtime_python):
+    kind = fm.conv1d_variable(out)
+    res = api.build(kind.model, recipe="float32", data=kind.eval, output=tmp_path / "b")
+    report = res.verification.to_json()
+    assert report["passed"]
+    assert "lengths 10x4/5x4" in report["evidence"]["text"]          # verified on more than one length
+    assert res.manifest["inputs"][0]["shape"] == [-1, -1, 4]
+    rng = np.random.default_rng(3)
+    for length in kind.lengths:                                   # lengths verification never saw
+        x = {"x": rng.normal(size=(5, length, 4)).astype(np.float32)}
+        assert max(independent(kind, res.bundle, x).values()) < 1e-5
+        np.savez(tmp_path / "in.npz", **x)
+        proc = subprocess.run([*runtime_python.argv, str(res.bundle / "edgepack_run.py"), "--input",
+                               str(tmp_path / "in.npz"), "--output", str(tmp_path / "o.npz")],
+                              capture_output=True, text=True, env=runtime_python.env)
+        assert proc.returncode == 0, proc.stderr
+        with np.load(tmp_path / "o.npz") as o:
+            assert np.max(np.abs(o["y"] - kind.keras_call(x)["y"])) < 1e-5
+
+
+def test_variable_length_synthetic_covers_several_lengths(out, tmp_path):
+    kind = fm.conv1d_variable(out)
+    res = api.build(kind.model, recipe="float32", output=tmp_path / "b")
+    ev = res.verification.to_json()["evidence"]
+    assert ev["kind"] == "synthetic" and ev["weak"]
+    assert "lengths 8x4/3x4/17x4" in ev["text"]
+
+
+# --------------------------------------------------------------------------- recurrent layers
+RECURRENT = {
+    "lstm": dict(cell="lstm"), "gru": dict(cell="gru"), "simple_rnn": dict(cell="simple_rnn"),
+    "lstm-seq": dict(cell="lstm", return_sequences=True), "gru-stacked": dict(cell="gru", stacked=True),
+    "lstm-bi": dict(cell="lstm", bidirectional=True), "lstm-mask": dict(cell="lstm", masking=True),
+}
+
+
+@pytest.mark.parametrize("name", list(RECURRENT))
+def test_recurrent_builds_in_both_runtimes(out, name, tmp_path):
+    kind = fm.recurrent(out, **RECURRENT[name])
+    res = api.build(kind.model, recipe="float32", data=kind.eval, output=tmp_path / "b")
+    runtimes = {r.runtime: r.status for r in res.verification.runtimes}
+    assert runtimes == {"ai-edge-litert": "passed", "tflite-runtime": "passed"}
+    assert res.manifest["fixed"]["batch"] == 1 and res.manifest["inputs"][0]["shape"][0] == 1
+    assert "WHILE" in {op["name"] for op in res.manifest["ops"]}
+    assert not [op for op in res.manifest["ops"] if op["custom"]]
+    assert max(independent(kind, res.bundle).values()) < 1e-4
+
+
+def test_recurrent_dynamic_recipe(out, tmp_path):
+    kind = fm.recurrent(out, "lstm", return_sequences=True)
+    res = api.build(kind.model, recipe="dynamic", data=kind.eval, output=tmp_path / "b")
+    assert res.verification.passed
+    assert max(independent(kind, res.bundle).values()) < 0.05
+
+
+@pytest.mark.slow
+def test_recurrent_int8_crash_is_named_and_contained(out, tmp_path):
+    """TF 2.21's int8 calibration of a WHILE loop crashes the converter: the build names the
+    crash and the path, and is exit 3 with a way out, not a dead edgepack."""
+    kind = fm.recurrent(out, "simple_rnn")
+    proc = cli("build", kind.model, "-q", "int8", "-c", kind.calibration, "--data", kind.eval, "-o", tmp_path / "b",
+               "--json")
+    data = json.loads(proc.stdout)
+    assert proc.returncode in (0, 3, 4), proc.stderr
+    if proc.returncode == 3:
+        assert "crashed" in data["error"] and "keras-frozen-concrete-function" in data["error"]
+        assert "--quantize" in data["hint"]
+        assert not (tmp_path / "b").exists()
+    elif proc.returncode == 0:   # a TensorFlow that can: then it must really match
+        assert max(independent(kind, tmp_path / "b").values()) < 0.1
+
+
+def test_stateful_recurrent_is_refused_by_name(tmp_path):
+    import keras
+    inp = keras.Input((3, 2), batch_size=1, name="x")
+    model = keras.Model(inp, keras.layers.LSTM(2, stateful=True, name="memory")(inp))
+    model.save(tmp_path / "stateful.keras")
+    with pytest.raises(ConversionError) as info:
+        api.build(tmp_path / "stateful.keras", recipe="float32", output=tmp_path / "b")
+    assert "stateful" in info.value.message and "memory" in info.value.message
+    assert "stateful=False" in info.value.hint
+    assert not (tmp_path / "b").exists()
+
+
+def test_time_distributed_and_multi_io(out, tmp_path):
+    for kind, recipe in ((fm.time_distributed(out), "float16"), (fm.multi_io(out), "float32")):
+        res = api.build(kind.model, recipe=recipe, data=kind.eval, output=tmp_path / kind.name)
+        assert res.verification.passed
+        assert max(independent(kind, res.bundle).values()) < 5e-3
+
+
+# --------------------------------------------------------------------------- wrong MATCH
+def test_synthetic_ids_cover_the_embedding_vocabulary(out, tmp_path):
+    kind = fm.embedding_ids(out)
+    res = api.build(kind.model, recipe="float32", output=tmp_path / "b")
+    assert res.manifest["inputs"][0]["dtype"] == "int32"
+    with np.load(res.bundle / "samples" / "inputs.npz") as npz:
+        ids = npz["tokens"]
+    assert ids.max() > 100 and ids.min() >= 0 and ids.max() < 300      # not just 0 and 1
+    assert res.verification.to_json()["evidence"]["weak"]
+
+
+def test_outlier_embedding_is_not_a_match(out, tmp_path):
+    """Rows 0/1 huge, the rest tiny: int8 weights crush real ids. Synthetic ids over the whole
+    vocabulary see it, and so does held-out data; neither may say MATCH."""
+    kind = fm.embedding_outlier(out)
+    for data in (None, kind.eval):
+        with pytest.raises(VerificationError) as info:
+            api.build(kind.model, recipe="dynamic", data=data, output=tmp_path / "b")
+        assert info.value.exit_code == 4
+        assert "cls" in info.value.message
+    assert not (tmp_path / "b").exists()
+
+
+def test_strict_fails_on_weak_evidence(out, tmp_path):
+    kind = fm.fixed_batch(out, 1)
+    with pytest.raises(VerificationError) as info:
+        api.build(kind.model, recipe="float32", output=tmp_path / "b", strict=True)
+    assert "weak evidence" in info.value.message
+    res = api.build(kind.model, recipe="float32", data=kind.eval, output=tmp_path / "b", strict=True)
+    assert res.verification.passed and not res.verification.weak
+
+
+def test_uint8_pixels_one_rule_for_emulator_and_device(out, tmp_path, runtime_python):
+    kind = fm.uint8_pixels(out)
+    res = api.build(kind.model, recipe="int8", io="uint8", calibration=kind.calibration, data=kind.eval,
+                    output=tmp_path / "b")
+    q = res.manifest["inputs"][0]["quantization"]
+    assert res.manifest["inputs"][0]["dtype"] == "uint8" and abs(q["scale"] - 1.0) > 0.05   # raw pixels != codes
+    assert "real values" in res.manifest["input_values"]
+    x = fm.eval_arrays(kind)["image"]
+    np.savez(tmp_path / "u8.npz", image=x.astype(np.uint8))
+    np.savez(tmp_path / "f.npz", image=x)
+    outs = {}
+    for name in ("u8", "f"):
+        proc = subprocess.run([*runtime_python.argv, str(res.bundle / "edgepack_run.py"), "--input",
+                               str(tmp_path / f"{name}.npz"), "--output", str(tmp_path / f"{name}-o.npz")],
+                              capture_output=True, text=True, env=runtime_python.env)
+        assert proc.returncode == 0, proc.stderr
+        with np.load(tmp_path / f"{name}-o.npz") as o:
+            outs[name] = o["probs"]
+    assert np.array_equal(outs["u8"], outs["f"])                     # dtype of the file changes nothing
+    ref = kind.keras_call({"image": x})["probs"]
+    assert np.max(np.abs(outs["u8"] - ref)) < 0.05
+    report = api.verify(res.bundle, reference=kind.model, data=tmp_path / "u8.npz")
+    assert report.passed
+    assert report.runtimes[0].metrics[0].max_abs_err == pytest.approx(float(np.max(np.abs(outs["u8"] - ref))),
+                                                                     abs=1e-6)
+
+
+# --------------------------------------------------------------------------- false refusal
+def test_tied_outputs_are_not_judged_on_top1(out, tmp_path):
+    kind = fm.binary_code(out)
+    res = api.build(kind.model, recipe="dynamic", data=kind.eval, output=tmp_path / "b")
+    metrics = res.verification.runtimes[0].metrics[0]
+    assert res.verification.passed
+    assert metrics.top1_agreement is None or any("rows" in f for f in metrics.flags)
+    assert max(independent(kind, res.bundle).values()) < 0.05
+
+
+def test_top1_skips_tied_rows():
+    from packager.compare import compare_output
+    from packager.recipes import get_recipe
+    ref = np.array([[1, 0, 1, 0], [0, 1, 1, 0], [1, 1, 0, 0]] * 4, dtype=np.float32)
+    m = compare_output("code", ref, ref.copy(), get_recipe("float32").tolerance)
+    assert m.passed and m.top1_agreement is None and "tied" in " ".join(m.flags)
+    probs = np.eye(4, dtype=np.float32)[[0, 1, 2, 3] * 3] * 0.9 + 0.025
+    flipped = probs[:, ::-1].copy()
+    m = compare_output("probs", probs, flipped, get_recipe("float32").tolerance)
+    assert not m.passed and m.top1_agreement == 0.0                     # untied rows are still judged
+
+
+# --------------------------------------------------------------------------- messages and names
+def test_single_unnamed_output_is_mapped():
+    from packager.convert import _named
+    from packager.inspect import ModelSpec, TensorInfo
+    spec = ModelSpec(1, "x", [TensorInfo("feat", 0, [-1, 3], "float32", None)],
+                     [TensorInfo("StatefulPartitionedCall:0", 5, [-1, 2], "float32", None)], [], None)
+    assert [t.name for t in _named(spec, {"inputs": ["feat"], "outputs": ["logits"]}).outputs] == ["logits"]
+    two = ModelSpec(1, "x", [], [TensorInfo("a", 1, [1], "float32", None), TensorInfo("b", 2, [1], "float32", None)],
+                    [], None)
+    assert [t.name for t in _named(two, {"inputs": [], "outputs": ["p", "q"]}).outputs] == ["a", "b"]  # never guessed
+
+
+def test_converter_errors_name_op_and_layer():
+    from packager.convert import _one_line
+    raw = ('<unknown>:0: error: loc(fused["TensorListReserve:", "functional_1/lstm_1/TensorArrayV2@__inference_call_'
+           '123"]): error: \'tf.TensorListReserve\' op requires element_shape to be static during TF Lite '
+           'transformation pass\n<unknown>:0: note: ' + "x" * 3000)
+    line = _one_line(RuntimeError(raw))
+    assert line.startswith("op tf.TensorListReserve in layer 'lstm_1': requires element_shape")
+    assert len(line) <= 244
+
+
+def crash_on_a_path(path):   # module level: runs in the spawned child
+    from packager.isolate import stage
+    stage(f"converting with {path} (int8)", path)
+    os.kill(os.getpid(), signal.SIGSEGV)
+
+
+def test_converter_crash_is_named_with_its_stage(monkeypatch):
+    from packager import isolate
+    monkeypatch.setenv("EDGEPACK_IN_PROCESS", "0")
+    seen = []
+    with pytest.raises(ConversionError) as info:
+        isolate.run(crash_on_a_path, "keras-frozen-concrete-function", progress=seen.append)
+    assert "crashed (SIGSEGV) while converting with keras-frozen-concrete-function (int8)" in info.value.message
+    assert "EDGEPACK_MEMORY_MB" not in info.value.message + info.value.hint
+    assert info.value.path == "keras-frozen-concrete-function"
+    assert seen == ["converting with keras-frozen-concrete-function (int8)"]
+
+
+def test_tolerance_overrides_are_recorded_and_checked(out, tmp_path):
+    kind = fm.multi_io(out)
+    res = api.build(kind.model, recipe="float16", data=kind.eval, output=tmp_path / "b", atol=["cls:0.5"])
+    tol = res.manifest["tolerance"]
+    assert tol["cls"]["atol"] == 0.5 and tol["score"]["atol"] == 5e-3
+    assert {m.name: m.allowed_max_abs for m in res.verification.runtimes[0].metrics}["cls"] >= 0.5
+    with pytest.raises(UsageError) as info:
+        api.build(kind.model, recipe="float16", output=tmp_path / "c", atol=["nosuch:1"])
+    assert "cls" in info.value.message and "score" in info.value.message
+    with pytest.raises(UsageError):
+        api.build(kind.model, recipe="float16", output=tmp_path / "c", atol=["-1"])
+    # verify holds the bundle to what it was built with, and takes overrides too
+    assert api.verify(res.bundle, reference=kind.model, data=kind.eval).passed
+    tight = api.verify(res.bundle, reference=kind.model, data=kind.eval, atol=["0"], rtol=["0"])
+    assert {m.name: m.allowed_max_abs for m in tight.runtimes[0].metrics}["score"] == 0.0
+
+
+def test_json_is_one_document_and_the_terminal_quiet(out, tmp_path):
+    kind = fm.recurrent(out, "simple_rnn")
+    proc = cli("build", kind.model, "-q", "float32", "-o", tmp_path / "b", "--json")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["ok"] and data["manifest"]["fixed"] == {"batch": 1}
+    noise = [ln for ln in proc.stderr.splitlines()
+             if any(w in ln for w in ("oneDNN", "absl", "cuda", "I0000", "WARNING", "Saved artifact"))]
+    assert noise == []
+
+
+def test_names_and_replacement(tmp_path, out):
+    from packager.api import default_model_name
+    (tmp_path / "mnist" / "3").mkdir(parents=True)
+    (tmp_path / "plain").mkdir()
+    assert default_model_name(tmp_path / "mnist" / "3") == "mnist"
+    assert default_model_name(tmp_path / "plain") == "plain"
+    assert default_model_name(tmp_path / "m.keras") == "m"
+    kind = fm.fixed_batch(out, 1)
+    api.build(kind.model, recipe="float32", output=tmp_path / "b", verify=False)
+    again = api.build(kind.model, recipe="float16", output=tmp_path / "b", verify=False)
+    assert any("replaced the bundle" in w and "float32" in w for w in again.warnings)
+
+
+def test_host_environment_problem_is_exit_5(out, tmp_path):
+    (tmp_path / "targets").mkdir()
+    (tmp_path / "targets" / "broken.toml").write_text((ROOT / "targets" / "rpi.toml").read_text()
+                                                      .replace('name = "rpi"', 'name = "broken"'))
+    text = (tmp_path / "targets" / "broken.toml").read_text()
+    import re
+    text = re.sub(r'requirements = \[[^\]]*\]', 'requirements = ["edgepack-no-such-runtime==0.0.1"]', text)
+    (tmp_path / "targets" / "broken.toml").write_text(text)
+    kind = fm.fixed_batch(out, 1)
+    proc = cli("build", kind.model, "-t", "broken", "-q", "float32", "-o", tmp_path / "b", "--json",
+               env={"EDGEPACK_TARGETS_PATH": str(tmp_path / "targets"), "EDGEPACK_CACHE_DIR": str(tmp_path / "cache")})
+    data = json.loads(proc.stdout)
+    assert proc.returncode == 5, proc.stderr
+    assert "MISMATCH" not in proc.stdout + proc.stderr and "edgepack-no-such-runtime" in data["error"]

@@ -131,7 +131,9 @@ def _readme(target: TargetProfile, manifest: dict) -> str:
               f"    python3 {ENTRYPOINT} --self-test          # bundled samples vs expected outputs",
               f"    python3 {ENTRYPOINT} --benchmark 100      # latency on this device", "",
               "Inputs: an .npz keyed by input name (first axis = samples), .npy for one input, or JSON.",
+              f"Input values: {INPUT_VALUES_RULE}.",
               "Outputs: an .npz keyed by output name; quantized outputs are dequantized (--raw keeps integers).", "",
+              *_fixed_lines(manifest),
               "## Inputs and outputs", ""]
     for kind in ("inputs", "outputs"):
         for t in manifest[kind]:
@@ -350,6 +352,17 @@ def _stage(staging: Staging, profile, rec, io, prepared, name, selected, label_n
     staging.write("README.md", b"")
     staging.write_manifest(manifest)  # the device script needs it during verification
     return manifest
+
+
+def _fixed_lines(manifest: dict) -> list[str]:
+    fixed = manifest.get("fixed") or {}
+    lines = []
+    if fixed.get("batch"):
+        lines.append(f"Fixed batch: the model takes {fixed['batch']} sample(s) per invoke; the script chunks and pads.")
+    if fixed.get("variable_axes"):
+        lines.append("Variable-length axes (" + ", ".join(fixed["variable_axes"]) + "): the script resizes the model "
+                     "to each input's length.")
+    return lines + ([""] if lines else [])
 
 
 def _runtime_entries(selected, report: VerifyReport | None, spec: ModelSpec | None = None) -> list[dict]:

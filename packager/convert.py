@@ -93,7 +93,10 @@ def convert(loaded: LoadedModel, recipe: Recipe, io: str, calibration: dict | No
     attempts: list[Attempt] = []
     order = {"inputs": [s.name for s in loaded.inputs], "outputs": [s.name for s in loaded.outputs]}
     from .isolate import stage
-    for cand in loaded.candidates:
+    candidates = loaded.candidates
+    if recipe.needs_calibration:   # paths known to survive calibration go first (stable order otherwise)
+        candidates = sorted(candidates, key=lambda c: not c.calibration_first)
+    for cand in candidates:
         if cand.name in skip:
             attempts.append(Attempt(cand.name, False, "TensorFlow crashed on this path in an earlier try"))
             continue

@@ -85,9 +85,16 @@ def prepare(model: str, recipe_name: str, io: str, calibration: str | None, data
         raise
     stage("computing the original model's outputs")
     references = [loaded.reference(group) for group in check.groups]
+    fixed = dict(loaded.fixed)
+    batch = conversion.spec.inputs[0].shape[0] if conversion.spec.inputs and conversion.spec.inputs[0].shape else -1
+    if batch > 0 and "batch" not in fixed:
+        fixed["batch"] = batch
+        loaded.notes.append(f"batch fixed to {batch} by the {conversion.path} path (TFLite needs a static batch to "
+                            "turn a recurrent loop into its builtin WHILE): the device script feeds one sample per "
+                            "invoke")
     warnings = list(loaded.notes) + (cal.warnings if cal else []) + check.notes
     return Prepared(str(loaded.path), loaded.format, loaded.inputs, loaded.outputs, conversion, check, references[0],
-                    warnings, versions(), references[1:], dict(loaded.fixed), tolerance)
+                    warnings, versions(), references[1:], fixed, tolerance)
 
 
 def reference(model: str, data: str | None, arrays: dict | None, trust: bool) -> tuple[Dataset, list, list[str]]:

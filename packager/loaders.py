@@ -59,6 +59,7 @@ class Candidate:
     make: Callable[[], object]
     tensor_names: dict | None = None
     batch: int | None = None         # the batch size baked into this path's model (None: dynamic)
+    calibration_first: bool = False  # tried first by recipes that calibrate (int8, int16x8)
 
 
 @dataclass
@@ -248,6 +249,35 @@ def _frozen_converter(tf, concrete):
     return tf.lite.TFLiteConverter.from_concrete_functions([frozen])
 
 
+def _unroll_config(cfg: dict) -> dict:
+    if "unroll" in cfg:
+        cfg["unroll"] = True
+    for key in ("layer", "backward_layer"):
+        inner = cfg.get(key)
+        if isinstance(inner, dict) and isinstance(inner.get("config"), dict):
+            _unroll_config(inner["config"])
+    return cfg
+
+
+def _unrolled_clone(model):
+    """A copy of ``model`` whose recurrent layers are unrolled over their (fixed) time axis, with
+    the same weights: no loop at all, so int8 calibration (which crashes on a WHILE in TF 2.21)
+    works. Raises if a layer cannot be rebuilt from its config."""
+    if type(model).__module__.startswith("tf_keras"):
+        import tf_keras as k
+    else:
+        import keras as k
+
+    def clone(layer):
+        if {c.__name__ for c in type(layer).__mro__} & RECURRENT_CLASSES:
+            return layer.__class__.from_config(_unroll_config(layer.get_config()))
+        return layer.__class__.from_config(layer.get_config())
+
+    copy = k.models.clone_model(model, clone_function=clone)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
 def _load_keras(path: Path, trust: bool = False) -> LoadedModel:
     tf = import_tf()
     fmt = sniff_format(path)
@@ -308,8 +338,6 @@ def _load_keras(path: Path, trust: bool = False) -> LoadedModel:
     # (and with frozen variables) they become TFLite's builtin WHILE loop, which every runtime runs.
     frozen_batch = model_batch or (1 if recurrent else None)
     fixed = {}
-    if recurrent and not model_batch:
-        fixed["batch"] = 1
     frozen_inputs = [TensorSpec(s.name, (frozen_batch or -1,) + tuple(s.shape[1:]), s.dtype) for s in inputs]
     frozen_fn = _keras_model_tf_function(tf, model, frozen_inputs, names) if frozen_batch != model_batch else fn
     frozen = Candidate("keras-frozen-concrete-function",
@@ -322,14 +350,18 @@ def _load_keras(path: Path, trust: bool = False) -> LoadedModel:
         candidates.append(Candidate("keras-from-keras-model",
                                     lambda: tf.lite.TFLiteConverter.from_keras_model(model), batch=model_batch))
     candidates = [frozen] + candidates if recurrent else candidates + [frozen]
+    if recurrent and not any(s.variable_axes for s in inputs):
+        def from_unrolled():
+            copy = _unrolled_clone(model)
+            unrolled_fn = _keras_model_tf_function(tf, copy, inputs, names)
+            return _frozen_converter(tf, unrolled_fn.get_concrete_function())
+        candidates.insert(1, Candidate("keras-unrolled-recurrent", from_unrolled, tensor_names=flattened_names(names),
+                                       batch=model_batch, calibration_first=True))
     notes = []
     if model_batch:
         fixed["batch"] = model_batch
         notes.append(f"the model's batch size is fixed at {model_batch}: the device script invokes it "
                      f"{model_batch} sample(s) at a time")
-    if recurrent and not model_batch:
-        notes.append(f"recurrent layer(s) {', '.join(sorted(layer.name for layer in recurrent))}: batch fixed to 1 for "
-                     "TFLite (a static batch turns the loop into a builtin WHILE); the device feeds one sample per invoke")
     variable = sorted({f"{s.name} axis {a}" for s in inputs for a in s.variable_axes})
     if variable:
         fixed["variable_axes"] = variable

@@ -84,7 +84,7 @@ def recurrent(out: Path, cell: str, return_sequences=False, stacked=False, bidir
     dense = keras.layers.Dense(4)
     out_layer = keras.layers.TimeDistributed(dense, name="y") if return_sequences else keras.layers.Dense(4, name="y")
     model = keras.Model(inp, out_layer(h))
-    x = _seq(rng, t=time)
+    x = _seq(rng, n=240, t=time)
     if masking:
         x[::3, -2:, :] = 0.0          # padded tails
     name = f"{cell}{'-seq' if return_sequences else ''}{'-stacked' if stacked else ''}" \

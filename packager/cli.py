@@ -59,7 +59,7 @@ def command(fn):
             return fn(*args, **kwargs)
         except EdgepackError as exc:
             from . import render
-            json_mode = kwargs.get("json_output")
+            json_mode = kwargs.get("json_output") or kwargs.get("as_json")
             if json_mode:
                 data = {"ok": False, "error": exc.message, "hint": exc.hint, "exit_code": exc.exit_code}
                 report = getattr(exc, "report", None)

@@ -263,8 +263,10 @@ def status_cmd(
 
 
 def register(app: typer.Typer) -> None:
-    """Add deploy, run, rollback and status to ``app``."""
-    app.command("deploy")(deploy_cmd)
-    app.command("run")(run_cmd)
-    app.command("rollback")(rollback_cmd)
-    app.command("status")(status_cmd)
+    """Add deploy, run, rollback and status to ``app``, behind the CLI's one error boundary
+    (``cli.command``: exit codes, and one JSON document on failure with --json)."""
+    from .cli import command
+    app.command("deploy")(command(deploy_cmd))
+    app.command("run")(command(run_cmd))
+    app.command("rollback")(command(rollback_cmd))
+    app.command("status")(command(status_cmd))

@@ -174,10 +174,8 @@ def _no_match(attempts: list[Attempt], recipe: Recipe, calibration: dict | None,
 
 
 def _likely_cause(metrics, recipe: Recipe, calibration: dict | None, check: dict) -> str | None:
-    for m in metrics:
-        if any("stuck" in r for r in m.reasons):
-            return (f"output {m.name!r} is stuck at one value (the zero point): its values fall below one "
-                    "quantization step")
+    """The most specific known cause with its evidence: calibration data on another scale than
+    the verification data, then an output stuck at one value, then too few calibration samples."""
     if recipe.needs_calibration and calibration:
         for name, cal in calibration.items():
             data = check.get(name)
@@ -189,6 +187,11 @@ def _likely_cause(metrics, recipe: Recipe, calibration: dict | None, check: dict
             if dhi > chi + 0.25 * span or dlo < clo - 0.25 * span or (dhi - dlo) < 0.25 * span:
                 return (f"calibration data for {name!r} spans [{clo:.4g}, {chi:.4g}] but the verification data "
                         f"spans [{dlo:.4g}, {dhi:.4g}]: calibrate on data scaled like the real inputs")
+    for m in metrics:
+        if any("stuck" in r for r in m.reasons):
+            return (f"output {m.name!r} is stuck at one value (the zero point): its values fall below one "
+                    "quantization step")
+    if recipe.needs_calibration and calibration:
         count = len(next(iter(calibration.values())))
         if count < 100:
             return f"only {count} calibration samples; 100-500 representative samples are recommended"

@@ -16,11 +16,20 @@ class Check:
 
 def checks() -> list[Check]:
     found = []
-    try:
-        import tensorflow as tf
-        found.append(Check("tensorflow", True, tf.__version__))
-    except ImportError:
-        found.append(Check("tensorflow", False, "not importable", "pip install 'tensorflow-cpu==2.21.*'"))
+    # Installed distribution, not an import: importing TensorFlow takes seconds and prints banners.
+    import importlib.util
+    from importlib import metadata
+    version = None
+    for dist in ("tensorflow-cpu", "tensorflow"):
+        try:
+            version = metadata.version(dist)
+            break
+        except metadata.PackageNotFoundError:
+            continue
+    if version and importlib.util.find_spec("tensorflow") is not None:
+        found.append(Check("tensorflow", True, version))
+    else:
+        found.append(Check("tensorflow", False, "not installed", "pip install 'tensorflow-cpu==2.21.*'"))
     found.append(Check("python venv", True, sys.version.split()[0]))
     for tool, pkg in (("ssh", "openssh-client"), ("adb", "adb")):
         path = shutil.which(tool)

@@ -339,3 +339,26 @@ def test_host_environment_problem_is_exit_5(out, tmp_path):
     data = json.loads(proc.stdout)
     assert proc.returncode == 5, proc.stderr
     assert "MISMATCH" not in proc.stdout + proc.stderr and "edgepack-no-such-runtime" in data["error"]
+
+
+def test_calibration_on_another_scale_is_named(out, tmp_path):
+    """Calibration scaled to [0, 1] while the model takes pixels 0..255: the refusal says so with
+    both ranges instead of only a number."""
+    kind = fm.uint8_pixels(out)
+    with np.load(kind.calibration) as npz:
+        np.savez(tmp_path / "cal01.npz", image=npz["image"] / 255.0)
+    with pytest.raises(VerificationError) as info:
+        api.build(kind.model, recipe="int8", calibration=tmp_path / "cal01.npz", data=kind.eval,
+                  output=tmp_path / "b")
+    assert "calibration data for 'image' spans [0, " in info.value.message
+    assert "verification data spans" in info.value.message
+    assert not (tmp_path / "b").exists()
+
+
+def test_doctor_is_quiet_and_deploy_json_fails_as_one_document(tmp_path):
+    proc = cli("doctor")
+    assert proc.stderr == "" and "tensorflow" in proc.stdout
+    (tmp_path / "b").mkdir()
+    proc = cli("deploy", tmp_path / "b", "--host", "nobody@127.0.0.1:1", "--json")
+    data = json.loads(proc.stdout)
+    assert proc.returncode == data["exit_code"] != 0 and data["ok"] is False and data["error"]

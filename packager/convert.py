@@ -199,14 +199,15 @@ def _likely_cause(metrics, recipe: Recipe, calibration: dict | None, check: dict
 
 
 def _conversion_hint(attempts: list[Attempt]) -> str:
+    """The known way out for the known causes, read from the paths' errors."""
     text = " ".join(a.error or "" for a in attempts)
-    if "TensorList" in text:
-        return "a recurrent layer with an open batch or time axis: build the model with a fixed batch size"
-    if "Flex" in text or "Select TF" in text or "not supported" in text:
-        return "the model uses TensorFlow ops TFLite builtins lack; replace them, or report the model to edgepack"
-    if "RandomFlip" in text or "RandomRotation" in text or "StatelessRandom" in text:
+    if any(k in text for k in ("StatelessRandom", "random_flip", "random_rotation", "RandomFlip", "RandomRotation")):
         return ("augmentation layers (RandomFlip/RandomRotation...) were exported into the SavedModel: build from "
                 "the .keras file, or export without them")
+    if "TensorList" in text:
+        return "a recurrent layer with an open batch or time axis: build the model with a fixed batch size"
+    if any(k in text.lower() for k in ("flex op", "select tf", "not supported")):
+        return "the model uses TensorFlow ops TFLite builtins lack; replace them, or report the model to edgepack"
     return "try another --quantize recipe, or report the model to edgepack with EDGEPACK_DEBUG=1 output"
 
 

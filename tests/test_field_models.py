@@ -362,3 +362,15 @@ def test_doctor_is_quiet_and_deploy_json_fails_as_one_document(tmp_path):
     proc = cli("deploy", tmp_path / "b", "--host", "nobody@127.0.0.1:1", "--json")
     data = json.loads(proc.stdout)
     assert proc.returncode == data["exit_code"] != 0 and data["ok"] is False and data["error"]
+
+
+def test_exported_augmentation_layers_get_their_way_out(tmp_path):
+    import keras
+    inp = keras.Input((8, 8, 1), name="img")
+    h = keras.layers.Flatten()(keras.layers.RandomFlip("horizontal")(inp))
+    model = keras.Model(inp, keras.layers.Dense(3, name="out")(h))
+    model.export(str(tmp_path / "exported"), verbose=False)
+    with pytest.raises(ConversionError) as info:
+        api.build(tmp_path / "exported", recipe="float32", output=tmp_path / "b")
+    assert "StatelessRandom" in info.value.message and "random_flip" in info.value.message
+    assert "build from the .keras file" in info.value.hint

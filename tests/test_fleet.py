@@ -1,8 +1,9 @@
 """edgepack fleet: real ansible-playbook against six real OpenSSH servers on loopback.
 
-Each simulated device is its own sshd (tests/ssh_fixtures.py: own port, own host key pinned in its own
+Six simulated devices are each their own sshd (tests/ssh_fixtures.py: own port, own host key pinned in its own
 known_hosts, own client key) and its own root directory for releases (edgepack_remote_dir in the
-inventory). One device has a broken TFLite runtime (its smoke run fails), one is unreachable.
+inventory). dev5 has a broken TFLite runtime (its smoke run fails); dev7 is a seventh inventory
+entry where nothing listens (unreachable).
 Smoke runs use this venv's Python as the device Python (edgepack_python).
 """
 from __future__ import annotations
@@ -15,7 +16,6 @@ import time
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
 from tests.deploy_helpers import copy_bundle, session_bundles, tree
 from tests.ssh_fixtures import _free_port, start_sshd, stop_sshd
@@ -23,7 +23,8 @@ from tests.ssh_fixtures import _free_port, start_sshd, stop_sshd
 pytest.importorskip("ansible.release", reason="ansible-core is not installed (./dev setup installs it: .[fleet])")
 
 PY = sys.executable
-N_DEVICES = 6
+N_SERVERS = 6
+N_DEVICES = 7
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -32,7 +33,7 @@ def devices(tmp_path_factory):
     base = tmp_path_factory.mktemp("fleet-sshd")
     servers = []
     try:
-        for i in range(N_DEVICES - 1):
+        for i in range(N_SERVERS):
             servers.append(start_sshd(base / f"dev{i + 1}"))
         yield servers
     finally:
@@ -66,7 +67,7 @@ def broken_python(tmp_path):
 class Fleet:
     """An inventory over the devices, each with its own remote dir under tmp_path."""
 
-    def __init__(self, tmp_path: Path, servers, broken_python: Path, broken=("dev5",), unreachable=("dev6",)):
+    def __init__(self, tmp_path: Path, servers, broken_python: Path, broken=("dev5",), unreachable=("dev7",)):
         self.tmp = tmp_path
         self.names = [f"dev{i + 1}" for i in range(N_DEVICES)]
         self.servers = dict(zip(self.names, servers))
@@ -129,25 +130,25 @@ def test_rollout_in_batches_broken_runtime_rolled_back_unreachable_reported_and_
     a, b = bundles
     # A everywhere reachable first (no smoke: the broken device takes it too)
     t0 = time.monotonic()
-    rc, out, err = cli("fleet", "deploy", a, "-i", fleet.inventory, "--limit", "all:!dev6", "--json")
+    rc, out, err = cli("fleet", "deploy", a, "-i", fleet.inventory, "--limit", "all:!dev7", "--json")
     first_s = time.monotonic() - t0
     doc = json.loads(out)
     assert rc == 0, err
-    assert doc["ok"] and set(by_host(doc)) == set(fleet.names) - {"dev6"}
+    assert doc["ok"] and set(by_host(doc)) == set(fleet.names) - {"dev7"}
     assert all(h["outcome"] == "deployed" and h["on_bundle"] for h in doc["hosts"])
-    rel_a = {n: fleet.current(n) for n in fleet.names if n != "dev6"}
+    rel_a = {n: fleet.current(n) for n in fleet.names if n != "dev7"}
     assert all(r.endswith(sha12(a)) for r in rel_a.values())
 
-    # B in batches 1, 2, rest, with smoke: dev5's runtime is broken, dev6 unreachable
+    # B in batches 1, 2, rest, with smoke: dev5's runtime is broken, dev7 unreachable
     t0 = time.monotonic()
     rc, out, err = cli("fleet", "deploy", b, "-i", fleet.inventory, "--batch", "1,2,100%", "--smoke", "--json")
     second_s = time.monotonic() - t0
     assert rc == 6, out + err
     doc = json.loads(out)                                   # one JSON document, also on failure
-    assert doc["ok"] is False and doc["exit_code"] == 6 and "2 of 6 hosts" in doc["error"]
+    assert doc["ok"] is False and doc["exit_code"] == 6 and "2 of 7 hosts" in doc["error"]
     assert doc["batches"] == [1, 2, "100%"] and not doc["stopped"]
     hosts = by_host(doc)
-    for n in ("dev1", "dev2", "dev3", "dev4"):
+    for n in ("dev1", "dev2", "dev3", "dev4", "dev6"):
         h = hosts[n]
         assert h["outcome"] == "deployed" and h["smoke"] is True and h["on_bundle"], h
         assert fleet.current(n) == h["release"] and h["release"].endswith(sha12(b)) and h["previous"] == rel_a[n]
@@ -157,29 +158,29 @@ def test_rollout_in_batches_broken_runtime_rolled_back_unreachable_reported_and_
     assert h5["outcome"] == "rolled back" and h5["smoke"] is False and h5["release"] == rel_a["dev5"]
     assert "switched back" in h5["reason"] and "runtime" in h5["reason"]
     assert fleet.current("dev5") == rel_a["dev5"] and fleet.releases("dev5") == [rel_a["dev5"]]
-    h6 = hosts["dev6"]
-    assert h6["outcome"] == "unreachable" and "refused" in h6["reason"].lower() and h6["release"] is None
+    h7 = hosts["dev7"]
+    assert h7["outcome"] == "unreachable" and "refused" in h7["reason"].lower() and h7["release"] is None
     assert "hosts are not on the new release" in err and "error:" in err and "hint:" in err
 
     # the same command again resumes: current hosts send nothing, nothing changes on them
-    before = {n: tree(fleet.dirs[n] / "releases") for n in ("dev1", "dev2", "dev3", "dev4")}
+    before = {n: tree(fleet.dirs[n] / "releases") for n in ("dev1", "dev2", "dev3", "dev4", "dev6")}
     t0 = time.monotonic()
     rc, out, err = cli("fleet", "deploy", b, "-i", fleet.inventory, "--batch", "1,2,100%", "--json")
     resume_s = time.monotonic() - t0
     doc = json.loads(out)
     hosts = by_host(doc)
     assert rc == 6
-    for n in ("dev1", "dev2", "dev3", "dev4"):
+    for n in ("dev1", "dev2", "dev3", "dev4", "dev6"):
         assert hosts[n]["outcome"] == "current" and hosts[n]["bytes_sent"] == 0 and hosts[n]["uploaded"] == 0
         assert tree(fleet.dirs[n] / "releases") == before[n]
-    print(f"\nFLEET TIMING first(5 hosts, all at once)={first_s:.1f}s batches(6 hosts,1,2,rest,smoke)={second_s:.1f}s "
+    print(f"\nFLEET TIMING first(6 hosts, all at once)={first_s:.1f}s batches(7 hosts,1,2,rest,smoke)={second_s:.1f}s "
           f"resume={resume_s:.1f}s")
 
 
 def test_max_fail_stops_the_rollout_and_leaves_later_batches_untouched(fleet, bundles):
     a, _ = bundles
     fleet.unreachable = set()
-    fleet.servers["dev6"] = fleet.servers["dev1"]   # 6 entries, five servers: dev6 shares dev1's sshd
+    fleet.names = fleet.names[:6]
     fleet.write(order=["dev5", "dev1", "dev2", "dev3", "dev4", "dev6"])
     rc, out, err = cli("fleet", "deploy", a, "-i", fleet.inventory, "--batch", "1", "--max-fail", "0%", "--smoke", "--json")
     assert rc == 6, err
@@ -194,7 +195,7 @@ def test_max_fail_stops_the_rollout_and_leaves_later_batches_untouched(fleet, bu
 
 def test_changed_host_key_is_refused_and_nothing_is_done_on_that_host(fleet, bundles, devices, tmp_path):
     a, b = bundles
-    fleet.unreachable, fleet.broken = {"dev4", "dev5", "dev6"}, set()
+    fleet.unreachable, fleet.broken = {"dev4", "dev5", "dev6", "dev7"}, set()
     fleet.write()
     rc, out, err = cli("fleet", "deploy", a, "-i", fleet.inventory, "--limit", "dev1,dev2,dev3", "--json")
     assert rc == 0, err
@@ -214,7 +215,6 @@ def test_changed_host_key_is_refused_and_nothing_is_done_on_that_host(fleet, bun
 # ----------------------------------------------------------------------------- status, rollback
 def test_status_and_rollback(fleet, bundles):
     a, b = bundles
-    fleet.unreachable = {"dev6"}
     fleet.write()
     assert cli("fleet", "deploy", a, "-i", fleet.inventory, "--limit", "dev1,dev2,dev5", "--json")[0] == 0
     rc, out, err = cli("fleet", "deploy", b, "-i", fleet.inventory, "--limit", "dev1,dev2,dev5", "--smoke", "--json")
@@ -223,8 +223,8 @@ def test_status_and_rollback(fleet, bundles):
     # damage one file on dev2
     with open(fleet.dirs["dev2"] / "current" / "model.tflite", "ab") as fh:
         fh.write(b"\0")
-    rc, out, err = cli("fleet", "status", b, "-i", fleet.inventory, "--limit", "dev1,dev2,dev5,dev6", "--json")
-    assert rc == 6                                     # dev6 did not answer
+    rc, out, err = cli("fleet", "status", b, "-i", fleet.inventory, "--limit", "dev1,dev2,dev5,dev7", "--json")
+    assert rc == 6                                     # dev7 did not answer
     hosts = by_host(json.loads(out))
     d1 = hosts["dev1"]["details"]
     assert hosts["dev1"]["release"] == rel_b and hosts["dev1"]["on_bundle"] and d1["verified"] is True
@@ -234,7 +234,7 @@ def test_status_and_rollback(fleet, bundles):
     d5 = hosts["dev5"]["details"]
     assert hosts["dev5"]["release"] == rel_a and not hosts["dev5"]["on_bundle"]
     assert d5["selftest"]["passed"] is False and d5["selftest"]["rc"] == 4 and d5["selftest"]["release"] != rel_a
-    assert hosts["dev6"]["outcome"] == "unreachable"
+    assert hosts["dev7"]["outcome"] == "unreachable"
     rc, out, err = cli("fleet", "status", b, "-i", fleet.inventory, "--limit", "dev1,dev2,dev5")
     assert rc == 0, err
     assert "DAMAGED" in out and "intact" in out and "ai_edge_litert" in out and "FAILED" in out

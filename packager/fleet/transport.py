@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import IO, Sequence
+from typing import IO
 
 from ..deploy import releases
 from ..deploy.base import Completed, Transport
@@ -153,6 +153,6 @@ def run_op(action, args: dict, task_vars: dict) -> dict:
                 st = releases.status(t, spec, verify=False)
                 out["edgepack_state"] = {"current": st.current, "previous": st.previous,
                                          "remote_dir": st.remote_dir, "releases": [r.id for r in st.releases]}
-            except Exception:  # noqa: BLE001 - best effort; the error above is what matters
+            except Exception:  # noqa: BLE001,S110 - best effort; the error above is what matters
                 pass
     return out

@@ -40,7 +40,7 @@ class CallbackModule(CallbackBase):
             inventory = play.get_variable_manager()._inventory
             # every host of the play (--limit applies), not only this serial batch
             hosts = [h.name for h in inventory.get_hosts(play.hosts, ignore_restrictions=True)]
-        except Exception:  # noqa: BLE001 - the host list is a nicety (hosts never reached)
+        except Exception:  # noqa: BLE001,S110 - the host list is a nicety (hosts never reached)
             pass
         self._emit(event="play_start", play=play.get_name(), hosts=hosts,
                    serial=[str(s) for s in (play.serial or [])])

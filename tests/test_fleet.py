@@ -191,6 +191,13 @@ def test_max_fail_stops_the_rollout_and_leaves_later_batches_untouched(fleet, bu
     for n in ("dev1", "dev2", "dev3", "dev4", "dev6"):
         assert hosts[n]["outcome"] == "not reached" and not fleet.dirs[n].exists()
     assert "stopped early" in doc["error"]
+    # the same as a table for people: every host, its outcome and why; one error line and a hint
+    rc, out, err = cli("fleet", "deploy", a, "-i", fleet.inventory, "--batch", "1", "--max-fail", "0%", "--smoke")
+    assert rc == 6
+    rows = {line.split()[1]: line for line in out.splitlines() if line.startswith("│ dev")}
+    assert "rolled back" in rows["dev5"] and "switched back" in rows["dev5"]
+    assert all("not reached" in rows[n] for n in ("dev1", "dev2", "dev3", "dev4", "dev6"))
+    assert [ln.split(":")[0] for ln in err.strip().splitlines()[-2:]] == ["error", "hint"] and "stopped early" in err
 
 
 def test_changed_host_key_is_refused_and_nothing_is_done_on_that_host(fleet, bundles, devices, tmp_path):
@@ -208,6 +215,15 @@ def test_changed_host_key_is_refused_and_nothing_is_done_on_that_host(fleet, bun
     assert rc == 6
     hosts = by_host(json.loads(out))
     assert hosts["dev2"]["outcome"] == "unreachable" and "CHANGED" in hosts["dev2"]["reason"]
+    assert tree(fleet.dirs["dev2"]) == before
+    # an inventory cannot switch the check off for edgepack's tasks (with "no", OpenSSH would still log in
+    # with the key despite the changed host key)
+    text = fleet.inventory.read_text().replace(
+        "dev2 ansible_host", "dev2 ansible_host_key_checking=false ansible_ssh_extra_args='-o StrictHostKeyChecking=no' "
+                             "ansible_host")
+    fleet.inventory.write_text(text)
+    rc, out, err = cli("fleet", "deploy", b, "-i", fleet.inventory, "--limit", "dev2", "--json")
+    assert rc == 6 and "CHANGED" in by_host(json.loads(out))["dev2"]["reason"]
     assert tree(fleet.dirs["dev2"]) == before
     assert hosts["dev1"]["outcome"] == hosts["dev3"]["outcome"] == "deployed"
 

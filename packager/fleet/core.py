@@ -158,26 +158,6 @@ def _jinja_str(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def ansible_cfg(plugins: Path, control_dir: Path | None, forks: int, local_tmp: Path | None) -> str:
-    lines = ["[defaults]",
-             f"action_plugins = {plugins / 'action'}",
-             f"callback_plugins = {plugins / 'callback'}",
-             "callbacks_enabled = edgepack_events",
-             "host_key_checking = True",
-             "retry_files_enabled = False",
-             "interpreter_python = auto_silent",
-             f"forks = {int(forks)}"]
-    if local_tmp is not None:
-        lines.append(f"local_tmp = {local_tmp}")
-    lines += ["", "[ssh_connection]",
-              "# strict host keys as in `edgepack deploy`; one connection per host, reused by its steps",
-              "ssh_args = -o StrictHostKeyChecking=yes -o BatchMode=yes -o ControlMaster=auto -o ControlPersist=30s",
-              "usetty = False"]
-    if control_dir is not None:
-        lines.append(f"control_path_dir = {control_dir}")
-    return "\n".join(lines) + "\n"
-
-
 def _check_inventory(inventory: str | Path) -> str:
     inv = str(inventory)
     if "," not in inv and not Path(inv).exists():
@@ -191,33 +171,46 @@ def _packager_root() -> str:
 
 def run_playbook(playbook: str, inventory: str, *, limit: str | None, forks: int, timeout: float,
                  progress: Progress | None = None) -> tuple[int, list[dict], str]:
-    """Run ansible-playbook on ``playbook`` (text); returns (rc, events, ansible's output)."""
+    """Run ansible-playbook on ``playbook`` (text); returns (rc, events, ansible's output).
+
+    The user's Ansible configuration stays in effect (ansible.cfg in the current directory,
+    ~/.ansible.cfg, ANSIBLE_* variables: remote_user, private keys, ssh_args, become...). edgepack
+    adds only: its action plugin next to the generated playbook, its event callback, forks, a private
+    ControlPath directory (the ssh masters are stopped at the end) and host_key_checking=True."""
     require_ansible()
     work = Path(tempfile.mkdtemp(prefix="edgepack-fleet-", dir="/tmp" if os.path.isdir("/tmp") else None))  # noqa: S108
+    proc = None
     try:
         (work / "local").mkdir()
         (work / "cp").mkdir()
         (work / "playbook.yml").write_text(playbook)
-        (work / "ansible.cfg").write_text(ansible_cfg(PLUGINS, work / "cp", forks, work / "local"))
+        (work / "action_plugins").symlink_to(PLUGINS / "action", target_is_directory=True)
         events_path = work / "events.jsonl"
         env = dict(os.environ)
-        env.update(ANSIBLE_CONFIG=str(work / "ansible.cfg"), EDGEPACK_FLEET_EVENTS=str(events_path),
-                   ANSIBLE_HOST_KEY_CHECKING="True", ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0",
-                   ANSIBLE_RETRY_FILES_ENABLED="False", ANSIBLE_DEPRECATION_WARNINGS="False",
-                   PYTHONPATH=os.pathsep.join([_packager_root()] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]))
+
+        def prepend(var: str, value: str, sep: str = os.pathsep) -> str:
+            return sep.join([value] + [p for p in env.get(var, "").split(sep) if p and p != value])
+
+        env.update(EDGEPACK_FLEET_EVENTS=str(events_path),
+                   ANSIBLE_CALLBACK_PLUGINS=prepend("ANSIBLE_CALLBACK_PLUGINS", str(PLUGINS / "callback")),
+                   ANSIBLE_CALLBACKS_ENABLED=prepend("ANSIBLE_CALLBACKS_ENABLED", "edgepack_events", ","),
+                   ANSIBLE_HOST_KEY_CHECKING="True", ANSIBLE_FORKS=str(int(forks)),
+                   ANSIBLE_SSH_CONTROL_PATH_DIR=str(work / "cp"), ANSIBLE_LOCAL_TEMP=str(work / "local"),
+                   ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0", ANSIBLE_RETRY_FILES_ENABLED="False",
+                   ANSIBLE_DEPRECATION_WARNINGS="False",
+                   PYTHONPATH=prepend("PYTHONPATH", _packager_root()))
         argv = [sys.executable, "-m", "ansible", "playbook", "-i", inventory, str(work / "playbook.yml")]
         if limit:
             argv += ["--limit", limit]
         log = work / "ansible.log"
         with open(log, "wb") as fh:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT, env=env,
-                                    cwd=str(work), start_new_session=True)
+                                    start_new_session=True)
             seen = 0
             deadline = time.monotonic() + timeout
             while proc.poll() is None:
                 if time.monotonic() > deadline:
-                    os.killpg(proc.pid, 9)
-                    proc.wait()
+                    _stop(proc)
                     raise DeployError(f"ansible-playbook did not finish within {timeout:.0f} s; it was stopped",
                                       hint="raise --timeout, or use smaller --batch steps")
                 time.sleep(0.1)
@@ -227,9 +220,29 @@ def run_playbook(playbook: str, inventory: str, *, limit: str | None, forks: int
                 _tail_events(events_path, seen, progress)
         events = _read_events(events_path)
         return proc.returncode, events, log.read_text(errors="replace")
+    except BaseException:
+        if proc is not None and proc.poll() is None:   # Ctrl-C, or a bug above: never leave Ansible running
+            _stop(proc)
+        raise
     finally:
         _stop_masters(work / "cp")
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """SIGTERM to ansible-playbook's process group (its workers stop between steps; a host cut off
+    mid-step keeps its old ``current``, and the next deploy clears its staging), SIGKILL after 10 s."""
+    import signal
+    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def _tail_events(path: Path, seen: int, progress: Progress) -> int:

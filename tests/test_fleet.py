@@ -311,3 +311,30 @@ def test_without_ansible_one_line_error_with_the_install_hint(bundles, tmp_path)
         assert lines[0].startswith("error: ansible-core is not installed") and lines[1].startswith("hint: pip install")
         if extra:
             assert json.loads(proc.stdout)["exit_code"] == 5
+
+
+@pytest.mark.slow
+def test_install_builds_a_venv_on_each_host_and_smoke_uses_it(fleet, bundles):
+    """Needs the package index (pip install ai-edge-litert numpy on each 'device')."""
+    rc, out, err = cli("fleet", "deploy", bundles[0], "-i", fleet.inventory, "--limit", "dev1,dev2", "--install",
+                       "--smoke", "--json")
+    assert rc == 0, out + err
+    for n in ("dev1", "dev2"):
+        h = by_host(json.loads(out))[n]
+        assert h["outcome"] == "deployed" and h["smoke"] is True
+        assert (fleet.dirs[n] / "venv" / "bin" / "python").exists()
+
+
+def test_exported_playbook_deploys_when_run_by_ansible_itself(fleet, bundles, tmp_path):
+    out_dir = tmp_path / "playbook"
+    assert cli("fleet", "export", bundles[0], "-o", out_dir)[0] == 0
+    text = fleet.inventory.read_text().replace(f"edgepack_python={fleet.broken_python}", f"edgepack_python={PY}")
+    (out_dir / "inventory.ini").write_text(text)
+    env = dict(os.environ, PYTHONPATH=str(ROOT), ANSIBLE_NOCOLOR="1")
+    proc = subprocess.run([PY, "-m", "ansible", "playbook", "-i", "inventory.ini", "deploy.yml", "--limit", "dev1,dev2"],
+                          cwd=out_dir, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    for n in ("dev1", "dev2"):
+        assert fleet.current(n).endswith(sha12(bundles[0]))
+        assert tree(fleet.dirs[n] / "current") == tree(out_dir / "files" / "tiny-rpi")
+    assert (fleet.dirs["dev1"] / "selftest.last").read_text().count("RC=0") == 1   # the export runs --smoke

@@ -295,7 +295,10 @@ def _classify_unreachable(msg: str) -> tuple[str, str | None]:
                 "check the fingerprint, then enrol the host: ssh-keyscan -p PORT HOST >> ~/.ssh/known_hosts")
     if "Permission denied" in msg:
         return ("the host refused the login: " + _last_line(msg), "install your key on the device (ssh-copy-id)")
-    return ("unreachable: " + _last_line(msg), "check the address, that the device is on and sshd runs")
+    line = _last_line(msg)
+    for prefix in ("Task failed: ", "Failed to connect to the host via ssh: "):
+        line = line.split(prefix, 1)[-1]
+    return (line, "check the address, that the device is on and sshd runs")
 
 
 def _last_line(msg: str) -> str:

@@ -111,7 +111,8 @@ def fleet(tmp_path, devices, broken_python):
 
 def cli(*args) -> tuple[int, str, str]:
     """The real CLI in a subprocess (exit code, stdout, stderr)."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS="200", EDGEPACK_DEBUG="")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]),
+               COLUMNS="200", EDGEPACK_DEBUG="")
     proc = subprocess.run([PY, "-m", "packager.cli", *map(str, args)], capture_output=True, text=True, env=env,
                           cwd=str(ROOT), timeout=600, stdin=subprocess.DEVNULL)
     return proc.returncode, proc.stdout, proc.stderr
@@ -330,7 +331,8 @@ def test_exported_playbook_deploys_when_run_by_ansible_itself(fleet, bundles, tm
     assert cli("fleet", "export", bundles[0], "-o", out_dir)[0] == 0
     text = fleet.inventory.read_text().replace(f"edgepack_python={fleet.broken_python}", f"edgepack_python={PY}")
     (out_dir / "inventory.ini").write_text(text)
-    env = dict(os.environ, PYTHONPATH=str(ROOT), ANSIBLE_NOCOLOR="1")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]),
+               ANSIBLE_NOCOLOR="1")
     proc = subprocess.run([PY, "-m", "ansible", "playbook", "-i", "inventory.ini", "deploy.yml", "--limit", "dev1,dev2"],
                           cwd=out_dir, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:]

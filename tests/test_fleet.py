@@ -255,6 +255,9 @@ def test_status_and_rollback(fleet, bundles):
     rc, out, err = cli("fleet", "status", b, "-i", fleet.inventory, "--limit", "dev1,dev2,dev5")
     assert rc == 0, err
     assert "DAMAGED" in out and "intact" in out and "ai_edge_litert" in out and "FAILED" in out
+    # without a bundle the inventory's edgepack_remote_dir says where to look
+    rc, out, err = cli("fleet", "status", "-i", fleet.inventory, "--limit", "dev1", "--json")
+    assert rc == 0 and by_host(json.loads(out))["dev1"]["release"] == rel_b
 
     t0 = time.monotonic()
     rc, out, err = cli("fleet", "rollback", b, "-i", fleet.inventory, "--limit", "dev1", "--json")
@@ -289,7 +292,7 @@ def test_export_writes_a_playbook_ansible_accepts(bundles, tmp_path):
     assert rc == 2 and json.loads(out)["ok"] is False
 
 
-def test_bad_batch_and_missing_inventory_are_usage_errors(bundles, tmp_path):
+def test_bad_batch_missing_inventory_and_android_bundles_are_usage_errors(bundles, built, tmp_path):
     rc, out, err = cli("fleet", "deploy", bundles[0], "-i", tmp_path / "nope.ini", "--json")
     assert rc == 2 and json.loads(out)["error"].startswith("inventory") and "hint:" in err
     inv = tmp_path / "inv.ini"
@@ -298,6 +301,8 @@ def test_bad_batch_and_missing_inventory_are_usage_errors(bundles, tmp_path):
     assert rc == 2 and out == "" and err.startswith("error: --batch")
     rc, out, err = cli("fleet", "deploy", bundles[0], "-i", inv, "--limit", "nomatch", "--json")
     assert rc == 2 and json.loads(out)["ok"] is False
+    rc, out, err = cli("fleet", "deploy", built[("android", "a")], "-i", inv, "--json")
+    assert rc == 2 and "over adb" in json.loads(out)["error"]
 
 
 def test_without_ansible_one_line_error_with_the_install_hint(bundles, tmp_path):

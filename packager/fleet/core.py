@@ -21,7 +21,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Callable, Sequence
 
-from ..deploy.releases import check_name, default_remote_dir, load_bundle
+from ..deploy.releases import check_name, default_remote_dir, deploy_method, load_bundle
 from ..errors import DeployError, EnvironmentProblem, UsageError
 
 PLUGINS = Path(__file__).resolve().parent / "plugins"
@@ -398,6 +398,10 @@ def deploy(bundle_dir: str | Path, inventory: str | Path, *, limit: str | None =
     batches = parse_batches(batch)
     mf = parse_max_fail(max_fail)
     bundle = load_bundle(bundle_dir)        # checked once here; each host checks it again before sending
+    method = deploy_method(bundle.manifest)
+    if method not in (None, "ssh"):
+        raise UsageError(f"{bundle.name} is built for a target deployed over {method}; fleets go over SSH (Ansible)",
+                         hint="for Android devices use edgepack deploy --serial SERIAL per device")
     remote_dir, _python = _bundle_defaults(bundle)
     text = playbook_text("deploy", name=bundle.name, bundle_expr=str(Path(bundle.path).resolve()),
                          default_dir=remote_dir, batches=batches, max_fail=mf, keep=keep, smoke=smoke,

@@ -338,8 +338,11 @@ def test_exported_playbook_deploys_when_run_by_ansible_itself(fleet, bundles, tm
     (out_dir / "inventory.ini").write_text(text)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]),
                ANSIBLE_NOCOLOR="1")
-    proc = subprocess.run([PY, "-m", "ansible", "playbook", "-i", "inventory.ini", "deploy.yml", "--limit", "dev1,dev2"],
-                          cwd=out_dir, env=env, capture_output=True, text=True, timeout=300)
+    argv = [PY, "-m", "ansible", "playbook", "-i", "inventory.ini", "deploy.yml", "--limit", "dev1,dev2"]
+    proc = subprocess.run(argv + ["--check"], cwd=out_dir, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "skipped=1" in proc.stdout, proc.stdout[-3000:]
+    assert not fleet.dirs["dev1"].exists()                                       # --check changes nothing
+    proc = subprocess.run(argv, cwd=out_dir, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:]
     for n in ("dev1", "dev2"):
         assert fleet.current(n).endswith(sha12(bundles[0]))

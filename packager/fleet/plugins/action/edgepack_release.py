@@ -18,6 +18,7 @@ from ansible.plugins.action import ActionBase
 class ActionModule(ActionBase):
     TRANSFERS_FILES = False
     _requires_connection = True
+    _supports_check_mode = False   # --check must not deploy: Ansible skips the task instead
 
     def run(self, tmp=None, task_vars=None):
         result = super().run(tmp, task_vars)

@@ -211,12 +211,16 @@ def test_changed_host_key_is_refused_and_nothing_is_done_on_that_host(fleet, bun
     # dev2 now presents a key other than the enrolled one (a reinstalled device, or someone in between)
     other = devices[2].host_key_line
     cfg = devices[1].client_config("changed", f"[127.0.0.1]:{devices[1].port} {other}\n")
-    fleet.write(configs={"dev2": cfg})
+    # and dev3's key was never enrolled on this controller
+    before3 = tree(fleet.dirs["dev3"])
+    fleet.write(configs={"dev2": cfg, "dev3": devices[2].client_config("unknown", "")})
     rc, out, err = cli("fleet", "deploy", b, "-i", fleet.inventory, "--limit", "dev1,dev2,dev3", "--json")
     assert rc == 6
     hosts = by_host(json.loads(out))
     assert hosts["dev2"]["outcome"] == "unreachable" and "CHANGED" in hosts["dev2"]["reason"]
-    assert tree(fleet.dirs["dev2"]) == before
+    assert hosts["dev3"]["outcome"] == "unreachable" and "unknown" in hosts["dev3"]["reason"]
+    assert "ssh-keyscan" in hosts["dev3"]["hint"]
+    assert tree(fleet.dirs["dev2"]) == before and tree(fleet.dirs["dev3"]) == before3
     # an inventory cannot switch the check off for edgepack's tasks (with "no", OpenSSH would still log in
     # with the key despite the changed host key)
     text = fleet.inventory.read_text().replace(
@@ -226,7 +230,7 @@ def test_changed_host_key_is_refused_and_nothing_is_done_on_that_host(fleet, bun
     rc, out, err = cli("fleet", "deploy", b, "-i", fleet.inventory, "--limit", "dev2", "--json")
     assert rc == 6 and "CHANGED" in by_host(json.loads(out))["dev2"]["reason"]
     assert tree(fleet.dirs["dev2"]) == before
-    assert hosts["dev1"]["outcome"] == hosts["dev3"]["outcome"] == "deployed"
+    assert hosts["dev1"]["outcome"] == "deployed"
 
 
 # ----------------------------------------------------------------------------- status, rollback

@@ -496,7 +496,9 @@ def deploy(bundle_dir: str | Path, transport: Transport, remote_dir: str | None 
 
     ``progress(step, detail)`` is called before each step: connect, plan, upload, verify, install,
     switch, smoke, prune. Over SSH a deploy is four remote calls on one connection (check, plan,
-    stage+upload, verify+commit+switch+prune) plus one for ``smoke`` and one for ``install``."""
+    stage+upload, verify+commit+switch+prune) plus one for ``smoke`` and one for ``install``.
+    ``runtime`` (``ai_edge_litert``/``tflite_runtime``/``tensorflow``) makes the smoke run use that
+    runtime (``--runtime``); the smoke outcome is recorded in DIR/selftest.last (:func:`last_selftest`)."""
     started = time.monotonic()
     if keep < 1:
         raise UsageError(f"--keep {keep}: keep at least 1 release")

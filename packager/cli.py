@@ -256,6 +256,9 @@ try:  # deploy/run/rollback/status live in their own module
 except ImportError:  # pragma: no cover - only while that module does not exist
     pass
 
+from .cli_fleet import register as _register_fleet  # noqa: E402 - `edgepack fleet ...` (Ansible)
+_register_fleet(app)
+
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point. Errors edgepack can explain exit with their code; anything else is a

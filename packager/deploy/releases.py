@@ -429,8 +429,29 @@ def _last_json(text: str) -> dict | None:
     return None
 
 
-def _smoke(transport: Transport, rdir: str, python: str, entrypoint: str) -> tuple[SelfTest | None, str | None]:
-    script = f"{_python_token(transport, python)} {q(rdir + '/current/' + entrypoint)} --self-test"
+SELFTEST_RECORD = "selftest.last"   # DIR/selftest.last: the last smoke run's result (read by fleet status)
+
+
+def _smoke_script(rdir: str, python_token: str, entrypoint: str, release: str, runtime: str | None) -> str:
+    """Run the self-test of DIR/current and record its outcome in DIR/selftest.last (RELEASE=, AT=,
+    RC=, ERROR= and REPORT=<the JSON report> lines), passing stdout/stderr/exit status through."""
+    d = q(rdir)
+    rt = f" --runtime {q(runtime)}" if runtime else ""
+    return "\n".join([
+        f"{python_token} {q(rdir + '/current/' + entrypoint)} --self-test{rt} >{d}/.selftest.out 2>{d}/.selftest.err",
+        "rc=$?",
+        f"cat {d}/.selftest.out; cat {d}/.selftest.err >&2",
+        f'{{ echo "RELEASE="{q(release)}; echo "AT=$(date -u +%Y-%m-%dT%H:%M:%SZ)"; echo "RC=$rc"; '
+        f"echo \"ERROR=$(grep -v '^[[:space:]]*$' {d}/.selftest.err | tail -n 1)\"; "
+        f'echo "REPORT=$(tail -n 1 {d}/.selftest.out)"; }} >{d}/.selftest.tmp && mv -f {d}/.selftest.tmp {d}/{SELFTEST_RECORD}',
+        f"rm -f {d}/.selftest.out {d}/.selftest.err",
+        "exit $rc",
+    ])
+
+
+def _smoke(transport: Transport, rdir: str, python: str, entrypoint: str, release: str = "unknown",
+           runtime: str | None = None) -> tuple[SelfTest | None, str | None]:
+    script = _smoke_script(rdir, _python_token(transport, python), entrypoint, release, runtime)
     res = transport.sh(script, timeout=max(SMOKE_TIMEOUT, transport.timeout))
     report = _last_json(res.out)
     if res.rc == 0 and report is not None and report.get("passed"):
@@ -443,15 +464,41 @@ def _smoke(transport: Transport, rdir: str, python: str, entrypoint: str) -> tup
     return None, _script_failure(res, python, "the self-test")
 
 
+def last_selftest(transport: Transport, rdir: str) -> dict | None:
+    """The outcome of the last smoke run recorded in ``rdir`` (resolved, absolute), or None."""
+    res = transport.sh(f"cat {q(rdir + '/' + SELFTEST_RECORD)} 2>/dev/null || true")
+    fields: dict[str, str] = {}
+    for line in res.out.splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key in ("RELEASE", "AT", "RC", "ERROR", "REPORT") and key not in fields:
+            fields[key] = value
+    if "RC" not in fields:
+        return None
+    try:
+        rc = int(fields["RC"])
+    except ValueError:
+        rc = -1
+    try:
+        report = json.loads(fields.get("REPORT") or "null")
+    except ValueError:
+        report = None
+    report = report if isinstance(report, dict) else None
+    return {"release": fields.get("RELEASE"), "at": fields.get("AT"), "rc": rc,
+            "passed": rc == 0 and bool(report and report.get("passed")), "error": fields.get("ERROR") or None,
+            "report": report}
+
+
 # =========================================================================== deploy
 def deploy(bundle_dir: str | Path, transport: Transport, remote_dir: str | None = None, keep: int = 3,
            install: bool = False, smoke: bool = False, progress: Progress | None = None, *,
-           device_python: str | None = None) -> DeployResult:
+           device_python: str | None = None, runtime: str | None = None) -> DeployResult:
     """Upload a bundle as a new release, verify it on the device, switch ``current`` to it.
 
     ``progress(step, detail)`` is called before each step: connect, plan, upload, verify, install,
     switch, smoke, prune. Over SSH a deploy is four remote calls on one connection (check, plan,
-    stage+upload, verify+commit+switch+prune) plus one for ``smoke`` and one for ``install``."""
+    stage+upload, verify+commit+switch+prune) plus one for ``smoke`` and one for ``install``.
+    ``runtime`` (``ai_edge_litert``/``tflite_runtime``/``tensorflow``) makes the smoke run use that
+    runtime (``--runtime``); the smoke outcome is recorded in DIR/selftest.last (:func:`last_selftest`)."""
     started = time.monotonic()
     if keep < 1:
         raise UsageError(f"--keep {keep}: keep at least 1 release")
@@ -544,7 +591,7 @@ def deploy(bundle_dir: str | Path, transport: Transport, remote_dir: str | None 
     selftest = None
     if smoke:
         _notify(progress, "smoke", f"{python} {bundle.manifest['entrypoint']} --self-test")
-        selftest, failure = _smoke(transport, rdir, python, bundle.manifest["entrypoint"])
+        selftest, failure = _smoke(transport, rdir, python, bundle.manifest["entrypoint"], release, runtime)
         if failure is not None:
             if not unchanged:
                 # Put back what was there before and drop the release that failed.

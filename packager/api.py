@@ -69,6 +69,11 @@ class VerifyReport:
                 "evidence": {"kind": self.evidence, "weak": self.weak, "text": self.evidence_text},
                 "runtimes": [r.to_json() for r in self.runtimes], "failures": self.failures, "notes": self.notes}
 
+    def __repr__(self) -> str:
+        runtimes = ", ".join(f"{r.runtime}={r.status}" for r in self.runtimes)
+        return (f"VerifyReport({'MATCH' if self.passed else 'MISMATCH'}, recipe={self.recipe}, target={self.target}, "
+                f"evidence={self.evidence_text or self.inputs_source!r}, {runtimes})")
+
     def summary(self) -> dict:
         """The manifest's copy: no histograms, no timings (two builds of the same inputs must give
         byte-identical bundles)."""
@@ -89,6 +94,11 @@ class BuildResult:
     verification: VerifyReport | None
     conversion_attempts: list
     warnings: list[str]
+
+    def __repr__(self) -> str:
+        return (f"BuildResult(bundle={str(self.bundle)!r}, recipe={self.manifest['recipe']['name']}, "
+                f"model_size={self.manifest['model_size']}, path={self.manifest['source']['conversion_path']}, "
+                f"verification={self.verification!r})")
 
     def to_json(self) -> dict:
         return {"bundle": str(self.bundle), "archive": str(self.archive), "manifest": self.manifest,

@@ -20,12 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
+from .version import __version__
 from .bundle import npz_bytes, sha256_file, sha256_tree
 from .calibration import Dataset
 from .compare import OutputMetrics
 from .convert import Attempt, Conversion
-from .emulator import RuntimeResult, cache_dir
+from .paths import cache_dir
 from .inspect import ModelSpec, OpInfo, TensorInfo
 from .loaders import TensorSpec
 from .recipes import Tolerance
@@ -166,4 +166,4 @@ def load_outputs(key: str):
 
 
 __all__ = ["enabled", "conversion_key", "save_prepared", "load_prepared", "verification_key", "save_outputs",
-           "load_outputs", "RuntimeResult"]
+           "load_outputs"]

@@ -5,7 +5,6 @@ on stderr and its documented exit code (see README "Exit codes"); no tracebacks 
 """
 from __future__ import annotations
 
-import functools
 import sys
 from enum import Enum
 from pathlib import Path
@@ -13,7 +12,8 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from . import __version__
+from .version import __version__
+from .boundary import command
 from .errors import EXIT_CODES, EdgepackError
 
 app = typer.Typer(
@@ -49,30 +49,6 @@ class IO(str, Enum):
 class Arch(str, Enum):
     host = "host"
     arm64 = "arm64"
-
-
-def command(fn):
-    """Run a command body; map EdgepackError to its message, hint and exit code."""
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except EdgepackError as exc:
-            from . import render
-            json_mode = kwargs.get("json_output") or kwargs.get("as_json")
-            if json_mode:
-                data = {"ok": False, "error": exc.message, "hint": exc.hint, "exit_code": exc.exit_code}
-                report = getattr(exc, "report", None)
-                if report is not None:
-                    data["verification"] = report.to_json()
-                render.emit_json(data)
-            else:
-                report = getattr(exc, "report", None)
-                if report is not None:
-                    render.show_verification(report.to_json())
-            render.error(exc.message, exc.hint)
-            raise typer.Exit(exc.exit_code) from None
-    return wrapper
 
 
 def _arch(arch: Optional[Arch]) -> Optional[str]:

@@ -265,7 +265,7 @@ def status_cmd(
 def register(app: typer.Typer) -> None:
     """Add deploy, run, rollback and status to ``app``, behind the CLI's one error boundary
     (``cli.command``: exit codes, and one JSON document on failure with --json)."""
-    from .cli import command
+    from .boundary import command
     app.command("deploy")(command(deploy_cmd))
     app.command("run")(command(run_cmd))
     app.command("rollback")(command(rollback_cmd))

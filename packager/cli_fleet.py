@@ -5,7 +5,6 @@ with --json (also on failure). Exit codes as everywhere: 2 bad input, 5 ansible-
 6 some host is not where it should be (the table/JSON says which and why)."""
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -14,7 +13,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .errors import DeployError, EdgepackError
+from .boundary import command
+from .errors import DeployError
 
 fleet_app = typer.Typer(name="fleet", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                         rich_markup_mode=None,
@@ -38,23 +38,6 @@ OptBundle = Annotated[Optional[Path], typer.Argument(metavar="[BUNDLE]", show_de
 
 _out = Console()
 _err = Console(stderr=True)
-
-
-def _command(fn):
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        as_json = kwargs.get("as_json")
-        try:
-            return fn(*args, **kwargs)
-        except EdgepackError as exc:
-            if as_json:
-                from .render import emit_json
-                emit_json({"ok": False, "error": exc.message, "hint": exc.hint, "exit_code": exc.exit_code,
-                           **(getattr(exc, "fleet", None) or {})})
-            from .render import error
-            error(exc.message, exc.hint)
-            raise typer.Exit(exc.exit_code) from None
-    return wrapper
 
 
 def _progress(enabled: bool):
@@ -108,7 +91,7 @@ def _deploy_table(result) -> Table:
 
 
 @fleet_app.command("deploy")
-@_command
+@command
 def deploy_cmd(
     bundle: Annotated[Path, typer.Argument(help="The bundle directory built by `edgepack build`.", show_default=False)],
     inventory: InvOpt, limit: LimitOpt = None,
@@ -145,7 +128,7 @@ def deploy_cmd(
 
 
 @fleet_app.command("status")
-@_command
+@command
 def status_cmd(bundle: OptBundle = None, inventory: InvOpt = Path("inventory.ini"), limit: LimitOpt = None,
                remote_dir: RemoteDirOpt = None, forks: ForksOpt = 10, timeout: TimeoutOpt = 900.0,
                as_json: JsonOpt = False) -> None:
@@ -176,7 +159,7 @@ def status_cmd(bundle: OptBundle = None, inventory: InvOpt = Path("inventory.ini
 
 
 @fleet_app.command("rollback")
-@_command
+@command
 def rollback_cmd(bundle: OptBundle = None, inventory: InvOpt = Path("inventory.ini"), limit: LimitOpt = None,
                  remote_dir: RemoteDirOpt = None, forks: ForksOpt = 10, timeout: TimeoutOpt = 900.0,
                  as_json: JsonOpt = False) -> None:
@@ -198,7 +181,7 @@ def rollback_cmd(bundle: OptBundle = None, inventory: InvOpt = Path("inventory.i
 
 
 @fleet_app.command("export")
-@_command
+@command
 def export_cmd(
     bundle: Annotated[Path, typer.Argument(help="The bundle directory.", show_default=False)],
     output: Annotated[Path, typer.Option("--output", "-o", metavar="DIR", help="Directory to write the playbooks to.")],

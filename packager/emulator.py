@@ -2,7 +2,7 @@
 environment that holds only one target runtime and numpy, and compare with the reference.
 
 Environments are built once per (runtime requirements, Python, architecture) and cached under
-``$EDGEPACK_CACHE_DIR`` (default ``~/.cache/edgepack``). Host-architecture environments are
+``$EDGEPACK_ENV_DIR`` (default ``$EDGEPACK_CACHE_DIR``, else ``~/.cache/edgepack``). Host-architecture environments are
 plain venvs without system site-packages, so the host's TensorFlow is not importable there;
 ``arm64`` environments come from :mod:`packager.arm64` (qemu-user + real aarch64 wheels).
 """
@@ -25,6 +25,7 @@ import numpy as np
 from .bundle import npz_bytes
 from .compare import OutputMetrics, compare_all, merge_metrics
 from .errors import EnvironmentProblem, UsageError
+from .paths import env_dir
 from .targets import RuntimeProfile
 
 ENV_VERSION = 1           # bump to invalidate cached environments
@@ -32,12 +33,6 @@ PIP_TIMEOUT = 900
 RUN_TIMEOUT = 600
 DEVICE_EXIT = {2: "bad arguments or input", 3: "integrity check failed", 4: "no TFLite runtime",
                5: "runtime cannot load or run the model", 6: "self-test mismatch"}
-
-
-def cache_dir() -> Path:
-    root = os.environ.get("EDGEPACK_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "edgepack")
-    return Path(root)
 
 
 def host_arch() -> str:
@@ -105,7 +100,7 @@ def host_env(runtime: RuntimeProfile, progress=None) -> RuntimeEnv:
             hint="run edgepack under a Python in that range, or pick another --runtime")
     key = hashlib.sha256(json.dumps([ENV_VERSION, list(runtime.requirements), sys.version_info[:2],
                                      host_arch()]).encode()).hexdigest()[:16]
-    root = cache_dir() / "envs" / f"{runtime.name}-{host_arch()}-{key}"
+    root = env_dir() / "envs" / f"{runtime.name}-{host_arch()}-{key}"
     python = root / "bin" / "python"
     env = _clean_env()
     if not (root / ".complete").is_file():
@@ -151,7 +146,7 @@ def _create_venv(root: Path, runtime: RuntimeProfile, env: dict, progress) -> No
 
 def arm64_env(runtime: RuntimeProfile, python_version: str, progress=None) -> RuntimeEnv:
     from . import arm64
-    prepared = arm64.prepare_arm64_python(list(runtime.requirements), cache_dir=cache_dir() / "arm64",
+    prepared = arm64.prepare_arm64_python(list(runtime.requirements), cache_dir=env_dir() / "arm64",
                                           python_version=python_version, progress=progress)
     argv = list(getattr(prepared, "argv", prepared))
     extra = dict(getattr(prepared, "env", {}) or {})

@@ -9,6 +9,7 @@ process instead (faster for tests and debugging; no containment).
 """
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import signal
@@ -103,6 +104,23 @@ def _died(code, stage: str, memory_mb: int) -> ConversionError:
                            hint="rerun with EDGEPACK_DEBUG=1 to see its output")
 
 
+@contextlib.contextmanager
+def _main_hidden():
+    """A spawned child re-imports the caller's ``__main__`` script unless it is guarded by
+    ``if __name__ == "__main__"``: a plain script calling ``packager.build()`` would then run
+    again in the child and die. The job needs nothing from ``__main__`` (it is a function of
+    this package), so the child is started while ``__main__`` looks like an interactive session."""
+    import sys
+    import types
+    main = sys.modules.get("__main__")
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        if main is not None:
+            sys.modules["__main__"] = main
+
+
 def in_process() -> bool:
     return os.environ.get("EDGEPACK_IN_PROCESS", "") not in ("", "0")
 
@@ -120,7 +138,8 @@ def run(func, *args, what: str = "loading and converting the model", progress=No
     ctx = multiprocessing.get_context("spawn")
     parent, child = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=_child, args=(child, func, args, memory_mb), daemon=True)
-    proc.start()
+    with _main_hidden():
+        proc.start()
     child.close()
     import time
     deadline = time.monotonic() + timeout

@@ -37,7 +37,7 @@ class Prepared:
 
 
 def versions() -> dict:
-    from . import __version__
+    from .version import __version__
     import tensorflow as tf
     try:
         import keras

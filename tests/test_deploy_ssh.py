@@ -377,7 +377,8 @@ def test_cli_deploy_status_rollback_json(cli, ssh_server, bundles, ddir):
     first = json.loads(r1.stdout)
     assert first["changed"] and first["smoke"]["passed"] and first["remote_dir"] == str(ddir)
     r2 = cli("deploy", b, *common, "--keep", "2")
-    assert r2.exit_code == 0, r2.output and "deployed" in r2.stdout
+    assert r2.exit_code == 0, r2.output
+    assert "deployed" in r2.stdout
     st = json.loads(cli("status", *common, "--json").stdout)
     assert st["current"] != first["release"] and st["previous"] == first["release"]
     human = cli("status", *common)

@@ -335,7 +335,8 @@ def test_host_environment_problem_is_exit_5(out, tmp_path):
     (tmp_path / "targets" / "broken.toml").write_text(text)
     kind = fm.fixed_batch(out, 1)
     proc = cli("build", kind.model, "-t", "broken", "-q", "float32", "-o", tmp_path / "b", "--json",
-               env={"EDGEPACK_TARGETS_PATH": str(tmp_path / "targets"), "EDGEPACK_CACHE_DIR": str(tmp_path / "cache")})
+               env={"EDGEPACK_TARGETS_PATH": str(tmp_path / "targets"), "EDGEPACK_CACHE_DIR": str(tmp_path / "cache"),
+                    "EDGEPACK_ENV_DIR": str(tmp_path / "cache")})
     data = json.loads(proc.stdout)
     assert proc.returncode == 5, proc.stderr
     assert "MISMATCH" not in proc.stdout + proc.stderr and "edgepack-no-such-runtime" in data["error"]

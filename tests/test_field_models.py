@@ -375,3 +375,16 @@ def test_exported_augmentation_layers_get_their_way_out(tmp_path):
         api.build(tmp_path / "exported", recipe="float32", output=tmp_path / "b")
     assert "StatelessRandom" in info.value.message and "random_flip" in info.value.message
     assert "build from the .keras file" in info.value.hint
+
+
+def test_savedmodel_ids_get_the_vocabulary_from_the_graph(out, tmp_path):
+    """No Keras layers to ask in a SavedModel: the gather on the [rows, dim] table in the frozen
+    graph gives the ids' range, so the outlier embedding is caught without --data too."""
+    import keras
+    kind = fm.embedding_outlier(out)
+    keras.models.load_model(kind.model).export(str(tmp_path / "sm"), verbose=False)
+    from packager.loaders import load_model
+    assert load_model(tmp_path / "sm").inputs[0].domain == (0, 300)
+    with pytest.raises(VerificationError) as info:
+        api.build(tmp_path / "sm", recipe="dynamic", output=tmp_path / "b")
+    assert "synthetic inputs" in info.value.hint and "ids over the vocabulary" in info.value.hint

@@ -29,6 +29,8 @@ INPUT_VALUES_RULE = ("input files hold real values in the original model's units
 
 @dataclass
 class VerifyReport:
+    """The verdict of a verification: per runtime its status and per-output metrics, the inputs
+    it rests on (``evidence``), and ``passed``. ``failures`` lists what failed in one line each."""
     bundle: str
     recipe: str
     target: str
@@ -88,6 +90,8 @@ class VerifyReport:
 
 @dataclass
 class BuildResult:
+    """What ``build`` wrote: the bundle directory, its .tar.gz, the manifest, the verification
+    report (None with ``verify=False``), every conversion attempt, and warnings to show the user."""
     bundle: Path
     archive: Path
     manifest: dict
@@ -111,10 +115,12 @@ def _noop(_: str) -> None:
 
 
 def targets() -> dict[str, TargetProfile]:
+    """Target profiles by name."""
     return list_targets()
 
 
 def recipes() -> dict[str, Recipe]:
+    """Quantization recipes by name."""
     return list_recipes()
 
 

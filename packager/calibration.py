@@ -169,6 +169,9 @@ def _read_images(folder: Path, specs: list[TensorSpec]) -> dict:
 
 
 def load_dataset(path: str | Path, specs: list[TensorSpec], purpose: str = "calibration") -> Dataset:
+    """Read calibration or verification data (.npz keyed by input name or one array ``x``, .npy,
+    or a folder of images) and check it against the model's inputs: numeric dtype, shape (first axis
+    = samples), finite values, the input's domain. Raises UsageError naming the input and the fix."""
     path = Path(path)
     if not path.exists():
         raise UsageError(f"{purpose} data not found: {path}")

@@ -10,6 +10,9 @@ from .recipes import Tolerance
 
 @dataclass
 class OutputMetrics:
+    """One output of one run compared with the reference. Errors are absolute, in the output's units;
+    ``allowed_max_abs`` is the limit the error was held to; ``top1_agreement`` is None where top-1
+    means nothing (not 2-D, or the reference's rows tie); ``reasons`` say why it failed."""
     name: str
     shape: list
     max_abs_err: float
@@ -45,6 +48,13 @@ def _flags(values: np.ndarray, zero_point: int | None) -> list[str]:
 
 def compare_output(name: str, ref: np.ndarray, got: np.ndarray, tol: Tolerance,
                    scale: float | None = None, labels: np.ndarray | None = None) -> OutputMetrics:
+    """Compare one output (``ref``, ``got``: arrays of the same shape, first axis = samples).
+
+    Passes when ``max|ref - got| <= atol + rtol * max|ref| + steps * scale`` (``scale``: the
+    output's quantization step, for quantized outputs only), cosine >= ``cosine_min``, top-1
+    agreement >= ``top1_min`` on rows whose reference has one top value, no NaN/Inf, and the output
+    is not stuck (all-zero/constant) where the reference is not. ``labels``: integer classes, for
+    accuracy of both."""
     ref = np.asarray(ref, dtype=np.float64)
     got = np.asarray(got, dtype=np.float64)
     if ref.shape != got.shape:

@@ -17,6 +17,7 @@ IO_DTYPES = {"float": None, "int8": "int8", "uint8": "uint8", "int16": "int16"}
 
 @dataclass
 class Attempt:
+    """One conversion path tried: did it give a model that matches (``ok``), and if not, why."""
     path: str
     ok: bool
     error: str | None = None
@@ -29,6 +30,7 @@ class Attempt:
 
 @dataclass
 class Conversion:
+    """The chosen conversion: the .tflite bytes, what they contain, the path that made them, every attempt."""
     tflite: bytes
     spec: ModelSpec
     path: str
@@ -37,6 +39,7 @@ class Conversion:
 
 
 def manifest_tensors(spec: ModelSpec) -> tuple[list[dict], list[dict]]:
+    """Inputs and outputs of ``spec`` as the manifest stores them (name, index, shape, dtype, quantization)."""
     return [t.to_json() for t in spec.inputs], [t.to_json() for t in spec.outputs]
 
 

@@ -36,12 +36,15 @@ DEVICE_EXIT = {2: "bad arguments or input", 3: "integrity check failed", 4: "no 
 
 
 def host_arch() -> str:
+    """This machine's CPU as target profiles name it: ``x86_64`` or ``arm64``."""
     machine = platform.machine().lower()
     return {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "arm64", "arm64": "arm64"}.get(machine, machine)
 
 
 @dataclass(frozen=True)
 class RuntimeEnv:
+    """A prepared environment holding one TFLite runtime and numpy (no TensorFlow): how to start its
+    Python (``argv``, ``env``) and which runtime version it holds."""
     runtime: str                 # distribution name, e.g. "tflite-runtime"
     module: str                  # device script --runtime value
     requirements: tuple
@@ -145,6 +148,7 @@ def _create_venv(root: Path, runtime: RuntimeProfile, env: dict, progress) -> No
 
 
 def arm64_env(runtime: RuntimeProfile, python_version: str, progress=None) -> RuntimeEnv:
+    """An arm64 environment for ``runtime`` under qemu-user (prepared once, cached)."""
     from . import arm64
     prepared = arm64.prepare_arm64_python(list(runtime.requirements), cache_dir=env_dir() / "arm64",
                                           python_version=python_version, progress=progress)
@@ -156,6 +160,8 @@ def arm64_env(runtime: RuntimeProfile, python_version: str, progress=None) -> Ru
 
 
 def get_env(runtime: RuntimeProfile, arch: str | None = None, python_version: str = "3.11", progress=None) -> RuntimeEnv:
+    """The environment for ``runtime`` on ``arch`` (host or arm64); EnvironmentProblem when it
+    cannot be prepared, UsageError for an architecture that cannot be emulated."""
     arch = arch or host_arch()
     if arch == host_arch():
         return host_env(runtime, progress)
@@ -167,6 +173,7 @@ def get_env(runtime: RuntimeProfile, arch: str | None = None, python_version: st
 # --------------------------------------------------------------------------- running
 @dataclass
 class DeviceRun:
+    """One run of the device script: exit code, outputs keyed by output name, its one-line error, wall time."""
     ok: bool
     exit_code: int
     outputs: dict | None
@@ -232,6 +239,8 @@ def _device_error(stderr: str, code: int) -> str:
 # --------------------------------------------------------------------------- verification
 @dataclass
 class RuntimeResult:
+    """One runtime's verdict: ``status`` passed | failed (outputs differ) | error (cannot run the model)
+    | unavailable (its environment could not be prepared: a host problem), with per-output metrics."""
     runtime: str
     version: str
     arch: str

@@ -64,6 +64,9 @@ class Candidate:
 
 @dataclass
 class LoadedModel:
+    """A model loaded with TensorFlow: its input/output specs, ``reference(arrays) -> outputs``
+    (the original model's outputs, dicts keyed by name, first axis = samples), and the conversion
+    paths to try, in order."""
     path: Path
     format: str                      # keras-h5 | keras-v3 | saved-model | saved-model-tf1
     inputs: list[TensorSpec]
@@ -97,6 +100,7 @@ def native_quiet():
 
 
 def import_tf():
+    """Import TensorFlow quietly; EnvironmentProblem when it is missing, ConversionError when it cannot start."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("ABSL_MIN_LOG_LEVEL", "3")
     try:
@@ -150,6 +154,9 @@ def sniff_format(path: Path) -> str:
 
 
 def load_model(path: str | os.PathLike, trust: bool = False) -> LoadedModel:
+    """Load the model at ``path`` (format sniffed by content), after the safety scan
+    (:func:`packager.safety.check_model`; ``trust`` skips its refusals). Raises UsageError for
+    unreadable or refused models."""
     path = Path(path)
     fmt = sniff_format(path)
     from .safety import check_model

@@ -92,6 +92,9 @@ def command(fn):
                 report = getattr(exc, "report", None)
                 if report is not None:
                     render.show_verification(report.to_json())
+                    # the table and the FAIL lines above hold the numbers: one short line here
+                    render.error(exc.message.split(": ", 1)[0] + " (see above)", exc.hint)
+                    raise typer.Exit(exc.exit_code) from None
             render.error(exc.message, exc.hint)
             raise typer.Exit(exc.exit_code) from None
     return wrapper
@@ -238,7 +241,9 @@ def verify(
         render.show_verification(data_out)
     if not report.passed:
         if not json_output:
-            render.error("verification failed: " + "; ".join(report.failures)[:500])
+            bad = sum(r.status != "passed" for r in report.runtimes)
+            render.error(f"verification failed: {len(report.failures)} problem(s) in {bad} of {len(report.runtimes)} "
+                         "runtime(s), listed above", "--html FILE shows the error distributions; --json every number")
         raise typer.Exit(4)
 
 

@@ -151,7 +151,7 @@ def _margin(o: dict) -> str:
     if err_ == 0:
         return "exact"
     m = limit / err_
-    return f"{m:.1f}x" if m < 100 else f"{m:.0f}x"
+    return f"{m:.2g}x" if m < 1 else f"{m:.1f}x" if m < 100 else f"{m:.0f}x"
 
 
 _LAYOUTS = (  # widest first: the first that fits the terminal is used
@@ -214,8 +214,7 @@ def _verification_table(report: dict, machines: set, cpu: bool, extra: bool, acc
                       "mean err": _fmt(o.get("mean_abs_err"), 3), "SNR dB": _fmt(o.get("snr_db"), 3)}
             if not o["passed"]:
                 values["margin"] = f"[red]{values['margin']}[/red]"
-                below += [f"[red]FAIL[/red] {escape(label)} {escape(o['name'])}: {escape(reason)}"
-                          for reason in o["reasons"]]
+                below.append(f"[red]FAIL[/red] {escape(label)} {escape(o['name'])}: " + escape("; ".join(o["reasons"])))
             table.add_row(escape(label), *cpu_cell, escape(o["name"]), *[values[c] for c in numeric], accuracy,
                           "[green]pass[/green]" if o["passed"] else "[red]FAIL[/red]")
     return table, below
@@ -406,13 +405,14 @@ def _html_table(report: dict) -> str:
         for o in r["outputs"]:
             acc = "-" if o.get("accuracy_reference") is None else \
                 f"{o['accuracy_reference']:.4f} → {o['accuracy_candidate']:.4f}"
-            result = "pass" if o["passed"] else "FAIL: " + "; ".join(o["reasons"])
+            result = "pass" if o["passed"] else "FAIL"
             cells = [_fmt(o["max_abs_err"]), _fmt(o["allowed_max_abs"]), _margin(o), _fmt(o.get("mean_abs_err")),
                      fmt_cosine(o["cosine"]), _fmt(o.get("snr_db")), _fmt(o["top1_agreement"]), acc]
             rows.append(f"<tr><td class=t>{e(rt)}</td><td class=t>{e(r.get('machine') or r['arch'])}</td>"
                         f"<td class=t>{e(r.get('python') or '-')}</td><td class=t>{e(o['name'])}</td>"
                         + "".join(f"<td>{e(c)}</td>" for c in cells)
-                        + f"<td class='t {'ok' if o['passed'] else 'bad'}'>{e(result)}</td></tr>")
+                        + f"<td class='t {'ok' if o['passed'] else 'bad'}' title='{e('; '.join(o['reasons']))}'>"
+                          f"{e(result)}</td></tr>")
     return ("<table id=metrics><tr>" + "".join(f"<th class=t>{h}</th>" if i < 4 else f"<th>{h}</th>"
                                                for i, h in enumerate(head)) + "</tr>" + "".join(rows) + "</table>")
 
@@ -483,7 +483,7 @@ def _log_histogram_svg(h: dict, limit: float, max_err: float) -> str:
                     for d in range(math.ceil(lo), math.floor(hi) + 1))
     yt = "".join(f"<text x='{L - 4}' y='{y(c) + 4:.1f}' text-anchor=end>{c}</text>"
                  f"<line x1='{L}' x2='{L + pw}' y1='{y(c):.1f}' y2='{y(c):.1f}' stroke='#eee'/>"
-                 for c in sorted({0, 1, 10, 100, 1000, 10000, 100000, max(counts)}) if c <= max(counts))
+                 for c in _count_ticks(max(counts)))
     lim = ""
     if limit > 0:
         lx = x(math.log10(limit))
@@ -491,11 +491,18 @@ def _log_histogram_svg(h: dict, limit: float, max_err: float) -> str:
                f"stroke-width=2 stroke-dasharray='5 3'/><text x='{lx - 4:.1f}' y='{T + 10}' text-anchor=end "
                f"fill='#cf222e'>limit {limit:.3g}</text>")
     zeros = f", {h['zeros']} exactly 0 (not drawn)" if h.get("zeros") else ""
+    if edges[-1] - edges[0] >= 6.25:
+        zeros += f"; errors below {10 ** edges[0]:.0e} counted in the first bar"
     return (f"<figure><svg class=loghist width={W} height={H} viewBox='0 0 {W} {H}' role=img>"
             f"<rect x='{L}' y='{T}' width='{pw}' height='{ph}' fill='#fafbfc' stroke='#d0d7de'/>{yt}{bars}{ticks}{lim}"
             f"<text x='{L + pw / 2}' y='{H - 2}' text-anchor=middle>|bundle − model| (log scale)</text>"
             f"<text transform='translate(11 {T + ph / 2}) rotate(-90)' text-anchor=middle>values (log)</text></svg>"
             f"<figcaption>|error| distribution: max {max_err:.3g}, limit {limit:.3g}{zeros}</figcaption></figure>")
+
+
+def _count_ticks(peak: int) -> list[int]:
+    ticks = [c for c in (0, 1, 10, 100, 1000, 10000, 100000, 1000000) if c <= peak]
+    return ticks if peak < 3 * ticks[-1] else ticks + [peak]
 
 
 def _scatter_svg(s: dict, limit: float) -> str:
@@ -519,7 +526,7 @@ def _scatter_svg(s: dict, limit: float) -> str:
     def py(v):
         return T + ph - (v - lo) / (hi - lo) * ph
     dots = "".join(f"<circle class=pt cx='{px(a):.1f}' cy='{py(b):.1f}' r=2 fill='"
-                   f"{'#cf222e' if abs(a - b) > limit else '#4c8bf5'}' fill-opacity=.6/>" for a, b in pts)
+                   f"{'#cf222e' if abs(a - b) > limit else '#4c8bf5'}' fill-opacity='.6'/>" for a, b in pts)
     return (f"<figure><svg class=scatter width={W} height={H} viewBox='0 0 {W} {H}' role=img>"
             f"<rect x='{L}' y='{T}' width='{pw}' height='{ph}' fill='#fafbfc' stroke='#d0d7de'/>"
             f"<line x1='{px(lo):.1f}' y1='{py(lo):.1f}' x2='{px(hi):.1f}' y2='{py(hi):.1f}' stroke='#999'/>{dots}"

@@ -58,7 +58,8 @@ def _command(fn):
 
 
 def _progress(enabled: bool):
-    if not enabled:
+    from .render import state
+    if not enabled or state["quiet"]:      # `edgepack --quiet deploy ...`
         return None
 
     def show(ev: dict) -> None:

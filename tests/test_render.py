@@ -291,3 +291,21 @@ def test_html_written_on_failure_and_with_no_verify(monkeypatch, tmp_path):
     proc = _cli("build", str(model), "--no-verify", "--html", str(out))
     assert proc.exit_code == 0, proc.output
     assert "--no-verify" in out.read_text() and "2.21.0" in out.read_text()
+
+
+def test_pip_progress_is_a_few_step_lines(tmp_path):
+    """Creating a runtime environment: one line per wheel with its size, pip's chatter as details."""
+    from packager.emulator import _pip_install
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/sh\necho 'Looking in indexes: https://pypi.org/simple'\necho 'Collecting numpy<2'\n"
+                    "echo '  Downloading numpy-1.26.4-cp311-cp311-manylinux2014_x86_64.whl (18.2 MB)'\n"
+                    "echo 'Processing /opt/wheels/tflite_runtime-2.14.0-cp311-none-any.whl'\n"
+                    "echo 'Installing collected packages: numpy, tflite-runtime'\necho 'Successfully installed'\n")
+    fake.chmod(0o755)
+    seen = []
+    rc, lines = _pip_install(fake, ["numpy<2"], dict(os.environ), seen.append)
+    steps = [m for m in seen if not render.is_detail(m)]
+    assert rc == 0 and lines[-1] == "Successfully installed"
+    assert steps == ["downloading numpy-1.26.4-cp311-cp311-manylinux2014_x86_64.whl (18.2 MB)",
+                     "from a local file: tflite_runtime-2.14.0-cp311-none-any.whl",
+                     "installing numpy, tflite-runtime"]

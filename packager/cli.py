@@ -359,11 +359,16 @@ _register_fleet(app)
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point. Errors edgepack can explain exit with their code; anything else is a
-    bug: one line, exit 1, and the traceback only with EDGEPACK_DEBUG=1."""
+    """Console entry point, with option defaults from ./edgepack.toml or [tool.edgepack] in
+    ./pyproject.toml (see packager/config.py). Errors edgepack can explain exit with their code;
+    anything else is a bug: one line, exit 1, and the traceback only with EDGEPACK_DEBUG=1."""
     import os
     try:
-        app(args=argv, prog_name="edgepack")
+        import typer.main
+
+        from . import config
+        cli = typer.main.get_command(app)
+        cli(args=argv, prog_name="edgepack", default_map=config.default_map(cli))
     except EdgepackError as exc:
         from . import render
         render.error(exc.message, exc.hint)

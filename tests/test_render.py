@@ -309,3 +309,32 @@ def test_pip_progress_is_a_few_step_lines(tmp_path):
     assert steps == ["downloading numpy-1.26.4-cp311-cp311-manylinux2014_x86_64.whl (18.2 MB)",
                      "from a local file: tflite_runtime-2.14.0-cp311-none-any.whl",
                      "installing numpy, tflite-runtime"]
+
+
+def test_config_file_gives_defaults(monkeypatch, tmp_path, capsys):
+    """edgepack.toml (or [tool.edgepack] in pyproject.toml) in the current directory: defaults per
+    command, paths relative to the file, the command line wins, unknown keys and --trust-model refused."""
+    from packager import api, cli
+    seen = {}
+
+    def fake_build(model, **kw):
+        seen.update(kw, model=model)
+        raise api.UsageError("stop here")
+    monkeypatch.setattr(api, "build", fake_build)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "pyproject.toml").write_text('[tool.edgepack.build]\ntarget = "android"\nquantize = "int8"\n'
+                                             'calibration = "data/cal.npz"\natol = ["probs:0.05"]\n')
+
+    def run(*args):
+        with pytest.raises(SystemExit) as info:
+            cli.main(list(args))
+        return info.value.code
+    assert run("build", "m.h5") == 2
+    assert seen["target"] == "android" and seen["recipe"] == "int8" and seen["atol"] == ["probs:0.05"]
+    assert Path(seen["calibration"]) == tmp_path / "data" / "cal.npz"
+    assert run("build", "m.h5", "-t", "rpi") == 2 and seen["target"] == "rpi"        # the command line wins
+    capsys.readouterr()
+    (tmp_path / "edgepack.toml").write_text('[build]\ntrust_model = true\n')         # edgepack.toml first
+    assert run("build", "m.h5") == 2 and "no option 'trust_model'" in capsys.readouterr().err
+    (tmp_path / "edgepack.toml").write_text('[biuld]\ntarget = "rpi"\n')
+    assert run("targets") == 2 and "unknown section [biuld]" in capsys.readouterr().err

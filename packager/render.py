@@ -253,7 +253,7 @@ def show_build(result: dict) -> None:
 def show_inspect(info: dict) -> None:
     model = info["model"]
     out.print(f"[bold]{escape(info['path'])}[/bold]  {model['size']:,} bytes  sha256 {model['sha256'][:16]}...")
-    table = Table(title="tensors", box=box.SIMPLE_HEAD, title_justify="left")
+    table = Table(title="tensors", box=box.SIMPLE_HEAD, title_justify="left", show_edge=False)
     for col in ("kind", "name", "index", "shape", "dtype", "scale", "zero point"):
         table.add_column(col, no_wrap=col not in ("name",), overflow="fold")
     for kind in ("inputs", "outputs"):

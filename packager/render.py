@@ -155,11 +155,11 @@ def _margin(o: dict) -> str:
 
 
 _LAYOUTS = (  # widest first: the first that fits the terminal is used
-    dict(cpu=True, extra=True, acc=4, limit=True, pad=1),
-    dict(cpu=False, extra=False, acc=4, limit=True, pad=1),
-    dict(cpu=False, extra=False, acc=4, limit=True, pad=0),
-    dict(cpu=False, extra=False, acc=3, limit=True, pad=0),
-    dict(cpu=False, extra=False, acc=3, limit=False, pad=0),
+    dict(cpu=True, extra=True, acc=4, limit=True, pad=1, name=40),
+    dict(cpu=False, extra=False, acc=4, limit=True, pad=1, name=20),
+    dict(cpu=False, extra=False, acc=4, limit=True, pad=0, name=16),
+    dict(cpu=False, extra=False, acc=3, limit=True, pad=0, name=12),
+    dict(cpu=False, extra=False, acc=3, limit=False, pad=0, name=10),
 )
 
 
@@ -178,7 +178,7 @@ def verification_table(report: dict, width: int | None = None) -> tuple[Table, l
 
 
 def _verification_table(report: dict, machines: set, cpu: bool, extra: bool, acc: int, limit: bool,
-                        pad: int) -> tuple[Table, list[str]]:
+                        pad: int, name: int) -> tuple[Table, list[str]]:
     evidence = (report.get("evidence") or {}).get("text") or f"{report['samples']} samples, {report['inputs']}"
     where = "" if cpu else f", {next(iter(machines))}"
     table = Table(title=f"verification: {escape(report['recipe'])} on {escape(report['target'])}{escape(where)}"
@@ -187,7 +187,7 @@ def _verification_table(report: dict, machines: set, cpu: bool, extra: bool, acc
     table.add_column("runtime", no_wrap=True)
     if cpu:
         table.add_column("cpu", no_wrap=True)
-    table.add_column("output", overflow="fold", min_width=6)
+    table.add_column("output", overflow="fold", min_width=6, max_width=name)   # long names wrap, numbers never
     numeric = ["max err"] + (["mean err"] if extra else []) + (["limit"] if limit else []) + ["margin", "cosine",
                                                                                               "top-1"]
     numeric += ["SNR dB"] if extra else []

@@ -338,3 +338,12 @@ def test_config_file_gives_defaults(monkeypatch, tmp_path, capsys):
     assert run("build", "m.h5") == 2 and "no option 'trust_model'" in capsys.readouterr().err
     (tmp_path / "edgepack.toml").write_text('[biuld]\ntarget = "rpi"\n')
     assert run("targets") == 2 and "unknown section [biuld]" in capsys.readouterr().err
+
+
+def test_long_output_names_wrap_not_the_numbers():
+    rep = report()
+    o = rep["runtimes"][0]["outputs"][0]
+    o["name"] = "StatefulPartitionedCall_with_a_long_name:0"
+    rep["runtimes"][1] = dict(rep["runtimes"][0], runtime="tflite-runtime", version="2.14.0", machine="aarch64")
+    text = capture(render.show_verification, rep, width=80)
+    assert_readable(text, 80, _numbers(o) + ["litert 2.3.0", "tflrt 2.14.0", "aarch64"])

@@ -127,17 +127,17 @@ StrictOpt = Annotated[bool, typer.Option("--strict", help="Also fail when the ve
 @app.command()
 @command
 def build(
-    model: Annotated[Path, typer.Argument(help="Keras .h5/.hdf5 or .keras file, or a SavedModel directory.")],
-    target: Annotated[str, typer.Option("--target", "-t", help="Target profile (see `edgepack targets`).")] = "rpi",
+    model: Annotated[Path, typer.Argument(metavar="MODEL", help="Keras .h5/.hdf5 or .keras file, or a SavedModel directory.")],
+    target: Annotated[str, typer.Option("--target", "-t", metavar="NAME", help="Target profile (see `edgepack targets`).")] = "rpi",
     quantize: Annotated[Optional[Recipe], typer.Option("--quantize", "-q",
                         help="Recipe (see `edgepack recipes`); default: the target's default (int8).")] = None,
-    calibration: Annotated[Optional[Path], typer.Option("--calibration", "-c",
+    calibration: Annotated[Optional[Path], typer.Option("--calibration", "-c", metavar="FILE|DIR",
                            help="Representative inputs for int8/int16x8: .npz keyed by input name (or 'x'), .npy, "
                                 "or a folder of images (resized to the input, scaled to [0,1]). 100-500 samples.")] = None,
     io: Annotated[IO, typer.Option("--io", help="Input/output type of the quantized model.")] = IO.float,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o",
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", metavar="DIR",
                       help="Bundle directory (default dist/<model>-<target>); a .tar.gz is written beside it.")] = None,
-    data: Annotated[Optional[Path], typer.Option("--data", help="Held-out inputs (.npz with x [, y labels]) to "
+    data: Annotated[Optional[Path], typer.Option("--data", metavar="FILE", help="Held-out inputs (.npz with x [, y labels]) to "
                     "verify on; default: the calibration set, else seeded synthetic inputs.")] = None,
     runtime: RuntimeOpt = None,
     verify: Annotated[bool, typer.Option("--verify/--no-verify",
@@ -145,9 +145,9 @@ def build(
     arch: ArchOpt = None,
     verify_arch: Annotated[Optional[Arch], typer.Option("--verify-arch", hidden=True,
                            help="Old spelling of --arch.")] = None,
-    name: Annotated[Optional[str], typer.Option("--name", help="Bundle name (default <model>-<target>).")] = None,
-    labels: Annotated[Optional[Path], typer.Option("--labels", help="Class names, one per line (shipped).")] = None,
-    html: Annotated[Optional[Path], typer.Option("--html", help="Also write an HTML report (written when the build "
+    name: Annotated[Optional[str], typer.Option("--name", metavar="NAME", help="Bundle name (default <model>-<target>).")] = None,
+    labels: Annotated[Optional[Path], typer.Option("--labels", metavar="FILE", help="Class names, one per line (shipped).")] = None,
+    html: Annotated[Optional[Path], typer.Option("--html", metavar="FILE", help="Also write an HTML report (written when the build "
                     "fails too, and with --no-verify).")] = None,
     trust_model: TrustOpt = False,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Convert and verify afresh even if an identical "
@@ -195,16 +195,16 @@ def build(
 @app.command()
 @command
 def verify(
-    bundle: Annotated[Path, typer.Argument(help="Bundle directory written by `edgepack build`.")],
-    reference: Annotated[Path, typer.Option("--reference", "-r", help="The original model file.")],
-    data: Annotated[Optional[Path], typer.Option("--data", help=".npz with x (or named inputs) and optional y "
+    bundle: Annotated[Path, typer.Argument(metavar="BUNDLE", help="Bundle directory written by `edgepack build`.")],
+    reference: Annotated[Path, typer.Option("--reference", "-r", metavar="MODEL", help="The original model file.")],
+    data: Annotated[Optional[Path], typer.Option("--data", metavar="FILE", help=".npz with x (or named inputs) and optional y "
                     "labels; default: the bundle's samples, else seeded synthetic inputs.")] = None,
     runtime: RuntimeOpt = None,
     arch: ArchOpt = None,
     verify_arch: Annotated[Optional[Arch], typer.Option("--verify-arch", hidden=True,
                            help="Same as --arch (the spelling build used to have).")] = None,
     strict: StrictOpt = False,
-    html: Annotated[Optional[Path], typer.Option("--html", help="Write an HTML report: error distributions on a log "
+    html: Annotated[Optional[Path], typer.Option("--html", metavar="FILE", help="Write an HTML report: error distributions on a log "
                     "scale with the limit, bundle vs model, confusion matrices, provenance (also on failure).")] = None,
     trust_model: TrustOpt = False,
     atol: AtolOpt = None,
@@ -250,7 +250,7 @@ def verify(
 @app.command()
 @command
 def inspect(
-    path: Annotated[Path, typer.Argument(help="A bundle directory or a .tflite file.")],
+    path: Annotated[Path, typer.Argument(metavar="PATH", help="A bundle directory or a .tflite file.")],
     json_output: JsonOpt = False,
 ):
     """Inputs/outputs with quantization, ops with versions, size, and which runtimes cannot run it."""

@@ -347,3 +347,23 @@ def test_long_output_names_wrap_not_the_numbers():
     rep["runtimes"][1] = dict(rep["runtimes"][0], runtime="tflite-runtime", version="2.14.0", machine="aarch64")
     text = capture(render.show_verification, rep, width=80)
     assert_readable(text, 80, _numbers(o) + ["litert 2.3.0", "tflrt 2.14.0", "aarch64"])
+
+
+def test_verify_mismatch_writes_the_report_and_one_json_document(monkeypatch, tmp_path):
+    from packager import api
+    from packager.emulator import RuntimeResult
+    rng = np.random.default_rng(1)
+    ref = rng.random((50, 4))
+    tol = Tolerance(atol=1e-3, rtol=0.0, steps=0, cosine_min=0.999, top1_min=0.99)
+    metrics = [compare_output("probs", ref, ref[:, ::-1], tol, labels=ref.argmax(1))]
+    rt = RuntimeResult("ai-edge-litert", "2.3.0", "x86_64", "failed", metrics=metrics, machine="x86_64")
+    rep = api.VerifyReport("b", "int8", "rpi", False, "eval.npz", 50, [rt], 1000, evidence="held-out",
+                           evidence_text="held-out: eval.npz, n=50")
+    monkeypatch.setattr(api, "verify", lambda *a, **k: rep)
+    (tmp_path / "b").mkdir()
+    out = tmp_path / "r.html"
+    proc = _cli("verify", str(tmp_path / "b"), "-r", str(tmp_path / "m.h5"), "--html", str(out), "--json")
+    assert proc.exit_code == 4
+    assert json.loads(proc.stdout)["ok"] is False                   # exactly one document on stdout
+    page = out.read_text()
+    assert "MISMATCH" in page and "class=limit" in page and "class=cm" in page

@@ -85,6 +85,7 @@ class VerifyReport:
             r.pop("seconds", None)
             for o in r["outputs"]:
                 o.pop("histogram", None)
+                o.pop("plots", None)
         return data
 
 
@@ -112,6 +113,45 @@ class BuildResult:
 
 def _noop(_: str) -> None:
     pass
+
+
+def provenance(model: str | os.PathLike, manifest: dict | None = None, report: VerifyReport | None = None,
+               command: list[str] | None = None) -> dict:
+    """Where a result came from, for reports: versions (edgepack, TensorFlow, each runtime), the
+    model's sha256, the bundle's model sha256, the command. Nothing here imports TensorFlow."""
+    import platform
+    import shlex
+    from importlib import metadata
+
+    from .version import __version__
+
+    def dist(*names):
+        for n in names:
+            try:
+                return metadata.version(n)
+            except metadata.PackageNotFoundError:
+                continue
+        return None
+    versions = (manifest or {}).get("versions") or {}
+    model = Path(model)
+    try:
+        model_sha = sha256_tree(model) if model.exists() else None
+    except OSError:
+        model_sha = None
+    data = {"edgepack": __version__, "tensorflow": versions.get("tensorflow") or dist("tensorflow-cpu", "tensorflow"),
+            "keras": versions.get("keras") or dist("keras"), "converter": versions.get("converter"),
+            "python": platform.python_version(), "host": f"{platform.system()} {platform.machine()}",
+            "model": str(model), "model sha256": model_sha}
+    if manifest:
+        data["bundle"] = manifest.get("name")
+        data["bundle model sha256"] = manifest.get("model_sha256")
+        data["conversion path"] = (manifest.get("source") or {}).get("conversion_path")
+    for r in (report.runtimes if report is not None else []):
+        data[f"runtime {r.runtime}"] = " ".join(x for x in (r.version, r.machine or r.arch,
+                                                             f"Python {r.python}" if r.python else "") if x)
+    if command:
+        data["command"] = "edgepack " + shlex.join(command[1:])
+    return data
 
 
 def targets() -> dict[str, TargetProfile]:

@@ -28,6 +28,9 @@ def command(fn):
                 render.emit_json(data)
             elif report is not None:
                 render.show_verification(report.to_json())
+                # the table and the FAIL lines above hold the numbers: one short line here
+                render.error(exc.message.split(": ", 1)[0] + " (see above)", exc.hint)
+                raise typer.Exit(exc.exit_code) from None
             render.error(exc.message, exc.hint)
             raise typer.Exit(exc.exit_code) from None
     return wrapper

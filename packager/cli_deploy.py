@@ -93,7 +93,8 @@ def _remote_dir(remote_dir: str | None, manifest: dict | None, transport: dep.Tr
 
 
 def _progress(enabled: bool):
-    if not enabled:
+    from .render import state
+    if not enabled or state["quiet"]:      # `edgepack --quiet deploy ...`
         return None
     return lambda step, detail: _err.print(f"[dim]{step:>8}[/dim] {detail}", highlight=False)
 

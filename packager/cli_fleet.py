@@ -38,10 +38,14 @@ OptBundle = Annotated[Optional[Path], typer.Argument(metavar="[BUNDLE]", show_de
 
 _out = Console()
 _err = Console(stderr=True)
+# Columns whose values are never split across lines (release ids, byte counts, versions); the
+# free-text columns (why, problems) wrap instead.
+_WHOLE = {"outcome", "current release", "sent", "smoke", "files", "python", "from", "to / current"}
 
 
 def _progress(enabled: bool):
-    if not enabled:
+    from .render import state
+    if not enabled or state["quiet"]:      # `edgepack --quiet deploy ...`
         return None
 
     def show(ev: dict) -> None:
@@ -79,7 +83,7 @@ def _deploy_table(result) -> Table:
                     f"(model {str(result.model_sha256)[:12]}), batches {result.batches or ['all']}"
                     + (f", max-fail {result.max_fail}" if result.max_fail else ""), title_justify="left")
     for col in ("host", "outcome", "current release", "sent", "smoke", "why"):
-        t.add_column(col, overflow="fold")
+        t.add_column(col, overflow="fold", no_wrap=col in _WHOLE)
     colors = {"deployed": "green", "current": "green", "rolled back": "yellow", "failed": "red",
               "unreachable": "red", "not reached": "dim"}
     for h in result.hosts:
@@ -143,7 +147,7 @@ def status_cmd(bundle: OptBundle = None, inventory: InvOpt = Path("inventory.ini
     if not as_json:
         t = Table(title="fleet status", title_justify="left")
         for col in ("host", "current release", "files", "runtime", "python", "last self-test", "problems"):
-            t.add_column(col, overflow="fold")
+            t.add_column(col, overflow="fold", no_wrap=col in _WHOLE)
         for h in result.hosts:
             d = h.details or {}
             info = d.get("info") or {}
@@ -173,7 +177,7 @@ def rollback_cmd(bundle: OptBundle = None, inventory: InvOpt = Path("inventory.i
     if not as_json:
         t = Table(title="fleet rollback", title_justify="left")
         for col in ("host", "outcome", "from", "to / current", "why"):
-            t.add_column(col, overflow="fold")
+            t.add_column(col, overflow="fold", no_wrap=col in _WHOLE)
         for h in result.hosts:
             t.add_row(h.host, h.outcome, h.previous or "-", h.release or "-", escape(h.reason or ""))
         _out.print(t)

@@ -25,6 +25,7 @@ class OutputMetrics:
     accuracy_reference: float | None = None
     accuracy_candidate: float | None = None
     histogram: dict | None = None
+    plots: dict | None = None        # raw numbers for the HTML report (log histogram, scatter, confusion)
     passed: bool = False
     reasons: list[str] = field(default_factory=list)
 
@@ -94,6 +95,7 @@ def compare_output(name: str, ref: np.ndarray, got: np.ndarray, tol: Tolerance,
     if diff.size and finite.all():
         counts, edges = np.histogram(diff, bins=20)
         m.histogram = {"counts": counts.tolist(), "edges": edges.tolist()}
+        m.plots = plot_data(diff, ref, got, labels if classification else None)
     if max_err > allowed:
         m.reasons.append(f"max abs error {max_err:.3g} > allowed {allowed:.3g}")
     if cosine < tol.cosine_min:
@@ -108,6 +110,37 @@ def compare_output(name: str, ref: np.ndarray, got: np.ndarray, tol: Tolerance,
             m.reasons.append(f"output is {flag} but the reference is not (stuck at the zero point?)")
     m.passed = not m.reasons
     return m
+
+
+def plot_data(diff: np.ndarray, ref: np.ndarray, got: np.ndarray, labels: np.ndarray | None,
+              points: int = 400) -> dict:
+    """What the HTML report draws, kept small: |error| counted in quarter-decade bins (exact zeros
+    apart), a sample of (reference, bundle) value pairs that always holds the worst ones, and the
+    confusion matrices against the labels (classification with labels only, at most 50 classes)."""
+    flat = diff.ravel()
+    positive = flat[flat > 0]
+    log_hist = {"zeros": int(flat.size - positive.size), "edges": [], "counts": []}
+    if positive.size:
+        hi = np.ceil(np.log10(positive.max()) * 4) / 4 + 0.25
+        lo = max(hi - 6.25, np.floor(np.log10(positive.min()) * 4) / 4)     # six decades; smaller go in bin 0
+        edges = np.arange(lo, hi + 0.125, 0.25)
+        counts, _ = np.histogram(np.log10(np.maximum(positive, 10.0 ** lo)), bins=edges)
+        log_hist.update(edges=[round(float(e), 2) for e in edges], counts=counts.tolist())
+    r, g = ref.ravel(), got.ravel()
+    if r.size > points:
+        worst = np.argsort(flat)[-points // 10:]
+        idx = np.unique(np.concatenate([np.linspace(0, r.size - 1, points - worst.size).astype(int), worst]))
+    else:
+        idx = np.arange(r.size)
+    data = {"log_histogram": log_hist,
+            "scatter": {"reference": [float(f"{v:.6g}") for v in r[idx]], "bundle": [float(f"{v:.6g}") for v in g[idx]],
+                        "of": int(r.size)}}
+    if labels is not None and ref.ndim == 2 and 1 < ref.shape[1] <= 50 and labels.shape[0] == ref.shape[0]:
+        k = ref.shape[1]
+        y = np.clip(labels.astype(int).ravel(), 0, k - 1)
+        data["confusion"] = {name: np.bincount(y * k + pred.argmax(1), minlength=k * k).reshape(k, k).tolist()
+                             for name, pred in (("model", ref), ("bundle", got))}
+    return data
 
 
 def _untied_rows(ref: np.ndarray) -> np.ndarray:
@@ -157,7 +190,7 @@ def merge_metrics(groups: list[list[OutputMetrics]], labels: list[str]) -> list[
             min(r.allowed_max_abs for r in rows),
             flags=sorted({f for r in rows for f in r.flags}),
             accuracy_reference=first.accuracy_reference, accuracy_candidate=first.accuracy_candidate,
-            histogram=first.histogram)
+            histogram=first.histogram, plots=first.plots)
         m.reasons = [f"{label}: {reason}" for r, label in zip(rows, labels) for reason in r.reasons]
         m.passed = all(r.passed for r in rows)
         merged.append(m)

@@ -12,6 +12,7 @@ class Check:
     ok: bool
     detail: str
     fix: str | None = None
+    required: bool = False          # build/verify cannot work without it (doctor exits 5)
 
 
 def checks() -> list[Check]:
@@ -27,10 +28,12 @@ def checks() -> list[Check]:
         except metadata.PackageNotFoundError:
             continue
     if version and importlib.util.find_spec("tensorflow") is not None:
-        found.append(Check("tensorflow", True, version))
+        found.append(Check("tensorflow", True, version, required=True))
     else:
-        found.append(Check("tensorflow", False, "not installed", "pip install 'tensorflow-cpu==2.21.*'"))
-    found.append(Check("python venv", True, sys.version.split()[0]))
+        found.append(Check("tensorflow", False, "not installed", "pip install 'tensorflow-cpu==2.21.*'", required=True))
+    venv = importlib.util.find_spec("venv") is not None and importlib.util.find_spec("ensurepip") is not None
+    found.append(Check("python venv", venv, sys.version.split()[0] + ("" if venv else ": no venv/ensurepip module"),
+                       None if venv else "apt-get install python3-venv", required=True))
     for tool, pkg in (("ssh", "openssh-client"), ("adb", "adb")):
         path = shutil.which(tool)
         found.append(Check(tool, bool(path), path or "not found", None if path else f"apt-get install {pkg}"))

@@ -121,11 +121,12 @@ def _create_venv(root: Path, runtime: RuntimeProfile, env: dict, progress) -> No
     try:
         subprocess.run([sys.executable, "-m", "venv", "--clear", str(tmp)], check=True, capture_output=True,
                        timeout=300, env=env)
-        pip = subprocess.run([str(tmp / "bin" / "python"), "-m", "pip", "install", "--disable-pip-version-check",
-                              "--no-input", "-q", "--only-binary=:all:", *runtime.requirements],
-                             capture_output=True, text=True, timeout=PIP_TIMEOUT, env=env)
-        if pip.returncode != 0:
-            tail = " ".join(pip.stderr.strip().splitlines()[-2:])[-400:]
+        if progress:
+            progress(f"installing {' '.join(runtime.requirements)} with pip")
+        rc, lines = _pip_install(tmp / "bin" / "python", runtime.requirements, env, progress)
+        if rc != 0:
+            errors = [ln for ln in lines if ln.startswith("ERROR")] or lines
+            tail = " ".join(errors[-2:])[-400:]
             raise EnvironmentProblem(f"cannot install {' '.join(runtime.requirements)}: {tail}",
                                      hint="check network access to the package index, or pick another --runtime")
         # The venv is used only as `bin/python -m ...`, which works after a rename (pyvenv.cfg sits
@@ -135,6 +136,9 @@ def _create_venv(root: Path, runtime: RuntimeProfile, env: dict, progress) -> No
             raise EnvironmentProblem(f"TensorFlow is importable in the {runtime.name} environment; refusing to use it")
         version = _installed_version([str(tmp / "bin" / "python")], env, runtime.name)
         (tmp / ".complete").write_text(version + "\n")
+        if progress:
+            size = sum(f.stat().st_size for f in tmp.rglob("*") if f.is_file() and not f.is_symlink())
+            progress(f"{runtime.name} {version} environment ready ({size / 1e6:.0f} MB)")
         if root.exists():
             shutil.rmtree(root)
         os.replace(tmp, root)
@@ -145,6 +149,41 @@ def _create_venv(root: Path, runtime: RuntimeProfile, env: dict, progress) -> No
                                  hint="install the venv module (apt-get install python3-venv)") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _pip_install(python: Path, requirements, env: dict, progress) -> tuple[int, list[str]]:
+    """pip install, its output streamed to ``progress``: one step line per downloaded wheel with its
+    size (`downloading numpy-1.26.4-...whl (18.3 MB)`), pip's other lines as details (they start
+    with a capital letter: the terminal shows them on the live line, --verbose prints them)."""
+    import threading
+    proc = subprocess.Popen([str(python), "-m", "pip", "install", "--disable-pip-version-check", "--no-input",
+                             "--progress-bar", "off", "--only-binary=:all:", *requirements],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    timer = threading.Timer(PIP_TIMEOUT, proc.kill)
+    timer.start()
+    lines: list[str] = []
+    started = time.monotonic()
+    try:
+        for raw in proc.stdout:
+            line = raw.strip()
+            if not line:
+                continue
+            lines = (lines + [line])[-50:]
+            if not progress:
+                continue
+            if line.startswith(("Downloading ", "Using cached ", "Processing ")):
+                what = {"D": "downloading ", "U": "from pip's cache: ", "P": "from a local file: "}[line[0]]
+                progress(what + line.split(" ", 2 if line.startswith("U") else 1)[-1].split("/")[-1])
+            elif line.startswith("Installing collected packages:"):
+                progress("installing " + line.split(":", 1)[1].strip())
+            else:
+                progress(line)
+        rc = proc.wait()
+    finally:
+        timer.cancel()
+    if rc != 0 and time.monotonic() - started >= PIP_TIMEOUT:
+        raise subprocess.TimeoutExpired(str(python), PIP_TIMEOUT)
+    return rc, lines
 
 
 def arm64_env(runtime: RuntimeProfile, python_version: str, progress=None) -> RuntimeEnv:

@@ -22,7 +22,7 @@ STAGES = [
                 "packager.deploy.releases"]),
     ("fleet", ["packager.fleet", "packager.fleet.core", "packager.fleet.transport",
                "packager.fleet.plugins.action.edgepack_release", "packager.fleet.plugins.callback.edgepack_events"]),
-    ("cli", ["packager.boundary", "packager.cli", "packager.cli_deploy", "packager.cli_fleet"]),
+    ("cli", ["packager.config", "packager.boundary", "packager.cli", "packager.cli_deploy", "packager.cli_fleet"]),
 ]
 
 

@@ -325,6 +325,8 @@ def _verify(bundle: Path, reference, data, runtimes, arch, strict, trust_model, 
     if problems:
         raise VerificationError(f"bundle integrity: {'; '.join(problems)}",
                                 hint="rebuild the bundle; files were changed after `edgepack build`")
+    from .bundle import host_entrypoint
+    _, script_note = host_entrypoint(bundle, manifest)
     profile = get_target(manifest["target"]["name"])
     rec = get_recipe(manifest["recipe"]["name"])
     selected = [profile.runtime(r) for r in runtimes] if runtimes else list(profile.runtimes)
@@ -349,6 +351,8 @@ def _verify(bundle: Path, reference, data, runtimes, arch, strict, trust_model, 
     spec = inspect_bytes((bundle / manifest["model"]).read_bytes(), order={
         "inputs": [t["name"] for t in manifest["inputs"]], "outputs": [t["name"] for t in manifest["outputs"]]})
     report = _verify_staged(bundle, manifest, profile, rec, selected, dataset, ref, spec, arch, progress)
+    if script_note:
+        report.notes.insert(0, script_note)
     if strict or runtimes:
         report.passed = report.passed and all(r.status == "passed" for r in report.runtimes)
     return report

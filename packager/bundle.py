@@ -253,6 +253,32 @@ def write_archive(bundle: Path, archive: Path | None = None) -> Path:
     return archive
 
 
+ENTRYPOINT_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}\.py")
+
+
+def host_entrypoint(bundle: Path, manifest: dict) -> tuple[Path, str | None]:
+    """The device script to run *on this host* for ``bundle``: the bundle's own file only when it
+    is byte for byte the one this edgepack ships; otherwise this edgepack's copy (pointed at the
+    bundle with ``--bundle``), with a note naming the edgepack the bundle says wrote it. A bundle
+    edgepack did not write is untrusted: its Python never runs here."""
+    entry = manifest.get("entrypoint")
+    if not isinstance(entry, str) or not ENTRYPOINT_NAME_RE.fullmatch(entry):
+        raise UsageError(f"the manifest's entrypoint {entry!r} is not a plain .py file name of the bundle",
+                         hint="only bundles written by `edgepack build` are accepted")
+    path = Path(bundle) / entry
+    if path.is_symlink() or not path.is_file() or entry not in (manifest.get("files") or {}):
+        raise UsageError(f"the manifest's entrypoint {entry!r} is not a regular file listed in the bundle",
+                         hint="only bundles written by `edgepack build` are accepted")
+    if sha256_file(path) == sha256_file(ENTRYPOINT_SOURCE):
+        return path, None
+    versions = manifest.get("versions") if isinstance(manifest.get("versions"), dict) else {}
+    written_by = versions.get("edgepack")
+    from . import __version__
+    return ENTRYPOINT_SOURCE, (f"the bundle's {entry} differs from the one edgepack {__version__} ships "
+                               f"(bundle written by edgepack {written_by if isinstance(written_by, str) else 'unknown'}); "
+                               "verified with this edgepack's device script, not the bundle's")
+
+
 def read_manifest(bundle: Path) -> dict:
     path = Path(bundle) / MANIFEST
     if not path.is_file():

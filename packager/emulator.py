@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .bundle import npz_bytes
+from .bundle import host_entrypoint, npz_bytes
 from .compare import OutputMetrics, compare_all
 from .errors import EnvironmentProblem, UsageError
 from .recipes import Tolerance
@@ -182,13 +182,15 @@ class DeviceRun:
 
 
 def run_device_script(env: RuntimeEnv, bundle: Path, inputs: dict, timeout: int = RUN_TIMEOUT) -> DeviceRun:
-    """Run ``python3 <bundle>/<entrypoint> --input in.npz --output out.npz`` in ``env``."""
+    """Run ``python3 <bundle>/<entrypoint> --input in.npz --output out.npz`` in ``env`` (this
+    edgepack's own copy of the script when the bundle's differs: see :func:`bundle.host_entrypoint`)."""
     manifest = json.loads((bundle / "manifest.json").read_text())
-    script = (bundle / manifest["entrypoint"]).resolve()
+    script = host_entrypoint(bundle, manifest)[0].resolve()
     with tempfile.TemporaryDirectory(prefix="edgepack-run-") as tmp:
         src, dst = Path(tmp) / "in.npz", Path(tmp) / "out.npz"
         src.write_bytes(npz_bytes(inputs))
-        argv = [*env.argv, str(script), "--input", str(src), "--output", str(dst), "--runtime", env.module]
+        argv = [*env.argv, str(script), "--bundle", str(Path(bundle).resolve()), "--input", str(src),
+                "--output", str(dst), "--runtime", env.module]
         start = time.perf_counter()
         try:
             proc = subprocess.run(argv, capture_output=True, text=True, env=env.env, timeout=timeout, cwd=tmp)
@@ -218,7 +220,7 @@ def device_info(env: RuntimeEnv, bundle: Path) -> dict:
 
 def _ask_info(env: RuntimeEnv, bundle: Path) -> dict:
     manifest = json.loads((bundle / "manifest.json").read_text())
-    proc = subprocess.run([*env.argv, str(bundle / manifest["entrypoint"]), "--info", "--runtime", env.module],
+    proc = subprocess.run([*env.argv, str(host_entrypoint(bundle, manifest)[0]), "--info", "--runtime", env.module],
                           capture_output=True, text=True, env=env.env, timeout=300)
     try:
         return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -191,6 +191,13 @@ class Staging:
                 fsync_dir(p)
         fsync_dir(self.dir)
         fault("before-commit")
+        # The archive beside -o describes the bundle there: removed before the swap (and written
+        # after it), so a kill in between leaves a bundle without archive, never a stale pair.
+        stale = self.output.with_name(self.output.name + ".tar.gz")
+        if stale.is_file() and not stale.is_symlink():
+            stale.unlink()
+            fsync_dir(self.output.parent)
+            fault("archive-removed")
         if self.output.exists():
             if _exchange(self.dir, self.output):        # atomic swap: -o is never missing
                 fsync_dir(self.output.parent)

@@ -320,7 +320,8 @@ def open_bundle(path):
     duration of the ``with`` block."""
     path = Path(path)
     if path.is_file() and path.name.endswith((".tar.gz", ".tgz")):
-        with tempfile.TemporaryDirectory(prefix="edgepack-bundle-") as tmp:
+        from . import lifecycle
+        with lifecycle.temp_dir("edgepack-bundle-") as tmp:
             yield extract_archive(path, Path(tmp))
     else:
         yield path

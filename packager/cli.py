@@ -243,10 +243,26 @@ except ImportError:  # pragma: no cover - only while that module does not exist
     pass
 
 
+class _Terminated(BaseException):
+    """Raised by the SIGTERM/SIGHUP handler of :func:`main`; never an error edgepack explains."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point. Errors edgepack can explain exit with their code; anything else is a
     bug: one line, exit 1, and the traceback only with EDGEPACK_DEBUG=1."""
     import os
+    import signal
+
+    def terminated(signum, frame):  # SIGTERM/SIGHUP unwind like Ctrl-C: every cleanup runs
+        raise _Terminated(signum)
+
+    for name in ("SIGTERM", "SIGHUP"):
+        if hasattr(signal, name) and signal.getsignal(getattr(signal, name)) == signal.SIG_DFL:
+            signal.signal(getattr(signal, name), terminated)
     try:
         app(args=argv, prog_name="edgepack")
     except EdgepackError as exc:
@@ -255,6 +271,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         sys.exit(130)
+    except _Terminated as exc:
+        sys.exit(128 + exc.signum)
     except Exception as exc:  # noqa: BLE001 - last resort: never a traceback for the user
         if os.environ.get("EDGEPACK_DEBUG"):
             raise

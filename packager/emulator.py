@@ -120,13 +120,16 @@ def _create_venv(root: Path, runtime: RuntimeProfile, env: dict, progress) -> No
     if progress:
         progress(f"preparing the {runtime.name} environment (once; cached in {root.parent})")
     root.parent.mkdir(parents=True, exist_ok=True)
+    from . import lifecycle
     tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}.tmp-"))
+    lifecycle.register_dir(tmp)  # a killed edgepack leaves no half-made environment
     try:
         subprocess.run([sys.executable, "-m", "venv", "--clear", str(tmp)], check=True, capture_output=True,
-                       timeout=300, env=env)
+                       timeout=300, env=env, **lifecycle.popen_kwargs())
         pip = subprocess.run([str(tmp / "bin" / "python"), "-m", "pip", "install", "--disable-pip-version-check",
                               "--no-input", "-q", "--only-binary=:all:", *runtime.requirements],
-                             capture_output=True, text=True, timeout=PIP_TIMEOUT, env=env)
+                             capture_output=True, text=True, timeout=PIP_TIMEOUT, env=env,
+                             **lifecycle.popen_kwargs())
         if pip.returncode != 0:
             tail = " ".join(pip.stderr.strip().splitlines()[-2:])[-400:]
             raise EnvironmentProblem(f"cannot install {' '.join(runtime.requirements)}: {tail}",
@@ -148,6 +151,7 @@ def _create_venv(root: Path, runtime: RuntimeProfile, env: dict, progress) -> No
                                  hint="install the venv module (apt-get install python3-venv)") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        lifecycle.unregister_dir(tmp)
 
 
 def arm64_env(runtime: RuntimeProfile, python_version: str, progress=None) -> RuntimeEnv:
@@ -186,14 +190,16 @@ def run_device_script(env: RuntimeEnv, bundle: Path, inputs: dict, timeout: int 
     edgepack's own copy of the script when the bundle's differs: see :func:`bundle.host_entrypoint`)."""
     manifest = json.loads((bundle / "manifest.json").read_text())
     script = host_entrypoint(bundle, manifest)[0].resolve()
-    with tempfile.TemporaryDirectory(prefix="edgepack-run-") as tmp:
+    from . import lifecycle
+    with lifecycle.temp_dir("edgepack-run-") as tmp:
         src, dst = Path(tmp) / "in.npz", Path(tmp) / "out.npz"
         src.write_bytes(npz_bytes(inputs))
         argv = [*env.argv, str(script), "--bundle", str(Path(bundle).resolve()), "--input", str(src),
                 "--output", str(dst), "--runtime", env.module]
         start = time.perf_counter()
         try:
-            proc = subprocess.run(argv, capture_output=True, text=True, env=env.env, timeout=timeout, cwd=tmp)
+            proc = subprocess.run(argv, capture_output=True, text=True, env=env.env, timeout=timeout, cwd=tmp,
+                                  **lifecycle.popen_kwargs())
         except subprocess.TimeoutExpired:
             return DeviceRun(False, -1, None, f"timed out after {timeout}s", time.perf_counter() - start)
         seconds = time.perf_counter() - start
@@ -219,9 +225,10 @@ def device_info(env: RuntimeEnv, bundle: Path) -> dict:
 
 
 def _ask_info(env: RuntimeEnv, bundle: Path) -> dict:
+    from . import lifecycle
     manifest = json.loads((bundle / "manifest.json").read_text())
     proc = subprocess.run([*env.argv, str(host_entrypoint(bundle, manifest)[0]), "--info", "--runtime", env.module],
-                          capture_output=True, text=True, env=env.env, timeout=300)
+                          capture_output=True, text=True, env=env.env, timeout=300, **lifecycle.popen_kwargs())
     try:
         return json.loads(proc.stdout.strip().splitlines()[-1])
     except (ValueError, IndexError):

@@ -29,7 +29,13 @@ def _limits() -> tuple[int, float]:
     return memory, timeout
 
 
-def _child(conn, func, args, memory_mb: int) -> None:
+def _child(conn, func, args, memory_mb: int, parent: int | None = None, scratch: str | None = None) -> None:
+    from . import lifecycle
+    lifecycle.die_with_parent(parent=parent)  # a killed edgepack takes TensorFlow with it
+    if scratch:  # every temp file TensorFlow or a loader makes goes where the parent removes it
+        import tempfile
+        os.environ["TMPDIR"] = scratch
+        tempfile.tempdir = scratch
     try:
         import resource
         limit = memory_mb * 1024 * 1024
@@ -62,10 +68,18 @@ def run(func, *args, what: str = "loading and converting the model"):
     if in_process():
         return func(*args)
     memory_mb, timeout = _limits()
+    from . import lifecycle
+    with lifecycle.temp_dir("edgepack-tf-") as scratch:
+        return _run(func, args, what, memory_mb, timeout, scratch)
+
+
+def _run(func, args, what, memory_mb, timeout, scratch):
+    from . import lifecycle
     ctx = multiprocessing.get_context("spawn")
     parent, child = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child, args=(child, func, args, memory_mb), daemon=True)
+    proc = ctx.Process(target=_child, args=(child, func, args, memory_mb, os.getpid(), scratch), daemon=True)
     proc.start()
+    lifecycle.register_process(proc.pid)
     child.close()
     try:
         if not parent.poll(timeout):
@@ -85,6 +99,7 @@ def run(func, *args, what: str = "loading and converting the model"):
             proc.kill()
         proc.join(10)
         parent.close()
+        lifecycle.unregister_process(proc.pid)
     if result[0] == "ok":
         return result[1]
     if result[0] == "error":

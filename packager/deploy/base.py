@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Sequence
 
+from .. import lifecycle
 from ..errors import DeployError, EnvironmentProblem, UsageError
 
 DEFAULT_TIMEOUT = 60.0
@@ -60,7 +61,7 @@ def run_process(argv: Sequence[str], *, timeout: float, what: str, stdin: bytes 
     stdin_arg = subprocess.PIPE if data is not None else (stdin if stdin is not None else subprocess.DEVNULL)
     try:
         proc = subprocess.Popen(list(argv), stdin=stdin_arg, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                env=env, start_new_session=True)
+                                env=env, start_new_session=True, **lifecycle.popen_kwargs())
     except FileNotFoundError:
         raise EnvironmentProblem(f"{argv[0]} not found on this host (needed for {what})",
                                  hint=_INSTALL_HINTS.get(Path(argv[0]).name)) from None

@@ -23,6 +23,10 @@ and exit code 5 instead of dying itself. ``--no-isolate`` (or ``EDGEPACK_NO_ISOL
 this process instead. ``--info`` always runs in-process. SIGINT/SIGTERM/SIGHUP are passed on to the
 child, which dies of them at once (even inside a long invoke); this process then dies of the same
 signal.
+
+Memory: ``EDGEPACK_RUNTIME_MEMORY_MB`` sets an address-space limit (RLIMIT_AS) on that child (none
+by default on a device; the host emulator sets 4096); a model that needs more ends as exit code 5
+naming the limit, instead of waking the kernel's OOM killer.
 """
 from __future__ import annotations
 
@@ -46,6 +50,8 @@ EXIT_SELFTEST = 6
 # Hard caps on what an input file may make us allocate (elements of all arrays together).
 MAX_INPUT_ELEMENTS = int(os.environ.get("EDGEPACK_MAX_INPUT_ELEMENTS", str(1 << 28)))
 RUNTIMES = ("ai_edge_litert", "tflite_runtime", "tensorflow")
+# Address-space limit (MiB) of the forked child that loads and runs the model; unset or 0: none.
+MEMORY_ENV = "EDGEPACK_RUNTIME_MEMORY_MB"
 
 np = None  # run as a script: imported by _load_numpy() in the forked child, so the parent forks a small process
 if __name__ != "__main__":  # imported as a module (packager uses read_inputs & co.): import it now
@@ -60,8 +66,10 @@ def _load_numpy():
     if np is None:
         try:
             import numpy
-        except ImportError:
+        except ModuleNotFoundError:
             raise Failure(EXIT_NO_RUNTIME, "numpy is not installed: pip install numpy") from None
+        except ImportError as exc:  # installed but not loadable (e.g. a shared library, memory)
+            raise Failure(EXIT_NO_RUNTIME, "numpy cannot be imported: %s" % exc) from None
         np = numpy
 
 
@@ -580,6 +588,7 @@ def _signal_name(signum: int) -> str:
 def run_isolated(work) -> int:
     """``work(announce)`` in one forked child; a signal death of the child becomes exit code 5."""
     state = {"pid": None, "received": []}
+    limit_mb = memory_limit_mb()
 
     def forward(signum, frame):
         state["received"].append(signum)
@@ -619,7 +628,7 @@ def run_isolated(work) -> int:
             previous = {}
             return work()
         if pid == 0:  # the child: never returns
-            _child(work, read_end, write_end, previous, mask, parent)
+            _child(work, read_end, write_end, previous, mask, parent, limit_mb)
         state["pid"] = pid
         for signum in state["received"]:  # arrived before the fork
             with contextlib.suppress(OSError):
@@ -640,7 +649,16 @@ def run_isolated(work) -> int:
     finally:
         _restore(previous)
     if not os.WIFSIGNALED(status):
-        return os.WEXITSTATUS(status) if os.WIFEXITED(status) else EXIT_RUNTIME
+        code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else EXIT_RUNTIME
+        if code in (EXIT_OK, EXIT_USAGE, EXIT_INTEGRITY, EXIT_NO_RUNTIME, EXIT_RUNTIME, EXIT_SELFTEST):
+            return code
+        # a native library ended the child itself (e.g. OpenBLAS's exit(1) when an allocation fails)
+        runtime = label.decode("utf-8", "replace").strip() or "the TFLite runtime or numpy"
+        cause = ("; the memory limit is %d MiB (%s), which a failed allocation may have hit" % (limit_mb, MEMORY_ENV)
+                 if limit_mb else "")
+        report(Failure(EXIT_RUNTIME, "%s ended the process with exit code %d while loading or running the model%s"
+                       % (runtime, code, cause)))
+        return EXIT_RUNTIME
     signum = os.WTERMSIG(status)
     if state["received"]:  # we were asked to stop: die of the same signal, as without the child
         for stream in (sys.stdout, sys.stderr):
@@ -651,9 +669,19 @@ def run_isolated(work) -> int:
         return 128 + state["received"][0]  # only where the signal did not end us
     runtime = label.decode("utf-8", "replace").strip() or "the TFLite runtime"
     hint = "; killed from outside, possibly for lack of memory" if signum == getattr(signal, "SIGKILL", -1) else ""
+    if limit_mb and signum in (getattr(signal, "SIGABRT", -1), getattr(signal, "SIGSEGV", -1),
+                               getattr(signal, "SIGBUS", -1)):
+        hint += "; the memory limit is %d MiB (%s), which a failed allocation may have hit" % (limit_mb, MEMORY_ENV)
     report(Failure(EXIT_RUNTIME, "%s crashed (signal %d: %s) while loading or running the model%s"
                    % (runtime, signum, _signal_name(signum), hint)))
     return EXIT_RUNTIME
+
+
+def _looks_like_oom(message: str) -> bool:
+    text = message.lower()
+    return any(s in text for s in ("memoryerror", "bad_alloc", "out of memory", "failed to allocate",
+                                   "cannot allocate", "unable to allocate", "failed to map segment",
+                                   "errno 12", "memory allocation"))
 
 
 def _restore(previous: dict) -> None:
@@ -674,11 +702,46 @@ def _die_with_parent(parent: int) -> None:
         os._exit(EXIT_RUNTIME)
 
 
-def _child(work, read_end: int, write_end: int, previous: dict, mask: tuple, parent: int) -> None:
+def memory_limit_mb():
+    """The EDGEPACK_RUNTIME_MEMORY_MB limit as an int, None when unset/0; a bad value is exit 2."""
+    raw = os.environ.get(MEMORY_ENV, "").strip()
+    if not raw or raw == "0":
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < 16:
+        raise Failure(EXIT_USAGE, "%s=%r is not a number of MiB >= 16 (0 = no limit)" % (MEMORY_ENV, raw))
+    return value
+
+
+def _limit_memory(limit_mb) -> None:
+    """RLIMIT_AS for this (child) process: a model that would allocate more fails here, not the device."""
+    if limit_mb is None:
+        return
+    try:
+        import resource
+        limit = limit_mb * 1024 * 1024
+        soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+        if hard != resource.RLIM_INFINITY:
+            limit = min(limit, hard)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+    except (ImportError, ValueError, OSError):
+        pass
+
+
+def _memory_failure(limit_mb, detail: str) -> Failure:
+    return Failure(EXIT_RUNTIME, "out of memory under the %d MiB limit (%s; raise it if the model really needs more): %s"
+                   % (limit_mb, MEMORY_ENV, detail))
+
+
+def _child(work, read_end: int, write_end: int, previous: dict, mask: tuple, parent: int, limit_mb=None) -> None:
     code = EXIT_RUNTIME
     try:
         os.close(read_end)
         _die_with_parent(parent)
+        _limit_memory(limit_mb)
         for signum, handler in previous.items():  # die of a stop signal at once, even inside a native invoke
             signal.signal(signum, signal.SIG_DFL if signum in STOP_SIGNALS else handler)
         if mask:
@@ -689,7 +752,14 @@ def _child(work, read_end: int, write_end: int, previous: dict, mask: tuple, par
             os.close(write_end)
 
         code = work(announce)
+    except MemoryError as exc:
+        code = EXIT_RUNTIME
+        with contextlib.suppress(BaseException):
+            report(_memory_failure(limit_mb, "MemoryError %s" % (exc or "")) if limit_mb else
+                   Failure(EXIT_RUNTIME, "out of memory: MemoryError %s" % (exc or "")))
     except Failure as exc:
+        if limit_mb and exc.code in (EXIT_USAGE, EXIT_RUNTIME, EXIT_NO_RUNTIME) and _looks_like_oom(exc.message):
+            exc = _memory_failure(limit_mb, exc.message)
         report(exc)
         code = exc.code
     except SystemExit as exc:
@@ -697,7 +767,10 @@ def _child(work, read_end: int, write_end: int, previous: dict, mask: tuple, par
     except BaseException as exc:  # noqa: BLE001 - the child must end in os._exit whatever happens
         code = EXIT_RUNTIME
         with contextlib.suppress(BaseException):
-            report(Failure(EXIT_RUNTIME, "unexpected %s: %s" % (type(exc).__name__, exc)))
+            failure = Failure(EXIT_RUNTIME, "unexpected %s: %s" % (type(exc).__name__, exc))
+            if limit_mb and _looks_like_oom(failure.message):
+                failure = _memory_failure(limit_mb, failure.message)
+            report(failure)
     finally:
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(BaseException):  # e.g. a closed pipe; the exit code still counts

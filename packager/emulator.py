@@ -31,6 +31,8 @@ from .targets import RuntimeProfile
 ENV_VERSION = 1           # bump to invalidate cached environments
 PIP_TIMEOUT = 900
 RUN_TIMEOUT = 600
+RUNTIME_MEMORY_ENV = "EDGEPACK_RUNTIME_MEMORY_MB"   # read by the device script's isolation child
+DEFAULT_RUNTIME_MEMORY_MB = 4096
 DEVICE_EXIT = {2: "bad arguments or input", 3: "integrity check failed", 4: "no TFLite runtime",
                5: "runtime cannot load or run the model", 6: "self-test mismatch"}
 
@@ -198,8 +200,8 @@ def run_device_script(env: RuntimeEnv, bundle: Path, inputs: dict, timeout: int 
                 "--output", str(dst), "--runtime", env.module]
         start = time.perf_counter()
         try:
-            proc = subprocess.run(argv, capture_output=True, text=True, env=env.env, timeout=timeout, cwd=tmp,
-                                  **lifecycle.popen_kwargs())
+            proc = subprocess.run(argv, capture_output=True, text=True, env=runtime_env(env), timeout=timeout,
+                                  cwd=tmp, **lifecycle.popen_kwargs())
         except subprocess.TimeoutExpired:
             return DeviceRun(False, -1, None, f"timed out after {timeout}s", time.perf_counter() - start)
         seconds = time.perf_counter() - start
@@ -210,6 +212,14 @@ def run_device_script(env: RuntimeEnv, bundle: Path, inputs: dict, timeout: int 
             outputs = {k: npz[k] for k in npz.files}
         info = device_info(env, bundle)
         return DeviceRun(True, 0, outputs, None, seconds, info)
+
+
+def runtime_env(env: RuntimeEnv) -> dict:
+    """The environment of a device-script run: the runtime's, plus an address-space limit for the
+    script's isolation child (``EDGEPACK_RUNTIME_MEMORY_MB`` on the host, default 4096 MiB)."""
+    out = dict(env.env)
+    out[RUNTIME_MEMORY_ENV] = os.environ.get(RUNTIME_MEMORY_ENV) or str(DEFAULT_RUNTIME_MEMORY_MB)
+    return out
 
 
 _INFO: dict = {}

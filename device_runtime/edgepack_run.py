@@ -130,12 +130,83 @@ def read_manifest(root: str) -> dict:
         manifest = json.loads(raw.decode("utf-8"))
     except OSError as exc:
         raise Failure(EXIT_INTEGRITY, "cannot read %s: %s" % (path, exc.strerror or exc)) from None
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
         raise Failure(EXIT_INTEGRITY, "manifest.json is not valid JSON: %s" % exc) from None
+    check_manifest(manifest)
+    return manifest
+
+
+def _bad(msg: str) -> Failure:
+    return Failure(EXIT_INTEGRITY, "manifest.json: " + msg)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value \
+        and value not in (float("inf"), float("-inf"))
+
+
+def _check_relpath(key: str, value) -> None:
+    if not isinstance(value, str) or not value or len(value) > 4096 or "\0" in value:
+        raise _bad("%s must be a file name inside the bundle, not %.80r" % (key, value))
+
+
+def _check_tensor(kind: str, i: int, spec) -> None:
+    where = "%s[%d]" % (kind, i)
+    if not isinstance(spec, dict):
+        raise _bad("%s is not an object" % where)
+    if not isinstance(spec.get("name"), str) or not spec["name"]:
+        raise _bad("%s has no name" % where)
+    if not _is_int(spec.get("index")) or spec["index"] < 0:
+        raise _bad("%s (%.80r) has no valid tensor index" % (where, spec["name"]))
+    if not isinstance(spec.get("dtype"), str) or not 0 < len(spec["dtype"]) <= 32:
+        raise _bad("%s (%.80r) has dtype %.40r" % (where, spec["name"], spec.get("dtype")))
+    shape = spec.get("shape")
+    if not isinstance(shape, list) or len(shape) > 16 or not all(_is_int(d) and d >= -1 for d in shape):
+        raise _bad("%s (%.80r) has shape %.80r; a list of integers >= -1 is needed" % (where, spec["name"], shape))
+    q = spec.get("quantization")
+    if q is not None:
+        if not isinstance(q, dict) or not _is_number(q.get("scale") or 0.0) or not _is_int(q.get("zero_point") or 0) \
+                or (q.get("scale") or 0.0) < 0:
+            raise _bad("%s (%.80r) has invalid quantization %.120r" % (where, spec["name"], q))
+
+
+def check_manifest(manifest) -> None:
+    """Every field the script reads has the type it needs: a malformed manifest is one error line
+    and exit code 3, never a traceback."""
+    if not isinstance(manifest, dict):
+        raise _bad("not a JSON object")
     for key in ("model", "inputs", "outputs", "model_sha256", "model_size"):
         if key not in manifest:
             raise Failure(EXIT_INTEGRITY, "manifest.json has no %r" % key)
-    return manifest
+    _check_relpath("model", manifest["model"])
+    sha = manifest["model_sha256"]
+    if not isinstance(sha, str) or len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+        raise _bad("model_sha256 is not a sha256 hex digest")
+    if not _is_int(manifest["model_size"]) or manifest["model_size"] < 0:
+        raise _bad("model_size is not a byte count")
+    for kind in ("inputs", "outputs"):
+        specs = manifest[kind]
+        if not isinstance(specs, list) or not specs or len(specs) > 4096:
+            raise _bad("%s must be a non-empty list of tensors" % kind)
+        for i, spec in enumerate(specs):
+            _check_tensor(kind, i, spec)
+        names = [s["name"] for s in specs]
+        if len(set(names)) != len(names):
+            raise _bad("%s has duplicate names" % kind)
+    samples = manifest.get("samples")
+    if samples is not None:
+        if not isinstance(samples, dict):
+            raise _bad("samples is not an object")
+        for key in ("inputs", "expected"):
+            if samples.get(key) is not None:
+                _check_relpath("samples." + key, samples[key])
+        atol = samples.get("atol")
+        if atol is not None and (not isinstance(atol, dict) or not all(_is_number(v) for v in atol.values())):
+            raise _bad("samples.atol must map output names to numbers")
 
 
 def _inside(root: str, rel: str) -> str:
@@ -189,6 +260,18 @@ def _check_header(key: str, shape, dtype, available=None) -> None:
     if available is not None and count * dtype.itemsize > available:
         raise Failure(EXIT_USAGE, "input %r announces %d bytes of data but holds %d (truncated?)"
                       % (key, count * dtype.itemsize, available))
+    return count
+
+
+def _require_regular_file(path: str) -> None:
+    """FIFOs, devices, sockets and directories are refused before they are opened (no hang)."""
+    import stat
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        raise Failure(EXIT_USAGE, "cannot read input %s: %s" % (path, exc.strerror or exc)) from None
+    if not stat.S_ISREG(mode):
+        raise Failure(EXIT_USAGE, "input %s is not a regular file" % path)
 
 
 def _load_npy(fh, key: str, size=None):
@@ -202,6 +285,7 @@ def _load_npy(fh, key: str, size=None):
 def read_inputs(path: str, specs: list) -> dict:
     """Arrays keyed by input name from .npz, .npy or .json; sizes checked before allocation."""
     names = [s["name"] for s in specs]
+    _require_regular_file(path)
     try:
         if path.endswith(".json"):
             with open(path, "rb") as fh:
@@ -215,14 +299,17 @@ def read_inputs(path: str, specs: list) -> dict:
             with open(path, "rb") as fh:
                 arrays = {names[0]: _load_npy(fh, names[0], os.fstat(fh.fileno()).st_size)}
         else:
-            arrays = {}
+            arrays, total = {}, 0
             with zipfile.ZipFile(path) as zf:
                 for member in zf.namelist():
                     key = member[:-4] if member.endswith(".npy") else member
                     with zf.open(member) as fh:
                         shape, dtype = _peek_npy(fh)
                         header = fh.tell()
-                    _check_header(key, shape, dtype, zf.getinfo(member).file_size - header)
+                    total += _check_header(key, shape, dtype, zf.getinfo(member).file_size - header)
+                    if total > MAX_INPUT_ELEMENTS:  # the cap is for the whole file, not per array
+                        raise Failure(EXIT_USAGE, "%s would hold %d elements in all (cap %d)"
+                                      % (os.path.basename(path), total, MAX_INPUT_ELEMENTS))
                 with np.load(path, allow_pickle=False) as npz:
                     arrays = {k: npz[k] for k in npz.files}
     except Failure:
@@ -532,6 +619,9 @@ def main(argv=None) -> int:
     except Failure as exc:
         report(exc)
         return exc.code
+    except Exception as exc:  # noqa: BLE001 - last resort: one line, never a traceback
+        report(Failure(EXIT_RUNTIME, "unexpected %s: %s" % (type(exc).__name__, exc)))
+        return EXIT_RUNTIME
 
 
 def report(exc: Failure) -> None:

@@ -212,6 +212,8 @@ def build(model: str | os.PathLike, *, target: str = "rpi", recipe: str | None =
 
 
 def _read_labels(path) -> list[str]:
+    if not Path(path).is_file():
+        raise UsageError(f"labels {path} is not a regular file")
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:

@@ -121,6 +121,8 @@ def load_dataset(path: str | Path, specs: list[TensorSpec], purpose: str = "cali
     labels = None
     if path.is_dir():
         arrays = _read_images(path, specs)
+    elif not path.is_file():  # a FIFO or device would block or never end
+        raise UsageError(f"{purpose} data {path} is not a regular file or a folder of images")
     elif path.suffix in (".npz", ".npy"):
         arrays, labels = _read_arrays(path, specs)
     else:
@@ -140,6 +142,11 @@ def load_dataset(path: str | Path, specs: list[TensorSpec], purpose: str = "cali
                              f"{['N' if d == -1 else d for d in want]} (first axis = samples)")
         if a.dtype.kind == "f" and not np.all(np.isfinite(a)):
             raise UsageError(f"{purpose} input {spec.name!r} contains NaN or Inf")
+        if a.dtype.kind == "f" and a.dtype.itemsize > 4 and a.size and np.dtype(spec.dtype).kind == "f" \
+                and float(np.max(np.abs(a))) > float(np.finfo(np.dtype(spec.dtype)).max):
+            raise UsageError(f"{purpose} input {spec.name!r} holds values beyond the {np.dtype(spec.dtype).name} "
+                             f"range (max |x| {float(np.max(np.abs(a))):.3g})",
+                             hint="the model computes in float32: scale or clip the data first")
         if count is not None and a.shape[0] != count:
             raise UsageError(f"{purpose} inputs have different sample counts")
         count = a.shape[0]

@@ -14,7 +14,7 @@ from typing import Annotated, List, Optional
 import typer
 
 from . import __version__
-from .errors import EXIT_CODES, EdgepackError
+from .errors import EXIT_CODES, EdgepackError, disk_full
 
 app = typer.Typer(
     name="edgepack",
@@ -56,7 +56,13 @@ def command(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            return fn(*args, **kwargs)
+            try:
+                return fn(*args, **kwargs)
+            except OSError as exc:  # a full disk is the host's problem, not a bug
+                problem = disk_full(exc)
+                if problem is None:
+                    raise
+                raise problem from None
         except EdgepackError as exc:
             from . import render
             json_mode = kwargs.get("json_output")
@@ -277,6 +283,10 @@ def main(argv: list[str] | None = None) -> None:
         if os.environ.get("EDGEPACK_DEBUG"):
             raise
         from . import render
+        problem = disk_full(exc)
+        if problem is not None:
+            render.error(problem.message, problem.hint)
+            sys.exit(problem.exit_code)
         render.error(f"internal error: {type(exc).__name__}: {exc}",
                      "this is a bug in edgepack; rerun with EDGEPACK_DEBUG=1 and report the traceback")
         sys.exit(1)

@@ -46,6 +46,12 @@ def _child(conn, func, args, memory_mb: int, parent: int | None = None, scratch:
         result = ("ok", func(*args))
     except EdgepackError as exc:
         result = ("error", exc)
+    except OSError as exc:
+        from .errors import disk_full
+        problem = disk_full(exc)
+        result = ("error", problem) if problem is not None else \
+            ("crash", f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}",
+             traceback.format_exc()[-4000:])
     except MemoryError:
         result = ("error", ConversionError(f"the model needed more than {memory_mb} MiB",
                                            hint="raise EDGEPACK_MEMORY_MB if the model is really that large"))

@@ -8,6 +8,7 @@ carry file-system and Python-callback ops. These are refused by name unless the 
 from __future__ import annotations
 
 import json
+import os
 import zipfile
 from pathlib import Path
 
@@ -128,9 +129,30 @@ def _unsafe_in_config(node, depth: int = 0) -> str | None:
     return None
 
 
+def _only_regular_files(root: Path) -> None:
+    """A SavedModel directory holds directories and regular files: a FIFO or device in it would
+    block TensorFlow's reads (symlinks are followed: to a regular file or directory they are fine)."""
+    import stat
+    count = 0
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            count += 1
+            if count > MAX_MEMBERS:
+                raise UsageError(f"{root.name} holds more than {MAX_MEMBERS} files")
+            p = Path(dirpath) / name
+            try:
+                mode = p.stat().st_mode
+            except OSError as exc:
+                raise UsageError(f"{root.name}: cannot read {p.relative_to(root)}: {exc.strerror or exc}") from None
+            if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                raise UsageError(f"{root.name}: {p.relative_to(root)} is a FIFO, device or socket, not a regular file; "
+                                 "refused")
+
+
 def _check_saved_model(path: Path, trust: bool) -> None:
     """Parse saved_model.pb (or .pbtxt) and refuse, unless trusted, any graph or library function
     holding an op outside the allowlist of computing ops (:mod:`packager.op_allowlist`)."""
+    _only_regular_files(path)
     pb, text = path / "saved_model.pb", False
     if not pb.is_file():
         pb, text = path / "saved_model.pbtxt", True

@@ -31,7 +31,7 @@ from .base import Completed, Transport, q, run_process, transfer_timeout
 _HOST_SPEC = re.compile(
     r"^(?:(?P<user>[A-Za-z0-9_][A-Za-z0-9._-]*)@)?"
     r"(?P<host>\[[0-9A-Fa-f:.]+(?:%[A-Za-z0-9]+)?\]|[A-Za-z0-9_][A-Za-z0-9._-]*)"
-    r"(?::(?P<port>[0-9]{1,5}))?$")
+    r"(?::(?P<port>[0-9]{1,5}))?\Z")
 
 _HOST_KEY_CHANGED = ("REMOTE HOST IDENTIFICATION HAS CHANGED", "has changed and you have requested strict checking",
                      "Host key for", "Offending")

@@ -22,6 +22,9 @@ def checks() -> list[Check]:
     except ImportError:
         found.append(Check("tensorflow", False, "not importable", "pip install 'tensorflow-cpu==2.21.*'"))
     found.append(Check("python venv", True, sys.version.split()[0]))
+    from . import sandbox
+    found.append(Check("model sandbox", sandbox.abi_version() > 0 and sandbox.mode() != "off", sandbox.status(),
+                       None if sandbox.abi_version() else "a kernel with Landlock (Linux >= 5.13, lsm=...,landlock)"))
     for tool, pkg in (("ssh", "openssh-client"), ("adb", "adb")):
         path = shutil.which(tool)
         found.append(Check(tool, bool(path), path or "not found", None if path else f"apt-get install {pkg}"))

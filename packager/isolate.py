@@ -3,6 +3,11 @@ process with an address-space limit and a timeout. Models are programs: a hostil
 ends as an edgepack error, never as a hung or crashed edgepack. The parent never imports
 TensorFlow.
 
+The child confines itself with Landlock where the kernel has it (:mod:`packager.sandbox`): it can
+write only below a scratch directory (its TMPDIR, removed afterwards), open no TCP connection
+and signal no process outside it, so a hostile model that gets past the checks in
+:mod:`packager.safety` still cannot write a file elsewhere.
+
 Limits: ``EDGEPACK_MEMORY_MB`` (default 8192, address space of the child) and
 ``EDGEPACK_TIMEOUT`` (seconds, default 1800). ``EDGEPACK_IN_PROCESS=1`` runs jobs in the calling
 process instead (faster for tests and debugging; no containment).
@@ -43,6 +48,9 @@ def _child(conn, func, args, memory_mb: int, parent: int | None = None, scratch:
     except (ImportError, ValueError, OSError):
         pass
     try:
+        if scratch:  # from here on this process writes only below scratch (packager.sandbox)
+            from . import sandbox
+            sandbox.confine([scratch])
         result = ("ok", func(*args))
     except EdgepackError as exc:
         result = ("error", exc)

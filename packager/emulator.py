@@ -200,8 +200,10 @@ def run_device_script(env: RuntimeEnv, bundle: Path, inputs: dict, timeout: int 
                 "--output", str(dst), "--runtime", env.module]
         start = time.perf_counter()
         try:
+            # the runtime reads the bundle and writes only below tmp: a model that exploits the
+            # native runtime cannot write elsewhere on the host either (Landlock, where available)
             proc = subprocess.run(argv, capture_output=True, text=True, env=runtime_env(env), timeout=timeout,
-                                  cwd=tmp, **lifecycle.popen_kwargs())
+                                  cwd=tmp, **lifecycle.popen_kwargs(confine_to=[tmp]))
         except subprocess.TimeoutExpired:
             return DeviceRun(False, -1, None, f"timed out after {timeout}s", time.perf_counter() - start)
         seconds = time.perf_counter() - start

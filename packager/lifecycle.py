@@ -92,9 +92,22 @@ def preexec() -> None:
         _PRCTL(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
 
 
-def popen_kwargs() -> dict:
-    """Keyword arguments for subprocess.run/Popen that tie the child to this process."""
-    return {"preexec_fn": preexec} if _PRCTL is not None else {}
+def popen_kwargs(confine_to: list | None = None) -> dict:
+    """Keyword arguments for subprocess.run/Popen that tie the child to this process, and with
+    ``confine_to`` also let it write only below those directories (:mod:`packager.sandbox`)."""
+    if confine_to is None:
+        return {"preexec_fn": preexec} if _PRCTL is not None else {}
+    from . import sandbox
+    dirs = [os.fspath(d) for d in confine_to]
+    sandbox.abi_version()  # resolve libc and the syscall before fork, not in the child
+
+    def preexec_confined() -> None:
+        preexec()
+        try:
+            sandbox.confine(dirs)
+        except Exception:  # noqa: BLE001 - EDGEPACK_SANDBOX=require: do not run unconfined
+            os._exit(126)
+    return {"preexec_fn": preexec_confined}
 
 
 def _send(op: str, kind: str, value) -> None:

@@ -146,3 +146,31 @@ def test_confined_process_writes_only_below_scratch(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "denied"
     assert (scratch / "ok.txt").read_text() == "fine" and not outside.exists()
+
+
+@needs_landlock
+def test_emulator_runs_are_confined_too(int8_bundle, runtime_python, tmp_path, monkeypatch):
+    """Code running inside the emulated runtime (as a model exploiting the native runtime would)
+    can write its outputs in the run's temp dir, but nothing elsewhere on the host."""
+    from packager import emulator
+    outside = tmp_path / "escaped.txt"
+    script = tmp_path / "stand_in.py"
+    script.write_text("import sys, numpy as np\n"
+                      "try:\n"
+                      f"    open({str(outside)!r}, 'w').write('x')\n"
+                      "except OSError:\n"
+                      "    pass\n"
+                      "out = sys.argv[sys.argv.index('--output') + 1]\n"
+                      "np.savez(out, probs=np.zeros((1, 10), np.float32))\n")
+    monkeypatch.setattr(emulator, "host_entrypoint", lambda bundle, manifest: (script, None))
+    name = json.loads((int8_bundle.bundle / "manifest.json").read_text())["inputs"][0]["name"]
+    import numpy as np
+    monkeypatch.setenv("EDGEPACK_SANDBOX", "0")            # control: uncontained, it writes
+    assert emulator.run_device_script(runtime_python, int8_bundle.bundle,
+                                      {name: np.zeros((1, 8, 8, 1), np.float32)}).ok
+    assert outside.exists()
+    outside.unlink()
+    monkeypatch.setenv("EDGEPACK_SANDBOX", "require")
+    run = emulator.run_device_script(runtime_python, int8_bundle.bundle, {name: np.zeros((1, 8, 8, 1), np.float32)})
+    assert run.ok, run.error                               # its own outputs are still written
+    assert not outside.exists()

@@ -269,12 +269,19 @@ def main(argv: list[str] | None = None) -> None:
     for name in ("SIGTERM", "SIGHUP"):
         if hasattr(signal, name) and signal.getsignal(getattr(signal, name)) == signal.SIG_DFL:
             signal.signal(getattr(signal, name), terminated)
+    json_mode = "--json" in (sys.argv[1:] if argv is None else argv)
+
+    def fail(message: str, hint: str | None, code: int):
+        from . import render
+        if json_mode:  # --json: stdout still holds one JSON document
+            render.emit_json({"ok": False, "error": message, "hint": hint, "exit_code": code})
+        render.error(message, hint)
+        sys.exit(code)
+
     try:
         app(args=argv, prog_name="edgepack")
     except EdgepackError as exc:
-        from . import render
-        render.error(exc.message, exc.hint)
-        sys.exit(exc.exit_code)
+        fail(exc.message, exc.hint, exc.exit_code)
     except KeyboardInterrupt:
         sys.exit(130)
     except _Terminated as exc:
@@ -282,14 +289,11 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:  # noqa: BLE001 - last resort: never a traceback for the user
         if os.environ.get("EDGEPACK_DEBUG"):
             raise
-        from . import render
         problem = disk_full(exc)
         if problem is not None:
-            render.error(problem.message, problem.hint)
-            sys.exit(problem.exit_code)
-        render.error(f"internal error: {type(exc).__name__}: {exc}",
-                     "this is a bug in edgepack; rerun with EDGEPACK_DEBUG=1 and report the traceback")
-        sys.exit(1)
+            fail(problem.message, problem.hint, problem.exit_code)
+        fail(f"internal error: {type(exc).__name__}: {exc}",
+             "this is a bug in edgepack; rerun with EDGEPACK_DEBUG=1 and report the traceback", 1)
 
 
 if __name__ == "__main__":

@@ -219,3 +219,11 @@ def test_full_disk_is_a_clear_exit_5(json_mode, zoo, tmp_path):
     if json_mode:
         doc = json.loads(proc.stdout)
         assert doc["ok"] is False and doc["exit_code"] == 5
+
+
+def test_deploy_errors_with_json_are_one_json_document(built_bundles_small, tmp_path):
+    proc = _cli("deploy", built_bundles_small, "--host", "pi@192.0.2.1", "--remote-dir", "/x\u2028y", "--json")
+    assert proc.returncode == 2, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["ok"] is False and doc["exit_code"] == 2 and "separator" in doc["error"]
+    _one_error(proc.stderr)

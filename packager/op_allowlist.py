@@ -54,13 +54,16 @@ KERAS_PURE_OP_MODULES = ("keras.src.ops.numpy", "keras.src.ops.math", "keras.src
 KERAS_PURE_CORE_OPS = frozenset({"Cast", "Slice", "SliceUpdate", "Scatter", "ScatterUpdate", "StopGradient",
                                  "Unstack", "SaturateCast", "ConvertToTensor"})
 
+KERAS_CONTROL_FLOW_OPS = frozenset({"Map", "Scan", "AssociativeScan", "Switch", "WhileLoop", "ForiLoop", "Cond",
+                                    "VectorizedMap", "CustomGradient"})
+
 
 def op_layer_problem(node: dict) -> str | None:
     """A description of what a Keras config node names outside the allowlist, or None."""
     cls = node.get("class_name")
     config = node.get("config") if isinstance(node.get("config"), dict) else {}
     module = node.get("module")
-    if cls in TF_OP_LAYERS and (module is None or (isinstance(module, str) and module.startswith("tf_keras"))):
+    if cls in TF_OP_LAYERS:  # whatever "module" says: tf_keras's legacy loader ignores it
         name = config.get("name")
         label = f"layer {name!r} ({cls})" if isinstance(name, str) else f"a {cls} layer"
         if cls in ("TFOpLambda", "SlicingOpLambda"):
@@ -76,6 +79,8 @@ def op_layer_problem(node: dict) -> str | None:
             if attr not in TF_PURE_TENSOR_ATTRS:
                 return f"{label} using tensor attribute {attr!r} (not a pure math op)"
         return None
+    if cls in KERAS_CONTROL_FLOW_OPS:
+        return f"a Keras operation {cls!r} (control flow that calls Python functions; not a pure math op)"
     if isinstance(module, str) and (module.startswith("keras.src.ops.") or module.startswith("keras.ops")):
         if module.startswith(KERAS_PURE_OP_MODULES):
             return None

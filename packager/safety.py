@@ -79,8 +79,8 @@ def _keras_zip_config(path: Path):
 def _h5_config(path: Path):
     try:
         import h5py
-    except ImportError:  # keras depends on h5py; without it nothing can read the file anyway
-        return None
+    except ImportError:  # keras depends on h5py: without it the file cannot be checked, nor loaded
+        raise UsageError(f"cannot check {path.name}: h5py is not installed", hint="pip install h5py") from None
     try:
         with h5py.File(path, "r") as h5:
             raw = h5.attrs.get("model_config")

@@ -247,3 +247,17 @@ def test_allowlist_against_tensorflows_registered_ops():
     stateful = {op for op in registered if op_def_registry.get(op) and op_def_registry.get(op).is_stateful}
     leaked = (io_ops - DECODERS_REVIEWED) & COMPUTE_OPS | (stateful & COMPUTE_OPS) - STATEFUL_REVIEWED
     assert not leaked, sorted(leaked)
+
+
+def test_h5_op_layer_with_a_misleading_module_still_refused(op_h5, tmp_path):
+    """tf_keras's legacy loader ignores "module": naming Keras there must not exempt an op layer."""
+    path = tmp_path / "evil.h5"
+    shutil.copy(op_h5, path)
+
+    def edit(cfg):
+        layer = next(ly for ly in cfg["config"]["layers"] if ly["class_name"] == "TFOpLambda")
+        layer["config"]["function"] = "io.write_file"
+        layer["module"] = "keras.layers"
+    _edit_h5_config(path, edit)
+    with pytest.raises(UsageError, match="not a pure math op"):
+        check_model(path, "keras-h5", trust=False)

@@ -207,6 +207,8 @@ def _load_keras(path: Path, trust: bool = False) -> LoadedModel:
     def from_exported_saved_model():
         import tempfile
         tmp = tempfile.mkdtemp(prefix="edgepack-sm-")
+        from . import lifecycle
+        lifecycle.register_dir(tmp)  # the converter reads it later: removed when this process ends
         module = tf.Module()
         module.model = model
         module.serve = fn

@@ -112,3 +112,11 @@ def test_fuzz_malformed_manifests(int8_bundle, runtime_python, tmp_path):
     assert not bad_codes, bad_codes[:5]
     assert not multi_line, multi_line[:5]
     assert threes >= 0.6 * len(cases)
+    # a sample through the real entry point, as deployed: isolation child, exit code of the process
+    for case in rng.sample(cases, 25):
+        (Path(case) / "edgepack_run.py").unlink()   # a symlink into the shared bundle: replace, not write through
+        shutil.copy(SCRIPT, Path(case) / "edgepack_run.py")
+        real = subprocess.run([*runtime_python.argv, str(Path(case) / "edgepack_run.py"), "--self-test"],
+                              capture_output=True, text=True, env=runtime_python.env, timeout=120)
+        assert real.returncode == results[case][0], (labels[case], real.returncode, real.stderr[-300:])
+        assert "Traceback" not in real.stderr, (labels[case], real.stderr[-600:])

@@ -223,8 +223,13 @@ STATEFUL_REVIEWED = {
     "Multinomial", "MutableDenseHashTableV2", "MutableHashTableV2", "RandomStandardNormal", "RandomUniform",
     "RandomUniformInt", "ReadVariableOp", "ResourceGather", "ResourceGatherNd", "StatefulPartitionedCall",
     "TruncatedNormal", "VarHandleOp", "VarIsInitializedOp", "Variable", "VariableShape", "VariableV2", "While",
-    "_Arg", "_DeviceArg", "_DeviceRetval", "_Retval"}
-DECODERS_REVIEWED = {"DecodePng", "DecodeJpeg", "DecodeBmp", "DecodeGif", "DecodeImage", "DecodeRaw",
+    "_Arg", "_DeviceArg", "_DeviceRetval", "_Retval",
+    "TensorArrayV3", "TensorArrayReadV3", "TensorArrayWriteV3", "TensorArrayGatherV3", "TensorArrayScatterV3",
+    "TensorArraySizeV3", "TensorArrayCloseV3", "TensorArrayConcatV3", "TensorArraySplitV3"}
+DECODERS_REVIEWED = {"AudioSpectrogram", "TensorArrayV3", "TensorArrayReadV3", "TensorArrayWriteV3",
+                     "TensorArrayGatherV3", "TensorArrayScatterV3", "TensorArraySizeV3", "TensorArrayCloseV3",
+                     "TensorArrayConcatV3", "TensorArraySplitV3",  # in-memory arrays (TF1 loops), not files
+                     "DecodePng", "DecodeJpeg", "DecodeBmp", "DecodeGif", "DecodeImage", "DecodeRaw",
                      "DecodeCompressed", "EncodePng", "EncodeJpeg", "UnicodeDecode", "UnicodeEncode"}
 
 

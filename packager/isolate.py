@@ -47,10 +47,11 @@ def _child(conn, func, args, memory_mb: int, parent: int | None = None, scratch:
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     except (ImportError, ValueError, OSError):
         pass
+    confined = 0
     try:
         if scratch:  # from here on this process writes only below scratch (packager.sandbox)
             from . import sandbox
-            sandbox.confine([scratch])
+            confined = sandbox.confine([scratch])
         result = ("ok", func(*args))
     except EdgepackError as exc:
         result = ("error", exc)
@@ -64,8 +65,13 @@ def _child(conn, func, args, memory_mb: int, parent: int | None = None, scratch:
         result = ("error", ConversionError(f"the model needed more than {memory_mb} MiB",
                                            hint="raise EDGEPACK_MEMORY_MB if the model is really that large"))
     except BaseException as exc:  # noqa: BLE001 - reported as one line by the parent
-        result = ("crash", f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}",
-                  traceback.format_exc()[-4000:])
+        line = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+        result = ("crash", line, traceback.format_exc()[-4000:])
+        if confined and ("Permission denied" in str(exc) or isinstance(exc, PermissionError)):
+            result = ("error", ConversionError(
+                f"the model tried to write outside edgepack's scratch directory, which the sandbox blocked ({line})",
+                hint="a model that writes files while loading or running is hostile or broken; "
+                     "EDGEPACK_SANDBOX=0 lifts the sandbox, only for a model you trust"))
     try:
         conn.send(result)
     except Exception as exc:  # noqa: BLE001 - e.g. an unpicklable result

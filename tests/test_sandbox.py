@@ -65,6 +65,7 @@ def test_trusted_savedmodel_cannot_write_outside_scratch(contained, tmp_path, mo
     with pytest.raises(EdgepackError) as exc:
         api.verify(bundle, reference=writer, runtimes=LITERT, trust_model=True)
     assert "\n" not in exc.value.message
+    assert "sandbox blocked" in exc.value.message, exc.value.message
     assert not target.exists()
     assert not [p for p in contained.iterdir() if p.name.startswith("edgepack-")]  # scratch went with the child
 

@@ -358,6 +358,8 @@ def _mismatch_hint(report: VerifyReport, output) -> str:
 
 
 def _read_labels(path) -> list[str]:
+    if not Path(path).is_file():
+        raise UsageError(f"labels {path} is not a regular file")
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -511,6 +513,8 @@ def _verify(bundle: Path, reference, data, runtimes, arch, strict, trust_model, 
     if problems:
         raise VerificationError(f"bundle integrity: {'; '.join(problems)}",
                                 hint="rebuild the bundle; files were changed after `edgepack build`")
+    from .bundle import host_entrypoint
+    _, script_note = host_entrypoint(bundle, manifest)
     profile = get_target(manifest["target"]["name"])
     rec = get_recipe(manifest["recipe"]["name"])
     selected = [profile.runtime(r) for r in runtimes] if runtimes else list(profile.runtimes)
@@ -537,6 +541,8 @@ def _verify(bundle: Path, reference, data, runtimes, arch, strict, trust_model, 
     tolerance = _bundle_tolerance(manifest, rec, atol, rtol)
     report = _verify_staged(bundle, manifest, profile, rec, selected, dataset, refs, spec, arch, progress,
                             tolerance=tolerance, strict=strict, require_all=bool(runtimes))
+    if script_note:
+        report.notes.insert(0, script_note)
     return report
 
 

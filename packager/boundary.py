@@ -8,7 +8,7 @@ import functools
 
 import typer
 
-from .errors import EdgepackError
+from .errors import EdgepackError, disk_full
 
 
 def command(fn):
@@ -16,7 +16,13 @@ def command(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            return fn(*args, **kwargs)
+            try:
+                return fn(*args, **kwargs)
+            except OSError as exc:  # a full disk is the host's problem, not a bug
+                problem = disk_full(exc)
+                if problem is None:
+                    raise
+                raise problem from None
         except EdgepackError as exc:
             from . import render
             report = getattr(exc, "report", None)

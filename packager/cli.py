@@ -13,9 +13,9 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from .version import __version__
 from .boundary import command
-from .errors import EXIT_CODES, EdgepackError
+from .errors import EXIT_CODES, EdgepackError, disk_full
+from .version import __version__
 
 # Every EDGEPACK_* variable a user may set (tests/test_render.py checks this list against the code).
 ENVIRONMENT = {
@@ -332,11 +332,36 @@ from .cli_fleet import register as _register_fleet  # noqa: E402 - `edgepack fle
 _register_fleet(app)
 
 
+class _Terminated(BaseException):
+    """Raised by the SIGTERM/SIGHUP handler of :func:`main`; never an error edgepack explains."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point, with option defaults from ./edgepack.toml or [tool.edgepack] in
     ./pyproject.toml (see packager/config.py). Errors edgepack can explain exit with their code;
     anything else is a bug: one line, exit 1, and the traceback only with EDGEPACK_DEBUG=1."""
     import os
+    import signal
+
+    def terminated(signum, frame):  # SIGTERM/SIGHUP unwind like Ctrl-C: every cleanup runs
+        raise _Terminated(signum)
+
+    for name in ("SIGTERM", "SIGHUP"):
+        if hasattr(signal, name) and signal.getsignal(getattr(signal, name)) == signal.SIG_DFL:
+            signal.signal(getattr(signal, name), terminated)
+    json_mode = "--json" in (sys.argv[1:] if argv is None else argv)
+
+    def fail(message: str, hint: str | None, code: int):
+        from . import render
+        if json_mode:  # --json: stdout still holds one JSON document
+            render.emit_json({"ok": False, "error": message, "hint": hint, "exit_code": code})
+        render.error(message, hint)
+        sys.exit(code)
+
     try:
         import typer.main
 
@@ -344,18 +369,19 @@ def main(argv: list[str] | None = None) -> None:
         cli = typer.main.get_command(app)
         cli(args=argv, prog_name="edgepack", default_map=config.default_map(cli))
     except EdgepackError as exc:
-        from . import render
-        render.error(exc.message, exc.hint)
-        sys.exit(exc.exit_code)
+        fail(exc.message, exc.hint, exc.exit_code)
     except KeyboardInterrupt:
         sys.exit(130)
+    except _Terminated as exc:
+        sys.exit(128 + exc.signum)
     except Exception as exc:  # noqa: BLE001 - last resort: never a traceback for the user
         if os.environ.get("EDGEPACK_DEBUG"):
             raise
-        from . import render
-        render.error(f"internal error: {type(exc).__name__}: {exc}",
-                     "this is a bug in edgepack; rerun with EDGEPACK_DEBUG=1 and report the traceback")
-        sys.exit(1)
+        problem = disk_full(exc)
+        if problem is not None:
+            fail(problem.message, problem.hint, problem.exit_code)
+        fail(f"internal error: {type(exc).__name__}: {exc}",
+             "this is a bug in edgepack; rerun with EDGEPACK_DEBUG=1 and report the traceback", 1)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .bundle import npz_bytes
+from .bundle import host_entrypoint, npz_bytes
 from .compare import OutputMetrics, compare_all, merge_metrics
 from .errors import EnvironmentProblem, UsageError
 from .paths import env_dir
@@ -31,6 +31,8 @@ from .targets import RuntimeProfile
 ENV_VERSION = 1           # bump to invalidate cached environments
 PIP_TIMEOUT = 900
 RUN_TIMEOUT = 600
+RUNTIME_MEMORY_ENV = "EDGEPACK_RUNTIME_MEMORY_MB"   # read by the device script's isolation child
+DEFAULT_RUNTIME_MEMORY_MB = 4096
 DEVICE_EXIT = {2: "bad arguments or input", 3: "integrity check failed", 4: "no TFLite runtime",
                5: "runtime cannot load or run the model", 6: "self-test mismatch"}
 
@@ -117,10 +119,12 @@ def _create_venv(root: Path, runtime: RuntimeProfile, env: dict, progress) -> No
     if progress:
         progress(f"preparing the {runtime.name} environment (once; cached in {root.parent})")
     root.parent.mkdir(parents=True, exist_ok=True)
+    from . import lifecycle
     tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}.tmp-"))
+    lifecycle.register_dir(tmp)  # a killed edgepack leaves no half-made environment
     try:
         subprocess.run([sys.executable, "-m", "venv", "--clear", str(tmp)], check=True, capture_output=True,
-                       timeout=300, env=env)
+                       timeout=300, env=env, **lifecycle.popen_kwargs())
         if progress:
             progress(f"installing {' '.join(runtime.requirements)} with pip")
         rc, lines = _pip_install(tmp / "bin" / "python", runtime.requirements, env, progress)
@@ -149,6 +153,7 @@ def _create_venv(root: Path, runtime: RuntimeProfile, env: dict, progress) -> No
                                  hint="install the venv module (apt-get install python3-venv)") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        lifecycle.unregister_dir(tmp)
 
 
 def _pip_install(python: Path, requirements, env: dict, progress) -> tuple[int, list[str]]:
@@ -156,9 +161,12 @@ def _pip_install(python: Path, requirements, env: dict, progress) -> tuple[int, 
     size (`downloading numpy-1.26.4-...whl (18.3 MB)`), pip's other lines as details (they start
     with a capital letter: the terminal shows them on the live line, --verbose prints them)."""
     import threading
+
+    from . import lifecycle
     proc = subprocess.Popen([str(python), "-m", "pip", "install", "--disable-pip-version-check", "--no-input",
                              "--progress-bar", "off", "--only-binary=:all:", *requirements],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            **lifecycle.popen_kwargs())
     timer = threading.Timer(PIP_TIMEOUT, proc.kill)
     timer.start()
     lines: list[str] = []
@@ -222,16 +230,22 @@ class DeviceRun:
 
 
 def run_device_script(env: RuntimeEnv, bundle: Path, inputs: dict, timeout: int = RUN_TIMEOUT) -> DeviceRun:
-    """Run ``python3 <bundle>/<entrypoint> --input in.npz --output out.npz`` in ``env``."""
+    """Run ``python3 <bundle>/<entrypoint> --input in.npz --output out.npz`` in ``env`` (this
+    edgepack's own copy of the script when the bundle's differs: see :func:`bundle.host_entrypoint`)."""
     manifest = json.loads((bundle / "manifest.json").read_text())
-    script = (bundle / manifest["entrypoint"]).resolve()
-    with tempfile.TemporaryDirectory(prefix="edgepack-run-") as tmp:
+    script = host_entrypoint(bundle, manifest)[0].resolve()
+    from . import lifecycle
+    with lifecycle.temp_dir("edgepack-run-") as tmp:
         src, dst = Path(tmp) / "in.npz", Path(tmp) / "out.npz"
         src.write_bytes(npz_bytes(inputs))
-        argv = [*env.argv, str(script), "--input", str(src), "--output", str(dst), "--runtime", env.module]
+        argv = [*env.argv, str(script), "--bundle", str(Path(bundle).resolve()), "--input", str(src),
+                "--output", str(dst), "--runtime", env.module]
         start = time.perf_counter()
         try:
-            proc = subprocess.run(argv, capture_output=True, text=True, env=env.env, timeout=timeout, cwd=tmp)
+            # the runtime reads the bundle and writes only below tmp: a model that exploits the
+            # native runtime cannot write elsewhere on the host either (Landlock, where available)
+            proc = subprocess.run(argv, capture_output=True, text=True, env=runtime_env(env), timeout=timeout,
+                                  cwd=tmp, **lifecycle.popen_kwargs(confine_to=[tmp]))
         except subprocess.TimeoutExpired:
             return DeviceRun(False, -1, None, f"timed out after {timeout}s", time.perf_counter() - start)
         seconds = time.perf_counter() - start
@@ -242,6 +256,14 @@ def run_device_script(env: RuntimeEnv, bundle: Path, inputs: dict, timeout: int 
             outputs = {k: npz[k] for k in npz.files}
         info = device_info(env, bundle)
         return DeviceRun(True, 0, outputs, None, seconds, info)
+
+
+def runtime_env(env: RuntimeEnv) -> dict:
+    """The environment of a device-script run: the runtime's, plus an address-space limit for the
+    script's isolation child (``EDGEPACK_RUNTIME_MEMORY_MB`` on the host, default 4096 MiB)."""
+    out = dict(env.env)
+    out[RUNTIME_MEMORY_ENV] = os.environ.get(RUNTIME_MEMORY_ENV) or str(DEFAULT_RUNTIME_MEMORY_MB)
+    return out
 
 
 _INFO: dict = {}
@@ -257,9 +279,10 @@ def device_info(env: RuntimeEnv, bundle: Path) -> dict:
 
 
 def _ask_info(env: RuntimeEnv, bundle: Path) -> dict:
+    from . import lifecycle
     manifest = json.loads((bundle / "manifest.json").read_text())
-    proc = subprocess.run([*env.argv, str(bundle / manifest["entrypoint"]), "--info", "--runtime", env.module],
-                          capture_output=True, text=True, env=env.env, timeout=300)
+    proc = subprocess.run([*env.argv, str(host_entrypoint(bundle, manifest)[0]), "--info", "--runtime", env.module],
+                          capture_output=True, text=True, env=env.env, timeout=300, **lifecycle.popen_kwargs())
     try:
         return json.loads(proc.stdout.strip().splitlines()[-1])
     except (ValueError, IndexError):

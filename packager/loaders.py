@@ -138,6 +138,8 @@ def sniff_format(path: Path) -> str:
             return "saved-model"
         raise UsageError(f"{path} is a directory but not a SavedModel (no saved_model.pb)",
                          hint="pass the directory written by tf.saved_model.save, e.g. saved/1")
+    if not path.is_file():  # a FIFO or device would block the read below
+        raise UsageError(f"{path} is not a regular file, nor a SavedModel directory")
     try:
         with open(path, "rb") as fh:
             head = fh.read(8)
@@ -365,6 +367,8 @@ def _load_keras(path: Path, trust: bool = False) -> LoadedModel:
     def from_exported_saved_model():
         import tempfile
         tmp = tempfile.mkdtemp(prefix="edgepack-sm-")
+        from . import lifecycle
+        lifecycle.register_dir(tmp)  # the converter reads it later: removed when this process ends
         module = tf.Module()
         module.model = model
         module.serve = fn

@@ -11,9 +11,10 @@ PACKAGE = ROOT / "packager"
 # Stage of each module, in the order data flows through them; a module may import its own stage
 # or an earlier one. A new module must be placed here (the test says so).
 STAGES = [
-    ("foundation", ["packager.errors", "packager.version", "packager.paths", "packager.recipes",
+    ("foundation", ["packager.errors", "packager.version", "packager.paths", "packager.lifecycle", "packager.sandbox",
+                    "packager.recipes",
                     "packager.targets", "packager.isolate", "packager.render"]),
-    ("load", ["packager.safety", "packager.loaders", "packager.calibration"]),
+    ("load", ["packager.op_allowlist", "packager.safety", "packager.loaders", "packager.calibration"]),
     ("convert", ["packager.inspect", "packager.compare", "packager.convert", "packager.jobs"]),
     ("bundle", ["packager.bundle"]),
     ("verify", ["packager.arm64", "packager.emulator", "packager.cache", "packager.doctor"]),

@@ -27,8 +27,8 @@ from ..bundle import sha256_file
 from ..errors import DeployError, UsageError
 from .base import Completed, Transport, q, transfer_timeout
 
-NAME_RE = re.compile(r"^[A-Za-z0-9._][A-Za-z0-9._-]*$")
-RELEASE_RE = re.compile(r"^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{12}$")
+NAME_RE = re.compile(r"^[A-Za-z0-9._][A-Za-z0-9._-]*\Z")
+RELEASE_RE = re.compile(r"^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{12}\Z")
 _SHA_LINE = re.compile(r"^\\?([0-9a-f]{64}) [ *](.+)$")
 INSTALL_TIMEOUT = 1800.0
 SMOKE_TIMEOUT = 300.0
@@ -145,6 +145,8 @@ def load_bundle(bundle_dir: str | Path) -> Bundle:
     mpath = path / "manifest.json"
     if not path.is_dir():
         raise UsageError(f"bundle {path} is not a directory", hint="build one with: edgepack build MODEL")
+    if mpath.is_symlink():
+        raise UsageError(f"{mpath} is a symbolic link; refused", hint="rebuild the bundle with edgepack build")
     try:
         raw = mpath.read_bytes()
         manifest = json.loads(raw.decode("utf-8"))
@@ -172,6 +174,10 @@ def load_bundle(bundle_dir: str | Path) -> Bundle:
         if not re.fullmatch(r"[0-9a-f]{64}", want):
             raise UsageError(f"{mpath}: {rel} has no sha256 checksum")
         local = path.joinpath(*rel.split("/"))
+        parts = rel.split("/")
+        if any(path.joinpath(*parts[:i]).is_symlink() for i in range(1, len(parts) + 1)):
+            raise UsageError(f"bundle file {rel} in {path} is (or lies under) a symbolic link; refused",
+                             hint="a bundle holds regular files only: rebuild it with edgepack build")
         if not local.is_file():
             raise DeployError(f"bundle file {rel} is missing from {path}", hint="rebuild the bundle")
         got = sha256_file(local)
@@ -216,6 +222,7 @@ def _check(res: Completed, what: str, transport: Transport) -> Completed:
 
 def _open(transport: Transport, remote_dir: str, hash_files: Sequence[str] = (), read_manifest: bool = False) -> _State:
     """Connect, resolve ``remote_dir`` on the device and read its state, all in one remote call."""
+    transport.path_expr(remote_dir)  # an unusable path is refused before connecting
     transport.connect()
     return _probe(transport, remote_dir, hash_files, read_manifest)
 
@@ -508,10 +515,11 @@ def deploy(bundle_dir: str | Path, transport: Transport, remote_dir: str | None 
     bundle = load_bundle(bundle_dir)
     if install and "requirements.txt" not in bundle.wanted:
         raise UsageError(f"--install needs requirements.txt in the bundle; {bundle.path} has none")
+    spec = remote_dir or default_remote_dir(bundle.manifest, transport)
+    transport.path_expr(spec)  # an unusable --remote-dir is refused before connecting
     _notify(progress, "connect", transport.describe())
     transport.connect()
     sent_before = transport.bytes_sent
-    spec = remote_dir or default_remote_dir(bundle.manifest, transport)
     _notify(progress, "plan", spec)
     want = bundle.wanted
     st = _probe(transport, spec, hash_files=list(want))
@@ -797,7 +805,7 @@ def run(transport: Transport, remote_dir: str, *, input: str | Path | None = Non
     in_path = Path(input) if input is not None else None
     if in_path is not None:
         if not in_path.is_file():
-            raise UsageError(f"input file {in_path} does not exist")
+            raise UsageError(f"input file {in_path} does not exist or is not a regular file")
         if in_path.suffix.lower() not in (".npz", ".npy", ".json"):
             raise UsageError(f"input file {in_path}: use .npz (keyed by input name), .npy or .json")
     bin_path = Path(benchmark_binary) if benchmark_binary is not None else None

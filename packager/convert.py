@@ -53,6 +53,8 @@ def run_tflite(model: bytes, spec: ModelSpec, arrays: dict) -> dict:
             return runner.run(arrays)
     except Failure as exc:
         raise ConversionError(exc.message) from None
+    except Exception as exc:  # noqa: BLE001 - the runtime's own error (an XNNPACK prepare failure...)
+        raise ConversionError(f"ai-edge-litert cannot run the converted model: {_one_line(exc)}") from None
 
 
 def _configure(tf, converter, recipe: Recipe, io: str, calibration: dict | None, loaded: LoadedModel,

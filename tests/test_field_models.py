@@ -242,6 +242,18 @@ def test_top1_skips_tied_rows():
     flipped = probs[:, ::-1].copy()
     m = compare_output("probs", probs, flipped, get_recipe("float32").tolerance)
     assert not m.passed and m.top1_agreement == 0.0                     # untied rows are still judged
+    # A regression output whose two values are closer than the allowed error: a flip there is an
+    # error within tolerance, not a disagreement (float16: 5e-3 + 1e-2 * max|ref|).
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=(50, 2)).astype(np.float32)
+    ref[0] = [1.0, 1.004]
+    got = ref.copy()
+    got[0] = [1.004, 1.0]
+    m = compare_output("y", ref, got, get_recipe("float16").tolerance)
+    assert m.passed and m.top1_agreement == 1.0 and "within" in " ".join(m.flags)
+    got[1] = ref[1][::-1]                                                 # a decisive row flipped: judged
+    m = compare_output("y", ref, got, get_recipe("float16").tolerance)
+    assert m.top1_agreement < 1.0
 
 
 # --------------------------------------------------------------------------- messages and names

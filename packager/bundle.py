@@ -25,7 +25,7 @@ ENTRYPOINT = "edgepack_run.py"
 MODEL = "model.tflite"
 MANIFEST = "manifest.json"
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
-FORMAT = 1
+from .manifest import FORMAT  # noqa: E402,F401 - one source of the format number (api imports it from here)
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -287,18 +287,11 @@ def host_entrypoint(bundle: Path, manifest: dict) -> tuple[Path, str | None]:
                                "verified with this edgepack's device script, not the bundle's")
 
 
-def read_manifest(bundle: Path) -> dict:
-    path = Path(bundle) / MANIFEST
-    if not path.is_file():
-        raise UsageError(f"{bundle} is not an edgepack bundle (no {MANIFEST})",
-                         hint="pass the directory written by `edgepack build -o DIR`")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{path} is unreadable: {exc}") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise UsageError(f"{path} is not an edgepack format-{FORMAT} manifest")
-    return manifest
+def read_manifest(bundle: Path):
+    """The bundle's validated :class:`packager.manifest.Manifest` (a read-only mapping of the JSON
+    too). Raises UsageError when there is none or it is invalid."""
+    from .manifest import Manifest
+    return Manifest.read(Path(bundle))
 
 
 def check_files(bundle: Path, manifest: dict) -> list[str]:

@@ -16,7 +16,7 @@ STAGES = [
                     "packager.targets", "packager.isolate", "packager.render"]),
     ("load", ["packager.op_allowlist", "packager.safety", "packager.loaders", "packager.calibration"]),
     ("convert", ["packager.inspect", "packager.compare", "packager.convert", "packager.jobs"]),
-    ("bundle", ["packager.bundle"]),
+    ("bundle", ["packager.manifest", "packager.bundle"]),
     ("verify", ["packager.arm64", "packager.emulator", "packager.cache", "packager.doctor"]),
     ("api", ["packager.api", "packager"]),
     ("deploy", ["packager.deploy", "packager.deploy.base", "packager.deploy.ssh", "packager.deploy.adb",
@@ -126,3 +126,34 @@ def test_public_api_from_a_plain_script(tmp_path):
     assert lines.count("start") == 1                                   # the script ran once
     assert lines[1].startswith("BuildResult(") and "MATCH" in lines[1] and len(lines[1]) < 400
     assert lines[2] == "bundle ['android', 'rpi']"
+
+
+def test_manifest_is_typed_and_validated(int8_bundle, tmp_path):
+    """One reader of manifest.json: typed fields, the JSON as a read-only mapping, and a clear
+    error naming the bad field (the device script's own checks for the fields it needs)."""
+    import json
+    import shutil
+    import pytest
+    from packager.bundle import read_manifest
+    from packager.errors import UsageError
+    from packager.manifest import Manifest, RuntimeStatus, VerificationStatus
+    m = read_manifest(int8_bundle.bundle)
+    assert isinstance(m, Manifest) and m.recipe == "int8" and m.target == "rpi"
+    assert m.verification is VerificationStatus.PASSED
+    assert m.inputs[0].name == m["inputs"][0]["name"] and not m.inputs[0].quantized      # int8 with --io float
+    assert dict(m.runtimes)["ai-edge-litert"] is RuntimeStatus.PASSED
+    assert m.to_json() == json.loads((int8_bundle.bundle / "manifest.json").read_text())
+    with pytest.raises(TypeError):
+        m["name"] = "x"                                        # read-only
+    bad = tmp_path / "b"
+    shutil.copytree(int8_bundle.bundle, bad)
+    for mutate, words in ((lambda d: d["outputs"][0].pop("dtype"), "outputs"),
+                          (lambda d: d.update(format=99), "format 99"),
+                          (lambda d: d["runtimes"][0].update(status="great"), "status 'great'"),
+                          (lambda d: d.update(model="../x.tflite"), "model")):
+        data = json.loads((int8_bundle.bundle / "manifest.json").read_text())
+        mutate(data)
+        (bad / "manifest.json").write_text(json.dumps(data))
+        with pytest.raises(UsageError) as info:
+            read_manifest(bad)
+        assert words in info.value.message and "\n" not in info.value.message

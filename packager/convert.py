@@ -41,13 +41,16 @@ def manifest_tensors(spec: ModelSpec) -> tuple[list[dict], list[dict]]:
 
 
 def run_tflite(model: bytes, spec: ModelSpec, arrays: dict) -> dict:
-    """Run a .tflite in-process through the device script's own Runner (ai-edge-litert)."""
+    """Run a .tflite in-process through the device script's own Runner (ai-edge-litert), in
+    chunks of at most :data:`~packager.loaders.CALL_BYTES` of input (the interpreter's arena grows
+    with the batch: 64 MobileNetV2 samples at once took ~400 MiB more than 6)."""
     from device_runtime.edgepack_run import Failure, Runner
+    from .loaders import chunk_size
     inputs, outputs = manifest_tensors(spec)
     try:
         with native_quiet():
             runner = Runner(model, {"inputs": inputs, "outputs": outputs}, runtime="ai_edge_litert")
-            return runner.run(arrays)
+            return runner.run(arrays, chunk=chunk_size(list(arrays.values()), limit=64))
     except Failure as exc:
         raise ConversionError(exc.message) from None
 
@@ -83,13 +86,15 @@ def _configure(tf, converter, recipe: Recipe, io: str, calibration: dict | None,
 
 
 def convert(loaded: LoadedModel, recipe: Recipe, io: str, calibration: dict | None,
-            check_inputs: dict, tolerance=None, skip: tuple = ()) -> Conversion:
+            check_inputs: dict, tolerance=None, skip: tuple = (), reference: dict | None = None) -> Conversion:
     """Convert with the first candidate path (not in ``skip``) whose outputs match the original model's, within
     ``tolerance`` (a :class:`~packager.recipes.Tolerance` or {output name: Tolerance}; default the
-    recipe's). Raises :class:`ConversionError` naming the best path's numbers and likely cause."""
+    recipe's). ``reference``: the original model's outputs on ``check_inputs`` when the caller has
+    them already. Raises :class:`ConversionError` naming the best path's numbers and likely cause."""
     recipe.check_request(io, calibration is not None)
     tf = import_tf()
-    reference = loaded.reference(check_inputs)
+    if reference is None:
+        reference = loaded.reference(check_inputs)
     attempts: list[Attempt] = []
     order = {"inputs": [s.name for s in loaded.inputs], "outputs": [s.name for s in loaded.outputs]}
     from .isolate import stage

@@ -73,9 +73,13 @@ def prepare(model: str, recipe_name: str, io: str, calibration: str | None, data
     tolerance = resolve_tolerance(recipe.tolerance, [s.name for s in loaded.outputs], atol, rtol)
     cal = load_dataset(calibration, loaded.inputs) if calibration is not None else None
     check = _inputs_for_check(loaded, data, cal)
+    # The original model's outputs, computed once: the conversion check and the bundle's
+    # verification use the same inputs (check.groups[0] is check.inputs).
+    stage("computing the original model's outputs")
+    references = [loaded.reference(group) for group in check.groups]
     try:
         conversion = convert(loaded, recipe, io, cal.inputs if cal else None, check.inputs, tolerance=tolerance,
-                             skip=tuple(skip))
+                             skip=tuple(skip), reference=references[0])
     except VerificationError as exc:
         if check.evidence == "synthetic":
             exc.hint = ("these numbers come from synthetic inputs (uniform [0, 1) floats" +
@@ -83,8 +87,6 @@ def prepare(model: str, recipe_name: str, io: str, calibration: str | None, data
                         "); if the model's real inputs look different (bits, pixels 0..255, ids), pass --data with "
                         "real inputs; " + (exc.hint or ""))
         raise
-    stage("computing the original model's outputs")
-    references = [loaded.reference(group) for group in check.groups]
     fixed = dict(loaded.fixed)
     batch = conversion.spec.inputs[0].shape[0] if conversion.spec.inputs and conversion.spec.inputs[0].shape else -1
     if batch > 0 and "batch" not in fixed:

@@ -411,7 +411,7 @@ CALL_BYTES = 4 << 20
 
 def chunk_size(arrays: list, limit: int = 256, budget: int = CALL_BYTES) -> int:
     """Samples per call: ``limit``, fewer when one sample's inputs are large (at least 1)."""
-    per_sample = sum(a[:1].nbytes for a in arrays) if arrays and arrays[0].shape[0] else 0
+    per_sample = sum(a[:1].nbytes for a in arrays if a.ndim) if arrays and arrays[0].ndim and arrays[0].shape[0] else 0
     return max(1, min(limit, budget // per_sample)) if per_sample else limit
 
 

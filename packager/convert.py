@@ -36,6 +36,19 @@ class Conversion:
     metrics: list[OutputMetrics]
 
 
+def release_memory() -> None:
+    """Collect garbage and hand freed heap pages back to the system (glibc keeps them otherwise):
+    the reference run's activations and a conversion's intermediates would stay in the child's RSS
+    and raise the peak of the next stage. ~220 MiB at the end of a MobileNetV2 build (issue 15)."""
+    import gc
+    gc.collect()
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):   # not glibc: nothing to trim
+        pass
+
+
 def manifest_tensors(spec: ModelSpec) -> tuple[list[dict], list[dict]]:
     return [t.to_json() for t in spec.inputs], [t.to_json() for t in spec.outputs]
 
@@ -106,6 +119,7 @@ def convert(loaded: LoadedModel, recipe: Recipe, io: str, calibration: dict | No
             attempts.append(Attempt(cand.name, False, "TensorFlow crashed on this path in an earlier try"))
             continue
         stage(f"converting with {cand.name} ({recipe.name})", cand.name)
+        release_memory()
         try:
             with native_quiet():
                 batch = cand.batch or _model_batch(loaded)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .calibration import Dataset, load_dataset, synthetic_dataset, with_length_variants
-from .convert import Conversion
+from .convert import Conversion, release_memory
 from .errors import VerificationError
 from .loaders import TensorSpec
 
@@ -95,8 +95,23 @@ def prepare(model: str, recipe_name: str, io: str, calibration: str | None, data
                             "turn a recurrent loop into its builtin WHILE): the device script feeds one sample per "
                             "invoke")
     warnings = list(loaded.notes) + (cal.warnings if cal else []) + check.notes
-    return Prepared(str(loaded.path), loaded.format, loaded.inputs, loaded.outputs, conversion, check, references[0],
-                    warnings, versions(), references[1:], fixed, tolerance)
+    prepared = Prepared(str(loaded.path), loaded.format, loaded.inputs, loaded.outputs, conversion, check,
+                        references[0], warnings, versions(), references[1:], fixed, tolerance)
+    # The result is pickled whole on its way to the parent (the .tflite and the check inputs: ~50 MB
+    # for a MobileNetV2): drop the model and its traced functions first, so that copy does not
+    # stack on top of them and set the child's peak.
+    del loaded, cal
+    _release_tensorflow_memory()
+    return prepared
+
+
+def _release_tensorflow_memory() -> None:
+    try:
+        import keras
+        keras.backend.clear_session()
+    except Exception:  # noqa: BLE001, S110 - best effort
+        pass
+    release_memory()
 
 
 def reference(model: str, data: str | None, arrays: dict | None, trust: bool) -> tuple[Dataset, list, list[str]]:

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 
-from .bundle import npz_bytes
 from .compare import OutputMetrics, compare_all, merge_metrics
 from .errors import EnvironmentProblem, UsageError
 from .targets import RuntimeProfile
@@ -186,7 +185,7 @@ def run_device_script(env: RuntimeEnv, bundle: Path, inputs: dict, timeout: int 
     script = (bundle / manifest["entrypoint"]).resolve()
     with tempfile.TemporaryDirectory(prefix="edgepack-run-") as tmp:
         src, dst = Path(tmp) / "in.npz", Path(tmp) / "out.npz"
-        src.write_bytes(npz_bytes(inputs))
+        src.write_bytes(npz_stored(inputs))
         argv = [*env.argv, str(script), "--input", str(src), "--output", str(dst), "--runtime", env.module]
         start = time.perf_counter()
         try:
@@ -201,6 +200,22 @@ def run_device_script(env: RuntimeEnv, bundle: Path, inputs: dict, timeout: int 
             outputs = {k: npz[k] for k in npz.files}
         info = device_info(env, bundle)
         return DeviceRun(True, 0, outputs, None, seconds, info)
+
+
+def npz_stored(arrays: dict) -> bytes:
+    """An uncompressed .npz (fixed zip timestamps) for files edgepack writes for itself: the device
+    script's input file and the conversion cache. Deflating 38 MB of float inputs (64 MobileNetV2
+    samples) took ~1.2 s at a time for ~7% of size (issue 15)."""
+    import io
+    import zipfile
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
+        for key in sorted(arrays):
+            info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.external_attr = 0o644 << 16
+            with zf.open(info, "w", force_zip64=True) as fh:
+                np.lib.format.write_array(fh, np.ascontiguousarray(arrays[key]), allow_pickle=False)
+    return buf.getvalue()
 
 
 _INFO: dict = {}

@@ -159,7 +159,7 @@ def arrays_digest(arrays: dict) -> str:
     for key in sorted(arrays):
         a = np.ascontiguousarray(arrays[key])
         h.update(json.dumps([key, a.dtype.str, list(a.shape)]).encode())
-        h.update(a.view(np.uint8).reshape(-1) if a.size else b"")
+        h.update(a.reshape(-1).view(np.uint8) if a.size else b"")
     return h.hexdigest()
 
 

@@ -1,9 +1,12 @@
 """Yardstick for `edgepack build`: the bare load-and-convert script from the TFLite tutorial.
 
     python bare_convert.py MODEL.h5 CALIBRATION.npz OUT.tflite
+    python bare_convert.py MODEL.keras - OUT.tflite        # float32: no calibration, no optimizations
+    python bare_convert.py MODEL.keras - OUT.tflite batch1 # recurrent: TFLite's documented batch-1 concrete function
 
 Keras load, TFLiteConverter.from_keras_model, full-integer int8 with a representative dataset of
-the calibration samples (float input/output, as `edgepack build -q int8` makes by default), write.
+the calibration samples (float input/output, as `edgepack build -q int8` makes by default), write;
+with ``-`` for the calibration, the plain float32 conversion (the yardstick of `-q float32`).
 No checking, no bundle, no verification.
 """
 import os
@@ -16,8 +19,10 @@ import keras
 
 model_path, cal_path, out_path = sys.argv[1:4]
 model = keras.models.load_model(model_path, compile=False)
-with np.load(cal_path) as npz:
-    cal = npz[npz.files[0]].astype(np.float32)
+cal = None
+if cal_path != "-":
+    with np.load(cal_path) as npz:
+        cal = npz[npz.files[0]].astype(np.float32)
 
 
 def representative():
@@ -25,9 +30,17 @@ def representative():
         yield [cal[i:i + 1]]
 
 
-converter = tf.lite.TFLiteConverter.from_keras_model(model)
-converter.optimizations = [tf.lite.Optimize.DEFAULT]
-converter.representative_dataset = representative
-converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+if sys.argv[4:5] == ["batch1"]:
+    # An LSTM with an open batch lowers to TensorList ops TFLite rejects; the TFLite guide's way out is a
+    # concrete function at batch 1 (the converter then emits its builtin WHILE loop).
+    fn = tf.function(lambda x: model(x), input_signature=[tf.TensorSpec([1] + list(model.inputs[0].shape[1:]),
+                                                                         model.inputs[0].dtype)])
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([fn.get_concrete_function()], model)
+else:
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+if cal is not None:
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = representative
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
 with open(out_path, "wb") as fh:
     fh.write(converter.convert())

@@ -1,6 +1,6 @@
 """Yardstick for the device script: the bare interpreter loop a user would write by hand.
 
-    python bare_loop.py RUNTIME_MODULE MODEL.tflite IN.npz OUT.npz OUTPUT_NAME BATCH
+    python bare_loop.py RUNTIME_MODULE MODEL.tflite IN.npz OUT.npz OUTPUT_NAME BATCH [THREADS]
 
 Same work as ``edgepack_run.py --input IN.npz --output OUT.npz``: load the model, quantize the float
 input, run every sample (BATCH per invoke, last chunk padded), dequantize, write an .npz. No
@@ -11,6 +11,7 @@ import sys
 import numpy as np
 
 runtime, model, src, dst, out_name, batch = sys.argv[1:7]
+threads = int(sys.argv[7]) if len(sys.argv) > 7 else None   # like edgepack_run.py --threads
 batch = int(batch)
 if runtime == "ai_edge_litert":
     from ai_edge_litert.interpreter import Interpreter
@@ -19,7 +20,7 @@ else:
 
 with np.load(src) as npz:
     x = npz[npz.files[0]]
-interp = Interpreter(model_path=model)
+interp = Interpreter(model_path=model, **({"num_threads": threads} if threads else {}))
 inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
 interp.resize_tensor_input(inp["index"], [batch] + list(x.shape[1:]))
 interp.allocate_tensors()

@@ -100,6 +100,21 @@ def npz_bytes(arrays: dict) -> bytes:
     return buf.getvalue()
 
 
+def npz_stored(arrays: dict) -> bytes:
+    """An uncompressed .npz (fixed zip timestamps) for files edgepack writes for itself: the device
+    script's input file and the conversion cache. Deflating 38 MB of float inputs (64 MobileNetV2
+    samples) took ~1.2 s at a time for ~7% of size (issue 15)."""
+    import zipfile
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
+        for key in sorted(arrays):
+            info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.external_attr = 0o644 << 16
+            with zf.open(info, "w", force_zip64=True) as fh:
+                np.lib.format.write_array(fh, np.ascontiguousarray(arrays[key]), allow_pickle=False)
+    return buf.getvalue()
+
+
 def _replaceable(path: Path) -> bool:
     """An existing -o may be replaced when it is an empty dir or an earlier bundle."""
     return path.is_dir() and not path.is_symlink() and (

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .bundle import host_entrypoint, npz_bytes
+from .bundle import host_entrypoint, npz_stored
 from .compare import OutputMetrics, compare_all, merge_metrics
 from .errors import EnvironmentProblem, UsageError
 from .paths import env_dir
@@ -237,7 +237,7 @@ def run_device_script(env: RuntimeEnv, bundle: Path, inputs: dict, timeout: int 
     from . import lifecycle
     with lifecycle.temp_dir("edgepack-run-") as tmp:
         src, dst = Path(tmp) / "in.npz", Path(tmp) / "out.npz"
-        src.write_bytes(npz_bytes(inputs))
+        src.write_bytes(npz_stored(inputs))
         argv = [*env.argv, str(script), "--bundle", str(Path(bundle).resolve()), "--input", str(src),
                 "--output", str(dst), "--runtime", env.module]
         start = time.perf_counter()

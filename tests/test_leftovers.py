@@ -21,8 +21,6 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
-HARDENING = ("the hardening work in isolate.py (tying the TensorFlow child to its parent, cleaning edgepack-run-*/"
-             "edgepack-sm-* temp dirs and ssh ControlMasters on every exit path) is not merged here yet")
 
 
 def _session_processes(sid: int) -> list[str]:
@@ -111,13 +109,9 @@ def edgepack(tmp_path: Path, *args, interrupt_when=None, interrupt=_ctrl_c, time
 
 def assert_nothing_left(run: Run) -> None:
     assert not run.processes, f"processes still running after edgepack exited: {run.processes}"
-    autograph = [n for n in run.temp if n.startswith("__autograph_generated_file")]
-    assert not [n for n in run.temp if n not in autograph], f"temporary entries left in TMPDIR: {run.temp}"
-    if autograph:
-        # isolate.run kills the TensorFlow child as soon as its answer arrives, i.e. sometimes during the
-        # child's own teardown, where TensorFlow's autograph deletes the modules it wrote to TMPDIR.
-        pytest.xfail(f"TensorFlow's autograph files left in TMPDIR ({', '.join(autograph)}): the TensorFlow child "
-                     "is killed during its teardown; " + HARDENING)
+    # TensorFlow's autograph modules included: the TensorFlow child writes them to its own scratch
+    # TMPDIR, which edgepack removes after it (packager.lifecycle).
+    assert not run.temp, f"temporary entries left in TMPDIR: {run.temp}"
 
 
 def _tf_child_running(sid: int) -> bool:
@@ -251,8 +245,6 @@ def test_deploy_ctrl_c_leaves_nothing(bundle, ssh_server, tmp_path):
 
 
 # --------------------------------------------------------------------------- the parent killed outright
-@pytest.mark.xfail(strict=False, reason="SIGKILL of edgepack leaves its TensorFlow child running until it ends: "
-                   + HARDENING)
 def test_build_parent_killed_leaves_no_tensorflow_child(tiny, tmp_path):
     """SIGKILL to edgepack alone (not its group): the contained child must not outlive it."""
     run = edgepack(tmp_path, "build", tiny / "tiny.keras", "-t", "rpi", "-q", "float32", "-o", tmp_path / "out",

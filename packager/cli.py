@@ -193,6 +193,44 @@ def verify(
 
 @app.command()
 @command
+def diagnose(
+    bundle: Annotated[Path, typer.Argument(help="Bundle directory or .tar.gz (or a bare .tflite).")],
+    reference: Annotated[Path, typer.Option("--reference", "-r", help="The original model file.")],
+    data: Annotated[Optional[Path], typer.Option("--data", help="Inputs to diagnose on (.npz with x or named "
+                    "inputs); default: the bundle's samples. At most 256 samples are used.")] = None,
+    runtime: Annotated[Optional[List[str]], typer.Option("--runtime", help="Only these runtimes of the target "
+                       "(repeatable); with two or more, they are compared op by op.")] = None,
+    arch: Annotated[Optional[Arch], typer.Option("--arch", help="host, or arm64 under qemu-user.")] = None,
+    html: Annotated[Optional[Path], typer.Option("--html", help="Write an HTML report with a per-op error "
+                    "plot.")] = None,
+    trust_model: TrustOpt = False,
+    json_output: JsonOpt = False,
+):
+    """Name the op where the bundle departs from the original model, and why.
+
+    Every intermediate tensor of the bundle's model is compared with the float32 conversion of
+    the reference (error relative to the range, cosine, clipping, values below one step), and
+    the same model in each runtime of the target op by op.
+
+    Example: edgepack diagnose dist/mnist-rpi --reference model.h5 --data eval.npz --html diag.html
+    """
+    from . import render
+    from .diagnose import diagnose as run_diagnose
+    from .render_diagnose import diagnosis_html, show_diagnosis
+    with render.progress(not json_output) as report_cb:
+        diag = run_diagnose(bundle, reference=reference, data=data, runtimes=runtime, arch=_arch(arch),
+                            trust_model=trust_model, progress=report_cb)
+    data_out = diag.to_json()
+    if html:
+        html.write_text(diagnosis_html(data_out, f"edgepack diagnose {bundle}"))
+    if json_output:
+        render.emit_json({"ok": True, **data_out})
+    else:
+        show_diagnosis(data_out)
+
+
+@app.command()
+@command
 def inspect(
     path: Annotated[Path, typer.Argument(help="A bundle directory or a .tflite file.")],
     json_output: JsonOpt = False,

@@ -53,7 +53,7 @@ class Dump:
         return self.arrays.get(f"t{index}")
 
     def aliased(self, index: int) -> bool:
-        """True when tensor ``index`` holds exactly the bytes of a later op's output: the runtime
+        """True when tensor ``index`` holds exactly the bytes of the output of a later op that consumes it: the runtime
         computed that op in place over it (measured: tflite-runtime 2.14 writes an int8 SOFTMAX over
         its input even with preserve-all-tensors), so its kept value is not its own."""
         a = self.raw(index)
@@ -64,7 +64,7 @@ class Dump:
             if index in op["outputs"]:
                 later = True
                 continue
-            if later:
+            if later and index in op["inputs"]:       # computed in place over its input
                 for t in op["outputs"]:
                     b = self.raw(t)
                     if b is not None and b.shape == a.shape and b.dtype == a.dtype and np.array_equal(a, b):
@@ -189,10 +189,14 @@ def _match(quant: Dump, flt: Dump) -> dict[int, int]:
         name = quant.tensor(out)["name"]
         if op["op"] == "QUANTIZE":      # a graph input's quantization: matched to the float input
             src = op["inputs"][0]
-            if any(i["index"] == src for i in quant.meta["inputs"]):
+            qin = [i["index"] for i in quant.meta["inputs"]]
+            fin = [i["index"] for i in flt.meta["inputs"]]
+            if src in qin:
                 name = quant.tensor(src)["name"]
                 if name in fnames:
                     pairs[op["index"]] = fnames[name]
+                elif len(qin) == len(fin):       # inputs renamed by the conversion path: by position
+                    pairs[op["index"]] = fin[qin.index(src)]
             continue
         if name in fnames:
             pairs[op["index"]] = fnames[name]

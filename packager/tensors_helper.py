@@ -71,7 +71,7 @@ def main(argv):
             interp.resize_tensor_input(d["index"], [count] + list(inputs[d["name"]].shape[1:]))
     interp.allocate_tensors()
     ops = interp._get_ops_details()
-    wanted = sorted({t for op in ops for t in op["outputs"] if t >= 0})
+    wanted = sorted({t for op in ops for t in op["outputs"] if t >= 0} | {d["index"] for d in details})
     chunks = {t: [] for t in wanted}
     for start in range(0, count, batch):
         for d in interp.get_input_details():

@@ -1,0 +1,71 @@
+"""`edgepack diagnose` names the op where a quantized model goes wrong, with its cause, on small
+generated models (tests/diagnose_models.py) and real digits."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tests.test_cli import assert_clean_error, edgepack
+
+
+@pytest.fixture(scope="module")
+def cases(tmp_path_factory, data_files):
+    from tests import diagnose_models as dm
+    out = tmp_path_factory.mktemp("diag")
+    x, y = data_files["x"], data_files["y"]
+    np.savez(out / "eval.npz", x=data_files["xt"][:100], y=data_files["yt"][:100])
+    flat = dm.flat_softmax(x, y, out)
+    outlier = dm.outlier_layer(x, y, out)
+    return {"dir": out, "eval": out / "eval.npz", "flat": flat, "outlier": outlier,
+            "flat_int8": dm.int8_tflite(flat, x[:200], out, "flat_int8.tflite"),
+            "outlier_int8": dm.int8_tflite(outlier, x[:200], out, "outlier_int8.tflite"),
+            # calibration scaled x0.05 against the real inputs
+            "scaled_int8": dm.int8_tflite(flat, x[:200] * 0.05, out, "scaled_int8.tflite")}
+
+
+def test_flat_softmax_collapse_names_the_output_op_and_step_size(cases):
+    from packager.diagnose import diagnose
+    d = diagnose(cases["flat_int8"], reference=cases["flat"], data=cases["eval"])
+    first = d.first
+    assert first is not None and first.op == "SOFTMAX", d.to_json()
+    assert first.below_step > 0.9 and abs(first.scale - 1 / 256) < 1e-6
+    assert d.brief.startswith(f"first divergence: op {first.index} SOFTMAX")
+    assert "below one step (0.0039)" in d.brief
+    assert any(c.kind == "below-step" for c in d.causes)
+    # Ops before the softmax are fine: the error starts there.
+    assert all(not r.diverged for r in d.rows if r.index < first.index)
+    # Both runtimes of rpi ran it; they agree op by op (tflite-runtime's in-place SOFTMAX is not
+    # mistaken for a difference).
+    assert len(d.runtimes) == 2
+    assert [r["divergence"] for r in d.runtime_divergences] == [None]
+
+
+def test_outlier_layer_is_named_with_its_evidence(cases):
+    from packager.diagnose import diagnose
+    d = diagnose(cases["outlier_int8"], reference=cases["outlier"], data=cases["eval"], runtimes=["ai-edge-litert"])
+    first = d.first
+    assert first is not None and first.op == "FULLY_CONNECTED" and "outlier" in first.tensor, d.to_json()
+    cause = next(c for c in d.causes if c.kind == "outliers")
+    assert "channel 0" in cause.text
+
+
+def test_calibration_on_another_scale_says_so_with_both_ranges(cases):
+    from packager.diagnose import diagnose
+    d = diagnose(cases["scaled_int8"], reference=cases["flat"], data=cases["eval"], runtimes=["ai-edge-litert"])
+    cause = next(c for c in d.causes if c.kind == "calibration-scale")
+    assert "calibrated to [0, 0.05" in cause.text and "spans [0, 1]" in cause.text, cause.text
+
+
+def test_cli_json_is_one_document_and_html_has_the_plot(cases, tmp_path):
+    proc = edgepack("diagnose", cases["flat_int8"], "--reference", cases["flat"], "--data", cases["eval"],
+                    "--runtime", "ai-edge-litert", "--json", "--html", tmp_path / "d.html")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    data = json.loads(proc.stdout)
+    assert data["ok"] is True and data["first_divergence"]["op"] == "SOFTMAX" and data["brief"]
+    page = (tmp_path / "d.html").read_text()
+    assert "<svg" in page and "limit 0.05" in page
+    proc = edgepack("diagnose", tmp_path / "missing", "--reference", cases["flat"], "--json")
+    assert_clean_error(proc, 2, "not found")
+    assert json.loads(proc.stdout)["ok"] is False

@@ -42,6 +42,7 @@ class VerifyReport:
     evidence_text: str = ""          # e.g. "held-out: eval.npz, n=100"
     strict: bool = False             # weak evidence fails, and so does a runtime left out
     require_all: bool = False        # every runtime must pass (--strict, or --runtime given)
+    first_divergence: str | None = None  # "first divergence: op 7 SOFTMAX 'probs' - ..." (diagnose)
 
     @property
     def weak(self) -> bool:
@@ -58,6 +59,8 @@ class VerifyReport:
             elif r.status == "failed":
                 out += [f"{r.runtime} {r.version} ({r.arch}) output {m.name!r}: " + "; ".join(m.reasons)
                         for m in r.metrics if not m.passed]
+        if out and self.first_divergence:   # after the first numbers, before a long list is cut
+            out.insert(1, self.first_divergence)
         if self.strict and self.weak:
             out.append(f"--strict: the verdict rests on weak evidence ({self.evidence_text}); pass --data with "
                        "held-out inputs")
@@ -67,7 +70,8 @@ class VerifyReport:
         return {"bundle": self.bundle, "recipe": self.recipe, "target": self.target, "passed": self.passed,
                 "inputs": self.inputs_source, "samples": self.samples, "model_size": self.model_size,
                 "evidence": {"kind": self.evidence, "weak": self.weak, "text": self.evidence_text},
-                "runtimes": [r.to_json() for r in self.runtimes], "failures": self.failures, "notes": self.notes}
+                "runtimes": [r.to_json() for r in self.runtimes], "failures": self.failures, "notes": self.notes,
+                "first_divergence": self.first_divergence}
 
     def summary(self) -> dict:
         """The manifest's copy: no histograms, no timings (two builds of the same inputs must give
@@ -481,6 +485,9 @@ def _verify(bundle: Path, reference, data, runtimes, arch, strict, trust_model, 
     tolerance = _bundle_tolerance(manifest, rec, atol, rtol)
     report = _verify_staged(bundle, manifest, profile, rec, selected, dataset, refs, spec, arch, progress,
                             tolerance=tolerance, strict=strict, require_all=bool(runtimes))
+    if not report.passed and rec.needs_calibration:
+        from .diagnose import verify_brief
+        report.first_divergence = verify_brief(bundle, manifest, reference, data, arrays, trust_model, progress)
     return report
 
 

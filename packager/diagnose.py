@@ -115,6 +115,66 @@ def dump_tensors(env, model: bytes, inputs: dict, timeout: int = 600) -> Dump:
     return Dump(meta, arrays)
 
 
+def local_dump(model: bytes, inputs: dict) -> Dump:
+    """:func:`dump_tensors` in this process with ai-edge-litert (the conversion child has it)."""
+    from .tensors_helper import collect
+    meta, arrays = collect(model, inputs, "ai_edge_litert")
+    meta["describe"] = f"ai-edge-litert {meta['version']}"
+    return Dump(meta, arrays)
+
+
+def name_outputs(rows: list[OpRow], quant: Dump, names: list[str] | None) -> None:
+    """Label the row that computes the model's only output with its name (``probs``) when the
+    conversion path left a raw tensor name (``Identity1``)."""
+    if not names or len(names) != 1 or len(quant.meta["outputs"]) != 1:
+        return
+    out = quant.meta["outputs"][0]["index"]
+    feeds = {out} | {op["inputs"][0] for op in quant.ops if op["op"] == "DEQUANTIZE" and out in op["outputs"]}
+    for r in rows:
+        op = next(o for o in quant.ops if o["index"] == r.index)
+        if set(op["outputs"]) & feeds:
+            r.label = names[0]
+
+
+def quick_brief(quant_model: bytes, float_model: bytes, inputs: dict, names: list[str] | None = None) -> str | None:
+    """The one-line first divergence of ``quant_model`` against ``float_model`` on ``inputs``
+    (at most 64 samples, in-process), or None when nothing diverges or the comparison cannot be
+    made. Used in build/verify failure messages; never raises."""
+    try:
+        inputs = {k: v[:64] for k, v in inputs.items()}
+        quant, flt = local_dump(quant_model, inputs), local_dump(float_model, inputs)
+        if not _is_quantized(quant):
+            return None
+        rows = compare_quantized(quant, flt, quant_model)
+        name_outputs(rows, quant, names)
+        return brief(next((r for r in rows if r.diverged), None), explain(rows, quant, flt))
+    except Exception:  # noqa: BLE001 - a failure message must not fail on its own annotation
+        return None
+
+
+def verify_brief(bundle: Path, manifest: dict, reference, data, arrays, trust_model: bool, progress=None) -> str | None:
+    """The first divergence of a bundle that failed verification: the reference converted to
+    float32 in the contained child, then :func:`quick_brief`. Never raises."""
+    from . import isolate, jobs
+    from .bundle import npz_bytes
+    progress = progress or (lambda _m: None)
+    try:
+        with tempfile.TemporaryDirectory(prefix="edgepack-diag-") as tmp:
+            if data is None and arrays is not None:
+                data = Path(tmp) / "samples.npz"
+                data.write_bytes(npz_bytes({k: v[:64] for k, v in arrays.items()}))
+            elif data is not None:
+                data = _capped(Path(data), Path(tmp))
+            progress("locating the first divergence (float32 conversion of the reference)")
+            prepared = isolate.run(jobs.prepare, str(reference), "float32", "float", None,
+                                   str(data) if data is not None else None, trust_model, None, None, (),
+                                   what="converting the reference to float32", progress=progress)
+        model = (bundle / manifest["model"]).read_bytes()
+        return quick_brief(model, prepared.conversion.tflite, prepared.check.inputs, [t["name"] for t in manifest["outputs"]])
+    except Exception:  # noqa: BLE001 - a failure message must not fail on its own annotation
+        return None
+
+
 def op_versions(model: bytes) -> list[tuple[str, int]]:
     """(op type, op version) of each op of the first subgraph, in execution order."""
     from ai_edge_litert import schema_py_generated as schema
@@ -169,8 +229,10 @@ def _cosine(a, b) -> float:
     return float(np.dot(a, b) / den)
 
 
-def _match(quant: Dump, flt: Dump) -> dict[int, int]:
-    """Quantized op index -> float tensor index of the same value."""
+def _match(quant: Dump, flt: Dump, labels: dict | None = None) -> dict[int, int]:
+    """Quantized op index -> float tensor index of the same value (``labels`` receives names
+    for QUANTIZE ops of graph inputs)."""
+    labels = {} if labels is None else labels
     fnames = {}
     for op in flt.ops:
         for t in op["outputs"]:
@@ -193,6 +255,7 @@ def _match(quant: Dump, flt: Dump) -> dict[int, int]:
             fin = [i["index"] for i in flt.meta["inputs"]]
             if src in qin:
                 name = quant.tensor(src)["name"]
+                labels[op["index"]] = f"input {name}"
                 if name in fnames:
                     pairs[op["index"]] = fnames[name]
                 elif len(qin) == len(fin):       # inputs renamed by the conversion path: by position
@@ -241,7 +304,8 @@ def compare_quantized(quant: Dump, flt: Dump, model: bytes) -> list[OpRow]:
     """Per-op rows (execution order) for the ops of ``quant`` whose float counterpart is found
     in ``flt``; integer-valued (shape) tensors are left out."""
     versions = op_versions(model)
-    pairs = _match(quant, flt)
+    labels: dict = {}
+    pairs = _match(quant, flt, labels)
     rows: list[OpRow] = []
     rel_of = {}                           # quantized tensor index -> rel of its producer row
     for op in quant.ops:
@@ -276,7 +340,8 @@ def compare_quantized(quant: Dump, flt: Dump, model: bytes) -> list[OpRow]:
                     float(np.max(np.abs(diff))), clipped, below, [float(f.min()), float(f.max())], qrange, jump)
         qnamed = quant.meta.get("output_names") or {}
         via = [str(out)] + [str(c["outputs"][0]) for c in quant.ops if c["op"] == "DEQUANTIZE" and out in c["inputs"]]
-        row.label = next((qnamed[v] for v in via if v in qnamed), None) or _label(d["name"], pairs[op["index"]], flt)
+        row.label = (labels.get(op["index"]) or next((qnamed[v] for v in via if v in qnamed), None)
+                     or _label(d["name"], pairs[op["index"]], flt))
         row.channel_rel = _channel_rel(q, f)
         row.diverged = rel > REL_LIMIT or row.cosine < COSINE_LIMIT or row.channel_rel > CHANNEL_LIMIT
         rel_of[out] = rel
@@ -459,7 +524,8 @@ def _is_quantized(dump: Dump) -> bool:
     return any(d["scale"] and np.dtype(d["dtype"]).kind in "iu" for d in dump.meta["tensors"].values())
 
 
-def analyse(quant_model: bytes, float_model: bytes, inputs: dict, envs: list, progress=None) -> Diagnosis:
+def analyse(quant_model: bytes, float_model: bytes, inputs: dict, envs: list, progress=None,
+            output_names: list[str] | None = None) -> Diagnosis:
     """Both comparisons for in-memory models: ``envs`` (RuntimeEnv, first one used for quantized
     vs float) and ``inputs`` ({name: array}, real values). No TensorFlow needed."""
     progress = progress or (lambda _m: None)
@@ -480,6 +546,7 @@ def analyse(quant_model: bytes, float_model: bytes, inputs: dict, envs: list, pr
         progress("keeping every tensor: float32 conversion of the reference")
         flt = dump_tensors(envs[0], float_model, inputs)
         diag.rows = compare_quantized(dumps[0], flt, quant_model)
+        name_outputs(diag.rows, dumps[0], output_names)
         diag.causes = explain(diag.rows, dumps[0], flt)
         if not diag.rows:
             diag.notes.append("no tensor of the bundle's model could be matched with the float32 model's")
@@ -547,7 +614,8 @@ def diagnose(bundle, *, reference, data=None, runtimes: list[str] | None = None,
         if not envs:
             raise EnvironmentProblem("no runtime environment could be prepared: " + "; ".join(problems),
                                      hint="see `edgepack doctor`")
-        diag = analyse(model, prepared.conversion.tflite, inputs, envs, progress)
+        diag = analyse(model, prepared.conversion.tflite, inputs, envs, progress,
+                       [t.name for t in prepared.outputs])
     diag.model, diag.reference = str(bundle), str(reference)
     diag.recipe = (manifest or {}).get("recipe", {}).get("name")
     diag.evidence = prepared.check.describe()

@@ -38,10 +38,20 @@ def _quantize(x, d):
 def main(argv):
     model_path, in_path, out_path = argv[:3]
     runtime = argv[argv.index("--runtime") + 1] if "--runtime" in argv else "ai_edge_litert"
-    mod, version = _runtime(runtime)
     with np.load(in_path, allow_pickle=False) as npz:
         inputs = {k: npz[k] for k in npz.files}
-    interp = mod.Interpreter(model_path=model_path, experimental_preserve_all_tensors=True,
+    with open(model_path, "rb") as f:
+        meta, arrays = collect(f.read(), inputs, runtime)
+    arrays["__meta__"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    np.savez(out_path, **arrays)
+    return 0
+
+
+def collect(model, inputs, runtime="ai_edge_litert"):
+    """Run ``model`` (bytes) on ``inputs`` ({name: array}) with every tensor kept and no default
+    delegates; returns (meta, {"t<index>": array}) as described in the module docstring."""
+    mod, version = _runtime(runtime)
+    interp = mod.Interpreter(model_content=model, experimental_preserve_all_tensors=True,
                              experimental_op_resolver_type=mod.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
     details = interp.get_input_details()
     by_index = {}
@@ -111,9 +121,7 @@ def main(argv):
             "tensors": tensors,
             "inputs": [{"name": d["name"], "index": int(d["index"])} for d in interp.get_input_details()],
             "outputs": [{"name": d["name"], "index": int(d["index"])} for d in interp.get_output_details()]}
-    arrays["__meta__"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-    np.savez(out_path, **arrays)
-    return 0
+    return meta, arrays
 
 
 if __name__ == "__main__":

@@ -69,3 +69,24 @@ def test_cli_json_is_one_document_and_html_has_the_plot(cases, tmp_path):
     proc = edgepack("diagnose", tmp_path / "missing", "--reference", cases["flat"], "--json")
     assert_clean_error(proc, 2, "not found")
     assert json.loads(proc.stdout)["ok"] is False
+
+
+def test_build_failure_names_the_first_divergence(cases, data_files, tmp_path):
+    from packager import api
+    from packager.errors import VerificationError
+    with pytest.raises(VerificationError) as err:
+        api.build(cases["flat"], recipe="int8", calibration=data_files["calibration"], data=cases["eval"],
+                  output=tmp_path / "flat", runtimes=["ai-edge-litert"])
+    assert "first divergence: op" in err.value.message and "SOFTMAX 'probs'" in err.value.message, err.value.message
+    assert "below one step (0.0039)" in err.value.message
+
+
+def test_verify_failure_names_the_first_divergence(int8_bundle, zoo, data_files, tmp_path):
+    from packager import api
+    np.savez(tmp_path / "x20.npz", x=data_files["xt"] * 20, y=data_files["yt"])
+    report = api.verify(int8_bundle.bundle, reference=zoo["keras3_h5"], data=tmp_path / "x20.npz",
+                        runtimes=["ai-edge-litert"])
+    assert not report.passed
+    assert report.first_divergence and "QUANTIZE" in report.first_divergence, report.first_divergence
+    assert "(calibration-scale)" in report.first_divergence
+    assert report.first_divergence in report.failures

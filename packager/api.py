@@ -160,7 +160,8 @@ def build(model: str | os.PathLike, *, target: str = "rpi", recipe: str | None =
           verify: bool = True, data: str | os.PathLike | None = None, runtimes: list[str] | None = None,
           arch: str | None = None, name: str | None = None, labels: str | os.PathLike | None = None,
           trust_model: bool = False, use_cache: bool = True, progress: Progress | None = None,
-          atol: list[str] | None = None, rtol: list[str] | None = None, strict: bool = False) -> BuildResult:
+          atol: list[str] | None = None, rtol: list[str] | None = None, strict: bool = False,
+          _auto: tuple | None = None) -> BuildResult:
     """Load, convert (checked against the original), bundle, verify in the target's runtimes,
     and only then move the bundle to ``output``. TensorFlow work runs in a contained child.
 
@@ -181,6 +182,8 @@ def build(model: str | os.PathLike, *, target: str = "rpi", recipe: str | None =
         notes.append(f"no --calibration: built {recipe} instead of the target's default {profile.default_recipe}; "
                      f"pass --calibration for {profile.default_recipe}")
     rec = get_recipe(recipe or profile.default_recipe)
+    if _auto is not None:      # --quantize auto (packager.repair): (Prepared, Recipe) already chosen
+        rec = _auto[1]
     parse_overrides(atol, "--atol")
     parse_overrides(rtol, "--rtol")
     name = validate_name(name or f"{default_model_name(model_path)}-{profile.name}")
@@ -195,8 +198,8 @@ def build(model: str | os.PathLike, *, target: str = "rpi", recipe: str | None =
 
     from . import cache
     use_cache = use_cache and cache.enabled()
-    prepared = None
-    if use_cache:
+    prepared = _auto[0] if _auto is not None else None
+    if use_cache and prepared is None:
         key = cache.conversion_key(model_path, rec.name, io, calibration, data, trust_model, [atol, rtol])
         prepared = cache.load_prepared(key, model_path)
         if prepared is not None:

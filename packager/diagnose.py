@@ -84,11 +84,11 @@ class Dump:
         return a.astype(np.float64)
 
 
-def dump_tensors(env, model: bytes, inputs: dict, timeout: int = 600) -> Dump:
+def dump_tensors(env, model: bytes, inputs: dict, timeout: int = 600, outputs_only: bool = False) -> Dump:
     """Run ``model`` on ``inputs`` ({input name: array, first axis = samples, real values}) in
     runtime environment ``env`` (:class:`packager.emulator.RuntimeEnv`) and return every op output.
     Raises EnvironmentProblem when the helper cannot run, UsageError when the runtime cannot load
-    or run the model."""
+    or run the model. ``outputs_only``: only the model's outputs, run with default delegates."""
     from .bundle import npz_bytes
     with tempfile.TemporaryDirectory(prefix="edgepack-diag-") as tmp:
         tmp = Path(tmp)
@@ -98,7 +98,7 @@ def dump_tensors(env, model: bytes, inputs: dict, timeout: int = 600) -> Dump:
         (tmp / "model.tflite").write_bytes(model)
         (tmp / "in.npz").write_bytes(npz_bytes(inputs))
         argv = [*env.argv, str(tmp / "helper.py"), str(tmp / "model.tflite"), str(tmp / "in.npz"),
-                str(tmp / "out.npz"), "--runtime", env.module]
+                str(tmp / "out.npz"), "--runtime", env.module] + (["--outputs-only"] if outputs_only else [])
         try:
             proc = subprocess.run(argv, capture_output=True, text=True, env=env.env, timeout=timeout, cwd=tmp)
         except subprocess.TimeoutExpired:
@@ -107,7 +107,8 @@ def dump_tensors(env, model: bytes, inputs: dict, timeout: int = 600) -> Dump:
             lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
             msg = next((ln.split("error:", 1)[1].strip() for ln in reversed(lines) if "tensors_helper: error:" in ln),
                        lines[-1][:300] if lines else f"exit code {proc.returncode}")
-            raise UsageError(f"{env.describe()} cannot run the model with every tensor kept: {msg}")
+            raise UsageError(f"{env.describe()} cannot run the model" + ("" if outputs_only else
+                             " with every tensor kept") + f": {msg}")
         with np.load(tmp / "out.npz", allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
     meta = json.loads(bytes(arrays.pop("__meta__")).decode())

@@ -1,7 +1,7 @@
 """Dump every intermediate tensor of a .tflite run; executed with a runtime environment's own Python
 (only numpy and ai-edge-litert or tflite-runtime there, never TensorFlow, nothing from packager).
 
-    python tensors_helper.py MODEL IN.npz OUT.npz [--runtime ai_edge_litert|tflite_runtime]
+    python tensors_helper.py MODEL IN.npz OUT.npz [--runtime ai_edge_litert|tflite_runtime] [--outputs-only]
 
 IN.npz: inputs keyed by the model's input tensor names (real values; quantized inputs are quantized
 here as q = round(x / scale) + zero_point). OUT.npz: one array per op output ``t<index>`` (raw
@@ -41,18 +41,22 @@ def main(argv):
     with np.load(in_path, allow_pickle=False) as npz:
         inputs = {k: npz[k] for k in npz.files}
     with open(model_path, "rb") as f:
-        meta, arrays = collect(f.read(), inputs, runtime)
+        meta, arrays = collect(f.read(), inputs, runtime, outputs_only="--outputs-only" in argv)
     arrays["__meta__"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
     np.savez(out_path, **arrays)
     return 0
 
 
-def collect(model, inputs, runtime="ai_edge_litert"):
+def collect(model, inputs, runtime="ai_edge_litert", outputs_only=False):
     """Run ``model`` (bytes) on ``inputs`` ({name: array}) with every tensor kept and no default
-    delegates; returns (meta, {"t<index>": array}) as described in the module docstring."""
+    delegates; returns (meta, {"t<index>": array}) as described in the module docstring.
+    ``outputs_only``: the model's outputs only, run as the device runs it (default delegates)."""
     mod, version = _runtime(runtime)
-    interp = mod.Interpreter(model_content=model, experimental_preserve_all_tensors=True,
-                             experimental_op_resolver_type=mod.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    if outputs_only:
+        interp = mod.Interpreter(model_content=model)
+    else:
+        interp = mod.Interpreter(model_content=model, experimental_preserve_all_tensors=True,
+                                 experimental_op_resolver_type=mod.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
     details = interp.get_input_details()
     by_index = {}
     try:   # inputs keyed by signature name (as in a bundle) or by raw tensor name
@@ -82,6 +86,8 @@ def collect(model, inputs, runtime="ai_edge_litert"):
     interp.allocate_tensors()
     ops = interp._get_ops_details()
     wanted = sorted({t for op in ops for t in op["outputs"] if t >= 0} | {d["index"] for d in details})
+    if outputs_only:
+        wanted = sorted(int(d["index"]) for d in interp.get_output_details())
     chunks = {t: [] for t in wanted}
     for start in range(0, count, batch):
         for d in interp.get_input_details():

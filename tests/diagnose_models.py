@@ -33,11 +33,12 @@ def outlier_layer(x, y, out, seed: int = 0, factor: float = 2000.0):
     keras.utils.set_random_seed(seed)
     model = keras.Sequential([
         keras.Input((8, 8, 1), name="x"), keras.layers.Flatten(name="flat"),
-        keras.layers.Dense(64, activation="relu", name="hidden"),
-        keras.layers.Dense(32, activation="relu", name="outlier"),
+        keras.layers.Dense(256, activation="relu", name="hidden"),
+        keras.layers.Dense(256, activation="relu", name="hidden2"),
+        keras.layers.Dense(16, activation="relu", name="outlier"),
         keras.layers.Dense(10, name="logits"), keras.layers.Softmax(name="probs")])
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    model.fit(x, y, epochs=20, batch_size=64, verbose=0)
+    model.fit(x, y, epochs=15, batch_size=64, verbose=0)
     w, b = model.get_layer("outlier").get_weights()
     w[:, 0] *= factor
     b[0] *= factor

@@ -14,7 +14,7 @@ from typing import Annotated, List, Optional
 import typer
 
 from . import __version__
-from .errors import EXIT_CODES, EdgepackError
+from .errors import EXIT_CODES, EdgepackError, UsageError
 
 app = typer.Typer(
     name="edgepack",
@@ -37,6 +37,7 @@ class Recipe(str, Enum):
     dynamic = "dynamic"
     int8 = "int8"
     int16x8 = "int16x8"
+    auto = "auto"
 
 
 class IO(str, Enum):
@@ -122,6 +123,12 @@ def build(
     atol: AtolOpt = None,
     rtol: RtolOpt = None,
     strict: StrictOpt = False,
+    max_drop: Annotated[Optional[float], typer.Option("--max-drop", help="--quantize auto: accuracy drop allowed, "
+                        "in percentage points (needs labels y in --data).")] = None,
+    min_agreement: Annotated[Optional[float], typer.Option("--min-agreement", help="--quantize auto: top-1 "
+                             "agreement with the original model required (0..1; default 0.99 if no budget).")] = None,
+    min_cosine: Annotated[Optional[float], typer.Option("--min-cosine", help="--quantize auto: cosine similarity "
+                          "with the original model's outputs required.")] = None,
     json_output: JsonOpt = False,
 ):
     """Convert a model, quantize it, bundle it for a target and verify it in the target's runtime.
@@ -135,6 +142,13 @@ def build(
       edgepack build saved/1 -t android -q float16 -o dist/mnist-android --json
     """
     from . import api, render
+    budget = {"max_drop": max_drop, "min_agreement": min_agreement, "min_cosine": min_cosine}
+    if quantize == Recipe.auto:
+        return _build_auto(model, target, calibration, io, output, data, runtime, verify, verify_arch, name, labels,
+                           html, trust_model, atol, rtol, strict, budget, json_output)
+    if any(v is not None for v in budget.values()):
+        raise UsageError("--max-drop, --min-agreement and --min-cosine are budgets for --quantize auto",
+                         hint="add --quantize auto, or use --atol/--rtol with a fixed recipe")
     with render.progress(not json_output) as report:
         result = api.build(model, target=target, recipe=quantize.value if quantize else None,
                            calibration=calibration, io=io.value, output=output, verify=verify, data=data,
@@ -148,6 +162,32 @@ def build(
         render.emit_json({"ok": True, **data_out})
     else:
         render.show_build(data_out)
+
+
+def _build_auto(model, target, calibration, io, output, data, runtime, verify, verify_arch, name, labels, html,
+                trust_model, atol, rtol, strict, budget, json_output):
+    """`build --quantize auto`: packager.repair.build_auto, then the candidates table and the build."""
+    from . import render
+    from .repair import build_auto
+    if atol or rtol:
+        raise UsageError("--atol/--rtol do not apply to --quantize auto", hint="give the budget with --max-drop, "
+                         "--min-agreement or --min-cosine")
+    if not verify:
+        raise UsageError("--quantize auto measures every candidate; --no-verify does not apply",
+                         hint="drop --no-verify, or pick a recipe with --quantize")
+    with render.progress(not json_output) as report:
+        result = build_auto(model, target=target, calibration=calibration, data=data, io=io.value, output=output,
+                            runtimes=runtime, arch=_arch(verify_arch), name=name, labels=labels,
+                            trust_model=trust_model, progress=report, strict=strict, **budget)
+    data_out = result.to_json()
+    if html and result.build.verification:
+        html.write_text(render.html_report(result.build.verification.to_json(), f"edgepack build {model} (auto)"))
+    if json_output:
+        render.emit_json({"ok": True, **data_out})
+        return
+    from .render_diagnose import show_candidates
+    show_candidates(data_out)
+    render.show_build(result.build.to_json())
 
 
 @app.command()

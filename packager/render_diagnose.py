@@ -86,3 +86,23 @@ def error_plot(ops: list[dict], limit: float) -> str:
     return (f'<svg width="{w}" height="{h + 20}" xmlns="http://www.w3.org/2000/svg">{ticks}{"".join(parts)}'
             f'<line x1="{pad}" x2="{w}" y1="{ly:.1f}" y2="{ly:.1f}" stroke="#b00" stroke-dasharray="4 3"/>'
             f'<text x="{w - 90}" y="{ly - 3:.1f}" font-size="10" fill="#b00">limit {limit:g}</text></svg>')
+
+
+def show_candidates(d: dict) -> None:
+    """`--quantize auto`: every candidate tried (size, per-runtime numbers, verdict), then why."""
+    table = Table(title=f"--quantize auto: {d['budget']['text']}")
+    for col in ("candidate", "size", "runtime", "agreement", "accuracy", "drop (pts)", "cosine", "verdict"):
+        table.add_column(col, justify="left" if col in ("candidate", "runtime", "verdict") else "right")
+    for c in d["candidates"]:
+        verdict = {True: "[green]meets[/green]", False: "[red]fails[/red]", None: "[dim]not measured[/dim]"}[c["passed"]]
+        label = c["label"] + (f" ({', '.join(c['float_ops'])})" if c["float_ops"] else "")
+        if not c["runtimes"]:
+            table.add_row(escape(label), f"{c['size']:,}" if c["size"] else "-", "-", "-", "-", "-", "-",
+                          verdict + (f" {escape(c['reason'][:80])}" if c["passed"] is False else ""))
+        for k, m in enumerate(c["runtimes"]):
+            table.add_row(escape(label) if k == 0 else "", f"{c['size']:,}" if k == 0 else "", escape(m["runtime"]),
+                          _fmt(m.get("agreement")), _fmt(m.get("accuracy")), _fmt(m.get("drop"), 3),
+                          _fmt(m.get("cosine"), 5), (verdict if k == 0 else "") if m["status"] == "ran" else
+                          f"[red]cannot run[/red] {escape(str(m.get('error'))[:60])}")
+    out.print(table)
+    out.print(f"[bold]chosen:[/bold] {escape(d['why'])}")

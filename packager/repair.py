@@ -272,8 +272,10 @@ class AutoResult:
     why: str
 
     def to_json(self) -> dict:
-        return {"chosen": self.chosen.label, "why": self.why, "budget": asdict(self.budget),
-                "candidates": [c.to_json() for c in self.candidates], **self.build.to_json()}
+        return {"chosen": self.chosen.label, "why": self.why,
+                "budget": {**asdict(self.budget), "text": self.budget.describe()},
+                "candidates": [c.to_json() for c in sorted(self.candidates, key=lambda c: (not c.size, c.size))],
+                **(self.build.to_json() if self.build is not None else {})}
 
 
 def build_auto(model, *, target: str = "rpi", calibration=None, data=None, io: str = "float",

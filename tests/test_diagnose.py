@@ -90,3 +90,52 @@ def test_verify_failure_names_the_first_divergence(int8_bundle, zoo, data_files,
     assert report.first_divergence and "QUANTIZE" in report.first_divergence, report.first_divergence
     assert "(calibration-scale)" in report.first_divergence
     assert report.first_divergence in report.failures
+
+
+def _keras_probs(path, x):
+    import keras
+    return keras.models.load_model(path, compile=False).predict(x, verbose=0)
+
+
+def _bare_probs(tflite, x):
+    from ai_edge_litert.interpreter import Interpreter
+    it = Interpreter(model_path=str(tflite))
+    d = it.get_input_details()[0]
+    it.resize_tensor_input(d["index"], list(x.shape))
+    it.allocate_tensors()
+    it.set_tensor(d["index"], x.astype(np.float32))
+    it.invoke()
+    return it.get_tensor(it.get_output_details()[0]["index"])
+
+
+def test_auto_keeps_the_outlier_layer_float_and_beats_float16(cases, data_files, tmp_path):
+    from packager.repair import build_auto
+    r = build_auto(cases["outlier"], calibration=data_files["calibration"], data=data_files["eval"], max_drop=0.5,
+                   output=tmp_path / "outlier-auto")
+    by = {c.label: c for c in r.candidates}
+    assert by["int8"].passed is False
+    assert r.chosen.recipe == "int8" and any("outlier" in op for op in r.chosen.float_ops), r.why
+    assert r.chosen.size < by["float16"].size
+    assert all(m["status"] == "ran" and m["drop"] <= 0.5 for m in r.chosen.runtimes) and len(r.chosen.runtimes) == 2
+    assert r.build.verification.passed
+    # Checked independently: a bare interpreter on the bundle's model against Keras, real digits.
+    xt, yt = data_files["xt"], data_files["yt"]
+    keras_acc = float(np.mean(_keras_probs(cases["outlier"], xt).argmax(1) == yt))
+    bundle_acc = float(np.mean(_bare_probs(r.build.bundle / "model.tflite", xt).argmax(1) == yt))
+    assert keras_acc - bundle_acc <= 0.005, (keras_acc, bundle_acc)
+    assert "kept in float by --quantize auto" in r.build.manifest["recipe"]["description"]
+
+
+def test_auto_repairs_the_flat_softmax(cases, data_files, tmp_path):
+    from packager.repair import build_auto
+    r = build_auto(cases["flat"], calibration=data_files["calibration"], data=cases["eval"], min_agreement=0.95,
+                   runtimes=["ai-edge-litert"], output=tmp_path / "flat-auto")
+    assert r.chosen.label != "int8" and r.build.verification.passed
+    probs = _bare_probs(r.build.bundle / "model.tflite", data_files["xt"][:100])
+    ref = _keras_probs(cases["flat"], data_files["xt"][:100])
+    assert np.mean(probs.argmax(1) == ref.argmax(1)) >= 0.95
+
+
+def test_budget_without_auto_is_a_usage_error(cases, data_files, tmp_path):
+    proc = edgepack("build", cases["flat"], "--quantize", "float16", "--max-drop", "0.5", "-o", tmp_path / "x")
+    assert_clean_error(proc, 2, "--quantize auto")

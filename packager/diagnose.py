@@ -442,21 +442,31 @@ class RuntimeDivergence:
     element: list             # its position
     max_abs: float
     limit: float
+    inputs_identical: bool = True    # False: the difference is inherited from an earlier op
+    fraction: float = 0.0            # of the output's elements that differ
+    steps: float | None = None       # max difference in quantization steps (quantized outputs)
 
     def to_json(self) -> dict:
         return asdict(self)
 
     def text(self) -> str:
+        size = f"{self.steps:.0f} step(s), {self.max_abs:.3g}" if self.steps is not None else f"{self.max_abs:.3g}"
         return (f"op {self.index} {self.op} v{self.version} {self.tensor!r}: {self.runtimes[0]} gives "
                 f"{self.values[0]:.6g}, {self.runtimes[1]} gives {self.values[1]:.6g} at {self.element} "
-                f"(max difference {self.max_abs:.3g} > {self.limit:.2g})")
+                f"(max difference {size}; {self.fraction:.1%} of its outputs differ; "
+                + ("its inputs are identical in both runtimes: the kernels compute differently)"
+                   if self.inputs_identical else "inherited from a differing input)"))
 
 
 def compare_runtimes(a: Dump, b: Dump, model: bytes) -> RuntimeDivergence | None:
     """The first op (execution order) whose output differs between runs ``a`` and ``b`` of the
-    same model beyond float noise (1e-5 of the tensor's range + 1e-7) or, for quantized tensors,
-    by more than one step; None when every op agrees."""
+    same model although its inputs are identical in both: a kernel that computes differently.
+    Differs: beyond float noise (1e-5 of the tensor's range + 1e-7) for float tensors, by one
+    step or more for quantized ones. When every difference is inherited from an input, the first
+    differing op is returned with ``inputs_identical`` False; None when every op agrees."""
     versions = op_versions(model)
+    differs: set = set()
+    first_inherited = None
     for op in a.ops:
         for t in op["outputs"]:
             x, y = a.raw(t), b.raw(t)
@@ -467,23 +477,34 @@ def compare_runtimes(a: Dump, b: Dump, model: bytes) -> RuntimeDivergence | None
             xf, yf = x.astype(np.float64), y.astype(np.float64)
             diff = np.abs(xf - yf)
             if quantized:
-                limit = 1.0
+                limit = 0.5
             elif np.dtype(d["dtype"]).kind == "f":
-                limit = 1e-5 * float(np.max(np.abs(xf))) + 1e-7
+                limit = 1e-5 * float(np.nanmax(np.abs(xf))) + 1e-7 if np.isfinite(xf).any() else 0.0
             else:
                 limit = 0.0
             nan_mismatch = np.isnan(xf) != np.isnan(yf)
             bad = np.where(np.isnan(diff), nan_mismatch, diff > limit)
-            if bad.any():
-                pos = np.unravel_index(int(np.argmax(np.where(bad, np.nan_to_num(diff, nan=np.inf), -1))), x.shape)
-                scale = d["scale"] if quantized else 1.0
-                zp = d["zero_point"] if quantized else 0
-                va, vb = (float(xf[pos]) - zp) * scale, (float(yf[pos]) - zp) * scale
-                op_type, version = versions[op["index"]] if op["index"] < len(versions) else (op["op"], 1)
-                return RuntimeDivergence(op["index"], op_type, version, d["name"], [a.meta["describe"],
-                                         b.meta["describe"]], [va, vb], [int(p) for p in pos],
-                                         float(np.nanmax(np.where(np.isnan(diff), 0, diff))) * scale, limit * scale)
-    return None
+            if not bad.any():
+                continue
+            differs.add(t)
+            inherited = any(i in differs for i in op["inputs"])
+            if inherited and first_inherited is not None:
+                continue
+            pos = np.unravel_index(int(np.argmax(np.where(bad, np.nan_to_num(diff, nan=np.inf), -1))), x.shape)
+            scale = d["scale"] if quantized else 1.0
+            zp = d["zero_point"] if quantized else 0
+            va, vb = (float(xf[pos]) - zp) * scale, (float(yf[pos]) - zp) * scale
+            op_type, version = versions[op["index"]] if op["index"] < len(versions) else (op["op"], 1)
+            div = RuntimeDivergence(op["index"], op_type, version, d["name"], [a.meta["describe"],
+                                    b.meta["describe"]], [va, vb], [int(p) for p in pos],
+                                    float(np.nanmax(np.where(np.isnan(diff), 0, diff))) * scale,
+                                    (limit if not quantized else 1.0) * scale, not inherited,
+                                    float(np.mean(bad)), float(np.nanmax(np.where(np.isnan(diff), 0, diff)))
+                                    if quantized else None)
+            if not inherited:
+                return div
+            first_inherited = div
+    return first_inherited
 
 
 # --------------------------------------------------------------------------- the report

@@ -66,3 +66,26 @@ def int8_tflite(model_path, calibration, out, name="int8.tflite"):
     path = out / name
     path.write_bytes(conv.convert())
     return path
+
+
+def int16_dense_tanh(out, seed: int = 0):
+    """Dense(64) -> tanh, converted int16x8 (16-bit activations), and inputs normal(0, 3) of shape
+    (64, 64). Measured: tflite-runtime 2.14 and ai-edge-litert 2.3 quantize a few of these inputs
+    to int16 one step apart (op 0 QUANTIZE, identical float inputs)."""
+    import keras
+    import tensorflow as tf
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential([keras.Input((64,), name="x"), keras.layers.Dense(64, name="d"),
+                              keras.layers.Activation("tanh", name="t")])
+    x = np.random.default_rng(seed).normal(size=(64, 64)).astype(np.float32) * 3
+
+    def rep():
+        for i in range(len(x)):
+            yield [x[i:i + 1]]
+    conv = tf.lite.TFLiteConverter.from_keras_model(model)
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    conv.representative_dataset = rep
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
+    path = out / "int16_tanh.tflite"
+    path.write_bytes(conv.convert())
+    return path, {"x": x}

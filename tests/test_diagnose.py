@@ -139,3 +139,22 @@ def test_auto_repairs_the_flat_softmax(cases, data_files, tmp_path):
 def test_budget_without_auto_is_a_usage_error(cases, data_files, tmp_path):
     proc = edgepack("build", cases["flat"], "--quantize", "float16", "--max-drop", "0.5", "-o", tmp_path / "x")
     assert_clean_error(proc, 2, "--quantize auto")
+
+
+def test_two_runtimes_that_disagree_on_an_op_name_it(tmp_path):
+    """A real case: int16x8 QUANTIZE of identical float inputs, one step apart between
+    tflite-runtime 2.14 and ai-edge-litert 2.3 (rounding), named with type, version, values."""
+    from packager.diagnose import analyse
+    from packager.emulator import get_env
+    from packager.targets import get_target
+    from tests import diagnose_models as dm
+    model, inputs = dm.int16_dense_tanh(tmp_path)
+    envs = [get_env(rt) for rt in get_target("rpi").runtimes]
+    d = analyse(model.read_bytes(), None, inputs, envs)
+    (rt,) = d.runtime_divergences
+    div = rt["divergence"]
+    assert div is not None, rt
+    assert div["op"] == "QUANTIZE" and div["version"] >= 1 and div["inputs_identical"], div
+    assert div["steps"] == 1.0 and div["values"][0] != div["values"][1]
+    assert "2.14" in rt["text"] and "2.3" in rt["text"] and "kernels compute differently" in rt["text"]
+    # int8 models (flat softmax, outlier) agree op by op: see test_flat_softmax_collapse...

@@ -453,7 +453,7 @@ class RuntimeDivergence:
         size = f"{self.steps:.0f} step(s), {self.max_abs:.3g}" if self.steps is not None else f"{self.max_abs:.3g}"
         return (f"op {self.index} {self.op} v{self.version} {self.tensor!r}: {self.runtimes[0]} gives "
                 f"{self.values[0]:.6g}, {self.runtimes[1]} gives {self.values[1]:.6g} at {self.element} "
-                f"(max difference {size}; {self.fraction:.1%} of its outputs differ; "
+                f"(max difference {size}; {self.fraction:.2%} of its outputs differ; "
                 + ("its inputs are identical in both runtimes: the kernels compute differently)"
                    if self.inputs_identical else "inherited from a differing input)"))
 

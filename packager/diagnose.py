@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import EnvironmentProblem, UsageError
+from .errors import EnvironmentProblem, UsageError, VerificationError
 
 REL_LIMIT = 0.05          # rmse / max|float| beyond which an op counts as diverged
 COSINE_LIMIT = 0.98
@@ -453,7 +453,7 @@ class RuntimeDivergence:
         size = f"{self.steps:.0f} step(s), {self.max_abs:.3g}" if self.steps is not None else f"{self.max_abs:.3g}"
         return (f"op {self.index} {self.op} v{self.version} {self.tensor!r}: {self.runtimes[0]} gives "
                 f"{self.values[0]:.6g}, {self.runtimes[1]} gives {self.values[1]:.6g} at {self.element} "
-                f"(max difference {size}; {self.fraction:.2%} of its outputs differ; "
+                f"(max difference {size}; {100 * self.fraction:.3g}% of its outputs differ; "
                 + ("its inputs are identical in both runtimes: the kernels compute differently)"
                    if self.inputs_identical else "inherited from a differing input)"))
 
@@ -561,8 +561,8 @@ def analyse(quant_model: bytes, float_model: bytes, inputs: dict, envs: list, pr
         except UsageError as exc:
             diag.notes.append(exc.message)
     if not dumps:
-        raise UsageError("no runtime could run the model with every tensor kept: " + "; ".join(diag.notes),
-                         hint="check the bundle with `edgepack verify` first")
+        raise VerificationError("no runtime could run the model with every tensor kept: " + "; ".join(diag.notes),
+                                hint="check the bundle with `edgepack verify` or `edgepack inspect` first")
     diag.runtimes = [d.meta["describe"] for d in dumps]
     if _is_quantized(dumps[0]) and float_model is not None:
         progress("keeping every tensor: float32 conversion of the reference")

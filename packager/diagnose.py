@@ -143,7 +143,8 @@ def quick_brief(quant_model: bytes, float_model: bytes, inputs: dict, names: lis
     made. Used in build/verify failure messages; never raises."""
     try:
         inputs = {k: v[:64] for k, v in inputs.items()}
-        quant, flt = local_dump(quant_model, inputs), local_dump(float_model, inputs)
+        flt = local_dump(float_model, inputs)
+        quant = local_dump(quant_model, _head(inputs, flt.meta.get("samples", 64)))
         if not _is_quantized(quant):
             return None
         rows = compare_quantized(quant, flt, quant_model)
@@ -553,6 +554,13 @@ def analyse(quant_model: bytes, float_model: bytes, inputs: dict, envs: list, pr
     progress = progress or (lambda _m: None)
     n = len(next(iter(inputs.values())))
     diag = Diagnosis("", "", None, n, "")
+    flt = None
+    if float_model is not None:
+        # The float model keeps the most bytes per sample: run it first, and the rest on as many
+        # samples as its memory budget allowed.
+        progress("keeping every tensor: float32 conversion of the reference")
+        flt = dump_tensors(envs[0], float_model, inputs)
+        inputs = _head(inputs, flt.meta.get("samples", n))
     dumps = []
     for env in envs:
         progress(f"keeping every tensor: bundle model in {env.describe()}")
@@ -560,13 +568,20 @@ def analyse(quant_model: bytes, float_model: bytes, inputs: dict, envs: list, pr
             dumps.append(dump_tensors(env, quant_model, inputs))
         except UsageError as exc:
             diag.notes.append(exc.message)
+            continue
+        inputs = _head(inputs, dumps[-1].meta.get("samples", n))
     if not dumps:
         raise VerificationError("no runtime could run the model with every tensor kept: " + "; ".join(diag.notes),
                                 hint="check the bundle with `edgepack verify` or `edgepack inspect` first")
+    used = len(next(iter(inputs.values())))
+    if used < n:
+        diag.samples = used
+        diag.notes.append(f"{used} of {n} samples used: every tensor of every sample is kept, and more would "
+                          "exceed the memory budget per run")
+        dumps = [_cut(d, used) for d in dumps]
+        flt = _cut(flt, used) if flt is not None else None
     diag.runtimes = [d.meta["describe"] for d in dumps]
-    if _is_quantized(dumps[0]) and float_model is not None:
-        progress("keeping every tensor: float32 conversion of the reference")
-        flt = dump_tensors(envs[0], float_model, inputs)
+    if _is_quantized(dumps[0]) and flt is not None:
         diag.rows = compare_quantized(dumps[0], flt, quant_model)
         name_outputs(diag.rows, dumps[0], output_names)
         diag.causes = explain(diag.rows, dumps[0], flt)
@@ -582,6 +597,19 @@ def analyse(quant_model: bytes, float_model: bytes, inputs: dict, envs: list, pr
         if div:
             diag.causes.append(Cause("runtime", "runtimes disagree: " + div.text()))
     return diag
+
+
+def _head(inputs: dict, count: int) -> dict:
+    return {k: v[:count] for k, v in inputs.items()}
+
+
+def _cut(dump: Dump, count: int) -> Dump:
+    """``dump`` restricted to its first ``count`` samples (tensors with a leading sample axis)."""
+    n = dump.meta.get("samples")
+    if n is None or n <= count:
+        return dump
+    arrays = {k: (v[:count] if v.ndim and v.shape[0] == n else v) for k, v in dump.arrays.items()}
+    return Dump({**dump.meta, "samples": count}, arrays)
 
 
 def diagnose(bundle, *, reference, data=None, runtimes: list[str] | None = None, arch: str | None = None,

@@ -14,6 +14,8 @@ import sys
 
 import numpy as np
 
+MEMORY_BUDGET = 256 << 20     # bytes of kept tensors per run; fewer samples are used beyond it
+
 
 def _runtime(name):
     if name == "tflite_runtime":
@@ -79,6 +81,15 @@ def collect(model, inputs, runtime="ai_edge_litert", outputs_only=False):
     inputs = {d["name"]: by_index[d["index"]] for d in details}
     count = len(next(iter(inputs.values())))
     fixed = any(int(d["shape_signature"][0]) > 0 if len(d["shape_signature"]) else True for d in details)
+    if not outputs_only and count > 1:
+        # Every tensor of every sample is kept: cap the samples at about MEMORY_BUDGET bytes.
+        interp.allocate_tensors()
+        per_call = sum(int(np.prod(d["shape"])) * np.dtype(d["dtype"]).itemsize for d in interp.get_tensor_details())
+        per_sample = per_call / max(1, int(details[0]["shape"][0]) if len(details[0]["shape"]) else 1)
+        cap = max(1, int(MEMORY_BUDGET // max(per_sample, 1)))
+        if cap < count:
+            inputs = {k: v[:cap] for k, v in inputs.items()}
+            count = cap
     batch = int(details[0]["shape"][0]) if fixed and len(details[0]["shape"]) else count
     if not fixed:
         for d in details:
@@ -121,7 +132,7 @@ def collect(model, inputs, runtime="ai_edge_litert", outputs_only=False):
             named = {str(d["index"]): n for n, d in interp.get_signature_runner(sig).get_output_details().items()}
     except Exception:  # noqa: BLE001,S110 - raw names only
         pass
-    meta = {"runtime": runtime, "output_names": named, "version": version, "batch": batch,
+    meta = {"runtime": runtime, "output_names": named, "samples": count, "version": version, "batch": batch,
             "ops": [{"index": int(op["index"]), "op": op["op_name"], "inputs": [int(i) for i in op["inputs"]],
                      "outputs": [int(i) for i in op["outputs"]]} for op in ops],
             "tensors": tensors,

@@ -145,7 +145,7 @@ def build(
     budget = {"max_drop": max_drop, "min_agreement": min_agreement, "min_cosine": min_cosine}
     if quantize == Recipe.auto:
         return _build_auto(model, target, calibration, io, output, data, runtime, verify, verify_arch, name, labels,
-                           html, trust_model, atol, rtol, strict, budget, json_output)
+                           html, trust_model, atol, rtol, strict, budget, json_output, not no_cache)
     if any(v is not None for v in budget.values()):
         raise UsageError("--max-drop, --min-agreement and --min-cosine are budgets for --quantize auto",
                          hint="add --quantize auto, or use --atol/--rtol with a fixed recipe")
@@ -165,7 +165,7 @@ def build(
 
 
 def _build_auto(model, target, calibration, io, output, data, runtime, verify, verify_arch, name, labels, html,
-                trust_model, atol, rtol, strict, budget, json_output):
+                trust_model, atol, rtol, strict, budget, json_output, use_cache=True):
     """`build --quantize auto`: packager.repair.build_auto, then the candidates table and the build."""
     from . import render
     from .repair import build_auto
@@ -178,7 +178,7 @@ def _build_auto(model, target, calibration, io, output, data, runtime, verify, v
     with render.progress(not json_output) as report:
         result = build_auto(model, target=target, calibration=calibration, data=data, io=io.value, output=output,
                             runtimes=runtime, arch=_arch(verify_arch), name=name, labels=labels,
-                            trust_model=trust_model, progress=report, strict=strict, **budget)
+                            trust_model=trust_model, progress=report, strict=strict, use_cache=use_cache, **budget)
     data_out = result.to_json()
     if html and result.build.verification:
         html.write_text(render.html_report(result.build.verification.to_json(), f"edgepack build {model} (auto)"))

@@ -281,7 +281,8 @@ class AutoResult:
 def build_auto(model, *, target: str = "rpi", calibration=None, data=None, io: str = "float",
                max_drop: float | None = None, min_agreement: float | None = None, min_cosine: float | None = None,
                output=None, runtimes: list[str] | None = None, arch: str | None = None, name: str | None = None,
-               labels=None, trust_model: bool = False, progress=None, strict: bool = False) -> AutoResult:
+               labels=None, trust_model: bool = False, progress=None, strict: bool = False,
+               use_cache: bool = True) -> AutoResult:
     """Build the smallest candidate (see module docstring) that meets the budget in every runtime
     of ``target`` (or ``runtimes``) on ``data`` (else the calibration set, else synthetic inputs).
     No budget given: top-1 agreement >= 0.99. Raises UsageError (``max_drop`` without labels, bad
@@ -307,6 +308,21 @@ def build_auto(model, *, target: str = "rpi", calibration=None, data=None, io: s
             raise UsageError(f"{what} data not found: {p}")
     profile = get_target(target)
     selected = [profile.runtime(r) for r in runtimes] if runtimes else list(profile.runtimes)
+    from . import cache
+    use_cache = use_cache and cache.enabled()
+    key = None
+    if use_cache:
+        key = cache.conversion_key(Path(model), "auto", io, calibration, data, trust_model,
+                                   [asdict(budget), profile.name, [list(rt.requirements) for rt in selected], arch])
+        hit = _load_auto(key, Path(model))
+        if hit is not None:
+            prepared, rec, chosen, candidates, why = hit
+            progress("unchanged model, data and budget: reusing the cached --quantize auto choice")
+            result = api.build(model, target=target, recipe=rec.name, calibration=calibration, io=io, output=output,
+                               data=data, runtimes=runtimes, arch=arch, name=name, labels=labels,
+                               trust_model=trust_model, use_cache=True, progress=progress, strict=strict,
+                               _auto=(prepared, rec))
+            return AutoResult(result, chosen, candidates, budget, why)
     progress("auto: converting the candidates")
     base, candidates = isolate.run(search, str(model), str(calibration) if calibration else None,
                                    str(data) if data else None, trust_model, io,
@@ -351,8 +367,42 @@ def build_auto(model, *, target: str = "rpi", calibration=None, data=None, io: s
         return AutoResult(None, chosen, candidates, budget, why)
     result = api.build(model, target=target, recipe=rec.name, calibration=calibration, io=io, output=output,
                        data=data, runtimes=runtimes, arch=arch, name=name, labels=labels, trust_model=trust_model,
-                       use_cache=False, progress=progress, strict=strict, _auto=(prepared, rec))
+                       use_cache=use_cache, progress=progress, strict=strict, _auto=(prepared, rec))
+    if key is not None:
+        _save_auto(key, prepared, rec, chosen, candidates, why)
     return AutoResult(result, chosen, candidates, budget, why)
+
+
+def _save_auto(key: str, prepared, rec, chosen: Candidate, candidates: list, why: str) -> None:
+    """The chosen conversion (as a cached conversion) and the search's report (JSON, no pickles)."""
+    import json
+
+    from . import cache
+    cache.save_prepared(key, prepared)
+    side = {"recipe": rec.to_json(), "chosen": candidates.index(chosen), "why": why,
+            "candidates": [c.to_json() for c in candidates]}
+    cache._store("auto", key, {"auto.json": json.dumps(side).encode()})
+
+
+def _load_auto(key: str, model: Path):
+    """(prepared, recipe, chosen, candidates, why) from the cache, or None."""
+    import json
+
+    from . import cache
+    from .recipes import Recipe, Tolerance
+    prepared = cache.load_prepared(key, model)
+    if prepared is None:
+        return None
+    try:
+        side = json.loads((cache._dir("auto", key) / "auto.json").read_text())
+        r = side["recipe"]
+        r.pop("io", None)
+        rec = Recipe(**{**r, "tolerance": Tolerance(**r["tolerance"]),
+                        **{k: tuple(r[k]) for k in ("optimizations", "supported_types", "supported_ops", "io_types")}})
+        candidates = [Candidate(**c) for c in side["candidates"]]
+        return prepared, rec, candidates[side["chosen"]], candidates, side["why"]
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return None
 
 
 def _tolerance(chosen: Candidate, base, rec) -> dict:

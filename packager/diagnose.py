@@ -33,6 +33,7 @@ CHANNEL_LIMIT = 0.25      # median per-channel rmse / peak beyond which an op co
 MAX_SAMPLES = 256         # samples a diagnosis runs (all intermediates are kept in memory)
 HELPER = Path(__file__).with_name("tensors_helper.py")
 SKIP_OPS = ("QUANTIZE", "DEQUANTIZE")
+FIXED_SCALE_OPS = ("SOFTMAX", "LOGISTIC", "TANH", "LOG_SOFTMAX")   # quantized output range set by the op
 
 
 # --------------------------------------------------------------------------- tensor dumps
@@ -391,7 +392,7 @@ def explain(rows: list[OpRow], quant: Dump, flt: Dump, pairs: dict | None = None
         pairs = pairs or _match(quant, flt)
         fvals = flt.real(pairs[first.index]) if first.index in pairs else None
         # SOFTMAX/LOGISTIC/TANH have fixed output scales in int8: outliers cannot be what set them.
-        fixed_scale = first.op in ("SOFTMAX", "LOGISTIC", "TANH")
+        fixed_scale = first.op in FIXED_SCALE_OPS
         outliers = (_outlier_evidence(fvals, first.scale) if fvals is not None and first.scale and not fixed_scale
                     else None)
         if outliers and first.below_step > 0.3:
@@ -401,12 +402,14 @@ def explain(rows: list[OpRow], quant: Dump, flt: Dump, pairs: dict | None = None
             causes.append(Cause("below-step", f"op {first.index} {first.op} {first.label!r}: "
                                 f"{first.below_step:.0%} of outputs below one step ({first.scale:.2g})"
                                 + (" - a flat softmax collapses to zero" if first.op == "SOFTMAX" else "")))
-        elif first.clipped > 0.01:
+        elif first.clipped > 0.01 and not fixed_scale:
             causes.append(Cause("clipping", f"op {first.index} {first.op} {first.label!r}: {first.clipped:.0%} of "
                                 f"the float values fall outside the quantized range [{first.quant_range[0]:.4g}, "
                                 f"{first.quant_range[1]:.4g}] (float range [{first.float_range[0]:.4g}, "
                                 f"{first.float_range[1]:.4g}])"))
-    clipping = [r for r in rows if r.op != "QUANTIZE" and r.clipped > 0.01]
+    # SOFTMAX/LOGISTIC/TANH have fixed int8 output ranges (softmax tops out one step below 1):
+    # values beyond them say nothing about calibration.
+    clipping = [r for r in rows if r.op not in ("QUANTIZE",) + FIXED_SCALE_OPS and r.clipped > 0.01]
     if clipping and not any(c.kind == "calibration-scale" for c in causes):
         worst = max(clipping, key=lambda r: r.clipped)
         causes.append(Cause("calibration-coverage", (
@@ -422,7 +425,7 @@ def brief(row: OpRow | None, causes: list[Cause] | None = None) -> str | None:
         return None
     if row.below_step >= 0.5 and row.scale:
         why = f"{row.below_step:.0%} of outputs below one step ({row.scale:.2g})"
-    elif row.clipped > 0.01 and row.quant_range:
+    elif row.clipped > 0.01 and row.quant_range and row.op not in FIXED_SCALE_OPS:
         why = f"{row.clipped:.0%} of values outside the quantized range [{row.quant_range[0]:.3g}, {row.quant_range[1]:.3g}]"
     else:
         why = f"error {row.rel:.1%} of the range, cosine {row.cosine:.3f}"
@@ -653,6 +656,9 @@ def diagnose(bundle, *, reference, data=None, runtimes: list[str] | None = None,
         prepared = isolate.run(jobs.prepare, str(reference), "float32", "float", None,
                                str(data) if data is not None else None, trust_model, None, None, (),
                                what="converting the reference to float32", progress=progress)
+        if manifest is not None:
+            from .api import _check_names
+            _check_names([t.name for t in prepared.outputs], manifest)
         inputs = {k: v[:MAX_SAMPLES] for k, v in prepared.check.inputs.items()}
         selected = [profile.runtime(r) for r in runtimes] if runtimes else list(profile.runtimes)
         envs, problems = [], []

@@ -149,7 +149,7 @@ def _first_divergence(tf, loaded: LoadedModel, recipe: Recipe, ran, check_inputs
             float_model = bytes(conv.convert())
     except Exception:  # noqa: BLE001 - the annotation is optional
         return None
-    return quick_brief(model, float_model, check_inputs, [s.name for s in loaded.outputs])
+    return quick_brief(model, float_model, check_inputs, [s.name for s in loaded.outputs], cand.tensor_names)
 
 
 def _model_batch(loaded: LoadedModel) -> int | None:

@@ -125,9 +125,19 @@ def local_dump(model: bytes, inputs: dict) -> Dump:
     return Dump(meta, arrays)
 
 
-def name_outputs(rows: list[OpRow], quant: Dump, names: list[str] | None) -> None:
-    """Label the row that computes the model's only output with its name (``probs``) when the
-    conversion path left a raw tensor name (``Identity1``)."""
+def name_outputs(rows: list[OpRow], quant: Dump, names: list[str] | None, raw: dict | None = None) -> None:
+    """Label the rows that compute model outputs with their names (``probs``) when the conversion
+    path left raw tensor names (``Identity1``): through ``raw`` ({raw tensor name: output name},
+    the path's mapping), else for a model's only output."""
+    if raw:
+        for r in rows:
+            op = next(o for o in quant.ops if o["index"] == r.index)
+            via = [quant.tensor(t)["name"] for t in op["outputs"]]
+            via += [quant.tensor(c["outputs"][0])["name"] for c in quant.ops
+                    if c["op"] == "DEQUANTIZE" and set(op["outputs"]) & set(c["inputs"])]
+            hit = next((raw[v] for v in via if v in raw), None)
+            if hit:
+                r.label = hit
     if not names or len(names) != 1 or len(quant.meta["outputs"]) != 1:
         return
     out = quant.meta["outputs"][0]["index"]
@@ -138,7 +148,8 @@ def name_outputs(rows: list[OpRow], quant: Dump, names: list[str] | None) -> Non
             r.label = names[0]
 
 
-def quick_brief(quant_model: bytes, float_model: bytes, inputs: dict, names: list[str] | None = None) -> str | None:
+def quick_brief(quant_model: bytes, float_model: bytes, inputs: dict, names: list[str] | None = None,
+                raw: dict | None = None) -> str | None:
     """The one-line first divergence of ``quant_model`` against ``float_model`` on ``inputs``
     (at most 64 samples, in-process), or None when nothing diverges or the comparison cannot be
     made. Used in build/verify failure messages; never raises."""
@@ -149,8 +160,8 @@ def quick_brief(quant_model: bytes, float_model: bytes, inputs: dict, names: lis
         if not _is_quantized(quant):
             return None
         rows = compare_quantized(quant, flt, quant_model)
-        name_outputs(rows, quant, names)
-        return brief(next((r for r in rows if r.diverged), None), explain(rows, quant, flt))
+        name_outputs(rows, quant, names, raw)
+        return brief(next((r for r in rows if r.diverged), None), explain(rows, quant, flt), rows)
     except Exception:  # noqa: BLE001 - a failure message must not fail on its own annotation
         return None
 
@@ -419,10 +430,23 @@ def explain(rows: list[OpRow], quant: Dump, flt: Dump, pairs: dict | None = None
     return causes
 
 
-def brief(row: OpRow | None, causes: list[Cause] | None = None) -> str | None:
-    """One line: ``first divergence: op 7 SOFTMAX 'probs' - 97% of outputs below one step (0.0039)``."""
+def largest(rows: list[OpRow]) -> OpRow | None:
+    """The op with the largest error relative to its range (ties: the earliest)."""
+    finite = [r for r in rows if np.isfinite(r.rel)]
+    return max(finite, key=lambda r: (r.rel, -r.index)) if finite else None
+
+
+def brief(row: OpRow | None, causes: list[Cause] | None = None, rows: list[OpRow] | None = None) -> str | None:
+    """One line: ``first divergence: op 7 SOFTMAX 'probs' - 97% of outputs below one step (0.0039)``.
+    With no diverging ``row`` but ``rows``: ``no op diverges ...; largest error: op 11 ...``."""
     if row is None:
-        return None
+        top = largest(rows or [])
+        if top is None or top.rel <= 0:
+            return None
+        extra = (f", {top.clipped:.0%} of values outside the quantized range" if top.clipped > 0.005 and
+                 top.op not in FIXED_SCALE_OPS else "")
+        return (f"no op diverges beyond {REL_LIMIT:.0%} of its range; largest error: op {top.index} {top.op} "
+                f"{top.label!r} - {top.rel:.1%} of the range, cosine {top.cosine:.4f}{extra}")
     if row.below_step >= 0.5 and row.scale:
         why = f"{row.below_step:.0%} of outputs below one step ({row.scale:.2g})"
     elif row.clipped > 0.01 and row.quant_range and row.op not in FIXED_SCALE_OPS:
@@ -534,7 +558,7 @@ class Diagnosis:
 
     @property
     def brief(self) -> str | None:
-        return brief(self.first, self.causes)
+        return brief(self.first, self.causes, self.rows)
 
     def to_json(self) -> dict:
         first = self.first

@@ -479,7 +479,9 @@ class RuntimeDivergence:
 
     def text(self) -> str:
         size = f"{self.steps:.0f} step(s), {self.max_abs:.3g}" if self.steps is not None else f"{self.max_abs:.3g}"
-        return (f"op {self.index} {self.op} v{self.version} {self.tensor!r}: {self.runtimes[0]} gives "
+        parts = self.tensor.split(";")[0].split("/")
+        short = "/".join(parts[1:]) if len(parts) > 1 else parts[0]
+        return (f"op {self.index} {self.op} v{self.version} {short!r}: {self.runtimes[0]} gives "
                 f"{self.values[0]:.6g}, {self.runtimes[1]} gives {self.values[1]:.6g} at {self.element} "
                 f"(max difference {size}; {100 * self.fraction:.3g}% of its outputs differ; "
                 + ("its inputs are identical in both runtimes: the kernels compute differently)"

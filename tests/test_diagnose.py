@@ -158,3 +158,20 @@ def test_two_runtimes_that_disagree_on_an_op_name_it(tmp_path):
     assert div["steps"] == 1.0 and div["values"][0] != div["values"][1]
     assert "2.14" in rt["text"] and "2.3" in rt["text"] and "kernels compute differently" in rt["text"]
     # int8 models (flat softmax, outlier) agree op by op: see test_flat_softmax_collapse...
+
+
+@pytest.mark.slow
+def test_arm64_runtimes_disagree_on_an_int8_fully_connected(cases):
+    """Measured: under qemu (arm64), tflite-runtime 2.14 and ai-edge-litert 2.3 give one int8
+    FULLY_CONNECTED output a step apart from identical inputs; on x86_64 they agree."""
+    from packager.diagnose import diagnose
+    from packager.errors import EnvironmentProblem
+    try:
+        d = diagnose(cases["flat_int8"], reference=cases["flat"], data=cases["eval"], arch="arm64")
+    except EnvironmentProblem as exc:
+        pytest.skip(f"no arm64 emulation here: {exc.message}")
+    (rt,) = d.runtime_divergences
+    div = rt["divergence"]
+    assert div and div["op"] == "FULLY_CONNECTED" and div["inputs_identical"] and div["steps"] == 1.0, rt
+    assert "(arm64)" in rt["text"]
+    assert d.first.op == "SOFTMAX"     # the quantization diagnosis is the same on arm64

@@ -229,6 +229,10 @@ def build(model: str | os.PathLike, *, target: str = "rpi", recipe: str | None =
             manifest["runtimes"] = _runtime_entries(selected, report)
             manifest["verification"] = {"status": "passed" if report.passed else "failed", **report.summary()}
             if not report.passed:
+                if rec.needs_calibration and any(r.status == "failed" for r in report.runtimes):
+                    from .diagnose import verify_brief
+                    report.first_divergence = verify_brief(staging.dir, manifest, model_path, data,
+                                                           prepared.check.inputs, trust_model, progress)
                 raise VerificationError(
                     f"bundle does not match the original model: {'; '.join(report.failures)[:600]}",
                     hint=_mismatch_hint(report, output), report=report)
@@ -488,7 +492,7 @@ def _verify(bundle: Path, reference, data, runtimes, arch, strict, trust_model, 
     tolerance = _bundle_tolerance(manifest, rec, atol, rtol)
     report = _verify_staged(bundle, manifest, profile, rec, selected, dataset, refs, spec, arch, progress,
                             tolerance=tolerance, strict=strict, require_all=bool(runtimes))
-    if not report.passed and rec.needs_calibration:
+    if not report.passed and rec.needs_calibration and any(r.status == "failed" for r in report.runtimes):
         from .diagnose import verify_brief
         report.first_divergence = verify_brief(bundle, manifest, reference, data, arrays, trust_model, progress)
     return report

@@ -144,7 +144,8 @@ def build(
     from . import api, render
     budget = {"max_drop": max_drop, "min_agreement": min_agreement, "min_cosine": min_cosine}
     if quantize == Recipe.auto:
-        return _build_auto(model, target, calibration, io, output, data, runtime, verify, verify_arch, name, labels,
+        from .cli_diagnose import build_auto
+        return build_auto(model, target, calibration, io, output, data, runtime, verify, verify_arch, name, labels,
                            html, trust_model, atol, rtol, strict, budget, json_output, not no_cache)
     if any(v is not None for v in budget.values()):
         raise UsageError("--max-drop, --min-agreement and --min-cosine are budgets for --quantize auto",
@@ -162,32 +163,6 @@ def build(
         render.emit_json({"ok": True, **data_out})
     else:
         render.show_build(data_out)
-
-
-def _build_auto(model, target, calibration, io, output, data, runtime, verify, verify_arch, name, labels, html,
-                trust_model, atol, rtol, strict, budget, json_output, use_cache=True):
-    """`build --quantize auto`: packager.repair.build_auto, then the candidates table and the build."""
-    from . import render
-    from .repair import build_auto
-    if atol or rtol:
-        raise UsageError("--atol/--rtol do not apply to --quantize auto", hint="give the budget with --max-drop, "
-                         "--min-agreement or --min-cosine")
-    if not verify:
-        raise UsageError("--quantize auto measures every candidate; --no-verify does not apply",
-                         hint="drop --no-verify, or pick a recipe with --quantize")
-    with render.progress(not json_output) as report:
-        result = build_auto(model, target=target, calibration=calibration, data=data, io=io.value, output=output,
-                            runtimes=runtime, arch=_arch(verify_arch), name=name, labels=labels,
-                            trust_model=trust_model, progress=report, strict=strict, use_cache=use_cache, **budget)
-    data_out = result.to_json()
-    if html and result.build.verification:
-        html.write_text(render.html_report(result.build.verification.to_json(), f"edgepack build {model} (auto)"))
-    if json_output:
-        render.emit_json({"ok": True, **data_out})
-        return
-    from .render_diagnose import show_candidates
-    show_candidates(data_out)
-    render.show_build(result.build.to_json())
 
 
 @app.command()
@@ -229,44 +204,6 @@ def verify(
         if not json_output:
             render.error("verification failed: " + "; ".join(report.failures)[:500])
         raise typer.Exit(4)
-
-
-@app.command()
-@command
-def diagnose(
-    bundle: Annotated[Path, typer.Argument(help="Bundle directory or .tar.gz (or a bare .tflite).")],
-    reference: Annotated[Path, typer.Option("--reference", "-r", help="The original model file.")],
-    data: Annotated[Optional[Path], typer.Option("--data", help="Inputs to diagnose on (.npz with x or named "
-                    "inputs); default: the bundle's samples. At most 256 samples are used.")] = None,
-    runtime: Annotated[Optional[List[str]], typer.Option("--runtime", help="Only these runtimes of the target "
-                       "(repeatable); with two or more, they are compared op by op.")] = None,
-    arch: Annotated[Optional[Arch], typer.Option("--arch", help="host, or arm64 under qemu-user.")] = None,
-    html: Annotated[Optional[Path], typer.Option("--html", help="Write an HTML report with a per-op error "
-                    "plot.")] = None,
-    trust_model: TrustOpt = False,
-    json_output: JsonOpt = False,
-):
-    """Name the op where the bundle departs from the original model, and why.
-
-    Every intermediate tensor of the bundle's model is compared with the float32 conversion of
-    the reference (error relative to the range, cosine, clipping, values below one step), and
-    the same model in each runtime of the target op by op.
-
-    Example: edgepack diagnose dist/mnist-rpi --reference model.h5 --data eval.npz --html diag.html
-    """
-    from . import render
-    from .diagnose import diagnose as run_diagnose
-    from .render_diagnose import diagnosis_html, show_diagnosis
-    with render.progress(not json_output) as report_cb:
-        diag = run_diagnose(bundle, reference=reference, data=data, runtimes=runtime, arch=_arch(arch),
-                            trust_model=trust_model, progress=report_cb)
-    data_out = diag.to_json()
-    if html:
-        html.write_text(diagnosis_html(data_out, f"edgepack diagnose {bundle}"))
-    if json_output:
-        render.emit_json({"ok": True, **data_out})
-    else:
-        show_diagnosis(data_out)
 
 
 @app.command()
@@ -327,6 +264,10 @@ def _root(version: Annotated[bool, typer.Option("--version", callback=_version_c
                                                  help="Show the version and exit.")] = False):
     pass
 
+
+from .cli_diagnose import register as _register_diagnose  # noqa: E402 - needs the names above
+
+_register_diagnose(app, command, Arch, TrustOpt, JsonOpt)
 
 try:  # deploy/run/rollback/status live in their own module
     from .cli_deploy import register as _register_deploy

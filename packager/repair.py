@@ -306,6 +306,9 @@ def build_auto(model, *, target: str = "rpi", calibration=None, data=None, io: s
     for p, what in ((calibration, "calibration"), (data, "verification")):
         if p is not None and not Path(p).exists():
             raise UsageError(f"{what} data not found: {p}")
+    if budget.max_drop is not None and not _has_labels(data):
+        raise UsageError("--max-drop needs labels: an .npz with y for --data",
+                         hint="add y (integer class per sample) to --data, or use --min-agreement")
     profile = get_target(target)
     selected = [profile.runtime(r) for r in runtimes] if runtimes else list(profile.runtimes)
     from . import cache
@@ -403,6 +406,19 @@ def _load_auto(key: str, model: Path):
         return prepared, rec, candidates[side["chosen"]], candidates, side["why"]
     except (OSError, ValueError, KeyError, TypeError, IndexError):
         return None
+
+
+def _has_labels(data) -> bool:
+    """Whether ``data`` can hold labels: an .npz with ``y`` (other formats are checked after loading)."""
+    if data is None:
+        return False
+    if str(data).endswith(".npz"):
+        try:
+            with np.load(data, allow_pickle=False) as npz:
+                return "y" in npz.files
+        except (OSError, ValueError):
+            return True        # unreadable: load_dataset says why, with its own message
+    return True
 
 
 def _tolerance(chosen: Candidate, base, rec) -> dict:

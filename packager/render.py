@@ -199,6 +199,7 @@ table{{border-collapse:collapse}}.ok{{color:#070}}.bad{{color:#b00}}</style>
 <h1>{html.escape(title)}: <span class={'ok' if report['passed'] else 'bad'}>{verdict}</span></h1>
 <p>recipe <b>{html.escape(report['recipe'])}</b>, target <b>{html.escape(report['target'])}</b>,
 model {report['model_size']:,} bytes, {report['samples']} samples ({html.escape(report['inputs'])})</p>
+{f"<p class=bad>{html.escape(report['first_divergence'])}</p>" if report.get("first_divergence") else ""}
 <table><tr><th>runtime</th><th>arch</th><th>output</th><th>max abs</th><th>mean abs</th><th>cosine</th>
 <th>SNR dB</th><th>top-1 agreement</th><th>accuracy ref / bundle</th><th>result</th></tr>{''.join(rows)}</table>
 <h2>absolute error histograms</h2>{''.join(charts)}

@@ -46,6 +46,8 @@ def register(app: typer.Typer, command, Arch, TrustOpt, JsonOpt) -> None:
         reference: Annotated[Path, typer.Option("--reference", "-r", help="The original model file.")],
         data: Annotated[Optional[Path], typer.Option("--data", help="Inputs to diagnose on (.npz with x or named "
                         "inputs); default: the bundle's samples. At most 256 samples are used.")] = None,
+        calibration: Annotated[Optional[Path], typer.Option("--calibration", "-c", help="The calibration set "
+                               "the bundle was built with, if at hand: its size and range become evidence too.")] = None,
         runtime: Annotated[Optional[List[str]], typer.Option("--runtime", help="Only these runtimes of the target "
                            "(repeatable); with two or more, they are compared op by op.")] = None,
         arch: Annotated[Optional[Arch], typer.Option("--arch", help="host, or arm64 under qemu-user.")] = None,
@@ -67,7 +69,7 @@ def register(app: typer.Typer, command, Arch, TrustOpt, JsonOpt) -> None:
         from .render_diagnose import diagnosis_html, show_diagnosis
         with render.progress(not json_output) as report_cb:
             diag = run_diagnose(bundle, reference=reference, data=data, runtimes=runtime, arch=_arch(arch),
-                                trust_model=trust_model, progress=report_cb)
+                                trust_model=trust_model, progress=report_cb, calibration=calibration)
         data_out = diag.to_json()
         if html:
             html.write_text(diagnosis_html(data_out, f"edgepack diagnose {bundle}"))

@@ -641,14 +641,38 @@ def _cut(dump: Dump, count: int) -> Dump:
     return Dump({**dump.meta, "samples": count}, arrays)
 
 
+def calibration_causes(calibration, specs, inputs: dict) -> list[Cause]:
+    """Evidence from the calibration set itself (when the user has it): too few samples, and a
+    range unlike the diagnosed data's. ``specs``: the model's input TensorSpecs."""
+    from .calibration import RECOMMENDED, load_dataset
+    cal = load_dataset(calibration, specs)
+    causes = []
+    count = cal.count
+    if count < RECOMMENDED[0]:
+        causes.append(Cause("few-calibration", f"only {count} calibration samples; {RECOMMENDED[0]}-{RECOMMENDED[1]} "
+                            "representative samples are recommended (ranges from a few samples miss the tails)"))
+    for name, c in cal.inputs.items():
+        d = inputs.get(name)
+        if d is None or c.dtype.kind != "f" or d.dtype.kind not in "fiu" or not c.size or not d.size:
+            continue
+        clo, chi, dlo, dhi = float(c.min()), float(c.max()), float(d.min()), float(d.max())
+        span = max(chi - clo, 1e-12)
+        if dhi > chi + 0.25 * span or dlo < clo - 0.25 * span or (dhi - dlo) < 0.25 * span:
+            causes.append(Cause("calibration-scale", f"calibration data for {name!r} spans [{clo:.4g}, {chi:.4g}] "
+                                f"but the data spans [{dlo:.4g}, {dhi:.4g}]: calibrate on data scaled like the "
+                                "real inputs"))
+    return causes
+
+
 def diagnose(bundle, *, reference, data=None, runtimes: list[str] | None = None, arch: str | None = None,
-             trust_model: bool = False, progress=None) -> Diagnosis:
+             trust_model: bool = False, progress=None, calibration=None) -> Diagnosis:
     """Localise where ``bundle`` (a bundle directory or archive, or a bare ``.tflite``; target
     rpi's runtimes for a bare model) departs from ``reference`` (the original model file).
 
     Inputs: ``data`` (.npz / .npy / image folder, at most :data:`MAX_SAMPLES` used), else the
     bundle's samples, else synthetic. Raises UsageError (bad input), EnvironmentProblem (no
-    runtime environment), ConversionError (the reference cannot be converted to float32)."""
+    runtime environment), ConversionError (the reference cannot be converted to float32).
+    ``calibration``: the calibration set the bundle was built with, if at hand (more evidence)."""
     from . import isolate, jobs
     from .bundle import open_bundle, read_manifest
     from .emulator import get_env
@@ -661,6 +685,8 @@ def diagnose(bundle, *, reference, data=None, runtimes: list[str] | None = None,
     sniff_format(Path(reference))
     if data is not None and not Path(data).exists():
         raise UsageError(f"data not found: {data}")
+    if calibration is not None and not Path(calibration).exists():
+        raise UsageError(f"calibration data not found: {calibration}")
     with tempfile.TemporaryDirectory(prefix="edgepack-diag-") as tmp:
         if path.is_file() and not path.name.endswith((".tar.gz", ".tgz")):
             model = path.read_bytes()
@@ -698,6 +724,10 @@ def diagnose(bundle, *, reference, data=None, runtimes: list[str] | None = None,
                                      hint="see `edgepack doctor`")
         diag = analyse(model, prepared.conversion.tflite, inputs, envs, progress,
                        [t.name for t in prepared.outputs])
+    if calibration is not None:
+        extra = calibration_causes(calibration, prepared.inputs, inputs)
+        known = {c.kind for c in diag.causes}
+        diag.causes += [c for c in extra if c.kind not in known or c.kind == "few-calibration"]
     diag.model, diag.reference = str(bundle), str(reference)
     diag.recipe = (manifest or {}).get("recipe", {}).get("name")
     diag.evidence = prepared.check.describe()

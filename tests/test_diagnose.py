@@ -56,6 +56,16 @@ def test_calibration_on_another_scale_says_so_with_both_ranges(cases):
     d = diagnose(cases["scaled_int8"], reference=cases["flat"], data=cases["eval"], runtimes=["ai-edge-litert"])
     cause = next(c for c in d.causes if c.kind == "calibration-scale")
     assert "calibrated to [0, 0.05" in cause.text and "spans [0, 1]" in cause.text, cause.text
+    assert "(calibration-scale)" in d.brief
+
+
+def test_a_small_calibration_set_at_hand_is_evidence(cases, data_files, tmp_path):
+    from packager.diagnose import diagnose
+    np.savez(tmp_path / "few.npz", x=data_files["x"][:40] * 0.05)
+    d = diagnose(cases["scaled_int8"], reference=cases["flat"], data=cases["eval"], runtimes=["ai-edge-litert"],
+                 calibration=tmp_path / "few.npz")
+    few = next(c for c in d.causes if c.kind == "few-calibration")
+    assert "only 40 calibration samples" in few.text
 
 
 def test_cli_json_is_one_document_and_html_has_the_plot(cases, tmp_path):

@@ -185,3 +185,16 @@ def test_arm64_runtimes_disagree_on_an_int8_fully_connected(cases):
     assert div and div["op"] == "FULLY_CONNECTED" and div["inputs_identical"] and div["steps"] == 1.0, rt
     assert "(arm64)" in rt["text"]
     assert d.first.op == "SOFTMAX"     # the quantization diagnosis is the same on arm64
+
+
+def test_cli_auto_table_and_unmet_budget_exit_4(cases, data_files, tmp_path):
+    common = ["--quantize", "auto", "-c", data_files["calibration"], "--data", cases["eval"], "--runtime",
+              "ai-edge-litert", "--no-cache"]
+    proc = edgepack("build", cases["flat"], *common, "--min-agreement", "0.95", "-o", tmp_path / "ok")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "--quantize auto: top-1 agreement >= 0.95" in proc.stdout and "chosen:" in proc.stdout
+    proc = edgepack("build", cases["flat"], *common, "--min-cosine", "1.0", "-o", tmp_path / "no", "--json")
+    assert_clean_error(proc, 4, "no candidate meets the budget")
+    data = json.loads(proc.stdout)
+    assert data["ok"] is False and "float16" in data["error"] and "int8" in data["error"]
+    assert not (tmp_path / "no").exists()

@@ -389,16 +389,27 @@ def explain(rows: list[OpRow], quant: Dump, flt: Dump, pairs: dict | None = None
     """The usual causes, each with its evidence, most specific first."""
     causes: list[Cause] = []
     first = next((r for r in rows if r.diverged), None)
-    inputs = [r for r in rows if r.op == "QUANTIZE"]
-    for r in inputs:
-        lo, hi = r.quant_range or (0, 0)
-        dlo, dhi = r.float_range
+    # Each input's quantized range is what calibration saw: a QUANTIZE op (float I/O) or the
+    # quantized input tensor itself (--io int8/uint8/int16).
+    seen = [(r.label.replace("input ", "", 1), r.quant_range, r.float_range, r.clipped)
+            for r in rows if r.op == "QUANTIZE" and r.quant_range]
+    fin = flt.meta["inputs"]
+    for k, qi in enumerate(quant.meta["inputs"]):
+        d = quant.tensor(qi["index"])
+        if d["scale"] and np.dtype(d["dtype"]).kind in "iu" and len(fin) == len(quant.meta["inputs"]):
+            f = flt.real(fin[k]["index"])
+            if f is not None and f.size:
+                info = np.iinfo(np.dtype(d["dtype"]))
+                qr = [(info.min - d["zero_point"]) * d["scale"], (info.max - d["zero_point"]) * d["scale"]]
+                clipped = float(np.mean((f < qr[0] - d["scale"] / 2) | (f > qr[1] + d["scale"] / 2)))
+                seen.append((qi["name"], qr, [float(f.min()), float(f.max())], clipped))
+    for name, (lo, hi), (dlo, dhi), clipped in seen:
         span = max(hi - lo, 1e-12)
         if dhi > hi + 0.25 * span or dlo < lo - 0.25 * span or (dhi - dlo) < 0.25 * span:
             causes.append(Cause("calibration-scale", (
-                f"calibration data on a different scale from the data: input {r.float_tensor!r} was calibrated to "
+                f"calibration data on a different scale from the data: input {name!r} was calibrated to "
                 f"[{lo:.4g}, {hi:.4g}] but the data spans [{dlo:.4g}, {dhi:.4g}] "
-                f"({r.clipped:.0%} of its values outside); calibrate on data scaled like the real inputs")))
+                f"({clipped:.0%} of its values outside); calibrate on data scaled like the real inputs")))
     if first is not None:
         pairs = pairs or _match(quant, flt)
         fvals = flt.real(pairs[first.index]) if first.index in pairs else None

@@ -139,7 +139,7 @@ def _first_divergence(tf, loaded: LoadedModel, recipe: Recipe, ran, check_inputs
     float32 conversion of the same path (see :mod:`packager.diagnose`); None if not applicable."""
     if ran is None or not recipe.needs_calibration:
         return None
-    from .diagnose import quick_brief
+    from .localise import quick_brief
     from .recipes import get_recipe
     cand, model = ran
     try:

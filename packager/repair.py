@@ -139,7 +139,7 @@ def _convert_any(tf, loaded, recipe, io: str, calibration: dict | None, check: d
 def _mixed(tf, loaded, int8: Candidate, cal, check: dict) -> list[Candidate]:
     """int8 with the diverging ops (and the ops reading their outputs) kept in float."""
     from .convert import _configure, _model_batch, _named, run_tflite
-    from .diagnose import compare_quantized, local_dump
+    from .localise import compare_quantized, local_dump
     from .inspect import inspect_bytes
     from .isolate import stage
     from .loaders import native_quiet
@@ -212,7 +212,7 @@ def _with_consumers(flt, tensor_names: list[str]) -> list[str]:
 def measure(model: bytes, env, inputs: dict, reference: dict, labels) -> dict:
     """One runtime's numbers for ``model``: per classification output top-1 agreement, accuracy
     (with ``labels``), and overall cosine; ``status`` "ran" or "error"."""
-    from .diagnose import dump_tensors
+    from .localise import dump_tensors
     try:
         dump = dump_tensors(env, model, inputs, outputs_only=True)
     except UsageError as exc:

@@ -130,7 +130,7 @@ for label in (("first build", "rebuild") if not in_process else ("first build (i
     out[label] = dict(T, **(setup if label.startswith("first") else {}))
 print(json.dumps(out))
 '''
-    from packager.emulator import cache_dir
+    from packager.paths import cache_dir
     import shutil
     import tempfile
     samples = []

@@ -158,7 +158,7 @@ def size_breakdown(paths) -> dict:
 def fresh_cache(tmp: Path) -> Path:
     """An EDGEPACK_CACHE_DIR with the runtime venvs (expensive, not what is measured) but nothing else,
     so a content-hash conversion cache the lead adds starts empty for each 'first build'."""
-    from packager.emulator import cache_dir
+    from packager.paths import cache_dir
     d = Path(tempfile.mkdtemp(prefix="cache-", dir=tmp))
     (d / "envs").symlink_to(cache_dir() / "envs", target_is_directory=True)
     if (cache_dir() / "arm64").exists():

@@ -28,6 +28,10 @@ and exit code 5 instead of dying itself. ``--no-isolate`` (or ``EDGEPACK_NO_ISOL
 this process instead. ``--info`` always runs in-process. SIGINT/SIGTERM/SIGHUP are passed on to the
 child, which dies of them at once (even inside a long invoke); this process then dies of the same
 signal.
+
+Memory: ``EDGEPACK_RUNTIME_MEMORY_MB`` sets an address-space limit (RLIMIT_AS) on that child (none
+by default on a device; the host emulator sets 4096); a model that needs more ends as exit code 5
+naming the limit, instead of waking the kernel's OOM killer.
 """
 from __future__ import annotations
 
@@ -51,6 +55,8 @@ EXIT_SELFTEST = 6
 # Hard caps on what an input file may make us allocate (elements of all arrays together).
 MAX_INPUT_ELEMENTS = int(os.environ.get("EDGEPACK_MAX_INPUT_ELEMENTS", str(1 << 28)))
 RUNTIMES = ("ai_edge_litert", "tflite_runtime", "tensorflow")
+# Address-space limit (MiB) of the forked child that loads and runs the model; unset or 0: none.
+MEMORY_ENV = "EDGEPACK_RUNTIME_MEMORY_MB"
 
 np = None  # run as a script: imported by _load_numpy() in the forked child, so the parent forks a small process
 if __name__ != "__main__":  # imported as a module (packager uses read_inputs & co.): import it now
@@ -65,8 +71,10 @@ def _load_numpy():
     if np is None:
         try:
             import numpy
-        except ImportError:
+        except ModuleNotFoundError:
             raise Failure(EXIT_NO_RUNTIME, "numpy is not installed: pip install numpy") from None
+        except ImportError as exc:  # installed but not loadable (e.g. a shared library, memory)
+            raise Failure(EXIT_NO_RUNTIME, "numpy cannot be imported: %s" % exc) from None
         np = numpy
 
 
@@ -127,12 +135,83 @@ def read_manifest(root: str) -> dict:
         manifest = json.loads(raw.decode("utf-8"))
     except OSError as exc:
         raise Failure(EXIT_INTEGRITY, "cannot read %s: %s" % (path, exc.strerror or exc)) from None
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
         raise Failure(EXIT_INTEGRITY, "manifest.json is not valid JSON: %s" % exc) from None
+    check_manifest(manifest)
+    return manifest
+
+
+def _bad(msg: str) -> Failure:
+    return Failure(EXIT_INTEGRITY, "manifest.json: " + msg)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value \
+        and value not in (float("inf"), float("-inf"))
+
+
+def _check_relpath(key: str, value) -> None:
+    if not isinstance(value, str) or not value or len(value) > 4096 or "\0" in value:
+        raise _bad("%s must be a file name inside the bundle, not %.80r" % (key, value))
+
+
+def _check_tensor(kind: str, i: int, spec) -> None:
+    where = "%s[%d]" % (kind, i)
+    if not isinstance(spec, dict):
+        raise _bad("%s is not an object" % where)
+    if not isinstance(spec.get("name"), str) or not spec["name"]:
+        raise _bad("%s has no name" % where)
+    if not _is_int(spec.get("index")) or spec["index"] < 0:
+        raise _bad("%s (%.80r) has no valid tensor index" % (where, spec["name"]))
+    if not isinstance(spec.get("dtype"), str) or not 0 < len(spec["dtype"]) <= 32:
+        raise _bad("%s (%.80r) has dtype %.40r" % (where, spec["name"], spec.get("dtype")))
+    shape = spec.get("shape")
+    if not isinstance(shape, list) or len(shape) > 16 or not all(_is_int(d) and d >= -1 for d in shape):
+        raise _bad("%s (%.80r) has shape %.80r; a list of integers >= -1 is needed" % (where, spec["name"], shape))
+    q = spec.get("quantization")
+    if q is not None:
+        if not isinstance(q, dict) or not _is_number(q.get("scale") or 0.0) or not _is_int(q.get("zero_point") or 0) \
+                or (q.get("scale") or 0.0) < 0:
+            raise _bad("%s (%.80r) has invalid quantization %.120r" % (where, spec["name"], q))
+
+
+def check_manifest(manifest) -> None:
+    """Every field the script reads has the type it needs: a malformed manifest is one error line
+    and exit code 3, never a traceback."""
+    if not isinstance(manifest, dict):
+        raise _bad("not a JSON object")
     for key in ("model", "inputs", "outputs", "model_sha256", "model_size"):
         if key not in manifest:
             raise Failure(EXIT_INTEGRITY, "manifest.json has no %r" % key)
-    return manifest
+    _check_relpath("model", manifest["model"])
+    sha = manifest["model_sha256"]
+    if not isinstance(sha, str) or len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+        raise _bad("model_sha256 is not a sha256 hex digest")
+    if not _is_int(manifest["model_size"]) or manifest["model_size"] < 0:
+        raise _bad("model_size is not a byte count")
+    for kind in ("inputs", "outputs"):
+        specs = manifest[kind]
+        if not isinstance(specs, list) or not specs or len(specs) > 4096:
+            raise _bad("%s must be a non-empty list of tensors" % kind)
+        for i, spec in enumerate(specs):
+            _check_tensor(kind, i, spec)
+        names = [s["name"] for s in specs]
+        if len(set(names)) != len(names):
+            raise _bad("%s has duplicate names" % kind)
+    samples = manifest.get("samples")
+    if samples is not None:
+        if not isinstance(samples, dict):
+            raise _bad("samples is not an object")
+        for key in ("inputs", "expected"):
+            if samples.get(key) is not None:
+                _check_relpath("samples." + key, samples[key])
+        atol = samples.get("atol")
+        if atol is not None and (not isinstance(atol, dict) or not all(_is_number(v) for v in atol.values())):
+            raise _bad("samples.atol must map output names to numbers")
 
 
 def _inside(root: str, rel: str) -> str:
@@ -186,6 +265,18 @@ def _check_header(key: str, shape, dtype, available=None) -> None:
     if available is not None and count * dtype.itemsize > available:
         raise Failure(EXIT_USAGE, "input %r announces %d bytes of data but holds %d (truncated?)"
                       % (key, count * dtype.itemsize, available))
+    return count
+
+
+def _require_regular_file(path: str) -> None:
+    """FIFOs, devices, sockets and directories are refused before they are opened (no hang)."""
+    import stat
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        raise Failure(EXIT_USAGE, "cannot read input %s: %s" % (path, exc.strerror or exc)) from None
+    if not stat.S_ISREG(mode):
+        raise Failure(EXIT_USAGE, "input %s is not a regular file" % path)
 
 
 def _load_npy(fh, key: str, size=None):
@@ -199,6 +290,7 @@ def _load_npy(fh, key: str, size=None):
 def read_inputs(path: str, specs: list) -> dict:
     """Arrays keyed by input name from .npz, .npy or .json; sizes checked before allocation."""
     names = [s["name"] for s in specs]
+    _require_regular_file(path)
     try:
         if path.endswith(".json"):
             with open(path, "rb") as fh:
@@ -212,14 +304,17 @@ def read_inputs(path: str, specs: list) -> dict:
             with open(path, "rb") as fh:
                 arrays = {names[0]: _load_npy(fh, names[0], os.fstat(fh.fileno()).st_size)}
         else:
-            arrays = {}
+            arrays, total = {}, 0
             with zipfile.ZipFile(path) as zf:
                 for member in zf.namelist():
                     key = member[:-4] if member.endswith(".npy") else member
                     with zf.open(member) as fh:
                         shape, dtype = _peek_npy(fh)
                         header = fh.tell()
-                    _check_header(key, shape, dtype, zf.getinfo(member).file_size - header)
+                    total += _check_header(key, shape, dtype, zf.getinfo(member).file_size - header)
+                    if total > MAX_INPUT_ELEMENTS:  # the cap is for the whole file, not per array
+                        raise Failure(EXIT_USAGE, "%s would hold %d elements in all (cap %d)"
+                                      % (os.path.basename(path), total, MAX_INPUT_ELEMENTS))
                 with np.load(path, allow_pickle=False) as npz:
                     arrays = {k: npz[k] for k in npz.files}
     except Failure:
@@ -550,6 +645,9 @@ def main(argv=None) -> int:
     except Failure as exc:
         report(exc)
         return exc.code
+    except Exception as exc:  # noqa: BLE001 - last resort: one line, never a traceback
+        report(Failure(EXIT_RUNTIME, "unexpected %s: %s" % (type(exc).__name__, exc)))
+        return EXIT_RUNTIME
 
 
 def report(exc: Failure) -> None:
@@ -606,6 +704,7 @@ def _signal_name(signum: int) -> str:
 def run_isolated(work) -> int:
     """``work(announce)`` in one forked child; a signal death of the child becomes exit code 5."""
     state = {"pid": None, "received": []}
+    limit_mb = memory_limit_mb()
 
     def forward(signum, frame):
         state["received"].append(signum)
@@ -645,7 +744,7 @@ def run_isolated(work) -> int:
             previous = {}
             return work()
         if pid == 0:  # the child: never returns
-            _child(work, read_end, write_end, previous, mask, parent)
+            _child(work, read_end, write_end, previous, mask, parent, limit_mb)
         state["pid"] = pid
         for signum in state["received"]:  # arrived before the fork
             with contextlib.suppress(OSError):
@@ -666,7 +765,16 @@ def run_isolated(work) -> int:
     finally:
         _restore(previous)
     if not os.WIFSIGNALED(status):
-        return os.WEXITSTATUS(status) if os.WIFEXITED(status) else EXIT_RUNTIME
+        code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else EXIT_RUNTIME
+        if code in (EXIT_OK, EXIT_USAGE, EXIT_INTEGRITY, EXIT_NO_RUNTIME, EXIT_RUNTIME, EXIT_SELFTEST):
+            return code
+        # a native library ended the child itself (e.g. OpenBLAS's exit(1) when an allocation fails)
+        runtime = label.decode("utf-8", "replace").strip() or "the TFLite runtime or numpy"
+        cause = ("; the memory limit is %d MiB (%s), which a failed allocation may have hit" % (limit_mb, MEMORY_ENV)
+                 if limit_mb else "")
+        report(Failure(EXIT_RUNTIME, "%s ended the process with exit code %d while loading or running the model%s"
+                       % (runtime, code, cause)))
+        return EXIT_RUNTIME
     signum = os.WTERMSIG(status)
     if state["received"]:  # we were asked to stop: die of the same signal, as without the child
         for stream in (sys.stdout, sys.stderr):
@@ -677,9 +785,19 @@ def run_isolated(work) -> int:
         return 128 + state["received"][0]  # only where the signal did not end us
     runtime = label.decode("utf-8", "replace").strip() or "the TFLite runtime"
     hint = "; killed from outside, possibly for lack of memory" if signum == getattr(signal, "SIGKILL", -1) else ""
+    if limit_mb and signum in (getattr(signal, "SIGABRT", -1), getattr(signal, "SIGSEGV", -1),
+                               getattr(signal, "SIGBUS", -1)):
+        hint += "; the memory limit is %d MiB (%s), which a failed allocation may have hit" % (limit_mb, MEMORY_ENV)
     report(Failure(EXIT_RUNTIME, "%s crashed (signal %d: %s) while loading or running the model%s"
                    % (runtime, signum, _signal_name(signum), hint)))
     return EXIT_RUNTIME
+
+
+def _looks_like_oom(message: str) -> bool:
+    text = message.lower()
+    return any(s in text for s in ("memoryerror", "bad_alloc", "out of memory", "failed to allocate",
+                                   "cannot allocate", "unable to allocate", "failed to map segment",
+                                   "errno 12", "memory allocation"))
 
 
 def _restore(previous: dict) -> None:
@@ -700,11 +818,46 @@ def _die_with_parent(parent: int) -> None:
         os._exit(EXIT_RUNTIME)
 
 
-def _child(work, read_end: int, write_end: int, previous: dict, mask: tuple, parent: int) -> None:
+def memory_limit_mb():
+    """The EDGEPACK_RUNTIME_MEMORY_MB limit as an int, None when unset/0; a bad value is exit 2."""
+    raw = os.environ.get(MEMORY_ENV, "").strip()
+    if not raw or raw == "0":
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < 16:
+        raise Failure(EXIT_USAGE, "%s=%r is not a number of MiB >= 16 (0 = no limit)" % (MEMORY_ENV, raw))
+    return value
+
+
+def _limit_memory(limit_mb) -> None:
+    """RLIMIT_AS for this (child) process: a model that would allocate more fails here, not the device."""
+    if limit_mb is None:
+        return
+    try:
+        import resource
+        limit = limit_mb * 1024 * 1024
+        soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+        if hard != resource.RLIM_INFINITY:
+            limit = min(limit, hard)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+    except (ImportError, ValueError, OSError):
+        pass
+
+
+def _memory_failure(limit_mb, detail: str) -> Failure:
+    return Failure(EXIT_RUNTIME, "out of memory under the %d MiB limit (%s; raise it if the model really needs more): %s"
+                   % (limit_mb, MEMORY_ENV, detail))
+
+
+def _child(work, read_end: int, write_end: int, previous: dict, mask: tuple, parent: int, limit_mb=None) -> None:
     code = EXIT_RUNTIME
     try:
         os.close(read_end)
         _die_with_parent(parent)
+        _limit_memory(limit_mb)
         for signum, handler in previous.items():  # die of a stop signal at once, even inside a native invoke
             signal.signal(signum, signal.SIG_DFL if signum in STOP_SIGNALS else handler)
         if mask:
@@ -715,7 +868,14 @@ def _child(work, read_end: int, write_end: int, previous: dict, mask: tuple, par
             os.close(write_end)
 
         code = work(announce)
+    except MemoryError as exc:
+        code = EXIT_RUNTIME
+        with contextlib.suppress(BaseException):
+            report(_memory_failure(limit_mb, "MemoryError %s" % (exc or "")) if limit_mb else
+                   Failure(EXIT_RUNTIME, "out of memory: MemoryError %s" % (exc or "")))
     except Failure as exc:
+        if limit_mb and exc.code in (EXIT_USAGE, EXIT_RUNTIME, EXIT_NO_RUNTIME) and _looks_like_oom(exc.message):
+            exc = _memory_failure(limit_mb, exc.message)
         report(exc)
         code = exc.code
     except SystemExit as exc:
@@ -723,7 +883,10 @@ def _child(work, read_end: int, write_end: int, previous: dict, mask: tuple, par
     except BaseException as exc:  # noqa: BLE001 - the child must end in os._exit whatever happens
         code = EXIT_RUNTIME
         with contextlib.suppress(BaseException):
-            report(Failure(EXIT_RUNTIME, "unexpected %s: %s" % (type(exc).__name__, exc)))
+            failure = Failure(EXIT_RUNTIME, "unexpected %s: %s" % (type(exc).__name__, exc))
+            if limit_mb and _looks_like_oom(failure.message):
+                failure = _memory_failure(limit_mb, failure.message)
+            report(failure)
     finally:
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(BaseException):  # e.g. a closed pipe; the exit code still counts

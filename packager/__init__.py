@@ -1,18 +1,36 @@
 """edgepack host side: load a TensorFlow model, convert and quantize it, bundle it for a target,
 verify it in the target's own runtime, deploy it. The only package that imports TensorFlow.
 
-Library API (returns values, raises :class:`EdgepackError`, never prints)::
+Library API (returns values, raises :class:`EdgepackError`, never prints; works from a plain
+script, no ``if __name__ == "__main__"`` guard needed)::
 
     from packager import build, verify, inspect, targets
     result = build("model.h5", target="rpi", recipe="int8", calibration="samples.npz", output="dist/m")
+    report = verify(result.bundle, reference="model.h5", data="eval.npz")
 """
-__version__ = "0.1.0"
-
 from .errors import EdgepackError  # noqa: E402
+from .version import __version__  # noqa: E402
+
+# The modules `packager.inspect` and `packager.targets` share their names with API functions.
+# Importing them first means a later import cannot rebind the package attributes to the modules;
+# the functions below are what `packager.inspect` / `packager.targets` are.
+from . import inspect as _inspect_module, targets as _targets_module  # noqa: E402,F401
 
 
-def __getattr__(name):  # lazy: importing packager must not import TensorFlow
-    if name in ("build", "verify", "inspect", "targets", "recipes", "BuildResult", "VerifyReport"):
+def inspect(path):
+    """Describe a bundle directory or archive, or a .tflite file: see :func:`packager.api.inspect`."""
+    from .api import inspect as run
+    return run(path)
+
+
+def targets():
+    """The target profiles by name (``targets/*.toml`` and ``$EDGEPACK_TARGETS_PATH``)."""
+    from .targets import list_targets
+    return list_targets()
+
+
+def __getattr__(name):  # lazy: importing packager must not import TensorFlow (or the api's imports)
+    if name in ("build", "verify", "recipes", "BuildResult", "VerifyReport"):
         from . import api
         return getattr(api, name)
     raise AttributeError(name)

@@ -29,6 +29,8 @@ INPUT_VALUES_RULE = ("input files hold real values in the original model's units
 
 @dataclass
 class VerifyReport:
+    """The verdict of a verification: per runtime its status and per-output metrics, the inputs
+    it rests on (``evidence``), and ``passed``. ``failures`` lists what failed in one line each."""
     bundle: str
     recipe: str
     target: str
@@ -73,6 +75,11 @@ class VerifyReport:
                 "runtimes": [r.to_json() for r in self.runtimes], "failures": self.failures, "notes": self.notes,
                 "first_divergence": self.first_divergence}
 
+    def __repr__(self) -> str:
+        runtimes = ", ".join(f"{r.runtime}={r.status}" for r in self.runtimes)
+        return (f"VerifyReport({'MATCH' if self.passed else 'MISMATCH'}, recipe={self.recipe}, target={self.target}, "
+                f"evidence={self.evidence_text or self.inputs_source!r}, {runtimes})")
+
     def summary(self) -> dict:
         """The manifest's copy: no histograms, no timings (two builds of the same inputs must give
         byte-identical bundles)."""
@@ -82,17 +89,25 @@ class VerifyReport:
             r.pop("seconds", None)
             for o in r["outputs"]:
                 o.pop("histogram", None)
+                o.pop("plots", None)
         return data
 
 
 @dataclass
 class BuildResult:
+    """What ``build`` wrote: the bundle directory, its .tar.gz, the manifest, the verification
+    report (None with ``verify=False``), every conversion attempt, and warnings to show the user."""
     bundle: Path
     archive: Path
     manifest: dict
     verification: VerifyReport | None
     conversion_attempts: list
     warnings: list[str]
+
+    def __repr__(self) -> str:
+        return (f"BuildResult(bundle={str(self.bundle)!r}, recipe={self.manifest['recipe']['name']}, "
+                f"model_size={self.manifest['model_size']}, path={self.manifest['source']['conversion_path']}, "
+                f"verification={self.verification!r})")
 
     def to_json(self) -> dict:
         return {"bundle": str(self.bundle), "archive": str(self.archive), "manifest": self.manifest,
@@ -104,11 +119,52 @@ def _noop(_: str) -> None:
     pass
 
 
+def provenance(model: str | os.PathLike, manifest: dict | None = None, report: VerifyReport | None = None,
+               command: list[str] | None = None) -> dict:
+    """Where a result came from, for reports: versions (edgepack, TensorFlow, each runtime), the
+    model's sha256, the bundle's model sha256, the command. Nothing here imports TensorFlow."""
+    import platform
+    import shlex
+    from importlib import metadata
+
+    from .version import __version__
+
+    def dist(*names):
+        for n in names:
+            try:
+                return metadata.version(n)
+            except metadata.PackageNotFoundError:
+                continue
+        return None
+    versions = (manifest or {}).get("versions") or {}
+    model = Path(model)
+    try:
+        model_sha = sha256_tree(model) if model.exists() else None
+    except OSError:
+        model_sha = None
+    data = {"edgepack": __version__, "tensorflow": versions.get("tensorflow") or dist("tensorflow-cpu", "tensorflow"),
+            "keras": versions.get("keras") or dist("keras"), "converter": versions.get("converter"),
+            "python": platform.python_version(), "host": f"{platform.system()} {platform.machine()}",
+            "model": str(model), "model sha256": model_sha}
+    if manifest:
+        data["bundle"] = manifest.get("name")
+        data["bundle model sha256"] = manifest.get("model_sha256")
+        data["conversion path"] = (manifest.get("source") or {}).get("conversion_path")
+    for r in (report.runtimes if report is not None else []):
+        data[f"runtime {r.runtime}"] = " ".join(x for x in (r.version, r.machine or r.arch,
+                                                             f"Python {r.python}" if r.python else "") if x)
+    if command:
+        data["command"] = "edgepack " + shlex.join(command[1:])
+    return data
+
+
 def targets() -> dict[str, TargetProfile]:
+    """Target profiles by name."""
     return list_targets()
 
 
 def recipes() -> dict[str, Recipe]:
+    """Quantization recipes by name."""
     return list_recipes()
 
 
@@ -313,6 +369,8 @@ def _mismatch_hint(report: VerifyReport, output) -> str:
 
 
 def _read_labels(path) -> list[str]:
+    if not Path(path).is_file():
+        raise UsageError(f"labels {path} is not a regular file")
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -466,6 +524,8 @@ def _verify(bundle: Path, reference, data, runtimes, arch, strict, trust_model, 
     if problems:
         raise VerificationError(f"bundle integrity: {'; '.join(problems)}",
                                 hint="rebuild the bundle; files were changed after `edgepack build`")
+    from .bundle import host_entrypoint
+    _, script_note = host_entrypoint(bundle, manifest)
     profile = get_target(manifest["target"]["name"])
     rec = get_recipe(manifest["recipe"]["name"])
     selected = [profile.runtime(r) for r in runtimes] if runtimes else list(profile.runtimes)
@@ -492,6 +552,8 @@ def _verify(bundle: Path, reference, data, runtimes, arch, strict, trust_model, 
     tolerance = _bundle_tolerance(manifest, rec, atol, rtol)
     report = _verify_staged(bundle, manifest, profile, rec, selected, dataset, refs, spec, arch, progress,
                             tolerance=tolerance, strict=strict, require_all=bool(runtimes))
+    if script_note:
+        report.notes.insert(0, script_note)
     if not report.passed and rec.needs_calibration and any(r.status == "failed" for r in report.runtimes):
         from .diagnose import verify_brief
         report.first_divergence = verify_brief(bundle, manifest, reference, data, arrays, trust_model, progress)

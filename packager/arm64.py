@@ -134,11 +134,10 @@ class Check:
 
 # --------------------------------------------------------------------------- keys and paths
 def default_cache_dir() -> Path:
-    """Where the emulator keeps arm64 environments: ``$EDGEPACK_CACHE_DIR/arm64`` (default
-    ``~/.cache/edgepack/arm64``)."""
-    root = os.environ.get("EDGEPACK_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "edgepack")
-    return Path(root) / "arm64"
+    """Where the emulator keeps arm64 environments: ``env_dir()/arm64`` (``$EDGEPACK_ENV_DIR``,
+    else ``$EDGEPACK_CACHE_DIR``, default ``~/.cache/edgepack``)."""
+    from .paths import env_dir
+    return env_dir() / "arm64"
 
 
 def normalize_requirements(requirements) -> list:

@@ -13,6 +13,7 @@ import shutil
 import sys
 import tarfile
 import tempfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,7 @@ ENTRYPOINT_SOURCE = Path(__file__).resolve().parent.parent / "device_runtime" / 
 ENTRYPOINT = "edgepack_run.py"
 MODEL = "model.tflite"
 MANIFEST = "manifest.json"
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 FORMAT = 1
 
 
@@ -78,7 +79,7 @@ def fsync_dir(path: Path) -> None:
 
 
 def validate_name(name: str) -> str:
-    if not NAME_RE.match(name):
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise UsageError(f"bundle name {name!r} is not allowed",
                          hint="use letters, digits, '.', '_' or '-', not starting with '.' or '-'")
     return name
@@ -191,6 +192,13 @@ class Staging:
                 fsync_dir(p)
         fsync_dir(self.dir)
         fault("before-commit")
+        # The archive beside -o describes the bundle there: removed before the swap (and written
+        # after it), so a kill in between leaves a bundle without archive, never a stale pair.
+        stale = self.output.with_name(self.output.name + ".tar.gz")
+        if stale.is_file() and not stale.is_symlink():
+            stale.unlink()
+            fsync_dir(self.output.parent)
+            fault("archive-removed")
         if self.output.exists():
             if _exchange(self.dir, self.output):        # atomic swap: -o is never missing
                 fsync_dir(self.output.parent)
@@ -253,6 +261,32 @@ def write_archive(bundle: Path, archive: Path | None = None) -> Path:
     return archive
 
 
+ENTRYPOINT_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}\.py")
+
+
+def host_entrypoint(bundle: Path, manifest: dict) -> tuple[Path, str | None]:
+    """The device script to run *on this host* for ``bundle``: the bundle's own file only when it
+    is byte for byte the one this edgepack ships; otherwise this edgepack's copy (pointed at the
+    bundle with ``--bundle``), with a note naming the edgepack the bundle says wrote it. A bundle
+    edgepack did not write is untrusted: its Python never runs here."""
+    entry = manifest.get("entrypoint")
+    if not isinstance(entry, str) or not ENTRYPOINT_NAME_RE.fullmatch(entry):
+        raise UsageError(f"the manifest's entrypoint {entry!r} is not a plain .py file name of the bundle",
+                         hint="only bundles written by `edgepack build` are accepted")
+    path = Path(bundle) / entry
+    if path.is_symlink() or not path.is_file() or entry not in (manifest.get("files") or {}):
+        raise UsageError(f"the manifest's entrypoint {entry!r} is not a regular file listed in the bundle",
+                         hint="only bundles written by `edgepack build` are accepted")
+    if sha256_file(path) == sha256_file(ENTRYPOINT_SOURCE):
+        return path, None
+    versions = manifest.get("versions") if isinstance(manifest.get("versions"), dict) else {}
+    written_by = versions.get("edgepack")
+    from .version import __version__
+    return ENTRYPOINT_SOURCE, (f"the bundle's {entry} differs from the one edgepack {__version__} ships "
+                               f"(bundle written by edgepack {written_by if isinstance(written_by, str) else 'unknown'}); "
+                               "verified with this edgepack's device script, not the bundle's")
+
+
 def read_manifest(bundle: Path) -> dict:
     path = Path(bundle) / MANIFEST
     if not path.is_file():
@@ -287,7 +321,8 @@ def open_bundle(path):
     duration of the ``with`` block."""
     path = Path(path)
     if path.is_file() and path.name.endswith((".tar.gz", ".tgz")):
-        with tempfile.TemporaryDirectory(prefix="edgepack-bundle-") as tmp:
+        from . import lifecycle
+        with lifecycle.temp_dir("edgepack-bundle-") as tmp:
             yield extract_archive(path, Path(tmp))
     else:
         yield path
@@ -310,58 +345,61 @@ def extract_archive(archive: Path, dest: Path) -> Path:
         tar = tarfile.open(archive, "r:gz")
     except (OSError, tarfile.TarError) as exc:
         raise bad(f"not a readable .tar.gz ({exc})") from None
-    with tar:
-        members, seen, total, root = [], set(), 0, None
-        for m in tar:
-            if len(members) >= MAX_ARCHIVE_MEMBERS:
-                raise bad(f"more than {MAX_ARCHIVE_MEMBERS} members")
-            name = m.name
-            parts = name.split("/")
-            if name.startswith("/") or ".." in parts or "" in parts[1:] or "\\" in name:
-                raise bad(f"unsafe member path {name!r}")
-            if not (m.isreg() or m.isdir()):
-                raise bad(f"member {name!r} is not a regular file or directory")
-            if name in seen:
-                raise bad(f"duplicate member {name!r}")
-            root = root or parts[0]
-            if parts[0] != root:
-                raise bad("members outside one top-level directory")
-            validate_name(root)
-            seen.add(name)
-            total += m.size
-            if total > MAX_ARCHIVE_BYTES:
-                raise bad(f"expands beyond {MAX_ARCHIVE_BYTES >> 20} MiB")
-            members.append(m)
-        by_name = {m.name: m for m in members}
-        man = by_name.get(f"{root}/{MANIFEST}")
-        if man is None or not man.isreg() or man.size > 16 << 20:
-            raise bad("no manifest.json")
-        try:
-            manifest = json.loads(tar.extractfile(man).read())
-            listed = set(manifest["files"])
-        except (ValueError, KeyError, TypeError, AttributeError):
-            raise bad("manifest.json is not an edgepack manifest") from None
-        allowed_dirs = {root} | {f"{root}/" + "/".join(p.split("/")[:i]) for p in listed
-                                 for i in range(1, p.count("/") + 1)}
-        for m in members:
-            rel = m.name[len(root) + 1:]
-            if m.isdir() and m.name not in allowed_dirs:
-                raise bad(f"directory {m.name!r} is not part of the bundle")
-            if m.isreg() and rel != MANIFEST and rel not in listed:
-                raise bad(f"file {m.name!r} is not named in the manifest")
-        missing = listed - {m.name[len(root) + 1:] for m in members if m.isreg()}
-        if missing:
-            raise bad("files named in the manifest are missing: " + ", ".join(sorted(missing)))
-        out = Path(dest) / root
-        for m in members:
-            target = Path(dest) / m.name
-            if m.isdir():
-                target.mkdir(parents=True, exist_ok=True)
-                continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with tar.extractfile(m) as src, open(target, "wb") as dst:
-                shutil.copyfileobj(src, dst)
-            os.chmod(target, 0o755 if m.mode & 0o100 else 0o644)
+    try:
+        with tar:
+            members, seen, total, root = [], set(), 0, None
+            for m in tar:
+                if len(members) >= MAX_ARCHIVE_MEMBERS:
+                    raise bad(f"more than {MAX_ARCHIVE_MEMBERS} members")
+                name = m.name
+                parts = name.split("/")
+                if name.startswith("/") or ".." in parts or "" in parts[1:] or "\\" in name:
+                    raise bad(f"unsafe member path {name!r}")
+                if not (m.isreg() or m.isdir()):
+                    raise bad(f"member {name!r} is not a regular file or directory")
+                if name in seen:
+                    raise bad(f"duplicate member {name!r}")
+                root = root or parts[0]
+                if parts[0] != root:
+                    raise bad("members outside one top-level directory")
+                validate_name(root)
+                seen.add(name)
+                total += m.size
+                if total > MAX_ARCHIVE_BYTES:
+                    raise bad(f"expands beyond {MAX_ARCHIVE_BYTES >> 20} MiB")
+                members.append(m)
+            by_name = {m.name: m for m in members}
+            man = by_name.get(f"{root}/{MANIFEST}")
+            if man is None or not man.isreg() or man.size > 16 << 20:
+                raise bad("no manifest.json")
+            try:
+                manifest = json.loads(tar.extractfile(man).read())
+                listed = set(manifest["files"])
+            except (ValueError, KeyError, TypeError, AttributeError):
+                raise bad("manifest.json is not an edgepack manifest") from None
+            allowed_dirs = {root} | {f"{root}/" + "/".join(p.split("/")[:i]) for p in listed
+                                     for i in range(1, p.count("/") + 1)}
+            for m in members:
+                rel = m.name[len(root) + 1:]
+                if m.isdir() and m.name not in allowed_dirs:
+                    raise bad(f"directory {m.name!r} is not part of the bundle")
+                if m.isreg() and rel != MANIFEST and rel not in listed:
+                    raise bad(f"file {m.name!r} is not named in the manifest")
+            missing = listed - {m.name[len(root) + 1:] for m in members if m.isreg()}
+            if missing:
+                raise bad("files named in the manifest are missing: " + ", ".join(sorted(missing)))
+            out = Path(dest) / root
+            for m in members:
+                target = Path(dest) / m.name
+                if m.isdir():
+                    target.mkdir(parents=True, exist_ok=True)
+                    continue
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with tar.extractfile(m) as src, open(target, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+                os.chmod(target, 0o755 if m.mode & 0o100 else 0o644)
+    except (EOFError, zlib.error, tarfile.TarError, gzip.BadGzipFile) as exc:  # truncated or corrupt stream
+        raise bad(f"truncated or corrupt archive ({type(exc).__name__}: {str(exc)[:200] or 'unexpected end of data'})") from None
     problems = check_files(out, manifest)
     if problems:
         raise bad("checksum mismatch: " + "; ".join(problems))

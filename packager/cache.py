@@ -20,12 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
+from .version import __version__
 from .bundle import npz_bytes, sha256_file, sha256_tree
 from .calibration import Dataset
 from .compare import OutputMetrics
 from .convert import Attempt, Conversion
-from .emulator import RuntimeResult, cache_dir
+from .paths import cache_dir
 from .inspect import ModelSpec, OpInfo, TensorInfo
 from .loaders import TensorSpec
 from .recipes import Tolerance
@@ -34,6 +34,7 @@ FORMAT = 2
 
 
 def enabled() -> bool:
+    """False when ``EDGEPACK_NO_CACHE`` is set."""
     return os.environ.get("EDGEPACK_NO_CACHE", "") in ("", "0")
 
 
@@ -47,6 +48,7 @@ def _tf_version() -> str:
 
 
 def digest(*parts) -> str:
+    """sha256 of the JSON form of ``parts``: a cache key."""
     h = hashlib.sha256()
     for part in parts:
         h.update(json.dumps(part, sort_keys=True, default=str).encode() + b"\0")
@@ -85,6 +87,7 @@ def _split(arrays: dict, prefix: str) -> dict:
 
 # --------------------------------------------------------------------------- conversions
 def save_prepared(key: str, prepared) -> None:
+    """Store a conversion (model bytes, check data, reference outputs, metadata) under ``key``."""
     conv = prepared.conversion
     meta = {
         "format": prepared.format, "inputs": [asdict(s) for s in prepared.inputs],
@@ -110,6 +113,7 @@ def save_prepared(key: str, prepared) -> None:
 
 
 def load_prepared(key: str, model: Path):
+    """The conversion stored under ``key``, or None (missing, unreadable or tampered model bytes)."""
     from .jobs import Prepared
     root = _dir("conversions", key)
     try:
@@ -145,6 +149,7 @@ def load_prepared(key: str, model: Path):
 
 # --------------------------------------------------------------------------- verification runs
 def verification_key(env, bundle: Path, manifest: dict, inputs: dict) -> str:
+    """Key of one device run: runtime environment, model bytes, device script, tensors and inputs."""
     return digest("verification", FORMAT, env.runtime, env.version, env.arch, list(env.argv),
                   manifest["model_sha256"], sha256_file(bundle / manifest["entrypoint"]),
                   [(t["name"], t["index"], t["quantization"]) for t in manifest["inputs"] + manifest["outputs"]],
@@ -152,10 +157,12 @@ def verification_key(env, bundle: Path, manifest: dict, inputs: dict) -> str:
 
 
 def save_outputs(key: str, outputs: dict, info: dict) -> None:
+    """Store one device run's outputs and environment info under ``key``."""
     _store("runs", key, {"outputs.npz": npz_bytes(outputs), "info.json": json.dumps(info).encode()})
 
 
 def load_outputs(key: str):
+    """A stored device run's (outputs, info), or None."""
     root = _dir("runs", key)
     try:
         with np.load(root / "outputs.npz", allow_pickle=False) as npz:
@@ -166,4 +173,4 @@ def load_outputs(key: str):
 
 
 __all__ = ["enabled", "conversion_key", "save_prepared", "load_prepared", "verification_key", "save_outputs",
-           "load_outputs", "RuntimeResult"]
+           "load_outputs"]

@@ -169,12 +169,17 @@ def _read_images(folder: Path, specs: list[TensorSpec]) -> dict:
 
 
 def load_dataset(path: str | Path, specs: list[TensorSpec], purpose: str = "calibration") -> Dataset:
+    """Read calibration or verification data (.npz keyed by input name or one array ``x``, .npy,
+    or a folder of images) and check it against the model's inputs: numeric dtype, shape (first axis
+    = samples), finite values, the input's domain. Raises UsageError naming the input and the fix."""
     path = Path(path)
     if not path.exists():
         raise UsageError(f"{purpose} data not found: {path}")
     labels = None
     if path.is_dir():
         arrays = _read_images(path, specs)
+    elif not path.is_file():  # a FIFO or device would block or never end
+        raise UsageError(f"{purpose} data {path} is not a regular file or a folder of images")
     elif path.suffix in (".npz", ".npy"):
         arrays, labels = _read_arrays(path, specs)
     else:
@@ -198,6 +203,11 @@ def load_dataset(path: str | Path, specs: list[TensorSpec], purpose: str = "cali
             raise UsageError(f"{purpose} input {spec.name!r} holds values in [{a.min()}, {a.max()}]; the model "
                              f"accepts [{spec.domain[0]}, {spec.domain[1] - 1}] (its Embedding vocabulary)",
                              hint="pass ids the model was trained on")
+        if a.dtype.kind == "f" and a.dtype.itemsize > 4 and a.size and np.dtype(spec.dtype).kind == "f" \
+                and float(np.max(np.abs(a))) > float(np.finfo(np.dtype(spec.dtype)).max):
+            raise UsageError(f"{purpose} input {spec.name!r} holds values beyond the {np.dtype(spec.dtype).name} "
+                             f"range (max |x| {float(np.max(np.abs(a))):.3g})",
+                             hint="the model computes in float32: scale or clip the data first")
         if count is not None and a.shape[0] != count:
             raise UsageError(f"{purpose} inputs have different sample counts")
         count = a.shape[0]

@@ -5,16 +5,34 @@ on stderr and its documented exit code (see README "Exit codes"); no tracebacks 
 """
 from __future__ import annotations
 
-import functools
 import sys
+import textwrap
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, List, Optional
 
 import typer
 
-from . import __version__
-from .errors import EXIT_CODES, EdgepackError, UsageError
+from .boundary import command
+from .errors import EXIT_CODES, EdgepackError, UsageError, disk_full
+from .version import __version__
+
+# Every EDGEPACK_* variable a user may set (tests/test_render.py checks this list against the code).
+ENVIRONMENT = {
+    "EDGEPACK_CACHE_DIR": "cache directory [~/.cache/edgepack]",
+    "EDGEPACK_ENV_DIR": "runtime environments and the arm64 root filesystem [EDGEPACK_CACHE_DIR]",
+    "EDGEPACK_NO_CACHE": "1: convert and verify afresh (as --no-cache)",
+    "EDGEPACK_TARGETS_PATH": "more target profile directories, ':'-separated",
+    "EDGEPACK_MEMORY_MB": "memory limit of model loading/conversion [8192]",
+    "EDGEPACK_TIMEOUT": "seconds for model loading/conversion [1800]",
+    "EDGEPACK_DEBIAN_MIRROR": "Debian mirror for the arm64 root filesystem",
+    "EDGEPACK_DEBUG": "1: traceback of an internal error",
+    "EDGEPACK_IN_PROCESS": "1: TensorFlow in this process, not a child",
+    "EDGEPACK_RUNTIME": "device script: runtime to import (--runtime)",
+    "EDGEPACK_NO_ISOLATE": "device script: run in-process (--no-isolate)",
+    "EDGEPACK_MAX_INPUT_ELEMENTS": "device script: largest input [2**28]",
+}
+CONTEXT = {"help_option_names": ["-h", "--help"]}
 
 app = typer.Typer(
     name="edgepack",
@@ -23,9 +41,14 @@ app = typer.Typer(
          "  edgepack build model.h5 --target rpi --quantize int8 --calibration samples.npz\n\n"
          "  edgepack verify dist/model-rpi --reference model.h5\n\n"
          "  edgepack deploy dist/model-rpi --host pi@raspberrypi.local --smoke\n\n"
-         "Exit codes: " + "; ".join(f"{k} {v}" for k, v in EXIT_CODES.items()),
+         "Exit codes:\n\n\b\n" + "\n".join(textwrap.fill(f"{k}  {v}", 76, subsequent_indent="   ")
+                                          for k, v in EXIT_CODES.items()) + "\n\n"
+         "Output: -v/--verbose shows every progress line (pip, debootstrap), --quiet none (results and errors "
+         "still print); --json prints exactly one JSON document on stdout. -q is --quantize (build), not quiet.",
+    epilog="Environment variables:\n\n\b\n" + "\n".join(f"{k:<27} {v}" for k, v in ENVIRONMENT.items()),
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
+    context_settings=CONTEXT,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
@@ -52,30 +75,6 @@ class Arch(str, Enum):
     arm64 = "arm64"
 
 
-def command(fn):
-    """Run a command body; map EdgepackError to its message, hint and exit code."""
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except EdgepackError as exc:
-            from . import render
-            json_mode = kwargs.get("json_output")
-            if json_mode:
-                data = {"ok": False, "error": exc.message, "hint": exc.hint, "exit_code": exc.exit_code}
-                report = getattr(exc, "report", None)
-                if report is not None:
-                    data["verification"] = report.to_json()
-                render.emit_json(data)
-            else:
-                report = getattr(exc, "report", None)
-                if report is not None:
-                    render.show_verification(report.to_json())
-            render.error(exc.message, exc.hint)
-            raise typer.Exit(exc.exit_code) from None
-    return wrapper
-
-
 def _arch(arch: Optional[Arch]) -> Optional[str]:
     return None if arch in (None, Arch.host) else arch.value
 
@@ -88,6 +87,13 @@ AtolOpt = Annotated[Optional[List[str]], typer.Option("--atol", metavar="[NAME:]
                     "replaces the recipe's atol (see `edgepack recipes`).")]
 RtolOpt = Annotated[Optional[List[str]], typer.Option("--rtol", metavar="[NAME:]VALUE", help="Error allowed "
                     "relative to max|reference|, as --atol.")]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Every progress line, including pip's and "
+                       "debootstrap's own.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", help="No progress lines and no notes; results and errors still "
+                     "print.")]
+RuntimeOpt = Annotated[Optional[List[str]], typer.Option("--runtime", metavar="NAME", help="Only these runtimes of the "
+                       "target (repeatable, e.g. ai-edge-litert or tflite-runtime); each must pass.")]
+ArchOpt = Annotated[Optional[Arch], typer.Option("--arch", help="CPU to verify on: host, or arm64 under qemu-user.")]
 StrictOpt = Annotated[bool, typer.Option("--strict", help="Also fail when the verdict rests on weak evidence "
                       "(no held-out --data: calibration or synthetic inputs) or a runtime of the target cannot "
                       "run the model.")]
@@ -96,27 +102,28 @@ StrictOpt = Annotated[bool, typer.Option("--strict", help="Also fail when the ve
 @app.command()
 @command
 def build(
-    model: Annotated[Path, typer.Argument(help="Keras .h5/.hdf5 or .keras file, or a SavedModel directory.")],
-    target: Annotated[str, typer.Option("--target", "-t", help="Target profile (see `edgepack targets`).")] = "rpi",
+    model: Annotated[Path, typer.Argument(metavar="MODEL", help="Keras .h5/.hdf5 or .keras file, or a SavedModel directory.")],
+    target: Annotated[str, typer.Option("--target", "-t", metavar="NAME", help="Target profile (see `edgepack targets`).")] = "rpi",
     quantize: Annotated[Optional[Recipe], typer.Option("--quantize", "-q",
                         help="Recipe (see `edgepack recipes`); default: the target's default (int8).")] = None,
-    calibration: Annotated[Optional[Path], typer.Option("--calibration", "-c",
+    calibration: Annotated[Optional[Path], typer.Option("--calibration", "-c", metavar="FILE|DIR",
                            help="Representative inputs for int8/int16x8: .npz keyed by input name (or 'x'), .npy, "
                                 "or a folder of images (resized to the input, scaled to [0,1]). 100-500 samples.")] = None,
     io: Annotated[IO, typer.Option("--io", help="Input/output type of the quantized model.")] = IO.float,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o",
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", metavar="DIR",
                       help="Bundle directory (default dist/<model>-<target>); a .tar.gz is written beside it.")] = None,
-    data: Annotated[Optional[Path], typer.Option("--data", help="Held-out inputs (.npz with x [, y labels]) to "
+    data: Annotated[Optional[Path], typer.Option("--data", metavar="FILE", help="Held-out inputs (.npz with x [, y labels]) to "
                     "verify on; default: the calibration set, else seeded synthetic inputs.")] = None,
-    runtime: Annotated[Optional[List[str]], typer.Option("--runtime", help="Only these runtimes of the target "
-                       "(repeatable), each must pass.")] = None,
+    runtime: RuntimeOpt = None,
     verify: Annotated[bool, typer.Option("--verify/--no-verify",
                       help="Run the host emulator before the bundle is written (default on).")] = True,
-    verify_arch: Annotated[Optional[Arch], typer.Option("--verify-arch",
-                           help="Emulate this CPU: host, or arm64 under qemu-user.")] = None,
-    name: Annotated[Optional[str], typer.Option("--name", help="Bundle name (default <model>-<target>).")] = None,
-    labels: Annotated[Optional[Path], typer.Option("--labels", help="Class names, one per line (shipped).")] = None,
-    html: Annotated[Optional[Path], typer.Option("--html", help="Also write an HTML verification report.")] = None,
+    arch: ArchOpt = None,
+    verify_arch: Annotated[Optional[Arch], typer.Option("--verify-arch", hidden=True,
+                           help="Old spelling of --arch.")] = None,
+    name: Annotated[Optional[str], typer.Option("--name", metavar="NAME", help="Bundle name (default <model>-<target>).")] = None,
+    labels: Annotated[Optional[Path], typer.Option("--labels", metavar="FILE", help="Class names, one per line (shipped).")] = None,
+    html: Annotated[Optional[Path], typer.Option("--html", metavar="FILE", help="Also write an HTML report (written when the build "
+                    "fails too, and with --no-verify).")] = None,
     trust_model: TrustOpt = False,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Convert and verify afresh even if an identical "
                         "build is cached (~/.cache/edgepack, by content hash).")] = False,
@@ -129,6 +136,8 @@ def build(
                              "agreement with the original model required (0..1; default 0.99 if no budget).")] = None,
     min_cosine: Annotated[Optional[float], typer.Option("--min-cosine", help="--quantize auto: cosine similarity "
                           "with the original model's outputs required.")] = None,
+    verbose: VerboseOpt = False,
+    quiet: QuietOpt = False,
     json_output: JsonOpt = False,
 ):
     """Convert a model, quantize it, bundle it for a target and verify it in the target's runtime.
@@ -142,23 +151,30 @@ def build(
       edgepack build saved/1 -t android -q float16 -o dist/mnist-android --json
     """
     from . import api, render
+    render.configure(quiet, verbose)
     budget = {"max_drop": max_drop, "min_agreement": min_agreement, "min_cosine": min_cosine}
     if quantize == Recipe.auto:
         from .cli_diagnose import build_auto
-        return build_auto(model, target, calibration, io, output, data, runtime, verify, verify_arch, name, labels,
-                           html, trust_model, atol, rtol, strict, budget, json_output, not no_cache)
+        return build_auto(model, target, calibration, io, output, data, runtime, verify, arch or verify_arch, name,
+                          labels, html, trust_model, atol, rtol, strict, budget, json_output, not no_cache)
     if any(v is not None for v in budget.values()):
         raise UsageError("--max-drop, --min-agreement and --min-cosine are budgets for --quantize auto",
                          hint="add --quantize auto, or use --atol/--rtol with a fixed recipe")
-    with render.progress(not json_output) as report:
-        result = api.build(model, target=target, recipe=quantize.value if quantize else None,
-                           calibration=calibration, io=io.value, output=output, verify=verify, data=data,
-                           runtimes=runtime, arch=_arch(verify_arch), name=name, labels=labels,
-                           trust_model=trust_model, use_cache=not no_cache, progress=report, atol=atol, rtol=rtol,
-                           strict=strict)
+    try:
+        with render.progress(not json_output) as report:
+            result = api.build(model, target=target, recipe=quantize.value if quantize else None,
+                               calibration=calibration, io=io.value, output=output, verify=verify, data=data,
+                               runtimes=runtime, arch=_arch(arch or verify_arch), name=name, labels=labels,
+                               trust_model=trust_model, use_cache=not no_cache, progress=report, atol=atol,
+                               rtol=rtol, strict=strict)
+    except EdgepackError as exc:
+        if html:
+            _write_report(html, f"edgepack build {model.name}", getattr(exc, "report", None), model, labels, exc=exc)
+        raise
     data_out = result.to_json()
-    if html and result.verification:
-        html.write_text(render.html_report(result.verification.to_json(), f"edgepack build {model}"))
+    if html:
+        _write_report(html, f"edgepack build {model.name}", result.verification, model, labels,
+                      manifest=result.manifest)
     if json_output:
         render.emit_json({"ok": True, **data_out})
     else:
@@ -168,18 +184,22 @@ def build(
 @app.command()
 @command
 def verify(
-    bundle: Annotated[Path, typer.Argument(help="Bundle directory written by `edgepack build`.")],
-    reference: Annotated[Path, typer.Option("--reference", "-r", help="The original model file.")],
-    data: Annotated[Optional[Path], typer.Option("--data", help=".npz with x (or named inputs) and optional y "
+    bundle: Annotated[Path, typer.Argument(metavar="BUNDLE", help="Bundle directory written by `edgepack build`.")],
+    reference: Annotated[Path, typer.Option("--reference", "-r", metavar="MODEL", help="The original model file.")],
+    data: Annotated[Optional[Path], typer.Option("--data", metavar="FILE", help=".npz with x (or named inputs) and optional y "
                     "labels; default: the bundle's samples, else seeded synthetic inputs.")] = None,
-    runtime: Annotated[Optional[List[str]], typer.Option("--runtime", help="Only these runtimes "
-                       "(e.g. tflite-runtime==2.14 or ai-edge-litert); each must pass.")] = None,
-    arch: Annotated[Optional[Arch], typer.Option("--arch", help="host, or arm64 under qemu-user.")] = None,
+    runtime: RuntimeOpt = None,
+    arch: ArchOpt = None,
+    verify_arch: Annotated[Optional[Arch], typer.Option("--verify-arch", hidden=True,
+                           help="Same as --arch (the spelling build used to have).")] = None,
     strict: StrictOpt = False,
-    html: Annotated[Optional[Path], typer.Option("--html", help="Write an HTML report with error histograms.")] = None,
+    html: Annotated[Optional[Path], typer.Option("--html", metavar="FILE", help="Write an HTML report: error distributions on a log "
+                    "scale with the limit, bundle vs model, confusion matrices, provenance (also on failure).")] = None,
     trust_model: TrustOpt = False,
     atol: AtolOpt = None,
     rtol: RtolOpt = None,
+    verbose: VerboseOpt = False,
+    quiet: QuietOpt = False,
     json_output: JsonOpt = False,
 ):
     """Run the bundle's own device script in each runtime environment of its target (only that
@@ -190,26 +210,36 @@ def verify(
     Example: edgepack verify dist/mnist-rpi --reference model.h5 --data eval.npz --html report.html
     """
     from . import api, render
-    with render.progress(not json_output) as report_cb:
-        report = api.verify(bundle, reference=reference, data=data, runtimes=runtime, arch=_arch(arch),
-                            strict=strict, trust_model=trust_model, progress=report_cb, atol=atol, rtol=rtol)
+    render.configure(quiet, verbose)
+    labels = bundle / "labels.txt" if (bundle / "labels.txt").is_file() else None
+    try:
+        with render.progress(not json_output) as report_cb:
+            report = api.verify(bundle, reference=reference, data=data, runtimes=runtime, arch=_arch(arch or verify_arch),
+                                strict=strict, trust_model=trust_model, progress=report_cb, atol=atol, rtol=rtol)
+    except EdgepackError as exc:
+        if html:
+            _write_report(html, f"edgepack verify {bundle.name}", getattr(exc, "report", None), reference, labels,
+                          exc=exc, bundle=bundle)
+        raise
     data_out = report.to_json()
     if html:
-        html.write_text(render.html_report(data_out, f"edgepack verify {bundle}"))
+        _write_report(html, f"edgepack verify {bundle.name}", report, reference, labels, bundle=bundle)
     if json_output:
         render.emit_json({"ok": report.passed, **data_out})
     else:
         render.show_verification(data_out)
     if not report.passed:
         if not json_output:
-            render.error("verification failed: " + "; ".join(report.failures)[:500])
+            bad = sum(r.status != "passed" for r in report.runtimes)
+            render.error(f"verification failed: {len(report.failures)} problem(s) in {bad} of {len(report.runtimes)} "
+                         "runtime(s), listed above", "--html FILE shows the error distributions; --json every number")
         raise typer.Exit(4)
 
 
 @app.command()
 @command
 def inspect(
-    path: Annotated[Path, typer.Argument(help="A bundle directory or a .tflite file.")],
+    path: Annotated[Path, typer.Argument(metavar="PATH", help="A bundle directory or a .tflite file.")],
     json_output: JsonOpt = False,
 ):
     """Inputs/outputs with quantization, ops with versions, size, and which runtimes cannot run it."""
@@ -241,16 +271,26 @@ def recipes(json_output: JsonOpt = False):
 @app.command()
 @command
 def doctor(json_output: JsonOpt = False):
-    """What this host can emulate (runtime environments, arm64 under qemu) and how to fix what is missing."""
+    """What this host can emulate (runtime environments, arm64 under qemu) and how to fix what is missing.
+
+    Exit code 5 when something build/verify needs is missing (TensorFlow, venv); ssh, adb and arm64
+    emulation are optional and only reported."""
     from . import render
     from .doctor import checks
     data = [c.__dict__ for c in checks()]
+    missing = [c["name"] for c in data if not c["ok"] and c.get("required")]
     if json_output:
         render.emit_json(data)
-        return
-    for c in data:
-        mark = "[green]ok[/green]  " if c["ok"] else "[red]missing[/red]"
-        render.out.print(f"{mark} {c['name']}: {c['detail']}" + (f"\n        fix: {c['fix']}" if c.get("fix") else ""))
+    else:
+        for c in data:
+            mark = "[green]ok[/green]     " if c["ok"] else ("[red]missing[/red]" if c.get("required") else
+                                                            "[yellow]optional[/yellow]")
+            render.out.print(f"{mark} {c['name']}: {c['detail']}" + (f"\n         fix: {c['fix']}" if c.get("fix")
+                                                                       else ""), highlight=False)
+    if missing:
+        if not json_output:
+            render.error(f"required for build/verify: {', '.join(missing)}", "run the fix shown above")
+        raise typer.Exit(5)
 
 
 def _version_callback(value: bool):
@@ -261,8 +301,40 @@ def _version_callback(value: bool):
 
 @app.callback()
 def _root(version: Annotated[bool, typer.Option("--version", callback=_version_callback, is_eager=True,
-                                                 help="Show the version and exit.")] = False):
-    pass
+                                                 help="Show the version and exit.")] = False,
+          verbose: VerboseOpt = False, quiet: QuietOpt = False):
+    from . import render
+    render.configure(quiet, verbose)
+
+
+def _write_report(path: Path, title: str, report, model: Path, labels: Optional[Path], *, exc=None,
+                  manifest: Optional[dict] = None, bundle: Optional[Path] = None) -> None:
+    """The HTML report, whatever happened: the verification (passed or not), the error of a
+    failed command, or that nothing was verified (--no-verify); always with provenance."""
+    from . import api, render
+    if manifest is None and bundle is not None and (bundle / "manifest.json").is_file():
+        import json
+        try:
+            manifest = json.loads((bundle / "manifest.json").read_text())
+        except (OSError, ValueError):
+            manifest = None
+    status = None
+    if report is None and exc is None:
+        status = "not verified: built with --no-verify; nothing was run in the target's runtimes"
+    names = None
+    if labels is not None:
+        try:
+            names = [ln.strip() for ln in Path(labels).read_text(encoding="utf-8").splitlines() if ln.strip()]
+        except (OSError, UnicodeDecodeError):
+            names = None
+    page = render.html_report(report.to_json() if report is not None else None, title,
+                              provenance=api.provenance(model, manifest, report, command=sys.argv),
+                              status=status, labels=names,
+                              error={"message": exc.message, "hint": exc.hint} if exc is not None else None)
+    try:
+        path.write_text(page, encoding="utf-8")
+    except OSError as err:
+        render.error(f"cannot write the report {path}: {err}")
 
 
 from .cli_diagnose import register as _register_diagnose  # noqa: E402 - needs the names above
@@ -275,26 +347,60 @@ try:  # deploy/run/rollback/status live in their own module
 except ImportError:  # pragma: no cover - only while that module does not exist
     pass
 
+from .cli_fleet import register as _register_fleet  # noqa: E402 - `edgepack fleet ...` (Ansible)
+_register_fleet(app)
+
+
+class _Terminated(BaseException):
+    """Raised by the SIGTERM/SIGHUP handler of :func:`main`; never an error edgepack explains."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
 
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point. Errors edgepack can explain exit with their code; anything else is a
-    bug: one line, exit 1, and the traceback only with EDGEPACK_DEBUG=1."""
+    """Console entry point, with option defaults from ./edgepack.toml or [tool.edgepack] in
+    ./pyproject.toml (see packager/config.py). Errors edgepack can explain exit with their code;
+    anything else is a bug: one line, exit 1, and the traceback only with EDGEPACK_DEBUG=1."""
     import os
-    try:
-        app(args=argv, prog_name="edgepack")
-    except EdgepackError as exc:
+    import signal
+
+    def terminated(signum, frame):  # SIGTERM/SIGHUP unwind like Ctrl-C: every cleanup runs
+        raise _Terminated(signum)
+
+    for name in ("SIGTERM", "SIGHUP"):
+        if hasattr(signal, name) and signal.getsignal(getattr(signal, name)) == signal.SIG_DFL:
+            signal.signal(getattr(signal, name), terminated)
+    json_mode = "--json" in (sys.argv[1:] if argv is None else argv)
+
+    def fail(message: str, hint: str | None, code: int):
         from . import render
-        render.error(exc.message, exc.hint)
-        sys.exit(exc.exit_code)
+        if json_mode:  # --json: stdout still holds one JSON document
+            render.emit_json({"ok": False, "error": message, "hint": hint, "exit_code": code})
+        render.error(message, hint)
+        sys.exit(code)
+
+    try:
+        import typer.main
+
+        from . import config
+        cli = typer.main.get_command(app)
+        cli(args=argv, prog_name="edgepack", default_map=config.default_map(cli))
+    except EdgepackError as exc:
+        fail(exc.message, exc.hint, exc.exit_code)
     except KeyboardInterrupt:
         sys.exit(130)
+    except _Terminated as exc:
+        sys.exit(128 + exc.signum)
     except Exception as exc:  # noqa: BLE001 - last resort: never a traceback for the user
         if os.environ.get("EDGEPACK_DEBUG"):
             raise
-        from . import render
-        render.error(f"internal error: {type(exc).__name__}: {exc}",
-                     "this is a bug in edgepack; rerun with EDGEPACK_DEBUG=1 and report the traceback")
-        sys.exit(1)
+        problem = disk_full(exc)
+        if problem is not None:
+            fail(problem.message, problem.hint, problem.exit_code)
+        fail(f"internal error: {type(exc).__name__}: {exc}",
+             "this is a bug in edgepack; rerun with EDGEPACK_DEBUG=1 and report the traceback", 1)
 
 
 if __name__ == "__main__":

@@ -93,7 +93,8 @@ def _remote_dir(remote_dir: str | None, manifest: dict | None, transport: dep.Tr
 
 
 def _progress(enabled: bool):
-    if not enabled:
+    from .render import state
+    if not enabled or state["quiet"]:      # `edgepack --quiet deploy ...`
         return None
     return lambda step, detail: _err.print(f"[dim]{step:>8}[/dim] {detail}", highlight=False)
 
@@ -263,8 +264,10 @@ def status_cmd(
 
 
 def register(app: typer.Typer) -> None:
-    """Add deploy, run, rollback and status to ``app``."""
-    app.command("deploy")(deploy_cmd)
-    app.command("run")(run_cmd)
-    app.command("rollback")(rollback_cmd)
-    app.command("status")(status_cmd)
+    """Add deploy, run, rollback and status to ``app``, behind the CLI's one error boundary
+    (``cli.command``: exit codes, and one JSON document on failure with --json)."""
+    from .boundary import command
+    app.command("deploy")(command(deploy_cmd))
+    app.command("run")(command(run_cmd))
+    app.command("rollback")(command(rollback_cmd))
+    app.command("status")(command(status_cmd))

@@ -10,6 +10,9 @@ from .recipes import Tolerance
 
 @dataclass
 class OutputMetrics:
+    """One output of one run compared with the reference. Errors are absolute, in the output's units;
+    ``allowed_max_abs`` is the limit the error was held to; ``top1_agreement`` is None where top-1
+    means nothing (not 2-D, or the reference's rows tie); ``reasons`` say why it failed."""
     name: str
     shape: list
     max_abs_err: float
@@ -22,6 +25,7 @@ class OutputMetrics:
     accuracy_reference: float | None = None
     accuracy_candidate: float | None = None
     histogram: dict | None = None
+    plots: dict | None = None        # raw numbers for the HTML report (log histogram, scatter, confusion)
     passed: bool = False
     reasons: list[str] = field(default_factory=list)
 
@@ -45,6 +49,14 @@ def _flags(values: np.ndarray, zero_point: int | None) -> list[str]:
 
 def compare_output(name: str, ref: np.ndarray, got: np.ndarray, tol: Tolerance,
                    scale: float | None = None, labels: np.ndarray | None = None) -> OutputMetrics:
+    """Compare one output (``ref``, ``got``: arrays of the same shape, first axis = samples).
+
+    Passes when ``max|ref - got| <= atol + rtol * max|ref| + steps * scale`` (``scale``: the
+    output's quantization step, for quantized outputs only), cosine >= ``cosine_min``, top-1
+    agreement >= ``top1_min`` on rows whose reference's top value leads the second by more than that
+    allowed error (if at least half the rows do; else top-1 is not judged), no NaN/Inf, and the output
+    is not stuck (all-zero/constant) where the reference is not. ``labels``: integer classes, for
+    accuracy of both."""
     ref = np.asarray(ref, dtype=np.float64)
     got = np.asarray(got, dtype=np.float64)
     if ref.shape != got.shape:
@@ -61,21 +73,24 @@ def compare_output(name: str, ref: np.ndarray, got: np.ndarray, tol: Tolerance,
     noise = float(np.sum((r - g) ** 2))
     signal = float(np.sum(r ** 2))
     snr = float("inf") if noise == 0 else (10.0 * np.log10(signal / noise) if signal > 0 else float("-inf"))
+    allowed = tol.atol + tol.rtol * float(np.max(np.abs(ref))) if ref.size else tol.atol
+    if scale:
+        allowed += tol.steps * scale
     top1 = None
     classification = ref.ndim == 2 and ref.shape[1] > 1
     flags_extra = []
     if classification and ref.shape[0]:
-        untied = _untied_rows(ref)
-        if untied.mean() >= 0.5:        # top-1 means something only where the reference has one top value
-            top1 = float(np.mean(ref.argmax(1)[untied] == got.argmax(1)[untied]))
-            if not untied.all():
-                flags_extra.append(f"top-1 judged on {int(untied.sum())} of {len(untied)} rows (others tie)")
+        # A flip between two reference values closer than the allowed error is within tolerance:
+        # top-1 is judged on the rows whose top value leads by more than that (and is not tied).
+        decisive = _decisive_rows(ref, allowed)
+        if decisive.mean() >= 0.5:
+            top1 = float(np.mean(ref.argmax(1)[decisive] == got.argmax(1)[decisive]))
+            if not decisive.all():
+                flags_extra.append(f"top-1 judged on {int(decisive.sum())} of {len(decisive)} rows (the others' top "
+                                   f"two are within {allowed:.3g} or tie)")
         else:
-            flags_extra.append(f"top-1 not judged: {int((~untied).sum())} of {len(untied)} reference rows have "
-                               "tied top values (0/1 codes, masks, multi-label)")
-    allowed = tol.atol + tol.rtol * float(np.max(np.abs(ref))) if ref.size else tol.atol
-    if scale:
-        allowed += tol.steps * scale
+            flags_extra.append(f"top-1 not judged: {int((~decisive).sum())} of {len(decisive)} reference rows have "
+                               f"top values tied or within the limit {allowed:.3g} (0/1 codes, masks, multi-label)")
     m = OutputMetrics(name, list(got.shape), max_err, mean_err, cosine, snr, top1, allowed,
                       flags=_flags(got, None) + flags_extra)
     if labels is not None and classification and top1 is not None and labels.shape[0] == ref.shape[0]:
@@ -84,6 +99,7 @@ def compare_output(name: str, ref: np.ndarray, got: np.ndarray, tol: Tolerance,
     if diff.size and finite.all():
         counts, edges = np.histogram(diff, bins=20)
         m.histogram = {"counts": counts.tolist(), "edges": edges.tolist()}
+        m.plots = plot_data(diff, ref, got, labels if classification else None)
     if max_err > allowed:
         m.reasons.append(f"max abs error {max_err:.3g} > allowed {allowed:.3g}")
     if cosine < tol.cosine_min:
@@ -100,11 +116,43 @@ def compare_output(name: str, ref: np.ndarray, got: np.ndarray, tol: Tolerance,
     return m
 
 
-def _untied_rows(ref: np.ndarray) -> np.ndarray:
-    """Rows (samples) whose largest value is unique: the top two differ by more than float noise."""
+def plot_data(diff: np.ndarray, ref: np.ndarray, got: np.ndarray, labels: np.ndarray | None,
+              points: int = 400) -> dict:
+    """What the HTML report draws, kept small: |error| counted in quarter-decade bins (exact zeros
+    apart), a sample of (reference, bundle) value pairs that always holds the worst ones, and the
+    confusion matrices against the labels (classification with labels only, at most 50 classes)."""
+    flat = diff.ravel()
+    positive = flat[flat > 0]
+    log_hist = {"zeros": int(flat.size - positive.size), "edges": [], "counts": []}
+    if positive.size:
+        hi = np.ceil(np.log10(positive.max()) * 4) / 4 + 0.25
+        lo = max(hi - 6.25, np.floor(np.log10(positive.min()) * 4) / 4)     # six decades; smaller go in bin 0
+        edges = np.arange(lo, hi + 0.125, 0.25)
+        counts, _ = np.histogram(np.log10(np.maximum(positive, 10.0 ** lo)), bins=edges)
+        log_hist.update(edges=[round(float(e), 2) for e in edges], counts=counts.tolist())
+    r, g = ref.ravel(), got.ravel()
+    if r.size > points:
+        worst = np.argsort(flat)[-points // 10:]
+        idx = np.unique(np.concatenate([np.linspace(0, r.size - 1, points - worst.size).astype(int), worst]))
+    else:
+        idx = np.arange(r.size)
+    data = {"log_histogram": log_hist,
+            "scatter": {"reference": [float(f"{v:.6g}") for v in r[idx]], "bundle": [float(f"{v:.6g}") for v in g[idx]],
+                        "of": int(r.size)}}
+    if labels is not None and ref.ndim == 2 and 1 < ref.shape[1] <= 50 and labels.shape[0] == ref.shape[0]:
+        k = ref.shape[1]
+        y = np.clip(labels.astype(int).ravel(), 0, k - 1)
+        data["confusion"] = {name: np.bincount(y * k + pred.argmax(1), minlength=k * k).reshape(k, k).tolist()
+                             for name, pred in (("model", ref), ("bundle", got))}
+    return data
+
+
+def _decisive_rows(ref: np.ndarray, margin: float) -> np.ndarray:
+    """Rows (samples) whose largest value leads the second by more than ``margin`` (and by more
+    than float noise): where a different top-1 is more than an error within tolerance."""
     part = np.sort(ref, axis=1)[:, -2:]
     noise = 1e-6 * np.maximum(np.abs(part[:, 1]), 1.0)
-    return (part[:, 1] - part[:, 0]) > noise
+    return (part[:, 1] - part[:, 0]) > np.maximum(noise, margin)
 
 
 def tolerance_for(tol, name: str) -> Tolerance:
@@ -147,7 +195,7 @@ def merge_metrics(groups: list[list[OutputMetrics]], labels: list[str]) -> list[
             min(r.allowed_max_abs for r in rows),
             flags=sorted({f for r in rows for f in r.flags}),
             accuracy_reference=first.accuracy_reference, accuracy_candidate=first.accuracy_candidate,
-            histogram=first.histogram)
+            histogram=first.histogram, plots=first.plots)
         m.reasons = [f"{label}: {reason}" for r, label in zip(rows, labels) for reason in r.reasons]
         m.passed = all(r.passed for r in rows)
         merged.append(m)

@@ -17,6 +17,7 @@ IO_DTYPES = {"float": None, "int8": "int8", "uint8": "uint8", "int16": "int16"}
 
 @dataclass
 class Attempt:
+    """One conversion path tried: did it give a model that matches (``ok``), and if not, why."""
     path: str
     ok: bool
     error: str | None = None
@@ -29,6 +30,7 @@ class Attempt:
 
 @dataclass
 class Conversion:
+    """The chosen conversion: the .tflite bytes, what they contain, the path that made them, every attempt."""
     tflite: bytes
     spec: ModelSpec
     path: str
@@ -37,6 +39,7 @@ class Conversion:
 
 
 def manifest_tensors(spec: ModelSpec) -> tuple[list[dict], list[dict]]:
+    """Inputs and outputs of ``spec`` as the manifest stores them (name, index, shape, dtype, quantization)."""
     return [t.to_json() for t in spec.inputs], [t.to_json() for t in spec.outputs]
 
 
@@ -50,6 +53,8 @@ def run_tflite(model: bytes, spec: ModelSpec, arrays: dict) -> dict:
             return runner.run(arrays)
     except Failure as exc:
         raise ConversionError(exc.message) from None
+    except Exception as exc:  # noqa: BLE001 - the runtime's own error (an XNNPACK prepare failure...)
+        raise ConversionError(f"ai-edge-litert cannot run the converted model: {_one_line(exc)}") from None
 
 
 def _configure(tf, converter, recipe: Recipe, io: str, calibration: dict | None, loaded: LoadedModel,
@@ -199,10 +204,8 @@ def _no_match(attempts: list[Attempt], recipe: Recipe, calibration: dict | None,
 
 
 def _likely_cause(metrics, recipe: Recipe, calibration: dict | None, check: dict) -> str | None:
-    for m in metrics:
-        if any("stuck" in r for r in m.reasons):
-            return (f"output {m.name!r} is stuck at one value (the zero point): its values fall below one "
-                    "quantization step")
+    """The most specific known cause with its evidence: calibration data on another scale than
+    the verification data, then an output stuck at one value, then too few calibration samples."""
     if recipe.needs_calibration and calibration:
         for name, cal in calibration.items():
             data = check.get(name)
@@ -214,6 +217,11 @@ def _likely_cause(metrics, recipe: Recipe, calibration: dict | None, check: dict
             if dhi > chi + 0.25 * span or dlo < clo - 0.25 * span or (dhi - dlo) < 0.25 * span:
                 return (f"calibration data for {name!r} spans [{clo:.4g}, {chi:.4g}] but the verification data "
                         f"spans [{dlo:.4g}, {dhi:.4g}]: calibrate on data scaled like the real inputs")
+    for m in metrics:
+        if any("stuck" in r for r in m.reasons):
+            return (f"output {m.name!r} is stuck at one value (the zero point): its values fall below one "
+                    "quantization step")
+    if recipe.needs_calibration and calibration:
         count = len(next(iter(calibration.values())))
         if count < 100:
             return f"only {count} calibration samples; 100-500 representative samples are recommended"
@@ -221,14 +229,15 @@ def _likely_cause(metrics, recipe: Recipe, calibration: dict | None, check: dict
 
 
 def _conversion_hint(attempts: list[Attempt]) -> str:
+    """The known way out for the known causes, read from the paths' errors."""
     text = " ".join(a.error or "" for a in attempts)
-    if "TensorList" in text:
-        return "a recurrent layer with an open batch or time axis: build the model with a fixed batch size"
-    if "Flex" in text or "Select TF" in text or "not supported" in text:
-        return "the model uses TensorFlow ops TFLite builtins lack; replace them, or report the model to edgepack"
-    if "RandomFlip" in text or "RandomRotation" in text or "StatelessRandom" in text:
+    if any(k in text for k in ("StatelessRandom", "random_flip", "random_rotation", "RandomFlip", "RandomRotation")):
         return ("augmentation layers (RandomFlip/RandomRotation...) were exported into the SavedModel: build from "
                 "the .keras file, or export without them")
+    if "TensorList" in text:
+        return "a recurrent layer with an open batch or time axis: build the model with a fixed batch size"
+    if any(k in text.lower() for k in ("flex op", "select tf", "not supported")):
+        return "the model uses TensorFlow ops TFLite builtins lack; replace them, or report the model to edgepack"
     return "try another --quantize recipe, or report the model to edgepack with EDGEPACK_DEBUG=1 output"
 
 

@@ -12,16 +12,31 @@ class Check:
     ok: bool
     detail: str
     fix: str | None = None
+    required: bool = False          # build/verify cannot work without it (doctor exits 5)
 
 
 def checks() -> list[Check]:
     found = []
-    try:
-        import tensorflow as tf
-        found.append(Check("tensorflow", True, tf.__version__))
-    except ImportError:
-        found.append(Check("tensorflow", False, "not importable", "pip install 'tensorflow-cpu==2.21.*'"))
-    found.append(Check("python venv", True, sys.version.split()[0]))
+    # Installed distribution, not an import: importing TensorFlow takes seconds and prints banners.
+    import importlib.util
+    from importlib import metadata
+    version = None
+    for dist in ("tensorflow-cpu", "tensorflow"):
+        try:
+            version = metadata.version(dist)
+            break
+        except metadata.PackageNotFoundError:
+            continue
+    if version and importlib.util.find_spec("tensorflow") is not None:
+        found.append(Check("tensorflow", True, version, required=True))
+    else:
+        found.append(Check("tensorflow", False, "not installed", "pip install 'tensorflow-cpu==2.21.*'", required=True))
+    venv = importlib.util.find_spec("venv") is not None and importlib.util.find_spec("ensurepip") is not None
+    found.append(Check("python venv", venv, sys.version.split()[0] + ("" if venv else ": no venv/ensurepip module"),
+                       None if venv else "apt-get install python3-venv", required=True))
+    from . import sandbox
+    found.append(Check("model sandbox", sandbox.abi_version() > 0 and sandbox.mode() != "off", sandbox.status(),
+                       None if sandbox.abi_version() else "a kernel with Landlock (Linux >= 5.13, lsm=...,landlock)"))
     for tool, pkg in (("ssh", "openssh-client"), ("adb", "adb")):
         path = shutil.which(tool)
         found.append(Check(tool, bool(path), path or "not found", None if path else f"apt-get install {pkg}"))

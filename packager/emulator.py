@@ -2,7 +2,7 @@
 environment that holds only one target runtime and numpy, and compare with the reference.
 
 Environments are built once per (runtime requirements, Python, architecture) and cached under
-``$EDGEPACK_CACHE_DIR`` (default ``~/.cache/edgepack``). Host-architecture environments are
+``$EDGEPACK_ENV_DIR`` (default ``$EDGEPACK_CACHE_DIR``, else ``~/.cache/edgepack``). Host-architecture environments are
 plain venvs without system site-packages, so the host's TensorFlow is not importable there;
 ``arm64`` environments come from :mod:`packager.arm64` (qemu-user + real aarch64 wheels).
 """
@@ -22,31 +22,31 @@ from pathlib import Path
 
 import numpy as np
 
-from .bundle import npz_bytes
+from .bundle import host_entrypoint, npz_bytes
 from .compare import OutputMetrics, compare_all, merge_metrics
 from .errors import EnvironmentProblem, UsageError
+from .paths import env_dir
 from .targets import RuntimeProfile
 
 ENV_VERSION = 1           # bump to invalidate cached environments
 PIP_TIMEOUT = 900
 RUN_TIMEOUT = 600
+RUNTIME_MEMORY_ENV = "EDGEPACK_RUNTIME_MEMORY_MB"   # read by the device script's isolation child
+DEFAULT_RUNTIME_MEMORY_MB = 4096
 DEVICE_EXIT = {2: "bad arguments or input", 3: "integrity check failed", 4: "no TFLite runtime",
                5: "runtime cannot load or run the model", 6: "self-test mismatch"}
 
 
-def cache_dir() -> Path:
-    root = os.environ.get("EDGEPACK_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "edgepack")
-    return Path(root)
-
-
 def host_arch() -> str:
+    """This machine's CPU as target profiles name it: ``x86_64`` or ``arm64``."""
     machine = platform.machine().lower()
     return {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "arm64", "arm64": "arm64"}.get(machine, machine)
 
 
 @dataclass(frozen=True)
 class RuntimeEnv:
+    """A prepared environment holding one TFLite runtime and numpy (no TensorFlow): how to start its
+    Python (``argv``, ``env``) and which runtime version it holds."""
     runtime: str                 # distribution name, e.g. "tflite-runtime"
     module: str                  # device script --runtime value
     requirements: tuple
@@ -105,7 +105,7 @@ def host_env(runtime: RuntimeProfile, progress=None) -> RuntimeEnv:
             hint="run edgepack under a Python in that range, or pick another --runtime")
     key = hashlib.sha256(json.dumps([ENV_VERSION, list(runtime.requirements), sys.version_info[:2],
                                      host_arch()]).encode()).hexdigest()[:16]
-    root = cache_dir() / "envs" / f"{runtime.name}-{host_arch()}-{key}"
+    root = env_dir() / "envs" / f"{runtime.name}-{host_arch()}-{key}"
     python = root / "bin" / "python"
     env = _clean_env()
     if not (root / ".complete").is_file():
@@ -119,15 +119,18 @@ def _create_venv(root: Path, runtime: RuntimeProfile, env: dict, progress) -> No
     if progress:
         progress(f"preparing the {runtime.name} environment (once; cached in {root.parent})")
     root.parent.mkdir(parents=True, exist_ok=True)
+    from . import lifecycle
     tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}.tmp-"))
+    lifecycle.register_dir(tmp)  # a killed edgepack leaves no half-made environment
     try:
         subprocess.run([sys.executable, "-m", "venv", "--clear", str(tmp)], check=True, capture_output=True,
-                       timeout=300, env=env)
-        pip = subprocess.run([str(tmp / "bin" / "python"), "-m", "pip", "install", "--disable-pip-version-check",
-                              "--no-input", "-q", "--only-binary=:all:", *runtime.requirements],
-                             capture_output=True, text=True, timeout=PIP_TIMEOUT, env=env)
-        if pip.returncode != 0:
-            tail = " ".join(pip.stderr.strip().splitlines()[-2:])[-400:]
+                       timeout=300, env=env, **lifecycle.popen_kwargs())
+        if progress:
+            progress(f"installing {' '.join(runtime.requirements)} with pip")
+        rc, lines = _pip_install(tmp / "bin" / "python", runtime.requirements, env, progress)
+        if rc != 0:
+            errors = [ln for ln in lines if ln.startswith("ERROR")] or lines
+            tail = " ".join(errors[-2:])[-400:]
             raise EnvironmentProblem(f"cannot install {' '.join(runtime.requirements)}: {tail}",
                                      hint="check network access to the package index, or pick another --runtime")
         # The venv is used only as `bin/python -m ...`, which works after a rename (pyvenv.cfg sits
@@ -137,6 +140,9 @@ def _create_venv(root: Path, runtime: RuntimeProfile, env: dict, progress) -> No
             raise EnvironmentProblem(f"TensorFlow is importable in the {runtime.name} environment; refusing to use it")
         version = _installed_version([str(tmp / "bin" / "python")], env, runtime.name)
         (tmp / ".complete").write_text(version + "\n")
+        if progress:
+            size = sum(f.stat().st_size for f in tmp.rglob("*") if f.is_file() and not f.is_symlink())
+            progress(f"{runtime.name} {version} environment ready ({size / 1e6:.0f} MB)")
         if root.exists():
             shutil.rmtree(root)
         os.replace(tmp, root)
@@ -147,11 +153,51 @@ def _create_venv(root: Path, runtime: RuntimeProfile, env: dict, progress) -> No
                                  hint="install the venv module (apt-get install python3-venv)") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        lifecycle.unregister_dir(tmp)
+
+
+def _pip_install(python: Path, requirements, env: dict, progress) -> tuple[int, list[str]]:
+    """pip install, its output streamed to ``progress``: one step line per downloaded wheel with its
+    size (`downloading numpy-1.26.4-...whl (18.3 MB)`), pip's other lines as details (they start
+    with a capital letter: the terminal shows them on the live line, --verbose prints them)."""
+    import threading
+
+    from . import lifecycle
+    proc = subprocess.Popen([str(python), "-m", "pip", "install", "--disable-pip-version-check", "--no-input",
+                             "--progress-bar", "off", "--only-binary=:all:", *requirements],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            **lifecycle.popen_kwargs())
+    timer = threading.Timer(PIP_TIMEOUT, proc.kill)
+    timer.start()
+    lines: list[str] = []
+    started = time.monotonic()
+    try:
+        for raw in proc.stdout:
+            line = raw.strip()
+            if not line:
+                continue
+            lines = (lines + [line])[-50:]
+            if not progress:
+                continue
+            if line.startswith(("Downloading ", "Using cached ", "Processing ")):
+                what = {"D": "downloading ", "U": "from pip's cache: ", "P": "from a local file: "}[line[0]]
+                progress(what + line.split(" ", 2 if line.startswith("U") else 1)[-1].split("/")[-1])
+            elif line.startswith("Installing collected packages:"):
+                progress("installing " + line.split(":", 1)[1].strip())
+            else:
+                progress(line)
+        rc = proc.wait()
+    finally:
+        timer.cancel()
+    if rc != 0 and time.monotonic() - started >= PIP_TIMEOUT:
+        raise subprocess.TimeoutExpired(str(python), PIP_TIMEOUT)
+    return rc, lines
 
 
 def arm64_env(runtime: RuntimeProfile, python_version: str, progress=None) -> RuntimeEnv:
+    """An arm64 environment for ``runtime`` under qemu-user (prepared once, cached)."""
     from . import arm64
-    prepared = arm64.prepare_arm64_python(list(runtime.requirements), cache_dir=cache_dir() / "arm64",
+    prepared = arm64.prepare_arm64_python(list(runtime.requirements), cache_dir=env_dir() / "arm64",
                                           python_version=python_version, progress=progress)
     argv = list(getattr(prepared, "argv", prepared))
     extra = dict(getattr(prepared, "env", {}) or {})
@@ -161,6 +207,8 @@ def arm64_env(runtime: RuntimeProfile, python_version: str, progress=None) -> Ru
 
 
 def get_env(runtime: RuntimeProfile, arch: str | None = None, python_version: str = "3.11", progress=None) -> RuntimeEnv:
+    """The environment for ``runtime`` on ``arch`` (host or arm64); EnvironmentProblem when it
+    cannot be prepared, UsageError for an architecture that cannot be emulated."""
     arch = arch or host_arch()
     if arch == host_arch():
         return host_env(runtime, progress)
@@ -172,6 +220,7 @@ def get_env(runtime: RuntimeProfile, arch: str | None = None, python_version: st
 # --------------------------------------------------------------------------- running
 @dataclass
 class DeviceRun:
+    """One run of the device script: exit code, outputs keyed by output name, its one-line error, wall time."""
     ok: bool
     exit_code: int
     outputs: dict | None
@@ -181,16 +230,22 @@ class DeviceRun:
 
 
 def run_device_script(env: RuntimeEnv, bundle: Path, inputs: dict, timeout: int = RUN_TIMEOUT) -> DeviceRun:
-    """Run ``python3 <bundle>/<entrypoint> --input in.npz --output out.npz`` in ``env``."""
+    """Run ``python3 <bundle>/<entrypoint> --input in.npz --output out.npz`` in ``env`` (this
+    edgepack's own copy of the script when the bundle's differs: see :func:`bundle.host_entrypoint`)."""
     manifest = json.loads((bundle / "manifest.json").read_text())
-    script = (bundle / manifest["entrypoint"]).resolve()
-    with tempfile.TemporaryDirectory(prefix="edgepack-run-") as tmp:
+    script = host_entrypoint(bundle, manifest)[0].resolve()
+    from . import lifecycle
+    with lifecycle.temp_dir("edgepack-run-") as tmp:
         src, dst = Path(tmp) / "in.npz", Path(tmp) / "out.npz"
         src.write_bytes(npz_bytes(inputs))
-        argv = [*env.argv, str(script), "--input", str(src), "--output", str(dst), "--runtime", env.module]
+        argv = [*env.argv, str(script), "--bundle", str(Path(bundle).resolve()), "--input", str(src),
+                "--output", str(dst), "--runtime", env.module]
         start = time.perf_counter()
         try:
-            proc = subprocess.run(argv, capture_output=True, text=True, env=env.env, timeout=timeout, cwd=tmp)
+            # the runtime reads the bundle and writes only below tmp: a model that exploits the
+            # native runtime cannot write elsewhere on the host either (Landlock, where available)
+            proc = subprocess.run(argv, capture_output=True, text=True, env=runtime_env(env), timeout=timeout,
+                                  cwd=tmp, **lifecycle.popen_kwargs(confine_to=[tmp]))
         except subprocess.TimeoutExpired:
             return DeviceRun(False, -1, None, f"timed out after {timeout}s", time.perf_counter() - start)
         seconds = time.perf_counter() - start
@@ -201,6 +256,14 @@ def run_device_script(env: RuntimeEnv, bundle: Path, inputs: dict, timeout: int 
             outputs = {k: npz[k] for k in npz.files}
         info = device_info(env, bundle)
         return DeviceRun(True, 0, outputs, None, seconds, info)
+
+
+def runtime_env(env: RuntimeEnv) -> dict:
+    """The environment of a device-script run: the runtime's, plus an address-space limit for the
+    script's isolation child (``EDGEPACK_RUNTIME_MEMORY_MB`` on the host, default 4096 MiB)."""
+    out = dict(env.env)
+    out[RUNTIME_MEMORY_ENV] = os.environ.get(RUNTIME_MEMORY_ENV) or str(DEFAULT_RUNTIME_MEMORY_MB)
+    return out
 
 
 _INFO: dict = {}
@@ -216,9 +279,10 @@ def device_info(env: RuntimeEnv, bundle: Path) -> dict:
 
 
 def _ask_info(env: RuntimeEnv, bundle: Path) -> dict:
+    from . import lifecycle
     manifest = json.loads((bundle / "manifest.json").read_text())
-    proc = subprocess.run([*env.argv, str(bundle / manifest["entrypoint"]), "--info", "--runtime", env.module],
-                          capture_output=True, text=True, env=env.env, timeout=300)
+    proc = subprocess.run([*env.argv, str(host_entrypoint(bundle, manifest)[0]), "--info", "--runtime", env.module],
+                          capture_output=True, text=True, env=env.env, timeout=300, **lifecycle.popen_kwargs())
     try:
         return json.loads(proc.stdout.strip().splitlines()[-1])
     except (ValueError, IndexError):
@@ -237,6 +301,8 @@ def _device_error(stderr: str, code: int) -> str:
 # --------------------------------------------------------------------------- verification
 @dataclass
 class RuntimeResult:
+    """One runtime's verdict: ``status`` passed | failed (outputs differ) | error (cannot run the model)
+    | unavailable (its environment could not be prepared: a host problem), with per-output metrics."""
     runtime: str
     version: str
     arch: str

@@ -58,6 +58,16 @@ class DeployError(EdgepackError):
     exit_code = 6
 
 
+def disk_full(exc: BaseException) -> "EnvironmentProblem | None":
+    """An OSError for a full disk or an exhausted quota, as an EnvironmentProblem (exit 5)."""
+    import errno
+    if not isinstance(exc, OSError) or exc.errno not in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        return None
+    where = f" writing {exc.filename}" if exc.filename else ""
+    return EnvironmentProblem(f"no space left on the disk{where} ({exc.strerror or 'ENOSPC'})",
+                              hint="free some space, or write elsewhere (-o, TMPDIR, EDGEPACK_CACHE_DIR)")
+
+
 EXIT_CODES = {
     0: "success (for verify/build: every runtime matched within the recipe's tolerance)",
     1: "unexpected internal error (a bug: please report it)",

@@ -20,6 +20,8 @@ KNOWN_MAX_VERSIONS = {
 
 @dataclass(frozen=True)
 class TensorInfo:
+    """A TFLite input or output: name, tensor index, shape (-1 = dynamic), numpy dtype name, and
+    ``{"scale", "zero_point"}`` when quantized (real = scale * (q - zero_point))."""
     name: str
     index: int
     shape: list
@@ -32,6 +34,7 @@ class TensorInfo:
 
 @dataclass(frozen=True)
 class OpInfo:
+    """An operator code of the model: builtin or custom name, op version, how many nodes use it."""
     name: str
     version: int
     custom: bool
@@ -40,6 +43,7 @@ class OpInfo:
 
 @dataclass
 class ModelSpec:
+    """What a .tflite holds: size (bytes), sha256, named inputs/outputs, op codes, signature key."""
     size: int
     sha256: str
     inputs: list[TensorInfo]
@@ -54,6 +58,8 @@ class ModelSpec:
                 "ops": [asdict(o) for o in self.ops]}
 
     def runtime_problems(self, runtime_name: str) -> list[str]:
+        """Reasons the runtime ``runtime_name`` cannot run this model, known without loading it:
+        Flex/custom ops, and op versions newer than the runtime registers (``KNOWN_MAX_VERSIONS``)."""
         problems = []
         for op in self.ops:
             if op.custom and op.name.startswith("Flex"):

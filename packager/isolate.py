@@ -3,12 +3,18 @@ process with an address-space limit and a timeout. Models are programs: a hostil
 ends as an edgepack error, never as a hung or crashed edgepack. The parent never imports
 TensorFlow.
 
+The child confines itself with Landlock where the kernel has it (:mod:`packager.sandbox`): it can
+write only below a scratch directory (its TMPDIR, removed afterwards), open no TCP connection
+and signal no process outside it, so a hostile model that gets past the checks in
+:mod:`packager.safety` still cannot write a file elsewhere.
+
 Limits: ``EDGEPACK_MEMORY_MB`` (default 8192, address space of the child) and
 ``EDGEPACK_TIMEOUT`` (seconds, default 1800). ``EDGEPACK_IN_PROCESS=1`` runs jobs in the calling
 process instead (faster for tests and debugging; no containment).
 """
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import signal
@@ -60,7 +66,13 @@ def _silence_stdio() -> None:
     os.close(null)
 
 
-def _child(conn, func, args, memory_mb: int) -> None:
+def _child(conn, func, args, memory_mb: int, parent: int | None = None, scratch: str | None = None) -> None:
+    from . import lifecycle
+    lifecycle.die_with_parent(parent=parent)  # a killed edgepack takes TensorFlow with it
+    if scratch:  # every temp file TensorFlow or a loader makes goes where the parent removes it
+        import tempfile
+        os.environ["TMPDIR"] = scratch
+        tempfile.tempdir = scratch
     _silence_stdio()
     try:
         import resource
@@ -69,16 +81,31 @@ def _child(conn, func, args, memory_mb: int) -> None:
     except (ImportError, ValueError, OSError):
         pass
     _STAGE["conn"] = conn
+    confined = 0
     try:
+        if scratch:  # from here on this process writes only below scratch (packager.sandbox)
+            from . import sandbox
+            confined = sandbox.confine([scratch])
         result = ("ok", func(*args))
     except EdgepackError as exc:
         result = ("error", exc)
+    except OSError as exc:
+        from .errors import disk_full
+        problem = disk_full(exc)
+        result = ("error", problem) if problem is not None else \
+            ("crash", f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}",
+             traceback.format_exc()[-4000:])
     except MemoryError:
         result = ("error", ConversionError(f"the model needed more than {memory_mb} MiB",
                                            hint="raise EDGEPACK_MEMORY_MB if the model is really that large"))
     except BaseException as exc:  # noqa: BLE001 - reported as one line by the parent
-        result = ("crash", f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}",
-                  traceback.format_exc()[-4000:])
+        line = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+        result = ("crash", line, traceback.format_exc()[-4000:])
+        if confined and ("Permission denied" in str(exc) or isinstance(exc, PermissionError)):
+            result = ("error", ConversionError(
+                f"the model tried to write outside edgepack's scratch directory, which the sandbox blocked ({line})",
+                hint="a model that writes files while loading or running is hostile or broken; "
+                     "EDGEPACK_SANDBOX=0 lifts the sandbox, only for a model you trust"))
     try:
         conn.send(result)
     except Exception as exc:  # noqa: BLE001 - e.g. an unpicklable result
@@ -103,6 +130,23 @@ def _died(code, stage: str, memory_mb: int) -> ConversionError:
                            hint="rerun with EDGEPACK_DEBUG=1 to see its output")
 
 
+@contextlib.contextmanager
+def _main_hidden():
+    """A spawned child re-imports the caller's ``__main__`` script unless it is guarded by
+    ``if __name__ == "__main__"``: a plain script calling ``packager.build()`` would then run
+    again in the child and die. The job needs nothing from ``__main__`` (it is a function of
+    this package), so the child is started while ``__main__`` looks like an interactive session."""
+    import sys
+    import types
+    main = sys.modules.get("__main__")
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        if main is not None:
+            sys.modules["__main__"] = main
+
+
 def in_process() -> bool:
     return os.environ.get("EDGEPACK_IN_PROCESS", "") not in ("", "0")
 
@@ -117,10 +161,19 @@ def run(func, *args, what: str = "loading and converting the model", progress=No
         finally:
             _STAGE["local"] = None
     memory_mb, timeout = _limits()
+    from . import lifecycle
+    with lifecycle.temp_dir("edgepack-tf-") as scratch:
+        return _run(func, args, what, memory_mb, timeout, scratch, progress)
+
+
+def _run(func, args, what, memory_mb, timeout, scratch, progress=None):
+    from . import lifecycle
     ctx = multiprocessing.get_context("spawn")
     parent, child = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child, args=(child, func, args, memory_mb), daemon=True)
-    proc.start()
+    proc = ctx.Process(target=_child, args=(child, func, args, memory_mb, os.getpid(), scratch), daemon=True)
+    with _main_hidden():
+        proc.start()
+    lifecycle.register_process(proc.pid)
     child.close()
     import time
     deadline = time.monotonic() + timeout
@@ -147,6 +200,7 @@ def run(func, *args, what: str = "loading and converting the model", progress=No
             proc.kill()
         proc.join(10)
         parent.close()
+        lifecycle.unregister_process(proc.pid)
     if result[0] == "ok":
         return result[1]
     if result[0] == "error":

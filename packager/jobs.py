@@ -37,7 +37,8 @@ class Prepared:
 
 
 def versions() -> dict:
-    from . import __version__
+    """Versions of edgepack, TensorFlow, Keras, the converter and Python, for the manifest."""
+    from .version import __version__
     import tensorflow as tf
     try:
         import keras
@@ -61,6 +62,9 @@ def _inputs_for_check(loaded, data: str | None, calibration: Dataset | None) -> 
 
 def prepare(model: str, recipe_name: str, io: str, calibration: str | None, data: str | None,
             trust: bool, atol: list | None = None, rtol: list | None = None, skip: tuple = ()) -> Prepared:
+    """The TensorFlow half of ``build`` (run in the contained child): load the model, read
+    calibration and check data, convert (skipping paths in ``skip``), compute the reference outputs
+    of every check group. Raises UsageError, ConversionError or VerificationError."""
     from .convert import convert
     from .loaders import load_model
     from .recipes import get_recipe

@@ -64,6 +64,9 @@ class Candidate:
 
 @dataclass
 class LoadedModel:
+    """A model loaded with TensorFlow: its input/output specs, ``reference(arrays) -> outputs``
+    (the original model's outputs, dicts keyed by name, first axis = samples), and the conversion
+    paths to try, in order."""
     path: Path
     format: str                      # keras-h5 | keras-v3 | saved-model | saved-model-tf1
     inputs: list[TensorSpec]
@@ -97,6 +100,7 @@ def native_quiet():
 
 
 def import_tf():
+    """Import TensorFlow quietly; EnvironmentProblem when it is missing, ConversionError when it cannot start."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("ABSL_MIN_LOG_LEVEL", "3")
     try:
@@ -134,6 +138,8 @@ def sniff_format(path: Path) -> str:
             return "saved-model"
         raise UsageError(f"{path} is a directory but not a SavedModel (no saved_model.pb)",
                          hint="pass the directory written by tf.saved_model.save, e.g. saved/1")
+    if not path.is_file():  # a FIFO or device would block the read below
+        raise UsageError(f"{path} is not a regular file, nor a SavedModel directory")
     try:
         with open(path, "rb") as fh:
             head = fh.read(8)
@@ -150,6 +156,9 @@ def sniff_format(path: Path) -> str:
 
 
 def load_model(path: str | os.PathLike, trust: bool = False) -> LoadedModel:
+    """Load the model at ``path`` (format sniffed by content), after the safety scan
+    (:func:`packager.safety.check_model`; ``trust`` skips its refusals). Raises UsageError for
+    unreadable or refused models."""
     path = Path(path)
     fmt = sniff_format(path)
     from .safety import check_model
@@ -208,36 +217,66 @@ def _recurrent_layers(model) -> list:
             if {c.__name__ for c in type(layer).__mro__} & RECURRENT_CLASSES]
 
 
-def _int_domains(model, inputs: list[TensorSpec]) -> list[TensorSpec]:
-    """Integer inputs that feed an Embedding get its vocabulary ``[0, input_dim)`` as their domain."""
-    embeddings = [layer for layer in _walk_layers(model) if type(layer).__name__ == "Embedding"]
-    if not embeddings:
+# Ops that pass integer ids through unchanged in value (so a gather's valid index range is the
+# input's): the walk from a gather's indices back to an input follows only these.
+_VALUE_PRESERVING = {"Cast", "Identity", "Reshape", "ExpandDims", "Squeeze", "Transpose", "StridedSlice", "Slice",
+                     "SelectV2", "Select", "ConcatV2", "Pack", "Unpack", "Tile", "BroadcastTo"}
+
+
+def gather_domains(concrete, inputs: list[TensorSpec]) -> list[TensorSpec]:
+    """Integer inputs whose values index a table (an Embedding's GatherV2/ResourceGather on a
+    [rows, ...] weight) get ``domain = (0, rows)``: read from the frozen, inlined graph of the
+    concrete function, so it works for Keras models and SavedModels alike. Inputs reached through
+    anything but value-preserving ops keep ``domain=None``."""
+    if not any(np.dtype(s.dtype).kind in "iu" for s in inputs):
         return inputs
-    by_input = {}
-    for layer in embeddings:
-        for node in getattr(layer, "_inbound_nodes", []) or []:
-            for t in _node_inputs(node):
-                for i, mt in enumerate(model.inputs):
-                    if t is mt:
-                        by_input.setdefault(i, []).append(int(layer.input_dim))
+    try:
+        from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+        frozen = convert_variables_to_constants_v2(concrete)
+        graph = frozen.graph.as_graph_def()
+        placeholders = [t.name.split(":")[0] for t in frozen.inputs]
+    except Exception:  # noqa: BLE001 - a domain is a nicety: without one, synthetic ids say so
+        return inputs
+    nodes = {n.name: n for n in graph.node}
+
+    def node(ref: str):
+        return nodes.get(ref.split(":")[0].lstrip("^"))
+
+    def reached(start) -> set:
+        found, stack, seen = set(), [start], set()
+        while stack:
+            n = stack.pop()
+            if n is None or n.name in seen:
+                continue
+            seen.add(n.name)
+            if n.op == "Placeholder":
+                found.add(n.name)
+            elif n.op in _VALUE_PRESERVING:
+                refs = list(n.input[1:3]) if n.op in ("SelectV2", "Select") else list(n.input[:1])
+                if n.op in ("ConcatV2", "Pack"):
+                    refs = list(n.input[:-1]) if n.op == "ConcatV2" else list(n.input)
+                stack.extend(node(r) for r in refs if not r.startswith("^"))
+        return found
+
+    rows_by_placeholder: dict = {}
+    for n in graph.node:
+        if n.op not in ("GatherV2", "ResourceGather", "Gather") or len(n.input) < 2:
+            continue
+        table = node(n.input[0])
+        while table is not None and table.op == "Identity":
+            table = node(table.input[0])
+        if table is None or table.op != "Const" or not table.attr["value"].tensor.tensor_shape.dim:
+            continue
+        rows = int(table.attr["value"].tensor.tensor_shape.dim[0].size)
+        for name in reached(node(n.input[1])):
+            rows_by_placeholder.setdefault(name, []).append(rows)
     out = []
-    for i, s in enumerate(inputs):
-        dims = by_input.get(i)
-        if dims and np.dtype(s.dtype).kind in "iuf":
-            s = TensorSpec(s.name, s.shape, s.dtype, (0, min(dims)))
+    for s, ph in zip(inputs, placeholders):
+        rows = rows_by_placeholder.get(ph)
+        if rows and np.dtype(s.dtype).kind in "iu" and s.domain is None:
+            s = TensorSpec(s.name, s.shape, s.dtype, (0, min(rows)))
         out.append(s)
     return out
-
-
-def _node_inputs(node) -> list:
-    for attr in ("input_tensors", "keras_inputs"):
-        try:
-            value = getattr(node, attr)
-        except Exception:  # noqa: BLE001, S112 - private Keras API: best effort
-            continue
-        if value is not None:
-            return list(value) if isinstance(value, (list, tuple)) else [value]
-    return []
 
 
 def _frozen_converter(tf, concrete):
@@ -299,7 +338,6 @@ def _load_keras(path: Path, trust: bool = False) -> LoadedModel:
         raise UsageError(f"cannot load {path.name}: " + "; ".join(errors))
     inputs = [TensorSpec(_input_name(t, i), _shape(t.shape), _np_dtype(tf.as_dtype(t.dtype)))
               for i, t in enumerate(model.inputs)]
-    inputs = _int_domains(model, inputs)
     names = [_output_name(t) for t in model.outputs]
     if len(names) != len(model.outputs) or len(set(names)) != len(names):
         names = [f"output_{i}" for i in range(len(model.outputs))]
@@ -314,6 +352,7 @@ def _load_keras(path: Path, trust: bool = False) -> LoadedModel:
                  "(return_state=True, initial_state=...), then build that model")
     fn = _keras_model_tf_function(tf, model, inputs, names)
     concrete = fn.get_concrete_function()
+    inputs = gather_domains(concrete, inputs)
     out_specs = [TensorSpec(n, _shape(concrete.structured_outputs[n].shape),
                             _np_dtype(concrete.structured_outputs[n].dtype)) for n in names]
     model_batch = inputs[0].shape[0] if inputs and inputs[0].shape and inputs[0].shape[0] > 0 else None
@@ -328,6 +367,8 @@ def _load_keras(path: Path, trust: bool = False) -> LoadedModel:
     def from_exported_saved_model():
         import tempfile
         tmp = tempfile.mkdtemp(prefix="edgepack-sm-")
+        from . import lifecycle
+        lifecycle.register_dir(tmp)  # the converter reads it later: removed when this process ends
         module = tf.Module()
         module.model = model
         module.serve = fn
@@ -430,6 +471,7 @@ def _load_saved_model(path: Path, trust: bool = False) -> LoadedModel:
         kw = sig.structured_input_signature[1]
         in_names = sorted(kw)
         inputs = [TensorSpec(n, _shape(kw[n].shape), _np_dtype(kw[n].dtype)) for n in in_names]
+        inputs = gather_domains(sig, inputs)
         outs = sig.structured_outputs
         out_names = sorted(outs)
         outputs = [TensorSpec(n, _shape(outs[n].shape), _np_dtype(outs[n].dtype)) for n in out_names]
@@ -477,6 +519,7 @@ def _from_concrete(tf, path: Path, loaded, concrete) -> LoadedModel:
     if not specs or not all(isinstance(s, tf.TensorSpec) for s in specs):
         raise UsageError(f"{path}: the traced function's inputs are not plain tensors")
     inputs = [TensorSpec(s.name or f"input_{i}", _shape(s.shape), _np_dtype(s.dtype)) for i, s in enumerate(specs)]
+    inputs = gather_domains(concrete, inputs)
     structured = concrete.structured_outputs
     if isinstance(structured, dict):
         out_names = sorted(structured)

@@ -61,6 +61,8 @@ def resolve_tolerance(base: Tolerance, outputs: list[str], atol: list[str] | Non
 
 @dataclass(frozen=True)
 class Recipe:
+    """A quantization recipe from ``recipes.toml``: converter settings and the tolerance bundles are
+    verified against."""
     name: str
     description: str
     optimizations: tuple[str, ...]
@@ -88,6 +90,7 @@ class Recipe:
 
 @lru_cache(maxsize=1)
 def list_recipes() -> dict[str, Recipe]:
+    """Every recipe of ``recipes.toml`` by name."""
     data = tomllib.loads(RECIPES_FILE.read_text(encoding="utf-8"))
     return {
         name: Recipe(name=name, description=r["description"], optimizations=tuple(r["optimizations"]),
@@ -99,6 +102,7 @@ def list_recipes() -> dict[str, Recipe]:
 
 
 def get_recipe(name: str) -> Recipe:
+    """The recipe ``name``; UsageError listing the choices when there is none."""
     recipes = list_recipes()
     if name not in recipes:
         raise UsageError(f"unknown recipe {name!r}", hint="choose from: " + ", ".join(recipes))

@@ -8,10 +8,12 @@ carry file-system and Python-callback ops. These are refused by name unless the 
 from __future__ import annotations
 
 import json
+import os
 import zipfile
 from pathlib import Path
 
 from .errors import UsageError
+from .op_allowlist import op_layer_problem, saved_model_problem
 
 TRUST_HINT = "only if you trust where this model comes from, pass --trust-model"
 UNSAFE_LAYERS = {"Lambda", "TFSMLayer"}
@@ -20,10 +22,7 @@ MAX_MEMBERS = 10_000
 MAX_UNCOMPRESSED = 8 << 30          # 8 GiB
 MAX_RATIO = 200                     # uncompressed / compressed, per member (bombs are ~1000x)
 MAX_CONFIG_BYTES = 64 << 20
-# Ops that touch the file system, run Python, or talk to the network when the graph runs.
-UNSAFE_OPS = {"ReadFile", "WriteFile", "MatchingFiles", "DeleteFile", "PyFunc", "PyFuncStateless", "EagerPyFunc",
-              "ImmutableConst", "Save", "SaveV2", "SaveSlices", "Restore", "RestoreSlice", "MergeV2Checkpoints",
-              "ShellCommand", "DebugIdentityV2", "DebugIdentityV3", "RecvTPUEmbeddingActivations"}
+MAX_GRAPH_BYTES = 2 << 30
 
 
 def check_model(path: Path, fmt: str, trust: bool) -> None:
@@ -80,8 +79,8 @@ def _keras_zip_config(path: Path):
 def _h5_config(path: Path):
     try:
         import h5py
-    except ImportError:  # keras depends on h5py; without it nothing can read the file anyway
-        return None
+    except ImportError:  # keras depends on h5py: without it the file cannot be checked, nor loaded
+        raise UsageError(f"cannot check {path.name}: h5py is not installed", hint="pip install h5py") from None
     try:
         with h5py.File(path, "r") as h5:
             raw = h5.attrs.get("model_config")
@@ -107,6 +106,9 @@ def _unsafe_in_config(node, depth: int = 0) -> str | None:
         label = f"layer {name!r} ({cls})" if name else f"a {cls}"
         if cls in UNSAFE_LAYERS:
             return label
+        op_problem = op_layer_problem(node)
+        if op_problem:
+            return op_problem
         module = node.get("module")
         if isinstance(module, str) and module and not module.startswith(SAFE_MODULE_PREFIXES):
             return f"{label} from module {module!r} (outside Keras)"
@@ -127,37 +129,61 @@ def _unsafe_in_config(node, depth: int = 0) -> str | None:
     return None
 
 
+def _only_regular_files(root: Path) -> None:
+    """A SavedModel directory holds directories and regular files: a FIFO or device in it would
+    block TensorFlow's reads (symlinks are followed: to a regular file or directory they are fine)."""
+    import stat
+    count = 0
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            count += 1
+            if count > MAX_MEMBERS:
+                raise UsageError(f"{root.name} holds more than {MAX_MEMBERS} files")
+            p = Path(dirpath) / name
+            try:
+                mode = p.stat().st_mode
+            except OSError as exc:
+                raise UsageError(f"{root.name}: cannot read {p.relative_to(root)}: {exc.strerror or exc}") from None
+            if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                raise UsageError(f"{root.name}: {p.relative_to(root)} is a FIFO, device or socket, not a regular file; "
+                                 "refused")
+
+
 def _check_saved_model(path: Path, trust: bool) -> None:
-    pb = path / "saved_model.pb"
+    """Parse saved_model.pb (or .pbtxt) and refuse, unless trusted, any graph or library function
+    holding an op outside the allowlist of computing ops (:mod:`packager.op_allowlist`)."""
+    _only_regular_files(path)
+    pb, text = path / "saved_model.pb", False
     if not pb.is_file():
-        return  # saved_model.pbtxt: TF reports its own errors
-    if pb.stat().st_size > 2 << 30:
-        raise UsageError(f"{pb} is larger than 2 GiB")
+        pb, text = path / "saved_model.pbtxt", True
+    if not pb.is_file():
+        raise UsageError(f"{path} holds no saved_model.pb or saved_model.pbtxt")
+    if pb.stat().st_size > MAX_GRAPH_BYTES:
+        raise UsageError(f"{pb} is larger than {MAX_GRAPH_BYTES >> 30} GiB")
     try:
         from tensorflow.core.protobuf import saved_model_pb2
     except ImportError:
-        return
+        if trust:
+            return
+        raise UsageError(f"cannot check the ops of {path.name}: TensorFlow's protobuf definitions are not importable",
+                         hint="pip install tensorflow-cpu, or " + TRUST_HINT) from None
     proto = saved_model_pb2.SavedModel()
     try:
-        proto.ParseFromString(pb.read_bytes())
-    except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError and friends
-        raise UsageError(f"{pb} is corrupt: {str(exc).splitlines()[0][:200] or 'cannot parse'}") from None
+        data = pb.read_bytes()
+        if text:
+            from google.protobuf import text_format
+            text_format.Parse(data.decode("utf-8"), proto, allow_unknown_extension=False)
+        else:
+            proto.ParseFromString(data)
+    except OSError as exc:
+        raise UsageError(f"cannot read {pb}: {exc.strerror or exc}") from None
+    except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError/ParseError and friends
+        raise UsageError(f"{pb} is corrupt: {str(exc).splitlines()[0][:200] if str(exc) else 'cannot parse'}") from None
     if not proto.meta_graphs:
         raise UsageError(f"{pb} holds no graph")
     if trust:
         return
-    found = set()
-    for meta in proto.meta_graphs:
-        for node in meta.graph_def.node:
-            found.add(node.op)
-        for fn in meta.graph_def.library.function:
-            for node in fn.node_def:
-                found.add(node.op)
-    bad = sorted(found & UNSAFE_OPS)
-    # Variable checkpoints are restored by the loader itself through RestoreV2/SaveV2 in the
-    # saver's own graph; those never run on model inputs, so only serving graphs are judged.
-    bad = [op for op in bad if op not in ("Save", "SaveV2", "Restore", "RestoreSlice", "SaveSlices",
-                                          "MergeV2Checkpoints")]
-    if bad:
-        raise UsageError(f"{path.name} uses ops that touch files or run Python ({', '.join(bad)}); refused",
+    problem = saved_model_problem(proto)
+    if problem:
+        raise UsageError(f"{path.name} uses {problem}, which may touch files, the network or run Python; refused",
                          hint=TRUST_HINT)

@@ -16,7 +16,7 @@ from .errors import UsageError
 
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "targets"
 DEPLOY_METHODS = ("ssh", "adb")
-_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*\Z")
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,18 @@ os.environ.setdefault("EDGEPACK_NO_CACHE", "1")
 
 pytest_plugins = ["tests.adb_fixtures", "tests.ssh_fixtures"]
 
+# Runtime environments are immutable and keyed by content: shared with the user's (no re-install
+# per run). Conversion and run caches are not: each test gets its own (autouse fixture below).
+from packager.paths import env_dir as _env_dir  # noqa: E402
+
+os.environ.setdefault("EDGEPACK_ENV_DIR", str(_env_dir()))
+
+
+@pytest.fixture(autouse=True)
+def _own_cache_dir(tmp_path_factory, monkeypatch):
+    """Each test its own EDGEPACK_CACHE_DIR, so no test reads or writes the user's caches."""
+    monkeypatch.setenv("EDGEPACK_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+
 
 @pytest.fixture(scope="session")
 def data_files(tmp_path_factory):

@@ -25,7 +25,8 @@ RUN_TIMEOUT = 300
 
 
 def _cache_dir() -> Path:
-    root = os.environ.get("EDGEPACK_CACHE_DIR") or os.path.expanduser("~/.cache/edgepack")
+    from packager.paths import env_dir
+    root = str(env_dir())
     return Path(root) / "arm64"
 
 

@@ -118,3 +118,26 @@ def test_new_target_is_just_a_file(tmp_path, monkeypatch):
     proc = subprocess.run([sys.executable, "-m", "packager.cli", "targets"], capture_output=True, text=True,
                           env=env, timeout=120)
     assert_clean_error(proc, 2, "missing")
+
+
+@pytest.mark.parametrize("columns", [80, 120])
+def test_verify_reads_at_columns(int8_bundle, zoo, data_files, columns):
+    """What a person sees in a terminal of that width, colour off: no line wider, every number whole,
+    nothing TensorFlow/absl print, no source locations."""
+    import re
+    env = dict(os.environ, COLUMNS=str(columns), NO_COLOR="1")
+    env.pop("EDGEPACK_IN_PROCESS", None)
+    proc = subprocess.run([sys.executable, "-m", "packager.cli", "verify", int8_bundle.bundle, "-r", zoo["keras3_h5"],
+                           "--data", data_files["eval"]], capture_output=True, text=True, env=env, timeout=600,
+                          cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.splitlines()
+    assert max(map(len, lines)) <= columns, proc.stdout
+    rows = [ln for ln in lines if ln.lstrip().startswith(("litert ", "tflrt "))]
+    assert len(rows) == 2, proc.stdout                                  # one line per runtime
+    for row in rows:
+        assert re.search(r" 0\.9\d{3,}\b", row) and re.search(r"\d\.\d{3,4}→\d\.\d{3,4}", row), row
+    assert "MATCH" in proc.stdout and "held-out" in proc.stdout
+    for line in proc.stderr.splitlines():                               # progress lines only
+        assert re.match(r"\s*\d+\.\ds ", line), line
+        assert not re.search(r"\w+\.py:\d+|tensorflow/|absl|WARNING|I0000", line), line

@@ -242,6 +242,18 @@ def test_top1_skips_tied_rows():
     flipped = probs[:, ::-1].copy()
     m = compare_output("probs", probs, flipped, get_recipe("float32").tolerance)
     assert not m.passed and m.top1_agreement == 0.0                     # untied rows are still judged
+    # A regression output whose two values are closer than the allowed error: a flip there is an
+    # error within tolerance, not a disagreement (float16: 5e-3 + 1e-2 * max|ref|).
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=(50, 2)).astype(np.float32)
+    ref[0] = [1.0, 1.004]
+    got = ref.copy()
+    got[0] = [1.004, 1.0]
+    m = compare_output("y", ref, got, get_recipe("float16").tolerance)
+    assert m.passed and m.top1_agreement == 1.0 and "within" in " ".join(m.flags)
+    got[1] = ref[1][::-1]                                                 # a decisive row flipped: judged
+    m = compare_output("y", ref, got, get_recipe("float16").tolerance)
+    assert m.top1_agreement < 1.0
 
 
 # --------------------------------------------------------------------------- messages and names
@@ -335,7 +347,56 @@ def test_host_environment_problem_is_exit_5(out, tmp_path):
     (tmp_path / "targets" / "broken.toml").write_text(text)
     kind = fm.fixed_batch(out, 1)
     proc = cli("build", kind.model, "-t", "broken", "-q", "float32", "-o", tmp_path / "b", "--json",
-               env={"EDGEPACK_TARGETS_PATH": str(tmp_path / "targets"), "EDGEPACK_CACHE_DIR": str(tmp_path / "cache")})
+               env={"EDGEPACK_TARGETS_PATH": str(tmp_path / "targets"), "EDGEPACK_CACHE_DIR": str(tmp_path / "cache"),
+                    "EDGEPACK_ENV_DIR": str(tmp_path / "cache")})
     data = json.loads(proc.stdout)
     assert proc.returncode == 5, proc.stderr
     assert "MISMATCH" not in proc.stdout + proc.stderr and "edgepack-no-such-runtime" in data["error"]
+
+
+def test_calibration_on_another_scale_is_named(out, tmp_path):
+    """Calibration scaled to [0, 1] while the model takes pixels 0..255: the refusal says so with
+    both ranges instead of only a number."""
+    kind = fm.uint8_pixels(out)
+    with np.load(kind.calibration) as npz:
+        np.savez(tmp_path / "cal01.npz", image=npz["image"] / 255.0)
+    with pytest.raises(VerificationError) as info:
+        api.build(kind.model, recipe="int8", calibration=tmp_path / "cal01.npz", data=kind.eval,
+                  output=tmp_path / "b")
+    assert "calibration data for 'image' spans [0, " in info.value.message
+    assert "verification data spans" in info.value.message
+    assert not (tmp_path / "b").exists()
+
+
+def test_doctor_is_quiet_and_deploy_json_fails_as_one_document(tmp_path):
+    proc = cli("doctor")
+    assert proc.stderr == "" and "tensorflow" in proc.stdout
+    (tmp_path / "b").mkdir()
+    proc = cli("deploy", tmp_path / "b", "--host", "nobody@127.0.0.1:1", "--json")
+    data = json.loads(proc.stdout)
+    assert proc.returncode == data["exit_code"] != 0 and data["ok"] is False and data["error"]
+
+
+def test_exported_augmentation_layers_get_their_way_out(tmp_path):
+    import keras
+    inp = keras.Input((8, 8, 1), name="img")
+    h = keras.layers.Flatten()(keras.layers.RandomFlip("horizontal")(inp))
+    model = keras.Model(inp, keras.layers.Dense(3, name="out")(h))
+    model.export(str(tmp_path / "exported"), verbose=False)
+    with pytest.raises(ConversionError) as info:
+        api.build(tmp_path / "exported", recipe="float32", output=tmp_path / "b")
+    assert "StatelessRandom" in info.value.message and "random_flip" in info.value.message
+    assert "build from the .keras file" in info.value.hint
+
+
+def test_savedmodel_ids_get_the_vocabulary_from_the_graph(out, tmp_path):
+    """No Keras layers to ask in a SavedModel: the gather on the [rows, dim] table in the frozen
+    graph gives the ids' range, so the outlier embedding is caught without --data too."""
+    import keras
+    kind = fm.embedding_outlier(out)
+    keras.models.load_model(kind.model).export(str(tmp_path / "sm"), verbose=False)
+    from packager.loaders import load_model
+    assert load_model(tmp_path / "sm").inputs[0].domain == (0, 300)
+    with pytest.raises(VerificationError) as info:
+        api.build(tmp_path / "sm", recipe="dynamic", output=tmp_path / "b")
+    assert "synthetic inputs" in info.value.hint and "ids over the vocabulary" in info.value.hint

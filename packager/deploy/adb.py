@@ -20,7 +20,7 @@ from .base import Completed, Transport, q, run_process, transfer_timeout
 
 SENTINEL = b"__EDGEPACK_RC__="
 _SENTINEL_LINE = re.compile(rb"__EDGEPACK_RC__=(\d+)\r?\n?")
-_SERIAL = re.compile(r"^[A-Za-z0-9._:\[\]-]+$")
+_SERIAL = re.compile(r"^[A-Za-z0-9._:\[\]-]+\Z")
 
 
 class AdbTransport(Transport):

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Sequence
 
+from .. import lifecycle
 from ..errors import DeployError, EnvironmentProblem, UsageError
 
 DEFAULT_TIMEOUT = 60.0
@@ -53,6 +54,13 @@ class Completed:
         return f"exit status {self.rc}"
 
 
+def _unsafe_path_char(c: str) -> bool:
+    """Control characters (C0, DEL, C1 incl. U+0085) and Unicode line/paragraph/record separators:
+    shells, ``sh -c`` readers and line-based protocols split or drop them."""
+    import unicodedata
+    return unicodedata.category(c) in ("Cc", "Zl", "Zp") or c in "\x1c\x1d\x1e\x1f\x85\u2028\u2029"
+
+
 def run_process(argv: Sequence[str], *, timeout: float, what: str, stdin: bytes | IO[bytes] | None = None,
                 env: dict | None = None, hint: str | None = None) -> Completed:
     """Run a host program; on timeout kill its whole process group and raise DeployError."""
@@ -60,7 +68,7 @@ def run_process(argv: Sequence[str], *, timeout: float, what: str, stdin: bytes 
     stdin_arg = subprocess.PIPE if data is not None else (stdin if stdin is not None else subprocess.DEVNULL)
     try:
         proc = subprocess.Popen(list(argv), stdin=stdin_arg, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                env=env, start_new_session=True)
+                                env=env, start_new_session=True, **lifecycle.popen_kwargs())
     except FileNotFoundError:
         raise EnvironmentProblem(f"{argv[0]} not found on this host (needed for {what})",
                                  hint=_INSTALL_HINTS.get(Path(argv[0]).name)) from None
@@ -149,8 +157,9 @@ class Transport(ABC):
     def path_expr(self, remote_path: str) -> str:
         """A shell expression for a remote path as the user wrote it: ``~``, ``~/x`` and relative
         paths are anchored at the device's home; everything else is quoted literally."""
-        if not remote_path or "\n" in remote_path or "\0" in remote_path:
-            raise UsageError(f"invalid remote path {remote_path!r}")
+        if not remote_path or any(_unsafe_path_char(c) for c in remote_path):
+            raise UsageError(f"invalid remote path {remote_path!r}: control or line/paragraph separator characters",
+                             hint="use a plain path such as ~/edgepack/NAME or /opt/models/NAME")
         if ".." in remote_path.split("/"):
             raise UsageError(f"remote path {remote_path!r} must not contain '..'")
         if remote_path == "~":

@@ -27,8 +27,8 @@ from ..bundle import sha256_file
 from ..errors import DeployError, UsageError
 from .base import Completed, Transport, q, transfer_timeout
 
-NAME_RE = re.compile(r"^[A-Za-z0-9._][A-Za-z0-9._-]*$")
-RELEASE_RE = re.compile(r"^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{12}$")
+NAME_RE = re.compile(r"^[A-Za-z0-9._][A-Za-z0-9._-]*\Z")
+RELEASE_RE = re.compile(r"^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{12}\Z")
 _SHA_LINE = re.compile(r"^\\?([0-9a-f]{64}) [ *](.+)$")
 INSTALL_TIMEOUT = 1800.0
 SMOKE_TIMEOUT = 300.0
@@ -145,6 +145,8 @@ def load_bundle(bundle_dir: str | Path) -> Bundle:
     mpath = path / "manifest.json"
     if not path.is_dir():
         raise UsageError(f"bundle {path} is not a directory", hint="build one with: edgepack build MODEL")
+    if mpath.is_symlink():
+        raise UsageError(f"{mpath} is a symbolic link; refused", hint="rebuild the bundle with edgepack build")
     try:
         raw = mpath.read_bytes()
         manifest = json.loads(raw.decode("utf-8"))
@@ -172,6 +174,10 @@ def load_bundle(bundle_dir: str | Path) -> Bundle:
         if not re.fullmatch(r"[0-9a-f]{64}", want):
             raise UsageError(f"{mpath}: {rel} has no sha256 checksum")
         local = path.joinpath(*rel.split("/"))
+        parts = rel.split("/")
+        if any(path.joinpath(*parts[:i]).is_symlink() for i in range(1, len(parts) + 1)):
+            raise UsageError(f"bundle file {rel} in {path} is (or lies under) a symbolic link; refused",
+                             hint="a bundle holds regular files only: rebuild it with edgepack build")
         if not local.is_file():
             raise DeployError(f"bundle file {rel} is missing from {path}", hint="rebuild the bundle")
         got = sha256_file(local)
@@ -216,6 +222,7 @@ def _check(res: Completed, what: str, transport: Transport) -> Completed:
 
 def _open(transport: Transport, remote_dir: str, hash_files: Sequence[str] = (), read_manifest: bool = False) -> _State:
     """Connect, resolve ``remote_dir`` on the device and read its state, all in one remote call."""
+    transport.path_expr(remote_dir)  # an unusable path is refused before connecting
     transport.connect()
     return _probe(transport, remote_dir, hash_files, read_manifest)
 
@@ -429,8 +436,29 @@ def _last_json(text: str) -> dict | None:
     return None
 
 
-def _smoke(transport: Transport, rdir: str, python: str, entrypoint: str) -> tuple[SelfTest | None, str | None]:
-    script = f"{_python_token(transport, python)} {q(rdir + '/current/' + entrypoint)} --self-test"
+SELFTEST_RECORD = "selftest.last"   # DIR/selftest.last: the last smoke run's result (read by fleet status)
+
+
+def _smoke_script(rdir: str, python_token: str, entrypoint: str, release: str, runtime: str | None) -> str:
+    """Run the self-test of DIR/current and record its outcome in DIR/selftest.last (RELEASE=, AT=,
+    RC=, ERROR= and REPORT=<the JSON report> lines), passing stdout/stderr/exit status through."""
+    d = q(rdir)
+    rt = f" --runtime {q(runtime)}" if runtime else ""
+    return "\n".join([
+        f"{python_token} {q(rdir + '/current/' + entrypoint)} --self-test{rt} >{d}/.selftest.out 2>{d}/.selftest.err",
+        "rc=$?",
+        f"cat {d}/.selftest.out; cat {d}/.selftest.err >&2",
+        f'{{ echo "RELEASE="{q(release)}; echo "AT=$(date -u +%Y-%m-%dT%H:%M:%SZ)"; echo "RC=$rc"; '
+        f"echo \"ERROR=$(grep -v '^[[:space:]]*$' {d}/.selftest.err | tail -n 1)\"; "
+        f'echo "REPORT=$(tail -n 1 {d}/.selftest.out)"; }} >{d}/.selftest.tmp && mv -f {d}/.selftest.tmp {d}/{SELFTEST_RECORD}',
+        f"rm -f {d}/.selftest.out {d}/.selftest.err",
+        "exit $rc",
+    ])
+
+
+def _smoke(transport: Transport, rdir: str, python: str, entrypoint: str, release: str = "unknown",
+           runtime: str | None = None) -> tuple[SelfTest | None, str | None]:
+    script = _smoke_script(rdir, _python_token(transport, python), entrypoint, release, runtime)
     res = transport.sh(script, timeout=max(SMOKE_TIMEOUT, transport.timeout))
     report = _last_json(res.out)
     if res.rc == 0 and report is not None and report.get("passed"):
@@ -443,15 +471,41 @@ def _smoke(transport: Transport, rdir: str, python: str, entrypoint: str) -> tup
     return None, _script_failure(res, python, "the self-test")
 
 
+def last_selftest(transport: Transport, rdir: str) -> dict | None:
+    """The outcome of the last smoke run recorded in ``rdir`` (resolved, absolute), or None."""
+    res = transport.sh(f"cat {q(rdir + '/' + SELFTEST_RECORD)} 2>/dev/null || true")
+    fields: dict[str, str] = {}
+    for line in res.out.splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key in ("RELEASE", "AT", "RC", "ERROR", "REPORT") and key not in fields:
+            fields[key] = value
+    if "RC" not in fields:
+        return None
+    try:
+        rc = int(fields["RC"])
+    except ValueError:
+        rc = -1
+    try:
+        report = json.loads(fields.get("REPORT") or "null")
+    except ValueError:
+        report = None
+    report = report if isinstance(report, dict) else None
+    return {"release": fields.get("RELEASE"), "at": fields.get("AT"), "rc": rc,
+            "passed": rc == 0 and bool(report and report.get("passed")), "error": fields.get("ERROR") or None,
+            "report": report}
+
+
 # =========================================================================== deploy
 def deploy(bundle_dir: str | Path, transport: Transport, remote_dir: str | None = None, keep: int = 3,
            install: bool = False, smoke: bool = False, progress: Progress | None = None, *,
-           device_python: str | None = None) -> DeployResult:
+           device_python: str | None = None, runtime: str | None = None) -> DeployResult:
     """Upload a bundle as a new release, verify it on the device, switch ``current`` to it.
 
     ``progress(step, detail)`` is called before each step: connect, plan, upload, verify, install,
     switch, smoke, prune. Over SSH a deploy is four remote calls on one connection (check, plan,
-    stage+upload, verify+commit+switch+prune) plus one for ``smoke`` and one for ``install``."""
+    stage+upload, verify+commit+switch+prune) plus one for ``smoke`` and one for ``install``.
+    ``runtime`` (``ai_edge_litert``/``tflite_runtime``/``tensorflow``) makes the smoke run use that
+    runtime (``--runtime``); the smoke outcome is recorded in DIR/selftest.last (:func:`last_selftest`)."""
     started = time.monotonic()
     if keep < 1:
         raise UsageError(f"--keep {keep}: keep at least 1 release")
@@ -461,10 +515,11 @@ def deploy(bundle_dir: str | Path, transport: Transport, remote_dir: str | None 
     bundle = load_bundle(bundle_dir)
     if install and "requirements.txt" not in bundle.wanted:
         raise UsageError(f"--install needs requirements.txt in the bundle; {bundle.path} has none")
+    spec = remote_dir or default_remote_dir(bundle.manifest, transport)
+    transport.path_expr(spec)  # an unusable --remote-dir is refused before connecting
     _notify(progress, "connect", transport.describe())
     transport.connect()
     sent_before = transport.bytes_sent
-    spec = remote_dir or default_remote_dir(bundle.manifest, transport)
     _notify(progress, "plan", spec)
     want = bundle.wanted
     st = _probe(transport, spec, hash_files=list(want))
@@ -544,7 +599,7 @@ def deploy(bundle_dir: str | Path, transport: Transport, remote_dir: str | None 
     selftest = None
     if smoke:
         _notify(progress, "smoke", f"{python} {bundle.manifest['entrypoint']} --self-test")
-        selftest, failure = _smoke(transport, rdir, python, bundle.manifest["entrypoint"])
+        selftest, failure = _smoke(transport, rdir, python, bundle.manifest["entrypoint"], release, runtime)
         if failure is not None:
             if not unchanged:
                 # Put back what was there before and drop the release that failed.
@@ -750,7 +805,7 @@ def run(transport: Transport, remote_dir: str, *, input: str | Path | None = Non
     in_path = Path(input) if input is not None else None
     if in_path is not None:
         if not in_path.is_file():
-            raise UsageError(f"input file {in_path} does not exist")
+            raise UsageError(f"input file {in_path} does not exist or is not a regular file")
         if in_path.suffix.lower() not in (".npz", ".npy", ".json"):
             raise UsageError(f"input file {in_path}: use .npz (keyed by input name), .npy or .json")
     bin_path = Path(benchmark_binary) if benchmark_binary is not None else None

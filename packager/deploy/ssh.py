@@ -23,6 +23,7 @@ import weakref
 from pathlib import Path
 from typing import IO, Sequence
 
+from .. import lifecycle
 from ..errors import DeployError, UsageError
 from .base import Completed, Transport, q, run_process, transfer_timeout
 
@@ -30,7 +31,7 @@ from .base import Completed, Transport, q, run_process, transfer_timeout
 _HOST_SPEC = re.compile(
     r"^(?:(?P<user>[A-Za-z0-9_][A-Za-z0-9._-]*)@)?"
     r"(?P<host>\[[0-9A-Fa-f:.]+(?:%[A-Za-z0-9]+)?\]|[A-Za-z0-9_][A-Za-z0-9._-]*)"
-    r"(?::(?P<port>[0-9]{1,5}))?$")
+    r"(?::(?P<port>[0-9]{1,5}))?\Z")
 
 _HOST_KEY_CHANGED = ("REMOTE HOST IDENTIFICATION HAS CHANGED", "has changed and you have requested strict checking",
                      "Host key for", "Offending")
@@ -131,6 +132,7 @@ class SshTransport(Transport):
         self.close()
         # mkdtemp: a fresh 0700 directory; in /tmp because socket paths must stay short (< 104 bytes)
         cm_dir = tempfile.mkdtemp(prefix="edgepack-ssh-", dir="/tmp" if os.path.isdir("/tmp") else None)  # noqa: S108
+        lifecycle.register_dir(cm_dir)
         path = os.path.join(cm_dir, "cm")
         log_path = os.path.join(cm_dir, "master.log")
         argv = self._options() + ["-M", "-N", "-o", "ControlPersist=no", "-o", f"ControlPath={path}",
@@ -138,10 +140,12 @@ class SshTransport(Transport):
         try:
             with open(log_path, "wb") as log:
                 master = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
-                                          env=self.env, start_new_session=True)
+                                          env=self.env, start_new_session=True, **lifecycle.popen_kwargs())
         except FileNotFoundError:
             shutil.rmtree(cm_dir, ignore_errors=True)
+            lifecycle.unregister_dir(cm_dir)
             return  # run_process reports the missing ssh client on the first call
+        lifecycle.register_process(master.pid, group=True)  # a killed deploy leaves no master behind
         self._master, self._control_path = master, None
         self._finalizer = weakref.finalize(self, _stop_master, master, cm_dir)
         deadline = time.monotonic() + self.connect_timeout + 20
@@ -261,3 +265,5 @@ def _stop_master(master: subprocess.Popen, cm_dir: str) -> None:
             master.kill()
             master.wait(5)
     shutil.rmtree(cm_dir, ignore_errors=True)
+    lifecycle.unregister_process(master.pid, group=True)
+    lifecycle.unregister_dir(cm_dir)

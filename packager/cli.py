@@ -130,11 +130,11 @@ def build(
     atol: AtolOpt = None,
     rtol: RtolOpt = None,
     strict: StrictOpt = False,
-    max_drop: Annotated[Optional[float], typer.Option("--max-drop", help="--quantize auto: accuracy drop allowed, "
+    max_drop: Annotated[Optional[float], typer.Option("--max-drop", metavar="POINTS", help="--quantize auto: accuracy drop allowed, "
                         "in percentage points (needs labels y in --data).")] = None,
-    min_agreement: Annotated[Optional[float], typer.Option("--min-agreement", help="--quantize auto: top-1 "
+    min_agreement: Annotated[Optional[float], typer.Option("--min-agreement", metavar="FRACTION", help="--quantize auto: top-1 "
                              "agreement with the original model required (0..1; default 0.99 if no budget).")] = None,
-    min_cosine: Annotated[Optional[float], typer.Option("--min-cosine", help="--quantize auto: cosine similarity "
+    min_cosine: Annotated[Optional[float], typer.Option("--min-cosine", metavar="COSINE", help="--quantize auto: cosine similarity "
                           "with the original model's outputs required.")] = None,
     verbose: VerboseOpt = False,
     quiet: QuietOpt = False,
@@ -339,7 +339,8 @@ def _write_report(path: Path, title: str, report, model: Path, labels: Optional[
 
 from .cli_diagnose import register as _register_diagnose  # noqa: E402 - needs the names above
 
-_register_diagnose(app, command, Arch, TrustOpt, JsonOpt)
+_register_diagnose(app, command, {"Arch": Arch, "TrustOpt": TrustOpt, "JsonOpt": JsonOpt, "VerboseOpt": VerboseOpt,
+                                  "QuietOpt": QuietOpt})
 
 try:  # deploy/run/rollback/status live in their own module
     from .cli_deploy import register as _register_deploy

@@ -38,22 +38,32 @@ def build_auto(model, target, calibration, io, output, data, runtime, verify, ve
     render.show_build(result.build.to_json())
 
 
-def register(app: typer.Typer, command, Arch, TrustOpt, JsonOpt) -> None:
-    """Add `diagnose` to ``app``; ``command`` (error mapping) and the option types come from cli.py,
-    passed in so that this module never imports it (``python -m packager.cli`` runs it as __main__)."""
+def register(app: typer.Typer, command, opts: dict) -> None:
+    """Add `diagnose` to ``app``; ``command`` (the error boundary) and ``opts`` (cli.py's shared
+    option types: Arch, TrustOpt, JsonOpt, VerboseOpt, QuietOpt) are passed in so that this module
+    never imports cli.py (``python -m packager.cli`` runs it as __main__)."""
+    Arch, TrustOpt, JsonOpt = opts["Arch"], opts["TrustOpt"], opts["JsonOpt"]
+    VerboseOpt, QuietOpt = opts["VerboseOpt"], opts["QuietOpt"]
+
     def diagnose(
-        bundle: Annotated[Path, typer.Argument(help="Bundle directory or .tar.gz (or a bare .tflite).")],
-        reference: Annotated[Path, typer.Option("--reference", "-r", help="The original model file.")],
-        data: Annotated[Optional[Path], typer.Option("--data", help="Inputs to diagnose on (.npz with x or named "
-                        "inputs); default: the bundle's samples. At most 256 samples are used.")] = None,
-        calibration: Annotated[Optional[Path], typer.Option("--calibration", "-c", help="The calibration set "
-                               "the bundle was built with, if at hand: its size and range become evidence too.")] = None,
-        runtime: Annotated[Optional[List[str]], typer.Option("--runtime", help="Only these runtimes of the target "
-                           "(repeatable); with two or more, they are compared op by op.")] = None,
-        arch: Annotated[Optional[Arch], typer.Option("--arch", help="host, or arm64 under qemu-user.")] = None,
-        html: Annotated[Optional[Path], typer.Option("--html", help="Write an HTML report with a per-op error "
-                        "plot.")] = None,
+        bundle: Annotated[Path, typer.Argument(metavar="BUNDLE", help="Bundle directory or .tar.gz (or a bare "
+                          ".tflite).")],
+        reference: Annotated[Path, typer.Option("--reference", "-r", metavar="MODEL",
+                             help="The original model file.")],
+        data: Annotated[Optional[Path], typer.Option("--data", metavar="FILE", help="Inputs to diagnose on (.npz "
+                        "with x or named inputs); default: the bundle's samples. At most 256 samples are used.")] = None,
+        calibration: Annotated[Optional[Path], typer.Option("--calibration", "-c", metavar="FILE|DIR", help="The "
+                               "calibration set the bundle was built with, if at hand: its size and range become "
+                               "evidence too.")] = None,
+        runtime: Annotated[Optional[List[str]], typer.Option("--runtime", metavar="NAME", help="Only these runtimes "
+                           "of the target (repeatable); with two or more, they are compared op by op.")] = None,
+        arch: Annotated[Optional[Arch], typer.Option("--arch", help="CPU to run on: host, or arm64 under "
+                        "qemu-user.")] = None,
+        html: Annotated[Optional[Path], typer.Option("--html", metavar="FILE", help="Write an HTML report with a "
+                        "per-op error plot.")] = None,
         trust_model: TrustOpt = False,
+        verbose: VerboseOpt = False,
+        quiet: QuietOpt = False,
         json_output: JsonOpt = False,
     ):
         """Name the op where the bundle departs from the original model, and why.
@@ -67,6 +77,7 @@ def register(app: typer.Typer, command, Arch, TrustOpt, JsonOpt) -> None:
         from . import render
         from .diagnose import diagnose as run_diagnose
         from .render_diagnose import diagnosis_html, show_diagnosis
+        render.configure(quiet, verbose)
         with render.progress(not json_output) as report_cb:
             diag = run_diagnose(bundle, reference=reference, data=data, runtimes=runtime, arch=_arch(arch),
                                 trust_model=trust_model, progress=report_cb, calibration=calibration)

@@ -17,7 +17,6 @@ the same candidates in the same order.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -366,8 +365,6 @@ def build_auto(model, *, target: str = "rpi", calibration=None, data=None, io: s
     tolerance = _tolerance(chosen, base, rec)
     prepared = replace(base, conversion=chosen.conversion, tolerance=tolerance,
                        warnings=list(base.warnings) + [why])
-    if os.environ.get("EDGEPACK_AUTO_NO_BUILD"):   # pragma: no cover - debugging the search alone
-        return AutoResult(None, chosen, candidates, budget, why)
     result = api.build(model, target=target, recipe=rec.name, calibration=calibration, io=io, output=output,
                        data=data, runtimes=runtimes, arch=arch, name=name, labels=labels, trust_model=trust_model,
                        use_cache=use_cache, progress=progress, strict=strict, _auto=(prepared, rec))

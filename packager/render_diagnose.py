@@ -40,25 +40,32 @@ def show_diagnosis(d: dict) -> None:
 
 
 def diagnosis_html(d: dict, title: str) -> str:
-    """A self-contained page: the per-op error plot, the table, causes and runtime comparison."""
+    """A self-contained page (:func:`packager.render.html_report` with the diagnosis as sections):
+    the first divergence, the per-op error plot, the table, causes and the runtime comparison."""
+    from .render import html_report
+    status = d["brief"] or ("no op diverges from the float32 model" if d["ops"] else "runtimes compared only")
+    return html_report(None, title, status=status, sections=diagnosis_sections(d),
+                       provenance={"samples": f"{d['samples']} ({d['evidence']})",
+                                   "runtimes": ", ".join(d["runtimes"]), "reference": d["reference"]})
+
+
+def diagnosis_sections(d: dict) -> list[tuple[str, str]]:
+    """(heading, HTML) pairs: per-op error plot and table, causes, runtime vs runtime."""
     rows = "".join(
         "<tr" + (" class=bad" if r["diverged"] else "") + ">" + "".join(f"<td>{html.escape(str(v))}</td>" for v in (
-            r["index"], f"{r['op']} v{r['version']}", r.get("label") or r["tensor"], f"{r['rel']:.3%}", f"{r['channel_rel']:.3%}",
-            f"{r['cosine']:.4f}", _fmt(r["steps"], 3), f"{r['clipped']:.1%}", f"{r['below_step']:.1%}")) + "</tr>"
+            r["index"], f"{r['op']} v{r['version']}", r.get("label") or r["tensor"], f"{r['rel']:.3%}",
+            f"{r['channel_rel']:.3%}", f"{r['cosine']:.4f}", _fmt(r["steps"], 3), f"{r['clipped']:.1%}",
+            f"{r['below_step']:.1%}")) + "</tr>"
         for r in d["ops"])
     causes = "".join(f"<li><b>{html.escape(c['kind'])}</b>: {html.escape(c['text'])}</li>" for c in d["causes"])
     rts = "".join(f"<li>{html.escape(r['a'])} vs {html.escape(r['b'])}: {html.escape(r['text'])}</li>"
                   for r in d["runtime_divergences"])
-    return f"""<!doctype html><meta charset=utf-8><title>{html.escape(title)}</title>
-<style>body{{font-family:sans-serif;margin:2em}}td,th{{border:1px solid #ccc;padding:3px 8px}}
-table{{border-collapse:collapse}}.bad{{color:#b00}}</style>
-<h1>{html.escape(title)}</h1><p><b>{html.escape(d['brief'] or 'no op diverges')}</b></p>
-<p>{d['samples']} samples ({html.escape(d['evidence'])}); runtimes: {html.escape(', '.join(d['runtimes']))}</p>
-<h2>error per op (rmse / float range, log scale)</h2>{error_plot(d['ops'], d['limits']['rel'])}
-<table><tr><th>op</th><th>type</th><th>tensor</th><th>err/range</th><th>channel err</th><th>cosine</th>
-<th>rmse steps</th><th>clipped</th><th>below step</th></tr>{rows}</table>
-<h2>causes</h2><ul>{causes or '<li>none found</li>'}</ul><h2>runtime vs runtime</h2><ul>{rts or '<li>one runtime</li>'}</ul>
-"""
+    table = ("<table><tr><th>op</th><th>type</th><th>tensor</th><th>err/range</th><th>channel err</th>"
+             f"<th>cosine</th><th>rmse steps</th><th>clipped</th><th>below step</th></tr>{rows}</table>")
+    return [("error per op (rmse / float range, log scale; red: diverged)", error_plot(d["ops"], d["limits"]["rel"])
+             + table),
+            ("causes", f"<ul>{causes or '<li>none found</li>'}</ul>"),
+            ("runtime vs runtime", f"<ul>{rts or '<li>one runtime</li>'}</ul>")]
 
 
 def error_plot(ops: list[dict], limit: float) -> str:

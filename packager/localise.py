@@ -601,8 +601,14 @@ def analyse(quant_model: bytes, float_model: bytes, inputs: dict, envs: list, pr
         diag.rows = compare_quantized(dumps[0], flt, quant_model)
         name_outputs(diag.rows, dumps[0], output_names)
         diag.causes = explain(diag.rows, dumps[0], flt)
+        computing = [op for op in dumps[0].ops if op["op"] not in SKIP_OPS and op["outputs"]
+                     and dumps[0].real(op["outputs"][0]) is not None]
+        matched = [r for r in diag.rows if r.op != "QUANTIZE"]
         if not diag.rows:
             diag.notes.append("no tensor of the bundle's model could be matched with the float32 model's")
+        elif len(matched) < 0.5 * len(computing):
+            diag.notes.append(f"only {len(matched)} of {len(computing)} ops matched the float32 model's tensors: is "
+                              "--reference the model this bundle was built from?")
     elif not _is_quantized(dumps[0]):
         diag.notes.append("the bundle's model is not quantized: only runtimes are compared")
     for other in dumps[1:]:

@@ -31,6 +31,9 @@ ENVIRONMENT = {
     "EDGEPACK_RUNTIME": "device script: runtime to import (--runtime)",
     "EDGEPACK_NO_ISOLATE": "device script: run in-process (--no-isolate)",
     "EDGEPACK_MAX_INPUT_ELEMENTS": "device script: largest input [2**28]",
+    "EDGEPACK_RUNTIME_MEMORY_MB": "device script: address-space limit of the runtime [none; emulator 4096]",
+    "EDGEPACK_SANDBOX": "0: no Landlock sandbox for model loading; require: fail without one",
+    "EDGEPACK_NO_REAPER": "1: no cleanup process for temp dirs and children if edgepack is killed",
 }
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 

@@ -53,8 +53,9 @@ def compare_output(name: str, ref: np.ndarray, got: np.ndarray, tol: Tolerance,
 
     Passes when ``max|ref - got| <= atol + rtol * max|ref| + steps * scale`` (``scale``: the
     output's quantization step, for quantized outputs only), cosine >= ``cosine_min``, top-1
-    agreement >= ``top1_min`` on rows whose reference's top value leads the second by more than that
-    allowed error (if at least half the rows do; else top-1 is not judged), no NaN/Inf, and the output
+    agreement >= ``top1_min`` on rows whose reference's top value leads the second by more than
+    ``rtol * max|row| + steps * scale`` (if at least half the rows do; else top-1 is not judged; the
+    absolute atol never excuses a flip), no NaN/Inf, and the output
     is not stuck (all-zero/constant) where the reference is not. ``labels``: integer classes, for
     accuracy of both."""
     ref = np.asarray(ref, dtype=np.float64)
@@ -80,17 +81,19 @@ def compare_output(name: str, ref: np.ndarray, got: np.ndarray, tol: Tolerance,
     classification = ref.ndim == 2 and ref.shape[1] > 1
     flags_extra = []
     if classification and ref.shape[0]:
-        # A flip between two reference values closer than the allowed error is within tolerance:
-        # top-1 is judged on the rows whose top value leads by more than that (and is not tied).
-        decisive = _decisive_rows(ref, allowed)
+        # A flip between two reference values closer than the row's own relative error (rtol of
+        # the row's largest value, plus the quantization steps) is within tolerance: top-1 is judged
+        # on the rows whose top value leads by more. The absolute atol does not excuse flips: on
+        # rows of small values it would excuse everything (an int8 table that zeroes real ids).
+        decisive = _decisive_rows(ref, tol.rtol, tol.steps * scale if scale else 0.0)
         if decisive.mean() >= 0.5:
             top1 = float(np.mean(ref.argmax(1)[decisive] == got.argmax(1)[decisive]))
             if not decisive.all():
                 flags_extra.append(f"top-1 judged on {int(decisive.sum())} of {len(decisive)} rows (the others' top "
-                                   f"two are within {allowed:.3g} or tie)")
+                                   "two tie or are within the row's relative tolerance)")
         else:
             flags_extra.append(f"top-1 not judged: {int((~decisive).sum())} of {len(decisive)} reference rows have "
-                               f"top values tied or within the limit {allowed:.3g} (0/1 codes, masks, multi-label)")
+                               "top values tied or within the row's relative tolerance (0/1 codes, masks, multi-label)")
     m = OutputMetrics(name, list(got.shape), max_err, mean_err, cosine, snr, top1, allowed,
                       flags=_flags(got, None) + flags_extra)
     if labels is not None and classification and top1 is not None and labels.shape[0] == ref.shape[0]:
@@ -147,11 +150,13 @@ def plot_data(diff: np.ndarray, ref: np.ndarray, got: np.ndarray, labels: np.nda
     return data
 
 
-def _decisive_rows(ref: np.ndarray, margin: float) -> np.ndarray:
-    """Rows (samples) whose largest value leads the second by more than ``margin`` (and by more
-    than float noise): where a different top-1 is more than an error within tolerance."""
+def _decisive_rows(ref: np.ndarray, rtol: float, steps: float) -> np.ndarray:
+    """Rows (samples) whose largest value leads the second by more than ``rtol * max|row| +
+    steps`` and by more than float noise: where a different top-1 is more than an error within
+    the row's own tolerance."""
     part = np.sort(ref, axis=1)[:, -2:]
     noise = 1e-6 * np.maximum(np.abs(part[:, 1]), 1.0)
+    margin = rtol * np.max(np.abs(ref), axis=1) + steps
     return (part[:, 1] - part[:, 0]) > np.maximum(noise, margin)
 
 

@@ -44,6 +44,7 @@ class VerifyReport:
     evidence_text: str = ""          # e.g. "held-out: eval.npz, n=100"
     strict: bool = False             # weak evidence fails, and so does a runtime left out
     require_all: bool = False        # every runtime must pass (--strict, or --runtime given)
+    first_divergence: str | None = None  # "first divergence: op 7 SOFTMAX 'probs' - ..." (diagnose)
 
     @property
     def weak(self) -> bool:
@@ -60,6 +61,8 @@ class VerifyReport:
             elif r.status == "failed":
                 out += [f"{r.runtime} {r.version} ({r.arch}) output {m.name!r}: " + "; ".join(m.reasons)
                         for m in r.metrics if not m.passed]
+        if out and self.first_divergence:   # after the first numbers, before a long list is cut
+            out.insert(1, self.first_divergence)
         if self.strict and self.weak:
             out.append(f"--strict: the verdict rests on weak evidence ({self.evidence_text}); pass --data with "
                        "held-out inputs")
@@ -69,7 +72,8 @@ class VerifyReport:
         return {"bundle": self.bundle, "recipe": self.recipe, "target": self.target, "passed": self.passed,
                 "inputs": self.inputs_source, "samples": self.samples, "model_size": self.model_size,
                 "evidence": {"kind": self.evidence, "weak": self.weak, "text": self.evidence_text},
-                "runtimes": [r.to_json() for r in self.runtimes], "failures": self.failures, "notes": self.notes}
+                "runtimes": [r.to_json() for r in self.runtimes], "failures": self.failures, "notes": self.notes,
+                "first_divergence": self.first_divergence}
 
     def __repr__(self) -> str:
         runtimes = ", ".join(f"{r.runtime}={r.status}" for r in self.runtimes)
@@ -212,7 +216,8 @@ def build(model: str | os.PathLike, *, target: str = "rpi", recipe: str | None =
           verify: bool = True, data: str | os.PathLike | None = None, runtimes: list[str] | None = None,
           arch: str | None = None, name: str | None = None, labels: str | os.PathLike | None = None,
           trust_model: bool = False, use_cache: bool = True, progress: Progress | None = None,
-          atol: list[str] | None = None, rtol: list[str] | None = None, strict: bool = False) -> BuildResult:
+          atol: list[str] | None = None, rtol: list[str] | None = None, strict: bool = False,
+          _auto: tuple | None = None) -> BuildResult:
     """Load, convert (checked against the original), bundle, verify in the target's runtimes,
     and only then move the bundle to ``output``. TensorFlow work runs in a contained child.
 
@@ -233,6 +238,8 @@ def build(model: str | os.PathLike, *, target: str = "rpi", recipe: str | None =
         notes.append(f"no --calibration: built {recipe} instead of the target's default {profile.default_recipe}; "
                      f"pass --calibration for {profile.default_recipe}")
     rec = get_recipe(recipe or profile.default_recipe)
+    if _auto is not None:      # --quantize auto (packager.repair): (Prepared, Recipe) already chosen
+        rec = _auto[1]
     parse_overrides(atol, "--atol")
     parse_overrides(rtol, "--rtol")
     name = validate_name(name or f"{default_model_name(model_path)}-{profile.name}")
@@ -247,8 +254,8 @@ def build(model: str | os.PathLike, *, target: str = "rpi", recipe: str | None =
 
     from . import cache
     use_cache = use_cache and cache.enabled()
-    prepared = None
-    if use_cache:
+    prepared = _auto[0] if _auto is not None else None
+    if use_cache and prepared is None:
         key = cache.conversion_key(model_path, rec.name, io, calibration, data, trust_model, [atol, rtol])
         prepared = cache.load_prepared(key, model_path)
         if prepared is not None:
@@ -278,6 +285,10 @@ def build(model: str | os.PathLike, *, target: str = "rpi", recipe: str | None =
             manifest["runtimes"] = _runtime_entries(selected, report)
             manifest["verification"] = {"status": "passed" if report.passed else "failed", **report.summary()}
             if not report.passed:
+                if rec.needs_calibration and any(r.status == "failed" for r in report.runtimes):
+                    from .diagnose import verify_brief
+                    report.first_divergence = verify_brief(staging.dir, manifest, model_path, data,
+                                                           prepared.check.inputs, trust_model, progress)
                 raise VerificationError(
                     f"bundle does not match the original model: {'; '.join(report.failures)[:600]}",
                     hint=_mismatch_hint(report, output), report=report)
@@ -543,6 +554,9 @@ def _verify(bundle: Path, reference, data, runtimes, arch, strict, trust_model, 
                             tolerance=tolerance, strict=strict, require_all=bool(runtimes))
     if script_note:
         report.notes.insert(0, script_note)
+    if not report.passed and rec.needs_calibration and any(r.status == "failed" for r in report.runtimes):
+        from .diagnose import verify_brief
+        report.first_divergence = verify_brief(bundle, manifest, reference, data, arrays, trust_model, progress)
     return report
 
 

@@ -14,7 +14,7 @@ from typing import Annotated, List, Optional
 import typer
 
 from .boundary import command
-from .errors import EXIT_CODES, EdgepackError, disk_full
+from .errors import EXIT_CODES, EdgepackError, UsageError, disk_full
 from .version import __version__
 
 # Every EDGEPACK_* variable a user may set (tests/test_render.py checks this list against the code).
@@ -63,6 +63,7 @@ class Recipe(str, Enum):
     dynamic = "dynamic"
     int8 = "int8"
     int16x8 = "int16x8"
+    auto = "auto"
 
 
 class IO(str, Enum):
@@ -132,6 +133,12 @@ def build(
     atol: AtolOpt = None,
     rtol: RtolOpt = None,
     strict: StrictOpt = False,
+    max_drop: Annotated[Optional[float], typer.Option("--max-drop", metavar="POINTS", help="--quantize auto: accuracy drop allowed, "
+                        "in percentage points (needs labels y in --data).")] = None,
+    min_agreement: Annotated[Optional[float], typer.Option("--min-agreement", metavar="FRACTION", help="--quantize auto: top-1 "
+                             "agreement with the original model required (0..1; default 0.99 if no budget).")] = None,
+    min_cosine: Annotated[Optional[float], typer.Option("--min-cosine", metavar="COSINE", help="--quantize auto: cosine similarity "
+                          "with the original model's outputs required.")] = None,
     verbose: VerboseOpt = False,
     quiet: QuietOpt = False,
     json_output: JsonOpt = False,
@@ -148,6 +155,14 @@ def build(
     """
     from . import api, render
     render.configure(quiet, verbose)
+    budget = {"max_drop": max_drop, "min_agreement": min_agreement, "min_cosine": min_cosine}
+    if quantize == Recipe.auto:
+        from .cli_diagnose import build_auto
+        return build_auto(model, target, calibration, io, output, data, runtime, verify, arch or verify_arch, name,
+                          labels, html, trust_model, atol, rtol, strict, budget, json_output, not no_cache)
+    if any(v is not None for v in budget.values()):
+        raise UsageError("--max-drop, --min-agreement and --min-cosine are budgets for --quantize auto",
+                         hint="add --quantize auto, or use --atol/--rtol with a fixed recipe")
     try:
         with render.progress(not json_output) as report:
             result = api.build(model, target=target, recipe=quantize.value if quantize else None,
@@ -324,6 +339,11 @@ def _write_report(path: Path, title: str, report, model: Path, labels: Optional[
     except OSError as err:
         render.error(f"cannot write the report {path}: {err}")
 
+
+from .cli_diagnose import register as _register_diagnose  # noqa: E402 - needs the names above
+
+_register_diagnose(app, command, {"Arch": Arch, "TrustOpt": TrustOpt, "JsonOpt": JsonOpt, "VerboseOpt": VerboseOpt,
+                                  "QuietOpt": QuietOpt})
 
 try:  # deploy/run/rollback/status live in their own module
     from .cli_deploy import register as _register_deploy

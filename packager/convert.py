@@ -114,6 +114,7 @@ def convert(loaded: LoadedModel, recipe: Recipe, io: str, calibration: dict | No
     if reference is None:
         reference = loaded.reference(check_inputs)
     attempts: list[Attempt] = []
+    ran: dict = {}                       # path -> (candidate, model bytes) of paths that ran
     order = {"inputs": [s.name for s in loaded.inputs], "outputs": [s.name for s in loaded.outputs]}
     from .isolate import stage
     candidates = loaded.candidates
@@ -145,6 +146,7 @@ def convert(loaded: LoadedModel, recipe: Recipe, io: str, calibration: dict | No
         except ConversionError as exc:
             attempts.append(Attempt(cand.name, False, exc.message))
             continue
+        ran[cand.name] = (cand, model)
         scales = {t.name: t.quantization["scale"] for t in spec.outputs if t.quantization}
         metrics = compare_all(reference, got, tolerance or recipe.tolerance, scales)
         ok = all(m.passed for m in metrics)
@@ -152,7 +154,26 @@ def convert(loaded: LoadedModel, recipe: Recipe, io: str, calibration: dict | No
                                 metrics))
         if ok:
             return Conversion(model, spec, cand.name, attempts, metrics)
-    raise _no_match(attempts, recipe, calibration, check_inputs)
+    raise _no_match(attempts, recipe, calibration, check_inputs,
+                    lambda path: _first_divergence(tf, loaded, recipe, ran.get(path), check_inputs))
+
+
+def _first_divergence(tf, loaded: LoadedModel, recipe: Recipe, ran, check_inputs: dict) -> str | None:
+    """"first divergence: op 7 SOFTMAX 'probs' - ..." for a quantized path's model against the
+    float32 conversion of the same path (see :mod:`packager.diagnose`); None if not applicable."""
+    if ran is None or not recipe.needs_calibration:
+        return None
+    from .localise import quick_brief
+    from .recipes import get_recipe
+    cand, model = ran
+    try:
+        with native_quiet():
+            conv = _configure(tf, cand.make(), get_recipe("float32"), "float", None, loaded,
+                              cand.batch or _model_batch(loaded))
+            float_model = bytes(conv.convert())
+    except Exception:  # noqa: BLE001 - the annotation is optional
+        return None
+    return quick_brief(model, float_model, check_inputs, [s.name for s in loaded.outputs], cand.tensor_names)
 
 
 def _model_batch(loaded: LoadedModel) -> int | None:
@@ -173,7 +194,8 @@ def _named(spec: ModelSpec, order: dict) -> ModelSpec:
     return replace(spec, outputs=renamed, notes=spec.notes + [f"output {have[0]!r} is the model's {want[0]!r}"])
 
 
-def _no_match(attempts: list[Attempt], recipe: Recipe, calibration: dict | None, check: dict) -> EdgepackError:
+def _no_match(attempts: list[Attempt], recipe: Recipe, calibration: dict | None, check: dict,
+              divergence=None) -> EdgepackError:
     """The refusal leads with the numbers of the best path that ran, then its likely cause. A
     path that converted and ran but computes something else is a VerificationError (exit 4: the
     outputs differ); no runnable model at all is a ConversionError (exit 3)."""
@@ -183,6 +205,9 @@ def _no_match(attempts: list[Attempt], recipe: Recipe, calibration: dict | None,
                                           for m in a.metrics))
         numbers = "; ".join(f"{m.name}: " + ", ".join(m.reasons) for m in best.metrics if m.reasons)
         cause = _likely_cause(best.metrics, recipe, calibration, check)
+        first = divergence(best.path) if divergence else None
+        if first:
+            numbers += f"; {first}"
         others = [f"{a.path}: {a.error}" for a in attempts if a is not best]
         message = (f"the {recipe.name} model does not compute what the original computes ({numbers}; path {best.path})"
                    + (f"; likely cause: {cause}" if cause else "")

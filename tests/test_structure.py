@@ -15,15 +15,17 @@ STAGES = [
                     "packager.recipes",
                     "packager.targets", "packager.isolate", "packager.render"]),
     ("load", ["packager.op_allowlist", "packager.safety", "packager.loaders", "packager.calibration"]),
-    ("convert", ["packager.inspect", "packager.compare", "packager.convert", "packager.jobs"]),
+    ("convert", ["packager.inspect", "packager.compare", "packager.tensors_helper", "packager.localise",
+                 "packager.convert", "packager.jobs"]),
     ("bundle", ["packager.manifest", "packager.bundle"]),
     ("verify", ["packager.arm64", "packager.emulator", "packager.cache", "packager.doctor"]),
-    ("api", ["packager.api", "packager"]),
+    ("api", ["packager.diagnose", "packager.api", "packager.repair", "packager"]),
     ("deploy", ["packager.deploy", "packager.deploy.base", "packager.deploy.ssh", "packager.deploy.adb",
                 "packager.deploy.releases"]),
     ("fleet", ["packager.fleet", "packager.fleet.core", "packager.fleet.transport",
                "packager.fleet.plugins.action.edgepack_release", "packager.fleet.plugins.callback.edgepack_events"]),
-    ("cli", ["packager.config", "packager.boundary", "packager.cli", "packager.cli_deploy", "packager.cli_fleet"]),
+    ("cli", ["packager.config", "packager.boundary", "packager.render_diagnose", "packager.cli",
+             "packager.cli_diagnose", "packager.cli_deploy", "packager.cli_fleet"]),
 ]
 
 

@@ -95,9 +95,10 @@ def prepare(model: str, recipe_name: str, io: str, calibration: str | None, data
     batch = conversion.spec.inputs[0].shape[0] if conversion.spec.inputs and conversion.spec.inputs[0].shape else -1
     if batch > 0 and "batch" not in fixed:
         fixed["batch"] = batch
-        loaded.notes.append(f"batch fixed to {batch} by the {conversion.path} path (TFLite needs a static batch to "
-                            "turn a recurrent loop into its builtin WHILE): the device script feeds one sample per "
-                            "invoke")
+        why = (" (TFLite needs a static batch to turn a recurrent loop into its builtin WHILE)"
+               if conversion.path == "keras-frozen-concrete-function" else "")
+        loaded.notes.append(f"batch fixed to {batch} by the {conversion.path} path{why}: the device script feeds "
+                            f"{batch} sample(s) per invoke")
     warnings = list(loaded.notes) + (cal.warnings if cal else []) + check.notes
     prepared = Prepared(str(loaded.path), loaded.format, loaded.inputs, loaded.outputs, conversion, check,
                         references[0], warnings, versions(), references[1:], fixed, tolerance)

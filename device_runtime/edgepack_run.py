@@ -413,7 +413,17 @@ class Runner:
         with np.errstate(invalid="ignore", over="ignore"):  # NaN/inf inputs: garbage in, no warning noise
             if t["scale"] and not (raw and array.dtype.kind in "iu"):
                 q = np.round(array.astype(np.float64) / t["scale"]) + t["zero"]
+                outside = float(np.mean((q < t["lo"]) | (q > t["hi"]))) if q.size else 0.0
+                if outside > 0.01:
+                    warn("input %r: %.0f%% of the values fall outside the quantized range [%.4g, %.4g] and are "
+                         "clipped; input values are real values in the model's units (pass --raw for "
+                         "already-quantized codes)" % (t["name"], 100 * outside, (t["lo"] - t["zero"]) * t["scale"],
+                                                      (t["hi"] - t["zero"]) * t["scale"]))
                 return np.clip(q, t["lo"], t["hi"]).astype(t["dtype"])
+            if t["dtype"].kind in "iu" and array.dtype.kind == "f" and array.size \
+                    and not np.array_equal(array, np.round(array)):
+                raise Failure(EXIT_USAGE, "input %r is %s (ids or indices) but the file holds non-integer values"
+                              % (t["name"], t["dtype"].name))
             return array.astype(t["dtype"], copy=False)
 
     def run(self, arrays: dict, raw: bool = False, chunk: int = 64) -> dict:
@@ -652,6 +662,11 @@ def main(argv=None) -> int:
 
 def report(exc: Failure) -> None:
     sys.stderr.write("edgepack_run: error: %s\n" % exc.message)
+
+
+def warn(message: str) -> None:
+    """One line on stderr: the run goes on, but its result may not be what the user meant."""
+    sys.stderr.write("edgepack_run: warning: %s\n" % message)
 
 
 def run_model(args, root: str, manifest: dict, model: bytes, inputs, announce=None) -> int:

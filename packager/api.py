@@ -325,8 +325,13 @@ def _prepare_contained(model_path, rec, io, calibration, data, trust_model, atol
             path = getattr(exc, "path", None)
             if not path or path in skip:
                 if crashes and type(exc) is ConversionError:
+                    hint = crashes[0][1]
+                    if rec.needs_calibration and "keras-frozen-concrete-function" in skip:
+                        hint = (f"{rec.name} calibration of a recurrent loop crashes TensorFlow's converter; edgepack "
+                                "unrolls recurrent layers instead, which needs a fixed time length: build the model "
+                                "with keras.Input((T, features)) for a fixed T, or use --quantize dynamic or float16")
                     raise ConversionError(f"{crashes[0][0]}; no other path worked ({exc.message})"[:1200],
-                                          hint=crashes[0][1]) from None
+                                          hint=hint) from None
                 if crashes:
                     exc.message += " (earlier: " + "; ".join(m for m, _ in crashes) + ")"
                 raise

@@ -211,7 +211,19 @@ def load_dataset(path: str | Path, specs: list[TensorSpec], purpose: str = "cali
         if count is not None and a.shape[0] != count:
             raise UsageError(f"{purpose} inputs have different sample counts")
         count = a.shape[0]
-        checked[spec.name] = a.astype(spec.dtype, copy=False) if np.dtype(spec.dtype).kind == "f" else a
+        want_kind = np.dtype(spec.dtype).kind
+        if want_kind in "iu" and a.dtype.kind == "f":
+            if a.size and not np.array_equal(a, np.round(a)):
+                raise UsageError(f"{purpose} input {spec.name!r} is {spec.dtype} (ids or indices) but the data holds "
+                                 f"non-integer {a.dtype} values", hint=f"save the ids as integers: "
+                                 f"np.savez(..., {spec.name}=ids.astype(np.{spec.dtype}))")
+            a = a.astype(spec.dtype)        # integral floats (e.g. saved via a float array) are the same ids
+        elif want_kind in "iu" and a.dtype.kind in "iub" and a.dtype != np.dtype(spec.dtype):
+            info = np.iinfo(spec.dtype)
+            if a.size and (a.min() < info.min or a.max() > info.max):
+                raise UsageError(f"{purpose} input {spec.name!r} holds values beyond {spec.dtype}")
+            a = a.astype(spec.dtype)
+        checked[spec.name] = a.astype(spec.dtype, copy=False) if want_kind == "f" else a
     if not count:
         raise UsageError(f"{purpose} data holds no samples")
     ds = Dataset(checked, labels if labels is not None and labels.shape[0] == count else None, path.name,

@@ -122,7 +122,7 @@ def convert(loaded: LoadedModel, recipe: Recipe, io: str, calibration: dict | No
         candidates = sorted(candidates, key=lambda c: not c.calibration_first)
     for cand in candidates:
         if cand.name in skip:
-            attempts.append(Attempt(cand.name, False, "TensorFlow crashed on this path in an earlier try"))
+            attempts.append(Attempt(cand.name, False, "TensorFlow crashed on this path (see above)"))
             continue
         stage(f"converting with {cand.name} ({recipe.name})", cand.name)
         release_memory()

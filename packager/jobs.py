@@ -99,6 +99,9 @@ def prepare(model: str, recipe_name: str, io: str, calibration: str | None, data
                if conversion.path == "keras-frozen-concrete-function" else "")
         loaded.notes.append(f"batch fixed to {batch} by the {conversion.path} path{why}: the device script feeds "
                             f"{batch} sample(s) per invoke")
+    if recipe.name != "float32" and not _has_quantized_tensors(conversion.tflite):
+        loaded.notes.append(f"the {recipe.name} recipe quantized nothing in this model (TFLite leaves small weight "
+                            "tensors, under 1024 values, in float32): the bundle computes in float32")
     warnings = list(loaded.notes) + (cal.warnings if cal else []) + check.notes
     prepared = Prepared(str(loaded.path), loaded.format, loaded.inputs, loaded.outputs, conversion, check,
                         references[0], warnings, versions(), references[1:], fixed, tolerance)
@@ -108,6 +111,17 @@ def prepare(model: str, recipe_name: str, io: str, calibration: str | None, data
     del loaded, cal
     _release_tensorflow_memory()
     return prepared
+
+
+def _has_quantized_tensors(model: bytes) -> bool:
+    """Whether any tensor of the .tflite is int8/uint8/int16/float16 (weights or activations)."""
+    from ai_edge_litert.interpreter import Interpreter
+    try:
+        details = Interpreter(model_content=model).get_tensor_details()
+    except Exception:  # noqa: BLE001 - only a note depends on it
+        return True
+    import numpy as np
+    return any(np.dtype(d["dtype"]).name in ("int8", "uint8", "int16", "float16") for d in details)
 
 
 def _release_tensorflow_memory() -> None:

@@ -48,7 +48,10 @@ class Dump:
         return self.meta["ops"]
 
     def tensor(self, index: int) -> dict:
-        return self.meta["tensors"][str(index)]
+        """The tensor's metadata; an optional operand (index -1, e.g. of a WHILE loop or a fused
+        recurrent op) or one the dump did not keep gets a placeholder with no name."""
+        return self.meta["tensors"].get(str(index)) or {"name": f"#{index}", "index": index, "shape": [],
+                                                        "dtype": "", "quantization": None}
 
     def raw(self, index: int):
         return self.arrays.get(f"t{index}")

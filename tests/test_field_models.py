@@ -400,3 +400,40 @@ def test_savedmodel_ids_get_the_vocabulary_from_the_graph(out, tmp_path):
     with pytest.raises(VerificationError) as info:
         api.build(tmp_path / "sm", recipe="dynamic", output=tmp_path / "b")
     assert "synthetic inputs" in info.value.hint and "ids over the vocabulary" in info.value.hint
+
+
+def test_float_data_for_integer_ids_is_a_usage_error(out, tmp_path, runtime_python):
+    """Non-integer floats for an int32 id input: a one-line refusal naming the input, in the
+    emulator's data reader and in the device script alike (never a TensorFlow internal error, never
+    a silent cast to id 0). Integral floats are the same ids and are accepted."""
+    kind = fm.embedding_ids(out)
+    with np.load(kind.eval) as npz:
+        ids = npz["tokens"]
+    np.savez(tmp_path / "frac.npz", tokens=ids + 0.5)
+    np.savez(tmp_path / "whole.npz", tokens=ids.astype(np.float32))
+    with pytest.raises(UsageError) as info:
+        api.build(kind.model, recipe="float32", data=tmp_path / "frac.npz", output=tmp_path / "b")
+    assert "'tokens'" in info.value.message and "non-integer" in info.value.message
+    res = api.build(kind.model, recipe="float32", data=tmp_path / "whole.npz", output=tmp_path / "b")
+    assert res.verification.passed
+    proc = subprocess.run([*runtime_python.argv, str(res.bundle / "edgepack_run.py"), "--input",
+                           str(tmp_path / "frac.npz"), "--output", str(tmp_path / "o.npz")],
+                          capture_output=True, text=True, env=runtime_python.env)
+    assert proc.returncode == 2 and "non-integer" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_device_script_warns_when_real_values_clip(out, tmp_path, runtime_python):
+    """Pixels twice as bright as the calibration set (which spans about 0..128): the real values
+    above the quantized range are clipped, and the script says so instead of answering silently."""
+    kind = fm.uint8_pixels(out)
+    res = api.build(kind.model, recipe="int8", io="uint8", calibration=kind.calibration, data=kind.eval,
+                    output=tmp_path / "b", verify=False)
+    with np.load(kind.eval) as npz:
+        np.savez(tmp_path / "bright.npz", image=np.clip(npz["image"] * 2, 0, 255).astype(np.uint8))
+        np.savez(tmp_path / "same.npz", image=npz["image"].astype(np.uint8))
+    for name, warned in (("bright", True), ("same", False)):
+        proc = subprocess.run([*runtime_python.argv, str(res.bundle / "edgepack_run.py"), "--input",
+                               str(tmp_path / f"{name}.npz"), "--output", str(tmp_path / "o.npz")],
+                              capture_output=True, text=True, env=runtime_python.env)
+        assert proc.returncode == 0, proc.stderr
+        assert ("warning: input 'image'" in proc.stderr and "--raw" in proc.stderr) is warned, proc.stderr

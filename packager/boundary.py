@@ -34,6 +34,8 @@ def command(fn):
                 render.emit_json(data)
             elif report is not None:
                 render.show_verification(report.to_json())
+                if getattr(report, "first_divergence", None):
+                    render.out.print(report.first_divergence, markup=False, highlight=False)
                 # the table and the FAIL lines above hold the numbers: one short line here
                 render.error(exc.message.split(": ", 1)[0] + " (see above)", exc.hint)
                 raise typer.Exit(exc.exit_code) from None

@@ -234,6 +234,8 @@ def verify(
     if not report.passed:
         if not json_output:
             bad = sum(r.status != "passed" for r in report.runtimes)
+            if report.first_divergence:
+                render.out.print(report.first_divergence, markup=False, highlight=False)
             render.error(f"verification failed: {len(report.failures)} problem(s) in {bad} of {len(report.runtimes)} "
                          "runtime(s), listed above", "--html FILE shows the error distributions; --json every number")
         raise typer.Exit(4)

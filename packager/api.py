@@ -308,6 +308,113 @@ def build(model: str | os.PathLike, *, target: str = "rpi", recipe: str | None =
     return BuildResult(final, archive, manifest, report, conversion.attempts, warnings)
 
 
+@dataclass
+class SweepResult:
+    """Several recipes of one model side by side (``build_sweep``): one row per recipe with the
+    bundle written (or why none was), its size in bytes and relative to float32, and per runtime
+    its status, worst top-1 agreement and cosine, and accuracy when labels were given."""
+    rows: list
+    evidence: str
+
+    @property
+    def written(self) -> list:
+        return [r for r in self.rows if r["bundle"]]
+
+    def to_json(self) -> dict:
+        return {"evidence": self.evidence, "recipes": self.rows}
+
+    def __repr__(self) -> str:
+        return "SweepResult(" + ", ".join(f"{r['recipe']}={r['status']}" for r in self.rows) + ")"
+
+
+def build_sweep(model: str | os.PathLike, recipes: list[str], *, target: str = "rpi",
+                calibration: str | os.PathLike | None = None, io: str = "float",
+                output: str | os.PathLike | None = None, verify: bool = True, data: str | os.PathLike | None = None,
+                runtimes: list[str] | None = None, arch: str | None = None, name: str | None = None,
+                labels: str | os.PathLike | None = None, trust_model: bool = False,
+                progress: Progress | None = None, atol: list[str] | None = None, rtol: list[str] | None = None,
+                strict: bool = False) -> SweepResult:
+    """Build ``recipes`` of one model side by side: one bundle per recipe at
+    ``OUTPUT/NAME-TARGET-RECIPE`` (``OUTPUT`` default ``dist``). Loading, data and the reference
+    outputs are computed once, in one contained child; each recipe is then bundled and verified as
+    ``build`` does. A recipe that fails is a row saying why (no bundle written), not an error;
+    recipes needing calibration are skipped without ``calibration``. Raises UsageError for bad
+    input shared by all recipes."""
+    from . import isolate, jobs
+    from .loaders import sniff_format
+    progress = progress or _noop
+    model_path = Path(model)
+    sniff_format(model_path)
+    profile = get_target(target)
+    for r in recipes:
+        get_recipe(r)
+    base = validate_name(name or f"{default_model_name(model_path)}-{profile.name}")
+    root = Path(output) if output else Path("dist")
+    rows, todo = [], []
+    for r in recipes:
+        rec = get_recipe(r)
+        if rec.needs_calibration and calibration is None:
+            rows.append({"recipe": r, "status": "skipped", "bundle": None, "reason": "needs --calibration"})
+        elif io not in rec.io_types:
+            rows.append({"recipe": r, "status": "skipped", "bundle": None, "reason": f"no --io {io}"})
+        else:
+            todo.append(r)
+    progress(f"loading and converting {model_path} ({', '.join(todo)})")
+    results = dict(isolate.run(jobs.prepare_sweep, str(model_path), todo, io,
+                               str(calibration) if calibration is not None else None,
+                               str(data) if data is not None else None, trust_model, atol, rtol,
+                               progress=progress)) if todo else {}
+    evidence = ""
+    for r in todo:
+        got = results[r]
+        row = {"recipe": r, "bundle": None}
+        if isinstance(got, EdgepackError):
+            row.update(status="refused", reason=got.message, exit_code=got.exit_code)
+            rows.append(row)
+            continue
+        try:
+            result = build(model_path, target=target, recipe=r, calibration=calibration, io=io,
+                           output=root / f"{base}-{r}", verify=verify, data=data, runtimes=runtimes, arch=arch,
+                           name=f"{base}-{r}", labels=labels, trust_model=trust_model, use_cache=False,
+                           progress=progress, atol=atol, rtol=rtol, strict=strict, _auto=(got, get_recipe(r)))
+        except EdgepackError as exc:
+            row.update(status="failed", reason=exc.message, exit_code=exc.exit_code)
+            report = getattr(exc, "report", None)
+            if report is not None:
+                row["runtimes"] = _sweep_runtimes(report)
+            rows.append(row)
+            continue
+        row.update(status="built", bundle=str(result.bundle), size=result.manifest["model_size"],
+                   path=result.manifest["source"]["conversion_path"])
+        if result.verification is not None:
+            row["runtimes"] = _sweep_runtimes(result.verification)
+            evidence = result.verification.evidence_text
+        rows.append(row)
+    sizes = {row["recipe"]: row.get("size") for row in rows}
+    for row in rows:
+        if row.get("size") and sizes.get("float32"):
+            row["size_vs_float32"] = round(row["size"] / sizes["float32"], 4)
+    order = {r: i for i, r in enumerate(recipes)}
+    rows.sort(key=lambda row: order[row["recipe"]])
+    return SweepResult(rows, evidence)
+
+
+def _sweep_runtimes(report: VerifyReport) -> dict:
+    out = {}
+    for r in report.runtimes:
+        ms = r.metrics
+        tops = [m.top1_agreement for m in ms if m.top1_agreement is not None]
+        accs = [m.accuracy_candidate for m in ms if m.accuracy_candidate is not None]
+        out[r.runtime] = {"status": r.status, "max_abs_err": max((m.max_abs_err for m in ms), default=None),
+                          "cosine": min((m.cosine for m in ms), default=None),
+                          "top1_agreement": min(tops) if tops else None,
+                          "accuracy": min(accs) if accs else None,
+                          "accuracy_reference": next((m.accuracy_reference for m in ms
+                                                      if m.accuracy_reference is not None), None),
+                          "error": r.error}
+    return out
+
+
 def _prepare_contained(model_path, rec, io, calibration, data, trust_model, atol, rtol, progress):
     """jobs.prepare in the contained child. When TensorFlow crashes on one conversion path (a
     converter segfault), the next child skips that path instead of the build ending there."""

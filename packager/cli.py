@@ -78,6 +78,20 @@ class Arch(str, Enum):
     arm64 = "arm64"
 
 
+def _recipes_arg(value: str | None) -> list | None:
+    """``int8`` / ``int8,float16`` / ``all`` / ``auto`` -> recipe names; UsageError listing the choices."""
+    if value is None:
+        return None
+    from .recipes import list_recipes
+    known = list(list_recipes())
+    names = known if value.strip() == "all" else [v.strip() for v in value.split(",") if v.strip()]
+    bad = [n for n in names if n not in known + ["auto"]]
+    if bad or not names or ("auto" in names and len(names) > 1):
+        raise UsageError(f"unknown recipe {', '.join(bad) or value!r}" if bad else f"--quantize {value!r}: auto "
+                         "stands alone", hint="choose from: " + ", ".join(known) + ", all, auto")
+    return list(dict.fromkeys(names))
+
+
 def _arch(arch: Optional[Arch]) -> Optional[str]:
     return None if arch in (None, Arch.host) else arch.value
 
@@ -107,8 +121,10 @@ StrictOpt = Annotated[bool, typer.Option("--strict", help="Also fail when the ve
 def build(
     model: Annotated[Path, typer.Argument(metavar="MODEL", help="Keras .h5/.hdf5 or .keras file, or a SavedModel directory.")],
     target: Annotated[str, typer.Option("--target", "-t", metavar="NAME", help="Target profile (see `edgepack targets`).")] = "rpi",
-    quantize: Annotated[Optional[Recipe], typer.Option("--quantize", "-q",
-                        help="Recipe (see `edgepack recipes`); default: the target's default (int8).")] = None,
+    quantize: Annotated[Optional[str], typer.Option("--quantize", "-q", metavar="RECIPE[,RECIPE...]|all|auto",
+                        help="Recipe (see `edgepack recipes`); default: the target's default (int8). Several "
+                             "(comma-separated, or all) build one bundle each, side by side in one table: "
+                             "-o is then their parent directory (dist/NAME-TARGET-RECIPE).")] = None,
     calibration: Annotated[Optional[Path], typer.Option("--calibration", "-c", metavar="FILE|DIR",
                            help="Representative inputs for int8/int16x8: .npz keyed by input name (or 'x'), .npy, "
                                 "or a folder of images (resized to the input, scaled to [0,1]). 100-500 samples.")] = None,
@@ -156,6 +172,30 @@ def build(
     from . import api, render
     render.configure(quiet, verbose)
     budget = {"max_drop": max_drop, "min_agreement": min_agreement, "min_cosine": min_cosine}
+    recipes = _recipes_arg(quantize)
+    if recipes is not None and len(recipes) > 1:
+        if any(v is not None for v in budget.values()):
+            raise UsageError("--max-drop, --min-agreement and --min-cosine are budgets for --quantize auto",
+                             hint="drop them, or use --quantize auto")
+        with render.progress(not json_output) as report:
+            sweep = api.build_sweep(model, recipes, target=target, calibration=calibration, io=io.value,
+                                    output=output, verify=verify, data=data, runtimes=runtime,
+                                    arch=_arch(arch or verify_arch), name=name, labels=labels,
+                                    trust_model=trust_model, progress=report, atol=atol, rtol=rtol, strict=strict)
+        if json_output:
+            render.emit_json({"ok": bool(sweep.written), **sweep.to_json()})
+        else:
+            render.show_sweep(sweep.to_json())
+        if not sweep.written:
+            if not json_output:
+                render.error("no recipe gave a bundle that matches the original model", "see the reasons above")
+            raise typer.Exit(4)
+        if strict and len(sweep.written) < len(recipes):
+            if not json_output:
+                render.error("--strict: not every recipe gave a bundle", "see the reasons above")
+            raise typer.Exit(4)
+        return
+    quantize = Recipe(recipes[0]) if recipes else None
     if quantize == Recipe.auto:
         from .cli_diagnose import build_auto
         return build_auto(model, target, calibration, io, output, data, runtime, verify, arch or verify_arch, name,

@@ -65,22 +65,52 @@ def prepare(model: str, recipe_name: str, io: str, calibration: str | None, data
     """The TensorFlow half of ``build`` (run in the contained child): load the model, read
     calibration and check data, convert (skipping paths in ``skip``), compute the reference outputs
     of every check group. Raises UsageError, ConversionError or VerificationError."""
-    from .convert import convert
-    from .loaders import load_model
-    from .recipes import get_recipe
+    loaded, cal, check, references = _load_for_conversion(model, calibration, data, trust)
+    prepared = _convert_recipe(loaded, cal, check, references, recipe_name, io, atol, rtol, skip)
+    # The result is pickled whole on its way to the parent (the .tflite and the check inputs: ~50 MB
+    # for a MobileNetV2): drop the model and its traced functions first, so that copy does not
+    # stack on top of them and set the child's peak.
+    del loaded, cal
+    _release_tensorflow_memory()
+    return prepared
 
+
+def prepare_sweep(model: str, recipe_names: list, io: str, calibration: str | None, data: str | None,
+                  trust: bool, atol: list | None = None, rtol: list | None = None) -> list:
+    """Several recipes of one model in one child: loading, data and reference outputs are shared.
+    Returns ``[(recipe name, Prepared or the EdgepackError that recipe ended with)]`` in order."""
+    from .errors import EdgepackError
+    loaded, cal, check, references = _load_for_conversion(model, calibration, data, trust)
+    out = []
+    for name in recipe_names:
+        try:
+            out.append((name, _convert_recipe(loaded, cal, check, references, name, io, atol, rtol, ())))
+        except EdgepackError as exc:
+            out.append((name, exc))
+    del loaded, cal
+    _release_tensorflow_memory()
+    return out
+
+
+def _load_for_conversion(model: str, calibration: str | None, data: str | None, trust: bool):
     from .isolate import stage
-    from .recipes import resolve_tolerance
+    from .loaders import load_model
     stage(f"loading {Path(model).name}")
     loaded = load_model(model, trust=trust)
-    recipe = get_recipe(recipe_name)
-    tolerance = resolve_tolerance(recipe.tolerance, [s.name for s in loaded.outputs], atol, rtol)
     cal = load_dataset(calibration, loaded.inputs) if calibration is not None else None
     check = _inputs_for_check(loaded, data, cal)
     # The original model's outputs, computed once: the conversion check and the bundle's
     # verification use the same inputs (check.groups[0] is check.inputs).
     stage("computing the original model's outputs")
     references = [loaded.reference(group) for group in check.groups]
+    return loaded, cal, check, references
+
+
+def _convert_recipe(loaded, cal, check, references, recipe_name: str, io: str, atol, rtol, skip) -> Prepared:
+    from .convert import convert
+    from .recipes import get_recipe, resolve_tolerance
+    recipe = get_recipe(recipe_name)
+    tolerance = resolve_tolerance(recipe.tolerance, [s.name for s in loaded.outputs], atol, rtol)
     try:
         conversion = convert(loaded, recipe, io, cal.inputs if cal else None, check.inputs, tolerance=tolerance,
                              skip=tuple(skip), reference=references[0])
@@ -92,25 +122,20 @@ def prepare(model: str, recipe_name: str, io: str, calibration: str | None, data
                         "real inputs; " + (exc.hint or ""))
         raise
     fixed = dict(loaded.fixed)
+    notes = list(loaded.notes)
     batch = conversion.spec.inputs[0].shape[0] if conversion.spec.inputs and conversion.spec.inputs[0].shape else -1
     if batch > 0 and "batch" not in fixed:
         fixed["batch"] = batch
         why = (" (TFLite needs a static batch to turn a recurrent loop into its builtin WHILE)"
                if conversion.path == "keras-frozen-concrete-function" else "")
-        loaded.notes.append(f"batch fixed to {batch} by the {conversion.path} path{why}: the device script feeds "
-                            f"{batch} sample(s) per invoke")
+        notes.append(f"batch fixed to {batch} by the {conversion.path} path{why}: the device script feeds "
+                     f"{batch} sample(s) per invoke")
     if recipe.name != "float32" and not _has_quantized_tensors(conversion.tflite):
-        loaded.notes.append(f"the {recipe.name} recipe quantized nothing in this model (TFLite leaves small weight "
-                            "tensors, under 1024 values, in float32): the bundle computes in float32")
-    warnings = list(loaded.notes) + (cal.warnings if cal else []) + check.notes
-    prepared = Prepared(str(loaded.path), loaded.format, loaded.inputs, loaded.outputs, conversion, check,
-                        references[0], warnings, versions(), references[1:], fixed, tolerance)
-    # The result is pickled whole on its way to the parent (the .tflite and the check inputs: ~50 MB
-    # for a MobileNetV2): drop the model and its traced functions first, so that copy does not
-    # stack on top of them and set the child's peak.
-    del loaded, cal
-    _release_tensorflow_memory()
-    return prepared
+        notes.append(f"the {recipe.name} recipe quantized nothing in this model (TFLite leaves small weight "
+                     "tensors, under 1024 values, in float32): the bundle computes in float32")
+    warnings = notes + (cal.warnings if cal else []) + check.notes
+    return Prepared(str(loaded.path), loaded.format, loaded.inputs, loaded.outputs, conversion, check,
+                    references[0], warnings, versions(), references[1:], fixed, tolerance)
 
 
 def _has_quantized_tensors(model: bytes) -> bool:

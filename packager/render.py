@@ -554,3 +554,42 @@ def _confusion_html(matrix: list[list[int]], who: str, labels: list[str] | None)
             + "".join(f"<th>{e(n)}</th>" for n in names) + f"</tr>{rows}</table>"
             f"<figcaption>confusion, {e(who)}: rows label, columns predicted; accuracy {correct / total:.4f}"
             f"</figcaption></figure>")
+
+
+def show_sweep(sweep: dict) -> None:
+    """Recipes side by side: size and size vs float32, per runtime the worst top-1 agreement (or
+    cosine) and its status, accuracy with labels, and each recipe's bundle or why there is none."""
+    rows = sweep["recipes"]
+    runtimes = sorted({name for r in rows for name in (r.get("runtimes") or {})})
+    table = Table(title=f"recipes side by side ({sweep.get('evidence') or 'no verification'})", box=box.SIMPLE_HEAD)
+    for col in ["recipe", "size", "×f32"] + [SHORT_RUNTIME.get(n, n) for n in runtimes] + ["accuracy", "result"]:
+        table.add_column(col, no_wrap=col != "result", overflow="fold")
+    notes = []
+    for r in rows:
+        cells = [r["recipe"], f"{r['size']:,}" if r.get("size") else "-",
+                 f"{r['size_vs_float32']:.2f}" if r.get("size_vs_float32") else "-"]
+        accuracy = "-"
+        for n in runtimes:
+            m = (r.get("runtimes") or {}).get(n)
+            if not m:
+                cells.append("-")
+                continue
+            if m["status"] in ("error", "unavailable"):
+                cells.append("can't run" if m["status"] == "error" else "n/a")
+                continue
+            score = f"top-1 {m['top1_agreement']:.3f}" if m.get("top1_agreement") is not None else \
+                f"cos {m['cosine']:.5f}" if m.get("cosine") is not None else "-"
+            cells.append(score + ("" if m["status"] == "passed" else " FAIL"))
+            if m.get("accuracy") is not None:
+                accuracy = f"{m['accuracy_reference']:.4f}→{m['accuracy']:.4f}"
+        cells.append(accuracy)
+        if r["bundle"]:
+            cells.append("[green]built[/green]")
+            notes.append(f"{r['recipe']}: {r['bundle']}")
+        else:
+            cells.append(f"[yellow]{escape(r['status'])}[/yellow]")
+            notes.append(f"{r['recipe']}: {r['status']}: {r.get('reason', '')}")
+        table.add_row(*cells)
+    out.print(table)
+    for line in notes:
+        out.print(escape(line), highlight=False)

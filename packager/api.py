@@ -10,6 +10,7 @@ from typing import Callable
 
 import numpy as np
 
+from .manifest import Manifest
 from .bundle import (ENTRYPOINT, ENTRYPOINT_SOURCE, MODEL, Staging, check_files, npz_bytes,
                      read_manifest, sha256_tree, validate_name, write_archive, open_bundle, fault, FORMAT)
 from .calibration import WEAK_EVIDENCE, Dataset
@@ -99,7 +100,7 @@ class BuildResult:
     report (None with ``verify=False``), every conversion attempt, and warnings to show the user."""
     bundle: Path
     archive: Path
-    manifest: dict
+    manifest: Manifest               # the bundle's manifest.json, read back and validated
     verification: VerifyReport | None
     conversion_attempts: list
     warnings: list[str]
@@ -110,7 +111,8 @@ class BuildResult:
                 f"verification={self.verification!r})")
 
     def to_json(self) -> dict:
-        return {"bundle": str(self.bundle), "archive": str(self.archive), "manifest": self.manifest,
+        manifest = self.manifest.to_json() if hasattr(self.manifest, "to_json") else self.manifest
+        return {"bundle": str(self.bundle), "archive": str(self.archive), "manifest": manifest,
                 "verification": self.verification.to_json() if self.verification else None,
                 "attempts": [a.to_json() for a in self.conversion_attempts], "warnings": self.warnings}
 
@@ -305,7 +307,8 @@ def build(model: str | os.PathLike, *, target: str = "rpi", recipe: str | None =
         raise
     fault("archive")
     archive = write_archive(final)
-    return BuildResult(final, archive, manifest, report, conversion.attempts, warnings)
+    # What build returns is what every reader gets: the bundle's manifest.json read back and validated.
+    return BuildResult(final, archive, read_manifest(final), report, conversion.attempts, warnings)
 
 
 @dataclass

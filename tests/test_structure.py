@@ -141,6 +141,7 @@ def test_manifest_is_typed_and_validated(int8_bundle, tmp_path):
     from packager.manifest import Manifest, RuntimeStatus, VerificationStatus
     m = read_manifest(int8_bundle.bundle)
     assert isinstance(m, Manifest) and m.recipe == "int8" and m.target == "rpi"
+    assert isinstance(int8_bundle.manifest, Manifest) and int8_bundle.manifest == m     # what build returns
     assert m.verification is VerificationStatus.PASSED
     assert m.inputs[0].name == m["inputs"][0]["name"] and not m.inputs[0].quantized      # int8 with --io float
     assert dict(m.runtimes)["ai-edge-litert"] is RuntimeStatus.PASSED

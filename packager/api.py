@@ -681,13 +681,7 @@ def _bundle_tolerance(manifest: dict, rec: Recipe, atol, rtol) -> dict:
     names = [t["name"] for t in manifest["outputs"]]
     recorded = manifest.get("tolerance") or {}
     base = {n: Tolerance(**recorded[n]) if isinstance(recorded.get(n), dict) else rec.tolerance for n in names}
-    if not atol and not rtol:
-        return base
-    from dataclasses import replace
-    override = resolve_tolerance(rec.tolerance, names, atol, rtol)
-    a, r = parse_overrides(atol, "--atol"), parse_overrides(rtol, "--rtol")
-    return {n: replace(base[n], atol=override[n].atol if (n in a or None in a) else base[n].atol,
-                       rtol=override[n].rtol if (n in r or None in r) else base[n].rtol) for n in names}
+    return resolve_tolerance(base, names, atol, rtol)
 
 
 def _check_names(names: list[str], manifest: dict) -> None:

@@ -45,17 +45,19 @@ def parse_overrides(values: list[str] | None, flag: str) -> dict:
     return out
 
 
-def resolve_tolerance(base: Tolerance, outputs: list[str], atol: list[str] | None = None,
+def resolve_tolerance(base, outputs: list[str], atol: list[str] | None = None,
                       rtol: list[str] | None = None) -> dict:
-    """{output name: Tolerance}: the recipe's, with ``--atol``/``--rtol`` overrides applied (a
-    named override beats a global one). Raises UsageError for a name the model has no output of."""
+    """{output name: Tolerance}: ``base`` (one Tolerance, e.g. the recipe's, or {output: Tolerance},
+    e.g. what a bundle was built with), with ``--atol``/``--rtol`` overrides applied (a named
+    override beats a global one). Raises UsageError for a name the model has no output of."""
     a, r = parse_overrides(atol, "--atol"), parse_overrides(rtol, "--rtol")
     unknown = sorted({k for k in list(a) + list(r) if k is not None} - set(outputs))
     if unknown:
         raise UsageError(f"no output named {', '.join(unknown)} (the model's outputs: {', '.join(outputs)})",
                          hint="name an output in --atol NAME:VALUE, or give a plain number for every output")
     from dataclasses import replace
-    return {n: replace(base, atol=a.get(n, a.get(None, base.atol)), rtol=r.get(n, r.get(None, base.rtol)))
+    per = base if isinstance(base, dict) else {n: base for n in outputs}
+    return {n: replace(per[n], atol=a.get(n, a.get(None, per[n].atol)), rtol=r.get(n, r.get(None, per[n].rtol)))
             for n in outputs}
 
 

@@ -45,7 +45,7 @@ def importtime(argv, env=None) -> list:
 
 
 def device_imports(work: Path, reps: int) -> dict:
-    from packager.emulator import get_env
+    from packager.verify.emulator import get_env
     from packager.targets import get_target
     env = get_env(get_target("rpi").runtime("ai-edge-litert"))
     bundle = work / "bundles" / "mnist-int8"

@@ -11,10 +11,10 @@ script, no ``if __name__ == "__main__"`` guard needed)::
 from .errors import EdgepackError  # noqa: E402
 from .version import __version__  # noqa: E402
 
-# The modules `packager.inspect` and `packager.targets` share their names with API functions.
-# Importing them first means a later import cannot rebind the package attributes to the modules;
-# the functions below are what `packager.inspect` / `packager.targets` are.
-from . import inspect as _inspect_module, targets as _targets_module  # noqa: E402,F401
+# The module `packager.targets` shares its name with an API function. Importing it first means a
+# later import cannot rebind the package attribute to the module; the function below is what
+# `packager.targets` is.
+from . import targets as _targets_module  # noqa: E402,F401
 
 
 def inspect(path):

@@ -10,13 +10,13 @@ from typing import Callable
 
 import numpy as np
 
-from .manifest import Manifest
-from .bundle import (ENTRYPOINT, ENTRYPOINT_SOURCE, MODEL, Staging, check_files, npz_bytes,
-                     read_manifest, sha256_tree, validate_name, write_archive, open_bundle, fault, FORMAT)
-from .calibration import WEAK_EVIDENCE, Dataset
-from .emulator import RuntimeResult, get_env, host_arch, verify_in_env
+from .bundle.manifest import Manifest
+from .bundle.files import (ENTRYPOINT, ENTRYPOINT_SOURCE, MODEL, Staging, check_files, npz_bytes, read_manifest,
+                           sha256_tree, validate_name, write_archive, open_bundle, fault, FORMAT)
+from .load.calibration import WEAK_EVIDENCE, Dataset
+from .verify.emulator import RuntimeResult, get_env, host_arch, verify_in_env
 from .errors import ConversionError, EdgepackError, EnvironmentProblem, UsageError, VerificationError
-from .inspect import ModelSpec, inspect_bytes
+from .convert.inspect import ModelSpec, inspect_bytes
 from .recipes import Recipe, get_recipe, list_recipes, parse_overrides, resolve_tolerance
 from .targets import TargetProfile, get_target, list_targets
 
@@ -228,7 +228,7 @@ def build(model: str | os.PathLike, *, target: str = "rpi", recipe: str | None =
     ``data``) or a runtime of the target left out is a failure. Raises UsageError (bad input),
     ConversionError (no path matches), VerificationError (the bundle does not match),
     EnvironmentProblem (no runtime environment could be prepared)."""
-    from .loaders import sniff_format
+    from .load.model import sniff_format
 
     progress = progress or _noop
     model_path = Path(model)
@@ -254,7 +254,7 @@ def build(model: str | os.PathLike, *, target: str = "rpi", recipe: str | None =
     if data is not None and not Path(data).exists():
         raise UsageError(f"verification data not found: {data}")
 
-    from . import cache
+    from .verify import cache
     use_cache = use_cache and cache.enabled()
     prepared = _auto[0] if _auto is not None else None
     if use_cache and prepared is None:
@@ -343,8 +343,9 @@ def build_sweep(model: str | os.PathLike, recipes: list[str], *, target: str = "
     ``build`` does. A recipe that fails is a row saying why (no bundle written), not an error;
     recipes needing calibration are skipped without ``calibration``. Raises UsageError for bad
     input shared by all recipes."""
-    from . import isolate, jobs
-    from .loaders import sniff_format
+    from .contain import isolate
+    from .convert import jobs
+    from .load.model import sniff_format
     progress = progress or _noop
     model_path = Path(model)
     sniff_format(model_path)
@@ -421,7 +422,8 @@ def _sweep_runtimes(report: VerifyReport) -> dict:
 def _prepare_contained(model_path, rec, io, calibration, data, trust_model, atol, rtol, progress):
     """jobs.prepare in the contained child. When TensorFlow crashes on one conversion path (a
     converter segfault), the next child skips that path instead of the build ending there."""
-    from . import isolate, jobs
+    from .contain import isolate
+    from .convert import jobs
     skip: list[str] = []
     crashes = []
     while True:
@@ -499,7 +501,7 @@ def _stage(staging: Staging, profile, rec, io, prepared, name, selected, label_n
     model_sha = staging.write(MODEL, conversion.tflite)
     staging.write(ENTRYPOINT, ENTRYPOINT_SOURCE.read_bytes(), mode=0o755)
     sample_inputs = check.head(profile.samples).inputs
-    from .convert import run_tflite
+    from .convert.converter import run_tflite
     expected = run_tflite(conversion.tflite, spec, sample_inputs)
     staging.write("samples/inputs.npz", npz_bytes(sample_inputs))
     staging.write("samples/expected.npz", npz_bytes(expected))
@@ -639,7 +641,7 @@ def _verify(bundle: Path, reference, data, runtimes, arch, strict, trust_model, 
     if problems:
         raise VerificationError(f"bundle integrity: {'; '.join(problems)}",
                                 hint="rebuild the bundle; files were changed after `edgepack build`")
-    from .bundle import host_entrypoint
+    from .bundle.files import host_entrypoint
     _, script_note = host_entrypoint(bundle, manifest)
     profile = get_target(manifest["target"]["name"])
     rec = get_recipe(manifest["recipe"]["name"])
@@ -655,8 +657,9 @@ def _verify(bundle: Path, reference, data, runtimes, arch, strict, trust_model, 
                                     hint="pass --data eval.npz") from None
     if data is not None and not Path(data).exists():
         raise UsageError(f"verification data not found: {data}")
-    from . import isolate, jobs
-    from .loaders import sniff_format
+    from .contain import isolate
+    from .convert import jobs
+    from .load.model import sniff_format
     sniff_format(Path(reference))
     progress(f"computing reference outputs with {reference}")
     dataset, refs, ref_names = isolate.run(jobs.reference, str(reference), str(data) if data else None, arrays,

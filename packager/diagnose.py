@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 
 from .errors import EnvironmentProblem, UsageError
-from .localise import (COSINE_LIMIT, REL_LIMIT, Cause, Diagnosis, Dump, OpRow, RuntimeDivergence,  # noqa: F401
-                       analyse, brief, compare_quantized, compare_runtimes, dump_tensors, explain, local_dump,
-                       quick_brief)
+from .convert.localise import (COSINE_LIMIT, REL_LIMIT, Cause, Diagnosis, Dump, OpRow, RuntimeDivergence, analyse,  # noqa: F401
+                               brief, compare_quantized, compare_runtimes, dump_tensors, explain, local_dump,
+                               quick_brief)
 
 MAX_SAMPLES = 256         # samples a diagnosis runs (all intermediates are kept in memory)
 
@@ -20,8 +20,9 @@ MAX_SAMPLES = 256         # samples a diagnosis runs (all intermediates are kept
 def verify_brief(bundle: Path, manifest: dict, reference, data, arrays, trust_model: bool, progress=None) -> str | None:
     """The first divergence of a bundle that failed verification: the reference converted to
     float32 in the contained child, then :func:`quick_brief`. Never raises."""
-    from . import isolate, jobs
-    from .bundle import npz_bytes
+    from .contain import isolate
+    from .convert import jobs
+    from .bundle.files import npz_bytes
     progress = progress or (lambda _m: None)
     try:
         with tempfile.TemporaryDirectory(prefix="edgepack-diag-") as tmp:
@@ -43,7 +44,7 @@ def verify_brief(bundle: Path, manifest: dict, reference, data, arrays, trust_mo
 def calibration_causes(calibration, specs, inputs: dict) -> list[Cause]:
     """Evidence from the calibration set itself (when the user has it): too few samples, and a
     range unlike the diagnosed data's. ``specs``: the model's input TensorSpecs."""
-    from .calibration import RECOMMENDED, load_dataset
+    from .load.calibration import RECOMMENDED, load_dataset
     cal = load_dataset(calibration, specs)
     causes = []
     count = cal.count
@@ -72,10 +73,11 @@ def diagnose(bundle, *, reference, data=None, runtimes: list[str] | None = None,
     bundle's samples, else synthetic. Raises UsageError (bad input), EnvironmentProblem (no
     runtime environment), ConversionError (the reference cannot be converted to float32).
     ``calibration``: the calibration set the bundle was built with, if at hand (more evidence)."""
-    from . import isolate, jobs
-    from .bundle import open_bundle, read_manifest
-    from .emulator import get_env
-    from .loaders import sniff_format
+    from .contain import isolate
+    from .convert import jobs
+    from .bundle.files import open_bundle, read_manifest
+    from .verify.emulator import get_env
+    from .load.model import sniff_format
     from .targets import get_target
     progress = progress or (lambda _m: None)
     path = Path(bundle)

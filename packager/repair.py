@@ -71,10 +71,10 @@ class Budget:
 def search(model: str, calibration: str | None, data: str | None, trust: bool, io: str = "float"):
     """Child job: (float32 Prepared with the check data and reference outputs, [Candidate]).
     Candidates that cannot be converted carry their ``error``."""
-    from . import jobs
-    from .calibration import load_dataset
-    from .isolate import stage
-    from .loaders import import_tf, load_model
+    from .convert import jobs
+    from .load.calibration import load_dataset
+    from .contain.isolate import stage
+    from .load.model import import_tf, load_model
     from .recipes import get_recipe
 
     base = jobs.prepare(model, "float32", "float", calibration, data, trust)
@@ -110,10 +110,10 @@ def search(model: str, calibration: str | None, data: str | None, trust: bool, i
 
 def _convert_any(tf, loaded, recipe, io: str, calibration: dict | None, check: dict):
     """The first conversion path whose model runs (whatever it computes: the budget judges that)."""
-    from .convert import Attempt, Conversion, _configure, _model_batch, _named, _one_line, run_tflite
+    from .convert.converter import Attempt, Conversion, _configure, _model_batch, _named, _one_line, run_tflite
     from .errors import ConversionError
-    from .inspect import inspect_bytes
-    from .loaders import native_quiet
+    from .convert.inspect import inspect_bytes
+    from .load.model import native_quiet
     order = {"inputs": [s.name for s in loaded.inputs], "outputs": [s.name for s in loaded.outputs]}
     candidates = loaded.candidates
     if recipe.needs_calibration:
@@ -137,11 +137,11 @@ def _convert_any(tf, loaded, recipe, io: str, calibration: dict | None, check: d
 
 def _mixed(tf, loaded, int8: Candidate, cal, check: dict) -> list[Candidate]:
     """int8 with the diverging ops (and the ops reading their outputs) kept in float."""
-    from .convert import _configure, _model_batch, _named, run_tflite
-    from .localise import compare_quantized, local_dump
-    from .inspect import inspect_bytes
-    from .isolate import stage
-    from .loaders import native_quiet
+    from .convert.converter import _configure, _model_batch, _named, run_tflite
+    from .convert.localise import compare_quantized, local_dump
+    from .convert.inspect import inspect_bytes
+    from .contain.isolate import stage
+    from .load.model import native_quiet
     from .recipes import get_recipe
     conv = int8.conversion
     cand = next((c for c in loaded.candidates if c.name == conv.path), None)
@@ -211,7 +211,7 @@ def _with_consumers(flt, tensor_names: list[str]) -> list[str]:
 def measure(model: bytes, env, inputs: dict, reference: dict, labels) -> dict:
     """One runtime's numbers for ``model``: per classification output top-1 agreement, accuracy
     (with ``labels``), and overall cosine; ``status`` "ran" or "error"."""
-    from .localise import dump_tensors
+    from .convert.localise import dump_tensors
     try:
         dump = dump_tensors(env, model, inputs, outputs_only=True)
     except UsageError as exc:
@@ -287,9 +287,10 @@ def build_auto(model, *, target: str = "rpi", calibration=None, data=None, io: s
     No budget given: top-1 agreement >= 0.99. Raises UsageError (``max_drop`` without labels, bad
     values), VerificationError (no candidate meets the budget; the message lists every one tried),
     and what :func:`packager.api.build` raises."""
-    from . import api, isolate
-    from .emulator import get_env
-    from .loaders import sniff_format
+    from . import api
+    from .contain import isolate
+    from .verify.emulator import get_env
+    from .load.model import sniff_format
     from .recipes import get_recipe
     from .targets import get_target
     progress = progress or (lambda _m: None)
@@ -310,7 +311,7 @@ def build_auto(model, *, target: str = "rpi", calibration=None, data=None, io: s
                          hint="add y (integer class per sample) to --data, or use --min-agreement")
     profile = get_target(target)
     selected = [profile.runtime(r) for r in runtimes] if runtimes else list(profile.runtimes)
-    from . import cache
+    from .verify import cache
     use_cache = use_cache and cache.enabled()
     key = None
     if use_cache:
@@ -377,7 +378,7 @@ def _save_auto(key: str, prepared, rec, chosen: Candidate, candidates: list, why
     """The chosen conversion (as a cached conversion) and the search's report (JSON, no pickles)."""
     import json
 
-    from . import cache
+    from .verify import cache
     cache.save_prepared(key, prepared)
     side = {"recipe": rec.to_json(), "chosen": candidates.index(chosen), "why": why,
             "candidates": [c.to_json() for c in candidates]}
@@ -388,7 +389,7 @@ def _load_auto(key: str, model: Path):
     """(prepared, recipe, chosen, candidates, why) from the cache, or None."""
     import json
 
-    from . import cache
+    from .verify import cache
     from .recipes import Recipe, Tolerance
     prepared = cache.load_prepared(key, model)
     if prepared is None:

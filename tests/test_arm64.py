@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from packager import arm64
+from packager.verify import arm64
 from packager.errors import EnvironmentProblem, UsageError
 
 LITERT = ["ai-edge-litert==2.3.*", "numpy>=1.23,<3"]

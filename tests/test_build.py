@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from packager import api
-from packager.bundle import check_files
+from packager.bundle.files import check_files
 from packager.errors import ConversionError, UsageError, VerificationError
 
 LITERT = ["ai-edge-litert"]

@@ -15,7 +15,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from packager import cli_deploy
+from packager.cli import deploy as cli_deploy
 from packager.deploy import AdbTransport, deploy, make_transport, rollback, run, status
 from packager.errors import DeployError, UsageError
 from tests.adbd_standin import AdbdStandin

@@ -16,7 +16,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from packager import cli_deploy
+from packager.cli import deploy as cli_deploy
 from packager.deploy import SshTransport, deploy, make_transport, rollback, run, status
 from packager.errors import DeployError, UsageError
 from tests.deploy_helpers import copy_bundle, differing_files, refresh_manifest, tree, session_bundles
@@ -396,7 +396,7 @@ def test_cli_deploys_a_bundle_archive(cli, ssh_server, bundles, ddir):
     a, _ = bundles
     archive = a.with_name(a.name + ".tar.gz")
     if not archive.is_file():
-        from packager.bundle import write_archive
+        from packager.bundle.files import write_archive
         archive = write_archive(a, a.parent / f"{a.name}-copy.tar.gz")
     common = ["--host", ssh_server.host, "--ssh-config", ssh_server.config, "--remote-dir", ddir]
     r = cli("deploy", archive, *common, "--json")

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from packager import api
-from packager.bundle import manifest_bytes, sha256_file
+from packager.bundle.files import manifest_bytes, sha256_file
 from packager.errors import VerificationError
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -258,8 +258,8 @@ def test_top1_skips_tied_rows():
 
 # --------------------------------------------------------------------------- messages and names
 def test_single_unnamed_output_is_mapped():
-    from packager.convert import _named
-    from packager.inspect import ModelSpec, TensorInfo
+    from packager.convert.converter import _named
+    from packager.convert.inspect import ModelSpec, TensorInfo
     spec = ModelSpec(1, "x", [TensorInfo("feat", 0, [-1, 3], "float32", None)],
                      [TensorInfo("StatefulPartitionedCall:0", 5, [-1, 2], "float32", None)], [], None)
     assert [t.name for t in _named(spec, {"inputs": ["feat"], "outputs": ["logits"]}).outputs] == ["logits"]
@@ -269,7 +269,7 @@ def test_single_unnamed_output_is_mapped():
 
 
 def test_converter_errors_name_op_and_layer():
-    from packager.convert import _one_line
+    from packager.convert.converter import _one_line
     raw = ('<unknown>:0: error: loc(fused["TensorListReserve:", "functional_1/lstm_1/TensorArrayV2@__inference_call_'
            '123"]): error: \'tf.TensorListReserve\' op requires element_shape to be static during TF Lite '
            'transformation pass\n<unknown>:0: note: ' + "x" * 3000)
@@ -279,13 +279,13 @@ def test_converter_errors_name_op_and_layer():
 
 
 def crash_on_a_path(path):   # module level: runs in the spawned child
-    from packager.isolate import stage
+    from packager.contain.isolate import stage
     stage(f"converting with {path} (int8)", path)
     os.kill(os.getpid(), signal.SIGSEGV)
 
 
 def test_converter_crash_is_named_with_its_stage(monkeypatch):
-    from packager import isolate
+    from packager.contain import isolate
     monkeypatch.setenv("EDGEPACK_IN_PROCESS", "0")
     seen = []
     with pytest.raises(ConversionError) as info:
@@ -395,7 +395,7 @@ def test_savedmodel_ids_get_the_vocabulary_from_the_graph(out, tmp_path):
     import keras
     kind = fm.embedding_outlier(out)
     keras.models.load_model(kind.model).export(str(tmp_path / "sm"), verbose=False)
-    from packager.loaders import load_model
+    from packager.load.model import load_model
     assert load_model(tmp_path / "sm").inputs[0].domain == (0, 300)
     with pytest.raises(VerificationError) as info:
         api.build(tmp_path / "sm", recipe="dynamic", output=tmp_path / "b")

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from packager import api
-from packager.bundle import check_files, extract_archive
+from packager.bundle.files import check_files, extract_archive
 from packager.errors import ConversionError, EdgepackError, UsageError
 
 LITERT = ["ai-edge-litert"]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from packager import api
-from packager.bundle import ENTRYPOINT_SOURCE
+from packager.bundle.files import ENTRYPOINT_SOURCE
 from packager.errors import UsageError
 
 LITERT = ["ai-edge-litert"]

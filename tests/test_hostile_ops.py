@@ -12,8 +12,8 @@ import pytest
 
 from packager import api
 from packager.errors import UsageError
-from packager.op_allowlist import COMPUTE_OPS, RESTORE_OPS, SAVE_OPS, TF_PURE_FUNCTIONS
-from packager.safety import check_model
+from packager.load.op_allowlist import COMPUTE_OPS, RESTORE_OPS, SAVE_OPS, TF_PURE_FUNCTIONS
+from packager.load.safety import check_model
 
 LITERT = ["ai-edge-litert"]
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from packager import api
-from packager.bundle import extract_archive, validate_name
+from packager.bundle.files import extract_archive, validate_name
 from packager.errors import UsageError
 
 ROOT = Path(__file__).resolve().parent.parent

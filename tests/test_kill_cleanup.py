@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from packager.bundle import check_files
+from packager.bundle.files import check_files
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from packager import render
+from packager.cli import render
 from packager.compare import compare_output
 from packager.recipes import Tolerance
 
@@ -225,7 +225,7 @@ def test_report_in_headless_chromium(tmp_path):
 def _cli(*args, env=None):
     from typer.testing import CliRunner
 
-    from packager.cli import app
+    from packager.cli.commands import app
     return CliRunner().invoke(app, list(args), env={"COLUMNS": "100", **(env or {})})
 
 
@@ -233,7 +233,7 @@ def test_help_conventions():
     top = _cli("-h")
     assert top.exit_code == 0 and "--verbose" in top.output and "--quiet" in top.output
     assert "--install-completion" in top.output                      # shell completion enabled
-    from packager.cli import ENVIRONMENT
+    from packager.cli.commands import ENVIRONMENT
     for name in ENVIRONMENT:
         assert name in top.output
     used = set()
@@ -257,7 +257,7 @@ def test_verify_arch_is_a_hidden_alias(tmp_path):
 
 
 def test_doctor_exit_code(monkeypatch):
-    from packager import doctor
+    from packager.verify import doctor
     monkeypatch.setattr(doctor, "checks", lambda: [doctor.Check("tensorflow", False, "not installed", "pip install x",
                                                                 required=True),
                                                    doctor.Check("adb", False, "not found", "apt-get install adb")])
@@ -295,7 +295,7 @@ def test_html_written_on_failure_and_with_no_verify(monkeypatch, tmp_path):
 
 def test_pip_progress_is_a_few_step_lines(tmp_path):
     """Creating a runtime environment: one line per wheel with its size, pip's chatter as details."""
-    from packager.emulator import _pip_install
+    from packager.verify.emulator import _pip_install
     fake = tmp_path / "python"
     fake.write_text("#!/bin/sh\necho 'Looking in indexes: https://pypi.org/simple'\necho 'Collecting numpy<2'\n"
                     "echo '  Downloading numpy-1.26.4-cp311-cp311-manylinux2014_x86_64.whl (18.2 MB)'\n"
@@ -314,7 +314,8 @@ def test_pip_progress_is_a_few_step_lines(tmp_path):
 def test_config_file_gives_defaults(monkeypatch, tmp_path, capsys):
     """edgepack.toml (or [tool.edgepack] in pyproject.toml) in the current directory: defaults per
     command, paths relative to the file, the command line wins, unknown keys and --trust-model refused."""
-    from packager import api, cli
+    from packager import api
+    from packager.cli import commands as cli
     seen = {}
 
     def fake_build(model, **kw):
@@ -351,7 +352,7 @@ def test_long_output_names_wrap_not_the_numbers():
 
 def test_verify_mismatch_writes_the_report_and_one_json_document(monkeypatch, tmp_path):
     from packager import api
-    from packager.emulator import RuntimeResult
+    from packager.verify.emulator import RuntimeResult
     rng = np.random.default_rng(1)
     ref = rng.random((50, 4))
     tol = Tolerance(atol=1e-3, rtol=0.0, steps=0, cosine_min=0.999, top1_min=0.99)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Sequence
 
-from .. import lifecycle
+from ..contain import lifecycle
 from ..errors import DeployError, EnvironmentProblem, UsageError
 
 DEFAULT_TIMEOUT = 60.0

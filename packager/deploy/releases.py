@@ -23,7 +23,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Sequence
 
-from ..bundle import sha256_file
+from ..bundle.files import sha256_file
 from ..errors import DeployError, UsageError
 from .base import Completed, Transport, q, transfer_timeout
 

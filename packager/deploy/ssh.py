@@ -23,7 +23,7 @@ import weakref
 from pathlib import Path
 from typing import IO, Sequence
 
-from .. import lifecycle
+from ..contain import lifecycle
 from ..errors import DeployError, UsageError
 from .base import Completed, Transport, q, run_process, transfer_timeout
 

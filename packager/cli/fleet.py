@@ -14,7 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from .boundary import command
-from .errors import DeployError
+from ..errors import DeployError
 
 fleet_app = typer.Typer(name="fleet", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                         rich_markup_mode=None,
@@ -121,7 +121,7 @@ def deploy_cmd(
 
       edgepack fleet deploy dist/m-rpi -i inventory.ini --limit 'lab:!pi-07' --json
     """
-    from . import fleet
+    from .. import fleet
     result = fleet.deploy(bundle, inventory, limit=limit, batch=batch, max_fail=max_fail, smoke=smoke,
                           install=install, keep=keep, forks=forks, timeout=timeout, progress=_progress(not as_json))
     if not as_json:
@@ -141,7 +141,7 @@ def status_cmd(bundle: OptBundle = None, inventory: InvOpt = Path("inventory.ini
 
     Example: edgepack fleet status dist/m-rpi -i inventory.ini
     """
-    from . import fleet
+    from .. import fleet
     result = fleet.status(inventory, bundle_dir=bundle, remote_dir=remote_dir, limit=limit, forks=forks,
                           timeout=timeout)
     if not as_json:
@@ -171,7 +171,7 @@ def rollback_cmd(bundle: OptBundle = None, inventory: InvOpt = Path("inventory.i
 
     Example: edgepack fleet rollback dist/m-rpi -i inventory.ini --limit pi-07
     """
-    from . import fleet
+    from .. import fleet
     result = fleet.rollback(inventory, bundle_dir=bundle, remote_dir=remote_dir, limit=limit, forks=forks,
                             timeout=timeout)
     if not as_json:
@@ -200,7 +200,7 @@ def export_cmd(
 
     Example: edgepack fleet export dist/m-rpi -o playbook/ && cd playbook && ansible-playbook -i inv.ini deploy.yml
     """
-    from . import fleet
+    from .. import fleet
     data = fleet.export(bundle, output, batch=batch, max_fail=max_fail, smoke=smoke, install=install)
     if as_json:
         from .render import emit_json

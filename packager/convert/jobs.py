@@ -6,10 +6,10 @@ import platform
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .calibration import Dataset, load_dataset, synthetic_dataset, with_length_variants
-from .convert import Conversion, release_memory
-from .errors import VerificationError
-from .loaders import TensorSpec
+from ..load.calibration import Dataset, load_dataset, synthetic_dataset, with_length_variants
+from .converter import Conversion, release_memory
+from ..errors import VerificationError
+from ..load.model import TensorSpec
 
 MAX_CHECK_SAMPLES = 256
 
@@ -38,7 +38,7 @@ class Prepared:
 
 def versions() -> dict:
     """Versions of edgepack, TensorFlow, Keras, the converter and Python, for the manifest."""
-    from .version import __version__
+    from ..version import __version__
     import tensorflow as tf
     try:
         import keras
@@ -79,7 +79,7 @@ def prepare_sweep(model: str, recipe_names: list, io: str, calibration: str | No
                   trust: bool, atol: list | None = None, rtol: list | None = None) -> list:
     """Several recipes of one model in one child: loading, data and reference outputs are shared.
     Returns ``[(recipe name, Prepared or the EdgepackError that recipe ended with)]`` in order."""
-    from .errors import EdgepackError
+    from ..errors import EdgepackError
     loaded, cal, check, references = _load_for_conversion(model, calibration, data, trust)
     out = []
     for name in recipe_names:
@@ -93,8 +93,8 @@ def prepare_sweep(model: str, recipe_names: list, io: str, calibration: str | No
 
 
 def _load_for_conversion(model: str, calibration: str | None, data: str | None, trust: bool):
-    from .isolate import stage
-    from .loaders import load_model
+    from ..contain.isolate import stage
+    from ..load.model import load_model
     stage(f"loading {Path(model).name}")
     loaded = load_model(model, trust=trust)
     cal = load_dataset(calibration, loaded.inputs) if calibration is not None else None
@@ -107,8 +107,8 @@ def _load_for_conversion(model: str, calibration: str | None, data: str | None, 
 
 
 def _convert_recipe(loaded, cal, check, references, recipe_name: str, io: str, atol, rtol, skip) -> Prepared:
-    from .convert import convert
-    from .recipes import get_recipe, resolve_tolerance
+    from .converter import convert
+    from ..recipes import get_recipe, resolve_tolerance
     recipe = get_recipe(recipe_name)
     tolerance = resolve_tolerance(recipe.tolerance, [s.name for s in loaded.outputs], atol, rtol)
     try:
@@ -161,9 +161,9 @@ def _release_tensorflow_memory() -> None:
 def reference(model: str, data: str | None, arrays: dict | None, trust: bool) -> tuple[Dataset, list, list[str]]:
     """Inputs (from ``data``, else ``arrays``, else synthetic), the model's outputs on each group
     of them (``Dataset.groups``) and the model's output names."""
-    from .loaders import load_model
+    from ..load.model import load_model
 
-    from .errors import UsageError
+    from ..errors import UsageError
 
     loaded = load_model(model, trust=trust)
     if arrays is not None and set(arrays) != {s.name for s in loaded.inputs}:

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import UsageError
+from ..errors import UsageError
 
-ENTRYPOINT_SOURCE = Path(__file__).resolve().parent.parent / "device_runtime" / "edgepack_run.py"
+ENTRYPOINT_SOURCE = Path(__file__).resolve().parents[2] / "device_runtime" / "edgepack_run.py"
 ENTRYPOINT = "edgepack_run.py"
 MODEL = "model.tflite"
 MANIFEST = "manifest.json"
@@ -296,7 +296,7 @@ def host_entrypoint(bundle: Path, manifest: dict) -> tuple[Path, str | None]:
         return path, None
     versions = manifest.get("versions") if isinstance(manifest.get("versions"), dict) else {}
     written_by = versions.get("edgepack")
-    from .version import __version__
+    from ..version import __version__
     return ENTRYPOINT_SOURCE, (f"the bundle's {entry} differs from the one edgepack {__version__} ships "
                                f"(bundle written by edgepack {written_by if isinstance(written_by, str) else 'unknown'}); "
                                "verified with this edgepack's device script, not the bundle's")
@@ -329,7 +329,7 @@ def open_bundle(path):
     duration of the ``with`` block."""
     path = Path(path)
     if path.is_file() and path.name.endswith((".tar.gz", ".tgz")):
-        from . import lifecycle
+        from ..contain import lifecycle
         with lifecycle.temp_dir("edgepack-bundle-") as tmp:
             yield extract_archive(path, Path(tmp))
     else:

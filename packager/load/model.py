@@ -21,7 +21,7 @@ from typing import Callable
 
 import numpy as np
 
-from .errors import EnvironmentProblem, UsageError
+from ..errors import EnvironmentProblem, UsageError
 
 H5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
@@ -111,7 +111,7 @@ def import_tf():
         if importlib.util.find_spec("tensorflow") is None:
             raise EnvironmentProblem("TensorFlow is not installed on the host",
                                      hint="pip install 'tensorflow-cpu==2.21.*'") from None
-        from .errors import ConversionError
+        from ..errors import ConversionError
         raise ConversionError(f"TensorFlow failed to start: {_first_line(exc)}",
                               hint="out of memory? EDGEPACK_MEMORY_MB raises the limit of the conversion process") from None
     return tf
@@ -344,7 +344,7 @@ def _load_keras(path: Path, trust: bool = False) -> LoadedModel:
     recurrent = _recurrent_layers(model)
     stateful = [layer.name for layer in recurrent if getattr(layer, "stateful", False)]
     if stateful:
-        from .errors import ConversionError
+        from ..errors import ConversionError
         raise ConversionError(
             f"stateful recurrent layer(s) {', '.join(stateful)} carry state from one call to the next; a converted "
             "model would silently start from the initial state at every invoke",
@@ -367,7 +367,7 @@ def _load_keras(path: Path, trust: bool = False) -> LoadedModel:
     def from_exported_saved_model():
         import tempfile
         tmp = tempfile.mkdtemp(prefix="edgepack-sm-")
-        from . import lifecycle
+        from ..contain import lifecycle
         lifecycle.register_dir(tmp)  # the converter reads it later: removed when this process ends
         module = tf.Module()
         module.model = model

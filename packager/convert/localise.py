@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import EnvironmentProblem, UsageError, VerificationError
+from ..errors import EnvironmentProblem, UsageError, VerificationError
 
 REL_LIMIT = 0.05          # rmse / max|float| beyond which an op counts as diverged
 COSINE_LIMIT = 0.98

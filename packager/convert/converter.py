@@ -6,11 +6,11 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from .compare import OutputMetrics, compare_all
-from .errors import ConversionError, EdgepackError, VerificationError
+from ..compare import OutputMetrics, compare_all
+from ..errors import ConversionError, EdgepackError, VerificationError
 from .inspect import ModelSpec, inspect_bytes
-from .loaders import LoadedModel, import_tf, native_quiet
-from .recipes import Recipe
+from ..load.model import LoadedModel, import_tf, native_quiet
+from ..recipes import Recipe
 
 IO_DTYPES = {"float": None, "int8": "int8", "uint8": "uint8", "int16": "int16"}
 
@@ -61,7 +61,7 @@ def run_tflite(model: bytes, spec: ModelSpec, arrays: dict) -> dict:
     chunks of at most :data:`~packager.loaders.CALL_BYTES` of input (the interpreter's arena grows
     with the batch: 64 MobileNetV2 samples at once took ~400 MiB more than 6)."""
     from device_runtime.edgepack_run import Failure, Runner
-    from .loaders import chunk_size
+    from ..load.model import chunk_size
     inputs, outputs = manifest_tensors(spec)
     try:
         with native_quiet():
@@ -116,7 +116,7 @@ def convert(loaded: LoadedModel, recipe: Recipe, io: str, calibration: dict | No
     attempts: list[Attempt] = []
     ran: dict = {}                       # path -> (candidate, model bytes) of paths that ran
     order = {"inputs": [s.name for s in loaded.inputs], "outputs": [s.name for s in loaded.outputs]}
-    from .isolate import stage
+    from ..contain.isolate import stage
     candidates = loaded.candidates
     if recipe.needs_calibration:   # paths known to survive calibration go first (stable order otherwise)
         candidates = sorted(candidates, key=lambda c: not c.calibration_first)
@@ -164,7 +164,7 @@ def _first_divergence(tf, loaded: LoadedModel, recipe: Recipe, ran, check_inputs
     if ran is None or not recipe.needs_calibration:
         return None
     from .localise import quick_brief
-    from .recipes import get_recipe
+    from ..recipes import get_recipe
     cand, model = ran
     try:
         with native_quiet():

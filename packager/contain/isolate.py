@@ -20,7 +20,7 @@ import os
 import signal
 import traceback
 
-from .errors import ConversionError, EdgepackError
+from ..errors import ConversionError, EdgepackError
 
 DEFAULT_MEMORY_MB = 8192
 DEFAULT_TIMEOUT = 1800
@@ -90,7 +90,7 @@ def _child(conn, func, args, memory_mb: int, parent: int | None = None, scratch:
     except EdgepackError as exc:
         result = ("error", exc)
     except OSError as exc:
-        from .errors import disk_full
+        from ..errors import disk_full
         problem = disk_full(exc)
         result = ("error", problem) if problem is not None else \
             ("crash", f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}",

@@ -34,7 +34,7 @@ def checks() -> list[Check]:
     venv = importlib.util.find_spec("venv") is not None and importlib.util.find_spec("ensurepip") is not None
     found.append(Check("python venv", venv, sys.version.split()[0] + ("" if venv else ": no venv/ensurepip module"),
                        None if venv else "apt-get install python3-venv", required=True))
-    from . import sandbox
+    from ..contain import sandbox
     found.append(Check("model sandbox", sandbox.abi_version() > 0 and sandbox.mode() != "off", sandbox.status(),
                        None if sandbox.abi_version() else "a kernel with Landlock (Linux >= 5.13, lsm=...,landlock)"))
     for tool, pkg in (("ssh", "openssh-client"), ("adb", "adb")):

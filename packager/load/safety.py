@@ -12,7 +12,7 @@ import os
 import zipfile
 from pathlib import Path
 
-from .errors import UsageError
+from ..errors import UsageError
 from .op_allowlist import op_layer_problem, saved_model_problem
 
 TRUST_HINT = "only if you trust where this model comes from, pass --trust-model"

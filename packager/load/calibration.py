@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import UsageError
-from .loaders import TensorSpec
+from ..errors import UsageError
+from .model import TensorSpec
 
 RECOMMENDED = (100, 500)
 MAX_IMAGES = 500

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, asdict
 
 import numpy as np
 
-from .errors import UsageError
+from ..errors import UsageError
 
 # Highest builtin op versions tflite-runtime 2.14 registers, for ops TF 2.21 emits newer versions of
 # (measured: "Didn't find op for builtin opcode 'FULLY_CONNECTED' version '12'").

@@ -22,11 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .bundle import host_entrypoint, npz_stored
-from .compare import OutputMetrics, compare_all, merge_metrics
-from .errors import EnvironmentProblem, UsageError
-from .paths import env_dir
-from .targets import RuntimeProfile
+from ..bundle.files import host_entrypoint, npz_stored
+from ..compare import OutputMetrics, compare_all, merge_metrics
+from ..errors import EnvironmentProblem, UsageError
+from ..paths import env_dir
+from ..targets import RuntimeProfile
 
 ENV_VERSION = 1           # bump to invalidate cached environments
 PIP_TIMEOUT = 900
@@ -119,7 +119,7 @@ def _create_venv(root: Path, runtime: RuntimeProfile, env: dict, progress) -> No
     if progress:
         progress(f"preparing the {runtime.name} environment (once; cached in {root.parent})")
     root.parent.mkdir(parents=True, exist_ok=True)
-    from . import lifecycle
+    from ..contain import lifecycle
     tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}.tmp-"))
     lifecycle.register_dir(tmp)  # a killed edgepack leaves no half-made environment
     try:
@@ -162,7 +162,7 @@ def _pip_install(python: Path, requirements, env: dict, progress) -> tuple[int, 
     with a capital letter: the terminal shows them on the live line, --verbose prints them)."""
     import threading
 
-    from . import lifecycle
+    from ..contain import lifecycle
     proc = subprocess.Popen([str(python), "-m", "pip", "install", "--disable-pip-version-check", "--no-input",
                              "--progress-bar", "off", "--only-binary=:all:", *requirements],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
@@ -234,7 +234,7 @@ def run_device_script(env: RuntimeEnv, bundle: Path, inputs: dict, timeout: int 
     edgepack's own copy of the script when the bundle's differs: see :func:`bundle.host_entrypoint`)."""
     manifest = json.loads((bundle / "manifest.json").read_text())
     script = host_entrypoint(bundle, manifest)[0].resolve()
-    from . import lifecycle
+    from ..contain import lifecycle
     with lifecycle.temp_dir("edgepack-run-") as tmp:
         src, dst = Path(tmp) / "in.npz", Path(tmp) / "out.npz"
         src.write_bytes(npz_stored(inputs))
@@ -279,7 +279,7 @@ def device_info(env: RuntimeEnv, bundle: Path) -> dict:
 
 
 def _ask_info(env: RuntimeEnv, bundle: Path) -> dict:
-    from . import lifecycle
+    from ..contain import lifecycle
     manifest = json.loads((bundle / "manifest.json").read_text())
     proc = subprocess.run([*env.argv, str(host_entrypoint(bundle, manifest)[0]), "--info", "--runtime", env.module],
                           capture_output=True, text=True, env=env.env, timeout=300, **lifecycle.popen_kwargs())

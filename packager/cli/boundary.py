@@ -8,7 +8,7 @@ import functools
 
 import typer
 
-from .errors import EdgepackError, disk_full
+from ..errors import EdgepackError, disk_full
 
 
 def command(fn):

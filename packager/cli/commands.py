@@ -14,8 +14,8 @@ from typing import Annotated, List, Optional
 import typer
 
 from .boundary import command
-from .errors import EXIT_CODES, EdgepackError, UsageError, disk_full
-from .version import __version__
+from ..errors import EXIT_CODES, EdgepackError, UsageError, disk_full
+from ..version import __version__
 
 # Every EDGEPACK_* variable a user may set (tests/test_render.py checks this list against the code).
 ENVIRONMENT = {
@@ -82,7 +82,7 @@ def _recipes_arg(value: str | None) -> list | None:
     """``int8`` / ``int8,float16`` / ``all`` / ``auto`` -> recipe names; UsageError listing the choices."""
     if value is None:
         return None
-    from .recipes import list_recipes
+    from ..recipes import list_recipes
     known = list(list_recipes())
     names = known if value.strip() == "all" else [v.strip() for v in value.split(",") if v.strip()]
     bad = [n for n in names if n not in known + ["auto"]]
@@ -169,7 +169,8 @@ def build(
 
       edgepack build saved/1 -t android -q float16 -o dist/mnist-android --json
     """
-    from . import api, render
+    from .. import api
+    from . import render
     render.configure(quiet, verbose)
     budget = {"max_drop": max_drop, "min_agreement": min_agreement, "min_cosine": min_cosine}
     recipes = _recipes_arg(quantize)
@@ -197,7 +198,7 @@ def build(
         return
     quantize = Recipe(recipes[0]) if recipes else None
     if quantize == Recipe.auto:
-        from .cli_diagnose import build_auto
+        from .diagnose import build_auto
         return build_auto(model, target, calibration, io, output, data, runtime, verify, arch or verify_arch, name,
                           labels, html, trust_model, atol, rtol, strict, budget, json_output, not no_cache)
     if any(v is not None for v in budget.values()):
@@ -252,7 +253,8 @@ def verify(
 
     Example: edgepack verify dist/mnist-rpi --reference model.h5 --data eval.npz --html report.html
     """
-    from . import api, render
+    from .. import api
+    from . import render
     render.configure(quiet, verbose)
     labels = bundle / "labels.txt" if (bundle / "labels.txt").is_file() else None
     try:
@@ -288,7 +290,8 @@ def inspect(
     json_output: JsonOpt = False,
 ):
     """Inputs/outputs with quantization, ops with versions, size, and which runtimes cannot run it."""
-    from . import api, render
+    from .. import api
+    from . import render
     info = api.inspect(path)
     render.emit_json(info) if json_output else render.show_inspect(info)
 
@@ -298,7 +301,7 @@ def inspect(
 def targets(json_output: JsonOpt = False):
     """The target profiles (targets/*.toml): runtimes with their pins, deploy method, defaults."""
     from . import render
-    from .targets import list_targets
+    from ..targets import list_targets
     data = [t.to_json() for t in list_targets().values()]
     render.emit_json(data) if json_output else render.show_targets(data)
 
@@ -308,7 +311,7 @@ def targets(json_output: JsonOpt = False):
 def recipes(json_output: JsonOpt = False):
     """The quantization recipes (--quantize) and the tolerance each is verified against."""
     from . import render
-    from .recipes import list_recipes
+    from ..recipes import list_recipes
     data = [{**r.to_json(), "io_types": list(r.io_types)} for r in list_recipes().values()]
     render.emit_json(data) if json_output else render.show_recipes(data)
 
@@ -321,7 +324,7 @@ def doctor(json_output: JsonOpt = False):
     Exit code 5 when something build/verify needs is missing (TensorFlow, venv); ssh, adb and arm64
     emulation are optional and only reported."""
     from . import render
-    from .doctor import checks
+    from ..verify.doctor import checks
     data = [c.__dict__ for c in checks()]
     missing = [c["name"] for c in data if not c["ok"] and c.get("required")]
     if json_output:
@@ -356,7 +359,8 @@ def _write_report(path: Path, title: str, report, model: Path, labels: Optional[
                   manifest: Optional[dict] = None, bundle: Optional[Path] = None) -> None:
     """The HTML report, whatever happened: the verification (passed or not), the error of a
     failed command, or that nothing was verified (--no-verify); always with provenance."""
-    from . import api, render
+    from .. import api
+    from . import render
     if manifest is None and bundle is not None and (bundle / "manifest.json").is_file():
         import json
         try:
@@ -382,18 +386,18 @@ def _write_report(path: Path, title: str, report, model: Path, labels: Optional[
         render.error(f"cannot write the report {path}: {err}")
 
 
-from .cli_diagnose import register as _register_diagnose  # noqa: E402 - needs the names above
+from .diagnose import register as _register_diagnose  # noqa: E402 - needs the names above
 
 _register_diagnose(app, command, {"Arch": Arch, "TrustOpt": TrustOpt, "JsonOpt": JsonOpt, "VerboseOpt": VerboseOpt,
                                   "QuietOpt": QuietOpt})
 
 try:  # deploy/run/rollback/status live in their own module
-    from .cli_deploy import register as _register_deploy
+    from .deploy import register as _register_deploy
     _register_deploy(app)
 except ImportError:  # pragma: no cover - only while that module does not exist
     pass
 
-from .cli_fleet import register as _register_fleet  # noqa: E402 - `edgepack fleet ...` (Ansible)
+from .fleet import register as _register_fleet  # noqa: E402 - `edgepack fleet ...` (Ansible)
 _register_fleet(app)
 
 
@@ -407,7 +411,7 @@ class _Terminated(BaseException):
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point, with option defaults from ./edgepack.toml or [tool.edgepack] in
-    ./pyproject.toml (see packager/config.py). Errors edgepack can explain exit with their code;
+    ./pyproject.toml (see packager/cli/config.py). Errors edgepack can explain exit with their code;
     anything else is a bug: one line, exit 1, and the traceback only with EDGEPACK_DEBUG=1."""
     import os
     import signal
@@ -448,6 +452,3 @@ def main(argv: list[str] | None = None) -> None:
         fail(f"internal error: {type(exc).__name__}: {exc}",
              "this is a bug in edgepack; rerun with EDGEPACK_DEBUG=1 and report the traceback", 1)
 
-
-if __name__ == "__main__":
-    main()

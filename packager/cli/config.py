@@ -25,7 +25,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .errors import UsageError
+from ..errors import UsageError
 
 NEVER_FROM_FILE = {"trust_model", "json_output", "as_json", "help", "version"}
 

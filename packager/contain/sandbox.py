@@ -23,7 +23,7 @@ import ctypes
 import os
 import sys
 
-from .errors import EnvironmentProblem
+from ..errors import EnvironmentProblem
 
 _SYS_CREATE_RULESET, _SYS_ADD_RULE, _SYS_RESTRICT_SELF = 444, 445, 446   # same number on every arch
 _CREATE_RULESET_VERSION = 1

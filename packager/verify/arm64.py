@@ -61,7 +61,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
-from .errors import EnvironmentProblem, UsageError
+from ..errors import EnvironmentProblem, UsageError
 
 Progress = Optional[Callable[[str, Optional[float]], None]]
 
@@ -136,7 +136,7 @@ class Check:
 def default_cache_dir() -> Path:
     """Where the emulator keeps arm64 environments: ``env_dir()/arm64`` (``$EDGEPACK_ENV_DIR``,
     else ``$EDGEPACK_CACHE_DIR``, default ``~/.cache/edgepack``)."""
-    from .paths import env_dir
+    from ..paths import env_dir
     return env_dir() / "arm64"
 
 

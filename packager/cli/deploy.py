@@ -12,8 +12,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from . import deploy as dep
-from .errors import UsageError
+from .. import deploy as dep
+from ..errors import UsageError
 
 HostOpt = Annotated[Optional[str], typer.Option(
     "--host", metavar="USER@HOST[:PORT]",
@@ -133,7 +133,7 @@ def deploy_cmd(
 
       edgepack deploy dist/mnist-android --serial R58M123 --smoke --device-python /data/local/tmp/py/bin/python3
     """
-    from .bundle import open_bundle
+    from ..bundle.files import open_bundle
     with open_bundle(bundle) as bundle:
         manifest = _manifest(bundle)
         transport = _transport(host, serial, ssh_config, timeout, manifest)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 
-from .errors import UsageError
+from ..errors import UsageError
 
 FORMAT = 1
 MANIFEST = "manifest.json"

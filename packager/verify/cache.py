@@ -20,16 +20,16 @@ from pathlib import Path
 
 import numpy as np
 
-from .version import __version__
-from .bundle import npz_bytes, sha256_file, sha256_tree
-from .calibration import Dataset
-from .compare import OutputMetrics
-from .convert import Attempt, Conversion
-from .bundle import npz_stored
-from .paths import cache_dir
-from .inspect import ModelSpec, OpInfo, TensorInfo
-from .loaders import TensorSpec
-from .recipes import Tolerance
+from ..version import __version__
+from ..bundle.files import npz_bytes, sha256_file, sha256_tree
+from ..load.calibration import Dataset
+from ..compare import OutputMetrics
+from ..convert.converter import Attempt, Conversion
+from ..bundle.files import npz_stored
+from ..paths import cache_dir
+from ..convert.inspect import ModelSpec, OpInfo, TensorInfo
+from ..load.model import TensorSpec
+from ..recipes import Tolerance
 
 FORMAT = 2
 
@@ -115,7 +115,7 @@ def save_prepared(key: str, prepared) -> None:
 
 def load_prepared(key: str, model: Path):
     """The conversion stored under ``key``, or None (missing, unreadable or tampered model bytes)."""
-    from .jobs import Prepared
+    from ..convert.jobs import Prepared
     root = _dir("conversions", key)
     try:
         meta = json.loads((root / "meta.json").read_text())

@@ -5,7 +5,7 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from .errors import UsageError
+from ..errors import UsageError
 
 
 def _arch(arch) -> Optional[str]:
@@ -16,7 +16,7 @@ def build_auto(model, target, calibration, io, output, data, runtime, verify, ve
                 trust_model, atol, rtol, strict, budget, json_output, use_cache=True):
     """`build --quantize auto`: packager.repair.build_auto, then the candidates table and the build."""
     from . import render
-    from .repair import build_auto
+    from ..repair import build_auto
     if atol or rtol:
         raise UsageError("--atol/--rtol do not apply to --quantize auto", hint="give the budget with --max-drop, "
                          "--min-agreement or --min-cosine")
@@ -41,7 +41,7 @@ def build_auto(model, target, calibration, io, output, data, runtime, verify, ve
 def register(app: typer.Typer, command, opts: dict) -> None:
     """Add `diagnose` to ``app``; ``command`` (the error boundary) and ``opts`` (cli.py's shared
     option types: Arch, TrustOpt, JsonOpt, VerboseOpt, QuietOpt) are passed in so that this module
-    never imports cli.py (``python -m packager.cli`` runs it as __main__)."""
+    never imports commands.py (which imports this module)."""
     Arch, TrustOpt, JsonOpt = opts["Arch"], opts["TrustOpt"], opts["JsonOpt"]
     VerboseOpt, QuietOpt = opts["VerboseOpt"], opts["QuietOpt"]
 
@@ -75,7 +75,7 @@ def register(app: typer.Typer, command, opts: dict) -> None:
         Example: edgepack diagnose dist/mnist-rpi --reference model.h5 --data eval.npz --html diag.html
         """
         from . import render
-        from .diagnose import diagnose as run_diagnose
+        from ..diagnose import diagnose as run_diagnose
         from .render_diagnose import diagnosis_html, show_diagnosis
         render.configure(quiet, verbose)
         with render.progress(not json_output) as report_cb:

@@ -1,0 +1,4 @@
+"""``python -m packager`` is the ``edgepack`` command."""
+from packager.cli import main
+
+main()

@@ -97,10 +97,16 @@ def timed(mod, name, label=None):
             T[key] = T.get(key, 0.0) + time.perf_counter() - t
     setattr(mod, name, wrapper)
 t0 = time.perf_counter()
-from packager import api, emulator, isolate, loaders, convert, jobs
+from packager import api
+from packager.verify import emulator
+from packager.contain import isolate
+from packager.load import model as loaders, formats
+from packager.convert import converter as convert, jobs
+from packager.bundle import contents
+from packager.verify import report as verdict
 T["import packager.api"] = time.perf_counter() - t0
 try:
-    from packager import cache
+    from packager.verify import cache
     timed(cache, "conversion_key", "cache: hash model+data (key)")
     timed(cache, "load_prepared", "cache: load conversion")
     timed(cache, "save_prepared", "cache: save conversion")
@@ -108,15 +114,15 @@ except ImportError:
     cache = None
 if in_process:
     t = time.perf_counter(); loaders.import_tf(); T["child: import tensorflow (+keras)"] = time.perf_counter() - t
-    timed(loaders, "load_model", "child: load model (keras h5, trace)")
+    timed(formats, "load_model", "child: load model (keras h5, trace)")
     timed(convert, "convert", "child: convert (+ check run)")
     timed(jobs, "versions", "child: versions")
 else:
     timed(isolate, "run", "TensorFlow child (spawn, import TF, load, convert, reference)")
-timed(api, "_stage", "stage bundle (+ expected outputs)")
+timed(contents, "stage", "stage bundle (+ expected outputs)")
 timed(emulator, "run_device_script", "verify: device script --input (both runtimes)")
 timed(emulator, "device_info", "verify: device script --info (both runtimes)")
-timed(api, "_verify_staged", "verify total")
+timed(verdict, "verify_staged", "verify total")
 timed(api, "write_archive", "tar.gz archive")
 d = os.path.join(work, "digits")
 setup = dict(T)

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
 import json
 import os
 import platform
@@ -54,7 +55,14 @@ EXIT_SELFTEST = 6
 
 # Hard caps on what an input file may make us allocate (elements of all arrays together).
 MAX_INPUT_ELEMENTS = int(os.environ.get("EDGEPACK_MAX_INPUT_ELEMENTS", str(1 << 28)))
-RUNTIMES = ("ai_edge_litert", "tflite_runtime", "tensorflow")
+# The runtimes this script imports, in order of preference: import name -> module holding the
+# Interpreter class. TensorFlow is the last resort (only its TFLite interpreter is used). The host's
+# registry (packager/runtimes.toml) names these; a test checks every registered runtime is here.
+RUNTIMES = {
+    "ai_edge_litert": "ai_edge_litert.interpreter",
+    "tflite_runtime": "tflite_runtime.interpreter",
+    "tensorflow": "tensorflow.lite.python.interpreter",
+}
 # Address-space limit (MiB) of the forked child that loads and runs the model; unset or 0: none.
 MEMORY_ENV = "EDGEPACK_RUNTIME_MEMORY_MB"
 
@@ -93,22 +101,15 @@ def find_runtime(preferred: str | None = None):
     order = [preferred] if preferred else list(RUNTIMES)
     errors = []
     for name in order:
+        if name not in RUNTIMES:
+            raise Failure(EXIT_USAGE, "unknown runtime %r; choose from %s" % (name, ", ".join(RUNTIMES)))
         try:
-            if name == "ai_edge_litert":
-                from ai_edge_litert.interpreter import Interpreter
-                import ai_edge_litert as mod
-            elif name == "tflite_runtime":
-                from tflite_runtime.interpreter import Interpreter
-                import tflite_runtime as mod
-            elif name == "tensorflow":  # last resort: only its TFLite interpreter is used
-                from tensorflow.lite.python.interpreter import Interpreter
-                mod = None
-            else:
-                raise Failure(EXIT_USAGE, "unknown runtime %r; choose from %s" % (name, ", ".join(RUNTIMES)))
-        except ImportError as exc:
+            Interpreter = importlib.import_module(RUNTIMES[name]).Interpreter
+        except (ImportError, AttributeError) as exc:
             errors.append("%s (%s)" % (name, exc))
             continue
-        version = getattr(mod, "__version__", None) or _dist_version(name if mod is not None else "tensorflow")
+        mod = sys.modules.get(name)
+        version = getattr(mod, "__version__", None) or _dist_version(name)
         return Interpreter, name, version
     raise Failure(EXIT_NO_RUNTIME, "no TFLite runtime importable: " + "; ".join(errors)
                   + ". Install one: pip install ai-edge-litert  (or tflite-runtime==2.14.0 'numpy<2')")

@@ -2,96 +2,25 @@
 they return values and raise :class:`packager.errors.EdgepackError`, and never print."""
 from __future__ import annotations
 
-import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 
-from .bundle.manifest import Manifest
-from .bundle.files import (ENTRYPOINT, ENTRYPOINT_SOURCE, MODEL, Staging, check_files, npz_bytes, read_manifest,
-                           sha256_tree, validate_name, write_archive, open_bundle, fault, FORMAT)
-from .load.calibration import WEAK_EVIDENCE, Dataset
-from .verify.emulator import RuntimeResult, get_env, host_arch, verify_in_env
-from .errors import ConversionError, EdgepackError, EnvironmentProblem, UsageError, VerificationError
-from .convert.inspect import ModelSpec, inspect_bytes
+from .bundle import contents
+from .bundle.contents import INPUT_VALUES_RULE  # noqa: F401 - part of the API
+from .bundle.files import Staging, check_files, read_manifest, check_name, write_archive, open_bundle, fault, sha256_tree
+from .bundle.manifest import Manifest, default_name
+from .verify import report as verdict
+from .verify.report import VerifyReport
+from .errors import ConversionError, EdgepackError, UsageError, VerificationError
+from .convert.inspect import inspect_bytes
 from .recipes import Recipe, get_recipe, list_recipes, parse_overrides, resolve_tolerance
 from .targets import TargetProfile, get_target, list_targets
 
 Progress = Callable[[str], None]
 
-# One rule for input files, the same in the host emulator and the device script (its _prepare).
-INPUT_VALUES_RULE = ("input files hold real values in the original model's units, whatever their dtype (uint8 "
-                     "pixels are pixel values); a quantized input is quantized by the device script, "
-                     "q = round(x / scale) + zero_point; with --raw, integer-typed inputs are already quantized and pass unchanged")
-
-
-@dataclass
-class VerifyReport:
-    """The verdict of a verification: per runtime its status and per-output metrics, the inputs
-    it rests on (``evidence``), and ``passed``. ``failures`` lists what failed in one line each."""
-    bundle: str
-    recipe: str
-    target: str
-    passed: bool
-    inputs_source: str
-    samples: int
-    runtimes: list[RuntimeResult]
-    model_size: int
-    notes: list[str] = field(default_factory=list)
-    evidence: str = "held-out"       # calibration.EVIDENCE: what the verdict rests on
-    evidence_text: str = ""          # e.g. "held-out: eval.npz, n=100"
-    strict: bool = False             # weak evidence fails, and so does a runtime left out
-    require_all: bool = False        # every runtime must pass (--strict, or --runtime given)
-    first_divergence: str | None = None  # "first divergence: op 7 SOFTMAX 'probs' - ..." (diagnose)
-
-    @property
-    def weak(self) -> bool:
-        """True when the verdict rests on inputs that were not held out (calibration, synthetic)."""
-        return self.evidence in WEAK_EVIDENCE
-
-    @property
-    def failures(self) -> list[str]:
-        out = []
-        for r in self.runtimes:
-            if r.status in ("error", "unavailable"):
-                if self.require_all or r.status == "error" and not any(x.status == "passed" for x in self.runtimes):
-                    out.append(f"{r.runtime} {r.version} ({r.arch}): {r.error}")
-            elif r.status == "failed":
-                out += [f"{r.runtime} {r.version} ({r.arch}) output {m.name!r}: " + "; ".join(m.reasons)
-                        for m in r.metrics if not m.passed]
-        if out and self.first_divergence:   # after the first numbers, before a long list is cut
-            out.insert(1, self.first_divergence)
-        if self.strict and self.weak:
-            out.append(f"--strict: the verdict rests on weak evidence ({self.evidence_text}); pass --data with "
-                       "held-out inputs")
-        return out
-
-    def to_json(self) -> dict:
-        return {"bundle": self.bundle, "recipe": self.recipe, "target": self.target, "passed": self.passed,
-                "inputs": self.inputs_source, "samples": self.samples, "model_size": self.model_size,
-                "evidence": {"kind": self.evidence, "weak": self.weak, "text": self.evidence_text},
-                "runtimes": [r.to_json() for r in self.runtimes], "failures": self.failures, "notes": self.notes,
-                "first_divergence": self.first_divergence}
-
-    def __repr__(self) -> str:
-        runtimes = ", ".join(f"{r.runtime}={r.status}" for r in self.runtimes)
-        return (f"VerifyReport({'MATCH' if self.passed else 'MISMATCH'}, recipe={self.recipe}, target={self.target}, "
-                f"evidence={self.evidence_text or self.inputs_source!r}, {runtimes})")
-
-    def summary(self) -> dict:
-        """The manifest's copy: no histograms, no timings (two builds of the same inputs must give
-        byte-identical bundles)."""
-        data = self.to_json()
-        data["bundle"] = "."
-        for r in data["runtimes"]:
-            r.pop("seconds", None)
-            for o in r["outputs"]:
-                o.pop("histogram", None)
-                o.pop("plots", None)
-        return data
 
 
 @dataclass
@@ -106,8 +35,8 @@ class BuildResult:
     warnings: list[str]
 
     def __repr__(self) -> str:
-        return (f"BuildResult(bundle={str(self.bundle)!r}, recipe={self.manifest['recipe']['name']}, "
-                f"model_size={self.manifest['model_size']}, path={self.manifest['source']['conversion_path']}, "
+        return (f"BuildResult(bundle={str(self.bundle)!r}, recipe={self.manifest.recipe}, "
+                f"model_size={self.manifest.model_size}, path={self.manifest.source.get('conversion_path')}, "
                 f"verification={self.verification!r})")
 
     def to_json(self) -> dict:
@@ -121,7 +50,7 @@ def _noop(_: str) -> None:
     pass
 
 
-def provenance(model: str | os.PathLike, manifest: dict | None = None, report: VerifyReport | None = None,
+def provenance(model: str | os.PathLike, manifest: Manifest | None = None, report: VerifyReport | None = None,
                command: list[str] | None = None) -> dict:
     """Where a result came from, for reports: versions (edgepack, TensorFlow, each runtime), the
     model's sha256, the bundle's model sha256, the command. Nothing here imports TensorFlow."""
@@ -149,9 +78,9 @@ def provenance(model: str | os.PathLike, manifest: dict | None = None, report: V
             "python": platform.python_version(), "host": f"{platform.system()} {platform.machine()}",
             "model": str(model), "model sha256": model_sha}
     if manifest:
-        data["bundle"] = manifest.get("name")
-        data["bundle model sha256"] = manifest.get("model_sha256")
-        data["conversion path"] = (manifest.get("source") or {}).get("conversion_path")
+        data["bundle"] = manifest.name
+        data["bundle model sha256"] = manifest.model_sha256
+        data["conversion path"] = manifest.source.get("conversion_path")
     for r in (report.runtimes if report is not None else []):
         data[f"runtime {r.runtime}"] = " ".join(x for x in (r.version, r.machine or r.arch,
                                                              f"Python {r.python}" if r.python else "") if x)
@@ -170,49 +99,6 @@ def recipes() -> dict[str, Recipe]:
     return list_recipes()
 
 
-def _self_test_atol(spec: ModelSpec, expected: dict) -> dict:
-    """Self-test tolerance: runtimes and CPUs differ in the last bits, quantized outputs by a step."""
-    atol = {}
-    for t in spec.outputs:
-        peak = float(np.max(np.abs(expected[t.name]))) if expected[t.name].size else 0.0
-        tol = 1e-4 + 1e-3 * peak
-        if t.quantization:
-            tol = max(tol, 2.0 * t.quantization["scale"])
-        atol[t.name] = tol
-    return atol
-
-
-def _readme(target: TargetProfile, manifest: dict) -> str:
-    name = manifest["name"]
-    lines = [f"# {name}: {manifest['source']['path']} for {target.name} ({manifest['recipe']['name']})", "",
-             target.description, "", "## Install", ""]
-    lines += [f"    {s.replace('{name}', name).replace('{entrypoint}', ENTRYPOINT)}" for s in target.install_steps]
-    lines += ["", "Or let edgepack deploy it (checksummed on the device, switched atomically):", "",
-              f"    edgepack deploy . {'--host USER@HOST' if target.deploy == 'ssh' else '--serial SERIAL'} --smoke",
-              "", "## Run", "", f"    {target.run.replace('{name}', name).replace('{entrypoint}', ENTRYPOINT)}", "",
-              f"    python3 {ENTRYPOINT} --self-test          # bundled samples vs expected outputs",
-              f"    python3 {ENTRYPOINT} --benchmark 100      # latency on this device", "",
-              "Inputs: an .npz keyed by input name (first axis = samples), .npy for one input, or JSON.",
-              f"Input values: {INPUT_VALUES_RULE}.",
-              "Outputs: an .npz keyed by output name; quantized outputs are dequantized (--raw keeps integers).", "",
-              *_fixed_lines(manifest),
-              "## Inputs and outputs", ""]
-    for kind in ("inputs", "outputs"):
-        for t in manifest[kind]:
-            q = t["quantization"]
-            qs = f", scale {q['scale']:.6g}, zero point {q['zero_point']}" if q else ""
-            lines.append(f"- {kind[:-1]} `{t['name']}`: {t['dtype']} {t['shape']}{qs}")
-    lines += ["", "## Runtimes", ""]
-    for rt in manifest["runtimes"]:
-        lines.append(f"- {rt['name']} ({rt['status']}): `pip install {' '.join(rt['requirements'])}`"
-                     + (f" - {rt['reason']}" if rt.get("reason") else ""))
-    if target.android_assets:
-        lines += ["", "## Android app", "", "`assets/` holds the model, manifest and labels an app can copy into "
-                  "`src/main/assets/`. Keep the model uncompressed in the APK "
-                  "(`androidResources { noCompress += \"tflite\" }`) so it can be memory-mapped."]
-    return "\n".join(lines) + "\n"
-
-
 def build(model: str | os.PathLike, *, target: str = "rpi", recipe: str | None = None,
           calibration: str | os.PathLike | None = None, io: str = "float", output: str | os.PathLike | None = None,
           verify: bool = True, data: str | os.PathLike | None = None, runtimes: list[str] | None = None,
@@ -228,12 +114,13 @@ def build(model: str | os.PathLike, *, target: str = "rpi", recipe: str | None =
     ``data``) or a runtime of the target left out is a failure. Raises UsageError (bad input),
     ConversionError (no path matches), VerificationError (the bundle does not match),
     EnvironmentProblem (no runtime environment could be prepared)."""
-    from .load.model import sniff_format
+    from .load.formats import sniff_format
 
     progress = progress or _noop
     model_path = Path(model)
     sniff_format(model_path)            # a missing or unreadable model is the first thing to say
     profile = get_target(target)
+    _transport(profile)
     notes = []
     if recipe is None and calibration is None and get_recipe(profile.default_recipe).needs_calibration:
         recipe = profile.fallback_recipe
@@ -244,7 +131,7 @@ def build(model: str | os.PathLike, *, target: str = "rpi", recipe: str | None =
         rec = _auto[1]
     parse_overrides(atol, "--atol")
     parse_overrides(rtol, "--rtol")
-    name = validate_name(name or f"{default_model_name(model_path)}-{profile.name}")
+    name = check_name(name) if name else default_name(model_path, profile.name)
     output = Path(output) if output else Path("dist") / name
     selected = [profile.runtime(r) for r in runtimes] if runtimes else list(profile.runtimes)
     label_names = _read_labels(labels) if labels else None
@@ -277,29 +164,23 @@ def build(model: str | os.PathLike, *, target: str = "rpi", recipe: str | None =
 
     staging = Staging(output)
     try:
-        manifest = _stage(staging, profile, rec, io, prepared, name, selected, label_names)
+        manifest = contents.stage(staging, profile, rec, io, prepared, name, selected, label_names)
         fault("staged")
         report = None
         if verify:
-            report = _verify_staged(staging.dir, manifest, profile, rec, selected, prepared.check,
-                                    prepared.references, conversion.spec, arch, progress, use_cache,
-                                    prepared.tolerance, strict, require_all=bool(runtimes))
-            manifest["runtimes"] = _runtime_entries(selected, report)
-            manifest["verification"] = {"status": "passed" if report.passed else "failed", **report.summary()}
-            if not report.passed:
-                if rec.needs_calibration and any(r.status == "failed" for r in report.runtimes):
-                    from .diagnose import verify_brief
-                    report.first_divergence = verify_brief(staging.dir, manifest, model_path, data,
-                                                           prepared.check.inputs, trust_model, progress)
-                raise VerificationError(
-                    f"bundle does not match the original model: {'; '.join(report.failures)[:600]}",
-                    hint=_mismatch_hint(report, output), report=report)
-        else:
-            manifest["verification"] = {"status": "skipped", "reason": "--no-verify"}
-        staging.files.pop("README.md", None)
-        staging.write("README.md", _readme(profile, manifest).encode())
-        _write_requirements(staging, manifest)
-        staging.write_manifest(manifest)
+            report = verdict.verify_staged(staging.dir, manifest, profile, rec, selected, prepared.check,
+                                           prepared.references, conversion.spec, arch, progress, use_cache,
+                                           prepared.tolerance, strict, require_all=bool(runtimes))
+        contents.record_verification(manifest, selected, report)
+        if report is not None and not report.passed:
+            if rec.needs_calibration and any(r.status == "failed" for r in report.runtimes):
+                from .diagnose import verify_brief
+                report.first_divergence = verify_brief(staging.dir, model_path, data, prepared.check.inputs,
+                                                       trust_model, progress)
+            raise VerificationError(
+                f"bundle does not match the original model: {'; '.join(report.failures)[:600]}",
+                hint=_mismatch_hint(report, output), report=report)
+        contents.finish(staging, profile, manifest, _transport(profile).address)
         progress(f"writing {output}")
         final = staging.commit()
     except BaseException:
@@ -345,14 +226,15 @@ def build_sweep(model: str | os.PathLike, recipes: list[str], *, target: str = "
     input shared by all recipes."""
     from .contain import isolate
     from .convert import jobs
-    from .load.model import sniff_format
+    from .load.formats import sniff_format
     progress = progress or _noop
     model_path = Path(model)
     sniff_format(model_path)
     profile = get_target(target)
+    _transport(profile)
     for r in recipes:
         get_recipe(r)
-    base = validate_name(name or f"{default_model_name(model_path)}-{profile.name}")
+    base = check_name(name) if name else default_name(model_path, profile.name)
     root = Path(output) if output else Path("dist")
     rows, todo = [], []
     for r in recipes:
@@ -388,8 +270,8 @@ def build_sweep(model: str | os.PathLike, recipes: list[str], *, target: str = "
                 row["runtimes"] = _sweep_runtimes(report)
             rows.append(row)
             continue
-        row.update(status="built", bundle=str(result.bundle), size=result.manifest["model_size"],
-                   path=result.manifest["source"]["conversion_path"])
+        row.update(status="built", bundle=str(result.bundle), size=result.manifest.model_size,
+                   path=result.manifest.source.get("conversion_path"))
         if result.verification is not None:
             row["runtimes"] = _sweep_runtimes(result.verification)
             evidence = result.verification.evidence_text
@@ -454,22 +336,22 @@ def _prepare_contained(model_path, rec, io, calibration, data, trust_model, atol
     return prepared
 
 
-def default_model_name(path: Path) -> str:
-    """``model.h5`` -> ``model``; a SavedModel directory -> its name, or its parent's when the
-    directory is a version number (``saved/mnist/1`` -> ``mnist``)."""
-    path = Path(os.path.abspath(path))
-    if path.is_dir():
-        return path.parent.name if path.name.isdigit() and path.parent.name else path.name
-    return path.stem if path.suffix else path.name
+def _transport(profile: TargetProfile):
+    """The Transport class of the target's ``deploy`` method; UsageError naming the profile otherwise."""
+    from .deploy.transports import TRANSPORTS
+    if profile.deploy not in TRANSPORTS:
+        raise UsageError(f"target profile {profile.source or profile.name}: deploy {profile.deploy!r} is not one of "
+                         + ", ".join(TRANSPORTS), hint="a new way to reach devices is a Transport in packager/deploy/")
+    return TRANSPORTS[profile.deploy]
 
 
 def _previous_bundle(output: Path) -> str | None:
     """What an existing bundle at ``output`` holds ("recipe int8 of model.h5"), or None."""
     try:
-        old = json.loads((Path(output) / "manifest.json").read_text())
-        return f"recipe {old['recipe']['name']} of {old['source']['path']}"
-    except (OSError, ValueError, KeyError, TypeError):
+        old = read_manifest(Path(output))
+    except UsageError:
         return None
+    return f"recipe {old.recipe} of {old.source.get('path')}"
 
 
 def _mismatch_hint(report: VerifyReport, output) -> str:
@@ -493,128 +375,6 @@ def _read_labels(path) -> list[str]:
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"cannot read labels {path}: {exc}") from None
     return [ln.strip() for ln in text.splitlines() if ln.strip()]
-
-
-def _stage(staging: Staging, profile, rec, io, prepared, name, selected, label_names):
-    conversion, check = prepared.conversion, prepared.check
-    spec = conversion.spec
-    model_sha = staging.write(MODEL, conversion.tflite)
-    staging.write(ENTRYPOINT, ENTRYPOINT_SOURCE.read_bytes(), mode=0o755)
-    sample_inputs = check.head(profile.samples).inputs
-    from .convert.converter import run_tflite
-    expected = run_tflite(conversion.tflite, spec, sample_inputs)
-    staging.write("samples/inputs.npz", npz_bytes(sample_inputs))
-    staging.write("samples/expected.npz", npz_bytes(expected))
-    inputs, outputs = [t.to_json() for t in spec.inputs], [t.to_json() for t in spec.outputs]
-    manifest = {
-        "format": FORMAT, "name": name, "model": MODEL, "entrypoint": ENTRYPOINT,
-        "model_sha256": model_sha, "model_size": len(conversion.tflite), "files": {},
-        "inputs": inputs, "outputs": outputs,
-        "ops": [{"name": o.name, "version": o.version, "custom": o.custom, "count": o.count} for o in spec.ops],
-        "samples": {"inputs": "samples/inputs.npz", "expected": "samples/expected.npz",
-                    "count": int(next(iter(sample_inputs.values())).shape[0]),
-                    "atol": _self_test_atol(spec, expected)},
-        "recipe": rec.to_json(io), "target": profile.to_json(),
-        "runtimes": _runtime_entries(selected, None, spec),
-        "source": {"path": Path(prepared.path).name, "format": prepared.format,
-                   "sha256": sha256_tree(Path(prepared.path)), "conversion_path": conversion.path},
-        "versions": prepared.versions,
-        "fixed": prepared.fixed,
-        "tolerance": {n: asdict(t) for n, t in prepared.tolerance.items()},
-        "input_values": INPUT_VALUES_RULE,
-        "verification": {"status": "pending"},
-    }
-    if label_names:
-        staging.write("labels.txt", ("\n".join(label_names) + "\n").encode())
-        manifest["labels"] = "labels.txt"
-    if profile.android_assets:
-        staging.write(f"assets/{MODEL}", conversion.tflite)
-        if label_names:
-            staging.write("assets/labels.txt", ("\n".join(label_names) + "\n").encode())
-        staging.write("assets/edgepack.json", json.dumps({
-            "model": MODEL, "inputs": inputs, "outputs": outputs, "labels": "labels.txt" if label_names else None,
-            "preprocessing": "float inputs as in training; quantized inputs: q = round(x / scale) + zero_point",
-        }, indent=2).encode())
-    staging.write("README.md", b"")
-    staging.write_manifest(manifest)  # the device script needs it during verification
-    return manifest
-
-
-def _fixed_lines(manifest: dict) -> list[str]:
-    fixed = manifest.get("fixed") or {}
-    lines = []
-    if fixed.get("batch"):
-        lines.append(f"Fixed batch: the model takes {fixed['batch']} sample(s) per invoke; the script chunks and pads.")
-    if fixed.get("variable_axes"):
-        lines.append("Variable-length axes (" + ", ".join(fixed["variable_axes"]) + "): the script resizes the model "
-                     "to each input's length.")
-    return lines + ([""] if lines else [])
-
-
-def _runtime_entries(selected, report: VerifyReport | None, spec: ModelSpec | None = None) -> list[dict]:
-    entries = []
-    for rt in selected:
-        entry = {"name": rt.name, "module": rt.module, "requirements": list(rt.requirements), "python": rt.python}
-        result = next((r for r in report.runtimes if r.runtime == rt.name), None) if report else None
-        if result:
-            entry.update(status=result.status, version=result.version, arch=result.arch)
-            if result.error:
-                entry["reason"] = result.error
-        else:
-            problems = spec.runtime_problems(rt.name) if spec else []
-            entry.update(status="unverified", reason="; ".join(problems) or None)
-        entries.append(entry)
-    return entries
-
-
-def _write_requirements(staging: Staging, manifest: dict) -> None:
-    usable = sorted((r for r in manifest["runtimes"] if r["status"] in ("passed", "unverified", "unavailable")),
-                    key=lambda r: r["status"] != "passed")
-    for rt in manifest["runtimes"]:
-        if rt in usable:
-            staging.write(f"requirements-{rt['name']}.txt", ("\n".join(rt["requirements"]) + "\n").encode())
-    if usable:
-        staging.write("requirements.txt", ("\n".join(usable[0]["requirements"]) + "\n").encode())
-
-
-def _verify_staged(bundle: Path, manifest, profile, rec, selected, data: Dataset, references: list, spec, arch,
-                   progress, use_cache: bool = False, tolerance=None, strict: bool = False,
-                   require_all: bool = False) -> VerifyReport:
-    """Run the staged bundle in each selected runtime's environment on every group of ``data``
-    and compare with ``references`` (one dict of outputs per group)."""
-    results = []
-    tol = tolerance or rec.tolerance
-    for rt in selected:
-        static = spec.runtime_problems(rt.name)
-        progress(f"verifying with {rt.name} ({arch or host_arch()})")
-        try:
-            env = get_env(rt, arch, profile.python, progress=lambda msg, *_: progress(msg))
-        except EdgepackError as exc:
-            results.append(RuntimeResult(rt.name, "", arch or host_arch(), "unavailable", error=exc.message,
-                                         static_problems=static))
-            continue
-        results.append(verify_in_env(env, bundle, data.groups, references, tol, data.labels, static,
-                                     use_cache=use_cache))
-    unavailable = [r for r in results if r.status == "unavailable"]
-    if len(unavailable) == len(results):
-        raise EnvironmentProblem("no runtime environment could be prepared: "
-                                 + "; ".join(f"{r.runtime}: {r.error}" for r in unavailable),
-                                 hint="fix the host (see `edgepack doctor`), or pass --no-verify to build unverified")
-    # A runtime that cannot load the model is reported and left out of the bundle's runtimes;
-    # a runtime that runs it and computes something else fails the bundle.
-    loaded_ok = [r for r in results if r.status in ("passed", "failed")]
-    passed = bool(loaded_ok) and all(r.status == "passed" for r in loaded_ok)
-    notes = [f"{r.runtime} cannot run this model: {r.error}" for r in results if r.status == "error"]
-    notes += [f"{r.runtime} was not verified (host environment problem): {r.error}" for r in unavailable]
-    notes += list(data.notes)
-    report = VerifyReport(str(bundle), rec.name, profile.name, passed, data.source, data.count, results,
-                          manifest["model_size"], notes=notes, evidence=data.evidence, evidence_text=data.describe(),
-                          strict=strict, require_all=strict or require_all)
-    if report.require_all:
-        report.passed = passed and all(r.status == "passed" for r in results)
-    if strict and report.weak:
-        report.passed = False
-    return report
 
 
 def verify(bundle: str | os.PathLike, *, reference: str | os.PathLike, data: str | os.PathLike | None = None,
@@ -643,11 +403,11 @@ def _verify(bundle: Path, reference, data, runtimes, arch, strict, trust_model, 
                                 hint="rebuild the bundle; files were changed after `edgepack build`")
     from .bundle.files import host_entrypoint
     _, script_note = host_entrypoint(bundle, manifest)
-    profile = get_target(manifest["target"]["name"])
-    rec = get_recipe(manifest["recipe"]["name"])
+    profile = get_target(manifest.target)
+    rec = get_recipe(manifest.recipe)
     selected = [profile.runtime(r) for r in runtimes] if runtimes else list(profile.runtimes)
     arrays = None
-    samples = (manifest.get("samples") or {}).get("inputs")
+    samples = manifest.samples
     if not data and samples and (bundle / samples).is_file():
         from device_runtime.edgepack_run import Failure, read_inputs
         try:
@@ -659,37 +419,37 @@ def _verify(bundle: Path, reference, data, runtimes, arch, strict, trust_model, 
         raise UsageError(f"verification data not found: {data}")
     from .contain import isolate
     from .convert import jobs
-    from .load.model import sniff_format
+    from .load.formats import sniff_format
     sniff_format(Path(reference))
     progress(f"computing reference outputs with {reference}")
     dataset, refs, ref_names = isolate.run(jobs.reference, str(reference), str(data) if data else None, arrays,
                                            trust_model, what="running the reference model", progress=progress)
     _check_names(ref_names, manifest)
-    spec = inspect_bytes((bundle / manifest["model"]).read_bytes(), order={
-        "inputs": [t["name"] for t in manifest["inputs"]], "outputs": [t["name"] for t in manifest["outputs"]]})
+    spec = inspect_bytes((bundle / manifest.model).read_bytes(),
+                         order={"inputs": manifest.input_names, "outputs": manifest.output_names})
     tolerance = _bundle_tolerance(manifest, rec, atol, rtol)
-    report = _verify_staged(bundle, manifest, profile, rec, selected, dataset, refs, spec, arch, progress,
-                            tolerance=tolerance, strict=strict, require_all=bool(runtimes))
+    report = verdict.verify_staged(bundle, manifest, profile, rec, selected, dataset, refs, spec, arch, progress,
+                                   tolerance=tolerance, strict=strict, require_all=bool(runtimes))
     if script_note:
         report.notes.insert(0, script_note)
     if not report.passed and rec.needs_calibration and any(r.status == "failed" for r in report.runtimes):
         from .diagnose import verify_brief
-        report.first_divergence = verify_brief(bundle, manifest, reference, data, arrays, trust_model, progress)
+        report.first_divergence = verify_brief(bundle, reference, data, arrays, trust_model, progress)
     return report
 
 
-def _bundle_tolerance(manifest: dict, rec: Recipe, atol, rtol) -> dict:
+def _bundle_tolerance(manifest: Manifest, rec: Recipe, atol, rtol) -> dict:
     """The tolerance the bundle was built with (manifest), with this call's overrides on top."""
     from .recipes import Tolerance
-    names = [t["name"] for t in manifest["outputs"]]
-    recorded = manifest.get("tolerance") or {}
-    base = {n: Tolerance(**recorded[n]) if isinstance(recorded.get(n), dict) else rec.tolerance for n in names}
+    names = manifest.output_names
+    recorded = manifest.tolerance
+    base = {n: Tolerance(**recorded[n]) if n in recorded else rec.tolerance for n in names}
     return resolve_tolerance(base, names, atol, rtol)
 
 
-def _check_names(names: list[str], manifest: dict) -> None:
+def _check_names(names: list[str], manifest: Manifest) -> None:
     ref_names = set(names)
-    bundle_names = {t["name"] for t in manifest["outputs"]}
+    bundle_names = set(manifest.output_names)
     if ref_names != bundle_names:
         raise UsageError(f"the reference model's outputs ({', '.join(sorted(ref_names))}) are not the bundle's "
                          f"({', '.join(sorted(bundle_names))})", hint="pass the model the bundle was built from")
@@ -705,12 +465,12 @@ def inspect(path: str | os.PathLike) -> dict:
         return info
     if path.is_dir():
         manifest = read_manifest(path)
-        model = path / manifest["model"]
-        order = {"inputs": [t["name"] for t in manifest["inputs"]], "outputs": [t["name"] for t in manifest["outputs"]]}
+        model = path / manifest.model
+        order = {"inputs": manifest.input_names, "outputs": manifest.output_names}
         spec = inspect_bytes(_read_model(model), order=order)
         return {"kind": "bundle", "path": str(path), "manifest": manifest, "model": spec.to_json(),
                 "integrity": check_files(path, manifest) or "ok",
-                "runtime_problems": {rt["name"]: spec.runtime_problems(rt["name"]) for rt in manifest["runtimes"]}}
+                "runtime_problems": {name: spec.runtime_problems(name) for name in manifest.runtime_names}}
     spec = inspect_bytes(_read_model(path))
     return {"kind": "tflite", "path": str(path), "model": spec.to_json(),
             "runtime_problems": {rt.name: spec.runtime_problems(rt.name)

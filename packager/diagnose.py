@@ -1,5 +1,5 @@
 """`edgepack diagnose`: load the reference, convert it to float32 in the contained child, prepare
-the target's runtime environments and run the analysis of :mod:`packager.localise` (which op goes
+the target's runtime environments and run the analysis of :mod:`packager.convert.localise` (which op goes
 wrong, and why). Also the brief first divergence added to a failing verification."""
 from __future__ import annotations
 
@@ -17,12 +17,13 @@ from .convert.localise import (COSINE_LIMIT, REL_LIMIT, Cause, Diagnosis, Dump, 
 MAX_SAMPLES = 256         # samples a diagnosis runs (all intermediates are kept in memory)
 
 
-def verify_brief(bundle: Path, manifest: dict, reference, data, arrays, trust_model: bool, progress=None) -> str | None:
-    """The first divergence of a bundle that failed verification: the reference converted to
-    float32 in the contained child, then :func:`quick_brief`. Never raises."""
+def verify_brief(bundle: Path, reference, data, arrays, trust_model: bool, progress=None) -> str | None:
+    """The first divergence of ``bundle`` (a bundle or staged bundle directory) that failed
+    verification: the reference converted to float32 in the contained child, then
+    :func:`quick_brief` on ``data`` (else ``arrays``, at most 64 samples). Never raises."""
     from .contain import isolate
     from .convert import jobs
-    from .bundle.files import npz_bytes
+    from .bundle.files import npz_bytes, read_manifest
     progress = progress or (lambda _m: None)
     try:
         with tempfile.TemporaryDirectory(prefix="edgepack-diag-") as tmp:
@@ -35,15 +36,16 @@ def verify_brief(bundle: Path, manifest: dict, reference, data, arrays, trust_mo
             prepared = isolate.run(jobs.prepare, str(reference), "float32", "float", None,
                                    str(data) if data is not None else None, trust_model, None, None, (),
                                    what="converting the reference to float32", progress=progress)
-        model = (bundle / manifest["model"]).read_bytes()
-        return quick_brief(model, prepared.conversion.tflite, prepared.check.inputs, [t["name"] for t in manifest["outputs"]])
+        manifest = read_manifest(bundle)
+        model = (bundle / manifest.model).read_bytes()
+        return quick_brief(model, prepared.conversion.tflite, prepared.check.inputs, manifest.output_names)
     except Exception:  # noqa: BLE001 - a failure message must not fail on its own annotation
         return None
 
 
 def calibration_causes(calibration, specs, inputs: dict) -> list[Cause]:
     """Evidence from the calibration set itself (when the user has it): too few samples, and a
-    range unlike the diagnosed data's. ``specs``: the model's input TensorSpecs."""
+    range unlike the diagnosed data's. ``specs``: the model's input Tensors."""
     from .load.calibration import RECOMMENDED, load_dataset
     cal = load_dataset(calibration, specs)
     causes = []
@@ -77,7 +79,7 @@ def diagnose(bundle, *, reference, data=None, runtimes: list[str] | None = None,
     from .convert import jobs
     from .bundle.files import open_bundle, read_manifest
     from .verify.emulator import get_env
-    from .load.model import sniff_format
+    from .load.formats import sniff_format
     from .targets import get_target
     progress = progress or (lambda _m: None)
     path = Path(bundle)
@@ -97,9 +99,9 @@ def diagnose(bundle, *, reference, data=None, runtimes: list[str] | None = None,
         else:
             with open_bundle(path) as unpacked:
                 manifest = read_manifest(unpacked)
-                model = (unpacked / manifest["model"]).read_bytes()
-                profile = get_target(manifest["target"]["name"])
-                samples = (manifest.get("samples") or {}).get("inputs")
+                model = (unpacked / manifest.model).read_bytes()
+                profile = get_target(manifest.target)
+                samples = manifest.samples
                 if samples and (unpacked / samples).is_file() and data is None:
                     shutil.copy(unpacked / samples, Path(tmp) / "samples.npz")
                     data = Path(tmp) / "samples.npz"
@@ -111,7 +113,7 @@ def diagnose(bundle, *, reference, data=None, runtimes: list[str] | None = None,
                                what="converting the reference to float32", progress=progress)
         if manifest is not None:
             ref_names = {t.name for t in prepared.outputs}
-            bundle_names = {t["name"] for t in manifest["outputs"]}
+            bundle_names = set(manifest.output_names)
             if ref_names != bundle_names:
                 raise UsageError(f"the reference model's outputs ({', '.join(sorted(ref_names))}) are not the "
                                  f"bundle's ({', '.join(sorted(bundle_names))})",

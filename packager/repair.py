@@ -74,7 +74,8 @@ def search(model: str, calibration: str | None, data: str | None, trust: bool, i
     from .convert import jobs
     from .load.calibration import load_dataset
     from .contain.isolate import stage
-    from .load.model import import_tf, load_model
+    from .load.formats import load_model
+    from .load.model import import_tf
     from .recipes import get_recipe
 
     base = jobs.prepare(model, "float32", "float", calibration, data, trust)
@@ -290,7 +291,7 @@ def build_auto(model, *, target: str = "rpi", calibration=None, data=None, io: s
     from . import api
     from .contain import isolate
     from .verify.emulator import get_env
-    from .load.model import sniff_format
+    from .load.formats import sniff_format
     from .recipes import get_recipe
     from .targets import get_target
     progress = progress or (lambda _m: None)

@@ -1,5 +1,11 @@
-"""Target profiles: one TOML file per target in ``targets/`` (plus any directory named in
-``EDGEPACK_TARGETS_PATH``), validated into frozen dataclasses. Adding a target = adding a file."""
+"""Target profiles and the runtimes they name, validated into frozen dataclasses.
+
+- A target: one TOML file in ``targets/`` (or a directory named in ``EDGEPACK_TARGETS_PATH``).
+  Adding a target = adding a file.
+- A runtime: one table in ``packager/runtimes.toml`` (pip name, import name, requirements, Python
+  range, op-version limits); targets name it (``runtimes = ["ai-edge-litert"]``). A target may also
+  declare a runtime inline as a table (``[[runtimes]]`` with ``name``, ``module``, ``requirements``);
+  a table whose name is in the registry overrides only the fields it gives."""
 from __future__ import annotations
 
 import os
@@ -15,17 +21,26 @@ except ImportError:  # Python 3.10
 from .errors import UsageError
 
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "targets"
-DEPLOY_METHODS = ("ssh", "adb")
+RUNTIMES_FILE = Path(__file__).with_name("runtimes.toml")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*\Z")
 
 
 @dataclass(frozen=True)
 class RuntimeProfile:
+    """A TFLite runtime a target can run bundles with (see ``packager/runtimes.toml``)."""
     name: str                 # pip distribution name, e.g. "ai-edge-litert"
     module: str               # import name, e.g. "ai_edge_litert"
     requirements: tuple[str, ...]
     python: str               # supported Python range on the device, e.g. ">=3.9,<3.14"
     note: str = ""
+    interpreter: str = ""     # module holding Interpreter, e.g. "ai_edge_litert.interpreter"
+    label: str = ""           # short name for tables, e.g. "litert"
+    max_op_versions: tuple = ()   # ((op name, highest version it registers), ...)
+
+    def op_version_limit(self, op: str) -> int | None:
+        """Highest version of builtin ``op`` this runtime registers when it is known to be lower than
+        what TF emits; None when no limit is known."""
+        return dict(self.max_op_versions).get(op)
 
     @property
     def device_module(self) -> str:
@@ -69,6 +84,43 @@ class TargetProfile:
         }
 
 
+def _runtime_from(data: dict, where: str) -> RuntimeProfile:
+    base = _registry_raw().get(data.get("name"), {}) if isinstance(data, dict) else {}
+    merged = {**base, **data}
+    try:
+        module = merged["module"]
+        return RuntimeProfile(name=merged["name"], module=module, requirements=tuple(merged["requirements"]),
+                              python=merged.get("python", ""), note=merged.get("note", ""),
+                              interpreter=merged.get("interpreter") or f"{module}.interpreter",
+                              label=merged.get("label") or merged["name"],
+                              max_op_versions=tuple(sorted((merged.get("max_op_versions") or {}).items())))
+    except (KeyError, TypeError) as exc:
+        raise UsageError(f"{where}: runtime entry lacks {exc}") from None
+
+
+_REGISTRY: dict = {}
+
+
+def _registry_raw() -> dict:
+    if not _REGISTRY:
+        data = tomllib.loads(RUNTIMES_FILE.read_text(encoding="utf-8"))
+        _REGISTRY.update({name: {"name": name, **table} for name, table in data.items()})
+    return _REGISTRY
+
+
+def list_runtimes() -> dict[str, RuntimeProfile]:
+    """The runtimes of ``packager/runtimes.toml`` by pip name."""
+    return {name: _runtime_from(table, str(RUNTIMES_FILE)) for name, table in _registry_raw().items()}
+
+
+def get_runtime(name: str) -> RuntimeProfile | None:
+    """The registry's runtime ``name`` (pip or import name), or None when it is not registered."""
+    for rt in list_runtimes().values():
+        if name in (rt.name, rt.module):
+            return rt
+    return None
+
+
 def _search_dirs() -> list[Path]:
     dirs = [Path(p) for p in os.environ.get("EDGEPACK_TARGETS_PATH", "").split(os.pathsep) if p]
     return dirs + [BUILTIN_DIR]
@@ -88,16 +140,18 @@ def _parse(path: Path) -> TargetProfile:
         raise bad("missing " + ", ".join(missing))
     if not _NAME.match(str(data["name"])) or data["name"] != path.stem:
         raise bad(f"name {data['name']!r} must match the file name and [a-z0-9_-]")
-    if data["deploy"] not in DEPLOY_METHODS:
-        raise bad(f"deploy {data['deploy']!r} is not one of {', '.join(DEPLOY_METHODS)}")
+    if not isinstance(data["deploy"], str) or not _NAME.match(data["deploy"]):
+        raise bad(f"deploy {data['deploy']!r} is not a deploy method name")   # which exist: packager.deploy.transports
     runtimes = []
     for rt in data["runtimes"]:
-        try:
-            runtimes.append(RuntimeProfile(name=rt["name"], module=rt["module"],
-                                           requirements=tuple(rt["requirements"]),
-                                           python=rt.get("python", ""), note=rt.get("note", "")))
-        except (KeyError, TypeError) as exc:
-            raise bad(f"runtime entry lacks {exc}") from None
+        if isinstance(rt, str):
+            if rt not in _registry_raw():
+                raise bad(f"runtime {rt!r} is not one of {', '.join(_registry_raw())} (packager/runtimes.toml); "
+                          "declare others as a table with name, module and requirements")
+            rt = {"name": rt}
+        if not isinstance(rt, dict):
+            raise bad(f"runtime entry {rt!r} is neither a runtime name nor a table")
+        runtimes.append(_runtime_from(rt, f"target profile {path}"))
     if not runtimes:
         raise bad("declares no runtime")
     install = data.get("install", {})

@@ -1,4 +1,4 @@
-"""packager.arm64: aarch64 Python under qemu-user with the real aarch64 wheels.
+"""packager.verify.arm64: aarch64 Python under qemu-user with the real aarch64 wheels.
 
 The slow tests prepare two arm64 environments once per session (cached under
 ``$EDGEPACK_CACHE_DIR/arm64``, default ``~/.cache/edgepack/arm64``; about a minute the first time,

@@ -101,8 +101,16 @@ def test_device_runtime_imports_nothing_heavy():
     allowed_tf = {"tensorflow.lite.python.interpreter"}
     assert not {m for m in imported if m.split(".")[0] == "tensorflow"} - allowed_tf
     assert not {m for m in imported if m.split(".")[0] in ("packager", "keras", "tf_keras") or m.startswith(".")}
-    third_party = {m.split(".")[0] for m in imported} - set(sys.stdlib_module_names)
+    # the runtimes are imported by name from the RUNTIMES table (importlib), and only there
+    table = next(n.value for n in ast.walk(ast.parse(SCRIPT.read_text())) if isinstance(n, ast.Assign)
+                 and any(getattr(t, "id", None) == "RUNTIMES" for t in n.targets))
+    dynamic = {ast.literal_eval(v) for v in table.values}
+    assert {m for m in dynamic if m.split(".")[0] == "tensorflow"} <= allowed_tf
+    third_party = {m.split(".")[0] for m in imported | dynamic} - set(sys.stdlib_module_names)
     assert third_party <= {"numpy", "ai_edge_litert", "tflite_runtime", "tensorflow"}
+    calls = [n for n in ast.walk(ast.parse(SCRIPT.read_text())) if isinstance(n, ast.Call)
+             and getattr(n.func, "attr", None) == "import_module"]
+    assert [ast.unparse(c.args[0]) for c in calls] == ["RUNTIMES[name]"]
 
 
 def test_tampered_model_fails_checksum(runtime_python, bundle_copy):

@@ -259,11 +259,12 @@ def test_top1_skips_tied_rows():
 # --------------------------------------------------------------------------- messages and names
 def test_single_unnamed_output_is_mapped():
     from packager.convert.converter import _named
-    from packager.convert.inspect import ModelSpec, TensorInfo
-    spec = ModelSpec(1, "x", [TensorInfo("feat", 0, [-1, 3], "float32", None)],
-                     [TensorInfo("StatefulPartitionedCall:0", 5, [-1, 2], "float32", None)], [], None)
+    from packager.convert.inspect import ModelSpec
+    from packager.tensor import Tensor
+    spec = ModelSpec(1, "x", [Tensor("feat", (-1, 3), "float32", index=0)],
+                     [Tensor("StatefulPartitionedCall:0", (-1, 2), "float32", index=5)], [], None)
     assert [t.name for t in _named(spec, {"inputs": ["feat"], "outputs": ["logits"]}).outputs] == ["logits"]
-    two = ModelSpec(1, "x", [], [TensorInfo("a", 1, [1], "float32", None), TensorInfo("b", 2, [1], "float32", None)],
+    two = ModelSpec(1, "x", [], [Tensor("a", (1,), "float32", index=1), Tensor("b", (1,), "float32", index=2)],
                     [], None)
     assert [t.name for t in _named(two, {"inputs": [], "outputs": ["p", "q"]}).outputs] == ["a", "b"]  # never guessed
 
@@ -325,12 +326,14 @@ def test_json_is_one_document_and_the_terminal_quiet(out, tmp_path):
 
 
 def test_names_and_replacement(tmp_path, out):
-    from packager.api import default_model_name
+    from packager.bundle.manifest import default_name
     (tmp_path / "mnist" / "3").mkdir(parents=True)
     (tmp_path / "plain").mkdir()
-    assert default_model_name(tmp_path / "mnist" / "3") == "mnist"
-    assert default_model_name(tmp_path / "plain") == "plain"
-    assert default_model_name(tmp_path / "m.keras") == "m"
+    assert default_name(tmp_path / "mnist" / "3", "rpi") == "mnist-rpi"
+    assert default_name(tmp_path / "plain", "rpi") == "plain-rpi"
+    assert default_name(tmp_path / "m.keras", "android") == "m-android"
+    assert default_name(tmp_path / "my model (v2).h5", "rpi") == "my-model-v2-rpi"     # one name rule
+    assert default_name(tmp_path / ".hidden.h5", "rpi") == "hidden-rpi"
     kind = fm.fixed_batch(out, 1)
     api.build(kind.model, recipe="float32", output=tmp_path / "b", verify=False)
     again = api.build(kind.model, recipe="float16", output=tmp_path / "b", verify=False)

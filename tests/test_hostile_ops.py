@@ -13,7 +13,7 @@ import pytest
 from packager import api
 from packager.errors import UsageError
 from packager.load.op_allowlist import COMPUTE_OPS, RESTORE_OPS, SAVE_OPS, TF_PURE_FUNCTIONS
-from packager.load.safety import check_model
+from packager.load.formats import check_model
 
 LITERT = ["ai-edge-litert"]
 

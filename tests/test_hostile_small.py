@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from packager import api
-from packager.bundle.files import extract_archive, validate_name
+from packager.bundle.files import extract_archive, check_name
 from packager.errors import UsageError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -183,11 +183,13 @@ def test_truncated_archive_is_one_error_line(keep, int8_bundle, zoo, tmp_path):
 
 @pytest.mark.parametrize("name", ["tiny\n", "tiny\r", "tiny\n\n", "ok.\n"])
 def test_names_ending_in_a_newline_are_refused(name, zoo, tmp_path):
-    from packager.deploy.releases import check_name
-    with pytest.raises(UsageError):
-        validate_name(name)
+    from packager.bundle.files import check_part
+    from packager.deploy.releases import check_name as deploy_check_name
+    assert deploy_check_name is check_name                      # one bundle-name rule
     with pytest.raises(UsageError):
         check_name(name)
+    with pytest.raises(UsageError):
+        check_part(name)
     with pytest.raises(UsageError):
         api.build(zoo["keras3_h5"], target="rpi", recipe="float32", runtimes=LITERT, output=tmp_path / "o", name=name)
 

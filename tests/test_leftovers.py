@@ -110,7 +110,7 @@ def edgepack(tmp_path: Path, *args, interrupt_when=None, interrupt=_ctrl_c, time
 def assert_nothing_left(run: Run) -> None:
     assert not run.processes, f"processes still running after edgepack exited: {run.processes}"
     # TensorFlow's autograph modules included: the TensorFlow child writes them to its own scratch
-    # TMPDIR, which edgepack removes after it (packager.lifecycle).
+    # TMPDIR, which edgepack removes after it (packager.contain.lifecycle).
     assert not run.temp, f"temporary entries left in TMPDIR: {run.temp}"
 
 

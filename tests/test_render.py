@@ -257,7 +257,7 @@ def test_verify_arch_is_a_hidden_alias(tmp_path):
 
 
 def test_doctor_exit_code(monkeypatch):
-    from packager.verify import doctor
+    from packager.cli import doctor
     monkeypatch.setattr(doctor, "checks", lambda: [doctor.Check("tensorflow", False, "not installed", "pip install x",
                                                                 required=True),
                                                    doctor.Check("adb", False, "not found", "apt-get install adb")])

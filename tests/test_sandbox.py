@@ -136,7 +136,7 @@ def test_confined_process_writes_only_below_scratch(tmp_path):
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     outside = tmp_path / "outside.txt"
-    code = ("import sys; from packager import sandbox\n"
+    code = ("import sys; from packager.contain import sandbox\n"
             f"assert sandbox.confine([{str(scratch)!r}]) > 0\n"
             f"open({str(scratch / 'ok.txt')!r}, 'w').write('fine')\n"
             "try:\n"

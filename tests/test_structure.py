@@ -12,14 +12,15 @@ PACKAGE = ROOT / "packager"
 # top-level module) names it, and may import its own stage or an earlier one. The layout is this map:
 # a new module in a stage package needs no entry; a new top-level module must be placed here.
 STAGES = [
-    ("foundation", ["packager.errors", "packager.version", "packager.paths", "packager.recipes", "packager.targets",
+    ("foundation", ["packager.errors", "packager.version", "packager.paths", "packager.tensor", "packager.recipes",
+                    "packager.targets",
                     "packager.compare", "packager.contain"]),
     ("load", ["packager.load"]),
     ("convert", ["packager.convert"]),
     ("bundle", ["packager.bundle"]),
     ("verify", ["packager.verify"]),
-    ("api", ["packager.api", "packager.diagnose", "packager.repair", "packager"]),
     ("deploy", ["packager.deploy"]),
+    ("api", ["packager.api", "packager.diagnose", "packager.repair", "packager"]),
     ("fleet", ["packager.fleet"]),
     ("cli", ["packager.cli", "packager.__main__"]),
 ]
@@ -169,3 +170,59 @@ def test_manifest_is_typed_and_validated(int8_bundle, tmp_path):
         with pytest.raises(UsageError) as info:
             read_manifest(bad)
         assert words in info.value.message and "\n" not in info.value.message
+
+
+def test_every_registered_runtime_is_importable_by_the_device_script():
+    """A runtime is added in packager/runtimes.toml; the shipped script (which cannot read it)
+    must import it the same way, and the targets name only registered or declared runtimes."""
+    from device_runtime.edgepack_run import RUNTIMES
+    from packager.targets import get_runtime, list_runtimes, list_targets
+    registry = list_runtimes()
+    assert registry and all(RUNTIMES.get(rt.module) == rt.interpreter for rt in registry.values())
+    assert get_runtime("tflite-runtime").op_version_limit("FULLY_CONNECTED") == 11
+    assert get_runtime("tflite_runtime") is not None and get_runtime("onnxruntime") is None
+    for target in list_targets().values():
+        assert all(rt.interpreter and rt.label for rt in target.runtimes)
+
+
+def test_a_target_names_runtimes_from_the_registry(tmp_path, monkeypatch):
+    """Targets reference runtimes by name, override fields with a table, or are refused by name."""
+    import pytest
+    from packager.errors import UsageError
+    from packager.targets import get_target
+    head = 'name = "{n}"\narch = "arm64"\ndeploy = "ssh"\nremote_dir = "~/x"\ndefault_recipe = "float16"\n'
+    (tmp_path / "a.toml").write_text(head.format(n="a") + 'runtimes = ["tflite-runtime"]\n')
+    (tmp_path / "b.toml").write_text(head.format(n="b") + 'runtimes = [{ name = "ai-edge-litert", note = "mine" }]\n')
+    (tmp_path / "c.toml").write_text(head.format(n="c") + 'runtimes = ["onnxruntime"]\n')
+    monkeypatch.setenv("EDGEPACK_TARGETS_PATH", str(tmp_path))
+    (tmp_path / "c.toml").rename(tmp_path / "c.off")
+    a, b = get_target("a"), get_target("b")
+    assert a.runtimes[0].module == "tflite_runtime" and a.runtimes[0].op_version_limit("FULLY_CONNECTED") == 11
+    assert b.runtimes[0].note == "mine" and b.runtimes[0].requirements[0].startswith("ai-edge-litert")
+    (tmp_path / "c.off").rename(tmp_path / "c.toml")
+    with pytest.raises(UsageError) as info:
+        get_target("a")
+    assert "onnxruntime" in info.value.message and "runtimes.toml" in info.value.message
+
+
+def test_a_transport_is_one_class(tmp_path, monkeypatch):
+    """What edgepack needs to know of a way to reach devices is on its Transport class; targets name
+    one by its method, and a profile naming none is refused before any model is loaded."""
+    import pytest
+    from packager import api
+    from packager.deploy.transports import TRANSPORTS
+    from packager.errors import UsageError
+    from packager.targets import list_targets
+    for method, cls in TRANSPORTS.items():
+        assert cls.method == method and cls.tool and cls.tool_hint and cls.address and "{name}" in cls.remote_dir
+    assert {t.deploy for t in list_targets().values()} <= set(TRANSPORTS)
+    (tmp_path / "pigeon.toml").write_text('name = "pigeon"\narch = "arm64"\ndeploy = "carrier-pigeon"\n'
+                                          'remote_dir = "~/x/{name}"\ndefault_recipe = "float16"\n'
+                                          'runtimes = ["ai-edge-litert"]\n')
+    monkeypatch.setenv("EDGEPACK_TARGETS_PATH", str(tmp_path))
+    model = tmp_path / "m.h5"
+    model.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 64)
+    with pytest.raises(UsageError) as info:
+        api.build(model, target="pigeon", recipe="float32", output=tmp_path / "out")
+    assert "carrier-pigeon" in info.value.message and "ssh" in info.value.message
+    assert not (tmp_path / "out").exists()

@@ -14,18 +14,19 @@ import sys
 import tarfile
 import tempfile
 import zlib
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import UsageError
+from ..errors import DeployError, UsageError
 
 ENTRYPOINT_SOURCE = Path(__file__).resolve().parents[2] / "device_runtime" / "edgepack_run.py"
 ENTRYPOINT = "edgepack_run.py"
 MODEL = "model.tflite"
 MANIFEST = "manifest.json"
-NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
-from .manifest import FORMAT  # noqa: E402,F401 - one source of the format number (api imports it from here)
+PART_RE = re.compile(r"^[A-Za-z0-9._][A-Za-z0-9._-]*\Z")
+from .manifest import FORMAT, Manifest, check_name  # noqa: E402,F401 - one source of the format number and name rule
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -76,13 +77,6 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def validate_name(name: str) -> str:
-    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
-        raise UsageError(f"bundle name {name!r} is not allowed",
-                         hint="use letters, digits, '.', '_' or '-', not starting with '.' or '-'")
-    return name
 
 
 def npz_bytes(arrays: dict) -> bytes:
@@ -303,7 +297,7 @@ def host_entrypoint(bundle: Path, manifest: dict) -> tuple[Path, str | None]:
 
 
 def read_manifest(bundle: Path):
-    """The bundle's validated :class:`packager.manifest.Manifest` (a read-only mapping of the JSON
+    """The bundle's validated :class:`packager.bundle.manifest.Manifest` (a read-only mapping of the JSON
     too). Raises UsageError when there is none or it is invalid."""
     from .manifest import Manifest
     return Manifest.read(Path(bundle))
@@ -321,6 +315,99 @@ def check_files(bundle: Path, manifest: dict) -> list[str]:
         if "sha256:" + sha256_file(path) != digest:
             problems.append(f"{rel}: sha256 differs from the manifest")
     return problems
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A bundle directory whose every file was checked against its manifest (by :func:`load_bundle`):
+    ``files`` lists (relative path, sha256 hex) with manifest.json last, ``sizes`` their bytes."""
+    path: Path
+    manifest: Manifest
+    name: str
+    model_sha256: str
+    files: tuple[tuple[str, str], ...]    # (relpath, sha256 hex), manifest.json last
+    sizes: dict = field(default_factory=dict, compare=False)
+
+    def local(self, rel: str) -> Path:
+        return self.path.joinpath(*rel.split("/"))
+
+    @property
+    def wanted(self) -> dict[str, str]:
+        return dict(self.files)
+
+
+def check_part(name: object, what: str = "bundle file name part") -> str:
+    """One component of a path inside a bundle: letters, digits, '.', '_', '-', not starting with
+    '-', not '.' or '..'. Raises UsageError."""
+    if not isinstance(name, str) or not PART_RE.match(name) or name in (".", ".."):
+        raise UsageError(f"{what} {name!r} is not allowed",
+                         hint="names are letters, digits, '.', '_' and '-', and do not start with '-'")
+    return name
+
+
+def check_relpath(rel: object) -> str:
+    """A path inside a bundle: relative, '/'-separated, every part a valid name."""
+    if not isinstance(rel, str) or not rel or rel.startswith("/") or "\\" in rel:
+        raise UsageError(f"bundle file name {rel!r} is not allowed")
+    for part in rel.split("/"):
+        check_part(part)
+    return rel
+
+
+def load_bundle(bundle_dir: str | Path) -> Bundle:
+    """Read a bundle and check every file against its manifest before anything goes anywhere
+    (deploy, fleet). Raises UsageError for a missing, linked or invalid manifest (validated by
+    :class:`~packager.bundle.manifest.Manifest`), DeployError for a missing or changed file."""
+    path = Path(bundle_dir)
+    mpath = path / "manifest.json"
+    if not path.is_dir():
+        raise UsageError(f"bundle {path} is not a directory", hint="build one with: edgepack build MODEL")
+    if mpath.is_symlink():
+        raise UsageError(f"{mpath} is a symbolic link; refused", hint="rebuild the bundle with edgepack build")
+    try:
+        raw = mpath.read_bytes()
+        manifest = json.loads(raw.decode("utf-8"))
+    except FileNotFoundError:
+        raise UsageError(f"{path} has no manifest.json; it is not an edgepack bundle") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise UsageError(f"{mpath} cannot be read: {exc}") from None
+    manifest = Manifest.from_json(manifest, str(mpath))
+    name = manifest.name
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not files:
+        raise UsageError(f"{mpath} lists no files")
+    for key in ("model", "entrypoint"):
+        if manifest.get(key) not in files:
+            raise UsageError(f"{mpath}: {key} {manifest.get(key)!r} is not among its files")
+    model_sha = str(manifest.get("model_sha256", ""))
+    entries: list[tuple[str, str]] = []
+    sizes: dict[str, int] = {}
+    for rel, digest in sorted(files.items()):
+        check_relpath(rel)
+        if rel == "manifest.json":
+            raise UsageError(f"{mpath} lists itself among its files")
+        want = str(digest).removeprefix("sha256:")
+        if not re.fullmatch(r"[0-9a-f]{64}", want):
+            raise UsageError(f"{mpath}: {rel} has no sha256 checksum")
+        local = path.joinpath(*rel.split("/"))
+        parts = rel.split("/")
+        if any(path.joinpath(*parts[:i]).is_symlink() for i in range(1, len(parts) + 1)):
+            raise UsageError(f"bundle file {rel} in {path} is (or lies under) a symbolic link; refused",
+                             hint="a bundle holds regular files only: rebuild it with edgepack build")
+        if not local.is_file():
+            raise DeployError(f"bundle file {rel} is missing from {path}", hint="rebuild the bundle")
+        got = sha256_file(local)
+        if got != want:
+            raise DeployError(f"bundle file {rel} does not match manifest.json (sha256 {got[:12]}... vs {want[:12]}...): "
+                              "it was changed after the bundle was built; nothing was sent",
+                              hint="rebuild the bundle with edgepack build instead of editing it")
+        entries.append((rel, want))
+        sizes[rel] = local.stat().st_size
+    if files[manifest["model"]].removeprefix("sha256:") != model_sha:
+        raise DeployError(f"{mpath}: model_sha256 differs from the model's checksum in files", hint="rebuild the bundle")
+    entries.append(("manifest.json", hashlib.sha256(raw).hexdigest()))
+    sizes["manifest.json"] = len(raw)
+    return Bundle(path=path, manifest=manifest, name=name, model_sha256=model_sha, files=tuple(entries), sizes=sizes)
 
 
 @contextlib.contextmanager
@@ -370,7 +457,7 @@ def extract_archive(archive: Path, dest: Path) -> Path:
                 root = root or parts[0]
                 if parts[0] != root:
                     raise bad("members outside one top-level directory")
-                validate_name(root)
+                check_name(root)
                 seen.add(name)
                 total += m.size
                 if total > MAX_ARCHIVE_BYTES:

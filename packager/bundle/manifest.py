@@ -10,6 +10,7 @@ callers move to the attributes.
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -17,9 +18,35 @@ from enum import Enum
 from pathlib import Path
 
 from ..errors import UsageError
+from ..tensor import Tensor
 
 FORMAT = 1
 MANIFEST = "manifest.json"
+
+#: The one bundle-name rule (bundle directories, archives, device release directories): letters,
+#: digits, '.', '_', '-'; starting with a letter or digit; at most 100 characters.
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+NAME_HINT = "use letters, digits, '.', '_' or '-' (at most 100), starting with a letter or digit"
+
+
+def check_name(name: object, what: str = "bundle name") -> str:
+    """``name`` if it follows :data:`NAME_RE`; UsageError naming ``what`` otherwise."""
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+        raise UsageError(f"{what} {name!r} is not allowed", hint=NAME_HINT)
+    return name
+
+
+def default_name(model: Path, target: str) -> str:
+    """The bundle name ``build`` uses without ``--name``: ``MODEL-TARGET``, where MODEL is the file's
+    stem (``mnist.h5`` -> ``mnist``), a SavedModel directory's name, or its parent's when the directory
+    is a version number (``saved/mnist/3`` -> ``mnist``); characters outside :data:`NAME_RE` become '-'."""
+    path = Path(os.path.abspath(model))
+    if path.is_dir():
+        stem = path.parent.name if path.name.isdigit() and path.parent.name else path.name
+    else:
+        stem = path.stem if path.suffix else path.name
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("._-")[:90] or "model"
+    return check_name(f"{stem}-{target}")
 
 
 class VerificationStatus(str, Enum):
@@ -37,28 +64,6 @@ class RuntimeStatus(str, Enum):
     ERROR = "error"            # the runtime cannot run the model (left out of requirements.txt)
     UNAVAILABLE = "unavailable"  # its environment could not be prepared on the build host
     UNVERIFIED = "unverified"  # --no-verify, or not selected
-
-
-@dataclass(frozen=True)
-class Tensor:
-    """A model input or output: TFLite tensor ``index``, ``shape`` (-1 = dynamic), numpy ``dtype``
-    name, and ``scale``/``zero_point`` when quantized (real = scale * (q - zero_point))."""
-    name: str
-    index: int
-    shape: tuple
-    dtype: str
-    scale: float | None = None
-    zero_point: int | None = None
-
-    @classmethod
-    def from_json(cls, data: Mapping) -> "Tensor":
-        q = data.get("quantization") or {}
-        return cls(data["name"], int(data["index"]), tuple(int(d) for d in data["shape"]), data["dtype"],
-                   float(q["scale"]) if q else None, int(q["zero_point"]) if q else None)
-
-    @property
-    def quantized(self) -> bool:
-        return self.scale is not None
 
 
 @dataclass(frozen=True)
@@ -113,8 +118,8 @@ class Manifest(Mapping):
         for key in ("name", "entrypoint"):
             if not isinstance(data.get(key), str) or not data[key]:
                 raise bad(f"{key} is not a non-empty string")
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", data["name"]):
-            raise bad(f"name {data['name']!r} is not a bundle name")
+        if not NAME_RE.fullmatch(data["name"]):
+            raise bad(f"name {data['name']!r} is not a bundle name ({NAME_HINT})")
         for key in ("recipe", "target"):
             if not isinstance(data.get(key), dict) or not isinstance(data[key].get("name"), str):
                 raise bad(f"{key} has no name")
@@ -160,6 +165,49 @@ class Manifest(Mapping):
         except (OSError, ValueError, UnicodeDecodeError) as exc:
             raise UsageError(f"{path} is unreadable: {exc}") from None
         return cls.from_json(data, str(path))
+
+    # -- typed views of the other fields -----------------------------------------------------
+    @property
+    def input_names(self) -> list[str]:
+        """Input names in the model's order."""
+        return [t.name for t in self.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        """Output names in the model's order."""
+        return [t.name for t in self.outputs]
+
+    @property
+    def runtime_names(self) -> list[str]:
+        """The target's runtimes (pip distribution names) the bundle lists."""
+        return [name for name, _ in self.runtimes]
+
+    @property
+    def samples(self) -> str | None:
+        """Relative path of the bundled sample inputs (``samples/inputs.npz``), or None."""
+        return (self.data.get("samples") or {}).get("inputs")
+
+    @property
+    def tolerance(self) -> dict:
+        """Per output name, the tolerance the bundle was built with: ``{"atol", "rtol", ...}`` (see
+        :class:`packager.recipes.Tolerance`); empty for bundles that recorded none."""
+        recorded = self.data.get("tolerance") or {}
+        return {k: dict(v) for k, v in recorded.items() if isinstance(v, Mapping)}
+
+    @property
+    def fixed(self) -> dict:
+        """``{"batch": int}`` and/or ``{"variable_axes": [...]}`` when the model has them; else ``{}``."""
+        return dict(self.data.get("fixed") or {})
+
+    @property
+    def source(self) -> dict:
+        """Where the model came from: ``path`` (file name), ``format``, ``sha256``, ``conversion_path``."""
+        return dict(self.data.get("source") or {})
+
+    @property
+    def target_info(self) -> dict:
+        """The target profile as recorded at build time (``deploy``, ``remote_dir``, ``device_python``, ...)."""
+        return dict(self.data.get("target") or {})
 
     def tensor(self, name: str) -> Tensor:
         """The input or output called ``name``; KeyError when there is none."""

@@ -324,7 +324,7 @@ def doctor(json_output: JsonOpt = False):
     Exit code 5 when something build/verify needs is missing (TensorFlow, venv); ssh, adb and arm64
     emulation are optional and only reported."""
     from . import render
-    from ..verify.doctor import checks
+    from .doctor import checks
     data = [c.__dict__ for c in checks()]
     missing = [c["name"] for c in data if not c["ok"] and c.get("required")]
     if json_output:
@@ -362,10 +362,10 @@ def _write_report(path: Path, title: str, report, model: Path, labels: Optional[
     from .. import api
     from . import render
     if manifest is None and bundle is not None and (bundle / "manifest.json").is_file():
-        import json
+        from ..bundle.files import read_manifest
         try:
-            manifest = json.loads((bundle / "manifest.json").read_text())
-        except (OSError, ValueError):
+            manifest = read_manifest(bundle)
+        except UsageError:
             manifest = None
     status = None
     if report is None and exc is None:

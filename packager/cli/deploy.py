@@ -52,22 +52,16 @@ def _json(value) -> None:
     typer.echo(json.dumps(dataclasses.asdict(value), indent=2, default=default))
 
 
-def _manifest(bundle: Path | None) -> dict | None:
+def _manifest(bundle: Path | None):
+    """The bundle's validated Manifest (None without a bundle). Raises UsageError."""
     if bundle is None:
         return None
-    try:
-        manifest = json.loads((bundle / "manifest.json").read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UsageError(f"{bundle} has no manifest.json; it is not an edgepack bundle") from None
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise UsageError(f"{bundle}/manifest.json cannot be read: {exc}") from None
-    if not isinstance(manifest, dict):
-        raise UsageError(f"{bundle}/manifest.json is not a bundle manifest")
-    return manifest
+    from ..bundle.files import read_manifest
+    return read_manifest(bundle)
 
 
 def _transport(host: str | None, serial: str | None, ssh_config: Path | None, timeout: float,
-               manifest: dict | None) -> dep.Transport:
+               manifest) -> dep.Transport:
     if host and serial:
         raise UsageError("give --host (SSH) or --serial (ADB), not both")
     method = "ssh" if host else "adb" if serial else (dep.deploy_method(manifest) if manifest else None)
@@ -84,7 +78,7 @@ def _transport(host: str | None, serial: str | None, ssh_config: Path | None, ti
     return dep.make_transport(method, serial=serial, timeout=timeout)
 
 
-def _remote_dir(remote_dir: str | None, manifest: dict | None, transport: dep.Transport) -> str:
+def _remote_dir(remote_dir: str | None, manifest, transport: dep.Transport) -> str:
     if remote_dir:
         return remote_dir
     if manifest is None:

@@ -20,7 +20,18 @@ from rich.markup import escape
 from rich.table import Table
 
 # Short runtime names for tables; the JSON and the HTML report keep the full distribution names.
-SHORT_RUNTIME = {"ai-edge-litert": "litert", "tflite-runtime": "tflrt"}
+class _Labels(dict):
+    """Runtime pip name -> short table label (``label`` in packager/runtimes.toml)."""
+    def __missing__(self, name):
+        from ..targets import get_runtime
+        runtime = get_runtime(name)
+        return runtime.label if runtime is not None else name
+
+    def get(self, name, default=None):
+        return self[name]
+
+
+SHORT_RUNTIME = _Labels()
 
 
 def _console(stderr: bool = False) -> Console:

@@ -1,5 +1,5 @@
 """Rendering of `edgepack diagnose`: the terminal table and the HTML report with a per-op error
-plot (inline SVG, log scale, the limit drawn). Printing goes through :mod:`packager.render`."""
+plot (inline SVG, log scale, the limit drawn). Printing goes through :mod:`packager.cli.render`."""
 from __future__ import annotations
 
 import html
@@ -40,7 +40,7 @@ def show_diagnosis(d: dict) -> None:
 
 
 def diagnosis_html(d: dict, title: str) -> str:
-    """A self-contained page (:func:`packager.render.html_report` with the diagnosis as sections):
+    """A self-contained page (:func:`packager.cli.render.html_report` with the diagnosis as sections):
     the first divergence, the per-op error plot, the table, causes and the runtime comparison."""
     from .render import html_report
     status = d["brief"] or ("no op diverges from the float32 model" if d["ops"] else "runtimes compared only")

@@ -3,10 +3,10 @@ process with an address-space limit and a timeout. Models are programs: a hostil
 ends as an edgepack error, never as a hung or crashed edgepack. The parent never imports
 TensorFlow.
 
-The child confines itself with Landlock where the kernel has it (:mod:`packager.sandbox`): it can
+The child confines itself with Landlock where the kernel has it (:mod:`packager.contain.sandbox`): it can
 write only below a scratch directory (its TMPDIR, removed afterwards), open no TCP connection
 and signal no process outside it, so a hostile model that gets past the checks in
-:mod:`packager.safety` still cannot write a file elsewhere.
+:mod:`packager.load.safety` still cannot write a file elsewhere.
 
 Limits: ``EDGEPACK_MEMORY_MB`` (default 8192, address space of the child) and
 ``EDGEPACK_TIMEOUT`` (seconds, default 1800). ``EDGEPACK_IN_PROCESS=1`` runs jobs in the calling
@@ -83,7 +83,7 @@ def _child(conn, func, args, memory_mb: int, parent: int | None = None, scratch:
     _STAGE["conn"] = conn
     confined = 0
     try:
-        if scratch:  # from here on this process writes only below scratch (packager.sandbox)
+        if scratch:  # from here on this process writes only below scratch (packager.contain.sandbox)
             from . import sandbox
             confined = sandbox.confine([scratch])
         result = ("ok", func(*args))

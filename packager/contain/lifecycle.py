@@ -4,7 +4,7 @@ A ``finally`` block covers normal exits, errors and Ctrl-C, but not SIGKILL (or 
 Two mechanisms cover that too:
 
 * ``die_with_parent()`` (``PR_SET_PDEATHSIG``, Linux): called in a child, the kernel signals it
-  when edgepack dies. Used by the TensorFlow child (:mod:`packager.isolate`) and, through
+  when edgepack dies. Used by the TensorFlow child (:mod:`packager.contain.isolate`) and, through
   ``preexec``, by the device-script runs of the host emulator.
 * a *reaper*: one tiny stdlib-only Python process per edgepack process, in its own session (so a
   Ctrl-C to the terminal's process group does not reach it), reading registrations from a pipe.
@@ -94,7 +94,7 @@ def preexec() -> None:
 
 def popen_kwargs(confine_to: list | None = None) -> dict:
     """Keyword arguments for subprocess.run/Popen that tie the child to this process, and with
-    ``confine_to`` also let it write only below those directories (:mod:`packager.sandbox`)."""
+    ``confine_to`` also let it write only below those directories (:mod:`packager.contain.sandbox`)."""
     if confine_to is None:
         return {"preexec_fn": preexec} if _PRCTL is not None else {}
     from . import sandbox

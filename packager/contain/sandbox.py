@@ -1,7 +1,7 @@
 """A containment boundary for the TensorFlow child: Landlock (Linux >= 5.13, unprivileged).
 
-Models are programs, and the op/layer allowlists (:mod:`packager.safety`) only know the bypasses
-found so far. So the child that loads, converts and runs a model (:mod:`packager.isolate`) also
+Models are programs, and the op/layer allowlists (:mod:`packager.load.safety`) only know the bypasses
+found so far. So the child that loads, converts and runs a model (:mod:`packager.contain.isolate`) also
 restricts itself, irreversibly and for all its descendants, before any model is read:
 
 * file system: nothing may be created, written, truncated, renamed or removed anywhere except

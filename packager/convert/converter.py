@@ -58,7 +58,7 @@ def manifest_tensors(spec: ModelSpec) -> tuple[list[dict], list[dict]]:
 
 def run_tflite(model: bytes, spec: ModelSpec, arrays: dict) -> dict:
     """Run a .tflite in-process through the device script's own Runner (ai-edge-litert), in
-    chunks of at most :data:`~packager.loaders.CALL_BYTES` of input (the interpreter's arena grows
+    chunks of at most :data:`~packager.load.model.CALL_BYTES` of input (the interpreter's arena grows
     with the batch: 64 MobileNetV2 samples at once took ~400 MiB more than 6)."""
     from device_runtime.edgepack_run import Failure, Runner
     from ..load.model import chunk_size

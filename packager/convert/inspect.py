@@ -10,26 +10,8 @@ from dataclasses import dataclass, field, asdict
 import numpy as np
 
 from ..errors import UsageError
+from ..tensor import Tensor
 
-# Highest builtin op versions tflite-runtime 2.14 registers, for ops TF 2.21 emits newer versions of
-# (measured: "Didn't find op for builtin opcode 'FULLY_CONNECTED' version '12'").
-KNOWN_MAX_VERSIONS = {
-    "tflite-runtime": {"FULLY_CONNECTED": 11},
-}
-
-
-@dataclass(frozen=True)
-class TensorInfo:
-    """A TFLite input or output: name, tensor index, shape (-1 = dynamic), numpy dtype name, and
-    ``{"scale", "zero_point"}`` when quantized (real = scale * (q - zero_point))."""
-    name: str
-    index: int
-    shape: list
-    dtype: str
-    quantization: dict | None
-
-    def to_json(self) -> dict:
-        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -46,8 +28,8 @@ class ModelSpec:
     """What a .tflite holds: size (bytes), sha256, named inputs/outputs, op codes, signature key."""
     size: int
     sha256: str
-    inputs: list[TensorInfo]
-    outputs: list[TensorInfo]
+    inputs: list[Tensor]
+    outputs: list[Tensor]
     ops: list[OpInfo]
     signature: str | None
     notes: list[str] = field(default_factory=list)
@@ -59,14 +41,17 @@ class ModelSpec:
 
     def runtime_problems(self, runtime_name: str) -> list[str]:
         """Reasons the runtime ``runtime_name`` cannot run this model, known without loading it:
-        Flex/custom ops, and op versions newer than the runtime registers (``KNOWN_MAX_VERSIONS``)."""
+        Flex/custom ops, and op versions newer than the runtime registers (``max_op_versions`` of
+        its entry in ``packager/runtimes.toml``)."""
+        from ..targets import get_runtime
+        runtime = get_runtime(runtime_name)
         problems = []
         for op in self.ops:
             if op.custom and op.name.startswith("Flex"):
                 problems.append(f"{op.name} is a Flex (select TF) op; plain TFLite runtimes cannot run it")
             elif op.custom:
                 problems.append(f"custom op {op.name} needs a runtime built with it")
-            limit = KNOWN_MAX_VERSIONS.get(runtime_name, {}).get(op.name)
+            limit = runtime.op_version_limit(op.name) if runtime is not None and not op.custom else None
             if limit is not None and op.version > limit:
                 problems.append(f"{op.name} version {op.version} (this runtime supports up to {limit})")
         return problems
@@ -90,11 +75,11 @@ def _ops(model: bytes) -> list[OpInfo]:
     return [OpInfo(n, v, c, counts[i]) for i, (n, v, c) in enumerate(codes)]
 
 
-def _tensor(name: str, d: dict) -> TensorInfo:
+def _tensor(name: str, d: dict) -> Tensor:
     scale, zero = d.get("quantization", (0.0, 0))
-    q = {"scale": float(scale), "zero_point": int(zero)} if scale else None
-    shape = [int(v) for v in d.get("shape_signature", d["shape"])]
-    return TensorInfo(name, int(d["index"]), shape, np.dtype(d["dtype"]).name, q)
+    shape = tuple(int(v) for v in d.get("shape_signature", d["shape"]))
+    return Tensor(name, shape, np.dtype(d["dtype"]).name, index=int(d["index"]),
+                  scale=float(scale) if scale else None, zero_point=int(zero) if scale else None)
 
 
 def inspect_bytes(model: bytes, tensor_names: dict | None = None, order: dict | None = None) -> ModelSpec:
@@ -127,7 +112,7 @@ def inspect_bytes(model: bytes, tensor_names: dict | None = None, order: dict | 
     return ModelSpec(len(model), hashlib.sha256(model).hexdigest(), inputs, outputs, _ops(model), signature)
 
 
-def _ordered(tensors: list[TensorInfo], names: list | None) -> list[TensorInfo]:
+def _ordered(tensors: list[Tensor], names: list | None) -> list[Tensor]:
     if not names:
         return sorted(tensors, key=lambda t: t.name)
     rank = {n: i for i, n in enumerate(names)}

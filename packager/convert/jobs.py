@@ -1,4 +1,4 @@
-"""The TensorFlow side of build and verify, as picklable jobs that :mod:`packager.isolate` runs
+"""The TensorFlow side of build and verify, as picklable jobs that :mod:`packager.contain.isolate` runs
 in a child process: load the model, read the data, convert, compute reference outputs."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 from ..load.calibration import Dataset, load_dataset, synthetic_dataset, with_length_variants
 from .converter import Conversion, release_memory
 from ..errors import VerificationError
-from ..load.model import TensorSpec
+from ..tensor import Tensor
 
 MAX_CHECK_SAMPLES = 256
 
@@ -19,8 +19,8 @@ class Prepared:
     """What the parent needs to bundle and verify; no TensorFlow objects."""
     path: str
     format: str
-    inputs: list[TensorSpec]
-    outputs: list[TensorSpec]
+    inputs: list[Tensor]
+    outputs: list[Tensor]
     conversion: Conversion
     check: Dataset
     reference: dict
@@ -94,7 +94,7 @@ def prepare_sweep(model: str, recipe_names: list, io: str, calibration: str | No
 
 def _load_for_conversion(model: str, calibration: str | None, data: str | None, trust: bool):
     from ..contain.isolate import stage
-    from ..load.model import load_model
+    from ..load.formats import load_model
     stage(f"loading {Path(model).name}")
     loaded = load_model(model, trust=trust)
     cal = load_dataset(calibration, loaded.inputs) if calibration is not None else None
@@ -161,7 +161,7 @@ def _release_tensorflow_memory() -> None:
 def reference(model: str, data: str | None, arrays: dict | None, trust: bool) -> tuple[Dataset, list, list[str]]:
     """Inputs (from ``data``, else ``arrays``, else synthetic), the model's outputs on each group
     of them (``Dataset.groups``) and the model's output names."""
-    from ..load.model import load_model
+    from ..load.formats import load_model
 
     from ..errors import UsageError
 

@@ -3,7 +3,7 @@
 
 Two comparisons, both on every intermediate tensor (kept with the interpreter's
 ``experimental_preserve_all_tensors`` and the resolver without default delegates, so XNNPACK does
-not hide them), each run by :mod:`packager.tensors_helper` with a runtime environment's own Python:
+not hide them), each run by :mod:`packager.convert.tensors_helper` with a runtime environment's own Python:
 
 * **quantized vs float**: the float32 conversion of the reference model and the bundle's
   (quantized) model, tensors matched by name (QUANTIZE/DEQUANTIZE skipped; an output renamed by
@@ -90,13 +90,13 @@ class Dump:
 
 def dump_tensors(env, model: bytes, inputs: dict, timeout: int = 600, outputs_only: bool = False) -> Dump:
     """Run ``model`` on ``inputs`` ({input name: array, first axis = samples, real values}) in
-    runtime environment ``env`` (:class:`packager.emulator.RuntimeEnv`) and return every op output.
+    runtime environment ``env`` (:class:`packager.verify.emulator.RuntimeEnv`) and return every op output.
     Raises EnvironmentProblem when the helper cannot run, UsageError when the runtime cannot load
     or run the model. ``outputs_only``: only the model's outputs, run with default delegates."""
     with tempfile.TemporaryDirectory(prefix="edgepack-diag-") as tmp:
         tmp = Path(tmp)
         # A copy, run from its own directory: the packager folder on sys.path would shadow stdlib
-        # modules (packager/inspect.py) in the runtime environment.
+        # modules (packager/convert/inspect.py) in the runtime environment.
         shutil.copy(HELPER, tmp / "helper.py")
         (tmp / "model.tflite").write_bytes(model)
         np.savez(tmp / "in.npz", **inputs)

@@ -18,13 +18,11 @@ MEMORY_BUDGET = 256 << 20     # bytes of kept tensors per run; fewer samples are
 
 
 def _runtime(name):
-    if name == "tflite_runtime":
-        from tflite_runtime import interpreter as mod
-        import tflite_runtime as pkg
-    else:
-        from ai_edge_litert import interpreter as mod
-        import ai_edge_litert as pkg
-    return mod, getattr(pkg, "__version__", "unknown")
+    """The runtime's interpreter module (``<name>.interpreter``, as every runtime of
+    packager/runtimes.toml has it) and the runtime's version."""
+    import importlib
+    mod = importlib.import_module(name + ".interpreter")
+    return mod, getattr(importlib.import_module(name), "__version__", "unknown")
 
 
 def _quantize(x, d):

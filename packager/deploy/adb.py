@@ -25,6 +25,12 @@ _SERIAL = re.compile(r"^[A-Za-z0-9._:\[\]-]+\Z")
 
 class AdbTransport(Transport):
     method = "adb"
+    tool = "adb"
+    tool_package = "adb"
+    tool_hint = "install Android platform-tools (Debian/Ubuntu: apt-get install adb) or put adb on PATH"
+    address = "--serial SERIAL"
+    remote_dir = "/data/local/tmp/edgepack/{name}"
+    device_tools_hint = "Android 8+ ships sha256sum in toybox; older devices are not supported"
     home_expr = "/data/local/tmp"
     supports_install = False
 

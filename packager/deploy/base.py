@@ -71,7 +71,7 @@ def run_process(argv: Sequence[str], *, timeout: float, what: str, stdin: bytes 
                                 env=env, start_new_session=True, **lifecycle.popen_kwargs())
     except FileNotFoundError:
         raise EnvironmentProblem(f"{argv[0]} not found on this host (needed for {what})",
-                                 hint=_INSTALL_HINTS.get(Path(argv[0]).name)) from None
+                                 hint=_tool_hint(Path(argv[0]).name)) from None
     except OSError as exc:
         raise EnvironmentProblem(f"cannot start {argv[0]}: {exc.strerror or exc}") from None
     try:
@@ -101,16 +101,31 @@ def _kill_group(proc: subprocess.Popen) -> None:
             pass
 
 
-_INSTALL_HINTS = {
-    "ssh": "install the OpenSSH client (Debian/Ubuntu: apt-get install openssh-client)",
-    "adb": "install Android platform-tools (Debian/Ubuntu: apt-get install adb) or put adb on PATH",
-}
+def _tool_hint(program: str) -> str | None:
+    for cls in _all_subclasses(Transport):
+        if cls.tool == program:
+            return cls.tool_hint
+    return None
+
+
+def _all_subclasses(cls) -> list:
+    return [c for sub in cls.__subclasses__() for c in (sub, *_all_subclasses(sub))]
 
 
 class Transport(ABC):
-    """A device reached somehow. Scripts are POSIX sh; every value in them is ``shlex.quote``d."""
+    """A device reached somehow. Scripts are POSIX sh; every value in them is ``shlex.quote``d.
 
-    method: str = ""
+    Everything edgepack says or decides about one way of reaching devices is on its class, so a new
+    transport is one subclass plus one entry in :data:`packager.deploy.transports.TRANSPORTS`."""
+
+    method: str = ""                 # target profile ``deploy = "..."``
+    tool: str = ""                   # the host program it drives (checked by `edgepack doctor`)
+    tool_hint: str = ""              # how to install that program
+    tool_package: str = ""           # its Debian package
+    address: str = ""                # how the CLI names a device, e.g. "--host USER@HOST"
+    remote_dir: str = ""             # default bundle directory on the device ({name} = bundle name)
+    device_tools_hint: str = ""      # when the device lacks sha256sum/tar
+    supports_install: bool = False   # `deploy --install` (a venv from requirements.txt on the device)
 
     def __init__(self, timeout: float = DEFAULT_TIMEOUT):
         if timeout <= 0:

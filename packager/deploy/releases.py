@@ -13,7 +13,6 @@ Every remote command is assembled from ``shlex.quote``d values; bundle and file 
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import secrets
@@ -23,11 +22,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Sequence
 
-from ..bundle.files import sha256_file
+from ..bundle.files import Bundle, check_part, check_relpath, load_bundle, sha256_file  # noqa: F401 - re-exported
+from ..bundle.manifest import check_name
 from ..errors import DeployError, UsageError
 from .base import Completed, Transport, q, transfer_timeout
 
-NAME_RE = re.compile(r"^[A-Za-z0-9._][A-Za-z0-9._-]*\Z")
 RELEASE_RE = re.compile(r"^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{12}\Z")
 _SHA_LINE = re.compile(r"^\\?([0-9a-f]{64}) [ *](.+)$")
 INSTALL_TIMEOUT = 1800.0
@@ -103,95 +102,6 @@ class RunResult:
     output: Path | None               # local file with the outputs (--input)
     benchmark: dict | None            # --benchmark JSON (device script or benchmark_model)
     seconds: float
-
-
-# =========================================================================== the local bundle
-@dataclass(frozen=True)
-class Bundle:
-    path: Path
-    manifest: dict
-    name: str
-    model_sha256: str
-    files: tuple[tuple[str, str], ...]    # (relpath, sha256 hex), manifest.json last
-    sizes: dict = field(default_factory=dict, compare=False)
-
-    def local(self, rel: str) -> Path:
-        return self.path.joinpath(*rel.split("/"))
-
-    @property
-    def wanted(self) -> dict[str, str]:
-        return dict(self.files)
-
-
-def check_name(name: object, what: str = "bundle name") -> str:
-    if not isinstance(name, str) or not NAME_RE.match(name) or name in (".", ".."):
-        raise UsageError(f"{what} {name!r} is not allowed",
-                         hint="names are letters, digits, '.', '_' and '-', and do not start with '-'")
-    return name
-
-
-def check_relpath(rel: object) -> str:
-    """A path inside a bundle: relative, '/'-separated, every part a valid name."""
-    if not isinstance(rel, str) or not rel or rel.startswith("/") or "\\" in rel:
-        raise UsageError(f"bundle file name {rel!r} is not allowed")
-    for part in rel.split("/"):
-        check_name(part, "bundle file name part")
-    return rel
-
-
-def load_bundle(bundle_dir: str | Path) -> Bundle:
-    """Read a bundle and check every file against its manifest before anything goes anywhere."""
-    path = Path(bundle_dir)
-    mpath = path / "manifest.json"
-    if not path.is_dir():
-        raise UsageError(f"bundle {path} is not a directory", hint="build one with: edgepack build MODEL")
-    if mpath.is_symlink():
-        raise UsageError(f"{mpath} is a symbolic link; refused", hint="rebuild the bundle with edgepack build")
-    try:
-        raw = mpath.read_bytes()
-        manifest = json.loads(raw.decode("utf-8"))
-    except FileNotFoundError:
-        raise UsageError(f"{path} has no manifest.json; it is not an edgepack bundle") from None
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise UsageError(f"{mpath} cannot be read: {exc}") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != 1:
-        raise UsageError(f"{mpath}: unsupported bundle format {manifest.get('format') if isinstance(manifest, dict) else None!r}")
-    name = check_name(manifest.get("name"))
-    files = manifest.get("files")
-    if not isinstance(files, dict) or not files:
-        raise UsageError(f"{mpath} lists no files")
-    for key in ("model", "entrypoint"):
-        if manifest.get(key) not in files:
-            raise UsageError(f"{mpath}: {key} {manifest.get(key)!r} is not among its files")
-    model_sha = str(manifest.get("model_sha256", ""))
-    entries: list[tuple[str, str]] = []
-    sizes: dict[str, int] = {}
-    for rel, digest in sorted(files.items()):
-        check_relpath(rel)
-        if rel == "manifest.json":
-            raise UsageError(f"{mpath} lists itself among its files")
-        want = str(digest).removeprefix("sha256:")
-        if not re.fullmatch(r"[0-9a-f]{64}", want):
-            raise UsageError(f"{mpath}: {rel} has no sha256 checksum")
-        local = path.joinpath(*rel.split("/"))
-        parts = rel.split("/")
-        if any(path.joinpath(*parts[:i]).is_symlink() for i in range(1, len(parts) + 1)):
-            raise UsageError(f"bundle file {rel} in {path} is (or lies under) a symbolic link; refused",
-                             hint="a bundle holds regular files only: rebuild it with edgepack build")
-        if not local.is_file():
-            raise DeployError(f"bundle file {rel} is missing from {path}", hint="rebuild the bundle")
-        got = sha256_file(local)
-        if got != want:
-            raise DeployError(f"bundle file {rel} does not match manifest.json (sha256 {got[:12]}... vs {want[:12]}...): "
-                              "it was changed after the bundle was built; nothing was sent",
-                              hint="rebuild the bundle with edgepack build instead of editing it")
-        entries.append((rel, want))
-        sizes[rel] = local.stat().st_size
-    if files[manifest["model"]].removeprefix("sha256:") != model_sha:
-        raise DeployError(f"{mpath}: model_sha256 differs from the model's checksum in files", hint="rebuild the bundle")
-    entries.append(("manifest.json", hashlib.sha256(raw).hexdigest()))
-    sizes["manifest.json"] = len(raw)
-    return Bundle(path=path, manifest=manifest, name=name, model_sha256=model_sha, files=tuple(entries), sizes=sizes)
 
 
 # =========================================================================== device state
@@ -280,8 +190,7 @@ def _probe(transport: Transport, remote_dir: str, hash_files: Sequence[str] = ()
         raise DeployError(f"{transport.describe()} gave no answer to the state probe: {res.last_error_line()}")
     if missing:
         raise DeployError(f"{transport.describe()} lacks {', '.join(missing)} (needed to checksum and unpack files)",
-                          hint="install coreutils and tar on the device" if transport.method == "ssh"
-                          else "Android 8+ ships sha256sum in toybox; older devices are not supported")
+                          hint=transport.device_tools_hint or None)
     if remote_dir.startswith("~") and not home.startswith("/"):
         raise DeployError(f"{transport.describe()} has no usable $HOME for {remote_dir!r}", hint="pass an absolute --remote-dir")
     st.dir = transport.normalize_dir(resolved, home or "/", remote_dir)
@@ -509,7 +418,7 @@ def deploy(bundle_dir: str | Path, transport: Transport, remote_dir: str | None 
     started = time.monotonic()
     if keep < 1:
         raise UsageError(f"--keep {keep}: keep at least 1 release")
-    if install and not getattr(transport, "supports_install", transport.method == "ssh"):
+    if install and not transport.supports_install:
         raise UsageError(f"--install is not available over {transport.method}",
                          hint="on Android install Python, numpy and ai-edge-litert yourself (e.g. Termux) and pass --device-python")
     bundle = load_bundle(bundle_dir)
@@ -667,9 +576,10 @@ def _profile(manifest: dict):
 
 
 def deploy_method(manifest: dict) -> str | None:
-    """The bundle's target deploy method (``ssh``/``adb``), from the manifest or its target profile."""
+    """The bundle's target deploy method (a key of ``TRANSPORTS``), from the manifest or its target profile."""
+    from .transports import TRANSPORTS
     target = manifest.get("target") or {}
-    if isinstance(target, dict) and target.get("deploy") in ("ssh", "adb"):
+    if isinstance(target, dict) and target.get("deploy") in TRANSPORTS:
         return target["deploy"]
     profile = _profile(manifest)
     return profile.deploy if profile else None
@@ -684,7 +594,7 @@ def default_remote_dir(manifest: dict, transport: Transport) -> str:
         if profile is not None and profile.deploy == transport.method:
             template = profile.remote_dir
     if not isinstance(template, str):
-        template = "/data/local/tmp/edgepack/{name}" if transport.method == "adb" else "~/edgepack/{name}"
+        template = transport.remote_dir or "~/edgepack/{name}"
     return template.replace("{name}", name)
 
 

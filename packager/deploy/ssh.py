@@ -58,6 +58,13 @@ def parse_host(spec: str) -> tuple[str | None, str, int | None]:
 
 class SshTransport(Transport):
     method = "ssh"
+    tool = "ssh"
+    tool_package = "openssh-client"
+    tool_hint = "install the OpenSSH client (Debian/Ubuntu: apt-get install openssh-client)"
+    address = "--host USER@HOST"
+    remote_dir = "~/edgepack/{name}"
+    device_tools_hint = "install coreutils and tar on the device"
+    supports_install = True
     home_expr = '"$HOME"'
     required_tools = ("sha256sum", "tar")
 

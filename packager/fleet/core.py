@@ -18,7 +18,6 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Callable, Sequence
 
 from ..deploy.releases import check_name, default_remote_dir, deploy_method, load_bundle
@@ -382,7 +381,8 @@ def _finish(op: str, inventory: str, bundle: str | None, model_sha: str | None, 
 def _bundle_defaults(bundle) -> tuple[str, str]:
     """(default remote dir, default device python) from the bundle's target profile."""
     from ..deploy.releases import _profile_python
-    return default_remote_dir(bundle.manifest, SimpleNamespace(method="ssh")), _profile_python(bundle.manifest)
+    from ..deploy.ssh import SshTransport
+    return default_remote_dir(bundle.manifest, SshTransport), _profile_python(bundle.manifest)
 
 
 def deploy(bundle_dir: str | Path, inventory: str | Path, *, limit: str | None = None, batch: str | None = None,
@@ -399,7 +399,7 @@ def deploy(bundle_dir: str | Path, inventory: str | Path, *, limit: str | None =
     mf = parse_max_fail(max_fail)
     bundle = load_bundle(bundle_dir)        # checked once here; each host checks it again before sending
     method = deploy_method(bundle.manifest)
-    if method not in (None, "ssh"):
+    if method not in (None, "ssh"):          # Ansible reaches hosts over SSH
         raise UsageError(f"{bundle.name} is built for a target deployed over {method}; fleets go over SSH (Ansible)",
                          hint="for Android devices use edgepack deploy --serial SERIAL per device")
     remote_dir, _python = _bundle_defaults(bundle)

@@ -27,7 +27,10 @@ STRICT_SSH_ARGS = "-o StrictHostKeyChecking=yes -o BatchMode=yes"
 class AnsibleTransport(Transport):
     """A host reached through the connection of a running Ansible action plugin."""
 
-    method = "ssh"
+    method = SshTransport.method          # what an Ansible host is: an SSH device
+    remote_dir = SshTransport.remote_dir
+    device_tools_hint = SshTransport.device_tools_hint
+    supports_install = SshTransport.supports_install
     home_expr = '"$HOME"'
     required_tools = ("sha256sum", "tar")
     # one tar stream into staging, exactly as over plain ssh (it only needs sh() with stdin)
@@ -93,9 +96,10 @@ def _runtime(value) -> str | None:
     if not value:
         return None
     name = str(value).strip().replace("-", "_")
-    if name not in ("ai_edge_litert", "tflite_runtime", "tensorflow"):
+    from device_runtime.edgepack_run import RUNTIMES
+    if name not in RUNTIMES:
         raise UsageError(f"edgepack_runtime {value!r} is not a runtime the device script knows",
-                         hint="use ai-edge-litert, tflite-runtime or tensorflow")
+                         hint="use " + ", ".join(r.replace("_", "-") for r in RUNTIMES))
     return name
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UsageError
-from .model import TensorSpec
+from ..tensor import Tensor
 
 RECOMMENDED = (100, 500)
 MAX_IMAGES = 500
@@ -71,7 +71,7 @@ def _length(group: dict) -> str:
     return "x".join(str(d) for d in a.shape[1:])
 
 
-def with_length_variants(ds: Dataset, specs: list[TensorSpec]) -> Dataset:
+def with_length_variants(ds: Dataset, specs: list[Tensor]) -> Dataset:
     """For inputs with variable-length axes, add the same samples cropped to about half their
     length, so verification sees more than one length."""
     if ds.variants or not any(s.variable_axes for s in specs):
@@ -90,7 +90,7 @@ def with_length_variants(ds: Dataset, specs: list[TensorSpec]) -> Dataset:
     return ds
 
 
-def _read_arrays(path: Path, specs: list[TensorSpec]) -> tuple[dict, np.ndarray | None]:
+def _read_arrays(path: Path, specs: list[Tensor]) -> tuple[dict, np.ndarray | None]:
     from device_runtime.edgepack_run import Failure, read_inputs
     as_manifest = [{"name": s.name} for s in specs]
     try:
@@ -138,7 +138,7 @@ def image_size(raw: bytes) -> tuple[int, int] | None:
     return None
 
 
-def _read_images(folder: Path, specs: list[TensorSpec]) -> dict:
+def _read_images(folder: Path, specs: list[Tensor]) -> dict:
     if len(specs) != 1 or len(specs[0].shape) != 4:
         raise UsageError("an image folder can only calibrate a model with one NHWC image input",
                          hint="pass an .npz keyed by input name instead")
@@ -168,7 +168,7 @@ def _read_images(folder: Path, specs: list[TensorSpec]) -> dict:
     return {specs[0].name: out}
 
 
-def load_dataset(path: str | Path, specs: list[TensorSpec], purpose: str = "calibration") -> Dataset:
+def load_dataset(path: str | Path, specs: list[Tensor], purpose: str = "calibration") -> Dataset:
     """Read calibration or verification data (.npz keyed by input name or one array ``x``, .npy,
     or a folder of images) and check it against the model's inputs: numeric dtype, shape (first axis
     = samples), finite values, the input's domain. Raises UsageError naming the input and the fix."""
@@ -234,7 +234,7 @@ def load_dataset(path: str | Path, specs: list[TensorSpec], purpose: str = "cali
     return ds
 
 
-def synthetic_dataset(specs: list[TensorSpec], count: int = 64, seed: int = 0) -> Dataset:
+def synthetic_dataset(specs: list[Tensor], count: int = 64, seed: int = 0) -> Dataset:
     """Seeded inputs shaped like the model's: floats uniform in [0, 1); integers uniform over the
     input's declared domain (an Embedding's vocabulary), else 0/1 with a note that the real range
     is unknown. Variable-length axes get several lengths (:data:`SYNTHETIC_LENGTHS`): the first as

@@ -1,4 +1,5 @@
-"""Model loading: Keras H5 (Keras 3 and legacy Keras 2), Keras v3 ``.keras`` and SavedModel dirs.
+"""Model loaders: Keras H5 (Keras 3 and legacy Keras 2), Keras v3 ``.keras`` and SavedModel dirs.
+Reached only through :func:`packager.load.formats.load_model`, after the format's safety scan.
 
 Each loader returns a :class:`LoadedModel`: named input/output specs, a ``reference`` function that
 computes the original model's outputs with TensorFlow, and an ordered list of conversion
@@ -14,7 +15,6 @@ import os
 import sys
 import tempfile
 import warnings
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -22,32 +22,9 @@ from typing import Callable
 import numpy as np
 
 from ..errors import EnvironmentProblem, UsageError
+from ..tensor import Tensor
 
 H5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """One model input or output as the original model declares it.
-
-    ``shape`` uses -1 for unknown dims (batch, variable length); ``dtype`` is a numpy dtype name;
-    ``domain`` is the half-open range ``(low, high)`` of valid values when the model declares one
-    (an Embedding's vocabulary for integer ids), used to make synthetic inputs that cover it."""
-    name: str
-    shape: tuple
-    dtype: str
-    domain: tuple | None = None
-
-    def to_json(self) -> dict:
-        data = {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
-        if self.domain is not None:
-            data["domain"] = list(self.domain)
-        return data
-
-    @property
-    def variable_axes(self) -> list[int]:
-        """Axes other than the batch whose length the model leaves open (``None``)."""
-        return [i for i, d in enumerate(self.shape) if i > 0 and d == -1]
 
 
 @dataclass
@@ -69,8 +46,8 @@ class LoadedModel:
     paths to try, in order."""
     path: Path
     format: str                      # keras-h5 | keras-v3 | saved-model | saved-model-tf1
-    inputs: list[TensorSpec]
-    outputs: list[TensorSpec]
+    inputs: list[Tensor]
+    outputs: list[Tensor]
     reference: Callable[[dict], dict]
     candidates: list[Candidate] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -129,55 +106,8 @@ def _shape(shape) -> tuple:
     return tuple(-1 if d is None else int(d) for d in dims)
 
 
-def sniff_format(path: Path) -> str:
-    """Which loader reads ``path``: decided by content, not only by suffix."""
-    if not path.exists():
-        raise UsageError(f"model not found: {path}")
-    if path.is_dir():
-        if (path / "saved_model.pb").is_file() or (path / "saved_model.pbtxt").is_file():
-            return "saved-model"
-        raise UsageError(f"{path} is a directory but not a SavedModel (no saved_model.pb)",
-                         hint="pass the directory written by tf.saved_model.save, e.g. saved/1")
-    if not path.is_file():  # a FIFO or device would block the read below
-        raise UsageError(f"{path} is not a regular file, nor a SavedModel directory")
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(8)
-    except OSError as exc:
-        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
-    if not head:
-        raise UsageError(f"{path} is empty")
-    if head == H5_SIGNATURE:
-        return "keras-h5"
-    if head.startswith(b"PK") and zipfile.is_zipfile(path):
-        return "keras-v3"
-    raise UsageError(f"{path} is not a Keras H5, .keras or SavedModel file",
-                     hint="supported: .h5/.hdf5 (model.save), .keras, or a SavedModel directory")
-
-
-def load_model(path: str | os.PathLike, trust: bool = False) -> LoadedModel:
-    """Load the model at ``path`` (format sniffed by content), after the safety scan
-    (:func:`packager.safety.check_model`; ``trust`` skips its refusals). Raises UsageError for
-    unreadable or refused models."""
-    path = Path(path)
-    fmt = sniff_format(path)
-    from .safety import check_model
-    check_model(path, fmt, trust)
-    import_tf()
-    with native_quiet():
-        loaded = LOADERS[fmt](path, trust)
-    inner = loaded.reference
-
-    def quiet_reference(arrays: dict) -> dict:
-        with native_quiet():
-            return inner(arrays)
-
-    loaded.reference = quiet_reference
-    return loaded
-
-
 # --------------------------------------------------------------------------- Keras
-def _keras_model_tf_function(tf, model, inputs: list[TensorSpec], outputs: list[str]):
+def _keras_model_tf_function(tf, model, inputs: list[Tensor], outputs: list[str]):
     signature = [tf.TensorSpec([None if d == -1 else d for d in s.shape], s.dtype, name=s.name) for s in inputs]
 
     def call(*args):
@@ -223,7 +153,7 @@ _VALUE_PRESERVING = {"Cast", "Identity", "Reshape", "ExpandDims", "Squeeze", "Tr
                      "SelectV2", "Select", "ConcatV2", "Pack", "Unpack", "Tile", "BroadcastTo"}
 
 
-def gather_domains(concrete, inputs: list[TensorSpec]) -> list[TensorSpec]:
+def gather_domains(concrete, inputs: list[Tensor]) -> list[Tensor]:
     """Integer inputs whose values index a table (an Embedding's GatherV2/ResourceGather on a
     [rows, ...] weight) get ``domain = (0, rows)``: read from the frozen, inlined graph of the
     concrete function, so it works for Keras models and SavedModels alike. Inputs reached through
@@ -274,7 +204,7 @@ def gather_domains(concrete, inputs: list[TensorSpec]) -> list[TensorSpec]:
     for s, ph in zip(inputs, placeholders):
         rows = rows_by_placeholder.get(ph)
         if rows and np.dtype(s.dtype).kind in "iu" and s.domain is None:
-            s = TensorSpec(s.name, s.shape, s.dtype, (0, min(rows)))
+            s = Tensor(s.name, s.shape, s.dtype, domain=(0, min(rows)))
         out.append(s)
     return out
 
@@ -319,7 +249,9 @@ def _unrolled_clone(model):
 
 def _load_keras(path: Path, trust: bool = False) -> LoadedModel:
     tf = import_tf()
-    fmt = sniff_format(path)
+    with open(path, "rb") as fh:
+        legacy_h5 = fh.read(len(H5_SIGNATURE)) == H5_SIGNATURE
+    fmt = "keras-h5" if legacy_h5 else "keras-v3"
     model, errors = None, []
     import keras
     try:
@@ -336,7 +268,7 @@ def _load_keras(path: Path, trust: bool = False) -> LoadedModel:
             errors.append(f"tf-keras: {_first_line(exc)}")
     if model is None:
         raise UsageError(f"cannot load {path.name}: " + "; ".join(errors))
-    inputs = [TensorSpec(_input_name(t, i), _shape(t.shape), _np_dtype(tf.as_dtype(t.dtype)))
+    inputs = [Tensor(_input_name(t, i), _shape(t.shape), _np_dtype(tf.as_dtype(t.dtype)))
               for i, t in enumerate(model.inputs)]
     names = [_output_name(t) for t in model.outputs]
     if len(names) != len(model.outputs) or len(set(names)) != len(names):
@@ -353,7 +285,7 @@ def _load_keras(path: Path, trust: bool = False) -> LoadedModel:
     fn = _keras_model_tf_function(tf, model, inputs, names)
     concrete = fn.get_concrete_function()
     inputs = gather_domains(concrete, inputs)
-    out_specs = [TensorSpec(n, _shape(concrete.structured_outputs[n].shape),
+    out_specs = [Tensor(n, _shape(concrete.structured_outputs[n].shape),
                             _np_dtype(concrete.structured_outputs[n].dtype)) for n in names]
     model_batch = inputs[0].shape[0] if inputs and inputs[0].shape and inputs[0].shape[0] > 0 else None
 
@@ -379,7 +311,7 @@ def _load_keras(path: Path, trust: bool = False) -> LoadedModel:
     # (and with frozen variables) they become TFLite's builtin WHILE loop, which every runtime runs.
     frozen_batch = model_batch or (1 if recurrent else None)
     fixed = {}
-    frozen_inputs = [TensorSpec(s.name, (frozen_batch or -1,) + tuple(s.shape[1:]), s.dtype) for s in inputs]
+    frozen_inputs = [Tensor(s.name, (frozen_batch or -1,) + tuple(s.shape[1:]), s.dtype) for s in inputs]
     frozen_fn = _keras_model_tf_function(tf, model, frozen_inputs, names) if frozen_batch != model_batch else fn
     frozen = Candidate("keras-frozen-concrete-function",
                        lambda: _frozen_converter(tf, frozen_fn.get_concrete_function()),
@@ -484,11 +416,11 @@ def _load_saved_model(path: Path, trust: bool = False) -> LoadedModel:
         sig = signatures[key]
         kw = sig.structured_input_signature[1]
         in_names = sorted(kw)
-        inputs = [TensorSpec(n, _shape(kw[n].shape), _np_dtype(kw[n].dtype)) for n in in_names]
+        inputs = [Tensor(n, _shape(kw[n].shape), _np_dtype(kw[n].dtype)) for n in in_names]
         inputs = gather_domains(sig, inputs)
         outs = sig.structured_outputs
         out_names = sorted(outs)
-        outputs = [TensorSpec(n, _shape(outs[n].shape), _np_dtype(outs[n].dtype)) for n in out_names]
+        outputs = [Tensor(n, _shape(outs[n].shape), _np_dtype(outs[n].dtype)) for n in out_names]
 
         def reference(arrays: dict) -> dict:
             fixed = inputs[0].shape[0] if inputs and inputs[0].shape and inputs[0].shape[0] > 0 else None
@@ -532,7 +464,7 @@ def _from_concrete(tf, path: Path, loaded, concrete) -> LoadedModel:
     specs = list(args) + [kwargs[k] for k in sorted(kwargs)]
     if not specs or not all(isinstance(s, tf.TensorSpec) for s in specs):
         raise UsageError(f"{path}: the traced function's inputs are not plain tensors")
-    inputs = [TensorSpec(s.name or f"input_{i}", _shape(s.shape), _np_dtype(s.dtype)) for i, s in enumerate(specs)]
+    inputs = [Tensor(s.name or f"input_{i}", _shape(s.shape), _np_dtype(s.dtype)) for i, s in enumerate(specs)]
     inputs = gather_domains(concrete, inputs)
     structured = concrete.structured_outputs
     if isinstance(structured, dict):
@@ -542,7 +474,7 @@ def _from_concrete(tf, path: Path, loaded, concrete) -> LoadedModel:
         seq = structured if isinstance(structured, (list, tuple)) else [structured]
         out_names = [f"output_{i}" for i in range(len(seq))]
         out_specs = list(seq)
-    outputs = [TensorSpec(n, _shape(s.shape), _np_dtype(s.dtype)) for n, s in zip(out_names, out_specs)]
+    outputs = [Tensor(n, _shape(s.shape), _np_dtype(s.dtype)) for n, s in zip(out_names, out_specs)]
 
     def as_dict(result):
         if isinstance(result, dict):
@@ -618,7 +550,7 @@ def _load_saved_model_tf1(path: Path) -> LoadedModel:
 
     def spec(name, info):
         shape = tensor_shape.TensorShape(info.tensor_shape)
-        return TensorSpec(name, _shape(shape), _np_dtype(tf.as_dtype(info.dtype)))
+        return Tensor(name, _shape(shape), _np_dtype(tf.as_dtype(info.dtype)))
 
     in_names, out_names = sorted(sig.inputs), sorted(sig.outputs)
     inputs = [spec(n, sig.inputs[n]) for n in in_names]
@@ -644,10 +576,3 @@ def _load_saved_model_tf1(path: Path) -> LoadedModel:
                             tensor_names=_tf1_tensor_names(path, key))]
     return LoadedModel(path, "saved-model-tf1", inputs, outputs, reference, candidates,
                        notes=[f"signature {key!r} (TF1 path)"], keepalive=session)
-
-
-LOADERS: dict[str, Callable[[Path], LoadedModel]] = {
-    "keras-h5": _load_keras,
-    "keras-v3": _load_keras,
-    "saved-model": _load_saved_model,
-}

@@ -25,14 +25,25 @@ MAX_CONFIG_BYTES = 64 << 20
 MAX_GRAPH_BYTES = 2 << 30
 
 
-def check_model(path: Path, fmt: str, trust: bool) -> None:
-    if fmt == "keras-v3":
-        config = _keras_zip_config(path)
-    elif fmt == "keras-h5":
-        config = _h5_config(path)
-    else:
-        _check_saved_model(path, trust)
-        return
+def scan_keras_v3(path: Path, trust: bool) -> None:
+    """A ``.keras`` zip: bounded archive (members, sizes, ratio), then its ``config.json`` judged by
+    :func:`_unsafe_in_config`. Raises UsageError naming what would run code (``trust`` skips that)."""
+    _refuse_unsafe_config(path, _keras_zip_config(path), trust)
+
+
+def scan_h5(path: Path, trust: bool) -> None:
+    """An HDF5 model: its ``model_config`` attribute, read with h5py before any framework code,
+    judged by :func:`_unsafe_in_config`. Raises UsageError as :func:`scan_keras_v3`."""
+    _refuse_unsafe_config(path, _h5_config(path), trust)
+
+
+def scan_saved_model(path: Path, trust: bool) -> None:
+    """A SavedModel directory: regular files only, every graph op (``.pb``/``.pbtxt``, every library
+    function) on the allowlist of computing ops (:mod:`packager.load.op_allowlist`). Raises UsageError."""
+    _check_saved_model(path, trust)
+
+
+def _refuse_unsafe_config(path: Path, config, trust: bool) -> None:
     if not trust:
         problem = _unsafe_in_config(config)
         if problem:
@@ -151,7 +162,7 @@ def _only_regular_files(root: Path) -> None:
 
 def _check_saved_model(path: Path, trust: bool) -> None:
     """Parse saved_model.pb (or .pbtxt) and refuse, unless trusted, any graph or library function
-    holding an op outside the allowlist of computing ops (:mod:`packager.op_allowlist`)."""
+    holding an op outside the allowlist of computing ops (:mod:`packager.load.op_allowlist`)."""
     _only_regular_files(path)
     pb, text = path / "saved_model.pb", False
     if not pb.is_file():

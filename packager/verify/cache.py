@@ -22,13 +22,14 @@ import numpy as np
 
 from ..version import __version__
 from ..bundle.files import npz_bytes, sha256_file, sha256_tree
+from ..bundle.manifest import Manifest
 from ..load.calibration import Dataset
 from ..compare import OutputMetrics
 from ..convert.converter import Attempt, Conversion
 from ..bundle.files import npz_stored
 from ..paths import cache_dir
-from ..convert.inspect import ModelSpec, OpInfo, TensorInfo
-from ..load.model import TensorSpec
+from ..convert.inspect import ModelSpec, OpInfo
+from ..tensor import Tensor
 from ..recipes import Tolerance
 
 FORMAT = 2
@@ -91,8 +92,8 @@ def save_prepared(key: str, prepared) -> None:
     """Store a conversion (model bytes, check data, reference outputs, metadata) under ``key``."""
     conv = prepared.conversion
     meta = {
-        "format": prepared.format, "inputs": [asdict(s) for s in prepared.inputs],
-        "outputs": [asdict(s) for s in prepared.outputs], "warnings": prepared.warnings,
+        "format": prepared.format, "inputs": [s.to_json() for s in prepared.inputs],
+        "outputs": [s.to_json() for s in prepared.outputs], "warnings": prepared.warnings,
         "versions": prepared.versions, "check_source": prepared.check.source,
         "check_warnings": prepared.check.warnings, "has_labels": prepared.check.labels is not None,
         "check_evidence": prepared.check.evidence, "check_notes": prepared.check.notes,
@@ -126,8 +127,8 @@ def load_prepared(key: str, model: Path):
         return None
     c = meta["conversion"]
     s = c["spec"]
-    spec = ModelSpec(s["size"], s["sha256"], [TensorInfo(**t) for t in s["inputs"]],
-                     [TensorInfo(**t) for t in s["outputs"]], [OpInfo(**o) for o in s["ops"]], s["signature"],
+    spec = ModelSpec(s["size"], s["sha256"], [Tensor.from_json(t) for t in s["inputs"]],
+                     [Tensor.from_json(t) for t in s["outputs"]], [OpInfo(**o) for o in s["ops"]], s["signature"],
                      c.get("spec_notes", []))
     if hashlib.sha256(tflite).hexdigest() != spec.sha256:
         return None
@@ -139,21 +140,19 @@ def load_prepared(key: str, model: Path):
                     meta["check_source"], meta["check_warnings"], meta["check_evidence"],
                     [_split(arrays, f"v{i}/check/") for i in variants], meta["check_notes"])
 
-    def spec(t):
-        return TensorSpec(t["name"], tuple(t["shape"]), t["dtype"], tuple(t["domain"]) if t.get("domain") else None)
-
-    return Prepared(str(model), meta["format"], [spec(t) for t in meta["inputs"]], [spec(t) for t in meta["outputs"]],
+    return Prepared(str(model), meta["format"], [Tensor.from_json(t) for t in meta["inputs"]],
+                    [Tensor.from_json(t) for t in meta["outputs"]],
                     conversion, check, _split(arrays, "reference/"), meta["warnings"], meta["versions"],
                     [_split(arrays, f"v{i}/reference/") for i in variants], meta["fixed"],
                     {n: Tolerance(**t) for n, t in meta["tolerance"].items()})
 
 
 # --------------------------------------------------------------------------- verification runs
-def verification_key(env, bundle: Path, manifest: dict, inputs: dict) -> str:
+def verification_key(env, bundle: Path, manifest: Manifest, inputs: dict) -> str:
     """Key of one device run: runtime environment, model bytes, device script, tensors and inputs."""
     return digest("verification", FORMAT, env.runtime, env.version, env.arch, list(env.argv),
-                  manifest["model_sha256"], sha256_file(bundle / manifest["entrypoint"]),
-                  [(t["name"], t["index"], t["quantization"]) for t in manifest["inputs"] + manifest["outputs"]],
+                  manifest.model_sha256, sha256_file(bundle / manifest.entrypoint),
+                  [(t.name, t.index, t.scale, t.zero_point) for t in manifest.inputs + manifest.outputs],
                   arrays_digest(inputs))
 
 

@@ -4,7 +4,7 @@ environment that holds only one target runtime and numpy, and compare with the r
 Environments are built once per (runtime requirements, Python, architecture) and cached under
 ``$EDGEPACK_ENV_DIR`` (default ``$EDGEPACK_CACHE_DIR``, else ``~/.cache/edgepack``). Host-architecture environments are
 plain venvs without system site-packages, so the host's TensorFlow is not importable there;
-``arm64`` environments come from :mod:`packager.arm64` (qemu-user + real aarch64 wheels).
+``arm64`` environments come from :mod:`packager.verify.arm64` (qemu-user + real aarch64 wheels).
 """
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..bundle.files import host_entrypoint, npz_stored
+from ..bundle.manifest import Manifest
+from ..bundle.files import host_entrypoint, npz_stored, read_manifest
 from ..compare import OutputMetrics, compare_all, merge_metrics
 from ..errors import EnvironmentProblem, UsageError
 from ..paths import env_dir
@@ -232,7 +233,7 @@ class DeviceRun:
 def run_device_script(env: RuntimeEnv, bundle: Path, inputs: dict, timeout: int = RUN_TIMEOUT) -> DeviceRun:
     """Run ``python3 <bundle>/<entrypoint> --input in.npz --output out.npz`` in ``env`` (this
     edgepack's own copy of the script when the bundle's differs: see :func:`bundle.host_entrypoint`)."""
-    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest = read_manifest(bundle)
     script = host_entrypoint(bundle, manifest)[0].resolve()
     from ..contain import lifecycle
     with lifecycle.temp_dir("edgepack-run-") as tmp:
@@ -280,7 +281,7 @@ def device_info(env: RuntimeEnv, bundle: Path) -> dict:
 
 def _ask_info(env: RuntimeEnv, bundle: Path) -> dict:
     from ..contain import lifecycle
-    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest = read_manifest(bundle)
     proc = subprocess.run([*env.argv, str(host_entrypoint(bundle, manifest)[0]), "--info", "--runtime", env.module],
                           capture_output=True, text=True, env=env.env, timeout=300, **lifecycle.popen_kwargs())
     try:
@@ -330,8 +331,8 @@ def verify_in_env(env: RuntimeEnv, bundle: Path, inputs, reference, tol,
     (same model bytes, device script, inputs and environment) are reused; the comparison is not."""
     groups = inputs if isinstance(inputs, list) else [inputs]
     references = reference if isinstance(reference, list) else [reference]
-    manifest = json.loads((bundle / "manifest.json").read_text())
-    scales = {o["name"]: o["quantization"]["scale"] for o in manifest["outputs"] if o.get("quantization")}
+    manifest = read_manifest(bundle)
+    scales = {t.name: t.scale for t in manifest.outputs if t.quantized}
     result = RuntimeResult(env.runtime, env.version, env.arch, "error", static_problems=list(static_problems or []))
     measured = []
     for k, (group, ref) in enumerate(zip(groups, references)):
@@ -348,7 +349,7 @@ def verify_in_env(env: RuntimeEnv, bundle: Path, inputs, reference, tol,
     return result
 
 
-def _run_cached(env: RuntimeEnv, bundle: Path, manifest: dict, inputs: dict, use_cache: bool) -> DeviceRun:
+def _run_cached(env: RuntimeEnv, bundle: Path, manifest: Manifest, inputs: dict, use_cache: bool) -> DeviceRun:
     key = None
     if use_cache:
         from . import cache

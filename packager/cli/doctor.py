@@ -37,12 +37,13 @@ def checks() -> list[Check]:
     from ..contain import sandbox
     found.append(Check("model sandbox", sandbox.abi_version() > 0 and sandbox.mode() != "off", sandbox.status(),
                        None if sandbox.abi_version() else "a kernel with Landlock (Linux >= 5.13, lsm=...,landlock)"))
-    for tool, pkg in (("ssh", "openssh-client"), ("adb", "adb")):
-        path = shutil.which(tool)
-        found.append(Check(tool, bool(path), path or "not found", None if path else f"apt-get install {pkg}"))
+    from ..deploy.transports import TRANSPORTS
+    for cls in TRANSPORTS.values():     # each transport's host program
+        path = shutil.which(cls.tool)
+        found.append(Check(cls.tool, bool(path), path or "not found", None if path else f"apt-get install {cls.tool_package}"))
     try:
-        from . import arm64
+        from ..verify import arm64
         found += [Check(c.name, c.ok, c.detail, c.fix) for c in arm64.doctor()]
     except ImportError:
-        found.append(Check("arm64 emulation", False, "packager.arm64 unavailable"))
+        found.append(Check("arm64 emulation", False, "packager.verify.arm64 unavailable"))
     return found

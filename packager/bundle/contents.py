@@ -1,0 +1,174 @@
+"""What a bundle holds, decided in one place: the manifest's fields (:func:`stage`), the verification
+record (:func:`record_verification`), the bundle README with the target's install/run steps,
+requirements files per runtime, and the samples for ``--self-test``. ``manifest.json`` is written
+here (through :class:`~packager.bundle.files.Staging`) and read only through
+:class:`~packager.bundle.manifest.Manifest`; docs/bundle-format.md describes every field.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from ..convert.inspect import ModelSpec
+from ..targets import TargetProfile
+from .files import ENTRYPOINT, ENTRYPOINT_SOURCE, MODEL, Staging, npz_bytes, sha256_tree
+from .manifest import FORMAT, VerificationStatus
+
+# One rule for input files, the same in the host emulator and the device script (its _prepare).
+INPUT_VALUES_RULE = ("input files hold real values in the original model's units, whatever their dtype (uint8 "
+                     "pixels are pixel values); a quantized input is quantized by the device script, "
+                     "q = round(x / scale) + zero_point; with --raw, integer-typed inputs are already quantized and pass unchanged")
+
+
+def _self_test_atol(spec: ModelSpec, expected: dict) -> dict:
+    """Self-test tolerance: runtimes and CPUs differ in the last bits, quantized outputs by a step."""
+    atol = {}
+    for t in spec.outputs:
+        peak = float(np.max(np.abs(expected[t.name]))) if expected[t.name].size else 0.0
+        tol = 1e-4 + 1e-3 * peak
+        if t.quantization:
+            tol = max(tol, 2.0 * t.quantization["scale"])
+        atol[t.name] = tol
+    return atol
+
+
+def _readme(target: TargetProfile, manifest: dict, address: str) -> str:
+    name = manifest["name"]
+    lines = [f"# {name}: {manifest['source']['path']} for {target.name} ({manifest['recipe']['name']})", "",
+             target.description, "", "## Install", ""]
+    lines += [f"    {s.replace('{name}', name).replace('{entrypoint}', ENTRYPOINT)}" for s in target.install_steps]
+    lines += ["", "Or let edgepack deploy it (checksummed on the device, switched atomically):", "",
+              f"    edgepack deploy . {address} --smoke",
+              "", "## Run", "", f"    {target.run.replace('{name}', name).replace('{entrypoint}', ENTRYPOINT)}", "",
+              f"    python3 {ENTRYPOINT} --self-test          # bundled samples vs expected outputs",
+              f"    python3 {ENTRYPOINT} --benchmark 100      # latency on this device", "",
+              "Inputs: an .npz keyed by input name (first axis = samples), .npy for one input, or JSON.",
+              f"Input values: {INPUT_VALUES_RULE}.",
+              "Outputs: an .npz keyed by output name; quantized outputs are dequantized (--raw keeps integers).", "",
+              *_fixed_lines(manifest),
+              "## Inputs and outputs", ""]
+    for kind in ("inputs", "outputs"):
+        for t in manifest[kind]:
+            q = t["quantization"]
+            qs = f", scale {q['scale']:.6g}, zero point {q['zero_point']}" if q else ""
+            lines.append(f"- {kind[:-1]} `{t['name']}`: {t['dtype']} {t['shape']}{qs}")
+    lines += ["", "## Runtimes", ""]
+    for rt in manifest["runtimes"]:
+        lines.append(f"- {rt['name']} ({rt['status']}): `pip install {' '.join(rt['requirements'])}`"
+                     + (f" - {rt['reason']}" if rt.get("reason") else ""))
+    if target.android_assets:
+        lines += ["", "## Android app", "", "`assets/` holds the model, manifest and labels an app can copy into "
+                  "`src/main/assets/`. Keep the model uncompressed in the APK "
+                  "(`androidResources { noCompress += \"tflite\" }`) so it can be memory-mapped."]
+    return "\n".join(lines) + "\n"
+
+
+def stage(staging: Staging, profile, rec, io, prepared, name, selected, label_names) -> dict:
+    """Write the model, the device script, samples (inputs and the expected outputs of the bundled
+    model), labels and Android assets into ``staging``, and a manifest with verification ``pending``
+    (the device script needs it while the staged bundle is verified). Returns the manifest dict,
+    completed by :func:`record_verification` and :func:`finish`."""
+    conversion, check = prepared.conversion, prepared.check
+    spec = conversion.spec
+    model_sha = staging.write(MODEL, conversion.tflite)
+    staging.write(ENTRYPOINT, ENTRYPOINT_SOURCE.read_bytes(), mode=0o755)
+    sample_inputs = check.head(profile.samples).inputs
+    from ..convert.converter import run_tflite
+    expected = run_tflite(conversion.tflite, spec, sample_inputs)
+    staging.write("samples/inputs.npz", npz_bytes(sample_inputs))
+    staging.write("samples/expected.npz", npz_bytes(expected))
+    inputs, outputs = [t.to_json() for t in spec.inputs], [t.to_json() for t in spec.outputs]
+    manifest = {
+        "format": FORMAT, "name": name, "model": MODEL, "entrypoint": ENTRYPOINT,
+        "model_sha256": model_sha, "model_size": len(conversion.tflite), "files": {},
+        "inputs": inputs, "outputs": outputs,
+        "ops": [{"name": o.name, "version": o.version, "custom": o.custom, "count": o.count} for o in spec.ops],
+        "samples": {"inputs": "samples/inputs.npz", "expected": "samples/expected.npz",
+                    "count": int(next(iter(sample_inputs.values())).shape[0]),
+                    "atol": _self_test_atol(spec, expected)},
+        "recipe": rec.to_json(io), "target": profile.to_json(),
+        "runtimes": runtime_entries(selected, None, spec),
+        "source": {"path": Path(prepared.path).name, "format": prepared.format,
+                   "sha256": sha256_tree(Path(prepared.path)), "conversion_path": conversion.path},
+        "versions": prepared.versions,
+        "fixed": prepared.fixed,
+        "tolerance": {n: asdict(t) for n, t in prepared.tolerance.items()},
+        "input_values": INPUT_VALUES_RULE,
+        "verification": {"status": VerificationStatus.PENDING.value},
+    }
+    if label_names:
+        staging.write("labels.txt", ("\n".join(label_names) + "\n").encode())
+        manifest["labels"] = "labels.txt"
+    if profile.android_assets:
+        staging.write(f"assets/{MODEL}", conversion.tflite)
+        if label_names:
+            staging.write("assets/labels.txt", ("\n".join(label_names) + "\n").encode())
+        staging.write("assets/edgepack.json", json.dumps({
+            "model": MODEL, "inputs": inputs, "outputs": outputs, "labels": "labels.txt" if label_names else None,
+            "preprocessing": "float inputs as in training; quantized inputs: q = round(x / scale) + zero_point",
+        }, indent=2).encode())
+    staging.write("README.md", b"")
+    staging.write_manifest(manifest)  # the device script needs it during verification
+    return manifest
+
+
+def _fixed_lines(manifest: dict) -> list[str]:
+    fixed = manifest.get("fixed") or {}
+    lines = []
+    if fixed.get("batch"):
+        lines.append(f"Fixed batch: the model takes {fixed['batch']} sample(s) per invoke; the script chunks and pads.")
+    if fixed.get("variable_axes"):
+        lines.append("Variable-length axes (" + ", ".join(fixed["variable_axes"]) + "): the script resizes the model "
+                     "to each input's length.")
+    return lines + ([""] if lines else [])
+
+
+def runtime_entries(selected, report=None, spec: ModelSpec | None = None) -> list[dict]:
+    """One manifest entry per selected runtime (``RuntimeProfile``): pip requirements, and its status
+    in ``report`` (a VerifyReport), else ``unverified`` with the problems ``spec`` finds statically."""
+    entries = []
+    for rt in selected:
+        entry = {"name": rt.name, "module": rt.module, "requirements": list(rt.requirements), "python": rt.python}
+        result = next((r for r in report.runtimes if r.runtime == rt.name), None) if report else None
+        if result:
+            entry.update(status=result.status, version=result.version, arch=result.arch)
+            if result.error:
+                entry["reason"] = result.error
+        else:
+            problems = spec.runtime_problems(rt.name) if spec else []
+            entry.update(status="unverified", reason="; ".join(problems) or None)
+        entries.append(entry)
+    return entries
+
+
+def _write_requirements(staging: Staging, manifest: dict) -> None:
+    """requirements-RUNTIME.txt for every usable runtime; requirements.txt = the first that passed."""
+    usable = sorted((r for r in manifest["runtimes"] if r["status"] in ("passed", "unverified", "unavailable")),
+                    key=lambda r: r["status"] != "passed")
+    for rt in manifest["runtimes"]:
+        if rt in usable:
+            staging.write(f"requirements-{rt['name']}.txt", ("\n".join(rt["requirements"]) + "\n").encode())
+    if usable:
+        staging.write("requirements.txt", ("\n".join(usable[0]["requirements"]) + "\n").encode())
+
+
+def record_verification(manifest: dict, selected, report) -> None:
+    """Record ``report`` (a VerifyReport, or None for ``--no-verify``) in the staged ``manifest``."""
+    if report is None:
+        manifest["verification"] = {"status": VerificationStatus.SKIPPED.value, "reason": "--no-verify"}
+        return
+    manifest["runtimes"] = runtime_entries(selected, report)
+    status = VerificationStatus.PASSED if report.passed else VerificationStatus.FAILED
+    manifest["verification"] = {"status": status.value, **report.summary()}
+
+
+def finish(staging: Staging, profile, manifest: dict, address: str) -> None:
+    """The bundle README and requirements files from the final ``manifest``, then manifest.json last.
+    ``address``: how ``edgepack deploy`` names a device of the target's transport (``--host USER@HOST``)."""
+    staging.files.pop("README.md", None)
+    staging.write("README.md", _readme(profile, manifest, address).encode())
+    _write_requirements(staging, manifest)
+    staging.write_manifest(manifest)

@@ -1,0 +1,111 @@
+"""Unit tests of the pure logic, no TensorFlow and no runtime: the tolerance rule, overrides,
+release pruning, benchmark parsing, the op-version gate, the one tensor type and the name rule."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from packager.compare import compare_output
+from packager.errors import DeployError, UsageError
+from packager.recipes import Tolerance, list_recipes, parse_overrides, resolve_tolerance
+
+TOL = Tolerance(atol=0.01, rtol=0.1, steps=2.0, cosine_min=0.0, top1_min=0.0)
+
+
+def _one(err: float, scale=None, peak=2.0):
+    ref = np.array([[peak, 0.0, 0.5]], np.float32)
+    got = ref + np.array([[0.0, err, 0.0]], np.float32)
+    return compare_output("y", ref, got, TOL, scale)
+
+
+def test_the_tolerance_rule_is_atol_plus_rtol_of_peak_plus_steps_of_scale():
+    limit = 0.01 + 0.1 * 2.0                           # atol + rtol * max|ref|
+    assert _one(limit * 0.99).passed and not _one(limit * 1.01).passed
+    assert _one(limit * 0.99).allowed_max_abs == pytest.approx(limit)
+    with_steps = limit + 2.0 * 0.05                     # + steps * scale, quantized outputs only
+    assert _one(with_steps * 0.99, scale=0.05).passed and not _one(with_steps * 1.01, scale=0.05).passed
+    assert "max abs error" in _one(1.0).reasons[0]
+
+
+def test_top1_flip_is_judged_only_on_decisive_rows():
+    tol = Tolerance(atol=10.0, rtol=0.01, steps=0.0, cosine_min=0.0, top1_min=0.99)
+    ref = np.array([[1.0, 0.0], [0.0, 1.0]] * 4, np.float32)
+    got = ref[:, ::-1].copy()                           # every decisive row flipped
+    m = compare_output("p", ref, got, tol)
+    assert m.top1_agreement == 0.0 and not m.passed              # a huge atol never excuses a flip
+    tied = np.array([[0.5, 0.5]] * 8, np.float32)
+    m = compare_output("p", tied, tied[:, ::-1].copy(), tol)
+    assert m.top1_agreement is None and m.passed                 # ties: top-1 not judged
+
+
+def test_overrides_named_beat_global_and_bad_values_are_refused():
+    base = Tolerance(atol=0.1, rtol=0.2, steps=1.0, cosine_min=0.9, top1_min=0.9)
+    got = resolve_tolerance(base, ["a", "b"], atol=["0.5", "b:0.01"], rtol=["a:0"])
+    assert (got["a"].atol, got["b"].atol, got["a"].rtol, got["b"].rtol) == (0.5, 0.01, 0.0, 0.2)
+    per = resolve_tolerance({"a": base, "b": TOL}, ["a", "b"])       # a bundle's recorded tolerance
+    assert per["b"] is TOL or per["b"] == TOL
+    for bad in (["-1"], ["inf"], ["nan"], ["x:"], ["a:b"]):
+        with pytest.raises(UsageError):
+            parse_overrides(bad, "--atol")
+    with pytest.raises(UsageError) as info:
+        resolve_tolerance(base, ["a"], atol=["c:0.1"])
+    assert "no output named c" in info.value.message
+
+
+def test_every_recipe_parses_with_a_tolerance():
+    recipes = list_recipes()
+    assert {"float32", "float16", "dynamic", "int8", "int16x8"} <= set(recipes)
+    assert all(isinstance(r.tolerance, Tolerance) for r in recipes.values())
+    assert {"int8", "int16x8"} <= {n for n, r in recipes.items() if r.needs_calibration}
+    assert not recipes["float32"].needs_calibration and not recipes["dynamic"].needs_calibration
+
+
+def test_pruning_keeps_the_newest_and_what_is_protected():
+    from packager.deploy.releases import _prune_list
+    rel = [f"2026010{i}T000000Z-abcdefabcdef" for i in range(1, 7)]
+    assert _prune_list(rel, 3, [None]) == [rel[2], rel[1], rel[0]]
+    assert _prune_list(rel, 2, [rel[0]]) == [rel[3], rel[2], rel[1]]     # current/previous survive
+    assert _prune_list(rel + rel[:2], 10, []) == []
+
+
+def test_benchmark_model_output_is_parsed_in_milliseconds():
+    from packager.deploy.releases import _parse_benchmark_model
+    text = ("INFO: blah\nINFO: Inference timings in us: Init: 12000, First inference: 3000, "
+            "Warmup (avg): 2500.5, Inference (avg): 2000\nINFO: Peak memory footprint (MB): init=4.5 overall=9.25\n")
+    out = _parse_benchmark_model(text, 50)
+    assert out == {"tool": "benchmark_model", "runs": 50, "init_ms": 12.0, "first_ms": 3.0, "warmup_mean_ms": 2.5005,
+                   "mean_ms": 2.0, "peak_mem_init_mb": 4.5, "peak_mem_mb": 9.25}
+    with pytest.raises(DeployError):
+        _parse_benchmark_model("Segmentation fault\n", 5)
+
+
+def test_the_op_version_gate_reads_the_runtime_registry():
+    from packager.convert.inspect import ModelSpec, OpInfo
+    spec = ModelSpec(1, "x", [], [], [OpInfo("FULLY_CONNECTED", 12, False, 1), OpInfo("ADD", 5, False, 1)], None)
+    assert spec.runtime_problems("ai-edge-litert") == []
+    assert spec.runtime_problems("tflite-runtime") == ["FULLY_CONNECTED version 12 (this runtime supports up to 11)"]
+    ok = ModelSpec(1, "x", [], [], [OpInfo("FULLY_CONNECTED", 11, False, 1)], None)
+    assert ok.runtime_problems("tflite-runtime") == []
+    flex = ModelSpec(1, "x", [], [], [OpInfo("FlexErf", 1, True, 1)], None)
+    assert "Flex" in flex.runtime_problems("ai-edge-litert")[0]
+
+
+def test_one_tensor_type_round_trips_through_the_manifest_form():
+    from packager.tensor import Tensor
+    q = Tensor("x", (-1, 8, 8, 1), "int8", index=3, scale=0.5, zero_point=-3)
+    assert q.to_json() == {"name": "x", "index": 3, "shape": [-1, 8, 8, 1], "dtype": "int8",
+                           "quantization": {"scale": 0.5, "zero_point": -3}}
+    assert Tensor.from_json(q.to_json()) == q and q.quantized and q.variable_axes == []
+    ids = Tensor("ids", (-1, -1), "int32", domain=(0, 1000))
+    assert ids.to_json() == {"name": "ids", "shape": [-1, -1], "dtype": "int32", "domain": [0, 1000]}
+    assert Tensor.from_json(ids.to_json()) == ids and ids.variable_axes == [1] and not ids.quantized
+
+
+def test_one_bundle_name_rule(tmp_path):
+    from packager.bundle.manifest import check_name, default_name
+    assert check_name("mnist-rpi") == "mnist-rpi"
+    for bad in ("-x", ".x", "a/b", "a b", "x" * 101, "", "é"):
+        with pytest.raises(UsageError):
+            check_name(bad)
+    assert default_name(tmp_path / "Ünïcode model!.keras", "rpi") == "n-code-model-rpi"
+    assert default_name(tmp_path / "...h5", "android") == "model-android"

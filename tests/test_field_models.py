@@ -346,7 +346,9 @@ def test_host_environment_problem_is_exit_5(out, tmp_path):
                                                       .replace('name = "rpi"', 'name = "broken"'))
     text = (tmp_path / "targets" / "broken.toml").read_text()
     import re
-    text = re.sub(r'requirements = \[[^\]]*\]', 'requirements = ["edgepack-no-such-runtime==0.0.1"]', text)
+    text = re.sub(r'runtimes = \[[^\]]*\]', 'runtimes = [{ name = "ai-edge-litert", requirements = '
+                  '["edgepack-no-such-runtime==0.0.1"] }]', text)
+    assert "edgepack-no-such-runtime" in text
     (tmp_path / "targets" / "broken.toml").write_text(text)
     kind = fm.fixed_batch(out, 1)
     proc = cli("build", kind.model, "-t", "broken", "-q", "float32", "-o", tmp_path / "b", "--json",
@@ -398,7 +400,7 @@ def test_savedmodel_ids_get_the_vocabulary_from_the_graph(out, tmp_path):
     import keras
     kind = fm.embedding_outlier(out)
     keras.models.load_model(kind.model).export(str(tmp_path / "sm"), verbose=False)
-    from packager.load.model import load_model
+    from packager.load.formats import load_model
     assert load_model(tmp_path / "sm").inputs[0].domain == (0, 300)
     with pytest.raises(VerificationError) as info:
         api.build(tmp_path / "sm", recipe="dynamic", output=tmp_path / "b")

@@ -284,9 +284,15 @@ def test_html_written_on_failure_and_with_no_verify(monkeypatch, tmp_path):
     assert json.loads(proc.stdout)["ok"] is False
 
     def unverified(*a, **k):
-        return api.BuildResult(tmp_path / "b", tmp_path / "b.tar.gz", {"model_size": 1, "name": "b",
-                               "recipe": {"name": "float16", "io": "float"}, "source": {"conversion_path": "k"},
-                               "versions": {"tensorflow": "2.21.0"}}, None, [], [])
+        from packager.bundle.manifest import Manifest
+        tensor = {"index": 0, "shape": [-1, 3], "dtype": "float32", "quantization": None}
+        manifest = Manifest.from_json({
+            "format": 1, "name": "b", "model": "model.tflite", "entrypoint": "edgepack_run.py",
+            "model_sha256": "0" * 64, "model_size": 1, "inputs": [{"name": "x", **tensor}],
+            "outputs": [{"name": "y", **tensor}], "recipe": {"name": "float16", "io": "float"},
+            "target": {"name": "rpi"}, "runtimes": [], "files": {}, "source": {"conversion_path": "k"},
+            "versions": {"tensorflow": "2.21.0"}, "verification": {"status": "skipped"}})
+        return api.BuildResult(tmp_path / "b", tmp_path / "b.tar.gz", manifest, None, [], [])
     monkeypatch.setattr(api, "build", unverified)
     proc = _cli("build", str(model), "--no-verify", "--html", str(out))
     assert proc.exit_code == 0, proc.output

@@ -115,11 +115,10 @@ class Manifest(Mapping):
             check_manifest(data)
         except Failure as exc:
             raise bad(exc.message.replace("manifest.json: ", "").replace("manifest.json ", "")) from None
-        for key in ("name", "entrypoint"):
-            if not isinstance(data.get(key), str) or not data[key]:
-                raise bad(f"{key} is not a non-empty string")
-        if not NAME_RE.fullmatch(data["name"]):
-            raise bad(f"name {data['name']!r} is not a bundle name ({NAME_HINT})")
+        if not isinstance(data.get("name"), str) or not NAME_RE.fullmatch(data["name"]):
+            raise bad(f"name {data.get('name')!r} is not a bundle name ({NAME_HINT})")
+        if not isinstance(data.get("entrypoint"), str) or not data["entrypoint"]:
+            raise bad("entrypoint is not a non-empty string")
         for key in ("recipe", "target"):
             if not isinstance(data.get(key), dict) or not isinstance(data[key].get("name"), str):
                 raise bad(f"{key} has no name")

@@ -40,6 +40,8 @@ class BuildResult:
                 f"verification={self.verification!r})")
 
     def to_json(self) -> dict:
+        """JSON of the result: bundle and archive paths, the manifest, the verification report (None when skipped),
+        every conversion attempt and the warnings."""
         manifest = self.manifest.to_json() if hasattr(self.manifest, "to_json") else self.manifest
         return {"bundle": str(self.bundle), "archive": str(self.archive), "manifest": manifest,
                 "verification": self.verification.to_json() if self.verification else None,
@@ -202,9 +204,11 @@ class SweepResult:
 
     @property
     def written(self) -> list:
+        """The rows whose bundle was written (``bundle`` is its path; None for a refused, failed or skipped recipe)."""
         return [r for r in self.rows if r["bundle"]]
 
     def to_json(self) -> dict:
+        """JSON of the sweep: ``evidence`` (what verification rested on) and ``recipes`` (the rows)."""
         return {"evidence": self.evidence, "recipes": self.rows}
 
     def __repr__(self) -> str:

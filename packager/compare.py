@@ -30,6 +30,7 @@ class OutputMetrics:
     reasons: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict:
+        """Every field as JSON (``dataclasses.asdict``), histogram and plots included."""
         return asdict(self)
 
 

@@ -85,6 +85,7 @@ class Recipe:
                              hint="choose from: " + ", ".join(self.io_types))
 
     def to_json(self, io: str = "float") -> dict:
+        """The recipe's fields (tolerance as a dict) plus ``io``, the input/output type it is built with."""
         data = asdict(self)
         data["io"] = io
         return data

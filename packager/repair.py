@@ -44,6 +44,7 @@ class Candidate:
     conversion: object = field(default=None, repr=False)
 
     def to_json(self) -> dict:
+        """The candidate's fields as JSON, without the model bytes and the conversion."""
         data = asdict(self)
         data.pop("model")
         data.pop("conversion")
@@ -52,11 +53,15 @@ class Candidate:
 
 @dataclass
 class Budget:
+    """What ``--quantize auto`` must meet in every runtime (None: not required): ``max_drop``, accuracy drop in
+    percentage points (needs labels); ``min_agreement``, top-1 agreement with the original model (0 to 1);
+    ``min_cosine``, cosine similarity with the original model's outputs."""
     max_drop: float | None = None        # percentage points of accuracy
     min_agreement: float | None = None
     min_cosine: float | None = None
 
     def describe(self) -> str:
+        """The budget in words (``top-1 agreement >= 0.99``); empty when nothing is required."""
         parts = []
         if self.max_drop is not None:
             parts.append(f"accuracy drop <= {self.max_drop:g} points")
@@ -265,6 +270,8 @@ def _f(v) -> str:
 
 @dataclass
 class AutoResult:
+    """What ``build_auto`` returns: the ``build`` of the chosen candidate (:class:`packager.api.BuildResult`), the
+    ``chosen`` Candidate, every candidate tried, the ``budget`` and ``why`` that one was chosen."""
     build: object                 # api.BuildResult of the chosen candidate
     chosen: Candidate
     candidates: list
@@ -272,6 +279,8 @@ class AutoResult:
     why: str
 
     def to_json(self) -> dict:
+        """JSON of the choice: chosen label, why, the budget (with its text), the candidates by size (unconverted
+        last), and the build's own JSON."""
         return {"chosen": self.chosen.label, "why": self.why,
                 "budget": {**asdict(self.budget), "text": self.budget.describe()},
                 "candidates": [c.to_json() for c in sorted(self.candidates, key=lambda c: (not c.size, c.size))],

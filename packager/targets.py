@@ -50,6 +50,11 @@ class RuntimeProfile:
 
 @dataclass(frozen=True)
 class TargetProfile:
+    """A target profile (``targets/NAME.toml``): ``arch``, the device's ``python`` version (also the arm64
+    emulator's), ``default_recipe`` and the ``fallback_recipe`` used without calibration, the ``deploy`` method, the
+    ``remote_dir`` template ({name} = bundle name), ``device_python``, the ``runtimes``, how many ``samples`` a
+    bundle ships, whether it gets an Android ``assets/`` folder, install steps and run command, and the file it was
+    read from (``source``)."""
     name: str
     description: str
     arch: str
@@ -68,6 +73,8 @@ class TargetProfile:
     extra: dict = field(default_factory=dict, compare=False)
 
     def runtime(self, name: str) -> RuntimeProfile:
+        """The target's runtime ``name`` (pip name, import name, or ``NAME==VERSION``); UsageError listing the
+        target's runtimes otherwise."""
         for rt in self.runtimes:
             if name in (rt.name, rt.module) or name.split("==")[0] == rt.name:
                 return rt
@@ -75,6 +82,8 @@ class TargetProfile:
                          hint="choose from: " + ", ".join(rt.name for rt in self.runtimes))
 
     def to_json(self) -> dict:
+        """JSON of the profile for `edgepack targets`: name, description, arch, python, recipes, deploy, remote_dir,
+        device_python, samples, and each runtime's name, module, requirements, python and note."""
         return {
             "name": self.name, "description": self.description, "arch": self.arch, "python": self.python,
             "default_recipe": self.default_recipe, "fallback_recipe": self.fallback_recipe, "deploy": self.deploy, "remote_dir": self.remote_dir,
@@ -167,6 +176,8 @@ def _parse(path: Path) -> TargetProfile:
 
 
 def list_targets() -> dict[str, TargetProfile]:
+    """Every target profile by name: the ``EDGEPACK_TARGETS_PATH`` directories first (the first file of a name wins),
+    then the built-in ``targets/``. Every file is parsed; an invalid one raises UsageError."""
     found: dict[str, TargetProfile] = {}
     for directory in _search_dirs():
         for path in sorted(directory.glob("*.toml")):
@@ -175,6 +186,8 @@ def list_targets() -> dict[str, TargetProfile]:
 
 
 def get_target(name: str) -> TargetProfile:
+    """The target profile ``name``; UsageError listing the known targets when there is none (or when any profile is
+    invalid)."""
     targets = list_targets()
     if name not in targets:
         raise UsageError(f"unknown target {name!r}", hint="choose from: " + ", ".join(sorted(targets)))

@@ -27,6 +27,7 @@ class Tensor:
 
     @property
     def quantized(self) -> bool:
+        """True when the tensor has an affine quantization (``scale`` is set)."""
         return self.scale is not None
 
     @property

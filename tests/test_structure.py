@@ -226,3 +226,30 @@ def test_a_transport_is_one_class(tmp_path, monkeypatch):
         api.build(model, target="pigeon", recipe="float32", output=tmp_path / "out")
     assert "carrier-pigeon" in info.value.message and "ssh" in info.value.message
     assert not (tmp_path / "out").exists()
+
+
+def _undocumented(tree: ast.Module, where: str) -> list[str]:
+    """``where:LINE NAME`` of every public function/class of ``tree``'s module level and every public method (or
+    nested class) of a public class that has no docstring."""
+    found = []
+
+    def walk(body, prefix):
+        for node in body:
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) or node.name.startswith("_"):
+                continue
+            if not ast.get_docstring(node):
+                found.append(f"{where}:{node.lineno} {prefix}{node.name}")
+            if isinstance(node, ast.ClassDef):
+                walk(node.body, f"{prefix}{node.name}.")
+    walk(tree.body, "")
+    return found
+
+
+def test_public_names_have_docstrings():
+    """Every public function, class and method of ``packager`` (name not starting with '_') says what it does."""
+    missing = []
+    files = sorted(PACKAGE.rglob("*.py"))
+    assert files
+    for path in files:
+        missing += _undocumented(ast.parse(path.read_text(encoding="utf-8")), str(path.relative_to(ROOT)))
+    assert missing == [], "public names without a docstring:\n" + "\n".join(missing)

@@ -30,10 +30,12 @@ from .manifest import FORMAT, Manifest, check_name  # noqa: E402,F401 - one sour
 
 
 def sha256_bytes(data: bytes) -> str:
+    """Hex sha256 of ``data``."""
     return hashlib.sha256(data).hexdigest()
 
 
 def sha256_file(path: Path) -> str:
+    """Hex sha256 of the file at ``path``, read in 1 MiB blocks. OSError when it cannot be read."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
@@ -69,6 +71,8 @@ def atomic_write(path: Path, data: bytes) -> None:
 
 
 def fsync_dir(path: Path) -> None:
+    """fsync the directory ``path`` so renames and new entries in it are durable; does nothing when it cannot be
+    opened."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
@@ -178,6 +182,8 @@ class Staging:
         self.files: dict[str, str] = {}
 
     def write(self, rel: str, data: bytes, mode: int = 0o644) -> str:
+        """Write ``data`` to ``rel`` in the staging dir (fsynced, chmod ``mode``) and record it for the manifest's
+        ``files``; returns its hex sha256."""
         path = self.dir / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "wb") as fh:
@@ -190,6 +196,8 @@ class Staging:
         return digest
 
     def write_manifest(self, manifest: dict) -> None:
+        """Set ``manifest["files"]`` to every file written so far (sorted, ``sha256:HEX``) and write manifest.json
+        atomically, last."""
         manifest["files"] = dict(sorted(self.files.items()))
         fault("before-manifest")
         atomic_write(self.dir / MANIFEST, manifest_bytes(manifest))
@@ -228,10 +236,13 @@ class Staging:
         return self.output
 
     def discard(self) -> None:
+        """Remove the staging directory; whatever is at ``output`` is left as it was."""
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def manifest_bytes(manifest: dict) -> bytes:
+    """manifest.json's bytes: JSON indented by 2, key order kept, numpy scalars as plain numbers, a final newline.
+    TypeError for any other value JSON cannot hold."""
     return (json.dumps(manifest, indent=2, sort_keys=False, default=_json_default) + "\n").encode()
 
 
@@ -329,10 +340,12 @@ class Bundle:
     sizes: dict = field(default_factory=dict, compare=False)
 
     def local(self, rel: str) -> Path:
+        """The local path of bundle file ``rel`` (a '/'-separated path relative to the bundle)."""
         return self.path.joinpath(*rel.split("/"))
 
     @property
     def wanted(self) -> dict[str, str]:
+        """{relative path: sha256 hex} of every file of the bundle, manifest.json included."""
         return dict(self.files)
 
 

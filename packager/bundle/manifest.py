@@ -95,6 +95,7 @@ class Manifest(Mapping):
         return len(self.data)
 
     def to_json(self) -> dict:
+        """A deep copy of the manifest's JSON object (plain dicts and lists)."""
         return json.loads(json.dumps(self.data))
 
     # -- reading ------------------------------------------------------------------------------

@@ -58,6 +58,8 @@ app = typer.Typer(
 
 
 class Recipe(str, Enum):
+    """``build --quantize`` recipe names: those of packager/recipes.toml plus ``auto`` (a value is checked against
+    recipes.toml before it is looked up here)."""
     float32 = "float32"
     float16 = "float16"
     dynamic = "dynamic"
@@ -67,6 +69,7 @@ class Recipe(str, Enum):
 
 
 class IO(str, Enum):
+    """``--io`` choices: the input/output type of the quantized model (``float`` keeps float inputs and outputs)."""
     float = "float"
     int8 = "int8"
     uint8 = "uint8"
@@ -74,6 +77,7 @@ class IO(str, Enum):
 
 
 class Arch(str, Enum):
+    """``--arch`` choices: verify on this host's CPU, or on arm64 under qemu-user."""
     host = "host"
     arm64 = "arm64"
 

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Check:
+    """One line of `edgepack doctor`: ``name``, ``ok``, ``detail`` (version, path, or what is wrong), ``fix`` (the
+    command that fixes it, or None) and ``required`` (build/verify cannot work without it)."""
     name: str
     ok: bool
     detail: str
@@ -16,6 +18,9 @@ class Check:
 
 
 def checks() -> list[Check]:
+    """Every check of this host: TensorFlow and python venv (required), the Landlock model sandbox, each transport's
+    host program (ssh, adb) and arm64 emulation (:func:`packager.verify.arm64.doctor`). TensorFlow is looked up as an
+    installed distribution, never imported."""
     found = []
     # Installed distribution, not an import: importing TensorFlow takes seconds and prints banners.
     import importlib.util

@@ -210,4 +210,5 @@ def export_cmd(
 
 
 def register(app: typer.Typer) -> None:
+    """Add the ``edgepack fleet`` command group (deploy, status, rollback, export) to ``app``."""
     app.add_typer(fleet_app, name="fleet")

@@ -55,6 +55,8 @@ def configure(quiet: bool = False, verbose: bool = False) -> None:
 
 
 def print_json(data) -> None:
+    """Print ``data`` as JSON indented by 2 on stdout (objects by their ``to_json`` or ``item``, others as str);
+    ValueError on NaN/Inf (:func:`emit_json` replaces them)."""
     print(json.dumps(data, indent=2, default=_default, allow_nan=False))
 
 
@@ -78,6 +80,7 @@ def _clean(data):
 
 
 def emit_json(data) -> None:
+    """Print ``data`` as the one JSON document of ``--json`` on stdout, NaN/Inf as the strings nan, inf and -inf."""
     print_json(_clean(json.loads(json.dumps(data, default=_default))))
 
 
@@ -122,6 +125,7 @@ def progress(enabled: bool = True):
 
 
 def error(message: str, hint: str | None = None) -> None:
+    """Print ``error: MESSAGE`` and, when there is one, ``hint: HINT`` on stderr."""
     err.print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False, soft_wrap=True)
     if hint:
         err.print(f"[yellow]hint:[/yellow] {escape(hint)}", soft_wrap=True)
@@ -152,6 +156,7 @@ def fmt_cosine(v) -> str:
 
 
 def runtime_label(r: dict) -> str:
+    """A runtime row's table label: its short name (``label`` in packager/runtimes.toml) and its version."""
     return f"{SHORT_RUNTIME.get(r['runtime'], r['runtime'])} {r.get('version') or ''}".strip()
 
 
@@ -232,6 +237,8 @@ def _verification_table(report: dict, machines: set, cpu: bool, extra: bool, acc
 
 
 def show_verification(report: dict) -> None:
+    """Print a verification report (:meth:`VerifyReport.to_json` form): the table, the lines below it, the
+    MATCH/MISMATCH verdict with its evidence, and the notes not already shown (none with --quiet)."""
     table, below = verification_table(report)
     out.print(table)
     for line in below:
@@ -249,6 +256,8 @@ def show_verification(report: dict) -> None:
 
 
 def show_build(result: dict) -> None:
+    """Print what ``build`` wrote (:meth:`BuildResult.to_json` form): the bundle with its model size in bytes,
+    recipe, io and conversion path, the archive, warnings, then the verification (or that it was skipped)."""
     m = result["manifest"]
     out.print(f"[bold]bundle[/bold] {escape(str(result['bundle']))}  ({m['model_size']:,} bytes, "
               f"recipe {m['recipe']['name']}, io {m['recipe']['io']}, path {m['source']['conversion_path']})")
@@ -262,6 +271,9 @@ def show_build(result: dict) -> None:
 
 
 def show_inspect(info: dict) -> None:
+    """Print :func:`packager.api.inspect` output: model size in bytes and sha256, the tensors (index, shape, dtype,
+    scale, zero point), the ops with versions, for a bundle its target, recipe, verification and integrity, and each
+    runtime that cannot run the model."""
     model = info["model"]
     out.print(f"[bold]{escape(info['path'])}[/bold]  {model['size']:,} bytes  sha256 {model['sha256'][:16]}...")
     table = Table(title="tensors", box=box.SIMPLE_HEAD, title_justify="left", show_edge=False)
@@ -325,6 +337,8 @@ def _recipes_table(recipes: list[dict], io: bool, description: bool) -> Table:
 
 
 def show_recipes(recipes: list[dict]) -> None:
+    """Print the recipes (:meth:`Recipe.to_json` rows plus ``io_types``) in the widest table that fits the terminal,
+    the tolerance rule, and below the table the descriptions it had no room for."""
     width = out.width
     for io, description in ((True, True), (True, False), (False, False)):
         table = _recipes_table(recipes, io, description)

@@ -148,6 +148,8 @@ def _main_hidden():
 
 
 def in_process() -> bool:
+    """True when ``EDGEPACK_IN_PROCESS`` is set and not 0: :func:`run` then calls the job in this process instead of
+    a spawned child."""
     return os.environ.get("EDGEPACK_IN_PROCESS", "") not in ("", "0")
 
 

@@ -136,18 +136,24 @@ def _send(op: str, kind: str, value) -> None:
 
 
 def register_dir(path) -> None:
+    """Have the reaper remove directory ``path`` if edgepack dies before :func:`unregister_dir` (starts the reaper on
+    first use)."""
     _send("+", "dir", os.fspath(path))
 
 
 def unregister_dir(path) -> None:
+    """Forget directory ``path``: it was removed normally."""
     _send("-", "dir", os.fspath(path))
 
 
 def register_process(pid: int, group: bool = False) -> None:
+    """Have the reaper SIGKILL process ``pid`` (its process group with ``group``) if edgepack dies before
+    :func:`unregister_process`."""
     _send("+", "pgid" if group else "pid", int(pid))
 
 
 def unregister_process(pid: int, group: bool = False) -> None:
+    """Forget process ``pid`` (process group with ``group``): it ended normally."""
     _send("-", "pgid" if group else "pid", int(pid))
 
 

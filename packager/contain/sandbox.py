@@ -76,6 +76,7 @@ def abi_version() -> int:
 
 
 def mode() -> str:
+    """``EDGEPACK_SANDBOX`` as ``off`` (0, off, no, false), ``require``, or ``auto`` (anything else, unset included)."""
     value = os.environ.get("EDGEPACK_SANDBOX", "").strip().lower()
     if value in ("0", "off", "no", "false"):
         return "off"

@@ -24,6 +24,7 @@ class Attempt:
     metrics: list[OutputMetrics] = field(default_factory=list)
 
     def to_json(self) -> dict:
+        """JSON of the attempt: path, ok, error and each output's metrics without the histogram."""
         return {"path": self.path, "ok": self.ok, "error": self.error,
                 "metrics": [{k: v for k, v in m.to_json().items() if k != "histogram"} for m in self.metrics]}
 

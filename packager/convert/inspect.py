@@ -35,6 +35,8 @@ class ModelSpec:
     notes: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict:
+        """JSON of the spec: size (bytes), sha256, signature, inputs and outputs in manifest form, and ops (name,
+        version, custom, count); ``notes`` are left out."""
         return {"size": self.size, "sha256": self.sha256, "signature": self.signature,
                 "inputs": [t.to_json() for t in self.inputs], "outputs": [t.to_json() for t in self.outputs],
                 "ops": [asdict(o) for o in self.ops]}

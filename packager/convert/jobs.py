@@ -180,4 +180,5 @@ def reference(model: str, data: str | None, arrays: dict | None, trust: bool) ->
 
 
 def source_name(path: str) -> str:
+    """The last component of ``path``: the model's file or directory name."""
     return Path(path).name

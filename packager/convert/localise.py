@@ -45,6 +45,7 @@ class Dump:
 
     @property
     def ops(self) -> list[dict]:
+        """The run's ops in execution order: ``{"index", "op", "inputs", "outputs"}`` (tensor indices)."""
         return self.meta["ops"]
 
     def tensor(self, index: int) -> dict:
@@ -54,6 +55,8 @@ class Dump:
                                                         "dtype": "", "quantization": None}
 
     def raw(self, index: int):
+        """Tensor ``index`` as the runtime held it (integers for a quantized tensor, all samples on axis 0), or None
+        when the dump did not keep it."""
         return self.arrays.get(f"t{index}")
 
     def aliased(self, index: int) -> bool:
@@ -211,6 +214,7 @@ class OpRow:
     diverged: bool = False
 
     def to_json(self) -> dict:
+        """Every field of the row as JSON."""
         return asdict(self)
 
 
@@ -357,10 +361,13 @@ def _outlier_evidence(f: np.ndarray, scale: float) -> str | None:
 
 @dataclass
 class Cause:
-    kind: str          # below-step | outliers | calibration-scale | clipping | runtime
+    """A likely cause of a divergence: ``kind`` (below-step, outliers, calibration-scale, calibration-coverage,
+    clipping or runtime) and ``text``, the cause with its evidence in one line."""
+    kind: str          # below-step | outliers | calibration-scale | calibration-coverage | clipping | runtime
     text: str
 
     def to_json(self) -> dict:
+        """``{"kind", "text"}``."""
         return asdict(self)
 
 
@@ -465,9 +472,12 @@ class RuntimeDivergence:
     steps: float | None = None       # max difference in quantization steps (quantized outputs)
 
     def to_json(self) -> dict:
+        """Every field as JSON."""
         return asdict(self)
 
     def text(self) -> str:
+        """One line: the op, both runtimes' values at the worst element, the largest difference (in quantization
+        steps too for a quantized output), the percentage of outputs that differ, and whether it is inherited."""
         size = f"{self.steps:.0f} step(s), {self.max_abs:.3g}" if self.steps is not None else f"{self.max_abs:.3g}"
         parts = self.tensor.split(";")[0].split("/")
         short = "/".join(parts[1:]) if len(parts) > 1 else parts[0]
@@ -546,13 +556,18 @@ class Diagnosis:
 
     @property
     def first(self) -> OpRow | None:
+        """The first diverging op (execution order), or None."""
         return next((r for r in self.rows if r.diverged), None)
 
     @property
     def brief(self) -> str | None:
+        """The one-line summary (:func:`brief`): the first divergence, else the largest error; None when no op has
+        any error."""
         return brief(self.first, self.causes, self.rows)
 
     def to_json(self) -> dict:
+        """JSON of the diagnosis: model, reference, recipe, samples, evidence, limits, first divergence, brief,
+        causes, every op row, runtimes, runtime divergences and notes."""
         first = self.first
         return {"model": self.model, "reference": self.reference, "recipe": self.recipe, "samples": self.samples,
                 "evidence": self.evidence, "limits": {"rel": self.rel_limit, "cosine": self.cosine_limit,

@@ -36,6 +36,8 @@ def _quantize(x, d):
 
 
 def main(argv):
+    """``MODEL IN.npz OUT.npz [--runtime NAME] [--outputs-only]``: write OUT.npz (kept tensors plus ``__meta__``, the
+    JSON as uint8 bytes) and return exit status 0; errors propagate to ``__main__`` (one line on stderr, exit 5)."""
     model_path, in_path, out_path = argv[:3]
     runtime = argv[argv.index("--runtime") + 1] if "--runtime" in argv else "ai_edge_litert"
     with np.load(in_path, allow_pickle=False) as npz:

@@ -24,6 +24,8 @@ _SERIAL = re.compile(r"^[A-Za-z0-9._:\[\]-]+\Z")
 
 
 class AdbTransport(Transport):
+    """Android devices through the ``adb`` client (``deploy = "adb"``): the device named by ``serial``, or the only
+    one attached; no ``--install``, no stdin to scripts."""
     method = "adb"
     tool = "adb"
     tool_package = "adb"
@@ -44,6 +46,7 @@ class AdbTransport(Transport):
         self.env = {**os.environ, **env} if env else None
 
     def describe(self) -> str:
+        """``adb:SERIAL``, or ``adb`` before a device is picked."""
         return f"adb:{self.serial}" if self.serial else "adb"
 
     # ------------------------------------------------------------------ devices
@@ -64,6 +67,7 @@ class AdbTransport(Transport):
         return run_process([self.adb_bin, "-s", self.serial, *args], timeout=timeout, what=what, env=self.env)
 
     def connect(self) -> None:
+        """Pick the device from ``adb devices`` (without a serial: the only ready one); DeployError unless ready."""
         found = self.devices()
         if self.serial is None:
             ready = [s for s, state in found if state == "device"]
@@ -88,6 +92,7 @@ class AdbTransport(Transport):
 
     # ------------------------------------------------------------------ commands
     def sh(self, script: str, *, timeout: float | None = None, stdin: IO[bytes] | None = None) -> Completed:
+        """Via ``adb shell``; status from a sentinel line, stderr merged into stdout; no ``stdin``."""
         if stdin is not None:
             raise DeployError("adb shell input streaming is not supported; use upload()")
         if self.serial is None:
@@ -112,6 +117,7 @@ class AdbTransport(Transport):
 
     def upload(self, files: Sequence[tuple[Path, str]], dest_dir: str, *, timeout: float | None = None,
                prepare: str | None = None) -> int:
+        """One ``adb push`` per file, then chmod 755 on the .py files; returns the file bytes."""
         if prepare:
             res = self.sh(prepare, timeout=timeout)
             if res.rc != 0:
@@ -135,6 +141,7 @@ class AdbTransport(Transport):
         return sent
 
     def download(self, remote_path: str, local_path: Path, *, timeout: float | None = None) -> int:
+        """``adb pull`` to ``NAME.part``, renamed to ``local_path`` once complete."""
         local_path = Path(local_path)
         tmp = local_path.with_name(local_path.name + ".part")
         res = self._adb("pull", remote_path, str(tmp), timeout=timeout or self.timeout, what="adb pull")

@@ -40,13 +40,16 @@ class Completed:
 
     @property
     def out(self) -> str:
+        """stdout as text (UTF-8, undecodable bytes replaced, CRLF as LF)."""
         return self.stdout.decode("utf-8", "replace").replace("\r\n", "\n")
 
     @property
     def err(self) -> str:
+        """stderr as text (UTF-8, undecodable bytes replaced, CRLF as LF)."""
         return self.stderr.decode("utf-8", "replace").replace("\r\n", "\n")
 
     def last_error_line(self) -> str:
+        """The last non-blank line of stderr, else of stdout, else ``exit status RC``: the line to quote in an error."""
         for text in (self.err, self.out):
             lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
             if lines:

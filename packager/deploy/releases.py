@@ -47,6 +47,10 @@ class SelfTest:
 
 @dataclass(frozen=True)
 class DeployResult:
+    """What ``deploy`` did on ``device`` in ``remote_dir`` (resolved, absolute): the ``release`` now current and the
+    ``previous`` one, whether anything ``changed``, files ``uploaded`` and ``reused`` (relative paths),
+    ``bytes_sent`` over the link, releases ``pruned``, whether a venv was ``installed``, the ``device_python`` used,
+    the ``smoke`` self-test (None when not run) and the wall time in ``seconds``."""
     device: str
     remote_dir: str
     release: str                      # the release now current
@@ -64,6 +68,8 @@ class DeployResult:
 
 @dataclass(frozen=True)
 class RollbackResult:
+    """What ``rollback`` did on ``device``: ``current`` in ``remote_dir`` (resolved, absolute) moved from
+    ``from_release`` (None when nothing was current) to ``to_release``."""
     device: str
     remote_dir: str
     from_release: str | None
@@ -72,6 +78,8 @@ class RollbackResult:
 
 @dataclass(frozen=True)
 class ReleaseInfo:
+    """One release on the device: its ``id``, ``created`` (ISO 8601 UTC, read from the id), the first 12 hex digits
+    of its model's sha256, and whether it is ``current``."""
     id: str
     created: str                      # ISO 8601 UTC, from the id
     model_sha256_prefix: str
@@ -80,6 +88,10 @@ class ReleaseInfo:
 
 @dataclass(frozen=True)
 class StatusResult:
+    """What ``status`` found on ``device`` in ``remote_dir`` (resolved, absolute): whether it ``exists``, the
+    ``current`` and ``previous`` releases, every release, the bundle ``name`` and ``model_sha256`` from current's
+    manifest, whether current's files match it (``verified``; None when not checked), the ``problems`` found, and
+    whether DIR/venv exists (``venv``)."""
     device: str
     remote_dir: str
     exists: bool
@@ -95,6 +107,9 @@ class StatusResult:
 
 @dataclass(frozen=True)
 class RunResult:
+    """What ``run`` did with the current ``release``: the ``device_python`` used (None for benchmark_model), the
+    local ``output`` file of an ``--input`` run or the ``benchmark`` JSON (times in milliseconds), and the wall time
+    in ``seconds``."""
     device: str
     remote_dir: str
     release: str
@@ -586,6 +601,9 @@ def deploy_method(manifest: dict) -> str | None:
 
 
 def default_remote_dir(manifest: dict, transport: Transport) -> str:
+    """The bundle's directory on the device: the manifest's ``target.remote_dir``, else its target profile's (same
+    deploy method), else the transport's default; ``{name}`` becomes the bundle name. UsageError for an invalid
+    bundle name."""
     name = check_name(manifest.get("name"))
     target = manifest.get("target") or {}
     template = target.get("remote_dir") if isinstance(target, dict) else None

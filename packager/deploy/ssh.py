@@ -57,6 +57,8 @@ def parse_host(spec: str) -> tuple[str | None, str, int | None]:
 
 
 class SshTransport(Transport):
+    """Devices reached with the system OpenSSH client (``deploy = "ssh"``), addressed ``USER@HOST[:PORT]``:
+    BatchMode, strict host keys, and with ``multiplex`` one ControlMaster connection for every call."""
     method = "ssh"
     tool = "ssh"
     tool_package = "openssh-client"
@@ -109,6 +111,7 @@ class SshTransport(Transport):
         return f"{self.user}@{self.host}" if self.user else self.host
 
     def describe(self) -> str:
+        """``USER@HOST:PORT``, user and port only when given."""
         dest = self._destination()
         return f"{dest}:{self.port}" if self.port else dest
 
@@ -127,6 +130,7 @@ class SshTransport(Transport):
         return conf
 
     def connect(self) -> None:
+        """Read ``ssh -G`` once, then start the ControlMaster: host key and login are checked there."""
         if not self._effective:
             self._effective = self._effective_config()
         if self.multiplex:
@@ -170,6 +174,7 @@ class SshTransport(Transport):
         self._control_path = path
 
     def close(self) -> None:
+        """Stop the ControlMaster and remove its socket directory."""
         if self._finalizer is not None:
             self._finalizer()
         self._finalizer = None
@@ -219,10 +224,12 @@ class SshTransport(Transport):
         return res
 
     def sh(self, script: str, *, timeout: float | None = None, stdin: IO[bytes] | None = None) -> Completed:
+        """Over ssh (through the master); ssh's own exit 255 raises a DeployError saying why."""
         return self._ssh(script, timeout=timeout or self.timeout, stdin=stdin)
 
     def upload(self, files: Sequence[tuple[Path, str]], dest_dir: str, *, timeout: float | None = None,
                prepare: str | None = None) -> int:
+        """One tar stream into ``tar -xf -`` in ``dest_dir``, ``prepare`` first; returns the tar's bytes."""
         if not files:
             if prepare:
                 res = self.sh(prepare, timeout=timeout)
@@ -253,6 +260,7 @@ class SshTransport(Transport):
         return size
 
     def download(self, remote_path: str, local_path: Path, *, timeout: float | None = None) -> int:
+        """``cat`` over ssh into ``NAME.part``, renamed to ``local_path``."""
         res = self.sh(f"cat {q(remote_path)}", timeout=timeout or self.timeout)
         if res.rc != 0:
             raise DeployError(f"cannot read {remote_path} on {self.describe()}: {res.last_error_line()}")

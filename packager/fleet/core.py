@@ -35,6 +35,10 @@ Progress = Callable[[dict], None]
 # =========================================================================== results
 @dataclass
 class HostResult:
+    """One host's row of a fleet operation: ``outcome``, the ``release`` current afterwards and ``previous``, whether
+    that release holds this bundle's model (``on_bundle``), ``bytes_sent``, numbers of files ``uploaded`` and
+    ``reused``, the smoke result, wall time in ``seconds``, ``reason`` and ``hint`` of a failure, the resolved
+    ``remote_dir``, and for status the whole per-host report (``details``)."""
     host: str
     outcome: str                 # deployed | current | rolled back | failed | unreachable | not reached | ok
     release: str | None = None   # the release current on the host afterwards (None: nothing / unknown)
@@ -53,6 +57,10 @@ class HostResult:
 
 @dataclass
 class FleetResult:
+    """A fleet operation (``op``: deploy, status or rollback) over ``inventory``: ``ok`` when every host has a good
+    outcome, the bundle path and model sha256, the ``batches`` and ``max_fail`` ("N%") used, whether the rollout
+    ``stopped`` early, one HostResult per host, ``counts`` per outcome, wall time in ``seconds`` and
+    ansible-playbook's exit code."""
     op: str
     ok: bool
     inventory: str
@@ -67,6 +75,7 @@ class FleetResult:
     ansible_rc: int = 0
 
     def to_json(self) -> dict:
+        """Every field as JSON, host rows included (``dataclasses.asdict``)."""
         import dataclasses
         return dataclasses.asdict(self)
 
@@ -100,6 +109,8 @@ def parse_batches(spec: str | None) -> list:
 
 
 def parse_max_fail(spec: str | None) -> int | None:
+    """``10%`` or ``10`` -> 10 (Ansible ``max_fail_percentage``, 0 to 100); None when not given. UsageError for
+    anything else."""
     if spec is None or spec == "":
         return None
     m = re.fullmatch(r"(100|[1-9]?[0-9])%?", spec.strip())

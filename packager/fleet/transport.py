@@ -42,12 +42,14 @@ class AnsibleTransport(Transport):
         self._name = name
 
     def describe(self) -> str:
+        """The host's inventory name."""
         return self._name
 
     def connect(self) -> None:
         """Ansible connects lazily on the first command; host key and login are checked there."""
 
     def sh(self, script: str, *, timeout: float | None = None, stdin: IO[bytes] | None = None) -> Completed:
+        """Through the action's connection with /bin/sh (``timeout`` unused); rc 255 is a connection failure."""
         from ansible.errors import AnsibleConnectionFailure
         data = stdin.read() if stdin is not None else None
         res = self._action._low_level_execute_command(script, sudoable=True, in_data=data or None,
@@ -60,6 +62,7 @@ class AnsibleTransport(Transport):
         return Completed(rc, out, err)
 
     def download(self, remote_path: str, local_path: Path, *, timeout: float | None = None) -> int:
+        """Not available over Ansible: always raises UsageError."""
         raise UsageError("downloads are not part of fleet operations")
 
 
@@ -81,6 +84,7 @@ def harden_connection(action) -> None:
 
 
 def jsonable(value):
+    """``value`` (a dataclass, or anything JSON holds; other objects as str) as plain JSON data."""
     if dataclasses.is_dataclass(value):
         value = dataclasses.asdict(value)
     return json.loads(json.dumps(value, default=str))

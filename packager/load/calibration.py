@@ -45,6 +45,7 @@ class Dataset:
 
     @property
     def count(self) -> int:
+        """Number of samples: the first axis of the first input (main group only, not ``variants``)."""
         return next(iter(self.inputs.values())).shape[0]
 
     @property
@@ -53,6 +54,8 @@ class Dataset:
         return [self.inputs] + list(self.variants)
 
     def head(self, n: int) -> "Dataset":
+        """The first ``n`` samples of the inputs, the labels and each variant; source, evidence, warnings and notes
+        kept (the same lists)."""
         return Dataset({k: v[:n] for k, v in self.inputs.items()},
                        None if self.labels is None else self.labels[:n], self.source, self.warnings, self.evidence,
                        [{k: v[:n] for k, v in g.items()} for g in self.variants], self.notes)

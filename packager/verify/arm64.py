@@ -126,6 +126,8 @@ class Arm64Python:
 
 @dataclass(frozen=True)
 class Check:
+    """One line of the arm64 part of `edgepack doctor`: ``name``, ``ok``, ``detail``, and the ``fix`` command (None
+    when there is nothing to fix)."""
     name: str
     ok: bool
     detail: str

@@ -57,6 +57,7 @@ class RuntimeEnv:
     version: str = ""
 
     def describe(self) -> str:
+        """``RUNTIME VERSION (ARCH)``, e.g. ``tflite-runtime 2.14.0 (arm64)``, for messages."""
         return f"{self.runtime} {self.version} ({self.arch})"
 
 
@@ -316,6 +317,8 @@ class RuntimeResult:
     static_problems: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict:
+        """JSON of the verdict: runtime, version, arch, machine, python, status, error, seconds (rounded to ms),
+        static problems and each output's metrics."""
         return {"runtime": self.runtime, "version": self.version, "arch": self.arch, "machine": self.machine,
                 "python": self.python, "status": self.status, "error": self.error, "seconds": round(self.seconds, 3),
                 "static_problems": self.static_problems, "outputs": [m.to_json() for m in self.metrics]}

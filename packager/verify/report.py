@@ -37,6 +37,9 @@ class VerifyReport:
 
     @property
     def failures(self) -> list[str]:
+        """One line per failure: each failing output with its reasons; a runtime that could not run (status error
+        when no runtime passed, error or unavailable when every runtime must pass); the first divergence after the
+        first line; weak evidence under ``strict``."""
         out = []
         for r in self.runtimes:
             if r.status in ("error", "unavailable"):
@@ -53,6 +56,8 @@ class VerifyReport:
         return out
 
     def to_json(self) -> dict:
+        """JSON of the report: bundle, recipe, target, passed, inputs, samples, model size (bytes), evidence (kind,
+        weak, text), runtimes, failures, notes and first divergence."""
         return {"bundle": self.bundle, "recipe": self.recipe, "target": self.target, "passed": self.passed,
                 "inputs": self.inputs_source, "samples": self.samples, "model_size": self.model_size,
                 "evidence": {"kind": self.evidence, "weak": self.weak, "text": self.evidence_text},

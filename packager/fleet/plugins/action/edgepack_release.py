@@ -16,11 +16,14 @@ from ansible.plugins.action import ActionBase
 
 
 class ActionModule(ActionBase):
+    """The ``edgepack_release`` task: edgepack's release protocol on one host over Ansible's connection."""
     TRANSFERS_FILES = False
     _requires_connection = True
     _supports_check_mode = False   # --check must not deploy: Ansible skips the task instead
 
     def run(self, tmp=None, task_vars=None):
+        """Run the task's ``op`` on this host (:func:`packager.fleet.transport.run_op`); a failed task result when
+        edgepack cannot be imported on the controller."""
         result = super().run(tmp, task_vars)
         try:
             from packager.fleet.transport import run_op

@@ -19,6 +19,8 @@ def _result(res):
 
 
 class CallbackModule(CallbackBase):
+    """Writes each play start and every host result as one JSON line to ``$EDGEPACK_FLEET_EVENTS`` (nothing when it
+    is unset)."""
     CALLBACK_VERSION = 2.0
     CALLBACK_TYPE = "notification"
     CALLBACK_NAME = "edgepack_events"
@@ -35,6 +37,7 @@ class CallbackModule(CallbackBase):
             self._fh.flush()
 
     def v2_playbook_on_play_start(self, play):
+        """Emit ``play_start`` with every host of the play (not only this batch) and ``serial``."""
         hosts = None
         try:
             inventory = play.get_variable_manager()._inventory
@@ -52,21 +55,27 @@ class CallbackModule(CallbackBase):
                    task=getattr(task, "action", None), result=_result(res), **extra)
 
     def v2_runner_on_ok(self, result):
+        """Emit a ``host`` event with status ok and the task result."""
         self._host_event("ok", result)
 
     def v2_runner_on_failed(self, result, ignore_errors=False):
+        """Emit a ``host`` event with status failed, the result and whether errors were ignored."""
         self._host_event("failed", result, ignored=bool(ignore_errors))
 
     def v2_runner_on_unreachable(self, result):
+        """Emit a ``host`` event with status unreachable and Ansible's message."""
         self._host_event("unreachable", result)
 
     def v2_runner_on_skipped(self, result):
+        """Emit a ``host`` event with status skipped."""
         self._host_event("skipped", result)
 
     def v2_playbook_on_no_hosts_remaining(self):
+        """Emit ``no_hosts_remaining``: every host of the play failed."""
         self._emit(event="no_hosts_remaining")
 
     def v2_playbook_on_stats(self, stats):
+        """Emit ``stats`` (Ansible's counts per host) and close the events file."""
         hosts = sorted(set(stats.processed))
         self._emit(event="stats", hosts={h: stats.summarize(h) for h in hosts})
         if self._fh is not None:

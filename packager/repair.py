@@ -256,6 +256,9 @@ def meets(m: dict, budget: Budget) -> str | None:
     if m["status"] != "ran":
         return f"{m['runtime']}: cannot run it ({m.get('error')})"
     if budget.max_drop is not None and (m["drop"] is None or m["drop"] > budget.max_drop):
+        if m["drop"] is None:
+            return (f"{m['runtime']}: no accuracy drop to measure (needs --data with labels and a classification "
+                    "output)")
         return f"{m['runtime']}: accuracy drop {m['drop']:.2f} points > {budget.max_drop:g}"
     if budget.min_agreement is not None and (m["agreement"] is None or m["agreement"] < budget.min_agreement):
         return f"{m['runtime']}: top-1 agreement {_f(m['agreement'])} < {budget.min_agreement:g}"
@@ -307,7 +310,7 @@ def build_auto(model, *, target: str = "rpi", calibration=None, data=None, io: s
     sniff_format(Path(model))
     budget = Budget(max_drop, min_agreement, min_cosine)
     for v, flag in ((min_agreement, "--min-agreement"), (min_cosine, "--min-cosine")):
-        if v is not None and not -1.0 <= v <= 1.0:
+        if v is not None and not 0.0 <= v <= 1.0:
             raise UsageError(f"{flag} {v:g} is outside [0, 1]", hint=f"e.g. {flag} 0.99")
     if max_drop is not None and max_drop < 0:
         raise UsageError(f"--max-drop {max_drop:g} is negative", hint="percentage points, e.g. --max-drop 0.5")

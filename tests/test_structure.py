@@ -12,7 +12,8 @@ PACKAGE = ROOT / "packager"
 # top-level module) names it, and may import its own stage or an earlier one. The layout is this map:
 # a new module in a stage package needs no entry; a new top-level module must be placed here.
 STAGES = [
-    ("foundation", ["packager.errors", "packager.version", "packager.paths", "packager.tensor", "packager.recipes",
+    ("foundation", ["packager.errors", "packager.version", "packager.paths", "packager.tensor", "packager.jsonsafe",
+                    "packager.recipes",
                     "packager.targets",
                     "packager.compare", "packager.contain"]),
     ("load", ["packager.load"]),
@@ -156,6 +157,18 @@ def test_manifest_is_typed_and_validated(int8_bundle, tmp_path):
     assert m.inputs[0].name == m["inputs"][0]["name"] and not m.inputs[0].quantized      # int8 with --io float
     assert dict(m.runtimes)["ai-edge-litert"] is RuntimeStatus.PASSED
     assert m.to_json() == json.loads((int8_bundle.bundle / "manifest.json").read_text())
+
+    def strict(constant):                       # JSON has no NaN/Infinity: jq, JSON.parse refuse them
+        raise ValueError(constant)
+    json.loads((int8_bundle.bundle / "manifest.json").read_text(), parse_constant=strict)
+    from packager.bundle.files import check_files, manifest_bytes
+    assert json.loads(manifest_bytes({"snr": float("inf"), "x": [float("nan")]}), parse_constant=strict) == \
+        {"snr": "inf", "x": ["nan"]}
+    linked = tmp_path / "linked"
+    shutil.copytree(int8_bundle.bundle, linked)
+    (linked / "model.tflite").unlink()
+    (linked / "model.tflite").symlink_to(int8_bundle.bundle / "model.tflite")    # same bytes, but a link
+    assert any("symbolic link" in p for p in check_files(linked, m))
     with pytest.raises(TypeError):
         m["name"] = "x"                                        # read-only
     bad = tmp_path / "b"

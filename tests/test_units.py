@@ -109,3 +109,11 @@ def test_one_bundle_name_rule(tmp_path):
             check_name(bad)
     assert default_name(tmp_path / "Ünïcode model!.keras", "rpi") == "n-code-model-rpi"
     assert default_name(tmp_path / "...h5", "android") == "model-android"
+
+
+def test_a_budget_without_labels_says_why_not_crashes():
+    from packager.repair import Budget, meets
+    m = {"status": "ran", "runtime": "ai-edge-litert", "drop": None, "agreement": 0.999, "cosine": 0.9999}
+    assert "no accuracy drop to measure" in meets(m, Budget(max_drop=0.5))
+    assert meets(m, Budget(min_agreement=0.99)) is None
+    assert "top-1 agreement" in meets(m, Budget(min_agreement=0.9999))

@@ -26,6 +26,7 @@ ENTRYPOINT = "edgepack_run.py"
 MODEL = "model.tflite"
 MANIFEST = "manifest.json"
 PART_RE = re.compile(r"^[A-Za-z0-9._][A-Za-z0-9._-]*\Z")
+from ..jsonsafe import clean  # noqa: E402
 from .manifest import FORMAT, Manifest, check_name  # noqa: E402,F401 - one source of the format number and name rule
 
 
@@ -241,16 +242,15 @@ class Staging:
 
 
 def manifest_bytes(manifest: dict) -> bytes:
-    """manifest.json's bytes: JSON indented by 2, key order kept, numpy scalars as plain numbers, a final newline.
-    TypeError for any other value JSON cannot hold."""
-    return (json.dumps(manifest, indent=2, sort_keys=False, default=_json_default) + "\n").encode()
+    """manifest.json's bytes: JSON indented by 2, key order kept, numpy scalars as plain numbers, non-finite
+    floats as strings (:mod:`packager.jsonsafe`), a final newline. TypeError for any other value JSON cannot hold."""
+    plain = json.loads(json.dumps(manifest, default=_json_default))
+    return (json.dumps(clean(plain), indent=2, sort_keys=False, allow_nan=False) + "\n").encode()
 
 
 def _json_default(value):
     if isinstance(value, (np.floating, np.integer)):
         return value.item()
-    if isinstance(value, float) and value != value:
-        return None
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
@@ -319,8 +319,12 @@ def check_files(bundle: Path, manifest: dict) -> list[str]:
     problems = []
     root = Path(bundle).resolve()
     for rel, digest in manifest.get("files", {}).items():
+        parts = rel.split("/")
+        if any(root.joinpath(*parts[:i]).is_symlink() for i in range(1, len(parts) + 1)):
+            problems.append(f"{rel}: a symbolic link (a bundle holds regular files only)")
+            continue
         path = (root / rel).resolve()
-        if root not in path.parents or not path.is_file() or path.is_symlink():
+        if root not in path.parents or not path.is_file():
             problems.append(f"{rel}: missing or outside the bundle")
             continue
         if "sha256:" + sha256_file(path) != digest:

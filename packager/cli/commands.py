@@ -57,17 +57,6 @@ app = typer.Typer(
 )
 
 
-class Recipe(str, Enum):
-    """``build --quantize`` recipe names: those of packager/recipes.toml plus ``auto`` (a value is checked against
-    recipes.toml before it is looked up here)."""
-    float32 = "float32"
-    float16 = "float16"
-    dynamic = "dynamic"
-    int8 = "int8"
-    int16x8 = "int16x8"
-    auto = "auto"
-
-
 class IO(str, Enum):
     """``--io`` choices: the input/output type of the quantized model (``float`` keeps float inputs and outputs)."""
     float = "float"
@@ -200,8 +189,8 @@ def build(
                 render.error("--strict: not every recipe gave a bundle", "see the reasons above")
             raise typer.Exit(4)
         return
-    quantize = Recipe(recipes[0]) if recipes else None
-    if quantize == Recipe.auto:
+    quantize = recipes[0] if recipes else None     # a name of packager/recipes.toml, or auto
+    if quantize == "auto":
         from .diagnose import build_auto
         return build_auto(model, target, calibration, io, output, data, runtime, verify, arch or verify_arch, name,
                           labels, html, trust_model, atol, rtol, strict, budget, json_output, not no_cache)
@@ -210,7 +199,7 @@ def build(
                          hint="add --quantize auto, or use --atol/--rtol with a fixed recipe")
     try:
         with render.progress(not json_output) as report:
-            result = api.build(model, target=target, recipe=quantize.value if quantize else None,
+            result = api.build(model, target=target, recipe=quantize,
                                calibration=calibration, io=io.value, output=output, verify=verify, data=data,
                                runtimes=runtime, arch=_arch(arch or verify_arch), name=name, labels=labels,
                                trust_model=trust_model, use_cache=not no_cache, progress=report, atol=atol,

@@ -19,6 +19,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from ..jsonsafe import clean
+
 # Short runtime names for tables; the JSON and the HTML report keep the full distribution names.
 class _Labels(dict):
     """Runtime pip name -> short table label (``label`` in packager/runtimes.toml)."""
@@ -68,20 +70,9 @@ def _default(value):
     return str(value)
 
 
-def _clean(data):
-    """JSON has no NaN/Inf: make them strings so --json output always parses."""
-    if isinstance(data, float) and not math.isfinite(data):
-        return "inf" if data > 0 else ("-inf" if data < 0 else "nan")
-    if isinstance(data, dict):
-        return {k: _clean(v) for k, v in data.items()}
-    if isinstance(data, list):
-        return [_clean(v) for v in data]
-    return data
-
-
 def emit_json(data) -> None:
     """Print ``data`` as the one JSON document of ``--json`` on stdout, NaN/Inf as the strings nan, inf and -inf."""
-    print_json(_clean(json.loads(json.dumps(data, default=_default))))
+    print_json(clean(json.loads(json.dumps(data, default=_default))))
 
 
 def is_detail(msg: str) -> bool:

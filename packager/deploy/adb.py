@@ -78,6 +78,9 @@ class AdbTransport(Transport):
                                   hint="plug it in with USB debugging on (or adb connect HOST:PORT), then check: adb devices")
             else:
                 listing = ", ".join(f"{s} ({state})" for s, state in found)
+                if not ready:
+                    raise DeployError("no attached Android device is ready",
+                                      hint=f"attached: {listing}; accept the 'Allow USB debugging' prompt, or adb reconnect")
                 raise DeployError(f"{len(ready)} devices are ready; say which one with --serial",
                                   hint=f"attached: {listing}")
         states = dict(found)

@@ -501,4 +501,5 @@ def export(bundle_dir: str | Path, out_dir: str | Path, *, batch: str | None = N
     (out / ".edgepack-export").write_text(json.dumps({"bundle": bundle.name, "model_sha256": bundle.model_sha256}) + "\n")
     return {"ok": True, "output": str(out), "bundle": bundle.name, "model_sha256": bundle.model_sha256,
             "playbooks": ["deploy.yml", "status.yml", "rollback.yml"],
-            "run": f"cd {out} && ansible-playbook -i inventory.ini deploy.yml"}
+            "run": f"cd {out} && cp inventory.example.ini inventory.ini && $EDITOR inventory.ini && "
+                   "ansible-playbook -i inventory.ini deploy.yml"}

@@ -6,7 +6,7 @@ script, no ``if __name__ == "__main__"`` guard needed)::
 
     from packager import build, verify, inspect, targets
     result = build("model.h5", target="rpi", recipe="int8", calibration="samples.npz", output="dist/m")
-    report = verify(result.bundle, reference="model.h5", data="eval.npz")
+    report = verify(result, reference="model.h5", data="eval.npz")   # a BuildResult is its bundle directory
 """
 from .errors import EdgepackError  # noqa: E402
 from .version import __version__  # noqa: E402

@@ -34,6 +34,10 @@ class BuildResult:
     conversion_attempts: list
     warnings: list[str]
 
+    def __fspath__(self) -> str:
+        """A BuildResult is its bundle directory: ``verify(result, ...)``, ``deploy(result, t)``, ``inspect(result)``."""
+        return str(self.bundle)
+
     def __repr__(self) -> str:
         return (f"BuildResult(bundle={str(self.bundle)!r}, recipe={self.manifest.recipe}, "
                 f"model_size={self.manifest.model_size}, path={self.manifest.source.get('conversion_path')}, "

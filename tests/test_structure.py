@@ -129,7 +129,7 @@ def test_public_api_from_a_plain_script(tmp_path):
         result = build({str(tmp_path / 'm.keras')!r}, recipe="float32", output={str(tmp_path / 'out')!r},
                        runtimes=["ai-edge-litert"])
         print(repr(result))
-        print(inspect(result.bundle)["kind"], sorted(targets()))
+        print(inspect(result)["kind"], sorted(targets()))          # a BuildResult is its bundle (os.PathLike)
     """))
     env = {k: v for k, v in os.environ.items() if k != "EDGEPACK_IN_PROCESS"}
     proc = subprocess.run([sys.executable, str(tmp_path / "script.py")], capture_output=True, text=True, env=env,

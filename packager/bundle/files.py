@@ -343,6 +343,10 @@ class Bundle:
     files: tuple[tuple[str, str], ...]    # (relpath, sha256 hex), manifest.json last
     sizes: dict = field(default_factory=dict, compare=False)
 
+    def __fspath__(self) -> str:
+        """The bundle directory."""
+        return str(self.path)
+
     def local(self, rel: str) -> Path:
         """The local path of bundle file ``rel`` (a '/'-separated path relative to the bundle)."""
         return self.path.joinpath(*rel.split("/"))

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..bundle.manifest import Manifest
+from ..bundle.manifest import Manifest, RuntimeStatus
 from ..bundle.files import host_entrypoint, npz_stored, read_manifest
 from ..compare import OutputMetrics, compare_all, merge_metrics
 from ..errors import EnvironmentProblem, UsageError
@@ -308,7 +308,7 @@ class RuntimeResult:
     runtime: str
     version: str
     arch: str
-    status: str                      # passed | failed | error
+    status: RuntimeStatus            # PASSED | FAILED | ERROR | UNAVAILABLE (a str: "passed", ...)
     error: str | None = None
     metrics: list[OutputMetrics] = field(default_factory=list)
     seconds: float = 0.0
@@ -320,7 +320,7 @@ class RuntimeResult:
         """JSON of the verdict: runtime, version, arch, machine, python, status, error, seconds (rounded to ms),
         static problems and each output's metrics."""
         return {"runtime": self.runtime, "version": self.version, "arch": self.arch, "machine": self.machine,
-                "python": self.python, "status": self.status, "error": self.error, "seconds": round(self.seconds, 3),
+                "python": self.python, "status": RuntimeStatus(self.status).value, "error": self.error, "seconds": round(self.seconds, 3),
                 "static_problems": self.static_problems, "outputs": [m.to_json() for m in self.metrics]}
 
 
@@ -336,7 +336,7 @@ def verify_in_env(env: RuntimeEnv, bundle: Path, inputs, reference, tol,
     references = reference if isinstance(reference, list) else [reference]
     manifest = read_manifest(bundle)
     scales = {t.name: t.scale for t in manifest.outputs if t.quantized}
-    result = RuntimeResult(env.runtime, env.version, env.arch, "error", static_problems=list(static_problems or []))
+    result = RuntimeResult(env.runtime, env.version, env.arch, RuntimeStatus.ERROR, static_problems=list(static_problems or []))
     measured = []
     for k, (group, ref) in enumerate(zip(groups, references)):
         run = _run_cached(env, bundle, manifest, group, use_cache)
@@ -348,7 +348,7 @@ def verify_in_env(env: RuntimeEnv, bundle: Path, inputs, reference, tol,
         measured.append(compare_all(ref, run.outputs, tol, scales, labels if k == 0 else None))
     labels_of = ["length " + "x".join(str(d) for d in next(iter(g.values())).shape[1:]) for g in groups]
     result.metrics = merge_metrics(measured, labels_of)
-    result.status = "passed" if all(m.passed for m in result.metrics) else "failed"
+    result.status = RuntimeStatus.PASSED if all(m.passed for m in result.metrics) else RuntimeStatus.FAILED
     return result
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..errors import EdgepackError, EnvironmentProblem
 from ..load.calibration import WEAK_EVIDENCE, Dataset
+from ..bundle.manifest import RuntimeStatus
 from .emulator import RuntimeResult, get_env, host_arch, verify_in_env
 
 
@@ -95,7 +96,7 @@ def verify_staged(bundle: Path, manifest, profile, rec, selected, data: Dataset,
         try:
             env = get_env(rt, arch, profile.python, progress=lambda msg, *_: progress(msg))
         except EdgepackError as exc:
-            results.append(RuntimeResult(rt.name, "", arch or host_arch(), "unavailable", error=exc.message,
+            results.append(RuntimeResult(rt.name, "", arch or host_arch(), RuntimeStatus.UNAVAILABLE, error=exc.message,
                                          static_problems=static))
             continue
         results.append(verify_in_env(env, bundle, data.groups, references, tol, data.labels, static,

@@ -22,7 +22,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 def main() -> None:
     import numpy as np
     from packager import api
-    from packager.verify.emulator import get_env, run_device_script
+    from packager.verification.emulator import get_env, run_device_script
     from packager.targets import get_target
     from tests import models
 

@@ -45,7 +45,7 @@ def importtime(argv, env=None) -> list:
 
 
 def device_imports(work: Path, reps: int) -> dict:
-    from packager.verify.emulator import get_env
+    from packager.verification.emulator import get_env
     from packager.targets import get_target
     env = get_env(get_target("rpi").runtime("ai-edge-litert"))
     bundle = work / "bundles" / "mnist-int8"
@@ -98,15 +98,15 @@ def timed(mod, name, label=None):
     setattr(mod, name, wrapper)
 t0 = time.perf_counter()
 from packager import api
-from packager.verify import emulator
+from packager.verification import emulator
 from packager.contain import isolate
 from packager.load import model as loaders, formats
 from packager.convert import converter as convert, jobs
 from packager.bundle import contents
-from packager.verify import report as verdict
+from packager.verification import report as verdict
 T["import packager.api"] = time.perf_counter() - t0
 try:
-    from packager.verify import cache
+    from packager.verification import cache
     timed(cache, "conversion_key", "cache: hash model+data (key)")
     timed(cache, "load_prepared", "cache: load conversion")
     timed(cache, "save_prepared", "cache: save conversion")

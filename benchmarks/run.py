@@ -98,7 +98,7 @@ def loadavg() -> list:
 # --------------------------------------------------------------------------- environment
 def runtime_envs() -> list:
     """The rpi target's runtime venvs on this host (created by edgepack if missing)."""
-    from packager.verify.emulator import get_env
+    from packager.verification.emulator import get_env
     from packager.targets import get_target
     return [get_env(rt) for rt in get_target("rpi").runtimes]
 

@@ -127,7 +127,7 @@ def section_device(work: Path, envs, reps: int, threads=(1, 2)) -> dict:
 
 def section_arm64(work: Path, counts=(1, 3)) -> dict:
     import numpy as np
-    from packager.verify.emulator import get_env
+    from packager.verification.emulator import get_env
     from packager.targets import get_target
     bundle = work / "bundles" / "mobilenet"
     res = {}

@@ -11,10 +11,10 @@ script, no ``if __name__ == "__main__"`` guard needed)::
 from .errors import EdgepackError  # noqa: E402
 from .version import __version__  # noqa: E402
 
-# The module `packager.targets` shares its name with an API function. Importing it first means a
-# later import cannot rebind the package attribute to the module; the function below is what
-# `packager.targets` is.
-from . import targets as _targets_module  # noqa: E402,F401
+# The modules `packager.targets` and `packager.recipes` share their names with API functions.
+# Importing them first means a later import cannot rebind the package attributes to the modules;
+# the functions below are what `packager.targets` / `packager.recipes` are.
+from . import recipes as _recipes_module, targets as _targets_module  # noqa: E402,F401
 
 
 def inspect(path):
@@ -29,8 +29,14 @@ def targets():
     return list_targets()
 
 
+def recipes():
+    """The quantization recipes by name (``packager/recipes.toml``)."""
+    from .recipes import list_recipes
+    return list_recipes()
+
+
 def __getattr__(name):  # lazy: importing packager must not import TensorFlow (or the api's imports)
-    if name in ("build", "verify", "recipes", "BuildResult", "VerifyReport"):
+    if name in ("build", "verify", "build_sweep", "BuildResult", "VerifyReport"):
         from . import api
         return getattr(api, name)
     raise AttributeError(name)

@@ -12,8 +12,8 @@ from .bundle import contents
 from .bundle.contents import INPUT_VALUES_RULE  # noqa: F401 - part of the API
 from .bundle.files import Staging, check_files, read_manifest, check_name, write_archive, open_bundle, fault, sha256_tree
 from .bundle.manifest import Manifest, default_name
-from .verify import report as verdict
-from .verify.report import VerifyReport
+from .verification import report as verdict
+from .verification.report import VerifyReport
 from .errors import ConversionError, EdgepackError, UsageError, VerificationError
 from .convert.inspect import inspect_bytes
 from .recipes import Recipe, get_recipe, list_recipes, parse_overrides, resolve_tolerance
@@ -147,11 +147,11 @@ def build(model: str | os.PathLike, *, target: str = "rpi", recipe: str | None =
     if data is not None and not Path(data).exists():
         raise UsageError(f"verification data not found: {data}")
 
-    from .verify import cache
+    from .verification import cache
     use_cache = use_cache and cache.enabled()
     prepared = _auto[0] if _auto is not None else None
     if use_cache and prepared is None:
-        key = cache.conversion_key(model_path, rec.name, io, calibration, data, trust_model, [atol, rtol])
+        key = cache.conversion_key(model_path, rec, io, calibration, data, trust_model, [atol, rtol])
         prepared = cache.load_prepared(key, model_path)
         if prepared is not None:
             progress("unchanged model and settings: reusing the cached conversion")

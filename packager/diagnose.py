@@ -78,7 +78,7 @@ def diagnose(bundle, *, reference, data=None, runtimes: list[str] | None = None,
     from .contain import isolate
     from .convert import jobs
     from .bundle.files import open_bundle, read_manifest
-    from .verify.emulator import get_env
+    from .verification.emulator import get_env
     from .load.formats import sniff_format
     from .targets import get_target
     progress = progress or (lambda _m: None)

@@ -91,17 +91,44 @@ class Recipe:
         return data
 
 
+_RECIPE_FIELDS = {"description": str, "optimizations": list, "supported_types": list, "supported_ops": list,
+                  "needs_calibration": bool, "tolerance": dict, "io_types": list}
+_TOLERANCE_FIELDS = ("atol", "rtol", "steps", "cosine_min", "top1_min")
+
+
 @lru_cache(maxsize=1)
 def list_recipes() -> dict[str, Recipe]:
-    """Every recipe of ``recipes.toml`` by name."""
-    data = tomllib.loads(RECIPES_FILE.read_text(encoding="utf-8"))
-    return {
-        name: Recipe(name=name, description=r["description"], optimizations=tuple(r["optimizations"]),
-                     supported_types=tuple(r["supported_types"]), supported_ops=tuple(r["supported_ops"]),
-                     needs_calibration=bool(r["needs_calibration"]), tolerance=Tolerance(**r["tolerance"]),
-                     io_types=tuple(r.get("io_types", ["float"])))
-        for name, r in data.items()
-    }
+    """Every recipe of ``recipes.toml`` by name. Raises UsageError naming the recipe and field of a
+    malformed entry (a missing or mistyped field, an unknown one, a tolerance without its five numbers)."""
+    try:
+        data = tomllib.loads(RECIPES_FILE.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise UsageError(f"{RECIPES_FILE}: {exc}") from None
+    return {name: _recipe(name, r) for name, r in data.items()}
+
+
+def _recipe(name: str, r) -> Recipe:
+    def bad(msg: str) -> UsageError:
+        return UsageError(f"{RECIPES_FILE} [{name}]: {msg}",
+                          hint="copy a whole table such as [float16]; fields: " + ", ".join(_RECIPE_FIELDS))
+    if not isinstance(r, dict):
+        raise bad("is not a table")
+    unknown = sorted(set(r) - set(_RECIPE_FIELDS))
+    if unknown:
+        raise bad(f"unknown field {', '.join(unknown)}")
+    for key, kind in _RECIPE_FIELDS.items():
+        if key not in r and key != "io_types":
+            raise bad(f"missing {key}")
+        if key in r and not isinstance(r[key], kind):
+            raise bad(f"{key} must be a {kind.__name__}")
+    tol = r["tolerance"]
+    if sorted(tol) != sorted(_TOLERANCE_FIELDS) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in tol.values()):
+        raise bad("tolerance needs the non-negative numbers " + ", ".join(_TOLERANCE_FIELDS))
+    return Recipe(name=name, description=r["description"], optimizations=tuple(r["optimizations"]),
+                  supported_types=tuple(r["supported_types"]), supported_ops=tuple(r["supported_ops"]),
+                  needs_calibration=r["needs_calibration"], tolerance=Tolerance(**{k: float(v) for k, v in tol.items()}),
+                  io_types=tuple(r.get("io_types", ["float"])))
 
 
 def get_recipe(name: str) -> Recipe:

@@ -302,9 +302,9 @@ def build_auto(model, *, target: str = "rpi", calibration=None, data=None, io: s
     and what :func:`packager.api.build` raises."""
     from . import api
     from .contain import isolate
-    from .verify.emulator import get_env
+    from .verification.emulator import get_env
     from .load.formats import sniff_format
-    from .recipes import get_recipe
+    from .recipes import get_recipe, list_recipes
     from .targets import get_target
     progress = progress or (lambda _m: None)
     sniff_format(Path(model))
@@ -324,12 +324,13 @@ def build_auto(model, *, target: str = "rpi", calibration=None, data=None, io: s
                          hint="add y (integer class per sample) to --data, or use --min-agreement")
     profile = get_target(target)
     selected = [profile.runtime(r) for r in runtimes] if runtimes else list(profile.runtimes)
-    from .verify import cache
+    from .verification import cache
     use_cache = use_cache and cache.enabled()
     key = None
     if use_cache:
         key = cache.conversion_key(Path(model), "auto", io, calibration, data, trust_model,
-                                   [asdict(budget), profile.name, [list(rt.requirements) for rt in selected], arch])
+                                   [asdict(budget), profile.name, [list(rt.requirements) for rt in selected], arch,
+                                    [r.to_json(io) for r in list_recipes().values()]])
         hit = _load_auto(key, Path(model))
         if hit is not None:
             prepared, rec, chosen, candidates, why = hit
@@ -391,7 +392,7 @@ def _save_auto(key: str, prepared, rec, chosen: Candidate, candidates: list, why
     """The chosen conversion (as a cached conversion) and the search's report (JSON, no pickles)."""
     import json
 
-    from .verify import cache
+    from .verification import cache
     cache.save_prepared(key, prepared)
     side = {"recipe": rec.to_json(), "chosen": candidates.index(chosen), "why": why,
             "candidates": [c.to_json() for c in candidates]}
@@ -402,7 +403,7 @@ def _load_auto(key: str, model: Path):
     """(prepared, recipe, chosen, candidates, why) from the cache, or None."""
     import json
 
-    from .verify import cache
+    from .verification import cache
     from .recipes import Recipe, Tolerance
     prepared = cache.load_prepared(key, model)
     if prepared is None:

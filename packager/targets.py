@@ -98,13 +98,20 @@ def _runtime_from(data: dict, where: str) -> RuntimeProfile:
     merged = {**base, **data}
     try:
         module = merged["module"]
+        from device_runtime.edgepack_run import RUNTIMES
+        if module not in RUNTIMES:
+            raise UsageError(f"{where}: runtime {merged['name']!r} imports {module!r}, which the device script cannot "
+                             f"import (it knows {', '.join(RUNTIMES)})",
+                             hint="add the module to RUNTIMES in device_runtime/edgepack_run.py, or name a runtime "
+                                  "of packager/runtimes.toml")
         return RuntimeProfile(name=merged["name"], module=module, requirements=tuple(merged["requirements"]),
                               python=merged.get("python", ""), note=merged.get("note", ""),
                               interpreter=merged.get("interpreter") or f"{module}.interpreter",
                               label=merged.get("label") or merged["name"],
                               max_op_versions=tuple(sorted((merged.get("max_op_versions") or {}).items())))
     except (KeyError, TypeError) as exc:
-        raise UsageError(f"{where}: runtime entry lacks {exc}") from None
+        raise UsageError(f"{where}: runtime entry lacks {exc}",
+                         hint="a runtime table needs name, module and requirements (see packager/runtimes.toml)") from None
 
 
 _REGISTRY: dict = {}
@@ -135,22 +142,45 @@ def _search_dirs() -> list[Path]:
     return dirs + [BUILTIN_DIR]
 
 
+#: The fields of a target profile: type, required. ``targets/rpi.toml`` is a complete example.
+FIELDS = {"name": (str, True), "description": (str, False), "arch": (str, True), "python": (str, False),
+          "default_recipe": (str, True), "fallback_recipe": (str, False), "deploy": (str, True),
+          "remote_dir": (str, True), "device_python": (str, False), "samples": (int, False),
+          "android_assets": (bool, False), "runtimes": (list, True), "install": (dict, False)}
+
+
 def _parse(path: Path) -> TargetProfile:
     def bad(msg: str) -> UsageError:
-        return UsageError(f"target profile {path}: {msg}")
+        return UsageError(f"target profile {path}: {msg}",
+                          hint=f"see {BUILTIN_DIR / 'rpi.toml'} for a complete profile; fields: " + ", ".join(FIELDS))
 
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise bad(str(exc)) from None
-    required = ("name", "arch", "deploy", "remote_dir", "default_recipe", "runtimes")
-    missing = [k for k in required if k not in data]
+    missing = [k for k, (_, required) in FIELDS.items() if required and k not in data]
     if missing:
         raise bad("missing " + ", ".join(missing))
-    if not _NAME.match(str(data["name"])) or data["name"] != path.stem:
+    unknown = sorted(set(data) - set(FIELDS))
+    if unknown:
+        raise bad(f"unknown field {', '.join(unknown)}")
+    for key, (kind, _) in FIELDS.items():
+        if key in data and (not isinstance(data[key], kind) or (kind is int and isinstance(data[key], bool))):
+            raise bad(f"{key} must be a {'table' if kind is dict else kind.__name__}, not {data[key]!r}")
+    if not _NAME.match(data["name"]) or data["name"] != path.stem:
         raise bad(f"name {data['name']!r} must match the file name and [a-z0-9_-]")
-    if not isinstance(data["deploy"], str) or not _NAME.match(data["deploy"]):
+    if not _NAME.match(data["deploy"]):
         raise bad(f"deploy {data['deploy']!r} is not a deploy method name")   # which exist: packager.deploy.transports
+    if data.get("samples", 16) < 1:
+        raise bad("samples must be at least 1")
+    from .recipes import list_recipes
+    for key in ("default_recipe", "fallback_recipe"):
+        if key in data and data[key] not in list_recipes():
+            raise bad(f"{key} {data[key]!r} is not one of {', '.join(list_recipes())}")
+    install = data.get("install", {})
+    if set(install) - {"steps", "run"} or not isinstance(install.get("steps", []), list) \
+            or not all(isinstance(x, str) for x in install.get("steps", [])) or not isinstance(install.get("run", ""), str):
+        raise bad("[install] takes steps (a list of strings) and run (a string)")
     runtimes = []
     for rt in data["runtimes"]:
         if isinstance(rt, str):
@@ -163,14 +193,13 @@ def _parse(path: Path) -> TargetProfile:
         runtimes.append(_runtime_from(rt, f"target profile {path}"))
     if not runtimes:
         raise bad("declares no runtime")
-    install = data.get("install", {})
     return TargetProfile(
         name=data["name"], description=data.get("description", ""), arch=data["arch"],
         python=str(data.get("python", "3")), default_recipe=data["default_recipe"],
         fallback_recipe=data.get("fallback_recipe", "float16"), deploy=data["deploy"],
         remote_dir=data["remote_dir"], device_python=data.get("device_python", "python3"),
-        runtimes=tuple(runtimes), samples=int(data.get("samples", 16)),
-        android_assets=bool(data.get("android_assets", False)),
+        runtimes=tuple(runtimes), samples=data.get("samples", 16),
+        android_assets=data.get("android_assets", False),
         install_steps=tuple(install.get("steps", ())), run=install.get("run", ""), source=str(path),
     )
 

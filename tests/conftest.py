@@ -81,6 +81,6 @@ def int8_bundle(tmp_path_factory, zoo, data_files):
 @pytest.fixture(scope="session")
 def runtime_python():
     """The cached ai-edge-litert environment's Python (no TensorFlow in it)."""
-    from packager.verify.emulator import get_env
+    from packager.verification.emulator import get_env
     from packager.targets import get_target
     return get_env(get_target("rpi").runtime("ai-edge-litert"))

@@ -1,4 +1,4 @@
-"""packager.verify.arm64: aarch64 Python under qemu-user with the real aarch64 wheels.
+"""packager.verification.arm64: aarch64 Python under qemu-user with the real aarch64 wheels.
 
 The slow tests prepare two arm64 environments once per session (cached under
 ``$EDGEPACK_CACHE_DIR/arm64``, default ``~/.cache/edgepack/arm64``; about a minute the first time,
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from packager.verify import arm64
+from packager.verification import arm64
 from packager.errors import EnvironmentProblem, UsageError
 
 LITERT = ["ai-edge-litert==2.3.*", "numpy>=1.23,<3"]

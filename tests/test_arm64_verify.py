@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from packager import api
-from packager.verify.arm64 import doctor
+from packager.verification.arm64 import doctor
 
 pytestmark = pytest.mark.slow
 

@@ -155,7 +155,7 @@ def test_two_runtimes_that_disagree_on_an_op_name_it(tmp_path):
     """A real case: int16x8 QUANTIZE of identical float inputs, one step apart between
     tflite-runtime 2.14 and ai-edge-litert 2.3 (rounding), named with type, version, values."""
     from packager.diagnose import analyse
-    from packager.verify.emulator import get_env
+    from packager.verification.emulator import get_env
     from packager.targets import get_target
     from tests import diagnose_models as dm
     model, inputs = dm.int16_dense_tanh(tmp_path)

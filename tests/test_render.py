@@ -301,7 +301,7 @@ def test_html_written_on_failure_and_with_no_verify(monkeypatch, tmp_path):
 
 def test_pip_progress_is_a_few_step_lines(tmp_path):
     """Creating a runtime environment: one line per wheel with its size, pip's chatter as details."""
-    from packager.verify.emulator import _pip_install
+    from packager.verification.emulator import _pip_install
     fake = tmp_path / "python"
     fake.write_text("#!/bin/sh\necho 'Looking in indexes: https://pypi.org/simple'\necho 'Collecting numpy<2'\n"
                     "echo '  Downloading numpy-1.26.4-cp311-cp311-manylinux2014_x86_64.whl (18.2 MB)'\n"
@@ -358,7 +358,7 @@ def test_long_output_names_wrap_not_the_numbers():
 
 def test_verify_mismatch_writes_the_report_and_one_json_document(monkeypatch, tmp_path):
     from packager import api
-    from packager.verify.emulator import RuntimeResult
+    from packager.verification.emulator import RuntimeResult
     rng = np.random.default_rng(1)
     ref = rng.random((50, 4))
     tol = Tolerance(atol=1e-3, rtol=0.0, steps=0, cosine_min=0.999, top1_min=0.99)

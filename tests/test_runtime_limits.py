@@ -7,7 +7,7 @@ import subprocess
 
 import numpy as np
 
-from packager.verify.emulator import DEFAULT_RUNTIME_MEMORY_MB, run_device_script, runtime_env
+from packager.verification.emulator import DEFAULT_RUNTIME_MEMORY_MB, run_device_script, runtime_env
 
 
 def _device(env, bundle, *args, limit=None, timeout=120):

@@ -154,7 +154,7 @@ def test_confined_process_writes_only_below_scratch(tmp_path):
 def test_emulator_runs_are_confined_too(int8_bundle, runtime_python, tmp_path, monkeypatch):
     """Code running inside the emulated runtime (as a model exploiting the native runtime would)
     can write its outputs in the run's temp dir, but nothing elsewhere on the host."""
-    from packager.verify import emulator
+    from packager.verification import emulator
     outside = tmp_path / "escaped.txt"
     script = tmp_path / "stand_in.py"
     script.write_text("import sys, numpy as np\n"

@@ -19,7 +19,7 @@ STAGES = [
     ("load", ["packager.load"]),
     ("convert", ["packager.convert"]),
     ("bundle", ["packager.bundle"]),
-    ("verify", ["packager.verify"]),
+    ("verify", ["packager.verification"]),
     ("deploy", ["packager.deploy"]),
     ("api", ["packager.api", "packager.diagnose", "packager.repair", "packager"]),
     ("fleet", ["packager.fleet"]),
@@ -107,7 +107,7 @@ def test_the_graph_reader_sees_every_import_form(tmp_path):
     assert "packager.contain.isolate" in graph["packager.convert.converter"]  # `from ..contain.isolate import stage` in a function
     assert "packager.api" in graph["packager"]                       # `from . import api` in __getattr__
     assert "packager.deploy.base" in graph["packager.deploy.ssh"]
-    assert "packager.verify.cache" in graph["packager.api"]          # `from .verify import cache`
+    assert "packager.verification.cache" in graph["packager.api"]          # `from .verification import cache`
     assert stage_of("packager.load.model") < stage_of("packager.convert.jobs") < stage_of("packager.cli.commands")
     assert stage_of("packager") == stage_of("packager.api") and stage_of("packager.packaging") is None
 
@@ -130,6 +130,8 @@ def test_public_api_from_a_plain_script(tmp_path):
                        runtimes=["ai-edge-litert"])
         print(repr(result))
         print(inspect(result)["kind"], sorted(targets()))          # a BuildResult is its bundle (os.PathLike)
+        report = verify(result, reference={str(tmp_path / 'm.keras')!r}, runtimes=["ai-edge-litert"])
+        print(report.passed, "float32" in packager.recipes(), callable(packager.build))
     """))
     env = {k: v for k, v in os.environ.items() if k != "EDGEPACK_IN_PROCESS"}
     proc = subprocess.run([sys.executable, str(tmp_path / "script.py")], capture_output=True, text=True, env=env,
@@ -139,6 +141,7 @@ def test_public_api_from_a_plain_script(tmp_path):
     assert lines.count("start") == 1                                   # the script ran once
     assert lines[1].startswith("BuildResult(") and "MATCH" in lines[1] and len(lines[1]) < 400
     assert lines[2] == "bundle ['android', 'rpi']"
+    assert lines[3] == "True True True"                                # every documented name is the function
 
 
 def test_manifest_is_typed_and_validated(int8_bundle, tmp_path):
@@ -156,6 +159,8 @@ def test_manifest_is_typed_and_validated(int8_bundle, tmp_path):
     assert m.verification is VerificationStatus.PASSED
     assert m.inputs[0].name == m["inputs"][0]["name"] and not m.inputs[0].quantized      # int8 with --io float
     assert dict(m.runtimes)["ai-edge-litert"] is RuntimeStatus.PASSED
+    readme = (int8_bundle.bundle / "README.md").read_text()
+    assert "ai-edge-litert (passed)" in readme and "RuntimeStatus" not in readme
     assert m.to_json() == json.loads((int8_bundle.bundle / "manifest.json").read_text())
 
     def strict(constant):                       # JSON has no NaN/Infinity: jq, JSON.parse refuse them
@@ -266,3 +271,16 @@ def test_public_names_have_docstrings():
     for path in files:
         missing += _undocumented(ast.parse(path.read_text(encoding="utf-8")), str(path.relative_to(ROOT)))
     assert missing == [], "public names without a docstring:\n" + "\n".join(missing)
+
+
+def test_the_api_names_are_functions_whatever_was_imported_before():
+    """`packager.verify` (and recipes, targets, inspect) stay the API functions even after the
+    stage packages and modules were imported (a package attribute a submodule could rebind)."""
+    import inspect as pyinspect
+    import packager
+    import packager.api, packager.recipes, packager.targets, packager.verification.report  # noqa: E401,F401
+    for name in packager.__all__:
+        value = getattr(packager, name)
+        assert not pyinspect.ismodule(value), name
+    from packager import build, inspect, recipes, targets, verify  # noqa: F401
+    assert verify is packager.api.verify and callable(recipes) and "int8" in recipes()

@@ -117,3 +117,71 @@ def test_a_budget_without_labels_says_why_not_crashes():
     assert "no accuracy drop to measure" in meets(m, Budget(max_drop=0.5))
     assert meets(m, Budget(min_agreement=0.99)) is None
     assert "top-1 agreement" in meets(m, Budget(min_agreement=0.9999))
+
+
+def test_release_ids_sort_by_time_even_within_one_second():
+    """Rollback and pruning order releases by id: a deploy in the same second as the last one (or
+    after a host whose clock ran ahead) gets the next second, never an order by model hash."""
+    from datetime import datetime, timezone
+    from packager.deploy.releases import RELEASE_RE, _release_id
+    now = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    first = f"{now}-ffffffffffff"
+    second = _release_id("0" * 64, [first])
+    assert RELEASE_RE.match(second) and second > first and second.startswith(now[:8])
+    ahead = "20991231T235959Z-aaaaaaaaaaaa"
+    assert _release_id("1" * 64, [first, ahead]) == "21000101T000000Z-111111111111"
+    assert _release_id("2" * 64, [])[:16] >= now
+
+
+def test_a_changed_recipe_is_a_new_cache_key(tmp_path):
+    from dataclasses import replace
+    from packager.recipes import get_recipe
+    from packager.verification.cache import conversion_key
+    model = tmp_path / "m.h5"
+    model.write_bytes(b"x")
+    rec = get_recipe("float16")
+    tighter = replace(rec, tolerance=replace(rec.tolerance, atol=1e-9))
+    keys = {conversion_key(model, r, "float", None, None, False) for r in (rec, tighter, rec)}
+    assert len(keys) == 2
+
+
+@pytest.mark.parametrize("text, words", [
+    ('samples = "many"', "samples must be a int"),
+    ('runtimes = "tflite-runtime"', "runtimes must be a list"),
+    ('runtime = ["ai-edge-litert"]', "unknown field runtime"),
+    ('default_recipe = "int4"', "default_recipe 'int4' is not one of"),
+    ('[install]\nsteps = "pip install x"', "[install] takes steps"),
+    ('runtimes = [{ name = "mylite", module = "mylite", requirements = ["mylite==0.1"] }]',
+     "which the device script cannot import"),
+    ('runtimes = ["onnxruntime"]', "'onnxruntime' is not one of"),
+])
+def test_target_profile_mistakes_are_one_line_with_a_hint(tmp_path, monkeypatch, text, words):
+    from packager.targets import get_target
+    base = {"name": '"x"', "arch": '"arm64"', "deploy": '"ssh"', "remote_dir": '"~/e/{name}"',
+            "default_recipe": '"float16"', "runtimes": '["ai-edge-litert"]'}
+    key = text.split("=")[0].strip().strip("[]")
+    body = "".join(f"{k} = {v}\n" for k, v in base.items() if k != key and not (key == "runtime" and k == "runtimes"))
+    if key == "runtime":
+        body += 'runtimes = ["ai-edge-litert"]\n'
+    (tmp_path / "x.toml").write_text(body + text + "\n")
+    monkeypatch.setenv("EDGEPACK_TARGETS_PATH", str(tmp_path))
+    with pytest.raises(UsageError) as info:
+        get_target("x")
+    assert words in info.value.message and "x.toml" in info.value.message, info.value.message
+    assert info.value.hint and "\n" not in info.value.message
+
+
+def test_a_malformed_recipe_names_itself(monkeypatch, tmp_path):
+    import importlib
+    module = importlib.import_module("packager.recipes")     # (packager.recipes is the API function)
+    (tmp_path / "r.toml").write_text('[tight]\ndescription = "x"\noptimizations = []\nsupported_types = []\n'
+                                     'supported_ops = ["TFLITE_BUILTINS"]\nneeds_calibration = false\n')
+    monkeypatch.setattr(module, "RECIPES_FILE", tmp_path / "r.toml")
+    module.list_recipes.cache_clear()
+    try:
+        with pytest.raises(UsageError) as info:
+            module.list_recipes()
+        assert "[tight]: missing tolerance" in info.value.message and "fields" in info.value.hint
+    finally:
+        monkeypatch.undo()
+        module.list_recipes.cache_clear()

@@ -134,7 +134,7 @@ def runtime_entries(selected, report=None, spec: ModelSpec | None = None) -> lis
         entry = {"name": rt.name, "module": rt.module, "requirements": list(rt.requirements), "python": rt.python}
         result = next((r for r in report.runtimes if r.runtime == rt.name), None) if report else None
         if result:
-            entry.update(status=result.status, version=result.version, arch=result.arch)
+            entry.update(status=str(result.status), version=result.version, arch=result.arch)
             if result.error:
                 entry["reason"] = result.error
         else:

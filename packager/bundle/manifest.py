@@ -56,6 +56,12 @@ class VerificationStatus(str, Enum):
     FAILED = "failed"          # never in a written bundle: a failing bundle is not written
     SKIPPED = "skipped"        # --no-verify
 
+    def __str__(self) -> str:          # "passed" in text, as in the JSON (not "RuntimeStatus.PASSED")
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
 
 class RuntimeStatus(str, Enum):
     """Per runtime of the target, in ``manifest["runtimes"][i]["status"]``."""
@@ -64,6 +70,12 @@ class RuntimeStatus(str, Enum):
     ERROR = "error"            # the runtime cannot run the model (left out of requirements.txt)
     UNAVAILABLE = "unavailable"  # its environment could not be prepared on the build host
     UNVERIFIED = "unverified"  # --no-verify, or not selected
+
+    def __str__(self) -> str:          # "passed" in text, as in the JSON (not "RuntimeStatus.PASSED")
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
 
 
 @dataclass(frozen=True)

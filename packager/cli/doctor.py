@@ -19,7 +19,7 @@ class Check:
 
 def checks() -> list[Check]:
     """Every check of this host: TensorFlow and python venv (required), the Landlock model sandbox, each transport's
-    host program (ssh, adb) and arm64 emulation (:func:`packager.verify.arm64.doctor`). TensorFlow is looked up as an
+    host program (ssh, adb) and arm64 emulation (:func:`packager.verification.arm64.doctor`). TensorFlow is looked up as an
     installed distribution, never imported."""
     found = []
     # Installed distribution, not an import: importing TensorFlow takes seconds and prints banners.
@@ -47,8 +47,8 @@ def checks() -> list[Check]:
         path = shutil.which(cls.tool)
         found.append(Check(cls.tool, bool(path), path or "not found", None if path else f"apt-get install {cls.tool_package}"))
     try:
-        from ..verify import arm64
+        from ..verification import arm64
         found += [Check(c.name, c.ok, c.detail, c.fix) for c in arm64.doctor()]
     except ImportError:
-        found.append(Check("arm64 emulation", False, "packager.verify.arm64 unavailable"))
+        found.append(Check("arm64 emulation", False, "packager.verification.arm64 unavailable"))
     return found

@@ -93,7 +93,7 @@ class Dump:
 
 def dump_tensors(env, model: bytes, inputs: dict, timeout: int = 600, outputs_only: bool = False) -> Dump:
     """Run ``model`` on ``inputs`` ({input name: array, first axis = samples, real values}) in
-    runtime environment ``env`` (:class:`packager.verify.emulator.RuntimeEnv`) and return every op output.
+    runtime environment ``env`` (:class:`packager.verification.emulator.RuntimeEnv`) and return every op output.
     Raises EnvironmentProblem when the helper cannot run, UsageError when the runtime cannot load
     or run the model. ``outputs_only``: only the model's outputs, run with default delegates."""
     with tempfile.TemporaryDirectory(prefix="edgepack-diag-") as tmp:

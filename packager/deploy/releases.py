@@ -18,7 +18,7 @@ import re
 import secrets
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -277,11 +277,15 @@ def _switch(transport: Transport, rdir: str, target: str | None) -> None:
 
 
 def _release_id(model_sha256: str, taken: Sequence[str]) -> str:
-    while True:
-        rid = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + model_sha256[:12]
-        if rid not in taken:
-            return rid
-        time.sleep(0.2)
+    """``<UTC yyyymmddThhmmssZ>-<12 hex of model_sha256>``, in a second no release on the device has
+    (and later than every one of them), so that release ids sort by time: rollback and pruning
+    order releases by id, and two deploys within one second must not be ordered by model hash."""
+    fmt = "%Y%m%dT%H%M%SZ"
+    now = datetime.now(timezone.utc).replace(microsecond=0)
+    latest = max((r[:16] for r in taken if RELEASE_RE.match(r)), default=None)
+    if latest is not None:      # a release in this second (or from a host whose clock runs ahead): the next second
+        now = max(now, datetime.strptime(latest, fmt).replace(tzinfo=timezone.utc) + timedelta(seconds=1))
+    return now.strftime(fmt) + "-" + model_sha256[:12]
 
 
 def _prune_list(releases: Sequence[str], keep: int, protect: Sequence[str | None]) -> list[str]:

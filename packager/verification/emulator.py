@@ -4,7 +4,7 @@ environment that holds only one target runtime and numpy, and compare with the r
 Environments are built once per (runtime requirements, Python, architecture) and cached under
 ``$EDGEPACK_ENV_DIR`` (default ``$EDGEPACK_CACHE_DIR``, else ``~/.cache/edgepack``). Host-architecture environments are
 plain venvs without system site-packages, so the host's TensorFlow is not importable there;
-``arm64`` environments come from :mod:`packager.verify.arm64` (qemu-user + real aarch64 wheels).
+``arm64`` environments come from :mod:`packager.verification.arm64` (qemu-user + real aarch64 wheels).
 """
 from __future__ import annotations
 

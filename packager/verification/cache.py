@@ -57,8 +57,12 @@ def digest(*parts) -> str:
     return h.hexdigest()
 
 
-def conversion_key(model: Path, recipe: str, io: str, calibration, data, trust: bool, extra=None) -> str:
-    """``extra``: any further settings that change the result (tolerance overrides)."""
+def conversion_key(model: Path, recipe, io: str, calibration, data, trust: bool, extra=None) -> str:
+    """Key of one conversion: model, data and calibration by content; ``recipe`` by its whole definition
+    (a :class:`~packager.recipes.Recipe`, or a name such as ``auto``), so an edited recipes.toml entry
+    never reuses a stale result; ``extra``: any further settings that change the result (overrides)."""
+    if hasattr(recipe, "to_json"):
+        recipe = recipe.to_json(io)
     def content(p):
         return None if p is None else sha256_tree(Path(p))
     return digest("conversion", FORMAT, __version__, _tf_version(), sha256_tree(model), recipe, io,

@@ -413,7 +413,10 @@ def _verify(bundle: Path, reference, data, runtimes, arch, strict, trust_model, 
     _, script_note = host_entrypoint(bundle, manifest)
     profile = get_target(manifest.target)
     rec = get_recipe(manifest.recipe)
-    selected = [profile.runtime(r) for r in runtimes] if runtimes else list(profile.runtimes)
+    if runtimes:
+        selected = [profile.runtime(r) for r in runtimes]
+    else:      # the runtimes the bundle lists (a build with --runtime leaves the others out)
+        selected = [rt for rt in profile.runtimes if rt.name in manifest.runtime_names] or list(profile.runtimes)
     arrays = None
     samples = manifest.samples
     if not data and samples and (bundle / samples).is_file():
@@ -433,8 +436,7 @@ def _verify(bundle: Path, reference, data, runtimes, arch, strict, trust_model, 
     dataset, refs, ref_names = isolate.run(jobs.reference, str(reference), str(data) if data else None, arrays,
                                            trust_model, what="running the reference model", progress=progress)
     _check_names(ref_names, manifest)
-    spec = inspect_bytes((bundle / manifest.model).read_bytes(),
-                         order={"inputs": manifest.input_names, "outputs": manifest.output_names})
+    spec = _bundle_spec((bundle / manifest.model).read_bytes(), manifest)
     tolerance = _bundle_tolerance(manifest, rec, atol, rtol)
     report = verdict.verify_staged(bundle, manifest, profile, rec, selected, dataset, refs, spec, arch, progress,
                                    tolerance=tolerance, strict=strict, require_all=bool(runtimes))
@@ -474,8 +476,7 @@ def inspect(path: str | os.PathLike) -> dict:
     if path.is_dir():
         manifest = read_manifest(path)
         model = path / manifest.model
-        order = {"inputs": manifest.input_names, "outputs": manifest.output_names}
-        spec = inspect_bytes(_read_model(model), order=order)
+        spec = _bundle_spec(_read_model(model), manifest)
         return {"kind": "bundle", "path": str(path), "manifest": manifest, "model": spec.to_json(),
                 "integrity": check_files(path, manifest) or "ok",
                 "runtime_problems": {name: spec.runtime_problems(name) for name in manifest.runtime_names}}
@@ -483,6 +484,19 @@ def inspect(path: str | os.PathLike) -> dict:
     return {"kind": "tflite", "path": str(path), "model": spec.to_json(),
             "runtime_problems": {rt.name: spec.runtime_problems(rt.name)
                                  for t in list_targets().values() for rt in t.runtimes}}
+
+
+def _bundle_spec(model: bytes, manifest: Manifest):
+    """:func:`inspect_bytes` of a bundle's model with the manifest's names: matched by TFLite tensor
+    index, since a model converted without a signature keeps raw names (``Identity``) inside."""
+    from dataclasses import replace
+    names = {t.index: t.name for t in manifest.inputs + manifest.outputs}
+    spec = inspect_bytes(model)
+    order = {n: i for i, n in enumerate(manifest.input_names + manifest.output_names)}
+    for kind in ("inputs", "outputs"):
+        tensors = [replace(t, name=names.get(t.index, t.name)) for t in getattr(spec, kind)]
+        setattr(spec, kind, sorted(tensors, key=lambda t: (order.get(t.name, len(order)), t.name)))
+    return spec
 
 
 def _read_model(path: Path) -> bytes:

@@ -94,6 +94,15 @@ class Recipe:
 _RECIPE_FIELDS = {"description": str, "optimizations": list, "supported_types": list, "supported_ops": list,
                   "needs_calibration": bool, "tolerance": dict, "io_types": list}
 _TOLERANCE_FIELDS = ("atol", "rtol", "steps", "cosine_min", "top1_min")
+#: The converter settings a recipe may name (tf.lite.Optimize, tf.lite.OpsSet, supported types that
+#: convert/converter.py maps); a typo is refused when recipes are read, not deep inside a conversion.
+CHOICES = {
+    "optimizations": ("DEFAULT", "OPTIMIZE_FOR_SIZE", "OPTIMIZE_FOR_LATENCY", "EXPERIMENTAL_SPARSITY"),
+    "supported_types": ("float16", "int8"),
+    "supported_ops": ("TFLITE_BUILTINS", "TFLITE_BUILTINS_INT8", "SELECT_TF_OPS",
+                      "EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8"),
+    "io_types": ("float", "int8", "uint8", "int16"),
+}
 
 
 @lru_cache(maxsize=1)
@@ -121,13 +130,17 @@ def _recipe(name: str, r) -> Recipe:
             raise bad(f"missing {key}")
         if key in r and not isinstance(r[key], kind):
             raise bad(f"{key} must be a {kind.__name__}")
+    for key, allowed in CHOICES.items():
+        wrong = [v for v in r.get(key, []) if v not in allowed]
+        if wrong:
+            raise bad(f"{key} {', '.join(map(repr, wrong))} is not one of {', '.join(allowed)}")
     tol = r["tolerance"]
     if sorted(tol) != sorted(_TOLERANCE_FIELDS) or not all(
             isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in tol.values()):
         raise bad("tolerance needs the non-negative numbers " + ", ".join(_TOLERANCE_FIELDS))
     return Recipe(name=name, description=r["description"], optimizations=tuple(r["optimizations"]),
                   supported_types=tuple(r["supported_types"]), supported_ops=tuple(r["supported_ops"]),
-                  needs_calibration=r["needs_calibration"], tolerance=Tolerance(**{k: float(v) for k, v in tol.items()}),
+                  needs_calibration=r["needs_calibration"], tolerance=Tolerance(**tol),
                   io_types=tuple(r.get("io_types", ["float"])))
 
 

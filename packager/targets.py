@@ -94,6 +94,10 @@ class TargetProfile:
 
 
 def _runtime_from(data: dict, where: str) -> RuntimeProfile:
+    unknown = sorted(set(data) - set(RUNTIME_FIELDS)) if isinstance(data, dict) else []
+    if unknown:
+        raise UsageError(f"{where}: runtime {data.get('name')!r} has unknown field {', '.join(unknown)}",
+                         hint="runtime fields: " + ", ".join(RUNTIME_FIELDS))
     base = _registry_raw().get(data.get("name"), {}) if isinstance(data, dict) else {}
     merged = {**base, **data}
     try:
@@ -142,6 +146,11 @@ def _search_dirs() -> list[Path]:
     return dirs + [BUILTIN_DIR]
 
 
+#: CPU architectures a target may have: the ones the TFLite runtimes publish wheels for.
+ARCHES = ("arm64", "x86_64")
+#: The keys a runtime table may have (packager/runtimes.toml, or inline in a target profile).
+RUNTIME_FIELDS = ("name", "module", "interpreter", "requirements", "python", "note", "label", "max_op_versions")
+
 #: The fields of a target profile: type, required. ``targets/rpi.toml`` is a complete example.
 FIELDS = {"name": (str, True), "description": (str, False), "arch": (str, True), "python": (str, False),
           "default_recipe": (str, True), "fallback_recipe": (str, False), "deploy": (str, True),
@@ -166,11 +175,14 @@ def _parse(path: Path) -> TargetProfile:
         raise bad(f"unknown field {', '.join(unknown)}")
     for key, (kind, _) in FIELDS.items():
         if key in data and (not isinstance(data[key], kind) or (kind is int and isinstance(data[key], bool))):
-            raise bad(f"{key} must be a {'table' if kind is dict else kind.__name__}, not {data[key]!r}")
+            what = {dict: "a table", int: "an integer", str: "a string", list: "a list", bool: "true or false"}[kind]
+            raise bad(f"{key} must be {what}, not {data[key]!r}")
     if not _NAME.match(data["name"]) or data["name"] != path.stem:
         raise bad(f"name {data['name']!r} must match the file name and [a-z0-9_-]")
     if not _NAME.match(data["deploy"]):
         raise bad(f"deploy {data['deploy']!r} is not a deploy method name")   # which exist: packager.deploy.transports
+    if data["arch"] not in ARCHES:
+        raise bad(f"arch {data['arch']!r} is not one of {', '.join(ARCHES)} (the CPUs the runtimes have wheels for)")
     if data.get("samples", 16) < 1:
         raise bad("samples must be at least 1")
     from .recipes import list_recipes

@@ -31,6 +31,9 @@ def test_every_input_form_builds_and_matches(form, zoo, data_files, tmp_path):
     assert out.top1_agreement == 1.0
     assert rt.metrics[0].shape[0] == data_files["xt"].shape[0]   # every held-out sample, any batch size
     assert (tmp_path / "b" / "manifest.json").is_file()
+    model = api.inspect(result)["model"]                            # inspect names tensors as the manifest does
+    assert [t["name"] for t in model["outputs"]] == result.manifest.output_names
+    assert [t["name"] for t in model["inputs"]] == result.manifest.input_names
 
 
 def test_old_savedmodel_uses_tf1_path(zoo, data_files, tmp_path):

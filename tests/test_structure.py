@@ -161,6 +161,7 @@ def test_manifest_is_typed_and_validated(int8_bundle, tmp_path):
     assert dict(m.runtimes)["ai-edge-litert"] is RuntimeStatus.PASSED
     readme = (int8_bundle.bundle / "README.md").read_text()
     assert "ai-edge-litert (passed)" in readme and "RuntimeStatus" not in readme
+    assert "'numpy>=1.23,<3'" in readme                         # pasteable: > and < quoted for the shell
     assert m.to_json() == json.loads((int8_bundle.bundle / "manifest.json").read_text())
 
     def strict(constant):                       # JSON has no NaN/Infinity: jq, JSON.parse refuse them

@@ -146,7 +146,7 @@ def test_a_changed_recipe_is_a_new_cache_key(tmp_path):
 
 
 @pytest.mark.parametrize("text, words", [
-    ('samples = "many"', "samples must be a int"),
+    ('samples = "many"', "samples must be an integer"),
     ('runtimes = "tflite-runtime"', "runtimes must be a list"),
     ('runtime = ["ai-edge-litert"]', "unknown field runtime"),
     ('default_recipe = "int4"', "default_recipe 'int4' is not one of"),
@@ -154,6 +154,8 @@ def test_a_changed_recipe_is_a_new_cache_key(tmp_path):
     ('runtimes = [{ name = "mylite", module = "mylite", requirements = ["mylite==0.1"] }]',
      "which the device script cannot import"),
     ('runtimes = ["onnxruntime"]', "'onnxruntime' is not one of"),
+    ('arch = "armv7"', "arch 'armv7' is not one of"),
+    ('runtimes = [{ name = "ai-edge-litert", notes = "x" }]', "unknown field notes"),
 ])
 def test_target_profile_mistakes_are_one_line_with_a_hint(tmp_path, monkeypatch, text, words):
     from packager.targets import get_target
@@ -182,6 +184,12 @@ def test_a_malformed_recipe_names_itself(monkeypatch, tmp_path):
         with pytest.raises(UsageError) as info:
             module.list_recipes()
         assert "[tight]: missing tolerance" in info.value.message and "fields" in info.value.hint
+        (tmp_path / "r.toml").write_text((tmp_path / "r.toml").read_text().replace("TFLITE_BUILTINS", "TFLITE_BUILTINS_INT9")
+                                         + "tolerance = { atol = 0, rtol = 0, steps = 0, cosine_min = 0, top1_min = 0 }\n")
+        module.list_recipes.cache_clear()
+        with pytest.raises(UsageError) as info:
+            module.list_recipes()
+        assert "supported_ops 'TFLITE_BUILTINS_INT9' is not one of" in info.value.message
     finally:
         monkeypatch.undo()
         module.list_recipes.cache_clear()

@@ -7,6 +7,7 @@ here (through :class:`~packager.bundle.files.Staging`) and read only through
 from __future__ import annotations
 
 import json
+import shlex
 from dataclasses import asdict
 from pathlib import Path
 
@@ -57,7 +58,7 @@ def _readme(target: TargetProfile, manifest: dict, address: str) -> str:
             lines.append(f"- {kind[:-1]} `{t['name']}`: {t['dtype']} {t['shape']}{qs}")
     lines += ["", "## Runtimes", ""]
     for rt in manifest["runtimes"]:
-        lines.append(f"- {rt['name']} ({rt['status']}): `pip install {' '.join(rt['requirements'])}`"
+        lines.append(f"- {rt['name']} ({rt['status']}): `pip install {' '.join(shlex.quote(r) for r in rt['requirements'])}`"
                      + (f" - {rt['reason']}" if rt.get("reason") else ""))
     if target.android_assets:
         lines += ["", "## Android app", "", "`assets/` holds the model, manifest and labels an app can copy into "

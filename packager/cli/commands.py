@@ -115,7 +115,7 @@ def build(
     model: Annotated[Path, typer.Argument(metavar="MODEL", help="Keras .h5/.hdf5 or .keras file, or a SavedModel directory.")],
     target: Annotated[str, typer.Option("--target", "-t", metavar="NAME", help="Target profile (see `edgepack targets`).")] = "rpi",
     quantize: Annotated[Optional[str], typer.Option("--quantize", "-q", metavar="RECIPE[,RECIPE...]|all|auto",
-                        help="Recipe (see `edgepack recipes`); default: the target's default (int8). Several "
+                        help="Recipe (see `edgepack recipes`); default: the target's default_recipe (int8 for rpi and android). Several "
                              "(comma-separated, or all) build one bundle each, side by side in one table: "
                              "-o is then their parent directory (dist/NAME-TARGET-RECIPE).")] = None,
     calibration: Annotated[Optional[Path], typer.Option("--calibration", "-c", metavar="FILE|DIR",

@@ -69,7 +69,7 @@ def _transport(host: str | None, serial: str | None, ssh_config: Path | None, ti
         raise UsageError("which device? pass --host USER@HOST[:PORT] (SSH) or --serial SERIAL (ADB)",
                          hint="or name a bundle whose target says how it is deployed")
     if method not in ("ssh", "adb"):      # the transports whose address this CLI takes (--host, --serial)
-        raise UsageError(f"this bundle's target deploys over {method!r}; `edgepack deploy` reaches devices over ssh "
+        raise UsageError(f"this bundle's target deploys over {method!r}; the edgepack CLI reaches devices over ssh "
                          "(--host) or adb (--serial)",
                          hint="pass --host or --serial, or deploy from Python: packager.deploy.deploy(BUNDLE, "
                               f"make_transport({method!r}, ...))")

@@ -17,8 +17,31 @@ class Check:
     required: bool = False          # build/verify cannot work without it (doctor exits 5)
 
 
+def _profile_checks(transports) -> list[Check]:
+    """The data edgepack reads (recipes, runtimes, target profiles): each parses, and every target's
+    deploy method is a registered transport."""
+    from ..errors import UsageError
+    from ..recipes import list_recipes
+    from ..targets import list_targets
+    found = []
+    try:
+        found.append(Check("recipes", True, f"{len(list_recipes())}: " + ", ".join(list_recipes()), required=True))
+    except UsageError as exc:
+        found.append(Check("recipes", False, exc.message, exc.hint, required=True))
+    try:
+        targets = list_targets()
+    except UsageError as exc:
+        return found + [Check("target profiles", False, exc.message, exc.hint, required=True)]
+    wrong = [f"{t.source}: deploy {t.deploy!r} is not one of {', '.join(transports)}"
+             for t in targets.values() if t.deploy not in transports]
+    found.append(Check("target profiles", not wrong, "; ".join(wrong) or f"{len(targets)}: " + ", ".join(sorted(targets)),
+                       "fix the profile's deploy method" if wrong else None, required=True))
+    return found
+
+
 def checks() -> list[Check]:
-    """Every check of this host: TensorFlow and python venv (required), the Landlock model sandbox, each transport's
+    """Every check of this host: TensorFlow and python venv (required), recipes and target profiles (required), the
+    Landlock model sandbox, each transport's
     host program (ssh, adb) and arm64 emulation (:func:`packager.verification.arm64.doctor`). TensorFlow is looked up as an
     installed distribution, never imported."""
     found = []
@@ -43,6 +66,7 @@ def checks() -> list[Check]:
     found.append(Check("model sandbox", sandbox.abi_version() > 0 and sandbox.mode() != "off", sandbox.status(),
                        None if sandbox.abi_version() else "a kernel with Landlock (Linux >= 5.13, lsm=...,landlock)"))
     from ..deploy.transports import TRANSPORTS
+    found += _profile_checks(TRANSPORTS)
     for cls in TRANSPORTS.values():     # each transport's host program
         path = shutil.which(cls.tool)
         found.append(Check(cls.tool, bool(path), path or "not found", None if path else f"apt-get install {cls.tool_package}"))

@@ -21,19 +21,12 @@ from rich.table import Table
 
 from ..jsonsafe import clean
 
-# Short runtime names for tables; the JSON and the HTML report keep the full distribution names.
-class _Labels(dict):
-    """Runtime pip name -> short table label (``label`` in packager/runtimes.toml)."""
-    def __missing__(self, name):
-        from ..targets import get_runtime
-        runtime = get_runtime(name)
-        return runtime.label if runtime is not None else name
-
-    def get(self, name, default=None):
-        return self[name]
-
-
-SHORT_RUNTIME = _Labels()
+def short_runtime(name: str) -> str:
+    """A runtime's short table label (``label`` in packager/runtimes.toml), or ``name`` when unregistered.
+    Tables only: the JSON and the HTML report keep the full distribution names."""
+    from ..targets import get_runtime
+    runtime = get_runtime(name)
+    return runtime.label if runtime is not None else name
 
 
 def _console(stderr: bool = False) -> Console:
@@ -148,7 +141,7 @@ def fmt_cosine(v) -> str:
 
 def runtime_label(r: dict) -> str:
     """A runtime row's table label: its short name (``label`` in packager/runtimes.toml) and its version."""
-    return f"{SHORT_RUNTIME.get(r['runtime'], r['runtime'])} {r.get('version') or ''}".strip()
+    return f"{short_runtime(r['runtime'])} {r.get('version') or ''}".strip()
 
 
 def _margin(o: dict) -> str:
@@ -578,7 +571,7 @@ def show_sweep(sweep: dict) -> None:
     rows = sweep["recipes"]
     runtimes = sorted({name for r in rows for name in (r.get("runtimes") or {})})
     table = Table(title=f"recipes side by side ({sweep.get('evidence') or 'no verification'})", box=box.SIMPLE_HEAD)
-    for col in ["recipe", "size", "×f32"] + [SHORT_RUNTIME.get(n, n) for n in runtimes] + ["accuracy", "result"]:
+    for col in ["recipe", "size", "×f32"] + [short_runtime(n) for n in runtimes] + ["accuracy", "result"]:
         table.add_column(col, no_wrap=col != "result", overflow="fold")
     notes = []
     for r in rows:

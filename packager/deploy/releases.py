@@ -526,8 +526,8 @@ def deploy(bundle_dir: str | Path, transport: Transport, remote_dir: str | None 
         python = f"{rdir}/venv/bin/python" if (st.venv or installed) else _profile_python(bundle.manifest)
     selftest = None
     if smoke:
-        _notify(progress, "smoke", f"{python} {bundle.manifest['entrypoint']} --self-test")
-        selftest, failure = _smoke(transport, rdir, python, bundle.manifest["entrypoint"], release, runtime)
+        _notify(progress, "smoke", f"{python} {bundle.manifest.entrypoint} --self-test")
+        selftest, failure = _smoke(transport, rdir, python, bundle.manifest.entrypoint, release, runtime)
         if failure is not None:
             if not unchanged:
                 # Put back what was there before and drop the release that failed.

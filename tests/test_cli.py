@@ -141,3 +141,21 @@ def test_verify_reads_at_columns(int8_bundle, zoo, data_files, columns):
     for line in proc.stderr.splitlines():                               # progress lines only
         assert re.match(r"\s*\d+\.\ds ", line), line
         assert not re.search(r"\w+\.py:\d+|tensorflow/|absl|WARNING|I0000", line), line
+
+
+@pytest.mark.parametrize("args, words", [
+    (["verify", "some-bundle", "--json"], "Missing option '--reference'"),
+    (["build", "--json"], "Missing argument 'MODEL'"),
+    (["build", "m.h5", "--bogus", "--json"], "No such option: --bogus"),
+    (["nosuch", "--json"], "No such command 'nosuch'"),
+])
+def test_usage_mistakes_go_through_the_boundary(args, words):
+    """typer's own usage errors are edgepack errors too: one line and a hint on stderr, exit 2, and
+    with --json one JSON document on stdout (not typer's usage block)."""
+    proc = edgepack(*args)
+    assert proc.returncode == 2
+    doc = json.loads(proc.stdout)
+    assert doc["ok"] is False and words in doc["error"] and doc["exit_code"] == 2 and doc["hint"].startswith("see: ")
+    plain = edgepack(*[a for a in args if a != "--json"])
+    assert plain.returncode == 2 and plain.stdout == ""
+    assert plain.stderr.splitlines()[0].startswith("error: ") and plain.stderr.splitlines()[1].startswith("hint: ")

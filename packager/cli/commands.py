@@ -428,8 +428,18 @@ def main(argv: list[str] | None = None) -> None:
         import typer.main
 
         from . import config
+        # click's UsageError (typer vendors click in recent versions: found through typer's own subclass)
+        click_usage = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
         cli = typer.main.get_command(app)
-        cli(args=argv, prog_name="edgepack", default_map=config.default_map(cli))
+        try:     # not standalone: a usage mistake goes through fail() too (one line + hint; --json: one document)
+            code = cli(args=argv, prog_name="edgepack", default_map=config.default_map(cli), standalone_mode=False)
+        except click_usage as exc:
+            where = exc.ctx.command_path if getattr(exc, "ctx", None) is not None else "edgepack"
+            fail(exc.format_message(), f"see: {where} -h", 2)
+        except typer.Abort:
+            raise KeyboardInterrupt from None
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except EdgepackError as exc:
         fail(exc.message, exc.hint, exc.exit_code)
     except KeyboardInterrupt:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 try:
@@ -118,14 +119,11 @@ def _runtime_from(data: dict, where: str) -> RuntimeProfile:
                          hint="a runtime table needs name, module and requirements (see packager/runtimes.toml)") from None
 
 
-_REGISTRY: dict = {}
-
-
+@lru_cache(maxsize=1)
 def _registry_raw() -> dict:
-    if not _REGISTRY:
-        data = tomllib.loads(RUNTIMES_FILE.read_text(encoding="utf-8"))
-        _REGISTRY.update({name: {"name": name, **table} for name, table in data.items()})
-    return _REGISTRY
+    """packager/runtimes.toml as {pip name: table with its name}, read once."""
+    data = tomllib.loads(RUNTIMES_FILE.read_text(encoding="utf-8"))
+    return {name: {"name": name, **table} for name, table in data.items()}
 
 
 def list_runtimes() -> dict[str, RuntimeProfile]:

@@ -193,3 +193,12 @@ def test_a_malformed_recipe_names_itself(monkeypatch, tmp_path):
     finally:
         monkeypatch.undo()
         module.list_recipes.cache_clear()
+
+
+def test_a_missing_host_tool_says_how_to_install_it():
+    """The transport passes its own install hint; a custom binary path still gets it."""
+    from packager.deploy.adb import AdbTransport
+    from packager.errors import EnvironmentProblem
+    with pytest.raises(EnvironmentProblem) as info:
+        AdbTransport(adb_bin="/nonexistent/platform-tools/adb").devices()
+    assert "not found on this host" in info.value.message and info.value.hint == AdbTransport.tool_hint

@@ -314,13 +314,18 @@ def read_manifest(bundle: Path):
     return Manifest.read(Path(bundle))
 
 
+def _under_link(root: Path, rel: str) -> bool:
+    """``root/rel`` is, or lies under, a symbolic link (a bundle holds regular files only)."""
+    parts = rel.split("/")
+    return any(root.joinpath(*parts[:i]).is_symlink() for i in range(1, len(parts) + 1))
+
+
 def check_files(bundle: Path, manifest: dict) -> list[str]:
     """Problems with the bundle's files against the manifest (empty list = intact)."""
     problems = []
     root = Path(bundle).resolve()
     for rel, digest in manifest.get("files", {}).items():
-        parts = rel.split("/")
-        if any(root.joinpath(*parts[:i]).is_symlink() for i in range(1, len(parts) + 1)):
+        if _under_link(root, rel):
             problems.append(f"{rel}: a symbolic link (a bundle holds regular files only)")
             continue
         path = (root / rel).resolve()
@@ -411,8 +416,7 @@ def load_bundle(bundle_dir: str | Path) -> Bundle:
         if not re.fullmatch(r"[0-9a-f]{64}", want):
             raise UsageError(f"{mpath}: {rel} has no sha256 checksum")
         local = path.joinpath(*rel.split("/"))
-        parts = rel.split("/")
-        if any(path.joinpath(*parts[:i]).is_symlink() for i in range(1, len(parts) + 1)):
+        if _under_link(path, rel):
             raise UsageError(f"bundle file {rel} in {path} is (or lies under) a symbolic link; refused",
                              hint="a bundle holds regular files only: rebuild it with edgepack build")
         if not local.is_file():

@@ -52,7 +52,8 @@ class AdbTransport(Transport):
     # ------------------------------------------------------------------ devices
     def devices(self) -> list[tuple[str, str]]:
         """``adb devices``: [(serial, state)] with state device/offline/unauthorized/..."""
-        res = run_process([self.adb_bin, "devices"], timeout=30, what="adb devices", env=self.env)
+        res = run_process([self.adb_bin, "devices"], timeout=30, what="adb devices", env=self.env,
+                          missing_hint=self.tool_hint)
         if res.rc != 0:
             raise DeployError(f"adb devices failed: {res.last_error_line()}",
                               hint="is the adb server able to start? try: adb kill-server; adb devices")
@@ -64,7 +65,8 @@ class AdbTransport(Transport):
         return found
 
     def _adb(self, *args: str, timeout: float, what: str) -> Completed:
-        return run_process([self.adb_bin, "-s", self.serial, *args], timeout=timeout, what=what, env=self.env)
+        return run_process([self.adb_bin, "-s", self.serial, *args], timeout=timeout, what=what, env=self.env,
+                           missing_hint=self.tool_hint)
 
     def connect(self) -> None:
         """Pick the device from ``adb devices`` (without a serial: the only ready one); DeployError unless ready."""

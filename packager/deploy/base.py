@@ -65,8 +65,9 @@ def _unsafe_path_char(c: str) -> bool:
 
 
 def run_process(argv: Sequence[str], *, timeout: float, what: str, stdin: bytes | IO[bytes] | None = None,
-                env: dict | None = None, hint: str | None = None) -> Completed:
-    """Run a host program; on timeout kill its whole process group and raise DeployError."""
+                env: dict | None = None, hint: str | None = None, missing_hint: str | None = None) -> Completed:
+    """Run a host program; on timeout kill its whole process group and raise DeployError (``hint``);
+    a program that is not installed is an EnvironmentProblem (``missing_hint``: how to install it)."""
     data = stdin if isinstance(stdin, (bytes, bytearray)) else None
     stdin_arg = subprocess.PIPE if data is not None else (stdin if stdin is not None else subprocess.DEVNULL)
     try:
@@ -74,7 +75,7 @@ def run_process(argv: Sequence[str], *, timeout: float, what: str, stdin: bytes 
                                 env=env, start_new_session=True, **lifecycle.popen_kwargs())
     except FileNotFoundError:
         raise EnvironmentProblem(f"{argv[0]} not found on this host (needed for {what})",
-                                 hint=_tool_hint(Path(argv[0]).name)) from None
+                                 hint=missing_hint) from None
     except OSError as exc:
         raise EnvironmentProblem(f"cannot start {argv[0]}: {exc.strerror or exc}") from None
     try:
@@ -102,17 +103,6 @@ def _kill_group(proc: subprocess.Popen) -> None:
             proc.kill()
         except ProcessLookupError:
             pass
-
-
-def _tool_hint(program: str) -> str | None:
-    for cls in _all_subclasses(Transport):
-        if cls.tool == program:
-            return cls.tool_hint
-    return None
-
-
-def _all_subclasses(cls) -> list:
-    return [c for sub in cls.__subclasses__() for c in (sub, *_all_subclasses(sub))]
 
 
 class Transport(ABC):

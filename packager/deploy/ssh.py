@@ -119,7 +119,7 @@ class SshTransport(Transport):
     def _effective_config(self) -> dict[str, str]:
         """What ssh will really use (``ssh -G``): hostname, port, user, known-hosts file for hints."""
         res = run_process(self._options() + ["-G", "--", self._destination()], timeout=15,
-                          what="ssh -G (reading the ssh configuration)", env=self.env)
+                          what="ssh -G (reading the ssh configuration)", env=self.env, missing_hint=self.tool_hint)
         if res.rc != 0:
             raise UsageError(f"ssh cannot use this configuration: {res.last_error_line()}",
                              hint="check --ssh-config and ~/.ssh/config")
@@ -218,7 +218,8 @@ class SshTransport(Transport):
     # ------------------------------------------------------------------ commands
     def _ssh(self, script: str, *, timeout: float, stdin: IO[bytes] | None = None) -> Completed:
         argv = self._command_options() + ["--", self._destination(), script]
-        res = run_process(argv, timeout=timeout, what=f"ssh to {self.describe()}", stdin=stdin, env=self.env)
+        res = run_process(argv, timeout=timeout, what=f"ssh to {self.describe()}", stdin=stdin, env=self.env,
+                          missing_hint=self.tool_hint)
         if res.rc == 255:  # ssh's own failure; edgepack's scripts never exit 255
             raise self._classify(res)
         return res

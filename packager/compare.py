@@ -6,8 +6,10 @@ from dataclasses import dataclass, asdict, field
 import numpy as np
 
 from .recipes import Tolerance
+from .contain.wire import plain_data
 
 
+@plain_data
 @dataclass
 class OutputMetrics:
     """One output of one run compared with the reference. Errors are absolute, in the output's units;

@@ -11,10 +11,12 @@ except ImportError:  # Python 3.10
     import tomli as tomllib
 
 from .errors import UsageError
+from .contain.wire import plain_data
 
 RECIPES_FILE = Path(__file__).with_name("recipes.toml")
 
 
+@plain_data
 @dataclass(frozen=True)
 class Tolerance:
     """What an output must meet to pass: ``max |ref - got| <= atol + rtol * max|ref| + steps * scale``

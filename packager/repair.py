@@ -23,11 +23,13 @@ from pathlib import Path
 import numpy as np
 
 from .errors import EdgepackError, UsageError, VerificationError
+from .contain.wire import plain_data
 
 ORDER = ("int8", "int8-mixed", "int16x8", "dynamic", "float16", "float32")
 DEFAULT_AGREEMENT = 0.99
 
 
+@plain_data
 @dataclass
 class Candidate:
     """One model tried: ``label`` ("int8 + 2 ops float"), its base ``recipe``, the ops kept in

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from .contain.wire import plain_data
 
 
+@plain_data
 @dataclass(frozen=True)
 class Tensor:
     """``shape``: -1 for an unknown dimension (batch, variable length); ``dtype``: a numpy dtype name

@@ -21,6 +21,7 @@ import signal
 import traceback
 
 from ..errors import ConversionError, EdgepackError
+from . import wire
 
 DEFAULT_MEMORY_MB = 8192
 DEFAULT_TIMEOUT = 1800
@@ -45,7 +46,7 @@ def stage(message: str, path: str | None = None) -> None:
     conn = _STAGE["conn"]
     if conn is not None:
         try:
-            conn.send(("stage", message, path))
+            conn.send_bytes(wire.encode(("stage", str(message), None if path is None else str(path))))
         except Exception:  # noqa: BLE001, S110 - progress is best effort
             pass
     elif _STAGE["local"] is not None:
@@ -107,10 +108,37 @@ def _child(conn, func, args, memory_mb: int, parent: int | None = None, scratch:
                 hint="a model that writes files while loading or running is hostile or broken; "
                      "EDGEPACK_SANDBOX=0 lifts the sandbox, only for a model you trust"))
     try:
-        conn.send(result)
-    except Exception as exc:  # noqa: BLE001 - e.g. an unpicklable result
-        conn.send(("crash", f"cannot return the result: {exc}", ""))
+        message = wire.encode(result)
+    except (TypeError, ValueError) as exc:  # a result that is not plain data: a bug of the job
+        message = wire.encode(("crash", f"cannot return the result: {exc}", ""))
+    conn.send_bytes(message)
     conn.close()
+
+
+def _receive(conn) -> tuple:
+    """One message from the child, as plain data only (:mod:`packager.contain.wire`; never a pickle):
+    ``("stage", message, path)``, ``("ok", value)``, ``("error", EdgepackError)`` or ``("crash", line, trace)``.
+    Anything else ends the job as a ConversionError (exit 3): the child runs the user's model, so what it
+    sends is hostile input."""
+    try:
+        data = conn.recv_bytes(wire.MAX_MESSAGE)
+    except OSError as exc:  # longer than the cap, or a broken pipe
+        raise _garbage(f"unreadable ({exc})") from None
+    try:
+        msg = wire.decode(data)
+    except wire.WireError as exc:
+        raise _garbage(str(exc)) from None
+    shapes = {"stage": (str, (str, type(None))), "ok": (object,), "error": (EdgepackError,), "crash": (str, str)}
+    if not (isinstance(msg, tuple) and msg and msg[0] in shapes and len(msg) == len(shapes[msg[0]]) + 1
+            and all(isinstance(x, t) for x, t in zip(msg[1:], shapes[msg[0]]))):
+        raise _garbage("not one of stage/ok/error/crash")
+    return msg
+
+
+def _garbage(why: str) -> ConversionError:
+    return ConversionError(f"the TensorFlow process sent something that is not edgepack's plain data: {why[:200]}",
+                           hint="the model (or a library it loads) wrote to edgepack's channel; nothing it sent was "
+                                "run. A model that does this is hostile or broken: do not use --trust-model on it")
 
 
 def _died(code, stage: str, memory_mb: int) -> ConversionError:
@@ -154,7 +182,7 @@ def in_process() -> bool:
 
 
 def run(func, *args, what: str = "loading and converting the model", progress=None):
-    """``func(*args)`` in a spawned child (module-level function, picklable args and result).
+    """``func(*args)`` in a spawned child (module-level function, picklable args; the result must be plain data, :mod:`packager.contain.wire`).
     ``progress(message)`` receives the stages the child announces with :func:`stage`."""
     if in_process():
         _STAGE["local"] = progress
@@ -186,7 +214,7 @@ def _run(func, args, what, memory_mb, timeout, scratch, progress=None):
                 raise ConversionError(f"{current} took longer than {timeout:.0f} s in all; stopped",
                                       hint="raise EDGEPACK_TIMEOUT if the model is really that slow")
             try:
-                result = parent.recv()
+                result = _receive(parent)
             except EOFError:
                 proc.join(10)
                 error = _died(proc.exitcode, current, memory_mb)

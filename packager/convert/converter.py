@@ -11,10 +11,12 @@ from ..errors import ConversionError, EdgepackError, VerificationError
 from .inspect import ModelSpec, inspect_bytes
 from ..load.model import LoadedModel, import_tf, native_quiet
 from ..recipes import Recipe
+from ..contain.wire import plain_data
 
 IO_DTYPES = {"float": None, "int8": "int8", "uint8": "uint8", "int16": "int16"}
 
 
+@plain_data
 @dataclass
 class Attempt:
     """One conversion path tried: did it give a model that matches (``ok``), and if not, why."""
@@ -29,6 +31,7 @@ class Attempt:
                 "metrics": [{k: v for k, v in m.to_json().items() if k != "histogram"} for m in self.metrics]}
 
 
+@plain_data
 @dataclass
 class Conversion:
     """The chosen conversion: the .tflite bytes, what they contain, the path that made them, every attempt."""

@@ -11,9 +11,11 @@ import numpy as np
 
 from ..errors import UsageError
 from ..tensor import Tensor
+from ..contain.wire import plain_data
 
 
 
+@plain_data
 @dataclass(frozen=True)
 class OpInfo:
     """An operator code of the model: builtin or custom name, op version, how many nodes use it."""
@@ -23,6 +25,7 @@ class OpInfo:
     count: int
 
 
+@plain_data
 @dataclass
 class ModelSpec:
     """What a .tflite holds: size (bytes), sha256, named inputs/outputs, op codes, signature key."""

@@ -1,4 +1,4 @@
-"""The TensorFlow side of build and verify, as picklable jobs that :mod:`packager.contain.isolate` runs
+"""The TensorFlow side of build and verify, as jobs that :mod:`packager.contain.isolate` runs
 in a child process: load the model, read the data, convert, compute reference outputs."""
 from __future__ import annotations
 
@@ -10,10 +10,12 @@ from ..load.calibration import Dataset, load_dataset, synthetic_dataset, with_le
 from .converter import Conversion, release_memory
 from ..errors import VerificationError
 from ..tensor import Tensor
+from ..contain.wire import plain_data
 
 MAX_CHECK_SAMPLES = 256
 
 
+@plain_data
 @dataclass
 class Prepared:
     """What the parent needs to bundle and verify; no TensorFlow objects."""
@@ -67,7 +69,7 @@ def prepare(model: str, recipe_name: str, io: str, calibration: str | None, data
     of every check group. Raises UsageError, ConversionError or VerificationError."""
     loaded, cal, check, references = _load_for_conversion(model, calibration, data, trust)
     prepared = _convert_recipe(loaded, cal, check, references, recipe_name, io, atol, rtol, skip)
-    # The result is pickled whole on its way to the parent (the .tflite and the check inputs: ~50 MB
+    # The result is encoded whole on its way to the parent (the .tflite and the check inputs: ~50 MB
     # for a MobileNetV2): drop the model and its traced functions first, so that copy does not
     # stack on top of them and set the child's peak.
     del loaded, cal

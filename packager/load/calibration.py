@@ -14,6 +14,7 @@ import numpy as np
 
 from ..errors import UsageError
 from ..tensor import Tensor
+from ..contain.wire import plain_data
 
 RECOMMENDED = (100, 500)
 MAX_IMAGES = 500
@@ -29,6 +30,7 @@ WEAK_EVIDENCE = ("calibration", "samples", "synthetic")
 SYNTHETIC_LENGTHS = (8, 3, 17)
 
 
+@plain_data
 @dataclass
 class Dataset:
     """Inputs keyed by input name (first axis = samples), optional integer ``labels``, where they

@@ -14,7 +14,7 @@ from .bundle.files import Staging, check_files, read_manifest, check_name, write
 from .bundle.manifest import Manifest, default_name
 from .verification import report as verdict
 from .verification.report import VerifyReport
-from .errors import ConversionError, EdgepackError, UsageError, VerificationError
+from .errors import ConversionError, EdgepackError, Unverified, UsageError, VerificationError
 from .convert.inspect import inspect_bytes
 from .recipes import Recipe, get_recipe, list_recipes, parse_overrides, resolve_tolerance
 from .targets import TargetProfile, get_target, list_targets
@@ -111,12 +111,14 @@ def build(model: str | os.PathLike, *, target: str = "rpi", recipe: str | None =
           arch: str | None = None, name: str | None = None, labels: str | os.PathLike | None = None,
           trust_model: bool = False, use_cache: bool = True, progress: Progress | None = None,
           atol: list[str] | None = None, rtol: list[str] | None = None, strict: bool = False,
-          _auto: tuple | None = None) -> BuildResult:
+          max_drop: float | list[str] | None = None, max_flips: list[str] | None = None,
+          output_kind: list[str] | None = None, _auto: tuple | None = None) -> BuildResult:
     """Load, convert (checked against the original), bundle, verify in the target's runtimes,
     and only then move the bundle to ``output``. TensorFlow work runs in a contained child.
 
-    ``atol``/``rtol``: tolerance overrides, ``"0.05"`` for every output or ``"NAME:0.05"`` for one
-    (see :func:`packager.recipes.resolve_tolerance`). ``strict``: weak evidence (no held-out
+    ``atol``/``rtol``, ``max_drop`` (accuracy points), ``max_flips`` (fraction of decisions): tolerance
+    overrides, ``"0.05"`` for every output or ``"NAME:0.05"`` for one; ``output_kind``: ``["NAME:KIND[:OPTIONS]"]``
+    (see :func:`packager.recipes.resolve_tolerance`, :data:`packager.criteria.KINDS`). ``strict``: weak evidence (no held-out
     ``data``) or a runtime of the target left out is a failure. Raises UsageError (bad input),
     ConversionError (no path matches), VerificationError (the bundle does not match),
     EnvironmentProblem (no runtime environment could be prepared)."""
@@ -135,8 +137,7 @@ def build(model: str | os.PathLike, *, target: str = "rpi", recipe: str | None =
     rec = get_recipe(recipe or profile.default_recipe)
     if _auto is not None:      # --quantize auto (packager.repair): (Prepared, Recipe) already chosen
         rec = _auto[1]
-    parse_overrides(atol, "--atol")
-    parse_overrides(rtol, "--rtol")
+    overrides = verdict_overrides(atol, rtol, max_drop, max_flips, output_kind)
     name = check_name(name) if name else default_name(model_path, profile.name)
     output = Path(output) if output else Path("dist") / name
     selected = [profile.runtime(r) for r in runtimes] if runtimes else list(profile.runtimes)
@@ -151,13 +152,13 @@ def build(model: str | os.PathLike, *, target: str = "rpi", recipe: str | None =
     use_cache = use_cache and cache.enabled()
     prepared = _auto[0] if _auto is not None else None
     if use_cache and prepared is None:
-        key = cache.conversion_key(model_path, rec, io, calibration, data, trust_model, [atol, rtol])
+        key = cache.conversion_key(model_path, rec, io, calibration, data, trust_model, overrides)
         prepared = cache.load_prepared(key, model_path)
         if prepared is not None:
             progress("unchanged model and settings: reusing the cached conversion")
     if prepared is None:
         progress(f"loading and converting {model_path} ({rec.name})")
-        prepared = _prepare_contained(model_path, rec, io, calibration, data, trust_model, atol, rtol, progress)
+        prepared = _prepare_contained(model_path, rec, io, calibration, data, trust_model, overrides, progress)
         if use_cache:
             cache.save_prepared(key, prepared)
     conversion = prepared.conversion
@@ -176,13 +177,20 @@ def build(model: str | os.PathLike, *, target: str = "rpi", recipe: str | None =
         if verify:
             report = verdict.verify_staged(staging.dir, manifest, profile, rec, selected, prepared.check,
                                            prepared.references, conversion.spec, arch, progress, use_cache,
-                                           prepared.tolerance, strict, require_all=bool(runtimes))
+                                           prepared.tolerance, strict, require_all=bool(runtimes),
+                                           noise=prepared.noise)
         contents.record_verification(manifest, selected, report)
         if report is not None and not report.passed:
             if rec.needs_calibration and any(r.status == "failed" for r in report.runtimes):
                 from .diagnose import verify_brief
                 report.first_divergence = verify_brief(staging.dir, model_path, data, prepared.check.inputs,
                                                        trust_model, progress)
+            if report.verdict == "UNVERIFIED":
+                raise Unverified(f"UNVERIFIED: no runtime of {profile.name} could run the bundle, so nothing was "
+                                 f"compared: {'; '.join(report.failures)[:600]}",
+                                 hint="see why each runtime cannot load it (`edgepack inspect`); pick a recipe or "
+                                      f"runtime that can (--runtime), or --no-verify; nothing was written to {output}",
+                                 report=report)
             raise VerificationError(
                 f"bundle does not match the original model: {'; '.join(report.failures)[:600]}",
                 hint=_mismatch_hint(report, output), report=report)
@@ -225,7 +233,8 @@ def build_sweep(model: str | os.PathLike, recipes: list[str], *, target: str = "
                 runtimes: list[str] | None = None, arch: str | None = None, name: str | None = None,
                 labels: str | os.PathLike | None = None, trust_model: bool = False,
                 progress: Progress | None = None, atol: list[str] | None = None, rtol: list[str] | None = None,
-                strict: bool = False) -> SweepResult:
+                strict: bool = False, max_drop: float | list[str] | None = None, max_flips: list[str] | None = None,
+                output_kind: list[str] | None = None) -> SweepResult:
     """Build ``recipes`` of one model side by side: one bundle per recipe at
     ``OUTPUT/NAME-TARGET-RECIPE`` (``OUTPUT`` default ``dist``). Loading, data and the reference
     outputs are computed once, in one contained child; each recipe is then bundled and verified as
@@ -242,6 +251,7 @@ def build_sweep(model: str | os.PathLike, recipes: list[str], *, target: str = "
     _transport(profile)
     for r in recipes:
         get_recipe(r)
+    overrides = verdict_overrides(atol, rtol, max_drop, max_flips, output_kind)
     base = check_name(name) if name else default_name(model_path, profile.name)
     root = Path(output) if output else Path("dist")
     rows, todo = [], []
@@ -256,7 +266,7 @@ def build_sweep(model: str | os.PathLike, recipes: list[str], *, target: str = "
     progress(f"loading and converting {model_path} ({', '.join(todo)})")
     results = dict(isolate.run(jobs.prepare_sweep, str(model_path), todo, io,
                                str(calibration) if calibration is not None else None,
-                               str(data) if data is not None else None, trust_model, atol, rtol,
+                               str(data) if data is not None else None, trust_model, overrides,
                                progress=progress)) if todo else {}
     evidence = ""
     for r in todo:
@@ -270,7 +280,8 @@ def build_sweep(model: str | os.PathLike, recipes: list[str], *, target: str = "
             result = build(model_path, target=target, recipe=r, calibration=calibration, io=io,
                            output=root / f"{base}-{r}", verify=verify, data=data, runtimes=runtimes, arch=arch,
                            name=f"{base}-{r}", labels=labels, trust_model=trust_model, use_cache=False,
-                           progress=progress, atol=atol, rtol=rtol, strict=strict, _auto=(got, get_recipe(r)))
+                           progress=progress, atol=atol, rtol=rtol, strict=strict, max_drop=max_drop,
+                           max_flips=max_flips, output_kind=output_kind, _auto=(got, get_recipe(r)))
         except EdgepackError as exc:
             row.update(status="failed", reason=exc.message, exit_code=exc.exit_code)
             report = getattr(exc, "report", None)
@@ -309,7 +320,29 @@ def _sweep_runtimes(report: VerifyReport) -> dict:
     return out
 
 
-def _prepare_contained(model_path, rec, io, calibration, data, trust_model, atol, rtol, progress):
+def verdict_overrides(atol=None, rtol=None, max_drop=None, max_flips=None, output_kind=None) -> dict:
+    """The verdict's overrides as :func:`packager.recipes.resolve_tolerance` takes them, each checked now (a
+    malformed value is a UsageError before any work): ``{"atol": [...], "rtol": [...], "max_drop": [...],
+    "flips": [...], "kinds": [...]}``, only the keys given."""
+    from .recipes import parse_kinds
+    if max_drop is not None and not isinstance(max_drop, list):
+        max_drop = [str(max_drop)]
+    lists = {"atol": (atol, "--atol"), "rtol": (rtol, "--rtol"), "max_drop": (max_drop, "--max-drop"),
+             "flips": (max_flips, "--max-flips")}
+    out = {}
+    for key, (values, flag) in lists.items():
+        if values:
+            parse_overrides(values, flag)
+            out[key] = list(values)
+    if any(v > 1 for v in parse_overrides(max_flips, "--max-flips").values()):
+        raise UsageError("--max-flips is a fraction of decisions (0..1)", hint="e.g. --max-flips 0.01")
+    if output_kind:
+        parse_kinds(output_kind)
+        out["kinds"] = list(output_kind)
+    return out
+
+
+def _prepare_contained(model_path, rec, io, calibration, data, trust_model, overrides, progress):
     """jobs.prepare in the contained child. When TensorFlow crashes on one conversion path (a
     converter segfault), the next child skips that path instead of the build ending there."""
     from .contain import isolate
@@ -320,7 +353,7 @@ def _prepare_contained(model_path, rec, io, calibration, data, trust_model, atol
         try:
             prepared = isolate.run(jobs.prepare, str(model_path), rec.name, io,
                                    str(calibration) if calibration is not None else None,
-                                   str(data) if data is not None else None, trust_model, atol, rtol, tuple(skip),
+                                   str(data) if data is not None else None, trust_model, overrides, tuple(skip),
                                    progress=progress)
             break
         except ConversionError as exc:
@@ -388,22 +421,22 @@ def _read_labels(path) -> list[str]:
 def verify(bundle: str | os.PathLike, *, reference: str | os.PathLike, data: str | os.PathLike | None = None,
            runtimes: list[str] | None = None, arch: str | None = None, strict: bool = False,
            trust_model: bool = False, progress: Progress | None = None, atol: list[str] | None = None,
-           rtol: list[str] | None = None) -> VerifyReport:
+           rtol: list[str] | None = None, max_drop: float | list[str] | None = None,
+           max_flips: list[str] | None = None, output_kind: list[str] | None = None) -> VerifyReport:
     """Run the bundle's own entrypoint in each runtime environment of its target on the inputs and
     compare, output by output and by name, with ``reference`` (the original model file).
 
     Inputs: ``data`` (held-out), else the bundle's samples, else synthetic. ``strict``: weak
-    evidence or a runtime that cannot run the model fails. ``atol``/``rtol`` as in :func:`build`,
-    on top of the tolerance recorded in the manifest."""
+    evidence or a runtime that cannot run the model fails. ``atol``, ``rtol``, ``max_drop``, ``max_flips`` and
+    ``output_kind`` as in :func:`build`, on top of the tolerance (and output kinds) recorded in the manifest."""
     progress = progress or _noop
-    parse_overrides(atol, "--atol")
-    parse_overrides(rtol, "--rtol")
+    overrides = verdict_overrides(atol, rtol, max_drop, max_flips, output_kind)
     with open_bundle(bundle) as bundle:
-        return _verify(bundle, reference, data, runtimes, arch, strict, trust_model, progress, atol, rtol)
+        return _verify(bundle, reference, data, runtimes, arch, strict, trust_model, progress, overrides)
 
 
-def _verify(bundle: Path, reference, data, runtimes, arch, strict, trust_model, progress, atol=None,
-            rtol=None) -> VerifyReport:
+def _verify(bundle: Path, reference, data, runtimes, arch, strict, trust_model, progress,
+            overrides: dict | None = None) -> VerifyReport:
     manifest = read_manifest(bundle)
     problems = check_files(bundle, manifest)
     if problems:
@@ -433,13 +466,13 @@ def _verify(bundle: Path, reference, data, runtimes, arch, strict, trust_model, 
     from .load.formats import sniff_format
     sniff_format(Path(reference))
     progress(f"computing reference outputs with {reference}")
-    dataset, refs, ref_names = isolate.run(jobs.reference, str(reference), str(data) if data else None, arrays,
+    dataset, refs, ref_names, noise = isolate.run(jobs.reference, str(reference), str(data) if data else None, arrays,
                                            trust_model, what="running the reference model", progress=progress)
     _check_names(ref_names, manifest)
     spec = _bundle_spec((bundle / manifest.model).read_bytes(), manifest)
-    tolerance = _bundle_tolerance(manifest, rec, atol, rtol)
+    tolerance = _bundle_tolerance(manifest, rec, overrides)
     report = verdict.verify_staged(bundle, manifest, profile, rec, selected, dataset, refs, spec, arch, progress,
-                                   tolerance=tolerance, strict=strict, require_all=bool(runtimes))
+                                   tolerance=tolerance, strict=strict, require_all=bool(runtimes), noise=noise)
     if script_note:
         report.notes.insert(0, script_note)
     if not report.passed and rec.needs_calibration and any(r.status == "failed" for r in report.runtimes):
@@ -448,13 +481,14 @@ def _verify(bundle: Path, reference, data, runtimes, arch, strict, trust_model, 
     return report
 
 
-def _bundle_tolerance(manifest: Manifest, rec: Recipe, atol, rtol) -> dict:
-    """The tolerance the bundle was built with (manifest), with this call's overrides on top."""
+def _bundle_tolerance(manifest: Manifest, rec: Recipe, overrides: dict | None) -> dict:
+    """The tolerance the bundle was built with (manifest; a field recorded before it existed takes the recipe's
+    value), with this call's overrides on top."""
     from .recipes import Tolerance
     names = manifest.output_names
     recorded = manifest.tolerance
-    base = {n: Tolerance(**recorded[n]) if n in recorded else rec.tolerance for n in names}
-    return resolve_tolerance(base, names, atol, rtol)
+    base = {n: Tolerance.from_record(recorded[n], rec.tolerance) if n in recorded else rec.tolerance for n in names}
+    return resolve_tolerance(base, names, overrides=overrides)
 
 
 def _check_names(names: list[str], manifest: Manifest) -> None:

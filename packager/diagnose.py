@@ -34,7 +34,7 @@ def verify_brief(bundle: Path, reference, data, arrays, trust_model: bool, progr
                 data = _capped(Path(data), Path(tmp))
             progress("locating the first divergence (float32 conversion of the reference)")
             prepared = isolate.run(jobs.prepare, str(reference), "float32", "float", None,
-                                   str(data) if data is not None else None, trust_model, None, None, (),
+                                   str(data) if data is not None else None, trust_model, None, (),
                                    what="converting the reference to float32", progress=progress)
         manifest = read_manifest(bundle)
         model = (bundle / manifest.model).read_bytes()
@@ -109,7 +109,7 @@ def diagnose(bundle, *, reference, data=None, runtimes: list[str] | None = None,
             data = _capped(Path(data), Path(tmp))
         progress(f"converting {reference} to float32 (the reference for every tensor)")
         prepared = isolate.run(jobs.prepare, str(reference), "float32", "float", None,
-                               str(data) if data is not None else None, trust_model, None, None, (),
+                               str(data) if data is not None else None, trust_model, None, (),
                                what="converting the reference to float32", progress=progress)
         if manifest is not None:
             ref_names = {t.name for t in prepared.outputs}

@@ -46,6 +46,12 @@ class VerificationError(EdgepackError):
         self.report = report
 
 
+class Unverified(VerificationError):
+    """Nothing was compared: no runtime could load or run the bundle (the verdict is UNVERIFIED, not MISMATCH)."""
+
+    exit_code = 7
+
+
 class EnvironmentProblem(EdgepackError):
     """Something on the host is missing: pip, a runtime environment, ssh, adb, qemu."""
 
@@ -76,4 +82,5 @@ EXIT_CODES = {
     VerificationError.exit_code: "verification failed: outputs differ or a runtime cannot run the model",
     EnvironmentProblem.exit_code: "host environment problem (runtime env, pip, ssh, adb, qemu missing)",
     DeployError.exit_code: "deploy/run/rollback on the device failed",
+    Unverified.exit_code: "unverified: no runtime could load or run the bundle, so nothing was compared",
 }

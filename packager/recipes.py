@@ -1,7 +1,7 @@
 """Quantization recipes, read from ``recipes.toml`` into frozen dataclasses."""
 from __future__ import annotations
 
-from dataclasses import dataclass, asdict
+from dataclasses import dataclass, asdict, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -19,15 +19,38 @@ RECIPES_FILE = Path(__file__).with_name("recipes.toml")
 @plain_data
 @dataclass(frozen=True)
 class Tolerance:
-    """What an output must meet to pass: ``max |ref - got| <= atol + rtol * max|ref| + steps * scale``
-    (``scale``: the output's quantization step; steps count only for quantized outputs), cosine
-    similarity >= ``cosine_min`` and, for classification-like outputs (2-D, > 1 column, top value
-    not tied), top-1 agreement >= ``top1_min``. Errors are in the output's own units."""
+    """What an output must meet, by the criteria of its kind (:mod:`packager.criteria`):
+
+    - decisions (class, threshold, pixel class, id): at most ``flips`` (a fraction) change, reference ties within
+      float noise excepted; with labels, accuracy drops at most ``max_drop`` points;
+    - scores of a decision output: 99th-percentile error ``<= atol + rtol * max|ref| + steps * step`` (``step``: the
+      output's quantization step);
+    - values, column by column: 99th-percentile error ``<= spread * the column's spread`` (+ 4x measured float
+      noise) and R² against the model ``>= r2_min``;
+    - embeddings: the lowest 1% of row cosines ``>= cosine_min``; at most ``neighbours`` (a fraction) of rows get
+      another nearest neighbour.
+
+    ``kind``: the output's kind ("" = infer it), ``kind_options``: ``threshold=0.3``, ``sets`` (top-k ids), and
+    ``kind_source``: why it has that kind. Errors are in the output's own units."""
     atol: float
     rtol: float
     steps: float
     cosine_min: float
-    top1_min: float
+    flips: float = 0.01
+    max_drop: float = 1.0
+    spread: float = 0.1
+    r2_min: float = 0.98
+    neighbours: float = 0.05
+    kind: str = ""
+    kind_options: str = ""
+    kind_source: str = ""
+
+    @classmethod
+    def from_record(cls, recorded: dict, base: "Tolerance") -> "Tolerance":
+        """A tolerance recorded in a manifest, on top of ``base`` (the recipe's): a bundle built before a field
+        existed gets the recipe's value for it; fields no longer used (``top1_min``) are ignored."""
+        known = {f for f in cls.__dataclass_fields__}
+        return replace(base, **{k: v for k, v in recorded.items() if k in known})
 
 
 def parse_overrides(values: list[str] | None, flag: str) -> dict:
@@ -47,20 +70,64 @@ def parse_overrides(values: list[str] | None, flag: str) -> dict:
     return out
 
 
+#: Verdict overrides by key of ``overrides`` (see :func:`resolve_tolerance`): the flag and the Tolerance field.
+OVERRIDES = {"atol": ("--atol", "atol"), "rtol": ("--rtol", "rtol"), "max_drop": ("--max-drop", "max_drop"),
+             "flips": ("--max-flips", "flips")}
+
+
+def parse_kinds(values: list[str] | None) -> dict:
+    """``["probs:class-scores", "tags:probabilities:threshold=0.3"]`` -> {output: (kind, options)}. Raises
+    UsageError naming the kinds for an unknown one."""
+    from .criteria import KINDS
+    out = {}
+    for raw in values or []:
+        name, _, rest = raw.partition(":")
+        kind, _, options = rest.partition(":")
+        if not name or kind not in KINDS:
+            raise UsageError(f"--output-kind {raw!r}: {'unknown kind ' + repr(kind) if name else 'no output named'}",
+                             hint="NAME:KIND[:OPTIONS], KIND one of " + ", ".join(KINDS) +
+                                  " (e.g. --output-kind logits:class-scores, --output-kind tags:probabilities:threshold=0.3)")
+        if options:
+            key, _, value = options.partition("=")
+            try:
+                ok = key == "sets" and not value or key == "threshold" and value and float(value) == float(value)
+            except ValueError:
+                ok = False
+            if not ok:
+                raise UsageError(f"--output-kind {raw!r}: unknown option {options!r}",
+                                 hint="options: threshold=VALUE (probabilities), sets (top-k ids compared as sets)")
+        out[name] = (kind, options)
+    return out
+
+
 def resolve_tolerance(base, outputs: list[str], atol: list[str] | None = None,
-                      rtol: list[str] | None = None) -> dict:
+                      rtol: list[str] | None = None, overrides: dict | None = None) -> dict:
     """{output name: Tolerance}: ``base`` (one Tolerance, e.g. the recipe's, or {output: Tolerance},
-    e.g. what a bundle was built with), with ``--atol``/``--rtol`` overrides applied (a named
-    override beats a global one). Raises UsageError for a name the model has no output of."""
-    a, r = parse_overrides(atol, "--atol"), parse_overrides(rtol, "--rtol")
-    unknown = sorted({k for k in list(a) + list(r) if k is not None} - set(outputs))
+    e.g. what a bundle was built with), with overrides applied: ``atol``/``rtol`` and the lists of
+    ``overrides`` keyed as :data:`OVERRIDES` (``["0.05"]`` for every output, ``["NAME:0.05"]`` for one; a named
+    override beats a global one), and ``overrides["kinds"]`` (``--output-kind NAME:KIND[:OPTIONS]``). Raises
+    UsageError for a name the model has no output of."""
+    lists = dict(overrides or {})
+    if atol:
+        lists["atol"] = atol
+    if rtol:
+        lists["rtol"] = rtol
+    parsed = {key: parse_overrides(lists.get(key), flag) for key, (flag, _) in OVERRIDES.items()}
+    kinds = parse_kinds(lists.get("kinds"))
+    unknown = sorted({k for p in parsed.values() for k in p if k is not None} | set(kinds))
+    unknown = [k for k in unknown if k not in outputs]
     if unknown:
         raise UsageError(f"no output named {', '.join(unknown)} (the model's outputs: {', '.join(outputs)})",
-                         hint="name an output in --atol NAME:VALUE, or give a plain number for every output")
-    from dataclasses import replace
+                         hint="name an output as NAME:VALUE (or NAME:KIND), or give a plain number for every output")
     per = base if isinstance(base, dict) else {n: base for n in outputs}
-    return {n: replace(per[n], atol=a.get(n, a.get(None, per[n].atol)), rtol=r.get(n, r.get(None, per[n].rtol)))
-            for n in outputs}
+    out = {}
+    for n in outputs:
+        changes = {field: parsed[key].get(n, parsed[key].get(None, getattr(per[n], field)))
+                   for key, (_, field) in OVERRIDES.items()}
+        if n in kinds:
+            changes.update(kind=kinds[n][0], kind_options=kinds[n][1], kind_source="--output-kind")
+        out[n] = replace(per[n], **changes)
+    return out
 
 
 @dataclass(frozen=True)
@@ -95,7 +162,7 @@ class Recipe:
 
 _RECIPE_FIELDS = {"description": str, "optimizations": list, "supported_types": list, "supported_ops": list,
                   "needs_calibration": bool, "tolerance": dict, "io_types": list}
-_TOLERANCE_FIELDS = ("atol", "rtol", "steps", "cosine_min", "top1_min")
+_TOLERANCE_FIELDS = ("atol", "rtol", "steps", "cosine_min", "flips", "max_drop", "spread", "r2_min", "neighbours")
 #: The converter settings a recipe may name (tf.lite.Optimize, tf.lite.OpsSet, supported types that
 #: convert/converter.py maps); a typo is refused when recipes are read, not deep inside a conversion.
 CHOICES = {

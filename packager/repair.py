@@ -216,56 +216,67 @@ def _with_consumers(flt, tensor_names: list[str]) -> list[str]:
 
 
 # --------------------------------------------------------------------------- parent: measure
-def measure(model: bytes, env, inputs: dict, reference: dict, labels) -> dict:
-    """One runtime's numbers for ``model``: per classification output top-1 agreement, accuracy
-    (with ``labels``), and overall cosine; ``status`` "ran" or "error"."""
+def measure(model: bytes, env, inputs: dict, reference: dict, labels, tolerance: dict, spec=None,
+            noise: dict | None = None) -> dict:
+    """One runtime's verdict on ``model`` by the same criteria as `verify` (:mod:`packager.criteria`, held to
+    ``tolerance``: {output: Tolerance}): ``status`` "ran" or "error", ``failures`` (one line per failing
+    criterion), and for the table: decisions kept (``agreement``), accuracy of model and bundle, ``drop``
+    (points), worst ``cosine``. Outputs are named by ``spec`` (the candidate's :class:`ModelSpec`)."""
+    from .compare import compare_all
     from .convert.localise import dump_tensors
     try:
         dump = dump_tensors(env, model, inputs, outputs_only=True)
     except UsageError as exc:
         return {"runtime": env.describe(), "status": "error", "error": exc.message}
+    by_index = {t.index: t.name for t in spec.outputs} if spec is not None else {}
     named = dump.meta.get("output_names") or {}
     outs = {}
     for o in dump.meta["outputs"]:
-        name = named.get(str(o["index"])) or o["name"]
+        name = by_index.get(o["index"]) or named.get(str(o["index"])) or o["name"]
         outs[name] = dump.real(o["index"])
     if len(outs) == 1 and len(reference) == 1:
         outs = {next(iter(reference)): next(iter(outs.values()))}
+    steps = {t.name: t.scale for t in spec.outputs if t.quantized} if spec is not None else {}
+    metrics = compare_all(reference, outs, tolerance, steps, labels, noise)
     result = {"runtime": env.describe(), "status": "ran", "agreement": None, "accuracy": None,
-              "accuracy_reference": None, "drop": None, "cosine": None}
-    cosines, agreements = [], []
-    for name, ref in reference.items():
-        got = outs.get(name)
-        if got is None or got.shape != ref.shape:
-            return {"runtime": env.describe(), "status": "error", "error": f"output {name!r} missing or reshaped"}
-        r, g = np.asarray(ref, np.float64), np.asarray(got, np.float64)
-        den = float(np.linalg.norm(r) * np.linalg.norm(g))
-        cosines.append(float(np.dot(r.ravel(), g.ravel()) / den) if den else float(np.array_equal(r, g)))
-        result["max_abs"] = max(result.get("max_abs", 0.0), float(np.max(np.abs(r - g))) if r.size else 0.0)
-        if r.ndim == 2 and r.shape[1] > 1:
-            agreements.append(float(np.mean(r.argmax(1) == g.argmax(1))))
-            if labels is not None and result["accuracy"] is None and len(labels) == len(r):
-                result["accuracy_reference"] = float(np.mean(r.argmax(1) == labels))
-                result["accuracy"] = float(np.mean(g.argmax(1) == labels))
-                result["drop"] = 100.0 * (result["accuracy_reference"] - result["accuracy"])
-    result["cosine"] = min(cosines) if cosines else None
+              "accuracy_reference": None, "drop": None, "cosine": min((m.cosine for m in metrics), default=None),
+              "failures": [f"output {m.name!r}: {r}" for m in metrics for r in m.reasons],
+              "kinds": {m.name: m.kind for m in metrics}}
+    agreements = [m.top1_agreement for m in metrics if m.top1_agreement is not None]
     result["agreement"] = min(agreements) if agreements else None
+    scored = next((m for m in metrics if m.accuracy_reference is not None), None)
+    if scored is not None:
+        result.update(accuracy_reference=scored.accuracy_reference, accuracy=scored.accuracy_candidate,
+                      drop=100.0 * (scored.accuracy_reference - scored.accuracy_candidate))
     return result
 
 
+def budget_tolerance(base_tolerance: dict, recipe, budget: "Budget") -> dict:
+    """{output: Tolerance} a candidate of ``recipe`` is held to: the recipe's criteria for each output's kind
+    (settled on the float32 model, ``base_tolerance``), with the budget's own limits in place of the recipe's
+    (``max_drop``; ``min_agreement`` as the fraction of decisions that may change; ``min_cosine`` for embeddings)."""
+    out = {}
+    for name, base in base_tolerance.items():
+        tol = replace(recipe.tolerance, kind=base.kind, kind_options=base.kind_options, kind_source=base.kind_source)
+        if budget.max_drop is not None:
+            tol = replace(tol, max_drop=budget.max_drop)
+        if budget.min_agreement is not None:
+            tol = replace(tol, flips=max(0.0, 1.0 - budget.min_agreement))
+        if budget.min_cosine is not None:
+            tol = replace(tol, cosine_min=budget.min_cosine)
+        out[name] = tol
+    return out
+
+
 def meets(m: dict, budget: Budget) -> str | None:
-    """None when measurement ``m`` meets ``budget``, else why not."""
+    """None when measurement ``m`` meets ``budget`` (every criterion of every output it can judge), else why not."""
     if m["status"] != "ran":
         return f"{m['runtime']}: cannot run it ({m.get('error')})"
-    if budget.max_drop is not None and (m["drop"] is None or m["drop"] > budget.max_drop):
-        if m["drop"] is None:
-            return (f"{m['runtime']}: no accuracy drop to measure (needs --data with labels and a classification "
-                    "output)")
-        return f"{m['runtime']}: accuracy drop {m['drop']:.2f} points > {budget.max_drop:g}"
-    if budget.min_agreement is not None and (m["agreement"] is None or m["agreement"] < budget.min_agreement):
-        return f"{m['runtime']}: top-1 agreement {_f(m['agreement'])} < {budget.min_agreement:g}"
-    if budget.min_cosine is not None and (m["cosine"] is None or m["cosine"] < budget.min_cosine):
-        return f"{m['runtime']}: cosine {_f(m['cosine'])} < {budget.min_cosine:g}"
+    if budget.max_drop is not None and m.get("drop") is None:
+        return (f"{m['runtime']}: no accuracy to measure (--max-drop needs labels y in --data fitting an output "
+                f"with decisions; kinds: {', '.join(f'{k} {v}' for k, v in m.get('kinds', {}).items())})")
+    if m.get("failures"):
+        return f"{m['runtime']}: " + "; ".join(m["failures"])
     return None
 
 
@@ -362,7 +373,9 @@ def build_auto(model, *, target: str = "rpi", calibration=None, data=None, io: s
             cand.reason = "not measured: a smaller candidate met the budget"
             continue
         progress(f"auto: measuring {cand.label} ({cand.size:,} bytes)")
-        cand.runtimes = [measure(cand.model, env, inputs, reference, ys) for env in envs]
+        tol = budget_tolerance(base.tolerance, get_recipe(cand.recipe), budget)
+        spec = cand.conversion.spec if cand.conversion is not None else None
+        cand.runtimes = [measure(cand.model, env, inputs, reference, ys, tol, spec, base.noise) for env in envs]
         fails = [r for r in (meets(m, budget) for m in cand.runtimes) if r]
         cand.passed = not fails
         cand.reason = "; ".join(fails) if fails else "meets the budget in every runtime"
@@ -379,7 +392,7 @@ def build_auto(model, *, target: str = "rpi", calibration=None, data=None, io: s
     if chosen.float_ops:
         rec = replace(rec, description=rec.description + "; kept in float by --quantize auto: "
                       + ", ".join(chosen.float_ops))
-    tolerance = _tolerance(chosen, base, rec)
+    tolerance = _tolerance(chosen, base, rec, budget)
     prepared = replace(base, conversion=chosen.conversion, tolerance=tolerance,
                        warnings=list(base.warnings) + [why])
     result = api.build(model, target=target, recipe=rec.name, calibration=calibration, io=io, output=output,
@@ -435,17 +448,7 @@ def _has_labels(data) -> bool:
     return True
 
 
-def _tolerance(chosen: Candidate, base, rec) -> dict:
-    """{output: Tolerance} the bundle is held to: what was measured, with a margin, and the
-    budget's own limits; `edgepack verify` uses it later."""
-    from .recipes import Tolerance
-    tol = {}
-    cos = [m["cosine"] for m in chosen.runtimes if m.get("cosine") is not None]
-    agr = [m["agreement"] for m in chosen.runtimes if m.get("agreement") is not None]
-    worst = max((m.get("max_abs", 0.0) for m in chosen.runtimes), default=0.0)
-    for name in base.reference:
-        tol[name] = Tolerance(atol=max(rec.tolerance.atol, 1.5 * worst), rtol=rec.tolerance.rtol, steps=rec.tolerance.steps,
-                              cosine_min=min(rec.tolerance.cosine_min, min(cos) - 0.01) if cos else
-                              rec.tolerance.cosine_min,
-                              top1_min=min(rec.tolerance.top1_min, min(agr) - 0.02) if agr else rec.tolerance.top1_min)
-    return tol
+def _tolerance(chosen: Candidate, base, rec, budget: "Budget") -> dict:
+    """{output: Tolerance} the bundle is held to: the criteria it was chosen by (the recipe's, with the budget's
+    limits); `edgepack verify` uses the same later."""
+    return budget_tolerance(base.tolerance, rec, budget)

@@ -104,6 +104,13 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", help="No progress lines and n
 RuntimeOpt = Annotated[Optional[List[str]], typer.Option("--runtime", metavar="NAME", help="Only these runtimes of the "
                        "target (repeatable, e.g. ai-edge-litert or tflite-runtime); each must pass.")]
 ArchOpt = Annotated[Optional[Arch], typer.Option("--arch", help="CPU to verify on: host, or arm64 under qemu-user.")]
+KindOpt = Annotated[Optional[List[str]], typer.Option("--output-kind", metavar="NAME:KIND[:OPTIONS]", help="What an "
+                    "output means, when edgepack cannot infer it (repeatable): class-scores (e.g. logits), "
+                    "probabilities (sigmoid; :threshold=0.3), pixel-classes, embedding, integer (:sets for top-k "
+                    "ids), values. It decides the criteria the output is judged by (see `edgepack recipes`).")]
+FlipsOpt = Annotated[Optional[List[str]], typer.Option("--max-flips", metavar="[NAME:]FRACTION", help="Fraction of "
+                     "decisions (classes, thresholds, pixels, ids) allowed to change, replacing the recipe's "
+                     "(e.g. 0.01); reference ties within float noise are never counted.")]
 StrictOpt = Annotated[bool, typer.Option("--strict", help="Also fail when the verdict rests on weak evidence "
                       "(no held-out --data: calibration or synthetic inputs) or a runtime of the target cannot "
                       "run the model.")]
@@ -142,8 +149,11 @@ def build(
     atol: AtolOpt = None,
     rtol: RtolOpt = None,
     strict: StrictOpt = False,
-    max_drop: Annotated[Optional[float], typer.Option("--max-drop", metavar="POINTS", help="--quantize auto: accuracy drop allowed, "
-                        "in percentage points (needs labels y in --data).")] = None,
+    max_drop: Annotated[Optional[float], typer.Option("--max-drop", metavar="POINTS", help="Accuracy drop allowed, in "
+                        "percentage points, for every output with decisions (needs labels y, or y_NAME, in --data); "
+                        "the budget of --quantize auto.")] = None,
+    max_flips: FlipsOpt = None,
+    output_kind: KindOpt = None,
     min_agreement: Annotated[Optional[float], typer.Option("--min-agreement", metavar="FRACTION", help="--quantize auto: top-1 "
                              "agreement with the original model required (0..1; default 0.99 if no budget).")] = None,
     min_cosine: Annotated[Optional[float], typer.Option("--min-cosine", metavar="COSINE", help="--quantize auto: cosine similarity "
@@ -168,14 +178,15 @@ def build(
     budget = {"max_drop": max_drop, "min_agreement": min_agreement, "min_cosine": min_cosine}
     recipes = _recipes_arg(quantize)
     if recipes is not None and len(recipes) > 1:
-        if any(v is not None for v in budget.values()):
-            raise UsageError("--max-drop, --min-agreement and --min-cosine are budgets for --quantize auto",
-                             hint="drop them, or use --quantize auto")
+        if min_agreement is not None or min_cosine is not None:
+            raise UsageError("--min-agreement and --min-cosine are budgets for --quantize auto",
+                             hint="drop them, or use --quantize auto (--max-drop and --max-flips work with any recipe)")
         with render.progress(not json_output) as report:
             sweep = api.build_sweep(model, recipes, target=target, calibration=calibration, io=io.value,
                                     output=output, verify=verify, data=data, runtimes=runtime,
                                     arch=_arch(arch or verify_arch), name=name, labels=labels,
-                                    trust_model=trust_model, progress=report, atol=atol, rtol=rtol, strict=strict)
+                                    trust_model=trust_model, progress=report, atol=atol, rtol=rtol, strict=strict,
+                                    max_drop=max_drop, max_flips=max_flips, output_kind=output_kind)
         if json_output:
             render.emit_json({"ok": bool(sweep.written), **sweep.to_json()})
         else:
@@ -194,16 +205,17 @@ def build(
         from .diagnose import build_auto
         return build_auto(model, target, calibration, io, output, data, runtime, verify, arch or verify_arch, name,
                           labels, html, trust_model, atol, rtol, strict, budget, json_output, not no_cache)
-    if any(v is not None for v in budget.values()):
-        raise UsageError("--max-drop, --min-agreement and --min-cosine are budgets for --quantize auto",
-                         hint="add --quantize auto, or use --atol/--rtol with a fixed recipe")
+    if min_agreement is not None or min_cosine is not None:
+        raise UsageError("--min-agreement and --min-cosine are budgets for --quantize auto",
+                         hint="add --quantize auto, or use --max-flips/--max-drop with a fixed recipe")
     try:
         with render.progress(not json_output) as report:
             result = api.build(model, target=target, recipe=quantize,
                                calibration=calibration, io=io.value, output=output, verify=verify, data=data,
                                runtimes=runtime, arch=_arch(arch or verify_arch), name=name, labels=labels,
                                trust_model=trust_model, use_cache=not no_cache, progress=report, atol=atol,
-                               rtol=rtol, strict=strict)
+                               rtol=rtol, strict=strict, max_drop=max_drop, max_flips=max_flips,
+                               output_kind=output_kind)
     except EdgepackError as exc:
         if html:
             _write_report(html, f"edgepack build {model.name}", getattr(exc, "report", None), model, labels, exc=exc)
@@ -235,6 +247,10 @@ def verify(
     trust_model: TrustOpt = False,
     atol: AtolOpt = None,
     rtol: RtolOpt = None,
+    max_drop: Annotated[Optional[float], typer.Option("--max-drop", metavar="POINTS", help="Accuracy drop allowed, in "
+                        "percentage points, for every output with decisions (needs labels y in --data).")] = None,
+    max_flips: FlipsOpt = None,
+    output_kind: KindOpt = None,
     verbose: VerboseOpt = False,
     quiet: QuietOpt = False,
     json_output: JsonOpt = False,
@@ -242,7 +258,8 @@ def verify(
     """Run the bundle's own device script in each runtime environment of its target (only that
     runtime and numpy; no TensorFlow) and compare with the original model, output by output.
 
-    Exit code 0 only when every output matches within the recipe's tolerance.
+    Exit code 0 (MATCH) only when every output meets the criteria of its kind; 4 MISMATCH; 7 UNVERIFIED (no
+    runtime could run the bundle, so nothing was compared).
 
     Example: edgepack verify dist/mnist-rpi --reference model.h5 --data eval.npz --html report.html
     """
@@ -253,7 +270,8 @@ def verify(
     try:
         with render.progress(not json_output) as report_cb:
             report = api.verify(bundle, reference=reference, data=data, runtimes=runtime, arch=_arch(arch or verify_arch),
-                                strict=strict, trust_model=trust_model, progress=report_cb, atol=atol, rtol=rtol)
+                                strict=strict, trust_model=trust_model, progress=report_cb, atol=atol, rtol=rtol,
+                                max_drop=max_drop, max_flips=max_flips, output_kind=output_kind)
     except EdgepackError as exc:
         if html:
             _write_report(html, f"edgepack verify {bundle.name}", getattr(exc, "report", None), reference, labels,
@@ -271,9 +289,14 @@ def verify(
             bad = sum(r.status != "passed" for r in report.runtimes)
             if report.first_divergence:
                 render.out.print(report.first_divergence, markup=False, highlight=False)
-            render.error(f"verification failed: {len(report.failures)} problem(s) in {bad} of {len(report.runtimes)} "
-                         "runtime(s), listed above", "--html FILE shows the error distributions; --json every number")
-        raise typer.Exit(4)
+            if report.verdict == "UNVERIFIED":
+                render.error("unverified: no runtime could run the bundle, so nothing was compared",
+                             "see why above; `edgepack inspect BUNDLE` lists what each runtime lacks")
+            else:
+                render.error(f"verification failed: {len(report.failures)} problem(s) in {bad} of "
+                             f"{len(report.runtimes)} runtime(s), listed above",
+                             "--html FILE shows the error distributions; --json every number")
+        raise typer.Exit(report.exit_code)
 
 
 @app.command()

@@ -145,13 +145,40 @@ def runtime_label(r: dict) -> str:
 
 
 def _margin(o: dict) -> str:
-    err_, limit = o["max_abs_err"], o["allowed_max_abs"]
-    if not isinstance(err_, (int, float)) or not math.isfinite(err_):
+    """How far inside its limits an output is: the smallest margin of its findings (limit over figure, or
+    the room left below 1 for R² and cosine); "exact" when every figure is exact."""
+    margins = []
+    for f in o.get("findings") or []:
+        if f["criterion"] in ("finite", "not stuck") or f["detail"].get("skipped"):
+            continue
+        figure, limit = float(f["figure"]), float(f["limit"])
+        room, used = (1.0 - limit, 1.0 - figure) if f["higher"] else (limit, figure)
+        margins.append(float("inf") if used <= 0 else room / used if room > 0 else 0.0)
+    if not margins:
         return "-"
-    if err_ == 0:
+    m = min(margins)
+    if not math.isfinite(m):
         return "exact"
-    m = limit / err_
     return f"{m:.2g}x" if m < 1 else f"{m:.1f}x" if m < 100 else f"{m:.0f}x"
+
+
+def _decisions(o: dict) -> str:
+    """``395/397`` decisions kept of those judged, or - for an output without decisions."""
+    f = next((f for f in o.get("findings") or [] if f["criterion"] == "decisions"), None)
+    if f is None:
+        return "-"
+    return f"{f['detail']['judged'] - f['detail']['flipped']}/{f['detail']['judged']}"
+
+
+def _values(o: dict) -> str:
+    """The values figure of an output: ``R² 0.9987`` for values, ``cos 0.9993`` for embeddings, else -."""
+    for f in o.get("findings") or []:
+        if f["criterion"] == "R²":
+            return f"R² {f['figure']:.4f}"
+        if f["criterion"] == "row cosine":
+            return f"cos {f['figure']:.4f}"
+    f = next((f for f in o.get("findings") or [] if f["criterion"] == "column error"), None)
+    return f"{f['detail']['columns'] - f['detail']['failing']}/{f['detail']['columns']} cols" if f else "-"
 
 
 _LAYOUTS = (  # widest first: the first that fits the terminal is used
@@ -188,8 +215,9 @@ def _verification_table(report: dict, machines: set, cpu: bool, extra: bool, acc
     if cpu:
         table.add_column("cpu", no_wrap=True)
     table.add_column("output", overflow="fold", min_width=6, max_width=name)   # long names wrap, numbers never
-    numeric = ["max err"] + (["mean err"] if extra else []) + (["limit"] if limit else []) + ["margin", "cosine",
-                                                                                              "top-1"]
+    table.add_column("kind", no_wrap=True)
+    numeric = ["decisions", "values"] + (["max err"] if limit else []) + (["mean err"] if extra else []) + \
+        ["margin", "cosine"]
     numeric += ["SNR dB"] if extra else []
     for col in numeric:
         table.add_column(col, no_wrap=True, justify="right")
@@ -201,7 +229,7 @@ def _verification_table(report: dict, machines: set, cpu: bool, extra: bool, acc
         cpu_cell = [r.get("machine") or r["arch"]] if cpu else []
         if r["status"] in ("error", "unavailable"):
             what = "can't run" if r["status"] == "error" else "host n/a"
-            table.add_row(escape(label), *cpu_cell, "-", *["-"] * (len(numeric) + 1), f"[red]{what}[/red]")
+            table.add_row(escape(label), *cpu_cell, "-", "-", *["-"] * (len(numeric) + 1), f"[red]{what}[/red]")
             why = "cannot run this model" if r["status"] == "error" else "was not verified (host problem)"
             below.append(f"[red]{escape(label)} {why}:[/red] {escape(str(r['error']))}")
             continue
@@ -209,13 +237,14 @@ def _verification_table(report: dict, machines: set, cpu: bool, extra: bool, acc
             accuracy = "-"
             if o.get("accuracy_reference") is not None:
                 accuracy = f"{o['accuracy_reference']:.{acc}f}→{o['accuracy_candidate']:.{acc}f}"
-            values = {"max err": _fmt(o["max_abs_err"], 3), "limit": _fmt(o["allowed_max_abs"], 3),
-                      "margin": _margin(o), "cosine": fmt_cosine(o["cosine"]), "top-1": _fmt(o["top1_agreement"]),
+            values = {"max err": _fmt(o["max_abs_err"], 3), "decisions": _decisions(o), "values": _values(o),
+                      "margin": _margin(o), "cosine": fmt_cosine(o["cosine"]),
                       "mean err": _fmt(o.get("mean_abs_err"), 3), "SNR dB": _fmt(o.get("snr_db"), 3)}
             if not o["passed"]:
                 values["margin"] = f"[red]{values['margin']}[/red]"
                 below.append(f"[red]FAIL[/red] {escape(label)} {escape(o['name'])}: " + escape("; ".join(o["reasons"])))
-            table.add_row(escape(label), *cpu_cell, escape(o["name"]), *[values[c] for c in numeric], accuracy,
+            table.add_row(escape(label), *cpu_cell, escape(o["name"]), escape(_short_kind(o.get("kind"))),
+                          *[values[c] for c in numeric], accuracy,
                           "[green]pass[/green]" if o["passed"] else "[red]FAIL[/red]")
     return table, below
 
@@ -227,16 +256,31 @@ def show_verification(report: dict) -> None:
     out.print(table)
     for line in below:
         out.print(line, highlight=False)
-    verdict = "[bold green]MATCH[/bold green]" if report["passed"] else "[bold red]MISMATCH[/bold red]"
+    word = report.get("verdict") or ("MATCH" if report["passed"] else "MISMATCH")
+    colour = {"MATCH": "green", "UNVERIFIED": "yellow"}.get(word, "red")
     evidence = report.get("evidence") or {}
     weak = " [yellow](weak evidence: pass --data with held-out inputs)[/yellow]" if evidence.get("weak") else ""
-    out.print(f"{verdict}: the bundle {'computes' if report['passed'] else 'does not compute'} what the model computes"
-              f" (evidence {escape(evidence.get('text') or report['inputs'])}){weak}")
+    line = report.get("line") or f"{word} ({evidence.get('text') or report['inputs']})"
+    out.print(f"[bold {colour}]{word}[/bold {colour}]{escape(line[len(word):])}{weak}")
+    guessed = sorted({o["name"] for r in report["runtimes"] for o in r.get("outputs", [])
+                      if o.get("kind") == "values" and "no decision could be inferred" in (o.get("kind_source") or "")})
+    if guessed and not state["quiet"]:
+        out.print(f"[yellow]note:[/yellow] output(s) {escape(', '.join(guessed))} judged as values, column by column: "
+                  "no decision could be inferred (mark one with --output-kind NAME:KIND)")
     errors = [str(r["error"]) for r in report["runtimes"] if r.get("error")]
     for note in report.get("notes", []):
         if state["quiet"] or any(e in note for e in errors):    # already said below the table
             continue
         out.print(f"[yellow]note:[/yellow] {escape(note)}")
+
+
+_KIND_LABELS = {"class-scores": "classes", "probabilities": "probs", "pixel-classes": "pixels",
+                "embedding": "embed", "integer": "ids", "values": "values"}
+
+
+def _short_kind(kind: str | None) -> str:
+    """A kind's table label (``classes``, ``probs``...); the JSON and HTML keep the full name."""
+    return _KIND_LABELS.get(kind or "", kind or "-")
 
 
 def show_build(result: dict) -> None:
@@ -294,9 +338,10 @@ def show_targets(targets: list[dict]) -> None:
 
 
 def tolerance_text(t: dict) -> str:
-    """`≤0.02+0.05·|ref|+8q cos≥0.98 top-1≥0.95`: max abs error, cosine, top-1 agreement."""
-    limit = f"{t['atol']:g}+{t['rtol']:g}·|ref|" + (f"+{t['steps']}q" if t.get("steps") else "")
-    return f"≤{limit} cos≥{t['cosine_min']:g} top-1≥{t['top1_min']:g}"
+    """`flips≤3% drop≤1pt σ×0.3 R²≥0.9 cos≥0.98`: decisions that may change, accuracy drop, values per column
+    (p99 error against the column's spread, R²), embedding row cosine."""
+    return (f"flips≤{100 * t['flips']:g}% drop≤{t['max_drop']:g}pt σ×{t['spread']:g} R²≥{t['r2_min']:g} "
+            f"cos≥{t['cosine_min']:g}")
 
 
 def _fits(table: Table, width: int) -> bool:
@@ -329,8 +374,10 @@ def show_recipes(recipes: list[dict]) -> None:
         if _fits(table, width):
             break
     out.print(table)
-    out.print("tolerance: max |bundle - model| ≤ atol + rtol·max|ref| (+ steps × the output's quantization step q); "
-              "cosine and top-1 agreement at least these; override with --atol/--rtol", highlight=False)
+    out.print("tolerance, by output kind: decisions (classes, thresholds, pixels, ids) that may change (--max-flips); "
+              "accuracy drop with labels (--max-drop); values per column: p99 error ≤ σ× the column's spread and R² "
+              "against the model; embeddings: row cosine and nearest neighbours (see packager/recipes.toml)",
+              highlight=False)
     if not description:
         for r in recipes:
             io_text = "" if io else f" (--io {'|'.join(r['io_types'])})"
@@ -367,12 +414,14 @@ def html_report(report: dict | None, title: str, *, provenance: dict | None = No
     parts = [f"<!doctype html><html lang=en><meta charset=utf-8><meta name=viewport content='width=device-width'>"
              f"<title>{e(title)}</title><style>{_CSS}</style><main><h1>{e(title)}</h1>"]
     if report is not None:
-        verdict, cls = ("MATCH", "good") if report["passed"] else ("MISMATCH", "fail")
+        verdict = report.get("verdict") or ("MATCH" if report["passed"] else "MISMATCH")
+        cls = {"MATCH": "good", "UNVERIFIED": "warn"}.get(verdict, "fail")
         evidence = (report.get("evidence") or {})
         weak = " (weak evidence: not held out)" if evidence.get("weak") else ""
         parts.append(f"<div class='banner {cls}' id=verdict><b>{verdict}</b>: recipe {e(report['recipe'])} on "
                      f"{e(report['target'])}, model {report['model_size']:,} bytes, evidence "
-                     f"{e(evidence.get('text') or report['inputs'])}{e(weak)}")
+                     f"{e(evidence.get('text') or report['inputs'])}{e(weak)}"
+                     + (f"<p>{e(report['line'])}</p>" if report.get("line") else ""))
         for f in report.get("failures") or []:
             parts.append(f"<p>{e(f)}</p>")
         parts.append("</div>")
@@ -401,28 +450,28 @@ def html_report(report: dict | None, title: str, *, provenance: dict | None = No
 
 def _html_table(report: dict) -> str:
     e = html.escape
-    head = ("runtime", "cpu", "python", "output", "max abs err", "limit", "margin", "mean abs err", "cosine",
-            "SNR dB", "top-1 agreement", "accuracy model → bundle", "result")
+    head = ("runtime", "cpu", "python", "output", "kind", "decisions kept", "values", "margin", "max abs err",
+            "mean abs err", "cosine", "SNR dB", "accuracy model → bundle", "result")
     rows = []
     for r in report["runtimes"]:
         rt = f"{r['runtime']} {r.get('version') or ''}"
         if r["status"] in ("error", "unavailable"):
             what = "cannot run" if r["status"] == "error" else "not verified (host problem)"
             rows.append(f"<tr><td class=t>{e(rt)}</td><td class=t>{e(r['arch'])}</td><td></td>"
-                        f"<td class='t bad' colspan=10>{what}: {e(str(r['error']))}</td></tr>")
+                        f"<td class='t bad' colspan=11>{what}: {e(str(r['error']))}</td></tr>")
             continue
         for o in r["outputs"]:
             acc = "-" if o.get("accuracy_reference") is None else \
                 f"{o['accuracy_reference']:.4f} → {o['accuracy_candidate']:.4f}"
             result = "pass" if o["passed"] else "FAIL"
-            cells = [_fmt(o["max_abs_err"]), _fmt(o["allowed_max_abs"]), _margin(o), _fmt(o.get("mean_abs_err")),
-                     fmt_cosine(o["cosine"]), _fmt(o.get("snr_db")), _fmt(o["top1_agreement"]), acc]
+            cells = [o.get("kind") or "-", _decisions(o), _values(o), _margin(o), _fmt(o["max_abs_err"]),
+                     _fmt(o.get("mean_abs_err")), fmt_cosine(o["cosine"]), _fmt(o.get("snr_db")), acc]
             rows.append(f"<tr><td class=t>{e(rt)}</td><td class=t>{e(r.get('machine') or r['arch'])}</td>"
                         f"<td class=t>{e(r.get('python') or '-')}</td><td class=t>{e(o['name'])}</td>"
                         + "".join(f"<td>{e(c)}</td>" for c in cells)
                         + f"<td class='t {'ok' if o['passed'] else 'bad'}' title='{e('; '.join(o['reasons']))}'>"
                           f"{e(result)}</td></tr>")
-    return ("<table id=metrics><tr>" + "".join(f"<th class=t>{h}</th>" if i < 4 else f"<th>{h}</th>"
+    return ("<table id=metrics><tr>" + "".join(f"<th class=t>{h}</th>" if i < 5 else f"<th>{h}</th>"
                                                for i, h in enumerate(head)) + "</tr>" + "".join(rows) + "</table>")
 
 
@@ -586,7 +635,7 @@ def show_sweep(sweep: dict) -> None:
             if m["status"] in ("error", "unavailable"):
                 cells.append("can't run" if m["status"] == "error" else "n/a")
                 continue
-            score = f"top-1 {m['top1_agreement']:.3f}" if m.get("top1_agreement") is not None else \
+            score = f"kept {m['top1_agreement']:.3f}" if m.get("top1_agreement") is not None else \
                 f"cos {m['cosine']:.5f}" if m.get("cosine") is not None else "-"
             cells.append(score + ("" if m["status"] == "passed" else " FAIL"))
             if m.get("accuracy") is not None:

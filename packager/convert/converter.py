@@ -6,9 +6,9 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from ..compare import OutputMetrics, compare_all
+from ..compare import OutputMetrics, compare_all, with_kinds
 from ..errors import ConversionError, EdgepackError, VerificationError
-from .inspect import ModelSpec, inspect_bytes
+from .inspect import ModelSpec, inspect_bytes, output_ops
 from ..load.model import LoadedModel, import_tf, native_quiet
 from ..recipes import Recipe
 from ..contain.wire import plain_data
@@ -40,6 +40,7 @@ class Conversion:
     path: str
     attempts: list[Attempt]
     metrics: list[OutputMetrics]
+    tolerance: dict = field(default_factory=dict)     # output name -> Tolerance it was judged by (kinds settled)
 
 
 def release_memory() -> None:
@@ -108,7 +109,8 @@ def _configure(tf, converter, recipe: Recipe, io: str, calibration: dict | None,
 
 
 def convert(loaded: LoadedModel, recipe: Recipe, io: str, calibration: dict | None,
-            check_inputs: dict, tolerance=None, skip: tuple = (), reference: dict | None = None) -> Conversion:
+            check_inputs: dict, tolerance=None, skip: tuple = (), reference: dict | None = None,
+            labels=None, noise: dict | None = None) -> Conversion:
     """Convert with the first candidate path (not in ``skip``) whose outputs match the original model's, within
     ``tolerance`` (a :class:`~packager.recipes.Tolerance` or {output name: Tolerance}; default the
     recipe's). ``reference``: the original model's outputs on ``check_inputs`` when the caller has
@@ -151,13 +153,16 @@ def convert(loaded: LoadedModel, recipe: Recipe, io: str, calibration: dict | No
             attempts.append(Attempt(cand.name, False, exc.message))
             continue
         ran[cand.name] = (cand, model)
-        scales = {t.name: t.quantization["scale"] for t in spec.outputs if t.quantization}
-        metrics = compare_all(reference, got, tolerance or recipe.tolerance, scales)
+        ops = output_ops(model, spec.outputs)
+        tol = tolerance or recipe.tolerance
+        tol = with_kinds(tol if isinstance(tol, dict) else {n: tol for n in order["outputs"]}, reference, labels, ops)
+        scales = {n: step for n, (_, step) in ops.items() if step}
+        metrics = compare_all(reference, got, tol, scales, labels, noise)
         ok = all(m.passed for m in metrics)
         attempts.append(Attempt(cand.name, ok, None if ok else "; ".join(r for m in metrics for r in m.reasons),
                                 metrics))
         if ok:
-            return Conversion(model, spec, cand.name, attempts, metrics)
+            return Conversion(model, spec, cand.name, attempts, metrics, tol)
     raise _no_match(attempts, recipe, calibration, check_inputs,
                     lambda path: _first_divergence(tf, loaded, recipe, ran.get(path), check_inputs))
 
@@ -205,8 +210,7 @@ def _no_match(attempts: list[Attempt], recipe: Recipe, calibration: dict | None,
     outputs differ); no runnable model at all is a ConversionError (exit 3)."""
     ran = [a for a in attempts if a.metrics]
     if ran:
-        best = min(ran, key=lambda a: max((m.max_abs_err / m.allowed_max_abs if m.allowed_max_abs else float("inf"))
-                                          for m in a.metrics))
+        best = max(ran, key=lambda a: min((m.margin for m in a.metrics), default=0.0))
         numbers = "; ".join(f"{m.name}: " + ", ".join(m.reasons) for m in best.metrics if m.reasons)
         cause = _likely_cause(best.metrics, recipe, calibration, check)
         first = divergence(best.path) if divergence else None

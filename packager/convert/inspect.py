@@ -122,3 +122,49 @@ def _ordered(tensors: list[Tensor], names: list | None) -> list[Tensor]:
         return sorted(tensors, key=lambda t: t.name)
     rank = {n: i for i, n in enumerate(names)}
     return sorted(tensors, key=lambda t: (rank.get(t.name, len(rank)), t.name))
+
+
+#: Ops that pass an output through without deciding what it means (walked past to find the op that does).
+PASS_THROUGH = {"DEQUANTIZE", "QUANTIZE", "RESHAPE", "SQUEEZE", "EXPAND_DIMS", "CAST", "IDENTITY"}
+
+
+def output_ops(model: bytes, outputs: list[Tensor]) -> dict:
+    """{output name: (op, step)}: the op of the main subgraph that computes each output, past the ops of
+    :data:`PASS_THROUGH` (``SOFTMAX`` for a classifier even when an int8 model ends in DEQUANTIZE; None for an
+    output that is an input or a constant), and ``step``, the quantization step of the output in its own units
+    (the output's scale, or the scale of the quantized tensor a DEQUANTIZE reads; None for float outputs)."""
+    from ai_edge_litert import schema_py_generated as schema
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    m = schema.Model.GetRootAsModel(model, 0)
+    if not m.SubgraphsLength():
+        return {}
+    sg = m.Subgraphs(0)
+    producer = {}
+    for o in range(sg.OperatorsLength()):
+        op = sg.Operators(o)
+        code = m.OperatorCodes(op.OpcodeIndex())
+        custom = code.CustomCode()
+        name = custom.decode() if custom else names.get(max(code.BuiltinCode(), code.DeprecatedBuiltinCode()), "?")
+        ins = [op.Inputs(i) for i in range(op.InputsLength())]
+        for k in range(op.OutputsLength()):
+            producer[op.Outputs(k)] = (name, ins)
+
+    def scale_of(index: int):
+        q = sg.Tensors(index).Quantization() if 0 <= index < sg.TensorsLength() else None
+        return float(q.ScaleAsNumpy()[0]) if q is not None and q.ScaleLength() == 1 else None
+    found = {}
+    for t in outputs:
+        index, step, op = t.index, t.scale, None
+        for _ in range(16):
+            if index is None or index not in producer:
+                break
+            op, ins = producer[index]
+            if op not in PASS_THROUGH or not ins:
+                break
+            if op == "DEQUANTIZE" and step is None:
+                step = scale_of(ins[0])
+            index = ins[0]
+        else:
+            op = None
+        found[t.name] = (op if op not in PASS_THROUGH else None, step)
+    return found

@@ -30,7 +30,8 @@ class Prepared:
     versions: dict = field(default_factory=dict)
     variant_references: list = field(default_factory=list)   # reference outputs of check.variants
     fixed: dict = field(default_factory=dict)                 # what the bundle fixes (batch, variable axes)
-    tolerance: dict = field(default_factory=dict)             # output name -> Tolerance used
+    tolerance: dict = field(default_factory=dict)             # output name -> Tolerance used (kinds settled)
+    noise: dict = field(default_factory=dict)                 # output name -> float noise per column
 
     @property
     def references(self) -> list[dict]:
@@ -63,12 +64,12 @@ def _inputs_for_check(loaded, data: str | None, calibration: Dataset | None) -> 
 
 
 def prepare(model: str, recipe_name: str, io: str, calibration: str | None, data: str | None,
-            trust: bool, atol: list | None = None, rtol: list | None = None, skip: tuple = ()) -> Prepared:
+            trust: bool, overrides: dict | None = None, skip: tuple = ()) -> Prepared:
     """The TensorFlow half of ``build`` (run in the contained child): load the model, read
     calibration and check data, convert (skipping paths in ``skip``), compute the reference outputs
     of every check group. Raises UsageError, ConversionError or VerificationError."""
-    loaded, cal, check, references = _load_for_conversion(model, calibration, data, trust)
-    prepared = _convert_recipe(loaded, cal, check, references, recipe_name, io, atol, rtol, skip)
+    loaded, cal, check, references, noise = _load_for_conversion(model, calibration, data, trust)
+    prepared = _convert_recipe(loaded, cal, check, references, noise, recipe_name, io, overrides, skip)
     # The result is encoded whole on its way to the parent (the .tflite and the check inputs: ~50 MB
     # for a MobileNetV2): drop the model and its traced functions first, so that copy does not
     # stack on top of them and set the child's peak.
@@ -78,15 +79,15 @@ def prepare(model: str, recipe_name: str, io: str, calibration: str | None, data
 
 
 def prepare_sweep(model: str, recipe_names: list, io: str, calibration: str | None, data: str | None,
-                  trust: bool, atol: list | None = None, rtol: list | None = None) -> list:
+                  trust: bool, overrides: dict | None = None) -> list:
     """Several recipes of one model in one child: loading, data and reference outputs are shared.
     Returns ``[(recipe name, Prepared or the EdgepackError that recipe ended with)]`` in order."""
     from ..errors import EdgepackError
-    loaded, cal, check, references = _load_for_conversion(model, calibration, data, trust)
+    loaded, cal, check, references, noise = _load_for_conversion(model, calibration, data, trust)
     out = []
     for name in recipe_names:
         try:
-            out.append((name, _convert_recipe(loaded, cal, check, references, name, io, atol, rtol, ())))
+            out.append((name, _convert_recipe(loaded, cal, check, references, noise, name, io, overrides, ())))
         except EdgepackError as exc:
             out.append((name, exc))
     del loaded, cal
@@ -105,17 +106,49 @@ def _load_for_conversion(model: str, calibration: str | None, data: str | None, 
     # verification use the same inputs (check.groups[0] is check.inputs).
     stage("computing the original model's outputs")
     references = [loaded.reference(group) for group in check.groups]
-    return loaded, cal, check, references
+    return loaded, cal, check, references, float_noise(loaded, check.groups[0], references[0])
 
 
-def _convert_recipe(loaded, cal, check, references, recipe_name: str, io: str, atol, rtol, skip) -> Prepared:
+NOISE_SAMPLES = 64
+
+
+def float_noise(loaded, inputs: dict, reference: dict) -> dict:
+    """{output name: float noise per column} (:func:`packager.criteria.noise_of`): the model run once more on
+    (at most :data:`NOISE_SAMPLES` of) its float inputs moved by one unit in the last place, away from zero or
+    towards it at random (seeded). What changes is what float32 arithmetic at these magnitudes cannot resolve: a
+    float bundle is never held to more than that. Integer inputs (ids) are not moved; {} when the run fails."""
+    import numpy as np
+    from ..criteria import noise_of
+    from ..contain.isolate import stage
+    if not any(np.asarray(a).dtype.kind == "f" for a in inputs.values()):
+        return {}
+    stage("measuring the model's own float noise")
+    rng = np.random.default_rng(0)
+    n = min(NOISE_SAMPLES, len(next(iter(inputs.values()))))
+    moved = {}
+    for name, a in inputs.items():
+        a = np.asarray(a)[:n]
+        if a.dtype.kind == "f":
+            towards = np.where(rng.random(a.shape) < 0.5, np.inf, -np.inf).astype(a.dtype)
+            a = np.nextafter(a, towards)
+        moved[name] = a
+    try:
+        again = loaded.reference(moved)
+    except Exception:  # noqa: BLE001 - the noise only widens float limits; without it they stay strict
+        return {}
+    return {k: noise_of(np.asarray(reference[k])[:n], np.asarray(v)) for k, v in again.items()
+            if k in reference and np.shape(v) == np.shape(np.asarray(reference[k])[:n])
+            and np.asarray(v).dtype.kind == "f"}
+
+
+def _convert_recipe(loaded, cal, check, references, noise, recipe_name: str, io: str, overrides, skip) -> Prepared:
     from .converter import convert
     from ..recipes import get_recipe, resolve_tolerance
     recipe = get_recipe(recipe_name)
-    tolerance = resolve_tolerance(recipe.tolerance, [s.name for s in loaded.outputs], atol, rtol)
+    tolerance = resolve_tolerance(recipe.tolerance, [s.name for s in loaded.outputs], overrides=overrides)
     try:
         conversion = convert(loaded, recipe, io, cal.inputs if cal else None, check.inputs, tolerance=tolerance,
-                             skip=tuple(skip), reference=references[0])
+                             skip=tuple(skip), reference=references[0], labels=check.labels, noise=noise)
     except VerificationError as exc:
         if check.evidence == "synthetic":
             exc.hint = ("these numbers come from synthetic inputs (uniform [0, 1) floats" +
@@ -137,7 +170,8 @@ def _convert_recipe(loaded, cal, check, references, recipe_name: str, io: str, a
                      "tensors, under 1024 values, in float32): the bundle computes in float32")
     warnings = notes + (cal.warnings if cal else []) + check.notes
     return Prepared(str(loaded.path), loaded.format, loaded.inputs, loaded.outputs, conversion, check,
-                    references[0], warnings, versions(), references[1:], fixed, tolerance)
+                    references[0], warnings, versions(), references[1:], fixed, conversion.tolerance or tolerance,
+                    noise)
 
 
 def _has_quantized_tensors(model: bytes) -> bool:
@@ -160,9 +194,9 @@ def _release_tensorflow_memory() -> None:
     release_memory()
 
 
-def reference(model: str, data: str | None, arrays: dict | None, trust: bool) -> tuple[Dataset, list, list[str]]:
+def reference(model: str, data: str | None, arrays: dict | None, trust: bool) -> tuple[Dataset, list, list[str], dict]:
     """Inputs (from ``data``, else ``arrays``, else synthetic), the model's outputs on each group
-    of them (``Dataset.groups``) and the model's output names."""
+    of them (``Dataset.groups``), the model's output names and its float noise (:func:`float_noise`)."""
     from ..load.formats import load_model
 
     from ..errors import UsageError
@@ -178,7 +212,8 @@ def reference(model: str, data: str | None, arrays: dict | None, trust: bool) ->
         dataset = with_length_variants(Dataset(arrays, None, "samples/inputs.npz", evidence="samples"), loaded.inputs)
     else:
         dataset = synthetic_dataset(loaded.inputs)
-    return dataset, [loaded.reference(g) for g in dataset.groups], [s.name for s in loaded.outputs]
+    refs = [loaded.reference(g) for g in dataset.groups]
+    return dataset, refs, [s.name for s in loaded.outputs], float_noise(loaded, dataset.groups[0], refs[0])
 
 
 def source_name(path: str) -> str:

@@ -33,12 +33,13 @@ SYNTHETIC_LENGTHS = (8, 3, 17)
 @plain_data
 @dataclass
 class Dataset:
-    """Inputs keyed by input name (first axis = samples), optional integer ``labels``, where they
+    """Inputs keyed by input name (first axis = samples), optional ``labels`` ({None: ``y``, output name:
+    ``y_NAME``}, arrays as given: classes, one-hot, 0/1 tags, pixel classes, ids), where they
     came from (``source``: a file name or "synthetic (seed 0)") and what kind of evidence they
     are (``evidence``: one of :data:`EVIDENCE`). ``variants`` hold the same kind of inputs at other
     lengths of a variable-length axis; verification runs every group."""
     inputs: dict
-    labels: np.ndarray | None = None
+    labels: dict | None = None
     source: str = ""
     warnings: list[str] = field(default_factory=list)
     evidence: str = "held-out"
@@ -59,7 +60,7 @@ class Dataset:
         """The first ``n`` samples of the inputs, the labels and each variant; source, evidence, warnings and notes
         kept (the same lists)."""
         return Dataset({k: v[:n] for k, v in self.inputs.items()},
-                       None if self.labels is None else self.labels[:n], self.source, self.warnings, self.evidence,
+                       None if self.labels is None else {k: v[:n] for k, v in self.labels.items()}, self.source, self.warnings, self.evidence,
                        [{k: v[:n] for k, v in g.items()} for g in self.variants], self.notes)
 
     def describe(self) -> str:
@@ -95,7 +96,7 @@ def with_length_variants(ds: Dataset, specs: list[Tensor]) -> Dataset:
     return ds
 
 
-def _read_arrays(path: Path, specs: list[Tensor]) -> tuple[dict, np.ndarray | None]:
+def _read_arrays(path: Path, specs: list[Tensor]) -> tuple[dict, dict | None]:
     from device_runtime.edgepack_run import Failure, read_inputs
     as_manifest = [{"name": s.name} for s in specs]
     try:
@@ -103,14 +104,15 @@ def _read_arrays(path: Path, specs: list[Tensor]) -> tuple[dict, np.ndarray | No
     except Failure as exc:
         raise UsageError(exc.message.replace("input file", "data file"),
                          hint="arrays keyed by input name (or one array 'x'), first axis = samples") from None
-    labels = None
+    labels = {}
     if path.suffix == ".npz":
         with np.load(path, allow_pickle=False) as npz:
-            if "y" in npz.files:
-                labels = np.asarray(npz["y"])
-                if labels.dtype.kind not in "iu" or labels.ndim != 1:
-                    labels = labels.argmax(-1) if labels.ndim == 2 and labels.dtype.kind == "f" else None
-    return arrays, labels
+            for key in npz.files:
+                if key == "y" or key.startswith("y_") and key not in {s.name for s in specs}:
+                    y = np.asarray(npz[key])
+                    if y.dtype.kind in "biuf" and y.ndim >= 1:
+                        labels[None if key == "y" else key[2:]] = y
+    return arrays, labels or None
 
 
 MAX_PIXELS = 50_000_000
@@ -231,7 +233,8 @@ def load_dataset(path: str | Path, specs: list[Tensor], purpose: str = "calibrat
         checked[spec.name] = a.astype(spec.dtype, copy=False) if want_kind == "f" else a
     if not count:
         raise UsageError(f"{purpose} data holds no samples")
-    ds = Dataset(checked, labels if labels is not None and labels.shape[0] == count else None, path.name,
+    labels = {k: y for k, y in (labels or {}).items() if y.shape[0] == count} or None
+    ds = Dataset(checked, labels, path.name,
                  evidence="held-out" if purpose == "verification" else "calibration")
     if purpose == "calibration" and not RECOMMENDED[0] <= count <= RECOMMENDED[1]:
         ds.warnings.append(f"{count} calibration samples; {RECOMMENDED[0]}-{RECOMMENDED[1]} representative "

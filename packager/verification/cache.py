@@ -32,7 +32,7 @@ from ..convert.inspect import ModelSpec, OpInfo
 from ..tensor import Tensor
 from ..recipes import Tolerance
 
-FORMAT = 2
+FORMAT = 3
 
 
 def enabled() -> bool:
@@ -112,8 +112,9 @@ def save_prepared(key: str, prepared) -> None:
     for i, (group, ref) in enumerate(zip(prepared.check.variants, prepared.variant_references)):
         arrays.update({f"v{i}/check/{k}": v for k, v in group.items()})
         arrays.update({f"v{i}/reference/{k}": v for k, v in ref.items()})
-    if prepared.check.labels is not None:
-        arrays["labels"] = prepared.check.labels
+    for k, y in (prepared.check.labels or {}).items():
+        arrays["labels" if k is None else f"labels/{k}"] = y
+    arrays.update({f"noise/{k}": v for k, v in prepared.noise.items()})
     _store("conversions", key, {"meta.json": json.dumps(meta).encode(), "model.tflite": conv.tflite,
                                 "arrays.npz": npz_stored(arrays)})
 
@@ -138,9 +139,12 @@ def load_prepared(key: str, model: Path):
         return None
     attempts = [Attempt(a["path"], a["ok"], a["error"], [OutputMetrics(**m) for m in a["metrics"]])
                 for a in c["attempts"]]
-    conversion = Conversion(tflite, spec, c["path"], attempts, [OutputMetrics(**m) for m in c["metrics"]])
+    tolerance = {n: Tolerance(**t) for n, t in meta["tolerance"].items()}
+    conversion = Conversion(tflite, spec, c["path"], attempts, [OutputMetrics(**m) for m in c["metrics"]], tolerance)
     variants = range(meta["variants"])
-    check = Dataset(_split(arrays, "check/"), arrays.get("labels") if meta["has_labels"] else None,
+    labels = {None if k == "labels" else k[len("labels/"):]: v for k, v in arrays.items()
+              if k == "labels" or k.startswith("labels/")}
+    check = Dataset(_split(arrays, "check/"), labels or None if meta["has_labels"] else None,
                     meta["check_source"], meta["check_warnings"], meta["check_evidence"],
                     [_split(arrays, f"v{i}/check/") for i in variants], meta["check_notes"])
 
@@ -148,7 +152,7 @@ def load_prepared(key: str, model: Path):
                     [Tensor.from_json(t) for t in meta["outputs"]],
                     conversion, check, _split(arrays, "reference/"), meta["warnings"], meta["versions"],
                     [_split(arrays, f"v{i}/reference/") for i in variants], meta["fixed"],
-                    {n: Tolerance(**t) for n, t in meta["tolerance"].items()})
+                    tolerance, _split(arrays, "noise/"))
 
 
 # --------------------------------------------------------------------------- verification runs

@@ -325,7 +325,8 @@ class RuntimeResult:
 
 
 def verify_in_env(env: RuntimeEnv, bundle: Path, inputs, reference, tol,
-                  labels=None, static_problems: list[str] | None = None, use_cache: bool = False) -> RuntimeResult:
+                  labels=None, static_problems: list[str] | None = None, use_cache: bool = False,
+                  noise: dict | None = None, steps: dict | None = None) -> RuntimeResult:
     """Run the bundle in ``env`` and compare with the reference outputs.
 
     ``inputs``/``reference`` are one dict each, or aligned lists of dicts (one group per length of
@@ -335,7 +336,7 @@ def verify_in_env(env: RuntimeEnv, bundle: Path, inputs, reference, tol,
     groups = inputs if isinstance(inputs, list) else [inputs]
     references = reference if isinstance(reference, list) else [reference]
     manifest = read_manifest(bundle)
-    scales = {t.name: t.scale for t in manifest.outputs if t.quantized}
+    scales = steps if steps is not None else {t.name: t.scale for t in manifest.outputs if t.quantized}
     result = RuntimeResult(env.runtime, env.version, env.arch, RuntimeStatus.ERROR, static_problems=list(static_problems or []))
     measured = []
     for k, (group, ref) in enumerate(zip(groups, references)):
@@ -345,7 +346,8 @@ def verify_in_env(env: RuntimeEnv, bundle: Path, inputs, reference, tol,
             result.error = run.error
             return result
         result.machine, result.python = run.info.get("machine"), run.info.get("python")
-        measured.append(compare_all(ref, run.outputs, tol, scales, labels if k == 0 else None))
+        measured.append(compare_all(ref, run.outputs, tol, scales, labels if k == 0 else None,
+                                    noise if k == 0 else None))
     labels_of = ["length " + "x".join(str(d) for d in next(iter(g.values())).shape[1:]) for g in groups]
     result.metrics = merge_metrics(measured, labels_of)
     result.status = RuntimeStatus.PASSED if all(m.passed for m in result.metrics) else RuntimeStatus.FAILED

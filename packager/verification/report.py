@@ -37,6 +37,35 @@ class VerifyReport:
         return self.evidence in WEAK_EVIDENCE
 
     @property
+    def verdict(self) -> str:
+        """``MATCH``; ``UNVERIFIED`` when no runtime loaded and ran the bundle (nothing was compared); else
+        ``MISMATCH``."""
+        if self.passed:
+            return "MATCH"
+        if not any(r.status in ("passed", "failed") for r in self.runtimes):
+            return "UNVERIFIED"
+        return "MISMATCH"
+
+    @property
+    def exit_code(self) -> int:
+        """0 for MATCH, 7 for UNVERIFIED, 4 for MISMATCH (README, "Exit codes")."""
+        from ..errors import Unverified, VerificationError
+        return {"MATCH": 0, "UNVERIFIED": Unverified.exit_code}.get(self.verdict, VerificationError.exit_code)
+
+    def line(self) -> str:
+        """The verdict and what it rests on, in one line: ``MATCH (held-out: eval.npz, n=397): decisions 397/397,
+        accuracy 0.977 → 0.975 (-0.2 pt ≤ 1), values within limits on 10 columns``. The figures are the worst over
+        the runtimes that ran."""
+        ran = [r for r in self.runtimes if r.status in ("passed", "failed")]
+        parts = []
+        if ran:
+            parts += _rests_on([m for r in ran for m in r.metrics])
+        else:
+            parts.append("no runtime could run the bundle: nothing was compared")
+        evidence = self.evidence_text or f"{self.inputs_source}, n={self.samples}"
+        return f"{self.verdict} ({evidence}): " + ", ".join(parts)
+
+    @property
     def failures(self) -> list[str]:
         """One line per failure: each failing output with its reasons; a runtime that could not run (status error
         when no runtime passed, error or unavailable when every runtime must pass); the first divergence after the
@@ -60,6 +89,7 @@ class VerifyReport:
         """JSON of the report: bundle, recipe, target, passed, inputs, samples, model size (bytes), evidence (kind,
         weak, text), runtimes, failures, notes and first divergence."""
         return {"bundle": self.bundle, "recipe": self.recipe, "target": self.target, "passed": self.passed,
+                "verdict": self.verdict, "line": self.line(),
                 "inputs": self.inputs_source, "samples": self.samples, "model_size": self.model_size,
                 "evidence": {"kind": self.evidence, "weak": self.weak, "text": self.evidence_text},
                 "runtimes": [r.to_json() for r in self.runtimes], "failures": self.failures, "notes": self.notes,
@@ -67,7 +97,7 @@ class VerifyReport:
 
     def __repr__(self) -> str:
         runtimes = ", ".join(f"{r.runtime}={r.status}" for r in self.runtimes)
-        return (f"VerifyReport({'MATCH' if self.passed else 'MISMATCH'}, recipe={self.recipe}, target={self.target}, "
+        return (f"VerifyReport({self.verdict}, recipe={self.recipe}, target={self.target}, "
                 f"evidence={self.evidence_text or self.inputs_source!r}, {runtimes})")
 
     def summary(self) -> dict:
@@ -83,13 +113,52 @@ class VerifyReport:
         return data
 
 
+def _rests_on(metrics: list) -> list[str]:
+    """The figures a verdict rests on, worst first per criterion: decisions kept, accuracy, values columns,
+    embedding rows, and the outputs whose kind is a guess."""
+    parts = []
+    flips = [f for m in metrics for f in m.findings if f["criterion"] == "decisions"]
+    if flips:
+        judged = min(f["detail"]["judged"] for f in flips)
+        kept = min(f["detail"]["judged"] - f["detail"]["flipped"] for f in flips)
+        parts.append(f"decisions {kept}/{judged}")
+    accs = [f for m in metrics for f in m.findings if f["criterion"] == "accuracy" and "reference" in f["detail"]]
+    if accs:
+        worst = max(accs, key=lambda f: f["figure"])
+        d = worst["detail"]
+        parts.append(f"accuracy {d['reference']:.3f} → {d['bundle']:.3f} ({-worst['figure']:+.1f} pt, limit "
+                     f"{worst['limit']:g})")
+    cols = [f for m in metrics for f in m.findings if f["criterion"] == "column error"]
+    if cols:
+        bad = max(f["detail"]["failing"] for f in cols)
+        total = max(f["detail"]["columns"] for f in cols)
+        parts.append(f"values within limits on {total - bad} of {total} columns" if bad else
+                     f"values within limits on {total} columns")
+    rows = [f for m in metrics for f in m.findings if f["criterion"] == "neighbours"]
+    if rows:
+        worst = max(rows, key=lambda f: f["figure"])
+        parts.append(f"nearest neighbours {worst['detail']['judged'] - worst['detail']['changed']}/"
+                     f"{worst['detail']['judged']} kept")
+    failing = sorted({f["criterion"] for m in metrics for f in m.findings if not f["passed"]})
+    if failing:
+        parts.append("failing: " + ", ".join(failing))
+    return parts or ["no criterion applied"]
+
+
 def verify_staged(bundle: Path, manifest, profile, rec, selected, data: Dataset, references: list, spec, arch,
                   progress, use_cache: bool = False, tolerance=None, strict: bool = False,
-                  require_all: bool = False) -> VerifyReport:
+                  require_all: bool = False, noise: dict | None = None) -> VerifyReport:
     """Run the staged bundle in each selected runtime's environment on every group of ``data``
-    and compare with ``references`` (one dict of outputs per group)."""
+    and compare with ``references`` (one dict of outputs per group) by the criteria of each output's kind
+    (``tolerance``: {output: Tolerance}; a kind not yet settled is inferred from the bundle's graph);
+    ``noise``: the model's own float noise per output (:func:`packager.convert.jobs.float_noise`)."""
+    from ..compare import with_kinds
+    from ..convert.inspect import output_ops
     results = []
-    tol = tolerance or rec.tolerance
+    tol = tolerance or {n: rec.tolerance for n in references[0]}
+    ops = output_ops((bundle / manifest["model"]).read_bytes(), spec.outputs)
+    tol = with_kinds(tol, references[0], data.labels, ops)
+    steps = {n: step for n, (_, step) in ops.items() if step}
     for rt in selected:
         static = spec.runtime_problems(rt.name)
         progress(f"verifying with {rt.name} ({arch or host_arch()})")
@@ -100,7 +169,7 @@ def verify_staged(bundle: Path, manifest, profile, rec, selected, data: Dataset,
                                          static_problems=static))
             continue
         results.append(verify_in_env(env, bundle, data.groups, references, tol, data.labels, static,
-                                     use_cache=use_cache))
+                                     use_cache=use_cache, noise=noise, steps=steps))
     unavailable = [r for r in results if r.status == "unavailable"]
     if len(unavailable) == len(results):
         raise EnvironmentProblem("no runtime environment could be prepared: "

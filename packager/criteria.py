@@ -1,0 +1,481 @@
+"""Output kinds and the verdict's criteria, judged the way a user judges an output.
+
+Every output has a **kind** (:data:`KINDS`), and each kind has the criteria that a user of that output
+decides by (:data:`CRITERIA`, one small function per criterion, registered with :func:`criterion`):
+
+=================  =====================================================================================
+kind               judged on
+=================  =====================================================================================
+``class-scores``   the class (argmax over the last axis) of every row; accuracy against labels; scores
+``probabilities``  the decision ``p >= threshold`` (0.5 unless set) of every element; accuracy; scores
+``pixel-classes``  the class of every pixel (argmax over the last axis of a spatial output); accuracy
+``embedding``      cosine of every row; nearest neighbours within the data
+``integer``        ids, classes, indices: exact (the fraction that differs); accuracy against labels
+``values``         regression, boxes, anything else: every column against that column's own spread
+                   (99th-percentile error and R²), never against the tensor's largest value
+=================  =====================================================================================
+
+Every kind also gets the common criteria (no NaN/Inf, not stuck at one value where the reference
+varies). Decisions are judged on **every** row: only rows whose reference ties within float noise
+(the measured noise of the model, :func:`noise_of`) are left out, never rows within a recipe's
+allowance. A criterion returns a :class:`Finding` (its figure, its limit, whether it passed and why)
+or None when it does not apply (no labels, too few rows).
+
+Figures are in the output's own units unless said; fractions are 0..1; accuracy drops in points (%).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+KINDS = {
+    "class-scores": "one class per row: argmax over the last axis (softmax, or logits you mark)",
+    "probabilities": "independent yes/no decisions at a threshold (sigmoid; binary or multi-label)",
+    "pixel-classes": "one class per pixel: argmax over the last axis of a spatial output (segmentation)",
+    "embedding": "rows compared by cosine and by nearest neighbour within the data",
+    "integer": "ids, classes or indices computed in the graph (argmax, top-k): exact",
+    "values": "regression, boxes, anything else: each column against its own spread",
+}
+DECISION_KINDS = ("class-scores", "probabilities", "pixel-classes", "integer")
+#: Float32 unit roundoff: ties closer than a few of these (relative) are ties, whatever the recipe.
+EPS32 = 2.0 ** -23
+
+
+@dataclass
+class Finding:
+    """One criterion's verdict on one output: ``figure`` measured against ``limit`` (``higher``: the
+    figure must be at least the limit, else at most), ``passed``, ``text`` (the figure in words) and
+    ``reason`` (why it failed, empty when it passed)."""
+    criterion: str
+    figure: float
+    limit: float
+    higher: bool
+    passed: bool
+    text: str
+    reason: str = ""
+    detail: dict = field(default_factory=dict)
+
+    @property
+    def margin(self) -> float:
+        """How far inside its limit the figure is (> 1 passes; inf for an exact figure)."""
+        f, lim = float(self.figure), float(self.limit)
+        if self.higher:        # e.g. R², cosine: the room left below 1 against the room the limit allows
+            room, used = 1.0 - lim, 1.0 - f
+        else:
+            room, used = lim, f
+        if used <= 0:
+            return float("inf")
+        return room / used if room > 0 else 0.0
+
+    def to_json(self) -> dict:
+        """The finding as JSON (criterion, figure, limit, higher, passed, text, reason, detail)."""
+        return {"criterion": self.criterion, "figure": self.figure, "limit": self.limit, "higher": self.higher,
+                "passed": self.passed, "text": self.text, "reason": self.reason, "detail": self.detail}
+
+
+@dataclass
+class Judged:
+    """What a criterion sees: one output of ``n`` samples (``ref``, ``got``: float64, same shape, first axis =
+    samples), its tolerance, its quantization step (``step``, output units, or None), its measured float noise
+    per column (``noise``, shaped like :func:`columns` of one row, or None), and the labels for it (or None)."""
+    name: str
+    ref: np.ndarray
+    got: np.ndarray
+    tol: object
+    kind: str
+    step: float | None = None
+    noise: np.ndarray | None = None
+    labels: np.ndarray | None = None
+    raw_ref: np.ndarray | None = None     # the reference as computed (integer kinds keep their dtype)
+
+
+CRITERIA: dict[str, list] = {kind: [] for kind in KINDS}
+COMMON: list = []
+
+
+def criterion(*kinds: str):
+    """Register a criterion function ``f(j: Judged) -> Finding | None`` for ``kinds`` (none: every kind)."""
+    def register(fn):
+        for k in kinds:
+            CRITERIA[k].append(fn)
+        if not kinds:
+            COMMON.append(fn)
+        return fn
+    return register
+
+
+def judge(j: Judged) -> list[Finding]:
+    """Every finding on ``j``: the common criteria, then its kind's, in registration order."""
+    found = []
+    for fn in COMMON + CRITERIA[j.kind]:
+        f = fn(j)
+        if f is not None:
+            found.append(f)
+    return found
+
+
+# ------------------------------------------------------------------------------------------- columns & noise
+def columns(a: np.ndarray) -> np.ndarray:
+    """``a`` as [rows, columns]: a 1-D output is one column; 2-D and 3-D outputs (with at least 32 samples)
+    have a column per position; 4-D and higher (and small 3-D) outputs a column per channel (last axis),
+    pooled over samples and positions."""
+    n = a.shape[0]
+    if a.ndim <= 1:
+        return a.reshape(n, 1)
+    if a.ndim == 2 or (a.ndim == 3 and n >= 32):
+        return a.reshape(n, -1)
+    return a.reshape(-1, a.shape[-1])
+
+
+def column_names(shape: tuple | list, count: int) -> list[str]:
+    """A readable name per column of :func:`columns` (``[3]``, ``[2, 5]``, ``channel 1``)."""
+    if len(shape) <= 1:
+        return [""]
+    inner = [int(d) for d in shape[1:]]
+    if len(shape) == 2 or (len(shape) == 3 and count == int(np.prod(inner))):
+        return [str(list(np.unravel_index(i, inner))).replace("np.int64(", "").replace(")", "") if len(inner) > 1
+                else f"[{i}]" for i in range(count)]
+    return [f"channel {i}" for i in range(count)]
+
+
+def noise_of(ref: np.ndarray, perturbed: np.ndarray) -> np.ndarray:
+    """Float noise per column: the 99th-percentile change of the model's own output when its float inputs move by
+    one unit in the last place (what float32 arithmetic at these magnitudes cannot tell apart)."""
+    d = columns(np.abs(np.asarray(perturbed, np.float64) - np.asarray(ref, np.float64)))
+    return np.percentile(d, 99, axis=0) if d.shape[0] else np.zeros(d.shape[1])
+
+
+def _noise(j: Judged, cols: int) -> np.ndarray:
+    if j.noise is not None and np.size(j.noise) == cols:
+        return np.asarray(j.noise, np.float64).ravel()
+    return np.zeros(cols)
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.3g}%"
+
+
+# ------------------------------------------------------------------------------------------- common criteria
+@criterion()
+def finite(j: Judged) -> Finding | None:
+    """No NaN/Inf in the bundle's output where the reference is finite."""
+    bad = ~np.isfinite(j.got) & np.isfinite(j.ref)
+    n = int(bad.sum())
+    return Finding("finite", n, 0, False, n == 0, f"{n} NaN/Inf", "" if n == 0 else
+                   f"{n} of {bad.size} values are NaN/Inf where the model's are finite")
+
+
+@criterion()
+def not_stuck(j: Judged) -> Finding | None:
+    """The output (or, for values, any column) is not constant where the reference varies: an output stuck at
+    the zero point of its quantization computes nothing."""
+    if j.ref.shape[0] < 2 or j.kind == "integer":
+        return None
+    ref_c, got_c = columns(j.ref), columns(j.got)
+    varies = np.nanstd(ref_c, axis=0) > (_column_limits(j)[2] if j.kind == "values" else 0)
+    stuck = varies & (np.nanstd(got_c, axis=0) == 0)
+    if j.kind != "values":     # a whole output stuck; single columns may be legitimately constant per class
+        stuck_all = bool(varies.any() and np.nanstd(got_c) == 0)
+        return Finding("not stuck", float(stuck_all), 0, False, not stuck_all, "varies" if not stuck_all else
+                       "constant", "" if not stuck_all else
+                       f"output is constant ({float(got_c.flat[0]):.4g}) but the reference is not (stuck at the "
+                       "zero point?)")
+    n = int(stuck.sum())
+    names = column_names(j.ref.shape, ref_c.shape[1])
+    which = ", ".join(names[i] or "the output" for i in np.flatnonzero(stuck)[:4])
+    return Finding("not stuck", n, 0, False, n == 0, f"{n} stuck columns", "" if n == 0 else
+                   f"{n} of {stuck.size} columns are constant in the bundle but vary in the model ({which}; "
+                   "stuck at the zero point?)", {"columns": np.flatnonzero(stuck)[:20].tolist()})
+
+
+# ------------------------------------------------------------------------------------------- decisions
+def _tie_eps(top: np.ndarray, noise: float | np.ndarray) -> np.ndarray:
+    """Two reference values closer than this tie: float noise, never a recipe's allowance."""
+    return np.maximum(4.0 * np.asarray(noise), 64 * EPS32 * np.maximum(np.abs(top), 1.0))
+
+
+def decisions(j: Judged) -> dict | None:
+    """The decisions of the output, reference vs bundle: ``ref``, ``got`` (one per row, pixel or element),
+    ``tied`` (reference ties within float noise: not judged), ``gap`` (the reference's margin of each
+    decision, in output units), or None when the kind has no decisions."""
+    if j.kind in ("class-scores", "pixel-classes"):
+        if j.ref.ndim < 2 or j.ref.shape[-1] < 2:
+            return None
+        r = j.ref.reshape(-1, j.ref.shape[-1])
+        g = j.got.reshape(-1, j.got.shape[-1])
+        part = np.sort(r, axis=1)[:, -2:]
+        gap = part[:, 1] - part[:, 0]
+        noise = _noise(j, columns(j.ref).shape[1])
+        per_class = noise.max() if noise.size else 0.0
+        return {"ref": r.argmax(1), "got": g.argmax(1), "gap": gap, "tied": gap <= _tie_eps(part[:, 1], per_class)}
+    if j.kind == "probabilities":
+        t = _threshold(j.tol)
+        r, g = j.ref.ravel(), j.got.ravel()
+        noise = _noise(j, columns(j.ref).shape[1])
+        per = np.broadcast_to(noise, columns(j.ref).shape).ravel() if noise.size == columns(j.ref).shape[1] \
+            else np.zeros_like(r)
+        gap = np.abs(r - t)
+        return {"ref": r >= t, "got": g >= t, "gap": gap, "tied": gap <= _tie_eps(np.full_like(r, t), per)}
+    if j.kind == "integer":
+        raw = j.raw_ref if j.raw_ref is not None else j.ref
+        if j.ref.ndim == 2 and _option(j.tol, "sets"):
+            r = np.sort(j.ref, axis=1)
+            g = np.sort(j.got, axis=1)
+            same = np.all(r == g, axis=1)
+            return {"ref": same, "got": np.ones_like(same), "gap": np.full(same.shape, np.inf),
+                    "tied": np.zeros(same.shape, bool)}
+        del raw
+        r, g = j.ref.ravel(), j.got.ravel()
+        return {"ref": r, "got": g, "gap": np.full(r.shape, np.inf), "tied": np.zeros(r.shape, bool)}
+    return None
+
+
+def _threshold(tol) -> float:
+    value = _option(tol, "threshold")
+    return 0.5 if value is None else float(value)
+
+
+def _option(tol, key: str):
+    for part in (getattr(tol, "kind_options", "") or "").split(","):
+        k, _, v = part.partition("=")
+        if k.strip() == key:
+            return v.strip() or True
+    return None
+
+
+@criterion("class-scores", "probabilities", "pixel-classes", "integer")
+def flips(j: Judged) -> Finding | None:
+    """The fraction of decisions that change, over every row (pixel, element) whose reference does not tie
+    within float noise, at most ``tol.flips``. When every flip is on a reference margin below one output step,
+    the reason says so and names the ways out."""
+    d = decisions(j)
+    if d is None or d["ref"].size == 0:
+        return None
+    judged = ~d["tied"]
+    flipped = (d["ref"] != d["got"]) & judged
+    n, k = int(judged.sum()), int(flipped.sum())
+    unit = {"class-scores": "rows", "pixel-classes": "pixels", "probabilities": "decisions",
+            "integer": "values"}[j.kind]
+    frac = k / n if n else 0.0
+    limit = float(j.tol.flips)
+    passed = frac <= limit
+    tied = int(d["tied"].sum())
+    text = f"{n - k}/{n} {unit} agree" + (f" ({tied} reference ties not judged)" if tied else "")
+    detail = {"judged": n, "flipped": k, "ties": tied, "unit": unit}
+    reason = ""
+    if not passed:
+        reason = f"{k} of {n} {unit} change their decision ({_pct(frac)} > {_pct(limit)})"
+        if j.step and k and np.all(d["gap"][flipped] < j.step):
+            reason += (f"; every one is on a {unit[:-1]} whose reference margin is below one output step "
+                       f"({j.step:.3g}): the int8 output cannot tell them apart; ways out: --quantize int16x8, "
+                       "a float output (--io float), or `edgepack diagnose` to find the op")
+            detail["below_step"] = True
+    return Finding("decisions", frac, limit, False, passed, text, reason, detail)
+
+
+def _label_decisions(j: Judged, labels: np.ndarray):
+    """(model's, bundle's, label) decisions comparable with ``labels``, or None when the labels do not fit."""
+    y = np.asarray(labels)
+    if j.kind in ("class-scores", "pixel-classes"):
+        if y.shape == j.ref.shape and y.dtype.kind == "f":        # one-hot
+            y = y.argmax(-1)
+        if y.shape != j.ref.shape[:-1] or y.dtype.kind not in "iub":
+            return None
+        return j.ref.argmax(-1).ravel(), j.got.argmax(-1).ravel(), y.ravel()
+    if j.kind == "probabilities":
+        if y.size != j.ref.size:
+            return None
+        t = _threshold(j.tol)
+        return (j.ref >= t).ravel(), (j.got >= t).ravel(), y.ravel() >= 0.5
+    if j.kind == "integer":
+        if y.size != j.ref.size or _option(j.tol, "sets"):
+            return None
+        return j.ref.ravel(), j.got.ravel(), y.ravel()
+    return None
+
+
+@criterion("class-scores", "probabilities", "pixel-classes", "integer")
+def accuracy(j: Judged) -> Finding | None:
+    """With labels: accuracy of the model and of the bundle; the drop (points) at most ``tol.max_drop``."""
+    if j.labels is None:
+        return None
+    got = _label_decisions(j, j.labels)
+    if got is None:
+        return Finding("accuracy", 0.0, 0.0, False, True, "labels do not fit this output",
+                       detail={"skipped": f"labels of shape {list(np.shape(j.labels))} do not fit output "
+                                          f"{list(j.ref.shape)}"})
+    ref, cand, y = got
+    acc_ref, acc_got = float(np.mean(ref == y)), float(np.mean(cand == y))
+    drop = 100.0 * (acc_ref - acc_got)
+    limit = float(j.tol.max_drop)
+    passed = drop <= limit + 1e-9
+    text = f"accuracy {acc_ref:.4f} → {acc_got:.4f} ({-drop:+.1f} pt)"
+    return Finding("accuracy", drop, limit, False, passed, text,
+                   "" if passed else f"accuracy drops {drop:.1f} pt ({acc_ref:.4f} → {acc_got:.4f}; limit {limit:g} pt)",
+                   {"reference": acc_ref, "bundle": acc_got})
+
+
+@criterion("class-scores", "probabilities", "pixel-classes")
+def scores(j: Judged) -> Finding | None:
+    """The scores themselves (a user may threshold a confidence): the 99th-percentile error at most
+    ``atol + rtol * max|ref| + steps * step``."""
+    e = np.abs(j.ref - j.got).ravel()
+    if not e.size or not np.all(np.isfinite(e)):
+        return None
+    p99 = float(np.percentile(e, 99))
+    limit = float(j.tol.atol + j.tol.rtol * np.max(np.abs(j.ref)) + (j.tol.steps * j.step if j.step else 0.0))
+    passed = p99 <= limit
+    return Finding("scores", p99, limit, False, passed, f"p99 score error {p99:.3g} ≤ {limit:.3g}",
+                   "" if passed else f"p99 score error {p99:.3g} > {limit:.3g} (max {float(e.max()):.3g})")
+
+
+# ------------------------------------------------------------------------------------------- embeddings
+@criterion("embedding")
+def row_cosine(j: Judged) -> Finding | None:
+    """Cosine of every row (bundle vs model): the lowest 1% at least ``tol.cosine_min``."""
+    r = j.ref.reshape(j.ref.shape[0], -1)
+    g = j.got.reshape(j.got.shape[0], -1)
+    nr, ng = np.linalg.norm(r, axis=1), np.linalg.norm(g, axis=1)
+    ok = (nr > 0) & (ng > 0)
+    if not ok.any():
+        return None
+    cos = np.sum(r[ok] * g[ok], axis=1) / (nr[ok] * ng[ok])
+    low = float(np.percentile(cos, 1))
+    limit = float(j.tol.cosine_min)
+    return Finding("row cosine", low, limit, True, low >= limit, f"row cosine p1 {low:.5f}",
+                   "" if low >= limit else f"1% of rows have cosine below {low:.5f} (< {limit:g}; worst "
+                   f"{float(cos.min()):.5f})")
+
+
+MAX_NEIGHBOUR_ROWS = 2000
+
+
+@criterion("embedding")
+def neighbours(j: Judged) -> Finding | None:
+    """Nearest neighbour (by cosine, within the data) of every row: the fraction that changes at most
+    ``tol.neighbours``; rows whose reference neighbours tie within float noise are not judged."""
+    n = j.ref.shape[0]
+    if n < 3:
+        return None
+    idx = np.arange(n) if n <= MAX_NEIGHBOUR_ROWS else np.linspace(0, n - 1, MAX_NEIGHBOUR_ROWS).astype(int)
+
+    def sims(a):
+        a = a.reshape(a.shape[0], -1)[idx]
+        a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-30)
+        s = a @ a.T
+        np.fill_diagonal(s, -np.inf)
+        return s
+    sr, sg = sims(j.ref), sims(j.got)
+    top = np.sort(sr, axis=1)[:, -2:]
+    tied = (top[:, 1] - top[:, 0]) <= 64 * EPS32
+    changed = (sr.argmax(1) != sg.argmax(1)) & ~tied
+    judged = int((~tied).sum())
+    frac = float(changed.sum()) / judged if judged else 0.0
+    limit = float(j.tol.neighbours)
+    passed = frac <= limit
+    return Finding("neighbours", frac, limit, False, passed,
+                   f"{judged - int(changed.sum())}/{judged} nearest neighbours kept",
+                   "" if passed else f"{int(changed.sum())} of {judged} rows get another nearest neighbour "
+                   f"({_pct(frac)} > {_pct(limit)})", {"judged": judged, "changed": int(changed.sum())})
+
+
+# ------------------------------------------------------------------------------------------- values
+def _column_limits(j: Judged):
+    """(ref columns, got columns, limit per column, base spread per column)."""
+    rc, gc = columns(j.ref), columns(j.got)
+    spread = np.std(rc, axis=0)
+    mag = np.sqrt(np.mean(rc ** 2, axis=0))
+    base = np.where(spread > 1e-3 * mag, spread, mag)           # a constant column: against its magnitude
+    nonzero = base[base > 0]
+    floor = 0.01 * float(np.median(nonzero)) if nonzero.size else 0.0
+    base = np.where(base > 0, base, floor)
+    limit = j.tol.spread * base + 4.0 * _noise(j, rc.shape[1])
+    return rc, gc, np.maximum(limit, np.finfo(np.float64).tiny), base
+
+
+@criterion("values")
+def column_error(j: Judged) -> Finding | None:
+    """Each column's 99th-percentile error at most ``tol.spread`` times that column's spread (its standard
+    deviation over the data; its magnitude when it is constant), plus 4x the measured float noise."""
+    if not j.ref.size:
+        return None
+    rc, gc, limit, _ = _column_limits(j)
+    e = np.abs(rc - gc)
+    if not np.all(np.isfinite(e)):
+        return None
+    p99 = np.percentile(e, 99, axis=0)
+    ratio = p99 / limit
+    worst = int(np.argmax(ratio))
+    names = column_names(j.ref.shape, rc.shape[1])
+    where = f" (column {names[worst]})" if names[worst] else ""
+    passed = bool(ratio[worst] <= 1.0)
+    bad = int((ratio > 1).sum())
+    return Finding("column error", float(p99[worst]), float(limit[worst]), False, passed,
+                   f"{rc.shape[1] - bad}/{rc.shape[1]} columns within limits",
+                   "" if passed else f"{bad} of {rc.shape[1]} columns err beyond their own spread: worst{where} p99 "
+                   f"error {p99[worst]:.3g} > {limit[worst]:.3g} (max {float(e[:, worst].max()):.3g})",
+                   {"columns": int(rc.shape[1]), "failing": bad, "worst": names[worst]})
+
+
+@criterion("values")
+def r_squared(j: Judged) -> Finding | None:
+    """R² of each column (bundle against model) at least ``tol.r2_min``; columns whose spread is within their
+    error limit (constant, or below float noise) are judged by :func:`column_error` alone."""
+    if j.ref.shape[0] < 2:
+        return None
+    rc, gc, limit, _ = _column_limits(j)
+    spread = np.std(rc, axis=0)
+    sse = np.sum((gc - rc) ** 2, axis=0)
+    sst = np.sum((rc - rc.mean(axis=0)) ** 2, axis=0)
+    rmse = np.sqrt(sse / rc.shape[0])
+    judged = (spread > limit) & (rmse > limit / 4)
+    if not judged.any() or not np.all(np.isfinite(sse)):
+        return None
+    r2 = np.where(judged, 1.0 - sse / np.where(sst > 0, sst, 1.0), 1.0)
+    worst = int(np.argmin(r2))
+    names = column_names(j.ref.shape, rc.shape[1])
+    where = f" (column {names[worst]})" if names[worst] else ""
+    limit_r2 = float(j.tol.r2_min)
+    passed = bool(r2[worst] >= limit_r2)
+    return Finding("R²", float(r2[worst]), limit_r2, True, passed, f"R² ≥ {float(r2[worst]):.4f}",
+                   "" if passed else f"R² against the model {float(r2[worst]):.4f} < {limit_r2:g}{where}")
+
+
+# ------------------------------------------------------------------------------------------- inference
+#: The graph op behind an output (past DEQUANTIZE, RESHAPE, CAST...) that tells its kind.
+OP_KINDS = {"SOFTMAX": "class-scores", "LOG_SOFTMAX": "class-scores", "LOGISTIC": "probabilities",
+            "ARG_MAX": "integer", "ARG_MIN": "integer", "TOPK_V2": "integer", "L2_NORMALIZATION": "embedding",
+            "MEAN": "embedding", "REDUCE_MAX": "embedding"}
+
+
+def infer_kind(ref: np.ndarray, labels: np.ndarray | None = None, op: str | None = None) -> tuple[str, str, str]:
+    """(kind, options, why) of an output from the op that computes it (``op``, see
+    :func:`packager.convert.inspect.output_ops`), its dtype and values, and the labels given for it. An
+    output that fits no rule is ``values``, and ``why`` says so."""
+    ref = np.asarray(ref)
+    nd = ref.ndim
+    spatial = nd >= 3
+    if ref.dtype.kind in "iub" and op != "DEQUANTIZE":
+        return "integer", "sets" if op == "TOPK_V2" and nd == 2 else "", f"{ref.dtype.name} output" + \
+            (f" of {op}" if op else "")
+    kind = OP_KINDS.get(op or "")
+    if kind == "class-scores" and nd >= 2 and ref.shape[-1] > 1:
+        return ("pixel-classes" if spatial else "class-scores"), "", f"{op} over {ref.shape[-1]} classes"
+    if kind == "probabilities":
+        return "probabilities", "", f"{op} (decisions at 0.5)"
+    if kind == "embedding" and nd == 2 and ref.shape[1] >= 8:
+        return "embedding", "", f"{op} rows of {ref.shape[1]}"
+    y = None if labels is None else np.asarray(labels)
+    if y is not None and nd >= 2 and ref.shape[-1] > 1 and y.dtype.kind in "iub" and y.size \
+            and y.shape == ref.shape[:-1] and y.min() >= 0 and y.max() < ref.shape[-1]:
+        return ("pixel-classes" if spatial else "class-scores"), "", \
+            f"labels hold classes 0..{ref.shape[-1] - 1} of its last axis"
+    if nd >= 2 and ref.shape[-1] > 1 and ref.size and np.all(ref >= -1e-6) \
+            and np.allclose(ref.sum(-1), 1.0, atol=1e-3):
+        return ("pixel-classes" if spatial else "class-scores"), "", "rows are probabilities summing to 1"
+    if nd == 2 and ref.shape[1] >= 8 and ref.shape[0] >= 2 \
+            and np.allclose(np.linalg.norm(ref.astype(np.float64), axis=1), 1.0, atol=1e-3):
+        return "embedding", "", "rows have unit norm"
+    return "values", "", "no decision could be inferred: judged as values, column by column " \
+        "(mark it with --output-kind NAME:KIND)"

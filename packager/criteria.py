@@ -192,7 +192,7 @@ def not_stuck(j: Judged) -> Finding | None:
 # ------------------------------------------------------------------------------------------- decisions
 def _tie_eps(top: np.ndarray, noise: float | np.ndarray) -> np.ndarray:
     """Two reference values closer than this tie: float noise, never a recipe's allowance."""
-    return np.maximum(4.0 * np.asarray(noise), 64 * EPS32 * np.maximum(np.abs(top), 1.0))
+    return np.maximum(4.0 * np.asarray(noise), 64 * EPS32 * np.abs(top))
 
 
 def decisions(j: Judged) -> dict | None:
@@ -420,16 +420,17 @@ def column_error(j: Judged) -> Finding | None:
 
 @criterion("values")
 def r_squared(j: Judged) -> Finding | None:
-    """R² of each column (bundle against model) at least ``tol.r2_min``; columns whose spread is within their
-    error limit (constant, or below float noise) are judged by :func:`column_error` alone."""
+    """R² of each column (bundle against model, the error energy that the measured float noise explains left
+    out) at least ``tol.r2_min``; columns whose spread is within their error limit (constant, or below float
+    noise) are judged by :func:`column_error` alone."""
     if j.ref.shape[0] < 2:
         return None
     rc, gc, limit, _ = _column_limits(j)
     spread = np.std(rc, axis=0)
-    sse = np.sum((gc - rc) ** 2, axis=0)
+    noise = 4.0 * _noise(j, rc.shape[1])
+    sse = np.maximum(0.0, np.sum((gc - rc) ** 2, axis=0) - rc.shape[0] * noise ** 2)   # beyond float noise
     sst = np.sum((rc - rc.mean(axis=0)) ** 2, axis=0)
-    rmse = np.sqrt(sse / rc.shape[0])
-    judged = (spread > limit) & (rmse > limit / 4)
+    judged = spread > limit
     if not judged.any() or not np.all(np.isfinite(sse)):
         return None
     r2 = np.where(judged, 1.0 - sse / np.where(sst > 0, sst, 1.0), 1.0)

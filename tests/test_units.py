@@ -9,37 +9,37 @@ from packager.compare import compare_output
 from packager.errors import DeployError, UsageError
 from packager.recipes import Tolerance, list_recipes, parse_overrides, resolve_tolerance
 
-TOL = Tolerance(atol=0.01, rtol=0.1, steps=2.0, cosine_min=0.0, top1_min=0.0)
+TOL = Tolerance(atol=0.01, rtol=0.1, steps=2.0, cosine_min=0.0, flips=1.0, kind="class-scores")
 
 
-def _one(err: float, scale=None, peak=2.0):
-    ref = np.array([[peak, 0.0, 0.5]], np.float32)
+def _scores(err: float, scale=None, peak=0.9):
+    ref = np.tile(np.array([[peak, 0.0, 1.0 - peak]], np.float32), (100, 1))
     got = ref + np.array([[0.0, err, 0.0]], np.float32)
     return compare_output("y", ref, got, TOL, scale)
 
 
-def test_the_tolerance_rule_is_atol_plus_rtol_of_peak_plus_steps_of_scale():
-    limit = 0.01 + 0.1 * 2.0                           # atol + rtol * max|ref|
-    assert _one(limit * 0.99).passed and not _one(limit * 1.01).passed
-    assert _one(limit * 0.99).allowed_max_abs == pytest.approx(limit)
-    with_steps = limit + 2.0 * 0.05                     # + steps * scale, quantized outputs only
-    assert _one(with_steps * 0.99, scale=0.05).passed and not _one(with_steps * 1.01, scale=0.05).passed
-    assert "max abs error" in _one(1.0).reasons[0]
+def test_the_scores_rule_is_atol_plus_rtol_of_peak_plus_steps_of_step():
+    limit = 0.01 + 0.1 * 0.9                           # atol + rtol * max|ref|
+    assert _scores(limit * 0.99).passed and not _scores(limit * 1.01).passed
+    assert _scores(limit * 0.99).allowed_max_abs == pytest.approx(limit)
+    with_steps = limit + 2.0 * 0.05                     # + steps * the output's quantization step
+    assert _scores(with_steps * 0.99, scale=0.05).passed and not _scores(with_steps * 1.01, scale=0.05).passed
+    assert "p99 score error" in _scores(1.0).reasons[0]
 
 
-def test_top1_flip_is_judged_only_on_decisive_rows():
-    tol = Tolerance(atol=10.0, rtol=0.01, steps=0.0, cosine_min=0.0, top1_min=0.99)
+def test_a_flip_is_judged_on_every_row_however_large_the_atol():
+    tol = Tolerance(atol=10.0, rtol=0.01, steps=0.0, cosine_min=0.0, flips=0.01, kind="class-scores")
     ref = np.array([[1.0, 0.0], [0.0, 1.0]] * 4, np.float32)
-    got = ref[:, ::-1].copy()                           # every decisive row flipped
+    got = ref[:, ::-1].copy()                           # every row flipped
     m = compare_output("p", ref, got, tol)
     assert m.top1_agreement == 0.0 and not m.passed              # a huge atol never excuses a flip
     tied = np.array([[0.5, 0.5]] * 8, np.float32)
     m = compare_output("p", tied, tied[:, ::-1].copy(), tol)
-    assert m.top1_agreement is None and m.passed                 # ties: top-1 not judged
+    assert m.passed and m.finding("decisions")["detail"]["ties"] == 8    # exact ties: not judged
 
 
 def test_overrides_named_beat_global_and_bad_values_are_refused():
-    base = Tolerance(atol=0.1, rtol=0.2, steps=1.0, cosine_min=0.9, top1_min=0.9)
+    base = Tolerance(atol=0.1, rtol=0.2, steps=1.0, cosine_min=0.9)
     got = resolve_tolerance(base, ["a", "b"], atol=["0.5", "b:0.01"], rtol=["a:0"])
     assert (got["a"].atol, got["b"].atol, got["a"].rtol, got["b"].rtol) == (0.5, 0.01, 0.0, 0.2)
     per = resolve_tolerance({"a": base, "b": TOL}, ["a", "b"])       # a bundle's recorded tolerance
@@ -113,10 +113,12 @@ def test_one_bundle_name_rule(tmp_path):
 
 def test_a_budget_without_labels_says_why_not_crashes():
     from packager.repair import Budget, meets
-    m = {"status": "ran", "runtime": "ai-edge-litert", "drop": None, "agreement": 0.999, "cosine": 0.9999}
-    assert "no accuracy drop to measure" in meets(m, Budget(max_drop=0.5))
+    m = {"status": "ran", "runtime": "ai-edge-litert", "drop": None, "agreement": 0.999, "cosine": 0.9999,
+         "failures": [], "kinds": {"probs": "class-scores"}}
+    assert "no accuracy to measure" in meets(m, Budget(max_drop=0.5)) and "probs class-scores" in meets(m, Budget(max_drop=0.5))
     assert meets(m, Budget(min_agreement=0.99)) is None
-    assert "top-1 agreement" in meets(m, Budget(min_agreement=0.9999))
+    m["failures"] = ["output 'probs': 3 of 300 rows change their decision (1% > 0.01%)"]
+    assert "change their decision" in meets(m, Budget(min_agreement=0.9999))
 
 
 def test_release_ids_sort_by_time_even_within_one_second():
@@ -185,7 +187,8 @@ def test_a_malformed_recipe_names_itself(monkeypatch, tmp_path):
             module.list_recipes()
         assert "[tight]: missing tolerance" in info.value.message and "fields" in info.value.hint
         (tmp_path / "r.toml").write_text((tmp_path / "r.toml").read_text().replace("TFLITE_BUILTINS", "TFLITE_BUILTINS_INT9")
-                                         + "tolerance = { atol = 0, rtol = 0, steps = 0, cosine_min = 0, top1_min = 0 }\n")
+                                         + "tolerance = { atol = 0, rtol = 0, steps = 0, cosine_min = 0, flips = 0, max_drop = 0, spread = 1, "
+                                           "r2_min = 1, neighbours = 0 }\n")
         module.list_recipes.cache_clear()
         with pytest.raises(UsageError) as info:
             module.list_recipes()

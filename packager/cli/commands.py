@@ -25,6 +25,7 @@ ENVIRONMENT = {
     "EDGEPACK_TARGETS_PATH": "more target profile directories, ':'-separated",
     "EDGEPACK_MEMORY_MB": "memory limit of model loading/conversion [8192]",
     "EDGEPACK_TIMEOUT": "seconds for model loading/conversion [1800]",
+    "EDGEPACK_WIRE_MAX_MB": "largest result the TensorFlow child may send back, in MiB [8192]",
     "EDGEPACK_DEBIAN_MIRROR": "Debian mirror for the arm64 root filesystem",
     "EDGEPACK_DEBUG": "1: traceback of an internal error",
     "EDGEPACK_IN_PROCESS": "1: TensorFlow in this process, not a child",

@@ -187,6 +187,7 @@ _LAYOUTS = (  # widest first: the first that fits the terminal is used
     dict(cpu=False, extra=False, acc=4, limit=True, pad=0, name=16),
     dict(cpu=False, extra=False, acc=3, limit=True, pad=0, name=12),
     dict(cpu=False, extra=False, acc=3, limit=False, pad=0, name=10),
+    dict(cpu=False, extra=False, acc=3, limit=False, pad=0, name=10, values=False),
 )
 
 
@@ -205,7 +206,7 @@ def verification_table(report: dict, width: int | None = None) -> tuple[Table, l
 
 
 def _verification_table(report: dict, machines: set, cpu: bool, extra: bool, acc: int, limit: bool,
-                        pad: int, name: int) -> tuple[Table, list[str]]:
+                        pad: int, name: int, values: bool = True) -> tuple[Table, list[str]]:
     evidence = (report.get("evidence") or {}).get("text") or f"{report['samples']} samples, {report['inputs']}"
     where = "" if cpu else f", {next(iter(machines))}"
     table = Table(title=f"verification: {escape(report['recipe'])} on {escape(report['target'])}{escape(where)}"
@@ -216,8 +217,8 @@ def _verification_table(report: dict, machines: set, cpu: bool, extra: bool, acc
         table.add_column("cpu", no_wrap=True)
     table.add_column("output", overflow="fold", min_width=6, max_width=name)   # long names wrap, numbers never
     table.add_column("kind", no_wrap=True)
-    numeric = ["decisions", "values"] + (["max err"] if limit else []) + (["mean err"] if extra else []) + \
-        ["margin", "cosine"]
+    numeric = ["decisions"] + (["values"] if values else []) + (["max err"] if limit else []) + \
+        (["mean err"] if extra else []) + ["margin", "cosine"]
     numeric += ["SNR dB"] if extra else []
     for col in numeric:
         table.add_column(col, no_wrap=True, justify="right")
@@ -237,14 +238,14 @@ def _verification_table(report: dict, machines: set, cpu: bool, extra: bool, acc
             accuracy = "-"
             if o.get("accuracy_reference") is not None:
                 accuracy = f"{o['accuracy_reference']:.{acc}f}→{o['accuracy_candidate']:.{acc}f}"
-            values = {"max err": _fmt(o["max_abs_err"], 3), "decisions": _decisions(o), "values": _values(o),
-                      "margin": _margin(o), "cosine": fmt_cosine(o["cosine"]),
-                      "mean err": _fmt(o.get("mean_abs_err"), 3), "SNR dB": _fmt(o.get("snr_db"), 3)}
+            cells = {"max err": _fmt(o["max_abs_err"], 3), "decisions": _decisions(o), "values": _values(o),
+                     "margin": _margin(o), "cosine": fmt_cosine(o["cosine"]),
+                     "mean err": _fmt(o.get("mean_abs_err"), 3), "SNR dB": _fmt(o.get("snr_db"), 3)}
             if not o["passed"]:
-                values["margin"] = f"[red]{values['margin']}[/red]"
+                cells["margin"] = f"[red]{cells['margin']}[/red]"
                 below.append(f"[red]FAIL[/red] {escape(label)} {escape(o['name'])}: " + escape("; ".join(o["reasons"])))
             table.add_row(escape(label), *cpu_cell, escape(o["name"]), escape(_short_kind(o.get("kind"))),
-                          *[values[c] for c in numeric], accuracy,
+                          *[cells[c] for c in numeric], accuracy,
                           "[green]pass[/green]" if o["passed"] else "[red]FAIL[/red]")
     return table, below
 

@@ -138,6 +138,8 @@ def build(model: str | os.PathLike, *, target: str = "rpi", recipe: str | None =
     if _auto is not None:      # --quantize auto (packager.repair): (Prepared, Recipe) already chosen
         rec = _auto[1]
     overrides = verdict_overrides(atol, rtol, max_drop, max_flips, output_kind)
+    if not verify:      # --no-verify: a conversion check that fails is a warning, so there is a bundle to diagnose
+        overrides["no_verify"] = True
     name = check_name(name) if name else default_name(model_path, profile.name)
     output = Path(output) if output else Path("dist") / name
     selected = [profile.runtime(r) for r in runtimes] if runtimes else list(profile.runtimes)
@@ -252,6 +254,8 @@ def build_sweep(model: str | os.PathLike, recipes: list[str], *, target: str = "
     for r in recipes:
         get_recipe(r)
     overrides = verdict_overrides(atol, rtol, max_drop, max_flips, output_kind)
+    if not verify:
+        overrides["no_verify"] = True
     base = check_name(name) if name else default_name(model_path, profile.name)
     root = Path(output) if output else Path("dist")
     rows, todo = [], []

@@ -277,6 +277,8 @@ def meets(m: dict, budget: Budget) -> str | None:
                 f"with decisions; kinds: {', '.join(f'{k} {v}' for k, v in m.get('kinds', {}).items())})")
     if m.get("failures"):
         return f"{m['runtime']}: " + "; ".join(m["failures"])
+    if budget.min_cosine is not None and (m["cosine"] is None or m["cosine"] < budget.min_cosine):
+        return f"{m['runtime']}: cosine {_f(m['cosine'])} < {budget.min_cosine:g}"
     return None
 
 

@@ -255,3 +255,17 @@ def test_empty_reference_is_not_evidence():
     assert empty.samples == 0 and "empty" in empty.flags
     merged = merge_metrics([[full], [empty]], ["length 6", "length 3"])[0]
     assert merged.samples == 10
+
+
+def test_a_few_large_rows_cannot_hide_a_collapsed_bulk():
+    """An embedding table whose ids 0/1 are huge: int8 weights crush the ordinary rows to one value, while
+    the rows holding 0/1 keep the column's spread (and its R² over all rows) high."""
+    rng = np.random.default_rng(13)
+    ref = rng.normal(0, 0.02, (192, 3))
+    big = rng.random(192) < 0.07
+    ref[big] = rng.normal(0, 20, (int(big.sum()), 3))
+    got = np.where(big[:, None], ref * 1.001, 0.0)
+    m = compare_output("cls", ref, got, kind(DYN, "values"))
+    assert not m.passed and "bulk" in " ".join(m.reasons)
+    assert m.finding("R²")["detail"]["all"] > 0.99               # over all rows it looked fine
+    assert compare_output("cls", ref, ref * (1 + rng.normal(0, 0.01, ref.shape)), kind(DYN, "values")).passed

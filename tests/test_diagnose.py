@@ -147,7 +147,7 @@ def test_auto_repairs_the_flat_softmax(cases, data_files, tmp_path):
 
 
 def test_budget_without_auto_is_a_usage_error(cases, data_files, tmp_path):
-    proc = edgepack("build", cases["flat"], "--quantize", "float16", "--max-drop", "0.5", "-o", tmp_path / "x")
+    proc = edgepack("build", cases["flat"], "--quantize", "float16", "--min-agreement", "0.5", "-o", tmp_path / "x")
     assert_clean_error(proc, 2, "--quantize auto")
 
 

@@ -40,7 +40,7 @@ def test_not_plain_data_is_refused_on_both_sides():
     with pytest.raises(TypeError):
         wire.encode(RuntimeError("not an edgepack error"))
     header = b'{"v":{"$c":"os:system","f":{}},"n":0}'
-    with pytest.raises(wire.WireError, match="not one edgepack has loaded"):
+    with pytest.raises(wire.WireError, match="not in a module of edgepack's plain data"):
         wire.decode(wire.MAGIC + struct.pack("<I", len(header)) + header)
     # a class of edgepack that is loaded but not marked as plain data
     header = b'{"v":{"$c":"packager.recipes:Recipe","f":{}},"n":0}'
@@ -154,3 +154,15 @@ def test_trusted_model_that_writes_a_pickle_gets_a_refusal(contained, tmp_path):
                   trust_model=True)
     assert "not edgepack's plain data" in exc.value.message
     assert not marker.exists() and not (tmp_path / "out").exists()
+
+
+def test_every_marked_class_is_in_a_listed_module():
+    import ast
+    root = Path(__file__).resolve().parent.parent
+    marked = set()
+    for path in (root / "packager").rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        if any(isinstance(n, ast.ClassDef) and any(getattr(d, "id", None) == "plain_data" for d in n.decorator_list)
+               for n in ast.walk(tree)):
+            marked.add(".".join(path.relative_to(root).with_suffix("").parts))
+    assert marked == set(wire.MODULES)

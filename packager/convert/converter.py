@@ -110,11 +110,13 @@ def _configure(tf, converter, recipe: Recipe, io: str, calibration: dict | None,
 
 def convert(loaded: LoadedModel, recipe: Recipe, io: str, calibration: dict | None,
             check_inputs: dict, tolerance=None, skip: tuple = (), reference: dict | None = None,
-            labels=None, noise: dict | None = None) -> Conversion:
+            labels=None, noise: dict | None = None, keep_best: bool = False) -> Conversion:
     """Convert with the first candidate path (not in ``skip``) whose outputs match the original model's, within
     ``tolerance`` (a :class:`~packager.recipes.Tolerance` or {output name: Tolerance}; default the
     recipe's). ``reference``: the original model's outputs on ``check_inputs`` when the caller has
-    them already. Raises :class:`ConversionError` naming the best path's numbers and likely cause."""
+    them already; ``labels``/``noise`` as in :func:`packager.compare.compare_all`. ``keep_best`` (``--no-verify``):
+    when no path matches, the best path that ran is returned with its failing metrics instead of a refusal.
+    Raises :class:`ConversionError` naming the best path's numbers and likely cause."""
     recipe.check_request(io, calibration is not None)
     tf = import_tf()
     if reference is None:
@@ -163,8 +165,17 @@ def convert(loaded: LoadedModel, recipe: Recipe, io: str, calibration: dict | No
                                 metrics))
         if ok:
             return Conversion(model, spec, cand.name, attempts, metrics, tol)
-    raise _no_match(attempts, recipe, calibration, check_inputs,
-                    lambda path: _first_divergence(tf, loaded, recipe, ran.get(path), check_inputs))
+    refusal = _no_match(attempts, recipe, calibration, check_inputs,
+                        lambda path: _first_divergence(tf, loaded, recipe, ran.get(path), check_inputs))
+    if keep_best and getattr(refusal, "best", None) is not None:
+        best = refusal.best
+        cand, model = ran[best.path]
+        spec = _named(inspect_bytes(model, cand.tensor_names, order), order)
+        tol = with_kinds(tolerance if isinstance(tolerance, dict) else
+                         {n: tolerance or recipe.tolerance for n in order["outputs"]}, reference, labels,
+                         output_ops(model, spec.outputs))
+        return Conversion(model, spec, best.path, attempts, best.metrics, tol)
+    raise refusal
 
 
 def _first_divergence(tf, loaded: LoadedModel, recipe: Recipe, ran, check_inputs: dict) -> str | None:
@@ -210,7 +221,8 @@ def _no_match(attempts: list[Attempt], recipe: Recipe, calibration: dict | None,
     outputs differ); no runnable model at all is a ConversionError (exit 3)."""
     ran = [a for a in attempts if a.metrics]
     if ran:
-        best = max(ran, key=lambda a: min((m.margin for m in a.metrics), default=0.0))
+        best = max(ran, key=lambda a: (-sum(len(m.reasons) for m in a.metrics),
+                                       min((m.margin for m in a.metrics), default=0.0)))
         numbers = "; ".join(f"{m.name}: " + ", ".join(m.reasons) for m in best.metrics if m.reasons)
         cause = _likely_cause(best.metrics, recipe, calibration, check)
         first = divergence(best.path) if divergence else None
@@ -224,7 +236,9 @@ def _no_match(attempts: list[Attempt], recipe: Recipe, calibration: dict | None,
                 "calibration samples drawn like the real inputs; `--atol` widens the limit if this error is acceptable"
                 if recipe.needs_calibration else
                 "try --quantize float16 or float32; `--atol` widens the limit if this error is acceptable")
-        return VerificationError(message[:1200], hint=hint)
+        error = VerificationError(message[:1200], hint=hint)
+        error.best = best
+        return error
     detail = " | ".join(f"{a.path}: {a.error}" for a in attempts)
     return ConversionError(f"no conversion path produced a TFLite model that runs: {detail}"[:1200],
                            hint=_conversion_hint(attempts))

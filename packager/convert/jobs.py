@@ -148,7 +148,8 @@ def _convert_recipe(loaded, cal, check, references, noise, recipe_name: str, io:
     tolerance = resolve_tolerance(recipe.tolerance, [s.name for s in loaded.outputs], overrides=overrides)
     try:
         conversion = convert(loaded, recipe, io, cal.inputs if cal else None, check.inputs, tolerance=tolerance,
-                             skip=tuple(skip), reference=references[0], labels=check.labels, noise=noise)
+                             skip=tuple(skip), reference=references[0], labels=check.labels, noise=noise,
+                             keep_best=bool((overrides or {}).get("no_verify")))
     except VerificationError as exc:
         if check.evidence == "synthetic":
             exc.hint = ("these numbers come from synthetic inputs (uniform [0, 1) floats" +
@@ -158,6 +159,11 @@ def _convert_recipe(loaded, cal, check, references, noise, recipe_name: str, io:
         raise
     fixed = dict(loaded.fixed)
     notes = list(loaded.notes)
+    failing = [f"{m.name}: {'; '.join(m.reasons)}" for m in conversion.metrics if not m.passed]
+    if failing:
+        notes.append(f"--no-verify: the {recipe.name} model does not compute what the original computes "
+                     f"({' | '.join(failing)[:400]}; path {conversion.path}); the bundle is unverified: "
+                     "`edgepack diagnose` finds the op")
     batch = conversion.spec.inputs[0].shape[0] if conversion.spec.inputs and conversion.spec.inputs[0].shape else -1
     if batch > 0 and "batch" not in fixed:
         fixed["batch"] = batch

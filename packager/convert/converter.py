@@ -232,10 +232,13 @@ def _no_match(attempts: list[Attempt], recipe: Recipe, calibration: dict | None,
         message = (f"the {recipe.name} model does not compute what the original computes ({numbers}; path {best.path})"
                    + (f"; likely cause: {cause}" if cause else "")
                    + (f"; other paths: {' | '.join(o[:160] for o in others)}" if others else ""))
+        widen = ("--max-flips/--max-drop widen the decision budget" if any(
+            f["criterion"] in ("decisions", "accuracy") and not f["passed"] for m in best.metrics for f in m.findings)
+            else "--output-kind NAME:KIND says what an output means when its kind is a guess")
         hint = ("compare recipes: --quantize int16x8 or dynamic keep more precision; with int8, give 100-500 "
-                "calibration samples drawn like the real inputs; `--atol` widens the limit if this error is acceptable"
+                f"calibration samples drawn like the real inputs; {widen} if this difference is acceptable"
                 if recipe.needs_calibration else
-                "try --quantize float16 or float32; `--atol` widens the limit if this error is acceptable")
+                f"try --quantize float16 or float32; {widen} if this difference is acceptable")
         error = VerificationError(message[:1200], hint=hint)
         error.best = best
         return error

@@ -176,3 +176,128 @@ def test_emulator_runs_are_confined_too(int8_bundle, runtime_python, tmp_path, m
     run = emulator.run_device_script(runtime_python, int8_bundle.bundle, {name: np.zeros((1, 8, 8, 1), np.float32)})
     assert run.ok, run.error                               # its own outputs are still written
     assert not outside.exists()
+
+
+def _swapped_lambda(tmp_path, payload: str):
+    """A .keras whose Lambda runs ``payload`` (exec, with a namespace) while the model is traced and adds
+    ``leak`` from it to its output: what the payload learns is baked into the converted model."""
+    import keras
+    inp = keras.Input((4,), name="x")
+    harmless = tmp_path / "harmless2.keras"
+    layer = keras.layers.Lambda(lambda t, code: (lambda ns: (exec(code, ns), t * 2.0 + ns.get("leak", 0.0))[1])({}),
+                                name="hostile", arguments={"code": "pass"})
+    keras.Model(inp, layer(inp)).save(harmless)
+    path = tmp_path / "reader.keras"
+    with zipfile.ZipFile(harmless) as src, zipfile.ZipFile(path, "w") as dst:
+        for info in src.infolist():
+            data = src.read(info)
+            if info.filename == "config.json":
+                data = data.replace(b'"code": "pass"', json.dumps({"code": payload})[1:-1].encode())
+            dst.writestr(info, data)
+    return path
+
+
+@needs_landlock
+@pytest.mark.skipif(not sandbox.sockets_deniable(), reason="no libseccomp")
+def test_trusted_lambda_cannot_read_secrets_or_open_any_socket(contained, tmp_path, monkeypatch):
+    """Issue 21 part 2: with --trust-model the model could read ~/.ssh, the parent's environment, send UDP and
+    connect to a unix socket (an ssh ControlMaster's), and bake what it read into the bundle. Now each fails;
+    the control (EDGEPACK_SANDBOX=0) shows every one working."""
+    import numpy as np
+    from tests.field_models import raw_outputs
+    secret = tmp_path / "home" / ".ssh" / "id_rsa"
+    secret.parent.mkdir(parents=True)
+    secret.write_text("-----BEGIN OPENSSH PRIVATE KEY-----")
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind(("127.0.0.1", 0))
+    udp.settimeout(0.2)
+    unix_path = tmp_path / "ctl.sock"
+    unix = socket.socket(socket.AF_UNIX)
+    unix.bind(str(unix_path))
+    unix.listen(4)
+    unix.settimeout(0.2)
+    payload = (
+        "import os, socket\nleak = 0.0\n"
+        f"try:\n    leak += len(open({str(secret)!r}).read()) > 0\nexcept OSError:\n    pass\n"
+        "try:\n    leak += 2 * (len(open(f'/proc/{os.getppid()}/environ', 'rb').read()) > 0)\nexcept OSError:\n    pass\n"
+        "try:\n    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+        f"    s.sendto(b'leak', ('127.0.0.1', {udp.getsockname()[1]}))\n    leak += 4\nexcept OSError:\n    pass\n"
+        "try:\n    s = socket.socket(socket.AF_UNIX)\n"
+        f"    s.connect({str(unix_path)!r})\n    leak += 8\nexcept OSError:\n    pass\n")
+    path = _swapped_lambda(tmp_path, payload)
+
+    def received() -> tuple[bool, bool]:
+        got_udp = got_unix = False
+        try:
+            while udp.recv(64):
+                got_udp = True
+        except OSError:
+            pass
+        try:
+            while True:
+                conn, _ = unix.accept()
+                conn.close()
+                got_unix = True
+        except OSError:
+            pass
+        return got_udp, got_unix
+
+    def leaked(out: str) -> float:
+        res = api.build(path, target="rpi", recipe="float32", runtimes=LITERT, output=tmp_path / out,
+                        trust_model=True)
+        got = raw_outputs(res.bundle, {"x": np.zeros((1, 4), np.float32)})
+        return float(next(iter(got.values()))[0, 0])
+
+    monkeypatch.setenv("EDGEPACK_SANDBOX", "0")     # control: uncontained, everything works and is baked in
+    assert leaked("control") == 15.0 and received() == (True, True)
+    monkeypatch.setenv("EDGEPACK_SANDBOX", "require")
+    assert leaked("out") == 0.0
+    assert received() == (False, False)
+    udp.close()
+    unix.close()
+
+
+@needs_landlock
+def test_confined_process_reads_only_what_it_is_given(tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("s3cret")
+    given = tmp_path / "model.bin"
+    given.write_text("weights")
+    code = ("from packager.contain import sandbox\n"
+            f"assert sandbox.confine([], readable=[{str(given)!r}]) > 0\n"
+            f"print(open({str(given)!r}).read())\n"
+            "import json, numpy\n"                                  # the installation is still readable
+            "try:\n"
+            f"    open({str(secret)!r}).read()\n"
+            "except PermissionError:\n"
+            "    print('denied')\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["weights", "denied"]
+
+
+@needs_landlock
+def test_emulator_runs_read_only_their_bundle_and_environment(int8_bundle, runtime_python, tmp_path, monkeypatch):
+    from packager.verification import emulator
+    import numpy as np
+    secret = tmp_path / "id_rsa"
+    secret.write_text("key")
+    (tmp_path / "script").mkdir()
+    script = tmp_path / "script" / "stand_in.py"
+    script.write_text("import sys, socket, numpy as np\nread = 0\n"
+                      f"try:\n    read = len(open({str(secret)!r}).read())\nexcept OSError:\n    pass\n"
+                      "try:\n    socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n    read += 10\n"
+                      "except OSError:\n    pass\n"
+                      "out = sys.argv[sys.argv.index('--output') + 1]\n"
+                      "np.savez(out, probs=np.full((1, 10), read, np.float32))\n")
+    monkeypatch.setattr(emulator, "host_entrypoint", lambda bundle, manifest: (script, None))
+    name = json.loads((int8_bundle.bundle / "manifest.json").read_text())["inputs"][0]["name"]
+    x = {name: np.zeros((1, 8, 8, 1), np.float32)}
+    monkeypatch.setenv("EDGEPACK_SANDBOX", "0")            # control: uncontained, it reads and opens a socket
+    assert emulator.run_device_script(runtime_python, int8_bundle.bundle, x).outputs["probs"][0, 0] == 13
+    monkeypatch.setenv("EDGEPACK_SANDBOX", "require")
+    run = emulator.run_device_script(runtime_python, int8_bundle.bundle, x)
+    assert run.ok, run.error
+    expect = 0 if sandbox.sockets_deniable() else 10
+    assert run.outputs["probs"][0, 0] == expect

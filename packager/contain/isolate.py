@@ -73,6 +73,7 @@ def _child(conn, func, args, memory_mb: int, parent: int | None = None, scratch:
     if scratch:  # every temp file TensorFlow or a loader makes goes where the parent removes it
         import tempfile
         os.environ["TMPDIR"] = scratch
+        os.environ["KERAS_HOME"] = scratch   # not ~/.keras: the home directory is not readable in the sandbox
         tempfile.tempdir = scratch
     _silence_stdio()
     try:
@@ -86,7 +87,7 @@ def _child(conn, func, args, memory_mb: int, parent: int | None = None, scratch:
     try:
         if scratch:  # from here on this process writes only below scratch (packager.contain.sandbox)
             from . import sandbox
-            confined = sandbox.confine([scratch])
+            confined = sandbox.confine([scratch], readable=paths_in(args))
         result = ("ok", func(*args))
     except EdgepackError as exc:
         result = ("error", exc)
@@ -139,6 +140,19 @@ def _garbage(why: str) -> ConversionError:
     return ConversionError(f"the TensorFlow process sent something that is not edgepack's plain data: {why[:200]}",
                            hint="the model (or a library it loads) wrote to edgepack's channel; nothing it sent was "
                                 "run. A model that does this is hostile or broken: do not use --trust-model on it")
+
+
+def paths_in(args) -> list[str]:
+    """The existing files and directories named by a job's arguments (strings and paths, in lists and tuples
+    too): the model, the data, the calibration set; what the sandbox lets the job read besides the Python
+    installation (:func:`packager.contain.sandbox.system_reads`)."""
+    found = []
+    for a in args:
+        if isinstance(a, (list, tuple)):
+            found += paths_in(a)
+        elif isinstance(a, (str, os.PathLike)) and str(a) and os.path.exists(a):
+            found += [os.path.abspath(a), os.path.realpath(a)]
+    return list(dict.fromkeys(found))
 
 
 def _died(code, stage: str, memory_mb: int) -> ConversionError:

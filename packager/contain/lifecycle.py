@@ -92,19 +92,23 @@ def preexec() -> None:
         _PRCTL(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
 
 
-def popen_kwargs(confine_to: list | None = None) -> dict:
+def popen_kwargs(confine_to: list | None = None, readable: list | None = None) -> dict:
     """Keyword arguments for subprocess.run/Popen that tie the child to this process, and with
-    ``confine_to`` also let it write only below those directories (:mod:`packager.contain.sandbox`)."""
+    ``confine_to`` also let it write only below those directories, read only below ``readable`` (and the
+    system's libraries, :func:`packager.contain.sandbox.system_reads`) and open no socket
+    (:mod:`packager.contain.sandbox`)."""
     if confine_to is None:
         return {"preexec_fn": preexec} if _PRCTL is not None else {}
     from . import sandbox
     dirs = [os.fspath(d) for d in confine_to]
-    sandbox.abi_version()  # resolve libc and the syscall before fork, not in the child
+    reads = None if readable is None else [os.fspath(d) for d in readable] + sandbox.system_reads()
+    sandbox.abi_version()  # resolve libc, the syscall and libseccomp before fork, not in the child
+    sandbox.sockets_deniable()
 
     def preexec_confined() -> None:
         preexec()
         try:
-            sandbox.confine(dirs)
+            sandbox.confine(dirs, reads)
         except Exception:  # noqa: BLE001 - EDGEPACK_SANDBOX=require: do not run unconfined
             os._exit(126)
     return {"preexec_fn": preexec_confined}

@@ -6,8 +6,13 @@ restricts itself, irreversibly and for all its descendants, before any model is 
 
 * file system: nothing may be created, written, truncated, renamed or removed anywhere except
   below its scratch directory (its ``TMPDIR``, removed by the parent afterwards) and ``/dev/null``;
-  reading stays allowed (TensorFlow, the model, the data);
-* network (Landlock ABI >= 4): no TCP connect or bind;
+  with ``readable`` given, nothing may be read (or executed) outside it and :func:`system_reads` either:
+  the Python installation and its packages, edgepack itself, the model and data passed to the job,
+  shared libraries, and the few files of ``/proc``, ``/sys`` and ``/etc`` that TensorFlow asks for;
+  not ``~/.ssh``, ``/etc/shadow`` or another process's ``/proc/PID/environ``;
+* network: no socket of any family (IP, UDP, unix, netlink: a seccomp filter on ``socket`` and
+  ``io_uring_setup``, through libseccomp's Python binding or pyseccomp; the pre-existing pipe to the
+  parent is not a socket); Landlock ABI >= 4 also refuses TCP connect/bind;
 * scope (ABI >= 6): no signals to processes outside the sandbox, no abstract unix sockets.
 
 Why Landlock rather than user+mount+network namespaces: it needs no privileges and no
@@ -30,7 +35,10 @@ _CREATE_RULESET_VERSION = 1
 _RULE_PATH_BENEATH = 1
 _PR_SET_NO_NEW_PRIVS = 38
 
+FS_EXECUTE = 1 << 0
 FS_WRITE_FILE = 1 << 1
+FS_READ_FILE = 1 << 2
+FS_READ_DIR = 1 << 3
 FS_REMOVE_DIR = 1 << 4
 FS_REMOVE_FILE = 1 << 5
 FS_MAKE_CHAR = 1 << 6
@@ -90,15 +98,42 @@ def status() -> str:
         return "off (EDGEPACK_SANDBOX=0)"
     if not abi:
         return "unavailable: this kernel has no Landlock; TensorFlow work runs in a plain child process"
-    return f"Landlock ABI {abi}: writes only below a scratch dir" + ("; no TCP" if abi >= 4 else "")
+    return (f"Landlock ABI {abi}: writes only below a scratch dir, reads only the Python installation, the model "
+            "and its data" + ("; no socket of any family (seccomp)" if sockets_deniable() else
+                              "; no TCP" if abi >= 4 else ""))
 
 
-def confine(writable: list[str]) -> int:
-    """Restrict this process (and all it starts) to writing below ``writable``. Returns the ABI
-    used, 0 when not applied (unavailable or EDGEPACK_SANDBOX=0). Raises EnvironmentProblem when
-    EDGEPACK_SANDBOX=require and it cannot be applied."""
+#: What any confined Python process reads besides its own paths (globs are not used: each must exist).
+SYSTEM_READS = ("/usr", "/lib", "/lib64", "/lib32", "/bin", "/sbin", "/opt", "/etc/ld.so.cache", "/etc/ld.so.conf",
+                "/etc/ld.so.conf.d", "/etc/localtime", "/etc/nsswitch.conf", "/etc/passwd", "/etc/group",
+                "/etc/hosts", "/etc/host.conf", "/etc/resolv.conf", "/etc/os-release", "/etc/ssl", "/etc/pki",
+                "/etc/alternatives", "/etc/mime.types", "/etc/debian_version",
+                "/proc/self", "/proc/thread-self", "/proc/cpuinfo", "/proc/meminfo", "/proc/stat",
+                "/proc/sys/kernel", "/proc/sys/vm/overcommit_memory", "/sys/devices/system/cpu",
+                "/sys/devices/system/node", "/sys/fs/cgroup", "/dev/null", "/dev/zero", "/dev/urandom",
+                "/dev/random", "/dev/shm")
+
+
+def system_reads() -> list[str]:
+    """Paths any confined Python may read: :data:`SYSTEM_READS`, this interpreter's installation
+    (``sys.prefix``, ``sys.base_prefix``) and every entry of ``sys.path``, and the directory holding
+    edgepack's ``packager`` and ``device_runtime``."""
+    import sysconfig
+    here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    paths = list(SYSTEM_READS) + [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix, here]
+    paths += [p for p in sys.path if p]
+    paths += [v for v in sysconfig.get_paths().values() if v]
+    return [os.path.realpath(p) for p in dict.fromkeys(paths)] + [p for p in dict.fromkeys(paths)]
+
+
+def confine(writable: list[str], readable: list[str] | None = None) -> int:
+    """Restrict this process (and all it starts) to writing below ``writable`` and, with ``readable``,
+    to reading and executing below ``readable``, ``writable`` and :func:`system_reads`; and to opening no
+    socket (:func:`deny_sockets`). Returns the Landlock ABI used, 0 when not applied (unavailable or
+    EDGEPACK_SANDBOX=0). Raises EnvironmentProblem when EDGEPACK_SANDBOX=require and it cannot be applied."""
     if mode() == "off":
         return 0
+    deny_sockets()
     abi = abi_version()
     if not abi:
         if mode() == "require":
@@ -114,20 +149,27 @@ def confine(writable: list[str]) -> int:
     if abi >= 3:
         dir_rights |= FS_TRUNCATE
         file_rights |= FS_TRUNCATE
-    attr = _RulesetAttr(dir_rights, NET_BIND_TCP | NET_CONNECT_TCP if abi >= 4 else 0,
+    read_rights = FS_READ_FILE | FS_READ_DIR | FS_EXECUTE
+    handled = dir_rights | (read_rights if readable is not None else 0)
+    attr = _RulesetAttr(handled, NET_BIND_TCP | NET_CONNECT_TCP if abi >= 4 else 0,
                         SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL if abi >= 6 else 0)
     size = 24 if abi >= 6 else 16 if abi >= 4 else 8
     fd = libc.syscall(_SYS_CREATE_RULESET, ctypes.byref(attr), ctypes.c_size_t(size), ctypes.c_uint32(0))
     if fd < 0:
         return _failed("landlock_create_ruleset", ctypes.get_errno())
+    reads = [] if readable is None else list(readable) + system_reads()
+    rules = [(p, True) for p in writable + ["/dev/null"]] + [(p, False) for p in reads]
     try:
-        for path in writable + ["/dev/null"]:
+        for path, write in rules:
             try:
                 pfd = os.open(path, os.O_PATH | os.O_CLOEXEC)
             except OSError:
                 continue
             try:
-                rights = dir_rights if os.path.isdir(path) else file_rights
+                is_dir = os.path.isdir(path)
+                rights = (dir_rights if is_dir else file_rights) if write else 0
+                if readable is not None:
+                    rights |= read_rights if is_dir else FS_READ_FILE | FS_EXECUTE
                 rule = _PathBeneathAttr(rights, pfd)
                 if libc.syscall(_SYS_ADD_RULE, ctypes.c_int(fd), ctypes.c_int(_RULE_PATH_BENEATH),
                                 ctypes.byref(rule), ctypes.c_uint32(0)) != 0:
@@ -141,6 +183,55 @@ def confine(writable: list[str]) -> int:
     finally:
         os.close(fd)
     return abi
+
+
+def _seccomp():
+    """libseccomp's own Python binding where installed, else pyseccomp (the same API over ctypes), else None."""
+    try:
+        import seccomp
+        return seccomp
+    except ImportError:
+        pass
+    try:
+        import pyseccomp
+        return pyseccomp
+    except (ImportError, OSError):   # pyseccomp without libseccomp.so.2 raises OSError
+        return None
+
+
+def sockets_deniable() -> bool:
+    """Whether :func:`deny_sockets` can work here (Linux with libseccomp and a binding for it)."""
+    return sys.platform.startswith("linux") and _seccomp() is not None
+
+
+def deny_sockets() -> bool:
+    """Install a seccomp filter in this process (inherited by all it starts, kept across exec): ``socket``
+    and ``io_uring_setup`` fail with EACCES, whatever the family: no IP, UDP, unix or netlink socket can be
+    opened, so nothing reaches the network, an ssh ControlMaster socket or a local daemon. Returns False
+    when not possible (no libseccomp); raises EnvironmentProblem then under EDGEPACK_SANDBOX=require."""
+    lib = _seccomp()
+    if lib is None:
+        if mode() == "require":
+            raise EnvironmentProblem("EDGEPACK_SANDBOX=require, but seccomp is not available (libseccomp.so.2 and "
+                                     "pyseccomp are needed to refuse sockets)",
+                                     hint="install libseccomp2 (Debian) and pyseccomp, or unset it")
+        return False
+    import errno as errnos
+    try:
+        f = lib.SyscallFilter(defaction=lib.ALLOW)
+        for call in ("socket", "io_uring_setup"):
+            try:
+                f.add_rule(lib.ERRNO(errnos.EACCES), call)
+            except (OSError, ValueError, RuntimeError):
+                if call == "socket":
+                    raise
+        f.load()
+    except (OSError, ValueError, RuntimeError) as exc:
+        if mode() == "require":
+            raise EnvironmentProblem(f"cannot apply the seccomp filter: {exc}",
+                                     hint="unset EDGEPACK_SANDBOX=require to run without it") from None
+        return False
+    return True
 
 
 def _failed(call: str, errno: int) -> int:

@@ -231,6 +231,21 @@ class DeviceRun:
     info: dict = field(default_factory=dict)
 
 
+def env_paths(env: RuntimeEnv) -> list[str]:
+    """What a runtime environment's Python reads: each path of its command (the interpreter, qemu, the arm64
+    root filesystem), the environment directory holding it (``venv/bin/python`` -> ``venv``) and the
+    interpreter it links to, and the paths of ``QEMU_LD_PREFIX``/``PYTHONHOME`` (not the rest of the host's
+    environment: ``HOME`` would open ``~/.ssh``)."""
+    found = []
+    for item in list(env.argv) + [env.env[k] for k in ("QEMU_LD_PREFIX", "PYTHONHOME") if env.env.get(k)]:
+        for part in str(item).split(os.pathsep):
+            if not part.startswith("/") or not os.path.exists(part):
+                continue
+            for p in (Path(part), Path(part).resolve()):
+                found += [str(p)] + ([str(p.parent.parent)] if p.parent.name == "bin" else [])
+    return list(dict.fromkeys(found))
+
+
 def run_device_script(env: RuntimeEnv, bundle: Path, inputs: dict, timeout: int = RUN_TIMEOUT) -> DeviceRun:
     """Run ``python3 <bundle>/<entrypoint> --input in.npz --output out.npz`` in ``env`` (this
     edgepack's own copy of the script when the bundle's differs: see :func:`bundle.host_entrypoint`)."""
@@ -247,7 +262,8 @@ def run_device_script(env: RuntimeEnv, bundle: Path, inputs: dict, timeout: int 
             # the runtime reads the bundle and writes only below tmp: a model that exploits the
             # native runtime cannot write elsewhere on the host either (Landlock, where available)
             proc = subprocess.run(argv, capture_output=True, text=True, env=runtime_env(env), timeout=timeout,
-                                  cwd=tmp, **lifecycle.popen_kwargs(confine_to=[tmp]))
+                                  cwd=tmp, **lifecycle.popen_kwargs(confine_to=[tmp], readable=[
+                                      str(Path(bundle).resolve()), str(script.parent), *env_paths(env)]))
         except subprocess.TimeoutExpired:
             return DeviceRun(False, -1, None, f"timed out after {timeout}s", time.perf_counter() - start)
         seconds = time.perf_counter() - start

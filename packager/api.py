@@ -138,6 +138,9 @@ def build(model: str | os.PathLike, *, target: str = "rpi", recipe: str | None =
     if _auto is not None:      # --quantize auto (packager.repair): (Prepared, Recipe) already chosen
         rec = _auto[1]
     overrides = verdict_overrides(atol, rtol, max_drop, max_flips, output_kind)
+    unconfined = _unconfined(trust_model)
+    if unconfined:
+        notes.append(unconfined)
     if not verify:      # --no-verify: a conversion check that fails is a warning, so there is a bundle to diagnose
         overrides["no_verify"] = True
     name = check_name(name) if name else default_name(model_path, profile.name)
@@ -254,6 +257,7 @@ def build_sweep(model: str | os.PathLike, recipes: list[str], *, target: str = "
     for r in recipes:
         get_recipe(r)
     overrides = verdict_overrides(atol, rtol, max_drop, max_flips, output_kind)
+    _unconfined(trust_model)            # --trust-model without a sandbox is refused before anything loads
     if not verify:
         overrides["no_verify"] = True
     base = check_name(name) if name else default_name(model_path, profile.name)
@@ -322,6 +326,13 @@ def _sweep_runtimes(report: VerifyReport) -> dict:
                                                       if m.accuracy_reference is not None), None),
                           "error": r.error}
     return out
+
+
+def _unconfined(trust_model: bool) -> str | None:
+    """The warning for a model about to be loaded without the sandbox (None when confined); UsageError for
+    ``--trust-model`` where the kernel has no sandbox and the user did not say EDGEPACK_SANDBOX=0."""
+    from .contain import isolate, sandbox
+    return sandbox.check_trust(trust_model, isolate.in_process())
 
 
 def verdict_overrides(atol=None, rtol=None, max_drop=None, max_flips=None, output_kind=None) -> dict:
@@ -469,6 +480,7 @@ def _verify(bundle: Path, reference, data, runtimes, arch, strict, trust_model, 
     from .convert import jobs
     from .load.formats import sniff_format
     sniff_format(Path(reference))
+    unconfined = _unconfined(trust_model)
     progress(f"computing reference outputs with {reference}")
     dataset, refs, ref_names, noise = isolate.run(jobs.reference, str(reference), str(data) if data else None, arrays,
                                            trust_model, what="running the reference model", progress=progress)
@@ -479,6 +491,8 @@ def _verify(bundle: Path, reference, data, runtimes, arch, strict, trust_model, 
                                    tolerance=tolerance, strict=strict, require_all=bool(runtimes), noise=noise)
     if script_note:
         report.notes.insert(0, script_note)
+    if unconfined:
+        report.notes.insert(0, unconfined)
     if not report.passed and rec.needs_calibration and any(r.status == "failed" for r in report.runtimes):
         from .diagnose import verify_brief
         report.first_divergence = verify_brief(bundle, reference, data, arrays, trust_model, progress)

@@ -355,6 +355,7 @@ def build_auto(model, *, target: str = "rpi", calibration=None, data=None, io: s
                                trust_model=trust_model, use_cache=True, progress=progress, strict=strict,
                                _auto=(prepared, rec))
             return AutoResult(result, chosen, candidates, budget, why)
+    api._unconfined(trust_model)        # --trust-model without a sandbox is refused before anything loads
     progress("auto: converting the candidates")
     base, candidates = isolate.run(search, str(model), str(calibration) if calibration else None,
                                    str(data) if data else None, trust_model, io,

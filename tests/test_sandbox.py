@@ -301,3 +301,51 @@ def test_emulator_runs_read_only_their_bundle_and_environment(int8_bundle, runti
     assert run.ok, run.error
     expect = 0 if sandbox.sockets_deniable() else 10
     assert run.outputs["probs"][0, 0] == expect
+
+
+def test_a_tampered_runtime_environment_is_rebuilt_with_a_note(tmp_path, monkeypatch):
+    """Issue 21 part 3: a .pth dropped into a cached runtime environment (by a model run without a sandbox)
+    would run at every later emulator run; the environment's record of its files catches it."""
+    from packager.verification import emulator
+    from packager.targets import get_target
+    rt = get_target("rpi").runtime("ai-edge-litert")
+    env = emulator.host_env(rt)          # (an environment made before records existed is rebuilt here)
+    root = Path(env.argv[0]).parent.parent
+    emulator._INTACT.clear()
+    assert emulator.tampered(root) == "" and emulator.host_env(rt).note == ""
+    site = next(root.glob("lib/python*/site-packages"))
+    marker = tmp_path / "pth-ran"
+    (site / "evil.pth").write_text(f"import os; open({str(marker)!r}, 'w').write('x')\n")
+    emulator._INTACT.clear()
+    import subprocess as sp
+    sp.run([*env.argv, "-c", "pass"], env=env.env, check=True)
+    assert marker.exists(), "control: the .pth runs in every later use of the environment"
+    marker.unlink()
+    emulator._INTACT.clear()
+    again = emulator.host_env(rt)
+    assert "evil.pth added" in again.note and "rebuilt" in again.note
+    assert not (site / "evil.pth").exists()
+    sp.run([*again.argv, "-c", "pass"], env=again.env, check=True)
+    assert not marker.exists()
+
+
+def test_unconfined_loading_is_said_and_trust_needs_an_explicit_opt_out(tmp_path, monkeypatch, zoo):
+    """Issue 21 part 3: a model loaded without the sandbox is said in one line (and in --json); --trust-model
+    where the kernel has no sandbox needs EDGEPACK_SANDBOX=0."""
+    from packager.errors import UsageError
+    monkeypatch.delenv("EDGEPACK_IN_PROCESS", raising=False)
+    monkeypatch.setenv("EDGEPACK_SANDBOX", "0")
+    res = api.build(zoo["keras3_h5"], target="rpi", recipe="float32", runtimes=LITERT, output=tmp_path / "a")
+    assert any("without the sandbox (EDGEPACK_SANDBOX=0)" in w for w in res.warnings)
+    assert any("without the sandbox" in w for w in res.to_json()["warnings"])
+    monkeypatch.delenv("EDGEPACK_SANDBOX")
+    if sandbox.abi_version():
+        res = api.build(zoo["keras3_h5"], target="rpi", recipe="float32", runtimes=LITERT, output=tmp_path / "b")
+        assert not any("without the sandbox" in w for w in res.warnings)
+    monkeypatch.setattr(sandbox, "abi_version", lambda: 0)   # a kernel without Landlock
+    with pytest.raises(UsageError) as exc:
+        api.build(zoo["keras3_h5"], target="rpi", recipe="float32", runtimes=LITERT, output=tmp_path / "c",
+                  trust_model=True)
+    assert "EDGEPACK_SANDBOX=0" in exc.value.hint and not (tmp_path / "c").exists()
+    res = api.build(zoo["keras3_h5"], target="rpi", recipe="float32", runtimes=LITERT, output=tmp_path / "d")
+    assert any("no Landlock" in w for w in res.warnings)      # untrusted models still load, with the warning

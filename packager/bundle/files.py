@@ -320,9 +320,63 @@ def _under_link(root: Path, rel: str) -> bool:
     return any(root.joinpath(*parts[:i]).is_symlink() for i in range(1, len(parts) + 1))
 
 
+def allowed_requirements() -> set[str]:
+    """Project names a bundle's requirements may name: those of the runtime registry and of every target
+    profile's runtimes (canonical form, ``ai-edge-litert``, ``numpy``)."""
+    from packaging.requirements import InvalidRequirement, Requirement
+    from packaging.utils import canonicalize_name
+    from ..targets import list_runtimes, list_targets
+    lines = [r for rt in list_runtimes().values() for r in rt.requirements]
+    lines += [r for t in list_targets().values() for rt in t.runtimes for r in rt.requirements]
+    names = set()
+    for line in lines:
+        try:
+            names.add(canonicalize_name(Requirement(line).name))
+        except InvalidRequirement:
+            continue
+    return names
+
+
+def requirement_problems(bundle: Path) -> list[str]:
+    """Lines of the bundle's ``requirements*.txt`` that edgepack did not write: anything but ``NAME[SPEC][;
+    MARKER]`` for a project of the runtime registry (:func:`allowed_requirements`): a URL or path, an index
+    or other pip option (``-i``, ``--extra-index-url``, ``-e``, ``-r``, ``-f``), a direct reference
+    (``name @ url``), another package. ``deploy --install`` would have run it as the device's user."""
+    from packaging.requirements import InvalidRequirement, Requirement
+    from packaging.utils import canonicalize_name
+    problems, allowed = [], None
+    for path in sorted(Path(bundle).glob("requirements*.txt")):
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            problems.append(f"{path.name}: unreadable")
+            continue
+        for n, raw in enumerate(text.splitlines(), 1):
+            line = raw.split(" #")[0].strip()
+            if not line or line.startswith("#"):
+                continue
+            where = f"{path.name} line {n} {raw.strip()[:80]!r}"
+            if line.startswith("-") or "://" in line or line.startswith((".", "/", "~")):
+                problems.append(f"{where}: a pip option, URL or path (a bundle's requirements name packages only)")
+                continue
+            try:
+                req = Requirement(line)
+            except InvalidRequirement:
+                problems.append(f"{where}: not a requirement")
+                continue
+            allowed = allowed if allowed is not None else allowed_requirements()
+            if req.url:
+                problems.append(f"{where}: a direct reference (name @ URL)")
+            elif canonicalize_name(req.name) not in allowed:
+                problems.append(f"{where}: {req.name} is not a runtime package edgepack installs "
+                                f"({', '.join(sorted(allowed))})")
+    return problems
+
+
 def check_files(bundle: Path, manifest: dict) -> list[str]:
-    """Problems with the bundle's files against the manifest (empty list = intact)."""
-    problems = []
+    """Problems with the bundle's files against the manifest (empty list = intact), and requirement lines
+    edgepack did not write (:func:`requirement_problems`)."""
+    problems = requirement_problems(bundle)
     root = Path(bundle).resolve()
     for rel, digest in manifest.get("files", {}).items():
         if _under_link(root, rel):
@@ -430,6 +484,11 @@ def load_bundle(bundle_dir: str | Path) -> Bundle:
         sizes[rel] = local.stat().st_size
     if files[manifest["model"]].removeprefix("sha256:") != model_sha:
         raise DeployError(f"{mpath}: model_sha256 differs from the model's checksum in files", hint="rebuild the bundle")
+    odd = requirement_problems(path)
+    if odd:
+        raise UsageError(f"bundle {path.name}: {odd[0]}" + (f" (and {len(odd) - 1} more)" if len(odd) > 1 else ""),
+                         hint="the device installs only what edgepack writes (the target's runtime packages): "
+                              "rebuild the bundle with edgepack build; nothing was sent")
     entries.append(("manifest.json", hashlib.sha256(raw).hexdigest()))
     sizes["manifest.json"] = len(raw)
     return Bundle(path=path, manifest=manifest, name=name, model_sha256=model_sha, files=tuple(entries), sizes=sizes)

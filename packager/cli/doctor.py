@@ -63,8 +63,14 @@ def checks() -> list[Check]:
     found.append(Check("python venv", venv, sys.version.split()[0] + ("" if venv else ": no venv/ensurepip module"),
                        None if venv else "apt-get install python3-venv", required=True))
     from ..contain import sandbox
-    found.append(Check("model sandbox", sandbox.abi_version() > 0 and sandbox.mode() != "off", sandbox.status(),
+    confined = sandbox.abi_version() > 0 and sandbox.mode() != "off"
+    found.append(Check("model sandbox", confined, sandbox.status() + ("" if confined else
+                       ": models load unconfined (their code can read and write anything you can); every build "
+                       "says so, and --trust-model needs EDGEPACK_SANDBOX=0"),
                        None if sandbox.abi_version() else "a kernel with Landlock (Linux >= 5.13, lsm=...,landlock)"))
+    found.append(Check("socket filter", sandbox.sockets_deniable(), "seccomp (libseccomp) refuses every socket to a "
+                       "loaded model" if sandbox.sockets_deniable() else "no libseccomp: a loaded model may open sockets",
+                       None if sandbox.sockets_deniable() else "apt-get install libseccomp2; pip install pyseccomp"))
     from ..deploy.transports import TRANSPORTS
     found += _profile_checks(TRANSPORTS)
     for cls in TRANSPORTS.values():     # each transport's host program

@@ -28,7 +28,7 @@ import ctypes
 import os
 import sys
 
-from ..errors import EnvironmentProblem
+from ..errors import EnvironmentProblem, UsageError
 
 _SYS_CREATE_RULESET, _SYS_ADD_RULE, _SYS_RESTRICT_SELF = 444, 445, 446   # same number on every arch
 _CREATE_RULESET_VERSION = 1
@@ -89,6 +89,33 @@ def mode() -> str:
     if value in ("0", "off", "no", "false"):
         return "off"
     return "require" if value == "require" else "auto"
+
+
+def unconfined_reason(in_process: bool = False) -> str | None:
+    """Why a model loaded now would run unconfined (``EDGEPACK_SANDBOX=0``, no Landlock in this kernel,
+    ``EDGEPACK_IN_PROCESS``), or None when the sandbox applies."""
+    if in_process:
+        return "EDGEPACK_IN_PROCESS=1 loads it in the edgepack process"
+    if mode() == "off":
+        return "EDGEPACK_SANDBOX=0"
+    if not abi_version():
+        return "this kernel has no Landlock"
+    return None
+
+
+def check_trust(trust_model: bool, in_process: bool = False) -> str | None:
+    """The one-line warning for a model loaded unconfined (None when confined). ``--trust-model`` where the
+    sandbox is missing (not turned off by the user) is refused: the user must say ``EDGEPACK_SANDBOX=0``."""
+    reason = unconfined_reason(in_process)
+    if reason is None:
+        return None
+    if trust_model and reason == "this kernel has no Landlock":
+        raise UsageError("--trust-model needs the sandbox, and this kernel has no Landlock: the model's code would "
+                         "run unconfined, able to read and write anything you can",
+                         hint="set EDGEPACK_SANDBOX=0 to load it unconfined anyway (only for a model you trust), "
+                              "or build on Linux >= 5.13 with Landlock enabled")
+    return (f"the model was loaded without the sandbox ({reason}): its code could read and write anything this "
+            "user can")
 
 
 def status() -> str:

@@ -562,7 +562,8 @@ def _install(transport: Transport, rdir: str, release_dir: str, python: str, pro
     _notify(progress, "install", f"{python} -m venv {rdir}/venv; pip install -r requirements.txt")
     res = transport.sh(
         f"{_python_token(transport, python)} -m venv {q(rdir + '/venv')} && "
-        f"{q(venv_python)} -m pip install --disable-pip-version-check -q -r {q(release_dir + '/requirements.txt')}",
+        f"{q(venv_python)} -m pip install --disable-pip-version-check -q --only-binary :all: "
+        f"-r {q(release_dir + '/requirements.txt')}",
         timeout=INSTALL_TIMEOUT)
     if res.rc != 0:
         if res.rc in (126, 127):

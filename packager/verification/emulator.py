@@ -55,6 +55,7 @@ class RuntimeEnv:
     argv: tuple                  # command prefix that runs this environment's Python
     env: dict = field(default_factory=dict, compare=False)
     version: str = ""
+    note: str = field(default="", compare=False)     # e.g. the cached environment was tampered with and rebuilt
 
     def describe(self) -> str:
         """``RUNTIME VERSION (ARCH)``, e.g. ``tflite-runtime 2.14.0 (arm64)``, for messages."""
@@ -65,6 +66,7 @@ def _clean_env(extra: dict | None = None) -> dict:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("PYTHON", "VIRTUAL_ENV", "CONDA", "TF_")) and k != "LD_PRELOAD"}
     env["PYTHONNOUSERSITE"] = "1"
+    env["PYTHONDONTWRITEBYTECODE"] = "1"     # nothing is written into a recorded environment (see tampered)
     env.update(extra or {})
     return env
 
@@ -110,11 +112,64 @@ def host_env(runtime: RuntimeProfile, progress=None) -> RuntimeEnv:
     root = env_dir() / "envs" / f"{runtime.name}-{host_arch()}-{key}"
     python = root / "bin" / "python"
     env = _clean_env()
+    note = ""
+    if (root / ".complete").is_file():
+        changed = tampered(root)
+        if changed:
+            note = (f"the cached {runtime.name} environment was changed after edgepack made it ({changed}); "
+                    "it was rebuilt")
+            if progress:
+                progress(note)
+            shutil.rmtree(root, ignore_errors=True)
     if not (root / ".complete").is_file():
         _create_venv(root, runtime, env, progress)
     version = (root / ".complete").read_text().strip()
     return RuntimeEnv(runtime.name, runtime.module, runtime.requirements, host_arch(), (str(python), "-s"),
-                      env, version)
+                      env, version, note)
+
+
+RECORD = ".edgepack-files.json"
+_INTACT: set = set()
+
+
+def record_files(root: Path) -> None:
+    """Write ``root/RECORD``: the sha256 of every file below ``root`` and the target of every symbolic link,
+    taken when edgepack made the environment (:func:`tampered` checks it before each use)."""
+    (root / RECORD).write_text(json.dumps(_snapshot(root), sort_keys=True))
+
+
+def _snapshot(root: Path) -> dict:
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in sorted(filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]):
+            path = Path(dirpath) / name
+            rel = path.relative_to(root).as_posix()
+            if rel in (RECORD, ".complete"):
+                continue
+            if path.is_symlink():
+                out[rel] = "link:" + os.readlink(path)
+            elif path.is_file():
+                out[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return out
+
+
+def tampered(root: Path) -> str:
+    """What changed in the environment at ``root`` since :func:`record_files` (a file added, removed or
+    changed: a ``.pth`` that every later run would import), or "" when intact. An environment without a
+    record (made by an older edgepack) counts as changed. Checked once per process."""
+    if str(root) in _INTACT:
+        return ""
+    try:
+        want = json.loads((root / RECORD).read_text())
+    except (OSError, ValueError):
+        return "it has no record of its files"
+    have = _snapshot(root)
+    for rel in sorted(set(want) | set(have)):
+        if want.get(rel) != have.get(rel):
+            what = "added" if rel not in want else "removed" if rel not in have else "changed"
+            return f"{rel} {what}"
+    _INTACT.add(str(root))
+    return ""
 
 
 def _create_venv(root: Path, runtime: RuntimeProfile, env: dict, progress) -> None:
@@ -141,6 +196,7 @@ def _create_venv(root: Path, runtime: RuntimeProfile, env: dict, progress) -> No
         if probe["tensorflow"]:
             raise EnvironmentProblem(f"TensorFlow is importable in the {runtime.name} environment; refusing to use it")
         version = _installed_version([str(tmp / "bin" / "python")], env, runtime.name)
+        record_files(tmp)
         (tmp / ".complete").write_text(version + "\n")
         if progress:
             size = sum(f.stat().st_size for f in tmp.rglob("*") if f.is_file() and not f.is_symlink())

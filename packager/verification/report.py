@@ -154,7 +154,7 @@ def verify_staged(bundle: Path, manifest, profile, rec, selected, data: Dataset,
     ``noise``: the model's own float noise per output (:func:`packager.convert.jobs.float_noise`)."""
     from ..compare import with_kinds
     from ..convert.inspect import output_ops
-    results = []
+    results, rebuilt = [], []
     tol = tolerance or {n: rec.tolerance for n in references[0]}
     ops = output_ops((bundle / manifest["model"]).read_bytes(), spec.outputs)
     tol = with_kinds(tol, references[0], data.labels, ops)
@@ -170,6 +170,8 @@ def verify_staged(bundle: Path, manifest, profile, rec, selected, data: Dataset,
             continue
         results.append(verify_in_env(env, bundle, data.groups, references, tol, data.labels, static,
                                      use_cache=use_cache, noise=noise, steps=steps))
+        if env.note:
+            rebuilt.append(env.note)
     unavailable = [r for r in results if r.status == "unavailable"]
     if len(unavailable) == len(results):
         raise EnvironmentProblem("no runtime environment could be prepared: "
@@ -181,7 +183,7 @@ def verify_staged(bundle: Path, manifest, profile, rec, selected, data: Dataset,
     passed = bool(loaded_ok) and all(r.status == "passed" for r in loaded_ok)
     notes = [f"{r.runtime} cannot run this model: {r.error}" for r in results if r.status == "error"]
     notes += [f"{r.runtime} was not verified (host environment problem): {r.error}" for r in unavailable]
-    notes += list(data.notes)
+    notes += rebuilt + list(data.notes)
     report = VerifyReport(str(bundle), rec.name, profile.name, passed, data.source, data.count, results,
                           manifest["model_size"], notes=notes, evidence=data.evidence, evidence_text=data.describe(),
                           strict=strict, require_all=strict or require_all)

@@ -1,0 +1,62 @@
+"""Issue 21 part 4: a bundle cannot choose what the device installs. Requirement lines that edgepack did not
+write (a URL, a path, an index option, another package) are refused by inspect, verify and deploy, with the
+line named; the device install takes wheels only."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from packager import api
+from packager.bundle.files import requirement_problems
+from packager.errors import EdgepackError
+
+HOSTILE = ["./evil-pkg", "-i https://evil.example/simple", "--extra-index-url https://evil.example",
+           "numpy @ https://evil.example/numpy.whl", "evilpkg==1.0", "-e git+https://evil.example/x.git",
+           "/tmp/evil.tar.gz", "-r other.txt"]
+
+
+@pytest.fixture
+def bundle_copy(int8_bundle, tmp_path):
+    dst = tmp_path / "b"
+    shutil.copytree(int8_bundle.bundle, dst)
+    return dst
+
+
+def _rehash(bundle, name):
+    """Keep the manifest's checksum true, as a hostile bundle author would."""
+    from packager.bundle.files import sha256_file
+    mpath = bundle / "manifest.json"
+    manifest = json.loads(mpath.read_text())
+    manifest["files"][name] = "sha256:" + sha256_file(bundle / name)
+    mpath.write_text(json.dumps(manifest))
+
+
+def test_edgepacks_own_requirements_pass(int8_bundle):
+    assert requirement_problems(int8_bundle.bundle) == []
+    assert (int8_bundle.bundle / "requirements.txt").read_text().strip()
+
+
+@pytest.mark.parametrize("line", HOSTILE)
+def test_a_foreign_requirement_line_is_refused_everywhere(bundle_copy, zoo, line):
+    req = bundle_copy / "requirements.txt"
+    req.write_text(req.read_text() + line + "\n")
+    _rehash(bundle_copy, "requirements.txt")
+    problems = requirement_problems(bundle_copy)
+    assert len(problems) == 1 and line.split()[0][:20] in problems[0]
+    info = api.inspect(bundle_copy)
+    assert info["integrity"] != "ok" and "requirements.txt line" in str(info["integrity"])
+    with pytest.raises(EdgepackError) as exc:
+        api.verify(bundle_copy, reference=zoo["keras3_h5"], runtimes=["ai-edge-litert"])
+    assert "requirements.txt line" in exc.value.message
+    from packager.deploy.releases import load_bundle
+    with pytest.raises(EdgepackError) as exc:
+        load_bundle(bundle_copy)
+    assert "requirements.txt line" in exc.value.message and "nothing was sent" in exc.value.hint
+
+
+def test_the_device_install_takes_wheels_only():
+    from pathlib import Path
+    text = (Path(__file__).resolve().parent.parent / "packager" / "deploy" / "releases.py").read_text()
+    assert "--only-binary :all:" in text and "-r {q(release_dir + '/requirements.txt')}" in text

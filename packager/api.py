@@ -174,6 +174,25 @@ def build(model: str | os.PathLike, *, target: str = "rpi", recipe: str | None =
     if replaced:
         warnings.append(f"replaced the bundle at {output} ({replaced}); pass -o or --name to keep both")
 
+    from .contain import lifecycle
+    with lifecycle.exclusive(lock_path(output), f"writing {output}", progress):
+        return _stage_verify_commit(model_path, output, profile, rec, io, prepared, name, selected, label_names,
+                                    verify, arch, progress, use_cache, strict, runtimes, data, trust_model, warnings)
+
+
+def lock_path(output) -> Path:
+    """The lock of a bundle directory (held while a build stages, verifies and moves it into place): in edgepack's
+    cache, keyed by the absolute path, so nothing is left beside ``-o``."""
+    import hashlib
+    from .paths import cache_dir
+    key = hashlib.sha256(os.path.abspath(output).encode()).hexdigest()[:24]
+    return cache_dir() / "locks" / f"bundle-{key}.lock"
+
+
+def _stage_verify_commit(model_path, output, profile, rec, io, prepared, name, selected, label_names, verify, arch,
+                         progress, use_cache, strict, runtimes, data, trust_model, warnings) -> BuildResult:
+    """Stage the bundle beside ``output``, verify it there, and move it into place (holding ``output``'s lock)."""
+    conversion = prepared.conversion
     staging = Staging(output)
     try:
         manifest = contents.stage(staging, profile, rec, io, prepared, name, selected, label_names)

@@ -171,3 +171,29 @@ def temp_dir(prefix: str, dir: str | None = None):
     finally:
         shutil.rmtree(path, ignore_errors=True)
         unregister_dir(path)
+
+
+@contextlib.contextmanager
+def exclusive(lock: "os.PathLike | str", what: str, progress=None):
+    """Hold an exclusive lock (``flock`` on the file ``lock``, created if missing) for the ``with`` block; it goes
+    with the process, however that ends. When another process holds it, ``progress`` is told who (pid, since)
+    and this one waits: two builds to one ``-o``, or two creations of one runtime environment, run one after
+    the other instead of replacing each other's work."""
+    import fcntl
+    import time
+    path = os.fspath(lock)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another edgepack"
+            if progress:
+                progress(f"waiting: {holder} is {what}")
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"edgepack pid {os.getpid()} since {time.strftime('%H:%M:%S')}".encode(), 0)
+        yield
+    finally:
+        os.close(fd)

@@ -113,16 +113,20 @@ def host_env(runtime: RuntimeProfile, progress=None) -> RuntimeEnv:
     python = root / "bin" / "python"
     env = _clean_env()
     note = ""
-    if (root / ".complete").is_file():
-        changed = tampered(root)
-        if changed:
-            note = (f"the cached {runtime.name} environment was changed after edgepack made it ({changed}); "
-                    "it was rebuilt")
-            if progress:
-                progress(note)
-            shutil.rmtree(root, ignore_errors=True)
-    if not (root / ".complete").is_file():
-        _create_venv(root, runtime, env, progress)
+    from ..contain import lifecycle
+    # one process makes (or mends) an environment at a time; another waits, then finds it made
+    with lifecycle.exclusive(root.parent / f".{root.name}.lock", f"preparing the {runtime.name} environment",
+                             progress):
+        if (root / ".complete").is_file():
+            changed = tampered(root)
+            if changed:
+                note = (f"the cached {runtime.name} environment was changed after edgepack made it ({changed}); "
+                        "it was rebuilt")
+                if progress:
+                    progress(note)
+                shutil.rmtree(root, ignore_errors=True)
+        if not (root / ".complete").is_file():
+            _create_venv(root, runtime, env, progress)
     version = (root / ".complete").read_text().strip()
     return RuntimeEnv(runtime.name, runtime.module, runtime.requirements, host_arch(), (str(python), "-s"),
                       env, version, note)

@@ -412,6 +412,11 @@ class Runner:
         as already quantized and passed through unchanged (floats are still quantized). Unquantized
         inputs are cast to the tensor's dtype."""
         with np.errstate(invalid="ignore", over="ignore"):  # NaN/inf inputs: garbage in, no warning noise
+            if array.dtype.kind == "f" and array.size:
+                bad = float(np.mean(~np.isfinite(array)))
+                if bad > 0:
+                    warn("input %r: %.0f%% of the values are NaN or Inf; the outputs computed from them mean "
+                         "nothing" % (t["name"], 100 * bad))
             if t["scale"] and not (raw and array.dtype.kind in "iu"):
                 q = np.round(array.astype(np.float64) / t["scale"]) + t["zero"]
                 outside = float(np.mean((q < t["lo"]) | (q > t["hi"]))) if q.size else 0.0

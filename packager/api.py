@@ -145,6 +145,7 @@ def build(model: str | os.PathLike, *, target: str = "rpi", recipe: str | None =
         overrides["no_verify"] = True
     name = check_name(name) if name else default_name(model_path, profile.name)
     output = Path(output) if output else Path("dist") / name
+    _check_output_path(output)
     selected = [profile.runtime(r) for r in runtimes] if runtimes else list(profile.runtimes)
     label_names = _read_labels(labels) if labels else None
     rec.check_request(io, calibration is not None)
@@ -167,6 +168,8 @@ def build(model: str | os.PathLike, *, target: str = "rpi", recipe: str | None =
         if use_cache:
             cache.save_prepared(key, prepared)
     conversion = prepared.conversion
+    if label_names:
+        _check_labels(label_names, prepared)
     fault("converted")
     progress(f"converted with {conversion.path} ({len(conversion.tflite)} bytes)")
     warnings = notes + prepared.warnings
@@ -178,6 +181,25 @@ def build(model: str | os.PathLike, *, target: str = "rpi", recipe: str | None =
     with lifecycle.exclusive(lock_path(output), f"writing {output}", progress):
         return _stage_verify_commit(model_path, output, profile, rec, io, prepared, name, selected, label_names,
                                     verify, arch, progress, use_cache, strict, runtimes, data, trust_model, warnings)
+
+
+def _check_output_path(output: Path) -> None:
+    """A ``-o`` the file system cannot hold is a usage error, not an OSError deep in staging."""
+    full = os.fsencode(os.path.abspath(output))
+    if len(full) + 64 >= os.pathconf("/", "PC_PATH_MAX") or any(len(p) + 40 > 255 for p in full.split(b"/")):
+        raise UsageError(f"-o {str(output)[:60]}... is too long for the file system ({len(full)} bytes, a name "
+                         "of up to 255 with the staging suffix)", hint="choose a shorter -o")
+
+
+def _check_labels(names: list[str], prepared) -> None:
+    """A labels file must name each class of an output with classes: its line count is that output's class count."""
+    counts = {n: t.shape[-1] for n, t in ((o.name, o) for o in prepared.outputs)
+              if prepared.tolerance.get(n) is not None and prepared.tolerance[n].kind in ("class-scores", "pixel-classes")
+              and t.shape and t.shape[-1] > 0}
+    if counts and len(names) not in counts.values():
+        raise UsageError(f"--labels has {len(names)} lines but the model has "
+                         + ", ".join(f"{c} classes in {n!r}" for n, c in counts.items()),
+                         hint="one class name per line, in class order")
 
 
 def lock_path(output) -> Path:

@@ -162,9 +162,15 @@ def _parse(path: Path) -> TargetProfile:
                           hint=f"see {BUILTIN_DIR / 'rpi.toml'} for a complete profile; fields: " + ", ".join(FIELDS))
 
     try:
+        if path.stat().st_size > MAX_PROFILE_BYTES:
+            raise bad(f"{path.stat().st_size:,} bytes; a target profile is a few hundred")
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise bad(str(exc)) from None
+    except RecursionError:
+        raise bad("nested too deeply to be a target profile") from None
+    if isinstance(data.get("runtimes"), list) and len(data["runtimes"]) > MAX_RUNTIMES:
+        raise bad(f"lists {len(data['runtimes']):,} runtimes; at most {MAX_RUNTIMES}")
     missing = [k for k, (_, required) in FIELDS.items() if required and k not in data]
     if missing:
         raise bad("missing " + ", ".join(missing))
@@ -212,6 +218,10 @@ def _parse(path: Path) -> TargetProfile:
         android_assets=data.get("android_assets", False),
         install_steps=tuple(install.get("steps", ())), run=install.get("run", ""), source=str(path),
     )
+
+
+MAX_PROFILE_BYTES = 256 * 1024
+MAX_RUNTIMES = 32
 
 
 def list_targets() -> dict[str, TargetProfile]:

@@ -229,3 +229,39 @@ def test_deploy_errors_with_json_are_one_json_document(built_bundles_small, tmp_
     doc = json.loads(proc.stdout)
     assert doc["ok"] is False and doc["exit_code"] == 2 and "separator" in doc["error"]
     _one_error(proc.stderr)
+
+
+# ---------------------------------------------------------------- hardening round 3, the small ones
+def test_device_script_warns_on_nan_inputs(int8_bundle, runtime_python, tmp_path):
+    name = json.loads((int8_bundle.bundle / "manifest.json").read_text())["inputs"][0]["name"]
+    np.savez(tmp_path / "nan.npz", **{name: np.full((2, 8, 8, 1), np.nan, np.float32)})
+    proc = subprocess.run([*runtime_python.argv, str(int8_bundle.bundle / "edgepack_run.py"), "--input",
+                           str(tmp_path / "nan.npz"), "--output", str(tmp_path / "o.npz")], capture_output=True,
+                          text=True, env=runtime_python.env, timeout=120)
+    assert "100% of the values are NaN or Inf" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("body", ["x = " + "[" * 5000 + "]" * 5000 + "\n",
+                                  "name = 'deep'\n" + "[[runtimes]]\nname = 'r'\n" * 40])
+def test_absurd_target_profiles_are_one_error_line(body, tmp_path, zoo):
+    (tmp_path / "targets").mkdir()
+    (tmp_path / "targets" / "deep.toml").write_text(body)
+    proc = _cli("build", zoo["keras3_h5"], "-t", "deep", "-q", "float32", "-o", tmp_path / "o",
+                env={"EDGEPACK_TARGETS_PATH": str(tmp_path / "targets")}, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-600:]
+    assert "target profile" in _one_error(proc.stderr)
+
+
+def test_an_output_path_too_long_for_the_file_system(zoo, tmp_path):
+    proc = _cli("build", zoo["keras3_h5"], "-q", "float32", "-o", tmp_path / ("x" * 300), timeout=120)
+    assert proc.returncode == 2 and "too long" in _one_error(proc.stderr)
+    proc = _cli("build", zoo["keras3_h5"], "-q", "float32", "-o", tmp_path / "/".join(["y" * 200] * 25), timeout=120)
+    assert proc.returncode == 2 and "too long" in _one_error(proc.stderr)
+
+
+def test_a_labels_file_with_another_class_count_is_refused(zoo, tmp_path):
+    (tmp_path / "labels.txt").write_text("\n".join(f"c{i}" for i in range(7)))
+    with pytest.raises(UsageError) as exc:
+        api.build(zoo["keras3_h5"], recipe="float32", runtimes=LITERT, output=tmp_path / "o",
+                  labels=tmp_path / "labels.txt")
+    assert "7 lines" in exc.value.message and "10 classes" in exc.value.message and not (tmp_path / "o").exists()

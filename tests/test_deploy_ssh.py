@@ -487,3 +487,15 @@ def test_tilde_and_relative_remote_dirs_resolve_on_the_device(transport, bundles
             status(transport, f"~/{base}/../..")
     finally:
         shutil.rmtree(home / base, ignore_errors=True)
+
+
+def test_current_replaced_by_a_directory_is_named(transport, bundles, ddir):
+    a, b = bundles
+    deploy(a, transport, remote_dir=str(ddir))
+    (ddir / "current").unlink()
+    (ddir / "current").mkdir()                      # someone put a directory where the link was
+    (ddir / "current" / "mine.txt").write_text("keep")
+    with pytest.raises(DeployError) as exc:
+        deploy(b, transport, remote_dir=str(ddir))
+    assert "current is not a link: it is a directory" in exc.value.message and "move" in exc.value.hint
+    assert (ddir / "current" / "mine.txt").read_text() == "keep"

@@ -140,6 +140,10 @@ class _State:
 
 
 def _check(res: Completed, what: str, transport: Transport) -> Completed:
+    if res.rc == 92:
+        raise DeployError(f"{what} failed on {transport.describe()}: {res.last_error_line()} (edgepack keeps "
+                          "'current' as a symbolic link to releases/ID); nothing was switched",
+                          hint="move that 'current' away on the device (it is not edgepack's), then deploy again")
     if res.rc != 0:
         raise DeployError(f"{what} failed on {transport.describe()}: {res.last_error_line()}")
     return res
@@ -261,6 +265,8 @@ def _switch_script(rdir: str, target: str | None) -> str:
         "set -e",
         f"cd {d}",
         f"test -d {rel}",
+        'if [ -e current ] && [ ! -L current ]; then echo "current is not a link: it is a $(stat -c %F current)" >&2; '
+        'exit 92; fi',
         "rm -f .current-tmp",
         f"ln -s {rel} .current-tmp",
         "mv -T .current-tmp current 2>/dev/null || { rm -f current && mv .current-tmp current; }",

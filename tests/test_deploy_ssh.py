@@ -499,3 +499,26 @@ def test_current_replaced_by_a_directory_is_named(transport, bundles, ddir):
         deploy(b, transport, remote_dir=str(ddir))
     assert "current is not a link: it is a directory" in exc.value.message and "move" in exc.value.hint
     assert (ddir / "current" / "mine.txt").read_text() == "keep"
+
+
+def test_a_locked_device_directory_names_its_holder_and_is_left_alone(transport, bundles, ddir, monkeypatch):
+    """Issue 21 part 5: deploy, rollback and prune hold DIR/.lock; a second one is told who holds it."""
+    a, b = bundles
+    first = deploy(a, transport, remote_dir=str(ddir))
+    assert not (ddir / ".lock").exists()                        # released after the deploy
+    (ddir / ".lock").mkdir()
+    (ddir / ".lock" / "owner").write_text("edgepack pid 4242 on otherhost since 2026-12-04T10:00:00Z (deploying)")
+    monkeypatch.setenv("EDGEPACK_DEVICE_LOCK_WAIT", "1")
+    seen = []
+    with pytest.raises(DeployError) as exc:
+        deploy(b, transport, remote_dir=str(ddir), progress=lambda step, detail: seen.append((step, detail)))
+    assert "pid 4242 on otherhost" in exc.value.message and ".lock" in exc.value.hint
+    assert ("wait", f"{ddir} is locked by edgepack pid 4242 on otherhost since 2026-12-04T10:00:00Z (deploying)") in seen
+    assert current(ddir) == f"releases/{first.release}" and releases(ddir) == [first.release]
+    with pytest.raises(DeployError):
+        rollback(transport, str(ddir))
+    assert (ddir / ".lock" / "owner").read_text().startswith("edgepack pid 4242")    # not ours: not removed
+    (ddir / ".lock" / "owner").unlink()
+    (ddir / ".lock").rmdir()
+    second = deploy(b, transport, remote_dir=str(ddir))
+    assert current(ddir) == f"releases/{second.release}" and not (ddir / ".lock").exists()

@@ -27,6 +27,7 @@ ENVIRONMENT = {
     "EDGEPACK_TIMEOUT": "seconds for model loading/conversion [1800]",
     "EDGEPACK_WIRE_MAX_MB": "largest result the TensorFlow child may send back, in MiB [8192]",
     "EDGEPACK_DEBIAN_MIRROR": "Debian mirror for the arm64 root filesystem",
+    "EDGEPACK_DEVICE_LOCK_WAIT": "seconds a deploy/rollback waits for another holding the device directory [60]",
     "EDGEPACK_DEBUG": "1: traceback of an internal error",
     "EDGEPACK_IN_PROCESS": "1: TensorFlow in this process, not a child",
     "EDGEPACK_RUNTIME": "device script: runtime to import (--runtime)",

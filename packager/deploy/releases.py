@@ -13,7 +13,9 @@ Every remote command is assembled from ``shlex.quote``d values; bundle and file 
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
 import secrets
 import time
@@ -137,6 +139,46 @@ class _State:
         """The newest release older than current."""
         older = sorted(r for r in self.releases if self.current is None or r < self.current)
         return older[-1] if older else None
+
+
+#: Seconds a deploy or rollback waits for another one holding the device directory (EDGEPACK_DEVICE_LOCK_WAIT).
+LOCK_WAIT = 60.0
+
+
+@contextlib.contextmanager
+def device_lock(transport: Transport, remote_dir: str, what: str, progress: Progress | None = None):
+    """Hold the device directory's lock (``DIR/.lock``, made with ``mkdir``: atomic on any file system) for the
+    ``with`` block: deploy, rollback and pruning change ``releases/`` and ``current``, and two at once would lose
+    a release. Another holder is named (pid, host, since) in the progress and, after ``EDGEPACK_DEVICE_LOCK_WAIT``
+    seconds (default 60), in a DeployError; the device is left as it was."""
+    import socket as _socket
+    wait = float(os.environ.get("EDGEPACK_DEVICE_LOCK_WAIT", LOCK_WAIT))
+    owner = f"edgepack pid {os.getpid()} on {_socket.gethostname()} since " \
+            f"{datetime.now(timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ')} ({what})"
+    d = '"$d"'
+    take = "\n".join([f"d={transport.path_expr(remote_dir)}", f"mkdir -p {d}",
+                      f"if mkdir {d}/.lock 2>/dev/null; then printf '%s' {q(owner)} > {d}/.lock/owner; echo LOCKED; "
+                      f"else printf 'HELD='; cat {d}/.lock/owner 2>/dev/null; echo; fi"])
+    deadline = time.monotonic() + wait
+    said = False
+    while True:
+        res = _check(transport.sh(take), "taking the device directory's lock", transport)
+        if "LOCKED" in res.out.splitlines():
+            break
+        holder = next((ln[5:] for ln in res.out.splitlines() if ln.startswith("HELD=")), "") or "another edgepack"
+        if time.monotonic() >= deadline:
+            raise DeployError(f"{remote_dir} on {transport.describe()} is locked by {holder}; nothing was changed",
+                              hint=f"wait for it to finish, or, if that process is gone, remove {remote_dir}/.lock "
+                                   "on the device")
+        if not said:
+            _notify(progress, "wait", f"{remote_dir} is locked by {holder}")
+            said = True
+        time.sleep(min(2.0, max(0.1, deadline - time.monotonic())))
+    try:
+        yield
+    finally:
+        _cleanup(transport, f"d={transport.path_expr(remote_dir)}\n"
+                            f"[ \"$(cat {d}/.lock/owner 2>/dev/null)\" = {q(owner)} ] && rm -rf {d}/.lock")
 
 
 def _check(res: Completed, what: str, transport: Transport) -> Completed:
@@ -455,6 +497,14 @@ def deploy(bundle_dir: str | Path, transport: Transport, remote_dir: str | None 
     transport.connect()
     sent_before = transport.bytes_sent
     _notify(progress, "plan", spec)
+    with device_lock(transport, spec, "deploying", progress):
+        return _deploy_locked(bundle, transport, spec, keep, install, smoke, progress, device_python, runtime,
+                              started, sent_before)
+
+
+def _deploy_locked(bundle, transport: Transport, spec: str, keep: int, install: bool, smoke: bool, progress,
+                   device_python, runtime, started: float, sent_before: int) -> DeployResult:
+    """The deploy, with the device directory's lock held (:func:`device_lock`)."""
     want = bundle.wanted
     st = _probe(transport, spec, hash_files=list(want))
     rdir = st.dir
@@ -634,7 +684,14 @@ def rollback(transport: Transport, remote_dir: str, to: str | None = None,
     if to is not None and not RELEASE_RE.match(to):
         raise UsageError(f"release {to!r} is not a release id (yyyymmddThhmmssZ-<12 hex>)")
     _notify(progress, "connect", transport.describe())
-    st = _open(transport, remote_dir)
+    transport.path_expr(remote_dir)
+    transport.connect()
+    with device_lock(transport, remote_dir, "rolling back", progress):
+        return _rollback_locked(transport, remote_dir, to, progress)
+
+
+def _rollback_locked(transport: Transport, remote_dir: str, to: str | None, progress) -> RollbackResult:
+    st = _probe(transport, remote_dir)
     rdir = st.dir
     if not st.releases:
         raise DeployError(f"{rdir} on {transport.describe()} holds no releases")

@@ -207,3 +207,27 @@ def test_logits_marked_by_the_user_and_by_labels(tmp_path):
                      output_kind=["logits:class-scores"])
     m = rep.runtimes[0].metrics[0]
     assert m.kind == "class-scores" and m.kind_source == "--output-kind" and m.accuracy_reference == 1.0
+
+
+def test_argmax_inside_the_graph_converts_and_is_judged_exactly(tmp_path):
+    """Keras 3 ``ops.argmax`` in the graph (an integer class per sample) used to stop at `tf.BitwiseAnd` (Keras's
+    signbit); it converts to ARG_MAX and its ids are judged exactly, with accuracy from y."""
+    keras = _keras()
+    rng = np.random.default_rng(5)
+    inp = keras.Input((16,), name="x")
+    logits = keras.layers.Dense(10)(keras.layers.Dense(32, activation="relu")(inp))
+    ids = keras.ops.cast(keras.ops.argmax(logits, axis=-1), "int32")
+    model = keras.Model(inp, ids)
+    path = tmp_path / "argmax.keras"
+    model.save(path)
+    x = rng.normal(0, 1, (300, 16)).astype(np.float32)
+    y = keras.Model(inp, logits).predict(x, verbose=0).argmax(1)
+    y[:30] = (y[:30] + 1) % 10                               # labels the model gets wrong 10% of the time
+    np.savez(tmp_path / "eval.npz", x=x, y=y)
+    res = api.build(path, target="rpi", recipe="float32", data=tmp_path / "eval.npz", runtimes=LITERT,
+                    output=tmp_path / "out", use_cache=False, trust_model=True)
+    m = res.verification.runtimes[0].metrics[0]
+    assert res.verification.passed and m.kind == "integer" and m.accuracy_reference == pytest.approx(0.9)
+    assert "ARG_MAX" in {op["name"] for op in api.inspect(res.bundle)["model"]["ops"]}
+    got = raw_outputs(res.bundle, {"x": x})
+    assert np.array_equal(next(iter(got.values())).ravel(), model.predict(x, verbose=0).ravel())

@@ -247,6 +247,28 @@ def _unrolled_clone(model):
     return copy
 
 
+def _convertible_signbit() -> None:
+    """Keras 3's TensorFlow ``signbit`` (which ``ops.argmax``/``ops.argmin`` call to tell -0.0 from 0.0) bitcasts
+    to integers and takes ``BitwiseAnd``, which TFLite builtins lack: a model with ``ops.argmax`` in its graph
+    could not convert. In the contained child, it becomes ``1 / x < 0`` (DIV and LESS), which is the same
+    for every number, -0.0 and the infinities included (it differs only for a NaN carrying a sign bit)."""
+    try:
+        from keras.src.backend.tensorflow import numpy as knp
+    except ImportError:
+        return
+    if getattr(knp.signbit, "__edgepack__", False):
+        return
+    tf = import_tf()
+
+    def signbit(x):
+        x = knp.convert_to_tensor(x)
+        if not x.dtype.is_floating:
+            return tf.less(x, tf.zeros_like(x))
+        return tf.less(tf.math.divide(tf.ones_like(x), x), tf.zeros_like(x))
+    signbit.__edgepack__ = True
+    knp.signbit = signbit
+
+
 def _load_keras(path: Path, trust: bool = False) -> LoadedModel:
     tf = import_tf()
     with open(path, "rb") as fh:
@@ -254,6 +276,7 @@ def _load_keras(path: Path, trust: bool = False) -> LoadedModel:
     fmt = "keras-h5" if legacy_h5 else "keras-v3"
     model, errors = None, []
     import keras
+    _convertible_signbit()
     try:
         model = keras.models.load_model(path, compile=False, safe_mode=not trust)
     except Exception as exc:  # noqa: BLE001 - the loaders' own messages are what the user needs

@@ -256,7 +256,7 @@ def flips(j: Judged) -> Finding | None:
     flipped = (d["ref"] != d["got"]) & judged
     n, k = int(judged.sum()), int(flipped.sum())
     unit = {"class-scores": "rows", "pixel-classes": "pixels", "probabilities": "decisions",
-            "integer": "values"}[j.kind]
+            "integer": "rows" if j.ref.ndim == 2 and _option(j.tol, "sets") else "values"}[j.kind]
     frac = k / n if n else 0.0
     limit = float(j.tol.flips)
     passed = frac <= limit

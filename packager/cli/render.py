@@ -159,7 +159,7 @@ def _margin(o: dict) -> str:
     m = min(margins)
     if not math.isfinite(m):
         return "exact"
-    return f"{m:.2g}x" if m < 1 else f"{m:.1f}x" if m < 100 else f"{m:.0f}x"
+    return f"{m:.2g}x" if m < 1 else f"{m:.1f}x" if m < 100 else f"{m:.0f}x" if m < 1000 else ">1000x"
 
 
 def _decisions(o: dict) -> str:

@@ -294,6 +294,9 @@ def _load_keras(path: Path, trust: bool = False) -> LoadedModel:
     inputs = [Tensor(_input_name(t, i), _shape(t.shape), _np_dtype(tf.as_dtype(t.dtype)))
               for i, t in enumerate(model.inputs)]
     names = [_output_name(t) for t in model.outputs]
+    struct = getattr(model, "_outputs_struct", None)
+    if isinstance(struct, dict) and len(struct) == len(model.outputs):
+        names = sorted(struct)      # Keras 3 returns the dict by its own keys (flattened in key order)
     if len(names) != len(model.outputs) or len(set(names)) != len(names):
         names = [f"output_{i}" for i in range(len(model.outputs))]
     recurrent = _recurrent_layers(model)

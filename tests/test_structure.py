@@ -15,7 +15,7 @@ STAGES = [
     ("foundation", ["packager.errors", "packager.version", "packager.paths", "packager.tensor", "packager.jsonsafe",
                     "packager.recipes",
                     "packager.targets",
-                    "packager.compare", "packager.contain"]),
+                    "packager.criteria", "packager.compare", "packager.contain"]),
     ("load", ["packager.load"]),
     ("convert", ["packager.convert"]),
     ("bundle", ["packager.bundle"]),

@@ -138,7 +138,7 @@ SYSTEM_READS = ("/usr", "/lib", "/lib64", "/lib32", "/bin", "/sbin", "/opt", "/e
                 "/proc/self", "/proc/thread-self", "/proc/cpuinfo", "/proc/meminfo", "/proc/stat",
                 "/proc/sys/kernel", "/proc/sys/vm/overcommit_memory", "/sys/devices/system/cpu",
                 "/sys/devices/system/node", "/sys/fs/cgroup", "/dev/null", "/dev/zero", "/dev/urandom",
-                "/dev/random", "/dev/shm")
+                "/dev/random")
 
 
 def system_reads() -> list[str]:

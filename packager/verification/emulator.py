@@ -298,7 +298,10 @@ def env_paths(env: RuntimeEnv) -> list[str]:
     environment: ``HOME`` would open ``~/.ssh``)."""
     found = []
     for item in list(env.argv) + [env.env[k] for k in ("QEMU_LD_PREFIX", "PYTHONHOME") if env.env.get(k)]:
-        for part in str(item).split(os.pathsep):
+        item = str(item)
+        if "=" in item and not item.startswith("/"):      # qemu's -E PYTHONPATH=SITE
+            item = item.split("=", 1)[1]
+        for part in item.split(os.pathsep):
             if not part.startswith("/") or not os.path.exists(part):
                 continue
             for p in (Path(part), Path(part).resolve()):

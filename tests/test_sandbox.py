@@ -50,6 +50,25 @@ def _saved_model(tmp_path, name: str, target: Path | None) -> Path:
     return path
 
 
+def _swapped_lambda(tmp_path, payload: str):
+    """A .keras whose Lambda runs ``payload`` (exec, with a namespace) while the model is traced and adds
+    ``leak`` from it to its output: what the payload learns is baked into the converted model."""
+    import keras
+    inp = keras.Input((4,), name="x")
+    harmless = tmp_path / "harmless2.keras"
+    layer = keras.layers.Lambda(lambda t, code: (lambda ns: (exec(code, ns), t * 2.0 + ns.get("leak", 0.0))[1])({}),
+                                name="hostile", arguments={"code": "pass"})
+    keras.Model(inp, layer(inp)).save(harmless)
+    path = tmp_path / "reader.keras"
+    with zipfile.ZipFile(harmless) as src, zipfile.ZipFile(path, "w") as dst:
+        for info in src.infolist():
+            data = src.read(info)
+            if info.filename == "config.json":
+                data = data.replace(b'"code": "pass"', json.dumps({"code": payload})[1:-1].encode())
+            dst.writestr(info, data)
+    return path
+
+
 @needs_landlock
 def test_trusted_savedmodel_cannot_write_outside_scratch(contained, tmp_path, monkeypatch):
     """The reference run of `verify` executes the model's WriteFile: without the sandbox the file
@@ -73,7 +92,6 @@ def test_trusted_savedmodel_cannot_write_outside_scratch(contained, tmp_path, mo
 
 @needs_landlock
 def test_trusted_lambda_cannot_write_or_connect(contained, tmp_path, monkeypatch):
-    import keras
     target = tmp_path / "lambda-wrote.txt"
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
@@ -84,18 +102,7 @@ def test_trusted_lambda_cannot_write_or_connect(contained, tmp_path, monkeypatch
     payload = (f"try:\n    open({str(target)!r}, 'w').write('x')\nexcept OSError:\n    pass\n"
                "import socket\n"
                f"try:\n    socket.create_connection(('127.0.0.1', {port}), timeout=1)\nexcept OSError:\n    pass\n")
-    inp = keras.Input((4,), name="x")
-    harmless = tmp_path / "harmless.keras"
-    layer = keras.layers.Lambda(lambda t, code: (exec(code), t * 2.0)[1], name="hostile", arguments={"code": "pass"})
-    keras.Model(inp, layer(inp)).save(harmless)
-    path = tmp_path / "hostile.keras"   # the same model, its Lambda's argument swapped for the payload
-    with zipfile.ZipFile(harmless) as src, zipfile.ZipFile(path, "w") as dst:
-        for info in src.infolist():
-            data = src.read(info)
-            if info.filename == "config.json":
-                data = data.replace(b'"code": "pass"', json.dumps({"code": payload})[1:-1].encode())
-                assert payload.encode()[:10] in data or b"try:" in data
-            dst.writestr(info, data)
+    path = _swapped_lambda(tmp_path, payload)
     assert not target.exists()
 
     def accepted() -> bool:
@@ -176,25 +183,6 @@ def test_emulator_runs_are_confined_too(int8_bundle, runtime_python, tmp_path, m
     run = emulator.run_device_script(runtime_python, int8_bundle.bundle, {name: np.zeros((1, 8, 8, 1), np.float32)})
     assert run.ok, run.error                               # its own outputs are still written
     assert not outside.exists()
-
-
-def _swapped_lambda(tmp_path, payload: str):
-    """A .keras whose Lambda runs ``payload`` (exec, with a namespace) while the model is traced and adds
-    ``leak`` from it to its output: what the payload learns is baked into the converted model."""
-    import keras
-    inp = keras.Input((4,), name="x")
-    harmless = tmp_path / "harmless2.keras"
-    layer = keras.layers.Lambda(lambda t, code: (lambda ns: (exec(code, ns), t * 2.0 + ns.get("leak", 0.0))[1])({}),
-                                name="hostile", arguments={"code": "pass"})
-    keras.Model(inp, layer(inp)).save(harmless)
-    path = tmp_path / "reader.keras"
-    with zipfile.ZipFile(harmless) as src, zipfile.ZipFile(path, "w") as dst:
-        for info in src.infolist():
-            data = src.read(info)
-            if info.filename == "config.json":
-                data = data.replace(b'"code": "pass"', json.dumps({"code": payload})[1:-1].encode())
-            dst.writestr(info, data)
-    return path
 
 
 @needs_landlock

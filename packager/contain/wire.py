@@ -85,7 +85,7 @@ def _enc(v, blobs: list, depth: int):
         blobs.append(bytes(v))
         return {"$b": len(blobs) - 1}
     if isinstance(v, (np.ndarray, np.generic)):
-        arr = np.asarray(v)
+        arr = np.require(np.asarray(v), requirements="C")       # C order, 0-d kept
         if arr.dtype.hasobject:
             raise TypeError("object arrays are not plain data")
         buf = io.BytesIO()
@@ -200,15 +200,12 @@ def _blob(index, blobs: list):
 
 
 def _array(data) -> np.ndarray:
+    """An array from ``.npy`` bytes: the header read by the device script's own reader (no pickle, object
+    dtypes refused), the shape checked against the bytes that follow, C order (as :func:`encode` writes)."""
+    from device_runtime.edgepack_run import _peek_npy
     fh = io.BytesIO(data)
     try:
-        version = np.lib.format.read_magic(fh)
-        if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
-        elif version == (2, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
-        else:
-            raise WireError(f".npy version {version}")
+        shape, dtype = _peek_npy(fh)
     except (ValueError, OSError) as exc:
         raise WireError(f"array header: {exc}") from None
     if dtype.hasobject or any(type(d) is not int or d < 0 for d in shape):
@@ -217,8 +214,7 @@ def _array(data) -> np.ndarray:
     body = data[fh.tell():]
     if count * dtype.itemsize != len(body):
         raise WireError(f"array of shape {shape} {dtype} does not fit its {len(body)} bytes")
-    arr = np.frombuffer(body, dtype=dtype, count=count).copy()
-    return arr.reshape(shape, order="F" if fortran else "C")
+    return np.frombuffer(body, dtype=dtype, count=count).copy().reshape(shape)
 
 
 def _error(v: dict):

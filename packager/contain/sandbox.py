@@ -143,12 +143,16 @@ SYSTEM_READS = ("/usr", "/lib", "/lib64", "/lib32", "/bin", "/sbin", "/opt", "/e
 
 def system_reads() -> list[str]:
     """Paths any confined Python may read: :data:`SYSTEM_READS`, this interpreter's installation
-    (``sys.prefix``, ``sys.base_prefix``) and every entry of ``sys.path``, and the directory holding
+    (``sys.prefix``, ``sys.base_prefix``) and the entries of ``sys.path`` inside it, and the directory holding
     edgepack's ``packager`` and ``device_runtime``."""
     import sysconfig
     here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    paths = list(SYSTEM_READS) + [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix, here]
-    paths += [p for p in sys.path if p]
+    prefixes = [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix]
+    paths = list(SYSTEM_READS) + prefixes + [here]
+    # sys.path entries inside the installation only: `python -m` puts the working directory first, and a
+    # working directory of $HOME would open ~/.ssh
+    inside = [os.path.realpath(p) + os.sep for p in prefixes]
+    paths += [p for p in sys.path if p and any((os.path.realpath(p) + os.sep).startswith(i) for i in inside)]
     paths += [v for v in sysconfig.get_paths().values() if v]
     return [os.path.realpath(p) for p in dict.fromkeys(paths)] + [p for p in dict.fromkeys(paths)]
 

@@ -269,3 +269,26 @@ def test_a_few_large_rows_cannot_hide_a_collapsed_bulk():
     assert not m.passed and "bulk" in " ".join(m.reasons)
     assert m.finding("R²")["detail"]["all"] > 0.99               # over all rows it looked fine
     assert compare_output("cls", ref, ref * (1 + rng.normal(0, 0.01, ref.shape)), kind(DYN, "values")).passed
+
+
+def test_every_registered_criterion_speaks_on_its_kind():
+    """A criterion added to the registry is exercised: on data fit for its kind it returns a finding (figure,
+    limit, text), and a failing one a reason (optimum's test_all_models_tested, for criteria)."""
+    from packager.criteria import COMMON, CRITERIA, Judged
+    rng = np.random.default_rng(14)
+    data = {"class-scores": softmax(rng.normal(0, 2, (64, 5))), "probabilities": rng.uniform(0, 1, (64, 3)),
+            "pixel-classes": softmax(rng.normal(0, 2, (16, 4, 4, 3))), "embedding": rng.normal(0, 1, (64, 16)),
+            "integer": rng.integers(0, 5, (64, 3)).astype(np.float64), "values": rng.normal(0, 1, (64, 4))}
+    labels = {"class-scores": rng.integers(0, 5, 64), "probabilities": rng.integers(0, 2, (64, 3)),
+              "pixel-classes": rng.integers(0, 3, (16, 4, 4)), "integer": rng.integers(0, 5, (64, 3))}
+    for k, fns in CRITERIA.items():
+        ref = data[k]
+        bad = ref[::-1].copy()                              # another sample's outputs: wrong everywhere
+        for fn in COMMON + fns:
+            good = fn(Judged("o", ref, ref.copy(), kind(INT8, k), k, None, None, labels.get(k), ref))
+            worse = fn(Judged("o", ref, bad, kind(INT8, k), k, None, None, labels.get(k), ref))
+            if good is None and fn in COMMON:               # a common criterion may not apply to a kind
+                continue
+            assert good is not None and good.passed and good.text, (k, fn.__name__)
+            if fn in fns and fn.__name__ not in ("accuracy",):
+                assert worse is not None and not worse.passed and worse.reason, (k, fn.__name__)

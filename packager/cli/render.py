@@ -339,7 +339,7 @@ def show_targets(targets: list[dict]) -> None:
 
 
 def tolerance_text(t: dict) -> str:
-    """`flips≤3% drop≤1pt σ×0.3 R²≥0.9 cos≥0.98`: decisions that may change, accuracy drop, values per column
+    """`flips≤3% drop≤1pt σ×0.5 R²≥0.9 cos≥0.98`: decisions that may change, accuracy drop, values per column
     (p99 error against the column's spread, R²), embedding row cosine."""
     return (f"flips≤{100 * t['flips']:g}% drop≤{t['max_drop']:g}pt σ×{t['spread']:g} R²≥{t['r2_min']:g} "
             f"cos≥{t['cosine_min']:g}")

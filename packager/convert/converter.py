@@ -221,8 +221,11 @@ def _no_match(attempts: list[Attempt], recipe: Recipe, calibration: dict | None,
     outputs differ); no runnable model at all is a ConversionError (exit 3)."""
     ran = [a for a in attempts if a.metrics]
     if ran:
-        best = max(ran, key=lambda a: (-sum(len(m.reasons) for m in a.metrics),
-                                       min((m.margin for m in a.metrics), default=0.0)))
+        def rank(a):     # NaN/Inf first out, then the fewest failing criteria, then the widest margin
+            broken = any(f["criterion"] == "finite" and not f["passed"] for m in a.metrics for f in m.findings)
+            return (not broken, -sum(len(m.reasons) for m in a.metrics), min((m.margin for m in a.metrics),
+                                                                              default=0.0))
+        best = max(ran, key=rank)
         numbers = "; ".join(f"{m.name}: " + ", ".join(m.reasons) for m in best.metrics if m.reasons)
         cause = _likely_cause(best.metrics, recipe, calibration, check)
         first = divergence(best.path) if divergence else None
@@ -232,13 +235,13 @@ def _no_match(attempts: list[Attempt], recipe: Recipe, calibration: dict | None,
         message = (f"the {recipe.name} model does not compute what the original computes ({numbers}; path {best.path})"
                    + (f"; likely cause: {cause}" if cause else "")
                    + (f"; other paths: {' | '.join(o[:160] for o in others)}" if others else ""))
-        widen = ("--max-flips/--max-drop widen the decision budget" if any(
+        widen = ("--max-flips/--max-drop widen the decision budget if this difference is acceptable" if any(
             f["criterion"] in ("decisions", "accuracy") and not f["passed"] for m in best.metrics for f in m.findings)
-            else "--output-kind NAME:KIND says what an output means when its kind is a guess")
+            else "--output-kind NAME:KIND if an output's kind was guessed wrong")
+        others = " or ".join(r for r in ("float16", "float32") if r != recipe.name)
         hint = ("compare recipes: --quantize int16x8 or dynamic keep more precision; with int8, give 100-500 "
-                f"calibration samples drawn like the real inputs; {widen} if this difference is acceptable"
-                if recipe.needs_calibration else
-                f"try --quantize float16 or float32; {widen} if this difference is acceptable")
+                f"calibration samples drawn like the real inputs; {widen}"
+                if recipe.needs_calibration else f"try --quantize {others}; {widen}")
         error = VerificationError(message[:1200], hint=hint)
         error.best = best
         return error

@@ -16,12 +16,13 @@ from packager.tensor import Tensor
 
 
 def test_roundtrip_of_plain_data():
-    value = {"a": [1, 2.5, float("nan"), float("-inf"), None, True], ("t", 1): (b"\x00\xff", Path("/x/y")),
+    value = {"a": [1, 2.5, float("nan"), float("-inf"), None, True, np.float64("nan"), np.float64(3.5)], ("t", 1): (b"\x00\xff", Path("/x/y")),
              "arr": np.arange(12, dtype=np.int16).reshape(3, 4).T, "scalar": np.float32(1.5),
              "tol": Tolerance(1e-4, 1e-4, 0, 0.99, 1.0), "tensor": Tensor("x", (1, None), "float32", 0, 0.5, 3),
              "err": UsageError("bad flag", hint="use --x")}
     back = wire.decode(wire.encode(value))
     assert back["a"][:2] == [1, 2.5] and np.isnan(back["a"][2]) and back["a"][3] == float("-inf")
+    assert np.isnan(back["a"][6]) and back["a"][7] == 3.5            # numpy floats (repr np.float64(nan))
     assert back[("t", 1)] == (b"\x00\xff", Path("/x/y"))
     np.testing.assert_array_equal(back["arr"], value["arr"])
     assert back["arr"].dtype == np.int16 and back["scalar"] == np.float32(1.5) and isinstance(back["scalar"], np.float32)

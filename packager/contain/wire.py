@@ -80,7 +80,7 @@ def _enc(v, blobs: list, depth: int):
     if isinstance(v, int):
         return int(v)
     if isinstance(v, float):
-        return v if math.isfinite(v) else {"$f": repr(v)}
+        return float(v) if math.isfinite(v) else {"$f": str(float(v))}
     if isinstance(v, (bytes, bytearray, memoryview)):
         blobs.append(bytes(v))
         return {"$b": len(blobs) - 1}

@@ -145,27 +145,43 @@ class _State:
 LOCK_WAIT = 60.0
 
 
+_HELD: set = set()       # owner strings of the device locks this process holds right now
+
+
 @contextlib.contextmanager
 def device_lock(transport: Transport, remote_dir: str, what: str, progress: Progress | None = None):
     """Hold the device directory's lock (``DIR/.lock``, made with ``mkdir``: atomic on any file system) for the
     ``with`` block: deploy, rollback and pruning change ``releases/`` and ``current``, and two at once would lose
     a release. Another holder is named (pid, host, since) in the progress and, after ``EDGEPACK_DEVICE_LOCK_WAIT``
-    seconds (default 60), in a DeployError; the device is left as it was."""
+    seconds (default 60), in a DeployError; the device is left as it was. A lock left by a process of this host
+    that is gone (or by an earlier, cut-off call of this process) is taken over. A directory the lock had to
+    create is removed again when it is still empty."""
     import socket as _socket
     wait = float(os.environ.get("EDGEPACK_DEVICE_LOCK_WAIT", LOCK_WAIT))
-    owner = f"edgepack pid {os.getpid()} on {_socket.gethostname()} since " \
-            f"{datetime.now(timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ')} ({what})"
+    host = _socket.gethostname()
+    owner = f"edgepack pid {os.getpid()} on {host} since " \
+            f"{datetime.now(timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ')} ({what}) {secrets.token_hex(4)}"
     d = '"$d"'
-    take = "\n".join([f"d={transport.path_expr(remote_dir)}", f"mkdir -p {d}",
-                      f"if mkdir {d}/.lock 2>/dev/null; then printf '%s' {q(owner)} > {d}/.lock/owner; echo LOCKED; "
-                      f"else printf 'HELD='; cat {d}/.lock/owner 2>/dev/null; echo; fi"])
+    take = "\n".join([
+        f"d={transport.path_expr(remote_dir)}",
+        f'[ -e {d} ] || echo "NEW=1"',
+        f"mkdir -p {d} || exit 93",
+        f"if mkdir {d}/.lock 2>/dev/null; then printf '%s' {q(owner)} > {d}/.lock/owner; echo LOCKED; "
+        f"elif [ -d {d}/.lock ]; then printf 'HELD='; cat {d}/.lock/owner 2>/dev/null; echo; "
+        f"else echo \"cannot create {remote_dir}/.lock\" >&2; exit 93; fi"])
     deadline = time.monotonic() + wait
-    said = False
+    said, created = False, False
     while True:
         res = _check(transport.sh(take), "taking the device directory's lock", transport)
+        created = created or "NEW=1" in res.out.splitlines()
         if "LOCKED" in res.out.splitlines():
             break
         holder = next((ln[5:] for ln in res.out.splitlines() if ln.startswith("HELD=")), "") or "another edgepack"
+        if _stale(holder, host):
+            _cleanup(transport, f"d={transport.path_expr(remote_dir)}\n"
+                                f"[ \"$(cat {d}/.lock/owner 2>/dev/null)\" = {q(holder)} ] && rm -rf {d}/.lock")
+            _notify(progress, "wait", f"took over the lock of {holder}, which is gone")
+            continue
         if time.monotonic() >= deadline:
             raise DeployError(f"{remote_dir} on {transport.describe()} is locked by {holder}; nothing was changed",
                               hint=f"wait for it to finish, or, if that process is gone, remove {remote_dir}/.lock "
@@ -174,11 +190,32 @@ def device_lock(transport: Transport, remote_dir: str, what: str, progress: Prog
             _notify(progress, "wait", f"{remote_dir} is locked by {holder}")
             said = True
         time.sleep(min(2.0, max(0.1, deadline - time.monotonic())))
+    _HELD.add(owner)
     try:
         yield
     finally:
+        _HELD.discard(owner)
         _cleanup(transport, f"d={transport.path_expr(remote_dir)}\n"
-                            f"[ \"$(cat {d}/.lock/owner 2>/dev/null)\" = {q(owner)} ] && rm -rf {d}/.lock")
+                            f"[ \"$(cat {d}/.lock/owner 2>/dev/null)\" = {q(owner)} ] && rm -rf {d}/.lock"
+                            + (f"\nrmdir {d} 2>/dev/null" if created else "") + "\ntrue")
+
+
+def _stale(holder: str, host: str) -> bool:
+    """Whether a lock's ``holder`` ("edgepack pid N on HOST since ...") is a process of this host that is gone,
+    or an earlier call of this very process that no longer holds it (cut off before it could let go)."""
+    m = re.match(r"edgepack pid (\d+) on (\S+) since ", holder)
+    if not m or m.group(2) != host:
+        return False
+    pid = int(m.group(1))
+    if pid == os.getpid():
+        return holder not in _HELD
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 def _check(res: Completed, what: str, transport: Transport) -> Completed:

@@ -522,3 +522,15 @@ def test_a_locked_device_directory_names_its_holder_and_is_left_alone(transport,
     (ddir / ".lock").rmdir()
     second = deploy(b, transport, remote_dir=str(ddir))
     assert current(ddir) == f"releases/{second.release}" and not (ddir / ".lock").exists()
+
+
+def test_a_stalled_ssh_says_no_answer_for_how_long():
+    """Issue 21 part 6: ssh's keep-alive gives up on a device that stopped answering (exit 255 after ~30-46 s):
+    the error says so, instead of 'exit status 255'."""
+    from packager.deploy.base import Completed
+    t = SshTransport("pi@10.0.0.9")
+    for err in (b"Timeout, server 10.0.0.9 not responding.\r\n", b""):
+        e = t._classify(Completed(255, b"", err), 46.0)
+        assert e.message.startswith("no answer from pi@10.0.0.9 for 30 s") and "46 s" in e.message
+        assert "current unchanged" in e.hint
+    assert "cannot reach" in t._classify(Completed(255, b"", b"ssh: connect to host: Connection refused"), 1).message

@@ -123,15 +123,19 @@ def test_a_budget_without_labels_says_why_not_crashes():
 
 def test_release_ids_sort_by_time_even_within_one_second():
     """Rollback and pruning order releases by id: a deploy in the same second as the last one (or
-    after a host whose clock ran ahead) gets the next second, never an order by model hash."""
+    after a host whose clock ran a little ahead) gets the next second, never an order by model hash."""
     from datetime import datetime, timezone
     from packager.deploy.releases import RELEASE_RE, _release_id
     now = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     first = f"{now}-ffffffffffff"
     second = _release_id("0" * 64, [first])
     assert RELEASE_RE.match(second) and second > first and second.startswith(now[:8])
-    ahead = "20991231T235959Z-aaaaaaaaaaaa"
-    assert _release_id("1" * 64, [first, ahead]) == "21000101T000000Z-111111111111"
+    from datetime import timedelta
+    soon = (datetime.now(timezone.utc) + timedelta(minutes=5)).strftime("%Y%m%dT%H%M%SZ")
+    nxt = (datetime.strptime(soon, "%Y%m%dT%H%M%SZ") + timedelta(seconds=1)).strftime("%Y%m%dT%H%M%SZ")
+    assert _release_id("1" * 64, [first, f"{soon}-aaaaaaaaaaaa"]) == f"{nxt}-111111111111"   # a clock a bit ahead
+    far = "20991231T235959Z-aaaaaaaaaaaa"           # a device clock at 2099 does not drag every later id there
+    assert _release_id("1" * 64, [first, far])[:4] == now[:4]
     assert _release_id("2" * 64, [])[:16] >= now
 
 

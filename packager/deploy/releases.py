@@ -367,8 +367,11 @@ def _release_id(model_sha256: str, taken: Sequence[str]) -> str:
     order releases by id, and two deploys within one second must not be ordered by model hash."""
     fmt = "%Y%m%dT%H%M%SZ"
     now = datetime.now(timezone.utc).replace(microsecond=0)
-    latest = max((r[:16] for r in taken if RELEASE_RE.match(r)), default=None)
-    if latest is not None:      # a release in this second (or from a host whose clock runs ahead): the next second
+    horizon = (now + timedelta(days=1)).strftime(fmt)
+    # a release in this second (or from a host whose clock runs a little ahead): the next second; one dated
+    # beyond a day ahead (a device clock at 2100) does not drag every later id there
+    latest = max((r[:16] for r in taken if RELEASE_RE.match(r) and r[:16] <= horizon), default=None)
+    if latest is not None:
         now = max(now, datetime.strptime(latest, fmt).replace(tzinfo=timezone.utc) + timedelta(seconds=1))
     return now.strftime(fmt) + "-" + model_sha256[:12]
 

@@ -36,6 +36,9 @@ _HOST_SPEC = re.compile(
 _HOST_KEY_CHANGED = ("REMOTE HOST IDENTIFICATION HAS CHANGED", "has changed and you have requested strict checking",
                      "Host key for", "Offending")
 _HOST_KEY_UNKNOWN = ("host key is known for", "Host key verification failed")
+#: ssh gave up on a connection that stopped answering (ServerAliveInterval x ServerAliveCountMax).
+_STALLED = ("not responding", "Timeout, server")
+ALIVE_INTERVAL, ALIVE_COUNT = 10, 3
 _UNREACHABLE = ("Connection refused", "Connection timed out", "timed out", "Could not resolve hostname",
                 "No route to host", "Network is unreachable", "Connection closed", "Connection reset",
                 "kex_exchange_identification", "Broken pipe")
@@ -95,7 +98,7 @@ class SshTransport(Transport):
             argv += ["-F", str(self.ssh_config)]
         argv += ["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
                  "-o", f"ConnectTimeout={self.connect_timeout}",
-                 "-o", "ServerAliveInterval=10", "-o", "ServerAliveCountMax=3",
+                 "-o", f"ServerAliveInterval={ALIVE_INTERVAL}", "-o", f"ServerAliveCountMax={ALIVE_COUNT}",
                  "-o", "LogLevel=ERROR"]
         if self.port is not None:
             argv += ["-p", str(self.port)]
@@ -189,7 +192,9 @@ class SshTransport(Transport):
         name = hostname if port == "22" else f"[{hostname}]:{port}"
         return hostname, port, known, name
 
-    def _classify(self, res: Completed) -> DeployError:
+    def _classify(self, res: Completed, elapsed: float = 0.0) -> DeployError:
+        """The DeployError for ssh's own failure (exit 255): host key changed/unknown, login refused, no answer
+        (``elapsed``: seconds the call ran), unreachable, or ssh's last line."""
         err = res.err
         hostname, port, known, name = self._keyscan_hints()
         port_flag = f"-p {port} " if port != "22" else ""
@@ -210,6 +215,11 @@ class SshTransport(Transport):
             return DeployError(f"{self.describe()} refused the login: {res.last_error_line()}",
                                hint=("deploy never prompts for passwords (BatchMode): install your key on the device "
                                      f"(ssh-copy-id {port_flag}{self._destination()}) and load it in ssh-agent"))
+        if any(s in err for s in _STALLED) or (res.rc == 255 and not err.strip() and elapsed >= ALIVE_INTERVAL):
+            return DeployError(f"no answer from {self.describe()} for {ALIVE_INTERVAL * ALIVE_COUNT} s"
+                               + (f" (after {elapsed:.0f} s in all)" if elapsed else "") + "; ssh gave up",
+                               hint="the device or its network stopped responding (asleep, rebooted, off Wi-Fi); "
+                                    "check it, then run the command again: a deploy cut off leaves current unchanged")
         if any(s in err for s in _UNREACHABLE):
             return DeployError(f"cannot reach {self.describe()}: {res.last_error_line()}",
                                hint="check the address, that the device is on and sshd runs, or raise --timeout")
@@ -218,10 +228,11 @@ class SshTransport(Transport):
     # ------------------------------------------------------------------ commands
     def _ssh(self, script: str, *, timeout: float, stdin: IO[bytes] | None = None) -> Completed:
         argv = self._command_options() + ["--", self._destination(), script]
+        started = time.monotonic()
         res = run_process(argv, timeout=timeout, what=f"ssh to {self.describe()}", stdin=stdin, env=self.env,
                           missing_hint=self.tool_hint)
         if res.rc == 255:  # ssh's own failure; edgepack's scripts never exit 255
-            raise self._classify(res)
+            raise self._classify(res, time.monotonic() - started)
         return res
 
     def sh(self, script: str, *, timeout: float | None = None, stdin: IO[bytes] | None = None) -> Completed:

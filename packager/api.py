@@ -149,6 +149,8 @@ def build(model: str | os.PathLike, *, target: str = "rpi", recipe: str | None =
     selected = [profile.runtime(r) for r in runtimes] if runtimes else list(profile.runtimes)
     label_names = _read_labels(labels) if labels else None
     rec.check_request(io, calibration is not None)
+    if calibration is not None and not rec.needs_calibration:
+        notes.append(f"--calibration is not used by the {rec.name} recipe (only int8 and int16x8 calibrate)")
     if calibration is not None and not Path(calibration).exists():
         raise UsageError(f"calibration data not found: {calibration}")
     if data is not None and not Path(data).exists():
@@ -180,7 +182,8 @@ def build(model: str | os.PathLike, *, target: str = "rpi", recipe: str | None =
     from .contain import lifecycle
     with lifecycle.exclusive(lock_path(output), f"writing {output}", progress):
         return _stage_verify_commit(model_path, output, profile, rec, io, prepared, name, selected, label_names,
-                                    verify, arch, progress, use_cache, strict, runtimes, data, trust_model, warnings)
+                                    verify, arch, progress, use_cache, strict, runtimes, data, trust_model, warnings,
+                                    overrides)
 
 
 def _check_output_path(output: Path) -> None:
@@ -202,6 +205,22 @@ def _check_labels(names: list[str], prepared) -> None:
                          hint="one class name per line, in class order")
 
 
+def unheld_overrides(report: VerifyReport, tolerance: dict, overrides: dict | None) -> list[str]:
+    """Notes for verdict overrides that nothing was held to: ``--max-drop`` without an output whose accuracy
+    could be measured (decisions and labels), ``--max-flips`` without an output with decisions."""
+    overrides = overrides or {}
+    found = {f["criterion"] for r in report.runtimes for m in r.metrics for f in m.findings
+             if "reference" in f["detail"] or f["criterion"] == "decisions"}
+    notes = []
+    if overrides.get("max_drop") and "accuracy" not in found:
+        notes.append("--max-drop held nothing: no output has both decisions and labels that fit it (kinds: "
+                     + ", ".join(f"{n} {t.kind}" for n, t in tolerance.items()) + "; labels: y or y_NAME in --data)")
+    if overrides.get("flips") and "decisions" not in found:
+        notes.append("--max-flips held nothing: no output has decisions (kinds: "
+                     + ", ".join(f"{n} {t.kind}" for n, t in tolerance.items()) + ")")
+    return notes
+
+
 def lock_path(output) -> Path:
     """The lock of a bundle directory (held while a build stages, verifies and moves it into place): in edgepack's
     cache, keyed by the absolute path, so nothing is left beside ``-o``."""
@@ -212,7 +231,8 @@ def lock_path(output) -> Path:
 
 
 def _stage_verify_commit(model_path, output, profile, rec, io, prepared, name, selected, label_names, verify, arch,
-                         progress, use_cache, strict, runtimes, data, trust_model, warnings) -> BuildResult:
+                         progress, use_cache, strict, runtimes, data, trust_model, warnings,
+                         overrides=None) -> BuildResult:
     """Stage the bundle beside ``output``, verify it there, and move it into place (holding ``output``'s lock)."""
     conversion = prepared.conversion
     staging = Staging(output)
@@ -225,6 +245,8 @@ def _stage_verify_commit(model_path, output, profile, rec, io, prepared, name, s
                                            prepared.references, conversion.spec, arch, progress, use_cache,
                                            prepared.tolerance, strict, require_all=bool(runtimes),
                                            noise=prepared.noise)
+        if report is not None:
+            report.notes += unheld_overrides(report, prepared.tolerance, overrides)
         contents.record_verification(manifest, selected, report)
         if report is not None and not report.passed:
             if rec.needs_calibration and any(r.status == "failed" for r in report.runtimes):
@@ -530,6 +552,7 @@ def _verify(bundle: Path, reference, data, runtimes, arch, strict, trust_model, 
     tolerance = _bundle_tolerance(manifest, rec, overrides)
     report = verdict.verify_staged(bundle, manifest, profile, rec, selected, dataset, refs, spec, arch, progress,
                                    tolerance=tolerance, strict=strict, require_all=bool(runtimes), noise=noise)
+    report.notes += unheld_overrides(report, tolerance, overrides)
     if script_note:
         report.notes.insert(0, script_note)
     if unconfined:

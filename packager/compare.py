@@ -47,7 +47,7 @@ class OutputMetrics:
     @property
     def margin(self) -> float:
         """The smallest margin of its findings (> 1: inside every limit; inf: exact)."""
-        return min((Finding(**f).margin for f in self.findings if f["criterion"] not in ("finite", "not stuck")),
+        return min((Finding(**f).margin for f in self.findings if f["criterion"] not in ("finite", "stuck")),
                    default=float("inf"))
 
     def finding(self, criterion: str) -> dict | None:

@@ -177,14 +177,14 @@ def not_stuck(j: Judged) -> Finding | None:
     stuck = varies & (np.nanstd(got_c, axis=0) == 0)
     if j.kind != "values":     # a whole output stuck; single columns may be legitimately constant per class
         stuck_all = bool(varies.any() and np.nanstd(got_c) == 0)
-        return Finding("not stuck", float(stuck_all), 0, False, not stuck_all, "varies" if not stuck_all else
+        return Finding("stuck", float(stuck_all), 0, False, not stuck_all, "varies" if not stuck_all else
                        "constant", "" if not stuck_all else
                        f"output is constant ({float(got_c.flat[0]):.4g}) but the reference is not (stuck at the "
                        "zero point?)")
     n = int(stuck.sum())
     names = column_names(j.ref.shape, ref_c.shape[1])
     which = ", ".join(names[i] or "the output" for i in np.flatnonzero(stuck)[:4])
-    return Finding("not stuck", n, 0, False, n == 0, f"{n} stuck columns", "" if n == 0 else
+    return Finding("stuck", n, 0, False, n == 0, f"{n} stuck columns", "" if n == 0 else
                    f"{n} of {stuck.size} columns are constant in the bundle but vary in the model ({which}; "
                    "stuck at the zero point?)", {"columns": np.flatnonzero(stuck)[:20].tolist()})
 

@@ -65,7 +65,9 @@ def parse_overrides(values: list[str] | None, flag: str) -> dict:
             number = -1.0
         if not number >= 0 or number == float("inf"):
             raise UsageError(f"{flag} {raw!r} is not a non-negative number or NAME:NUMBER",
-                             hint=f"e.g. {flag} 0.05 (every output) or {flag} logits:0.05 (one output)")
+                             hint=f"e.g. {flag} 1.0 (accuracy points, every output with decisions)"
+                             if flag == "--max-drop" else
+                             f"e.g. {flag} 0.05 (every output) or {flag} logits:0.05 (one output)")
         out[name or None] = number
     return out
 

@@ -137,7 +137,7 @@ def test_cli_targets_recipes_at_columns(columns):
                               env=env, timeout=120, cwd=ROOT)
         assert proc.returncode == 0, proc.stderr
         assert_readable(proc.stdout, columns, ["tflite-runtime==2.14.0 numpy>=1.23,<2"] if cmd == "targets"
-                        else ["flips≤3% drop≤1pt σ×0.5 R²≥0.9 cos≥0.98"])
+                        else ["flips≤3% drop≤1pt σ×0.5 R²≥0.9 cos≥0.98 nn≤10%"])
         assert "\x1b[" not in proc.stdout                            # colour off
         assert not proc.stderr.strip()                               # no framework log
 

@@ -30,6 +30,10 @@ def command(fn):
                 data = {"ok": False, "error": exc.message, "hint": exc.hint, "exit_code": exc.exit_code}
                 if report is not None:
                     data["verification"] = report.to_json()
+                from ..errors import Unverified, VerificationError
+                if isinstance(exc, VerificationError):     # CI tells a mismatch from other errors by this
+                    data["verdict"] = report.verdict if report is not None else \
+                        "UNVERIFIED" if isinstance(exc, Unverified) else "MISMATCH"
                 data.update(getattr(exc, "fleet", None) or {})
                 render.emit_json(data)
             elif report is not None:

@@ -295,7 +295,8 @@ def verify(
                 render.error("unverified: no runtime could run the bundle, so nothing was compared",
                              "see why above; `edgepack inspect BUNDLE` lists what each runtime lacks")
             else:
-                render.error(f"verification failed: {len(report.failures)} problem(s) in {bad} of "
+                problems = [f for f in report.failures if f != report.first_divergence]
+                render.error(f"verification failed: {len(problems)} problem(s) in {bad} of "
                              f"{len(report.runtimes)} runtime(s), listed above",
                              "--html FILE shows the error distributions; --json every number")
         raise typer.Exit(report.exit_code)

@@ -149,7 +149,7 @@ def _margin(o: dict) -> str:
     the room left below 1 for R² and cosine); "exact" when every figure is exact."""
     margins = []
     for f in o.get("findings") or []:
-        if f["criterion"] in ("finite", "not stuck") or f["detail"].get("skipped"):
+        if f["criterion"] in ("finite", "stuck") or f["detail"].get("skipped"):
             continue
         figure, limit = float(f["figure"]), float(f["limit"])
         room, used = (1.0 - limit, 1.0 - figure) if f["higher"] else (limit, figure)
@@ -275,13 +275,9 @@ def show_verification(report: dict) -> None:
         out.print(f"[yellow]note:[/yellow] {escape(note)}")
 
 
-_KIND_LABELS = {"class-scores": "classes", "probabilities": "probs", "pixel-classes": "pixels",
-                "embedding": "embed", "integer": "ids", "values": "values"}
-
-
 def _short_kind(kind: str | None) -> str:
-    """A kind's table label (``classes``, ``probs``...); the JSON and HTML keep the full name."""
-    return _KIND_LABELS.get(kind or "", kind or "-")
+    """A kind's table label: its own name, as ``--output-kind`` takes it."""
+    return kind or "-"
 
 
 def show_build(result: dict) -> None:
@@ -339,10 +335,10 @@ def show_targets(targets: list[dict]) -> None:
 
 
 def tolerance_text(t: dict) -> str:
-    """`flips≤3% drop≤1pt σ×0.5 R²≥0.9 cos≥0.98`: decisions that may change, accuracy drop, values per column
-    (p99 error against the column's spread, R²), embedding row cosine."""
+    """`flips≤3% drop≤1pt σ×0.5 R²≥0.9 cos≥0.98 nn≤10%`: decisions that may change, accuracy drop, values per
+    column (p99 error against the column's spread, R²), embedding row cosine and nearest neighbours changed."""
     return (f"flips≤{100 * t['flips']:g}% drop≤{t['max_drop']:g}pt σ×{t['spread']:g} R²≥{t['r2_min']:g} "
-            f"cos≥{t['cosine_min']:g}")
+            f"cos≥{t['cosine_min']:g} nn≤{100 * t['neighbours']:g}%")
 
 
 def _fits(table: Table, width: int) -> bool:
@@ -353,14 +349,14 @@ def _fits(table: Table, width: int) -> bool:
 def _recipes_table(recipes: list[dict], io: bool, description: bool) -> Table:
     table = Table(title="recipes (--quantize)", box=box.SIMPLE_HEAD, title_justify="left", show_edge=False)
     table.add_column("name", no_wrap=True)
-    table.add_column("calibration", no_wrap=True)
+    table.add_column("calib.", no_wrap=True)
     if io:
         table.add_column("--io", no_wrap=True)
     table.add_column("tolerance", no_wrap=True)
     if description:
         table.add_column("description", overflow="fold", min_width=24)
     for r in recipes:
-        row = [r["name"], "needed" if r["needs_calibration"] else "-"] + ([",".join(r["io_types"])] if io else [])
+        row = [r["name"], "yes" if r["needs_calibration"] else "-"] + ([",".join(r["io_types"])] if io else [])
         row += [tolerance_text(r["tolerance"])] + ([r["description"]] if description else [])
         table.add_row(*[escape(c) for c in row])
     return table

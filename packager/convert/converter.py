@@ -234,20 +234,28 @@ def _no_match(attempts: list[Attempt], recipe: Recipe, calibration: dict | None,
         others = [f"{a.path}: {a.error}" for a in attempts if a is not best]
         message = (f"the {recipe.name} model does not compute what the original computes ({numbers}; path {best.path})"
                    + (f"; likely cause: {cause}" if cause else "")
-                   + (f"; other paths: {' | '.join(o[:160] for o in others)}" if others else ""))
+                   + (f"; other paths: {' | '.join(_clip(o, 160) for o in others)}" if others else ""))
         widen = ("--max-flips/--max-drop widen the decision budget if this difference is acceptable" if any(
             f["criterion"] in ("decisions", "accuracy") and not f["passed"] for m in best.metrics for f in m.findings)
             else "--output-kind NAME:KIND if an output's kind was guessed wrong")
         others = " or ".join(r for r in ("float16", "float32") if r != recipe.name)
+        if cause and cause.startswith("calibration data for"):
+            return _refusal(message, "calibrate on data drawn like the real inputs (the scale of --data), then "
+                                     f"build again; {widen}", best)
         hint = ("compare recipes: --quantize int16x8 or dynamic keep more precision; with int8, give 100-500 "
                 f"calibration samples drawn like the real inputs; {widen}"
                 if recipe.needs_calibration else f"try --quantize {others}; {widen}")
-        error = VerificationError(message[:1200], hint=hint)
-        error.best = best
-        return error
+        return _refusal(message, hint, best)
     detail = " | ".join(f"{a.path}: {a.error}" for a in attempts)
     return ConversionError(f"no conversion path produced a TFLite model that runs: {detail}"[:1200],
                            hint=_conversion_hint(attempts))
+
+
+def _refusal(message: str, hint: str, best: Attempt) -> VerificationError:
+    """The VerificationError of a conversion check, carrying the best path that ran (``--no-verify`` keeps it)."""
+    error = VerificationError(message[:1200], hint=hint)
+    error.best = best
+    return error
 
 
 def _likely_cause(metrics, recipe: Recipe, calibration: dict | None, check: dict) -> str | None:

@@ -107,11 +107,14 @@ def criterion(*kinds: str):
 
 def judge(j: Judged) -> list[Finding]:
     """Every finding on ``j``: the common criteria, then its kind's, in registration order."""
+    import warnings
     found = []
-    for fn in COMMON + CRITERIA[j.kind]:
-        f = fn(j)
-        if f is not None:
-            found.append(f)
+    with np.errstate(all="ignore"), warnings.catch_warnings():   # NaN/Inf outputs are findings, not warnings
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for fn in COMMON + CRITERIA[j.kind]:
+            f = fn(j)
+            if f is not None:
+                found.append(f)
     return found
 
 

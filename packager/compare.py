@@ -107,7 +107,7 @@ def compare_output(name: str, ref: np.ndarray, got: np.ndarray, tol: Tolerance,
         m = OutputMetrics(name, list(got.shape), 0.0, 0.0, 1.0, float("inf"), None, allowed, flags=["empty"],
                           kind=kind, kind_source=source, samples=0, passed=True)
         return m
-    found = judge(Judged(name, ref, got, tol, kind, scale, noise, labels, raw_ref))
+    found = judge(Judged(name, ref, got, tol, kind, scale, noise, labels))
     decided = next((f for f in found if f.criterion == "decisions"), None)
     acc = next((f for f in found if f.criterion == "accuracy" and "reference" in f.detail), None)
     m = OutputMetrics(name, list(got.shape), max_err, mean_err, cosine, snr,

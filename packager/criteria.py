@@ -87,7 +87,6 @@ class Judged:
     step: float | None = None
     noise: np.ndarray | None = None
     labels: np.ndarray | None = None
-    raw_ref: np.ndarray | None = None     # the reference as computed (integer kinds keep their dtype)
 
 
 CRITERIA: dict[str, list] = {kind: [] for kind in KINDS}
@@ -221,14 +220,12 @@ def decisions(j: Judged) -> dict | None:
         gap = np.abs(r - t)
         return {"ref": r >= t, "got": g >= t, "gap": gap, "tied": gap <= _tie_eps(np.full_like(r, t), per)}
     if j.kind == "integer":
-        raw = j.raw_ref if j.raw_ref is not None else j.ref
         if j.ref.ndim == 2 and _option(j.tol, "sets"):
             r = np.sort(j.ref, axis=1)
             g = np.sort(j.got, axis=1)
             same = np.all(r == g, axis=1)
             return {"ref": same, "got": np.ones_like(same), "gap": np.full(same.shape, np.inf),
                     "tied": np.zeros(same.shape, bool)}
-        del raw
         r, g = j.ref.ravel(), j.got.ravel()
         return {"ref": r, "got": g, "gap": np.full(r.shape, np.inf), "tied": np.zeros(r.shape, bool)}
     return None

@@ -285,8 +285,8 @@ def test_every_registered_criterion_speaks_on_its_kind():
         ref = data[k]
         bad = ref[::-1].copy()                              # another sample's outputs: wrong everywhere
         for fn in COMMON + fns:
-            good = fn(Judged("o", ref, ref.copy(), kind(INT8, k), k, None, None, labels.get(k), ref))
-            worse = fn(Judged("o", ref, bad, kind(INT8, k), k, None, None, labels.get(k), ref))
+            good = fn(Judged("o", ref, ref.copy(), kind(INT8, k), k, None, None, labels.get(k)))
+            worse = fn(Judged("o", ref, bad, kind(INT8, k), k, None, None, labels.get(k)))
             if good is None and fn in COMMON:               # a common criterion may not apply to a kind
                 continue
             assert good is not None and good.passed and good.text, (k, fn.__name__)

@@ -59,4 +59,33 @@ def test_a_foreign_requirement_line_is_refused_everywhere(bundle_copy, zoo, line
 def test_the_device_install_takes_wheels_only():
     from pathlib import Path
     text = (Path(__file__).resolve().parent.parent / "packager" / "deploy" / "releases.py").read_text()
-    assert "--only-binary :all:" in text and "-r {q(release_dir + '/requirements.txt')}" in text
+    assert "--only-binary :all:" in text
+
+
+def test_a_local_path_would_run_its_setup_py_so_it_never_reaches_pip(tmp_path, bundle_copy):
+    """The control: a requirement naming a local directory runs that directory's setup.py (as the device's user)
+    under `pip install -r`, even with --only-binary :all:. So edgepack refuses the line before anything is sent,
+    and the device install passes pip only the checked lines, never the bundle's file."""
+    import subprocess
+    import sys
+    from packager.deploy.releases import load_bundle
+    marker = tmp_path / "setup-py-ran"
+    evil = tmp_path / "evil"
+    evil.mkdir()
+    (evil / "setup.py").write_text(f"open({str(marker)!r}, 'w').write('x')\n"
+                                   "from setuptools import setup\nsetup(name='evil', version='1')\n")
+    req = bundle_copy / "requirements.txt"
+    req.write_text(req.read_text() + f"{evil}\n")
+    _rehash(bundle_copy, "requirements.txt")
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--disable-pip-version-check", "-q",
+                    "--no-index", "--no-build-isolation", "--no-deps", "--only-binary", ":all:", "-r",
+                    str(req)], capture_output=True, timeout=300)
+    assert marker.exists(), "control: pip runs the bundle's setup.py, --only-binary or not"
+    with pytest.raises(EdgepackError) as exc:
+        load_bundle(bundle_copy)
+    assert str(evil) in exc.value.message and "a pip option, URL or path" in exc.value.message
+    from pathlib import Path
+    src = (Path(__file__).resolve().parent.parent / "packager" / "deploy" / "releases.py").read_text()
+    assert "requirements.txt')}" not in src and "-r {q(" not in src       # pip gets the checked lines, not -r

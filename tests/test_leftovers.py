@@ -81,6 +81,7 @@ def edgepack(tmp_path: Path, *args, interrupt_when=None, interrupt=_ctrl_c, time
         proc = subprocess.Popen([PY, "-m", "packager.cli", *map(str, args)], stdout=fo, stderr=fe,
                                 stdin=subprocess.DEVNULL, env=env, cwd=tmp_path, start_new_session=True)
         sid = proc.pid
+        started = time.time() - 1
         deadline = time.monotonic() + timeout
         interrupted = interrupt_when is None
         try:
@@ -91,6 +92,9 @@ def edgepack(tmp_path: Path, *args, interrupt_when=None, interrupt=_ctrl_c, time
                     interrupt(sid)
                     interrupted = True
                 time.sleep(0.05)
+            # what the command itself left at its exit, before the reaper (which runs after it) could act
+            at_exit = sorted(p.name for p in tmpdir.iterdir()) + sorted(
+                p.name for p in Path("/tmp").glob("edgepack-ssh-*") if p.stat().st_mtime >= started)
             left = _session_processes(sid)
             end = time.monotonic() + grace
             while left and time.monotonic() < end:
@@ -104,7 +108,9 @@ def edgepack(tmp_path: Path, *args, interrupt_when=None, interrupt=_ctrl_c, time
                     pass
                 proc.wait(10)
     temp = sorted(p.name for p in tmpdir.iterdir())
-    return Run(proc, tmpdir, out.read_text(errors="replace"), err.read_text(errors="replace"), left, temp)
+    run = Run(proc, tmpdir, out.read_text(errors="replace"), err.read_text(errors="replace"), left, temp)
+    run.at_exit = at_exit
+    return run
 
 
 def assert_nothing_left(run: Run) -> None:
@@ -112,6 +118,8 @@ def assert_nothing_left(run: Run) -> None:
     # TensorFlow's autograph modules included: the TensorFlow child writes them to its own scratch
     # TMPDIR, which edgepack removes after it (packager.contain.lifecycle).
     assert not run.temp, f"temporary entries left in TMPDIR: {run.temp}"
+    if run.returncode in (0, 1, 2, 3, 4, 5, 6, 7):     # a normal exit cleans up itself, not through the reaper
+        assert not run.at_exit, f"temporary entries still there when edgepack exited: {run.at_exit}"
 
 
 def _tf_child_running(sid: int) -> bool:

@@ -565,7 +565,7 @@ def _deploy_locked(bundle, transport: Transport, spec: str, keep: int, install: 
     if unchanged:
         release = prev
         if install:
-            python = _install(transport, rdir, f"{rdir}/releases/{release}", device_python or _profile_python(bundle.manifest), progress)
+            python = _install(transport, rdir, bundle, device_python or _profile_python(bundle.manifest), progress)
             installed = True
     else:
         release = _release_id(bundle.model_sha256, st.releases)
@@ -605,7 +605,7 @@ def _deploy_locked(bundle, transport: Transport, spec: str, keep: int, install: 
             raise
         try:
             if install:
-                python = _install(transport, rdir, f"{rdir}/releases/{release}", device_python or _profile_python(bundle.manifest), progress)
+                python = _install(transport, rdir, bundle, device_python or _profile_python(bundle.manifest), progress)
                 installed = True
                 _notify(progress, "switch", f"current -> releases/{release}")
                 res = _check(transport.sh(_switch_script(rdir, release) + "\n" + _prune_script(rdir, doomed)),
@@ -653,13 +653,18 @@ def _cleanup(transport: Transport, script: str) -> None:
         pass
 
 
-def _install(transport: Transport, rdir: str, release_dir: str, python: str, progress: Progress | None) -> str:
+def _install(transport: Transport, rdir: str, bundle: Bundle, python: str, progress: Progress | None) -> str:
+    """``DIR/venv`` on the device from the bundle's requirement lines, checked by :func:`load_bundle` against
+    the runtime registry and passed to pip on its command line (pip never reads a file of the bundle: a path
+    there would run its setup.py even with ``--only-binary``), wheels only."""
     venv_python = f"{rdir}/venv/bin/python"
-    _notify(progress, "install", f"{python} -m venv {rdir}/venv; pip install -r requirements.txt")
+    lines = [ln.split(" #")[0].strip() for ln in bundle.local("requirements.txt").read_text().splitlines()]
+    lines = [ln for ln in lines if ln and not ln.startswith("#")]
+    _notify(progress, "install", f"{python} -m venv {rdir}/venv; pip install {' '.join(lines)}")
     res = transport.sh(
         f"{_python_token(transport, python)} -m venv {q(rdir + '/venv')} && "
         f"{q(venv_python)} -m pip install --disable-pip-version-check -q --only-binary :all: "
-        f"-r {q(release_dir + '/requirements.txt')}",
+        + " ".join(q(ln) for ln in lines),
         timeout=INSTALL_TIMEOUT)
     if res.rc != 0:
         if res.rc in (126, 127):

@@ -335,12 +335,29 @@ def build_sweep(model: str | os.PathLike, recipes: list[str], *, target: str = "
         else:
             todo.append(r)
     progress(f"loading and converting {model_path} ({', '.join(todo)})")
-    results = dict(isolate.run(jobs.prepare_sweep, str(model_path), todo, io,
-                               str(calibration) if calibration is not None else None,
-                               str(data) if data is not None else None, trust_model, overrides,
-                               progress=progress)) if todo else {}
+    try:
+        results = dict(isolate.run(jobs.prepare_sweep, str(model_path), todo, io,
+                                   str(calibration) if calibration is not None else None,
+                                   str(data) if data is not None else None, trust_model, overrides,
+                                   progress=progress)) if todo else {}
+    except ConversionError as exc:
+        if not getattr(exc, "path", None):      # not a crash on one conversion path: it concerns every recipe
+            raise
+        # TensorFlow crashed on one recipe's path and took the shared child with it: each recipe in a child
+        # of its own, so that crash is that recipe's row and the others build
+        progress(f"{exc.message}; converting each recipe on its own")
+        results = {}
+        for k, r in enumerate(todo, 1):
+            progress(f"[{k}/{len(todo)}] {r}" + (f" (then {', '.join(todo[k:])})" if todo[k:] else ""))
+            try:
+                results[r] = _prepare_contained(model_path, get_recipe(r), io, calibration, data, trust_model,
+                                                overrides, progress)
+            except EdgepackError as each:
+                results[r] = each
     evidence = ""
-    for r in todo:
+    for k, r in enumerate(todo, 1):
+        progress(f"[{k}/{len(todo)}] bundling and verifying {r}" + (f" (then {', '.join(todo[k:])})"
+                                                                      if todo[k:] else ""))
         got = results[r]
         row = {"recipe": r, "bundle": None}
         if isinstance(got, EdgepackError):

@@ -159,3 +159,13 @@ def test_usage_mistakes_go_through_the_boundary(args, words):
     plain = edgepack(*[a for a in args if a != "--json"])
     assert plain.returncode == 2 and plain.stdout == ""
     assert plain.stderr.splitlines()[0].startswith("error: ") and plain.stderr.splitlines()[1].startswith("hint: ")
+
+
+def test_json_keeps_progress_on_stderr(zoo, tmp_path):
+    """Issue 24 part 8: long work is never silent; with --json the progress goes to stderr and stdout stays one
+    JSON document."""
+    proc = edgepack("build", zoo["keras3_h5"], "-q", "float32", "--runtime", "ai-edge-litert", "-o", tmp_path / "b",
+                    "--json", "--no-cache")
+    assert proc.returncode == 0, proc.stderr[-1000:]
+    assert json.loads(proc.stdout)["ok"] is True
+    assert "loading and converting" in proc.stderr and "verifying with ai-edge-litert" in proc.stderr

@@ -50,3 +50,20 @@ def test_sweep_cli_skips_what_needs_calibration_and_prints_one_json(zoo, tmp_pat
     proc = subprocess.run([sys.executable, "-m", "packager.cli", "build", str(zoo["keras3_h5"]), "-q", "int8,int4"],
                           capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
     assert proc.returncode == 2 and "int4" in proc.stderr and "all" in proc.stderr
+
+
+def test_one_recipes_converter_crash_is_that_recipes_row(zoo, data_files, tmp_path, monkeypatch):
+    """Issue 24 part 1: TensorFlow crashing (SIGSEGV) while converting one recipe took the whole sweep down
+    (exit 3, no bundle). Now the crash is that recipe's row; the others are built and verified."""
+    from packager import api
+    monkeypatch.delenv("EDGEPACK_IN_PROCESS", raising=False)
+    monkeypatch.setenv("EDGEPACK_CRASH_AT", "float16")
+    seen = []
+    sweep = api.build_sweep(zoo["keras3_h5"], ["float32", "float16", "dynamic"], runtimes=["ai-edge-litert"],
+                            data=data_files["eval"], output=tmp_path / "dist", progress=seen.append)
+    rows = {r["recipe"]: r for r in sweep.rows}
+    assert rows["float32"]["status"] == "built" and rows["dynamic"]["status"] == "built"
+    assert rows["float16"]["status"] == "refused" and "crashed" in rows["float16"]["reason"]
+    assert rows["float16"]["exit_code"] == 3 and rows["float16"]["bundle"] is None
+    assert any("converting each recipe on its own" in m for m in seen)
+    assert any(m.startswith("[3/3] ") for m in seen)                     # progress says what remains

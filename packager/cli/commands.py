@@ -183,7 +183,7 @@ def build(
         if min_agreement is not None or min_cosine is not None:
             raise UsageError("--min-agreement and --min-cosine are budgets for --quantize auto",
                              hint="drop them, or use --quantize auto (--max-drop and --max-flips work with any recipe)")
-        with render.progress(not json_output) as report:
+        with render.progress() as report:
             sweep = api.build_sweep(model, recipes, target=target, calibration=calibration, io=io.value,
                                     output=output, verify=verify, data=data, runtimes=runtime,
                                     arch=_arch(arch or verify_arch), name=name, labels=labels,
@@ -211,7 +211,7 @@ def build(
         raise UsageError("--min-agreement and --min-cosine are budgets for --quantize auto",
                          hint="add --quantize auto, or use --max-flips/--max-drop with a fixed recipe")
     try:
-        with render.progress(not json_output) as report:
+        with render.progress() as report:
             result = api.build(model, target=target, recipe=quantize,
                                calibration=calibration, io=io.value, output=output, verify=verify, data=data,
                                runtimes=runtime, arch=_arch(arch or verify_arch), name=name, labels=labels,
@@ -270,7 +270,7 @@ def verify(
     render.configure(quiet, verbose)
     labels = bundle / "labels.txt" if (bundle / "labels.txt").is_file() else None
     try:
-        with render.progress(not json_output) as report_cb:
+        with render.progress() as report_cb:
             report = api.verify(bundle, reference=reference, data=data, runtimes=runtime, arch=_arch(arch or verify_arch),
                                 strict=strict, trust_model=trust_model, progress=report_cb, atol=atol, rtol=rtol,
                                 max_drop=max_drop, max_flips=max_flips, output_kind=output_kind)

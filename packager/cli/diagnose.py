@@ -23,7 +23,7 @@ def build_auto(model, target, calibration, io, output, data, runtime, verify, ve
     if not verify:
         raise UsageError("--quantize auto measures every candidate; --no-verify does not apply",
                          hint="drop --no-verify, or pick a recipe with --quantize")
-    with render.progress(not json_output) as report:
+    with render.progress() as report:
         result = build_auto(model, target=target, calibration=calibration, data=data, io=io.value, output=output,
                             runtimes=runtime, arch=_arch(verify_arch), name=name, labels=labels,
                             trust_model=trust_model, progress=report, strict=strict, use_cache=use_cache, **budget)
@@ -78,7 +78,7 @@ def register(app: typer.Typer, command, opts: dict) -> None:
         from ..diagnose import diagnose as run_diagnose
         from .render_diagnose import diagnosis_html, show_diagnosis
         render.configure(quiet, verbose)
-        with render.progress(not json_output) as report_cb:
+        with render.progress() as report_cb:
             diag = run_diagnose(bundle, reference=reference, data=data, runtimes=runtime, arch=_arch(arch),
                                 trust_model=trust_model, progress=report_cb, calibration=calibration)
         data_out = diag.to_json()

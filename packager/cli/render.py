@@ -77,7 +77,8 @@ def is_detail(msg: str) -> bool:
 
 @contextmanager
 def progress(enabled: bool = True):
-    """Progress on stderr; yields the callback the library calls with messages.
+    """Progress on stderr (with ``--json`` too: stdout stays the one document); yields the callback the library
+    calls with messages. ``--quiet`` silences it.
 
     A terminal gets one live status line (with the elapsed time) plus one persistent line per
     step; piped output gets the step lines only. Nothing here prints a source location."""

@@ -39,6 +39,13 @@ def _limits() -> tuple[int, float]:
 _STAGE: dict = {"conn": None, "local": None}
 
 
+def crash_seam(point: str) -> None:
+    """Test seam: ``EDGEPACK_CRASH_AT=<point>`` crashes this process there with SIGSEGV, as TensorFlow's
+    converter does on some models, so tests can show that one recipe's crash stays that recipe's."""
+    if os.environ.get("EDGEPACK_CRASH_AT") == point and not in_process():
+        os.kill(os.getpid(), signal.SIGSEGV)
+
+
 def stage(message: str, path: str | None = None) -> None:
     """Called by jobs: tell the parent what is running now (shown as progress, and named if the
     child dies there); ``path`` names the conversion path being tried, so a crash on one path

@@ -124,7 +124,7 @@ def convert(loaded: LoadedModel, recipe: Recipe, io: str, calibration: dict | No
     attempts: list[Attempt] = []
     ran: dict = {}                       # path -> (candidate, model bytes) of paths that ran
     order = {"inputs": [s.name for s in loaded.inputs], "outputs": [s.name for s in loaded.outputs]}
-    from ..contain.isolate import stage
+    from ..contain.isolate import crash_seam, stage
     candidates = loaded.candidates
     if recipe.needs_calibration:   # paths known to survive calibration go first (stable order otherwise)
         candidates = sorted(candidates, key=lambda c: not c.calibration_first)
@@ -133,6 +133,7 @@ def convert(loaded: LoadedModel, recipe: Recipe, io: str, calibration: dict | No
             attempts.append(Attempt(cand.name, False, "TensorFlow crashed on this path (see above)"))
             continue
         stage(f"converting with {cand.name} ({recipe.name})", cand.name)
+        crash_seam(recipe.name)
         release_memory()
         try:
             with native_quiet():

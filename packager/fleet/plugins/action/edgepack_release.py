@@ -7,7 +7,7 @@
 #       remote_dir: ~/edgepack/NAME
 #       keep: 3
 #       smoke: true           # run the bundled self-test; on failure switch this host back
-#       install: false        # python -m venv DIR/venv && pip install -r requirements.txt
+#       install: false        # python -m venv DIR/venv && pip install --only-binary :all: <checked lines>
 #       device_python: /usr/bin/python3     # optional
 #       runtime: ai-edge-litert             # optional: the runtime the self-test uses
 from __future__ import annotations

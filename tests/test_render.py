@@ -241,7 +241,7 @@ def test_help_conventions():
     for folder in ("packager", "device_runtime"):
         for f in (ROOT / folder).rglob("*.py"):
             used |= set(re.findall(r"EDGEPACK_[A-Z_]+", f.read_text()))
-    internal = {"EDGEPACK_FAULT_AT", "EDGEPACK_FLEET_EVENTS", "EDGEPACK_RC__"}      # test seams, plumbing
+    internal = {"EDGEPACK_FAULT_AT", "EDGEPACK_CRASH_AT", "EDGEPACK_FLEET_EVENTS", "EDGEPACK_RC__"}  # test seams, plumbing
     assert used - internal <= set(ENVIRONMENT), used - internal - set(ENVIRONMENT)
     for cmd in (["build"], ["verify"], ["deploy"], ["run"], ["fleet", "deploy"], ["doctor"]):
         proc = _cli(*cmd, "-h")

@@ -225,12 +225,16 @@ STATEFUL_REVIEWED = {
     "TruncatedNormal", "VarHandleOp", "VarIsInitializedOp", "Variable", "VariableShape", "VariableV2", "While",
     "_Arg", "_DeviceArg", "_DeviceRetval", "_Retval",
     "TensorArrayV3", "TensorArrayReadV3", "TensorArrayWriteV3", "TensorArrayGatherV3", "TensorArrayScatterV3",
-    "TensorArraySizeV3", "TensorArrayCloseV3", "TensorArrayConcatV3", "TensorArraySplitV3"}
+    "TensorArraySizeV3", "TensorArrayCloseV3", "TensorArrayConcatV3", "TensorArraySplitV3",
+    # random generators: their state is an RNG counter in a resource variable of the model, nothing outside it
+    "RngReadAndSkip", "RngSkip", "StatefulUniform", "StatefulUniformInt", "StatefulUniformFullInt",
+    "StatefulStandardNormalV2", "StatefulTruncatedNormal", "RandomShuffle", "RandomGamma", "RandomPoissonV2"}
 DECODERS_REVIEWED = {"AudioSpectrogram", "TensorArrayV3", "TensorArrayReadV3", "TensorArrayWriteV3",
                      "TensorArrayGatherV3", "TensorArrayScatterV3", "TensorArraySizeV3", "TensorArrayCloseV3",
                      "TensorArrayConcatV3", "TensorArraySplitV3",  # in-memory arrays (TF1 loops), not files
                      "DecodePng", "DecodeJpeg", "DecodeBmp", "DecodeGif", "DecodeImage", "DecodeRaw",
-                     "DecodeCompressed", "EncodePng", "EncodeJpeg", "UnicodeDecode", "UnicodeEncode"}
+                     "DecodeCompressed", "EncodePng", "EncodeJpeg", "UnicodeDecode", "UnicodeEncode",
+                     "ImageProjectiveTransformV2", "ImageProjectiveTransformV3"}   # tensor math on an image tensor
 
 
 def test_allowlist_against_tensorflows_registered_ops():
@@ -266,3 +270,17 @@ def test_h5_op_layer_with_a_misleading_module_still_refused(op_h5, tmp_path):
     _edit_h5_config(path, edit)
     with pytest.raises(UsageError, match="not a pure math op"):
         check_model(path, "keras-h5", trust=False)
+
+
+def test_pure_image_and_seeded_random_ops_are_compute_ops():
+    """Issue 24 part 4: augmentation layers leave image-transform and seeded-random ops in an export; they
+    compute and touch nothing, so they are not refused as dangerous (file, network and Python ops still are)."""
+    for op in ("ImageProjectiveTransformV3", "ImageProjectiveTransformV2", "StatelessRandomUniformFullIntV2",
+               "RngReadAndSkip", "ScaleAndTranslate", "CombinedNonMaxSuppression"):
+        assert op in COMPUTE_OPS, op
+    for op in ("ReadFile", "WriteFile", "PyFunc", "EagerPyFunc", "MatchingFiles"):
+        assert op not in COMPUTE_OPS, op
+    from packager.convert.converter import Attempt, _conversion_hint
+    hint = _conversion_hint([Attempt("p", False, "op tf.ImageProjectiveTransformV3 is neither a custom op nor a "
+                                                 "flex op")])
+    assert "augmentation layers" in hint and ".keras" in hint

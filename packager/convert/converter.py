@@ -287,7 +287,8 @@ def _likely_cause(metrics, recipe: Recipe, calibration: dict | None, check: dict
 def _conversion_hint(attempts: list[Attempt]) -> str:
     """The known way out for the known causes, read from the paths' errors."""
     text = " ".join(a.error or "" for a in attempts)
-    if any(k in text for k in ("StatelessRandom", "random_flip", "random_rotation", "RandomFlip", "RandomRotation")):
+    if any(k in text for k in ("StatelessRandom", "random_flip", "random_rotation", "RandomFlip", "RandomRotation",
+                               "ImageProjectiveTransform", "RandomZoom", "RandomTranslation", "RngReadAndSkip")):
         return ("augmentation layers (RandomFlip/RandomRotation...) were exported into the SavedModel: build from "
                 "the .keras file, or export without them")
     if "TensorList" in text:

@@ -6,7 +6,7 @@ from dataclasses import dataclass, asdict, field, replace
 import numpy as np
 
 from .recipes import Tolerance
-from .criteria import Finding, Judged, infer_kind, judge
+from .criteria import DECISION_KINDS, Finding, Judged, infer_kind, judge
 from .contain.wire import plain_data
 
 
@@ -226,7 +226,6 @@ def with_kinds(tolerance: dict, reference: dict, labels=None, ops: dict | None =
     outputs still without a decision, from their labels: ``y_NAME`` always, the shared ``y`` only when no output
     has a decision kind already and exactly one output fits it (so ``y`` never makes a box regression a
     classifier). ``kind_source`` says why."""
-    from .criteria import DECISION_KINDS
     out, guessed = {}, {}
     for name, tol in tolerance.items():
         if tol.kind or name not in reference:

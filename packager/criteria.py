@@ -87,6 +87,7 @@ class Judged:
     step: float | None = None
     noise: np.ndarray | None = None
     labels: np.ndarray | None = None
+    cache: dict = field(default_factory=dict, repr=False, compare=False)   # per-output work the criteria share
 
 
 CRITERIA: dict[str, list] = {kind: [] for kind in KINDS}
@@ -214,9 +215,9 @@ def decisions(j: Judged) -> dict | None:
     if j.kind == "probabilities":
         t = _threshold(j.tol)
         r, g = j.ref.ravel(), j.got.ravel()
-        noise = _noise(j, columns(j.ref).shape[1])
-        per = np.broadcast_to(noise, columns(j.ref).shape).ravel() if noise.size == columns(j.ref).shape[1] \
-            else np.zeros_like(r)
+        shape = columns(j.ref).shape
+        noise = _noise(j, shape[1])
+        per = np.broadcast_to(noise, shape).ravel() if noise.size == shape[1] else np.zeros_like(r)
         gap = np.abs(r - t)
         return {"ref": r >= t, "got": g >= t, "gap": gap, "tied": gap <= _tie_eps(np.full_like(r, t), per)}
     if j.kind == "integer":
@@ -382,7 +383,14 @@ def neighbours(j: Judged) -> Finding | None:
 
 # ------------------------------------------------------------------------------------------- values
 def _column_limits(j: Judged):
-    """(ref columns, got columns, limit per column, base spread per column)."""
+    """(ref columns, got columns, limit per column, base spread per column), computed once per output (the
+    stuck, column-error and R² criteria all use them)."""
+    if "limits" not in j.cache:
+        j.cache["limits"] = _limits(j)
+    return j.cache["limits"]
+
+
+def _limits(j: Judged):
     rc, gc = columns(j.ref), columns(j.got)
     spread = np.std(rc, axis=0)
     mag = np.sqrt(np.mean(rc ** 2, axis=0))

@@ -169,6 +169,10 @@ def device_lock(transport: Transport, remote_dir: str, what: str, progress: Prog
         f"if mkdir {d}/.lock 2>/dev/null; then printf '%s' {q(owner)} > {d}/.lock/owner; echo LOCKED; "
         f"elif [ -d {d}/.lock ]; then printf 'HELD='; cat {d}/.lock/owner 2>/dev/null; echo; "
         f"else echo \"cannot create {remote_dir}/.lock\" >&2; exit 93; fi"])
+
+    def unlock(who: str) -> str:      # remove the lock only while ``who`` holds it
+        return (f"d={transport.path_expr(remote_dir)}\n"
+                f"[ \"$(cat {d}/.lock/owner 2>/dev/null)\" = {q(who)} ] && rm -rf {d}/.lock")
     deadline = time.monotonic() + wait
     said, created = False, False
     while True:
@@ -178,8 +182,7 @@ def device_lock(transport: Transport, remote_dir: str, what: str, progress: Prog
             break
         holder = next((ln[5:] for ln in res.out.splitlines() if ln.startswith("HELD=")), "") or "another edgepack"
         if _stale(holder, host):
-            _cleanup(transport, f"d={transport.path_expr(remote_dir)}\n"
-                                f"[ \"$(cat {d}/.lock/owner 2>/dev/null)\" = {q(holder)} ] && rm -rf {d}/.lock")
+            _cleanup(transport, unlock(holder))
             _notify(progress, "wait", f"took over the lock of {holder}, which is gone")
             continue
         if time.monotonic() >= deadline:
@@ -195,9 +198,7 @@ def device_lock(transport: Transport, remote_dir: str, what: str, progress: Prog
         yield
     finally:
         _HELD.discard(owner)
-        _cleanup(transport, f"d={transport.path_expr(remote_dir)}\n"
-                            f"[ \"$(cat {d}/.lock/owner 2>/dev/null)\" = {q(owner)} ] && rm -rf {d}/.lock"
-                            + (f"\nrmdir {d} 2>/dev/null" if created else "") + "\ntrue")
+        _cleanup(transport, unlock(owner) + (f"\nrmdir {d} 2>/dev/null" if created else "") + "\ntrue")
 
 
 def _stale(holder: str, host: str) -> bool:

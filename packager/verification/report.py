@@ -114,8 +114,8 @@ class VerifyReport:
 
 
 def _rests_on(metrics: list) -> list[str]:
-    """The figures a verdict rests on, worst first per criterion: decisions kept, accuracy, values columns,
-    embedding rows, and the outputs whose kind is a guess."""
+    """The figures a verdict rests on, the worst runtime's for each: decisions kept, accuracy, value columns
+    within limits, nearest neighbours kept, and the criteria that failed."""
     parts = []
     flips = [f for m in metrics for f in m.findings if f["criterion"] == "decisions"]
     if flips:

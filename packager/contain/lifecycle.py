@@ -108,7 +108,7 @@ def popen_kwargs(confine_to: list | None = None, readable: list | None = None) -
     def preexec_confined() -> None:
         preexec()
         try:
-            sandbox.confine(dirs, reads)
+            sandbox.confine(dirs, reads, system=False)
         except Exception:  # noqa: BLE001 - EDGEPACK_SANDBOX=require: do not run unconfined
             os._exit(126)
     return {"preexec_fn": preexec_confined}

@@ -157,10 +157,11 @@ def system_reads() -> list[str]:
     return [os.path.realpath(p) for p in dict.fromkeys(paths)] + [p for p in dict.fromkeys(paths)]
 
 
-def confine(writable: list[str], readable: list[str] | None = None) -> int:
+def confine(writable: list[str], readable: list[str] | None = None, system: bool = True) -> int:
     """Restrict this process (and all it starts) to writing below ``writable`` and, with ``readable``,
-    to reading and executing below ``readable``, ``writable`` and :func:`system_reads`; and to opening no
-    socket (:func:`deny_sockets`). Returns the Landlock ABI used, 0 when not applied (unavailable or
+    to reading and executing below ``readable``, ``writable`` and (``system``) :func:`system_reads` (a caller
+    in a forked child passes them in ``readable``, computed before the fork, and ``system=False``); and to
+    opening no socket (:func:`deny_sockets`). Returns the Landlock ABI used, 0 when not applied (unavailable or
     EDGEPACK_SANDBOX=0). Raises EnvironmentProblem when EDGEPACK_SANDBOX=require and it cannot be applied."""
     if mode() == "off":
         return 0
@@ -188,7 +189,7 @@ def confine(writable: list[str], readable: list[str] | None = None) -> int:
     fd = libc.syscall(_SYS_CREATE_RULESET, ctypes.byref(attr), ctypes.c_size_t(size), ctypes.c_uint32(0))
     if fd < 0:
         return _failed("landlock_create_ruleset", ctypes.get_errno())
-    reads = [] if readable is None else list(readable) + system_reads()
+    reads = [] if readable is None else list(readable) + (system_reads() if system else [])
     rules = [(p, True) for p in writable + ["/dev/null"]] + [(p, False) for p in reads]
     try:
         for path, write in rules:

@@ -137,12 +137,10 @@ def build(model: str | os.PathLike, *, target: str = "rpi", recipe: str | None =
     rec = get_recipe(recipe or profile.default_recipe)
     if _auto is not None:      # --quantize auto (packager.repair): (Prepared, Recipe) already chosen
         rec = _auto[1]
-    overrides = verdict_overrides(atol, rtol, max_drop, max_flips, output_kind)
+    overrides = verdict_overrides(atol, rtol, max_drop, max_flips, output_kind, verify)
     unconfined = _unconfined(trust_model)
     if unconfined:
         notes.append(unconfined)
-    if not verify:      # --no-verify: a conversion check that fails is a warning, so there is a bundle to diagnose
-        overrides["no_verify"] = True
     name = check_name(name) if name else default_name(model_path, profile.name)
     output = Path(output) if output else Path("dist") / name
     _check_output_path(output)
@@ -196,9 +194,8 @@ def _check_output_path(output: Path) -> None:
 
 def _check_labels(names: list[str], prepared) -> None:
     """A labels file must name each class of an output with classes: its line count is that output's class count."""
-    counts = {n: t.shape[-1] for n, t in ((o.name, o) for o in prepared.outputs)
-              if prepared.tolerance.get(n) is not None and prepared.tolerance[n].kind in ("class-scores", "pixel-classes")
-              and t.shape and t.shape[-1] > 0}
+    counts = {o.name: o.shape[-1] for o in prepared.outputs if o.shape and o.shape[-1] > 0 and
+              getattr(prepared.tolerance.get(o.name), "kind", None) in ("class-scores", "pixel-classes")}
     if counts and len(names) not in counts.values():
         raise UsageError(f"--labels has {len(names)} lines but the model has "
                          + ", ".join(f"{c} classes in {n!r}" for n, c in counts.items()),
@@ -319,10 +316,8 @@ def build_sweep(model: str | os.PathLike, recipes: list[str], *, target: str = "
     _transport(profile)
     for r in recipes:
         get_recipe(r)
-    overrides = verdict_overrides(atol, rtol, max_drop, max_flips, output_kind)
+    overrides = verdict_overrides(atol, rtol, max_drop, max_flips, output_kind, verify)
     _unconfined(trust_model)            # --trust-model without a sandbox is refused before anything loads
-    if not verify:
-        overrides["no_verify"] = True
     base = check_name(name) if name else default_name(model_path, profile.name)
     root = Path(output) if output else Path("dist")
     rows, todo = [], []
@@ -348,7 +343,7 @@ def build_sweep(model: str | os.PathLike, recipes: list[str], *, target: str = "
         progress(f"{exc.message}; converting each recipe on its own")
         results = {}
         for k, r in enumerate(todo, 1):
-            progress(f"[{k}/{len(todo)}] {r}" + (f" (then {', '.join(todo[k:])})" if todo[k:] else ""))
+            progress(f"[{k}/{len(todo)}] {r}" + _then(todo[k:]))
             try:
                 results[r] = _prepare_contained(model_path, get_recipe(r), io, calibration, data, trust_model,
                                                 overrides, progress)
@@ -356,8 +351,7 @@ def build_sweep(model: str | os.PathLike, recipes: list[str], *, target: str = "
                 results[r] = each
     evidence = ""
     for k, r in enumerate(todo, 1):
-        progress(f"[{k}/{len(todo)}] bundling and verifying {r}" + (f" (then {', '.join(todo[k:])})"
-                                                                      if todo[k:] else ""))
+        progress(f"[{k}/{len(todo)}] bundling and verifying {r}" + _then(todo[k:]))
         got = results[r]
         row = {"recipe": r, "bundle": None}
         if isinstance(got, EdgepackError):
@@ -392,6 +386,11 @@ def build_sweep(model: str | os.PathLike, recipes: list[str], *, target: str = "
     return SweepResult(rows, evidence)
 
 
+def _then(rest: list[str]) -> str:
+    """`` (then a, b)``: what a sweep's progress line has still to do, or nothing."""
+    return f" (then {', '.join(rest)})" if rest else ""
+
+
 def _sweep_runtimes(report: VerifyReport) -> dict:
     out = {}
     for r in report.runtimes:
@@ -415,10 +414,12 @@ def _unconfined(trust_model: bool) -> str | None:
     return sandbox.check_trust(trust_model, isolate.in_process())
 
 
-def verdict_overrides(atol=None, rtol=None, max_drop=None, max_flips=None, output_kind=None) -> dict:
+def verdict_overrides(atol=None, rtol=None, max_drop=None, max_flips=None, output_kind=None,
+                      verify: bool = True) -> dict:
     """The verdict's overrides as :func:`packager.recipes.resolve_tolerance` takes them, each checked now (a
     malformed value is a UsageError before any work): ``{"atol": [...], "rtol": [...], "max_drop": [...],
-    "flips": [...], "kinds": [...]}``, only the keys given."""
+    "flips": [...], "kinds": [...]}``, only the keys given; ``"no_verify": True`` without ``verify`` (a
+    conversion check that fails is then a warning, so there is a bundle to diagnose)."""
     from .recipes import parse_kinds
     if max_drop is not None and not isinstance(max_drop, list):
         max_drop = [str(max_drop)]
@@ -434,6 +435,8 @@ def verdict_overrides(atol=None, rtol=None, max_drop=None, max_flips=None, outpu
     if output_kind:
         parse_kinds(output_kind)
         out["kinds"] = list(output_kind)
+    if not verify:
+        out["no_verify"] = True
     return out
 
 

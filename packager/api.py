@@ -18,6 +18,7 @@ from .errors import ConversionError, EdgepackError, Unverified, UsageError, Veri
 from .convert.inspect import inspect_bytes
 from .recipes import Recipe, get_recipe, list_recipes, parse_overrides, resolve_tolerance
 from .targets import TargetProfile, get_target, list_targets
+from .load.calibration import WEAK_EVIDENCE
 
 Progress = Callable[[str], None]
 
@@ -535,6 +536,41 @@ def verify(bundle: str | os.PathLike, *, reference: str | os.PathLike, data: str
 
 def _verify(bundle: Path, reference, data, runtimes, arch, strict, trust_model, progress,
             overrides: dict | None = None) -> VerifyReport:
+    ref = _reference_side(bundle, reference, data, trust_model, progress, overrides)
+    manifest, profile, rec = ref.manifest, ref.profile, ref.rec
+    if runtimes:
+        selected = [profile.runtime(r) for r in runtimes]
+    else:      # the runtimes the bundle lists (a build with --runtime leaves the others out)
+        selected = [rt for rt in profile.runtimes if rt.name in manifest.runtime_names] or list(profile.runtimes)
+    report = verdict.verify_staged(bundle, manifest, profile, rec, selected, ref.dataset, ref.refs, ref.spec, arch,
+                                   progress, tolerance=ref.tolerance, strict=strict, require_all=bool(runtimes),
+                                   noise=ref.noise)
+    _finish_notes(report, ref, overrides)
+    if not report.passed and rec.needs_calibration and any(r.status == "failed" for r in report.runtimes):
+        from .diagnose import verify_brief
+        report.first_divergence = verify_brief(bundle, reference, data, ref.arrays, trust_model, progress)
+    return report
+
+
+@dataclass
+class _ReferenceSide:
+    """What a verdict of ``bundle`` compares against: its manifest, target profile and recipe, the inputs
+    (``dataset``; ``arrays``: the bundle's samples when no --data), the reference model's outputs per group
+    (``refs``), its float ``noise``, the bundle model's spec, the ``tolerance`` per output and the notes on how the
+    references were computed."""
+    manifest: Manifest
+    profile: TargetProfile
+    rec: Recipe
+    dataset: object
+    refs: list
+    noise: dict
+    spec: object
+    tolerance: dict
+    arrays: dict | None
+    notes: list
+
+
+def _reference_side(bundle: Path, reference, data, trust_model, progress, overrides) -> _ReferenceSide:
     manifest = read_manifest(bundle)
     problems = check_files(bundle, manifest)
     if problems:
@@ -544,10 +580,6 @@ def _verify(bundle: Path, reference, data, runtimes, arch, strict, trust_model, 
     _, script_note = host_entrypoint(bundle, manifest)
     profile = get_target(manifest.target)
     rec = get_recipe(manifest.recipe)
-    if runtimes:
-        selected = [profile.runtime(r) for r in runtimes]
-    else:      # the runtimes the bundle lists (a build with --runtime leaves the others out)
-        selected = [rt for rt in profile.runtimes if rt.name in manifest.runtime_names] or list(profile.runtimes)
     arrays = None
     samples = manifest.samples
     if not data and samples and (bundle / samples).is_file():
@@ -566,20 +598,85 @@ def _verify(bundle: Path, reference, data, runtimes, arch, strict, trust_model, 
     unconfined = _unconfined(trust_model)
     progress(f"computing reference outputs with {reference}")
     dataset, refs, ref_names, noise = isolate.run(jobs.reference, str(reference), str(data) if data else None, arrays,
-                                           trust_model, what="running the reference model", progress=progress)
+                                                  trust_model, what="running the reference model", progress=progress)
     _check_names(ref_names, manifest)
     spec = _bundle_spec((bundle / manifest.model).read_bytes(), manifest)
     tolerance = _bundle_tolerance(manifest, rec, overrides)
-    report = verdict.verify_staged(bundle, manifest, profile, rec, selected, dataset, refs, spec, arch, progress,
-                                   tolerance=tolerance, strict=strict, require_all=bool(runtimes), noise=noise)
-    report.notes += unheld_overrides(report, tolerance, overrides)
-    if script_note:
-        report.notes.insert(0, script_note)
-    if unconfined:
-        report.notes.insert(0, unconfined)
-    if not report.passed and rec.needs_calibration and any(r.status == "failed" for r in report.runtimes):
-        from .diagnose import verify_brief
-        report.first_divergence = verify_brief(bundle, reference, data, arrays, trust_model, progress)
+    notes = [n for n in (unconfined, script_note) if n]
+    return _ReferenceSide(manifest, profile, rec, dataset, refs, noise, spec, tolerance, arrays, notes)
+
+
+def _finish_notes(report: VerifyReport, ref: _ReferenceSide, overrides) -> None:
+    report.notes += unheld_overrides(report, ref.tolerance, overrides)
+    report.notes[:0] = ref.notes
+
+
+def verify_on_device(bundle: str | os.PathLike, transport, *, reference: str | os.PathLike,
+                     data: str | os.PathLike | None = None, remote_dir: str | None = None, release: str | None = None,
+                     device_python: str | None = None, runtime: str | None = None, threads: int | None = None,
+                     trust_model: bool = False, strict: bool = False, progress: Progress | None = None,
+                     atol: list[str] | None = None, rtol: list[str] | None = None,
+                     max_drop: float | list[str] | None = None, max_flips: list[str] | None = None,
+                     output_kind: list[str] | None = None) -> VerifyReport:
+    """The verdict of ``bundle`` as computed by a real device (``transport``: SSH or ADB): the reference outputs come
+    from ``reference`` on this host, the inputs (``data``, else the bundle's samples) go to the device in chunks, the
+    deployed release (``release``, default ``current`` in ``remote_dir``) runs them with its own script in the
+    device's environment, and the outputs are judged here by the emulator's criteria. The report's ``device`` holds
+    the device's facts and how it differs from what the manifest was verified with. Raises DeployError (device
+    unreachable, nothing deployed, script cannot run), VerificationError (the release on the device is not this
+    bundle's), UsageError."""
+    from .deploy import ondevice
+    from .deploy.releases import default_remote_dir, load_bundle
+    progress = progress or _noop
+    overrides = verdict_overrides(atol, rtol, max_drop, max_flips, output_kind)
+    with open_bundle(bundle) as path:
+        loaded = load_bundle(path)
+        spec_dir = remote_dir or default_remote_dir(loaded.manifest, transport)
+        transport.path_expr(spec_dir)
+        material, ref = device_material(path, reference, data, trust_model, progress, overrides)
+        progress(f"running on {transport.describe()}")
+
+        def step(name: str, detail: str = "") -> None:
+            progress(f"{transport.describe()}: {detail}" if detail else f"{transport.describe()}: {name}")
+        result, ran = ondevice.verify_device(transport, spec_dir, loaded, material, release=release,
+                                             device_python=device_python, runtime=runtime, threads=threads,
+                                             progress=step)
+        return device_report(path, ref, material, result, ran, strict, overrides)
+
+
+def device_material(bundle: Path, reference, data, trust_model: bool, progress, overrides):
+    """(:class:`~packager.deploy.ondevice.Material`, the reference side) for judging ``bundle`` on a device: the
+    reference outputs from ``reference`` on ``data`` (else the bundle's samples), output kinds settled from the
+    bundle's graph, output steps."""
+    from .compare import with_kinds
+    from .convert.inspect import output_ops
+    from .deploy.ondevice import Material
+    ref = _reference_side(bundle, reference, data, trust_model, progress, overrides)
+    ops = output_ops((bundle / ref.manifest.model).read_bytes(), ref.spec.outputs)
+    tol = with_kinds(ref.tolerance, ref.refs[0], ref.dataset.labels, ops)
+    steps = {n: step for n, (_, step) in ops.items() if step}
+    d = ref.dataset
+    evidence = {"source": d.source, "count": d.count, "kind": d.evidence, "text": d.describe(), "notes": list(d.notes)}
+    return Material(d.groups, ref.refs, tol, steps, d.labels, ref.noise or None, evidence), ref
+
+
+def device_report(bundle: Path, ref, material, result, ran, strict: bool = False, overrides=None) -> VerifyReport:
+    """The VerifyReport of one device's run: its RuntimeResult, the device's facts (``report.device``) and how they
+    differ from the runtimes the manifest records as verified (said in the notes)."""
+    from .deploy.ondevice import differences
+    verified = (ref.manifest.get("verification") or {}).get("runtimes") or []
+    info = dict(ran.info)
+    info["differs"] = differences(info, verified)
+    info.update(chunks=ran.chunks, bytes_sent=ran.bytes_sent)
+    ev = material.evidence
+    passed = result.status == "passed" and not (strict and (ev.get("kind") in WEAK_EVIDENCE or info["differs"]))
+    report = VerifyReport(str(bundle), ref.rec.name, ref.profile.name, passed, ev.get("source", ""),
+                          int(ev.get("count", 0)), [result], ref.manifest["model_size"],
+                          notes=[f"this device differs from what the bundle was verified with: {d}" for d in info["differs"]]
+                          + list(ev.get("notes") or []),
+                          evidence=ev.get("kind", "held-out"), evidence_text=ev.get("text", ""), strict=strict,
+                          require_all=True, device=info)
+    _finish_notes(report, ref, overrides)
     return report
 
 

@@ -253,27 +253,73 @@ def verify(
                         "percentage points, for every output with decisions (needs labels y in --data).")] = None,
     max_flips: FlipsOpt = None,
     output_kind: KindOpt = None,
+    host: Annotated[Optional[str], typer.Option(
+        "--host", metavar="USER@HOST[:PORT]", rich_help_panel="On the device",
+        help="Compute the verdict on this device over SSH: the inputs go there, the deployed release runs them with "
+             "its own script in the device's environment, the outputs come back and are judged here.")] = None,
+    serial: Annotated[Optional[str], typer.Option(
+        "--serial", "-s", metavar="SERIAL", rich_help_panel="On the device",
+        help="The same on an Android device over ADB (see `adb devices`).")] = None,
+    ssh_config: Annotated[Optional[Path], typer.Option("--ssh-config", metavar="FILE", rich_help_panel="On the device",
+                                                       help="ssh client config file (ssh -F FILE).")] = None,
+    remote_dir: Annotated[Optional[str], typer.Option(
+        "--remote-dir", metavar="DIR", rich_help_panel="On the device",
+        help="Where the bundle is deployed on the device [default: the target's, ~/edgepack/NAME].")] = None,
+    release: Annotated[Optional[str], typer.Option(
+        "--release", metavar="ID", rich_help_panel="On the device",
+        help="Run this release of the bundle [default: the one that is current].")] = None,
+    device_python: Annotated[Optional[str], typer.Option(
+        "--device-python", metavar="PATH", rich_help_panel="On the device",
+        help="Python on the device [default: DIR/venv/bin/python if deploy --install made it, else python3].")] = None,
+    threads: Annotated[Optional[int], typer.Option("--threads", min=1, rich_help_panel="On the device",
+                                                   help="Interpreter threads on the device.")] = None,
+    timeout: Annotated[float, typer.Option("--timeout", metavar="SECONDS", min=1.0, rich_help_panel="On the device",
+                                           help="Timeout of each device command (transfers get more).")] = 60.0,
     verbose: VerboseOpt = False,
     quiet: QuietOpt = False,
     json_output: JsonOpt = False,
 ):
     """Run the bundle's own device script in each runtime environment of its target (only that
     runtime and numpy; no TensorFlow) and compare with the original model, output by output.
+    With --host or --serial the device itself computes the outputs (the deployed release, in its own
+    environment) and the verdict says which device, CPU, OS, Python, runtime and numpy it rests on.
 
     Exit code 0 (MATCH) only when every output meets the criteria of its kind; 4 MISMATCH; 7 UNVERIFIED (no
     runtime could run the bundle, so nothing was compared).
 
-    Example: edgepack verify dist/mnist-rpi --reference model.h5 --data eval.npz --html report.html
+    Examples:
+
+      edgepack verify dist/mnist-rpi --reference model.h5 --data eval.npz --html report.html
+
+      edgepack verify dist/mnist-rpi --reference model.h5 --data eval.npz --host pi@raspberrypi.local
     """
     from .. import api
     from . import render
     render.configure(quiet, verbose)
     labels = bundle / "labels.txt" if (bundle / "labels.txt").is_file() else None
+    on_device = bool(host or serial)
+    if not on_device and any(v is not None for v in (ssh_config, remote_dir, release, device_python, threads)):
+        raise UsageError("--ssh-config, --remote-dir, --release, --device-python and --threads apply to a verdict on "
+                         "a device", hint="add --host USER@HOST or --serial SERIAL")
+    if on_device and (runtime or arch or verify_arch):
+        raise UsageError("--runtime/--arch choose emulator environments; on a device its own environment runs",
+                         hint="drop them, or drop --host/--serial to verify in the emulator")
     try:
         with render.progress() as report_cb:
-            report = api.verify(bundle, reference=reference, data=data, runtimes=runtime, arch=_arch(arch or verify_arch),
-                                strict=strict, trust_model=trust_model, progress=report_cb, atol=atol, rtol=rtol,
-                                max_drop=max_drop, max_flips=max_flips, output_kind=output_kind)
+            if on_device:
+                from .deploy import _transport
+                transport = _transport(host, serial, ssh_config, timeout, None)
+                with transport:
+                    report = api.verify_on_device(bundle, transport, reference=reference, data=data,
+                                                  remote_dir=remote_dir, release=release, device_python=device_python,
+                                                  threads=threads, trust_model=trust_model, strict=strict,
+                                                  progress=report_cb, atol=atol, rtol=rtol, max_drop=max_drop,
+                                                  max_flips=max_flips, output_kind=output_kind)
+            else:
+                report = api.verify(bundle, reference=reference, data=data, runtimes=runtime,
+                                    arch=_arch(arch or verify_arch), strict=strict, trust_model=trust_model,
+                                    progress=report_cb, atol=atol, rtol=rtol, max_drop=max_drop, max_flips=max_flips,
+                                    output_kind=output_kind)
     except EdgepackError as exc:
         if html:
             _write_report(html, f"edgepack verify {bundle.name}", getattr(exc, "report", None), reference, labels,

@@ -255,6 +255,8 @@ def show_verification(report: dict) -> None:
     """Print a verification report (:meth:`VerifyReport.to_json` form): the table, the lines below it, the
     MATCH/MISMATCH verdict with its evidence, and the notes not already shown (none with --quiet)."""
     table, below = verification_table(report)
+    if report.get("device"):
+        out.print(device_line(report["device"]), highlight=False, markup=False)
     out.print(table)
     for line in below:
         out.print(line, highlight=False)
@@ -274,6 +276,17 @@ def show_verification(report: dict) -> None:
         if state["quiet"] or any(e in note for e in errors):    # already said below the table
             continue
         out.print(f"[yellow]note:[/yellow] {escape(note)}")
+
+
+def device_line(d: dict) -> str:
+    """The facts of the device a verdict was computed on, in one line: ``device pi@host:22, release ID: aarch64
+    (Cortex-A72, 4 cores), Debian GNU/Linux 12, Python 3.11.2, numpy 1.26.4, ai_edge_litert 2.3.1``."""
+    cpu = ", ".join(x for x in (d.get("cpu"), f"{d['cores']} cores" if d.get("cores") else None) if x)
+    parts = [f"{d.get('machine') or '?'}" + (f" ({cpu})" if cpu else ""), d.get("os"),
+             f"Python {d['python']}" if d.get("python") else None, f"numpy {d['numpy']}" if d.get("numpy") else None,
+             f"{d.get('runtime')} {d.get('runtime_version') or ''}".strip() if d.get("runtime") else None,
+             f"{d['threads']} threads" if d.get("threads") else None]
+    return f"device {d.get('device')}, release {d.get('release')}: " + ", ".join(p for p in parts if p)
 
 
 def _short_kind(kind: str | None) -> str:
@@ -429,6 +442,8 @@ def html_report(report: dict | None, title: str, *, provenance: dict | None = No
     if status:
         parts.append(f"<div class='banner warn' id=status>{e(status)}</div>")
     if report is not None:
+        if report.get("device"):
+            parts.append(f"<p id=device><b>computed on the device</b>: {e(device_line(report['device']))}</p>")
         parts.append(_html_table(report))
         errors = [str(r["error"]) for r in report["runtimes"] if r.get("error")]
         for note in report.get("notes") or []:

@@ -394,12 +394,13 @@ class RuntimeResult:
     machine: str | None = None
     python: str | None = None
     static_problems: list[str] = field(default_factory=list)
+    numpy: str | None = None
 
     def to_json(self) -> dict:
-        """JSON of the verdict: runtime, version, arch, machine, python, status, error, seconds (rounded to ms),
-        static problems and each output's metrics."""
+        """JSON of the verdict: runtime, version, arch, machine, python, numpy, status, error, seconds (rounded to
+        ms), static problems and each output's metrics."""
         return {"runtime": self.runtime, "version": self.version, "arch": self.arch, "machine": self.machine,
-                "python": self.python, "status": RuntimeStatus(self.status).value, "error": self.error, "seconds": round(self.seconds, 3),
+                "python": self.python, "numpy": self.numpy, "status": RuntimeStatus(self.status).value, "error": self.error, "seconds": round(self.seconds, 3),
                 "static_problems": self.static_problems, "outputs": [m.to_json() for m in self.metrics]}
 
 
@@ -417,16 +418,26 @@ def verify_in_env(env: RuntimeEnv, bundle: Path, inputs, reference, tol,
     manifest = read_manifest(bundle)
     scales = steps if steps is not None else {t.name: t.scale for t in manifest.outputs if t.quantized}
     result = RuntimeResult(env.runtime, env.version, env.arch, RuntimeStatus.ERROR, static_problems=list(static_problems or []))
-    measured = []
-    for k, (group, ref) in enumerate(zip(groups, references)):
+    outputs = []
+    for group in groups:
         run = _run_cached(env, bundle, manifest, group, use_cache)
         result.seconds += run.seconds
         if not run.ok:
             result.error = run.error
             return result
         result.machine, result.python = run.info.get("machine"), run.info.get("python")
-        measured.append(compare_all(ref, run.outputs, tol, scales, labels if k == 0 else None,
-                                    noise if k == 0 else None))
+        result.numpy = run.info.get("numpy")
+        outputs.append(run.outputs)
+    return judge(result, groups, references, outputs, tol, scales, labels, noise)
+
+
+def judge(result: RuntimeResult, groups: list, references: list, outputs: list, tol, scales: dict,
+          labels=None, noise: dict | None = None) -> RuntimeResult:
+    """Fill ``result`` (status, metrics) from the outputs one runtime computed on each group of inputs: the criteria
+    of :mod:`packager.compare` against ``references`` (aligned lists of dicts keyed by output name; ``labels`` and
+    ``noise`` belong to the first group). The same judgement for the emulator and for a real device."""
+    measured = [compare_all(ref, out, tol, scales, labels if k == 0 else None, noise if k == 0 else None)
+                for k, (ref, out) in enumerate(zip(references, outputs))]
     labels_of = ["length " + "x".join(str(d) for d in next(iter(g.values())).shape[1:]) for g in groups]
     result.metrics = merge_metrics(measured, labels_of)
     result.status = RuntimeStatus.PASSED if all(m.passed for m in result.metrics) else RuntimeStatus.FAILED

@@ -30,6 +30,7 @@ class VerifyReport:
     strict: bool = False             # weak evidence fails, and so does a runtime left out
     require_all: bool = False        # every runtime must pass (--strict, or --runtime given)
     first_divergence: str | None = None  # "first divergence: op 7 SOFTMAX 'probs' - ..." (diagnose)
+    device: dict | None = None       # a verdict computed on a real device: its facts (deploy.ondevice)
 
     @property
     def weak(self) -> bool:
@@ -63,7 +64,8 @@ class VerifyReport:
         else:
             parts.append("no runtime could run the bundle: nothing was compared")
         evidence = self.evidence_text or f"{self.inputs_source}, n={self.samples}"
-        return f"{self.verdict} ({evidence}): " + ", ".join(parts)
+        where = f" on {self.device.get('device')}" if self.device else ""
+        return f"{self.verdict}{where} ({evidence}): " + ", ".join(parts)
 
     @property
     def failures(self) -> list[str]:
@@ -80,6 +82,9 @@ class VerifyReport:
                         for m in r.metrics if not m.passed]
         if out and self.first_divergence:   # after the first numbers, before a long list is cut
             out.insert(1, self.first_divergence)
+        if self.strict and self.device and self.device.get("differs"):
+            out += [f"--strict: this device differs from what the bundle was verified with: {d}"
+                    for d in self.device["differs"]]
         if self.strict and self.weak:
             out.append(f"--strict: the verdict rests on weak evidence ({self.evidence_text}); pass --data with "
                        "held-out inputs")
@@ -87,13 +92,15 @@ class VerifyReport:
 
     def to_json(self) -> dict:
         """JSON of the report: bundle, recipe, target, passed, inputs, samples, model size (bytes), evidence (kind,
-        weak, text), runtimes, failures, notes and first divergence."""
+        weak, text), runtimes, failures, notes, first divergence and, for a verdict computed on a device, its facts
+        (``device``: device, release, machine, os, cpu, cores, python, numpy, runtime, runtime_version, threads,
+        differs)."""
         return {"bundle": self.bundle, "recipe": self.recipe, "target": self.target, "passed": self.passed,
                 "verdict": self.verdict, "line": self.line(),
                 "inputs": self.inputs_source, "samples": self.samples, "model_size": self.model_size,
                 "evidence": {"kind": self.evidence, "weak": self.weak, "text": self.evidence_text},
                 "runtimes": [r.to_json() for r in self.runtimes], "failures": self.failures, "notes": self.notes,
-                "first_divergence": self.first_divergence}
+                "first_divergence": self.first_divergence, "device": self.device}
 
     def __repr__(self) -> str:
         runtimes = ", ".join(f"{r.runtime}={r.status}" for r in self.runtimes)

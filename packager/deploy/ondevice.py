@@ -55,6 +55,7 @@ class Material:
     labels: dict | None = None
     noise: dict | None = None
     evidence: dict = field(default_factory=dict)
+    on_device: dict = field(default_factory=dict)   # {group: path inside the release} of inputs already there
 
     def save(self, directory: str | os.PathLike) -> Path:
         """Write the material into ``directory`` (created): ``inputs-K.npz``, ``references-K.npz``, ``labels.npz``,
@@ -70,6 +71,7 @@ class Material:
             (d / "noise.npz").write_bytes(npz_stored({k: np.asarray(v) for k, v in self.noise.items()}))
         (d / "material.json").write_text(json.dumps({
             "groups": len(self.groups), "steps": self.steps, "evidence": self.evidence,
+            "on_device": {str(k): v for k, v in self.on_device.items()},
             "tolerance": {n: dataclasses.asdict(t) for n, t in self.tolerance.items()}}))
         return d
 
@@ -89,7 +91,7 @@ class Material:
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise UsageError(f"verification material in {d} is incomplete: {exc}") from None
         return cls(groups, refs, tol, {k: float(v) for k, v in (meta.get("steps") or {}).items()}, labels, noise,
-                   meta.get("evidence") or {})
+                   meta.get("evidence") or {}, {int(k): str(v) for k, v in (meta.get("on_device") or {}).items()})
 
 
 def _npz(path: Path) -> dict:
@@ -184,11 +186,13 @@ def device_facts(transport: Transport, release_dir: str, python: str, entry: str
 
 def run_groups(transport: Transport, remote_dir: str, bundle: Bundle, groups: list, *, release: str | None = None,
                device_python: str | None = None, runtime: str | None = None, threads: int | None = None,
-               progress: Progress | None = None) -> DeviceOutputs:
+               progress: Progress | None = None, on_device: dict | None = None) -> DeviceOutputs:
     """Run every group of inputs through release ``release`` (default: ``current``) of ``bundle`` in ``remote_dir``
     on the device, in chunks of :func:`chunk_bytes`, and bring the outputs back (checksummed both ways).
     ``runtime`` (``ai_edge_litert``/``tflite_runtime``) makes the script use that runtime; ``threads`` its thread
-    count. Nothing is left on the device but the release. Raises DeployError/VerificationError/UsageError."""
+    count; ``on_device`` ({group: path inside the release}) names groups whose inputs are already there (the
+    bundled samples: checksummed with the release, not sent). Nothing is left on the device but the release.
+    Raises DeployError/VerificationError/UsageError."""
     started = time.monotonic()
     st = releases._open(transport, remote_dir, hash_files=list(bundle.wanted))
     rdir = st.dir
@@ -202,7 +206,8 @@ def run_groups(transport: Transport, remote_dir: str, bundle: Bundle, groups: li
     py = releases._python_token(transport, python)
     args = (f" --threads {int(threads)}" if threads else "") + (f" --runtime {q(runtime)}" if runtime else "")
     limit = chunk_bytes()
-    plan = [(k, s) for k, g in enumerate(groups) for s in chunk_rows(g, limit)]
+    on_device = on_device or {}
+    plan = [(k, s) for k, g in enumerate(groups) for s in ([None] if k in on_device else chunk_rows(g, limit))]
     work = f"{rdir}/.verify-{secrets.token_hex(6)}"
     outputs: list[list[dict]] = [[] for _ in groups]
     sent = 0
@@ -211,6 +216,13 @@ def run_groups(transport: Transport, remote_dir: str, bundle: Bundle, groups: li
         with tempfile.TemporaryDirectory(prefix="edgepack-ondevice-") as tmp:
             local_in, local_out = Path(tmp) / "in.npz", Path(tmp) / "out.npz"
             for i, (k, rows) in enumerate(plan, 1):
+                if rows is None:            # inputs shipped in the release
+                    releases._notify(progress, "run", f"{on_device[k]} of release {rid}")
+                    res = transport.sh(f"cd {q(work)} && {py} {q(rel_dir + '/' + entry)} --input "
+                                       f"{q(rel_dir + '/' + on_device[k])} --output out.npz{args} && sha256sum out.npz",
+                                       timeout=max(releases.SMOKE_TIMEOUT, transport.timeout))
+                    outputs[k].append(_fetch(transport, res, work, local_out, python))
+                    continue
                 chunk = {name: np.asarray(a)[rows] for name, a in groups[k].items()}
                 local_in.write_bytes(npz_stored(chunk))
                 size = local_in.stat().st_size
@@ -226,13 +238,7 @@ def run_groups(transport: Transport, remote_dir: str, bundle: Bundle, groups: li
                 sums = {m[2]: m[1] for m in map(releases._SHA_LINE.match, res.out.splitlines()) if m}
                 if sums.get("in.npz") not in (None, sha256_file(local_in)):
                     raise DeployError("the inputs arrived damaged on the device (checksum mismatch)", hint="run again")
-                if res.rc != 0:
-                    raise DeployError(releases._script_failure(res, python, "the run"),
-                                      hint=releases._RUNTIME_HINT if res.rc in (4, 126, 127) else None)
-                transport.download(f"{work}/out.npz", local_out, timeout=max(releases.SMOKE_TIMEOUT, transport.timeout))
-                if sums.get("out.npz") != sha256_file(local_out):
-                    raise DeployError("the outputs arrived damaged from the device (checksum mismatch)", hint="run again")
-                outputs[k].append(_npz(local_out))
+                outputs[k].append(_fetch(transport, res, work, local_out, python))
                 releases._check(transport.sh(f"rm -f {q(work)}/in.npz {q(work)}/out.npz"), "cleaning up", transport)
     finally:
         releases._cleanup(transport, f"rm -rf {q(work)}")
@@ -240,6 +246,18 @@ def run_groups(transport: Transport, remote_dir: str, bundle: Bundle, groups: li
               for parts in outputs]
     return DeviceOutputs(joined, info, rid, rdir, chunks=len(plan), bytes_sent=sent,
                          seconds=time.monotonic() - started)
+
+
+def _fetch(transport: Transport, res, work: str, local_out: Path, python: str) -> dict:
+    """The outputs of one run (``res``: its sh result, ending with ``sha256sum out.npz``), brought back and checked."""
+    if res.rc != 0:
+        raise DeployError(releases._script_failure(res, python, "the run"),
+                          hint=releases._RUNTIME_HINT if res.rc in (4, 126, 127) else None)
+    sums = {m[2]: m[1] for m in map(releases._SHA_LINE.match, res.out.splitlines()) if m}
+    transport.download(f"{work}/out.npz", local_out, timeout=max(releases.SMOKE_TIMEOUT, transport.timeout))
+    if sums.get("out.npz") != sha256_file(local_out):
+        raise DeployError("the outputs arrived damaged from the device (checksum mismatch)", hint="run again")
+    return _npz(local_out)
 
 
 # =========================================================================== the verdict
@@ -281,7 +299,7 @@ def verify_device(transport: Transport, remote_dir: str, bundle: Bundle, materia
     (:func:`~packager.verification.emulator.judge`). Returns the device's RuntimeResult (runtime and version as
     the device reports them, arch = its machine) and what the device computed."""
     ran = run_groups(transport, remote_dir, bundle, material.groups, release=release, device_python=device_python,
-                     runtime=runtime, threads=threads, progress=progress)
+                     runtime=runtime, threads=threads, progress=progress, on_device=material.on_device)
     info = ran.info
     result = RuntimeResult((info.get("runtime") or "?").replace("_", "-"), str(info.get("runtime_version") or ""),
                            _arch(info.get("machine")), RuntimeStatus.ERROR, machine=info.get("machine"),
@@ -340,3 +358,80 @@ def odd_ones_out(outputs: dict) -> dict:
                               "differing": float(np.mean(diff > 0)) if diff.size else 0.0, "norm": list(norm)}
                 break
     return out
+
+
+# =========================================================================== smoke run and the deploy gate
+def sample_material(bundle: Bundle) -> Material:
+    """The bundled samples as verification material: their inputs, and as the reference the outputs the converted
+    model gave on them when the bundle was built (``samples/expected.npz``), judged with the tolerance and output
+    kinds recorded in the manifest. Raises UsageError when the bundle has no samples."""
+    from device_runtime.edgepack_run import Failure, read_inputs
+    from ..recipes import get_recipe
+    m = bundle.manifest
+    samples = m.get("samples") or {}
+    if not samples.get("inputs") or not samples.get("expected"):
+        raise UsageError(f"{bundle.name} has no bundled samples to smoke-test with",
+                         hint="rebuild it (build writes samples/), or deploy without --smoke")
+    try:
+        inputs = read_inputs(str(bundle.local(samples["inputs"])), m["inputs"])
+        expected = read_inputs(str(bundle.local(samples["expected"])), m["outputs"])
+    except Failure as exc:
+        raise UsageError(f"the bundle's samples are unreadable: {exc.message}") from None
+    try:
+        base = get_recipe(m.recipe).tolerance
+    except Exception:  # noqa: BLE001 - an unknown recipe: the defaults of Tolerance
+        base = Tolerance(1e-5, 1e-5, 1.0, 0.999)
+    recorded = m.tolerance
+    tol = {n: Tolerance.from_record(recorded.get(n) or {}, base) for n in expected}
+    steps = {t.name: t.scale for t in m.outputs if t.quantized}
+    return Material([inputs], [expected], tol, steps, None, None,
+                    {"source": samples["inputs"], "count": len(next(iter(inputs.values()))), "kind": "samples",
+                     "text": f"bundled samples, n={len(next(iter(inputs.values())))}"}, {0: samples["inputs"]})
+
+
+def verdict_line(result: RuntimeResult) -> str:
+    """``MATCH: decisions 16/16, ...`` / ``MISMATCH: probs: <reasons>`` / ``ERROR: <why>`` for one device's result."""
+    if result.status == RuntimeStatus.ERROR or result.status == "error":
+        return f"UNVERIFIED: {result.error}"
+    from ..verification.report import _rests_on
+    if result.status == "passed":
+        return "MATCH: " + ", ".join(_rests_on(result.metrics))
+    return "MISMATCH: " + "; ".join(f"{m.name}: {'; '.join(m.reasons)}" for m in result.metrics if not m.passed)
+
+
+def record_script(rdir: str, release: str, rc: int, error: str | None, report: dict) -> str:
+    """Write DIR/selftest.last (RELEASE=, AT=, RC=, ERROR=, REPORT= lines; read by :func:`releases.last_selftest` and
+    ``fleet status``) atomically."""
+    d = q(rdir)
+    lines = [f"RELEASE={release}", f"RC={int(rc)}", "ERROR=" + " ".join(str(error or "").split()),
+             "REPORT=" + json.dumps(report, separators=(",", ":"), default=str)]
+    body = "\n".join(lines)
+    return (f'{{ printf "%s\\n" {q(body)}; echo "AT=$(date -u +%Y-%m-%dT%H:%M:%SZ)"; }} >{d}/.selftest.tmp '
+            f"&& mv -f {d}/.selftest.tmp {d}/{releases.SELFTEST_RECORD}")
+
+
+def gate(transport: Transport, rdir: str, bundle: Bundle, release: str, python: str, runtime: str | None,
+         material: Material, what: str, progress: Progress | None = None):
+    """Judge release ``release`` on the device with ``material`` (the bundled samples for ``--smoke``, held-out data
+    for a gated rollout) and record the outcome in DIR/selftest.last. Returns (:class:`releases.SelfTest`, failure
+    text or None)."""
+    try:
+        result, ran = verify_device(transport, rdir, bundle, material, release=release, device_python=python,
+                                    runtime=runtime, progress=progress)
+        info = ran.info
+    except (DeployError, VerificationError) as exc:
+        _record(transport, rdir, release, 5, exc.message, {"passed": False, "verdict": "UNVERIFIED", "what": what})
+        return None, exc.message
+    line = verdict_line(result)
+    outputs = {m.name: {"passed": m.passed, "kind": m.kind, "reasons": list(m.reasons)} for m in result.metrics}
+    report = {"passed": result.status == "passed", "verdict": line.split(":", 1)[0], "line": line, "what": what,
+              "evidence": material.evidence.get("text"), "outputs": outputs,
+              **{k: info.get(k) for k in ("machine", "python", "numpy", "runtime", "runtime_version")}}
+    passed = result.status == "passed"
+    _record(transport, rdir, release, 0 if passed else 6, None if passed else line, report)
+    from .releases import SelfTest
+    return SelfTest(passed, outputs, report), None if passed else line
+
+
+def _record(transport: Transport, rdir: str, release: str, rc: int, error: str | None, report: dict) -> None:
+    releases._cleanup(transport, record_script(rdir, release, rc, error, report))

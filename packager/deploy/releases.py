@@ -40,7 +40,9 @@ Progress = Callable[[str, str], None]
 # =========================================================================== results
 @dataclass(frozen=True)
 class SelfTest:
-    """The device script's ``--self-test`` report, as run on the device."""
+    """A verdict computed on the device after a switch (:func:`packager.deploy.ondevice.gate`): ``passed``, per output
+    {passed, kind, reasons}, and the ``report`` (verdict, line, evidence, machine, python, numpy, runtime) that
+    DIR/selftest.last records."""
 
     passed: bool
     outputs: dict
@@ -66,6 +68,7 @@ class DeployResult:
     device_python: str | None
     smoke: SelfTest | None
     seconds: float
+    verdict: SelfTest | None = None   # the gate on held-out data (``verify``): the device's verdict
 
 
 @dataclass(frozen=True)
@@ -456,38 +459,6 @@ def _last_json(text: str) -> dict | None:
 SELFTEST_RECORD = "selftest.last"   # DIR/selftest.last: the last smoke run's result (read by fleet status)
 
 
-def _smoke_script(rdir: str, python_token: str, entrypoint: str, release: str, runtime: str | None) -> str:
-    """Run the self-test of DIR/current and record its outcome in DIR/selftest.last (RELEASE=, AT=,
-    RC=, ERROR= and REPORT=<the JSON report> lines), passing stdout/stderr/exit status through."""
-    d = q(rdir)
-    rt = f" --runtime {q(runtime)}" if runtime else ""
-    return "\n".join([
-        f"{python_token} {q(rdir + '/current/' + entrypoint)} --self-test{rt} >{d}/.selftest.out 2>{d}/.selftest.err",
-        "rc=$?",
-        f"cat {d}/.selftest.out; cat {d}/.selftest.err >&2",
-        f'{{ echo "RELEASE="{q(release)}; echo "AT=$(date -u +%Y-%m-%dT%H:%M:%SZ)"; echo "RC=$rc"; '
-        f"echo \"ERROR=$(grep -v '^[[:space:]]*$' {d}/.selftest.err | tail -n 1)\"; "
-        f'echo "REPORT=$(tail -n 1 {d}/.selftest.out)"; }} >{d}/.selftest.tmp && mv -f {d}/.selftest.tmp {d}/{SELFTEST_RECORD}',
-        f"rm -f {d}/.selftest.out {d}/.selftest.err",
-        "exit $rc",
-    ])
-
-
-def _smoke(transport: Transport, rdir: str, python: str, entrypoint: str, release: str = "unknown",
-           runtime: str | None = None) -> tuple[SelfTest | None, str | None]:
-    script = _smoke_script(rdir, _python_token(transport, python), entrypoint, release, runtime)
-    res = transport.sh(script, timeout=max(SMOKE_TIMEOUT, transport.timeout))
-    report = _last_json(res.out)
-    if res.rc == 0 and report is not None and report.get("passed"):
-        return SelfTest(True, report.get("outputs", {}), report), None
-    if res.rc == 6 and report is not None:
-        worst = [f"{name} max_abs_err {o.get('max_abs_err'):.4g} > atol {o.get('atol'):.3g}"
-                 for name, o in sorted(report.get("outputs", {}).items()) if not o.get("passed")]
-        return SelfTest(False, report.get("outputs", {}), report), (
-            "the self-test on the device does not match the bundled expected outputs: " + "; ".join(worst or ["shape mismatch"]))
-    return None, _script_failure(res, python, "the self-test")
-
-
 def last_selftest(transport: Transport, rdir: str) -> dict | None:
     """The outcome of the last smoke run recorded in ``rdir`` (resolved, absolute), or None."""
     res = transport.sh(f"cat {q(rdir + '/' + SELFTEST_RECORD)} 2>/dev/null || true")
@@ -515,14 +486,18 @@ def last_selftest(transport: Transport, rdir: str) -> dict | None:
 # =========================================================================== deploy
 def deploy(bundle_dir: str | Path, transport: Transport, remote_dir: str | None = None, keep: int = 3,
            install: bool = False, smoke: bool = False, progress: Progress | None = None, *,
-           device_python: str | None = None, runtime: str | None = None) -> DeployResult:
+           device_python: str | None = None, runtime: str | None = None, verify=None) -> DeployResult:
     """Upload a bundle as a new release, verify it on the device, switch ``current`` to it.
 
     ``progress(step, detail)`` is called before each step: connect, plan, upload, verify, install,
     switch, smoke, prune. Over SSH a deploy is four remote calls on one connection (check, plan,
     stage+upload, verify+commit+switch+prune) plus one for ``smoke`` and one for ``install``.
     ``runtime`` (``ai_edge_litert``/``tflite_runtime``/``tensorflow``) makes the smoke run use that
-    runtime (``--runtime``); the smoke outcome is recorded in DIR/selftest.last (:func:`last_selftest`)."""
+    runtime (``--runtime``). ``smoke`` runs the bundled samples on the device after the switch and judges them with
+    the verdict's criteria against the outputs recorded at build; ``verify`` (a
+    :class:`~packager.deploy.ondevice.Material`: held-out inputs and the reference model's outputs) judges the release
+    on them the same way. A gate that fails switches ``current`` back and drops the release (DeployError); the
+    last outcome is recorded in DIR/selftest.last (:func:`last_selftest`)."""
     started = time.monotonic()
     if keep < 1:
         raise UsageError(f"--keep {keep}: keep at least 1 release")
@@ -532,6 +507,9 @@ def deploy(bundle_dir: str | Path, transport: Transport, remote_dir: str | None 
     bundle = load_bundle(bundle_dir)
     if install and "requirements.txt" not in bundle.wanted:
         raise UsageError(f"--install needs requirements.txt in the bundle; {bundle.path} has none")
+    from .ondevice import sample_material
+    gates = ([("smoke test", sample_material(bundle))] if smoke else []) + \
+        ([("the verdict on the device", verify)] if verify is not None else [])
     spec = remote_dir or default_remote_dir(bundle.manifest, transport)
     transport.path_expr(spec)  # an unusable --remote-dir is refused before connecting
     _notify(progress, "connect", transport.describe())
@@ -539,11 +517,11 @@ def deploy(bundle_dir: str | Path, transport: Transport, remote_dir: str | None 
     sent_before = transport.bytes_sent
     _notify(progress, "plan", spec)
     with device_lock(transport, spec, "deploying", progress):
-        return _deploy_locked(bundle, transport, spec, keep, install, smoke, progress, device_python, runtime,
+        return _deploy_locked(bundle, transport, spec, keep, install, gates, progress, device_python, runtime,
                               started, sent_before)
 
 
-def _deploy_locked(bundle, transport: Transport, spec: str, keep: int, install: bool, smoke: bool, progress,
+def _deploy_locked(bundle, transport: Transport, spec: str, keep: int, install: bool, gates: list, progress,
                    device_python, runtime, started: float, sent_before: int) -> DeployResult:
     """The deploy, with the device directory's lock held (:func:`device_lock`)."""
     want = bundle.wanted
@@ -621,19 +599,25 @@ def _deploy_locked(bundle, transport: Transport, spec: str, keep: int, install: 
 
     if python is None:
         python = f"{rdir}/venv/bin/python" if (st.venv or installed) else _profile_python(bundle.manifest)
-    selftest = None
-    if smoke:
-        _notify(progress, "smoke", f"{python} {bundle.manifest.entrypoint} --self-test")
-        selftest, failure = _smoke(transport, rdir, python, bundle.manifest.entrypoint, release, runtime)
+    selftest = verdict = None
+    for what, material in gates:
+        from .ondevice import gate
+        _notify(progress, "smoke" if what == "smoke test" else "verdict",
+                f"{python} {bundle.manifest.entrypoint} on {material.evidence.get('text')}")
+        outcome, failure = gate(transport, rdir, bundle, release, python, runtime, material, what,
+                                progress=lambda step, detail: _notify(progress, "  " + step, detail))
+        if what == "smoke test":
+            selftest = outcome
+        else:
+            verdict = outcome
         if failure is not None:
+            hint = _RUNTIME_HINT if "exit 4" in failure or "no usable Python" in failure else None
             if not unchanged:
                 # Put back what was there before and drop the release that failed.
                 _cleanup(transport, _switch_script(rdir, prev) + f"\nrm -rf {q(rdir + '/releases/' + release)}")
-                raise DeployError(f"smoke test of release {release} failed, so current was switched back to "
-                                  f"{prev or 'nothing (first deploy)'}: {failure}",
-                                  hint=_RUNTIME_HINT if "exit 4" in failure or "no usable Python" in failure else None)
-            raise DeployError(f"smoke test of the current release {release} failed: {failure}",
-                              hint=_RUNTIME_HINT if "exit 4" in failure or "no usable Python" in failure else None)
+                raise DeployError(f"{what} of release {release} failed, so current was switched back to "
+                                  f"{prev or 'nothing (first deploy)'}: {failure}", hint=hint)
+            raise DeployError(f"{what} of the current release {release} failed: {failure}", hint=hint)
 
     if unchanged:
         doomed = _prune_list(st.releases, keep, (release, st.previous()))
@@ -643,7 +627,7 @@ def _deploy_locked(bundle, transport: Transport, spec: str, keep: int, install: 
     return DeployResult(device=transport.describe(), remote_dir=rdir, release=release, previous=prev if not unchanged else st.previous(),
                         changed=not unchanged, uploaded=uploaded, reused=reused if not unchanged else tuple(sorted(want)),
                         bytes_sent=transport.bytes_sent - sent_before, pruned=tuple(doomed), installed=installed,
-                        device_python=python, smoke=selftest, seconds=time.monotonic() - started)
+                        device_python=python, smoke=selftest, seconds=time.monotonic() - started, verdict=verdict)
 
 
 def _cleanup(transport: Transport, script: str) -> None:

@@ -1,4 +1,4 @@
-"""`edgepack fleet deploy|status|rollback|export`: many devices through Ansible (docs/fleet.md).
+"""`edgepack fleet deploy|verify|status|rollback|export`: many devices through Ansible (docs/fleet.md).
 
 Renders what ``packager.fleet`` returns: a table per host, or exactly one JSON document on stdout
 with --json (also on failure). Exit codes as everywhere: 2 bad input, 5 ansible-core missing,
@@ -60,10 +60,18 @@ def _progress(enabled: bool):
     return show
 
 
+def _step(enabled: bool):
+    """Host-side progress (computing the reference outputs) to stderr, or None."""
+    from .render import state
+    if not enabled or state["quiet"]:
+        return None
+    return lambda msg: _err.print(f"[dim]{'reference':>11}[/dim] {escape(str(msg))}", highlight=False)
+
+
 def _fail_if_needed(result, as_json: bool, what: str) -> None:
+    from ..fleet.core import GOOD
     from .render import emit_json
-    bad = [h for h in result.hosts if h.outcome not in {"deploy": ("deployed", "current"), "rollback": ("rolled back",),
-                                                         "status": ("ok",)}[result.op]]
+    bad = [h for h in result.hosts if h.outcome not in GOOD[result.op]]
     data = result.to_json()
     if not bad:
         if as_json:
@@ -82,7 +90,8 @@ def _deploy_table(result) -> Table:
     t = Table(title=f"fleet deploy {Path(result.bundle).name if result.bundle else ''} "
                     f"(model {str(result.model_sha256)[:12]}), batches {result.batches or ['all']}"
                     + (f", max-fail {result.max_fail}" if result.max_fail else ""), title_justify="left")
-    for col in ("host", "outcome", "current release", "sent", "smoke", "why"):
+    gated = any(h.verdict for h in result.hosts)
+    for col in ("host", "outcome", "current release", "sent", "smoke") + (("verdict",) if gated else ()) + ("why",):
         t.add_column(col, overflow="fold", no_wrap=col in _WHOLE)
     colors = {"deployed": "green", "current": "green", "rolled back": "yellow", "failed": "red",
               "unreachable": "red", "not reached": "dim"}
@@ -90,7 +99,7 @@ def _deploy_table(result) -> Table:
         smoke = {True: "passed", False: "FAILED", None: "-"}[h.smoke]
         t.add_row(h.host, f"[{colors.get(h.outcome, 'white')}]{h.outcome}[/]", h.release or "-",
                   f"{h.uploaded} files, {h.bytes_sent} B" if h.outcome in ("deployed", "current") else "-",
-                  smoke, escape(h.reason or ""))
+                  smoke, *((escape(h.verdict or "-"),) if gated else ()), escape(h.reason or ""))
     return t
 
 
@@ -110,6 +119,14 @@ def deploy_cmd(
     install: Annotated[bool, typer.Option("--install", help="Create DIR/venv on each host and pip install the "
                                                              "bundle's requirements.txt.")] = False,
     keep: Annotated[int, typer.Option("--keep", min=1, help="Releases kept per host.")] = 3,
+    verify_data: Annotated[Optional[Path], typer.Option(
+        "--verify-data", metavar="FILE", help="Gate the rollout on the verdict: after its switch each host runs these "
+        "held-out inputs (.npz, x and optional y) and is judged against --reference; a host that does not MATCH is "
+        "switched back and counts against --max-fail.")] = None,
+    reference: Annotated[Optional[Path], typer.Option("--reference", "-r", metavar="MODEL",
+                                                      help="The original model, for --verify-data.")] = None,
+    trust_model: Annotated[bool, typer.Option("--trust-model", help="Allow a model that runs Python code (Lambda "
+                                                                     "layers) to compute the reference.")] = False,
     forks: ForksOpt = 10, timeout: TimeoutOpt = 3600.0, as_json: JsonOpt = False,
 ) -> None:
     """Deploy BUNDLE to the inventory's hosts in batches, each through the same release protocol as
@@ -120,10 +137,14 @@ def deploy_cmd(
       edgepack fleet deploy dist/m-rpi -i inventory.ini --batch 1,10%,100% --max-fail 10% --smoke
 
       edgepack fleet deploy dist/m-rpi -i inventory.ini --limit 'lab:!pi-07' --json
+
+      edgepack fleet deploy dist/m-rpi -i inventory.ini --batch 1,25% --max-fail 0% --verify-data eval.npz -r model.h5
     """
     from .. import fleet
     result = fleet.deploy(bundle, inventory, limit=limit, batch=batch, max_fail=max_fail, smoke=smoke,
-                          install=install, keep=keep, forks=forks, timeout=timeout, progress=_progress(not as_json))
+                          install=install, keep=keep, forks=forks, timeout=timeout, progress=_progress(not as_json),
+                          verify_data=verify_data, reference=reference, trust_model=trust_model,
+                          step=_step(not as_json))
     if not as_json:
         _out.print(_deploy_table(result))
         _out.print(", ".join(f"{n} {k}" for k, n in sorted(result.counts.items())) + f" in {result.seconds:.1f} s",
@@ -184,6 +205,65 @@ def rollback_cmd(bundle: OptBundle = None, inventory: InvOpt = Path("inventory.i
     _fail_if_needed(result, as_json, "were not rolled back")
 
 
+@fleet_app.command("verify")
+@command
+def verify_cmd(
+    bundle: Annotated[Path, typer.Argument(help="The bundle directory deployed on the hosts.", show_default=False)],
+    inventory: InvOpt,
+    reference: Annotated[Path, typer.Option("--reference", "-r", metavar="MODEL", help="The original model file.")],
+    data: Annotated[Optional[Path], typer.Option("--data", metavar="FILE", help="Held-out inputs (.npz, x or named "
+                    "inputs, optional y labels) [default: the bundle's samples].")] = None,
+    limit: LimitOpt = None,
+    batch: Annotated[Optional[str], typer.Option("--batch", metavar="N,P%,...", help="Hosts verified at a time "
+                                                 "(Ansible serial) [default: all at once, --forks in parallel].")] = None,
+    release: Annotated[Optional[str], typer.Option("--release", metavar="ID", help="Run this release on every host "
+                                                   "[default: the one current on each].")] = None,
+    trust_model: Annotated[bool, typer.Option("--trust-model", help="Allow a model that runs Python code (Lambda "
+                                                                     "layers) to compute the reference.")] = False,
+    forks: ForksOpt = 10, timeout: TimeoutOpt = 3600.0, as_json: JsonOpt = False,
+) -> None:
+    """The verdict on every device: the reference outputs are computed once here, each host runs the inputs with its
+    deployed release in its own environment, and each host's outputs are judged by the same criteria as
+    `edgepack verify`. A host whose outputs differ from the other hosts' is named with the first output that differs
+    and by how much.
+
+    Exit 0 when every host MATCHes; 6 when a host does not (its verdict and why are in the table / JSON).
+
+    Example: edgepack fleet verify dist/m-rpi -i inventory.ini --reference model.h5 --data eval.npz
+    """
+    from .. import fleet
+    result = fleet.verify(bundle, inventory, reference=reference, data=data, limit=limit, batch=batch,
+                          release=release, forks=forks, timeout=timeout, trust_model=trust_model,
+                          progress=_progress(not as_json), step=_step(not as_json))
+    if not as_json:
+        t = Table(title=f"fleet verify {bundle.name} (model {str(result.model_sha256)[:12]})", title_justify="left")
+        for col in ("host", "verdict", "release", "runtime", "cpu", "differs from the others", "why"):
+            t.add_column(col, overflow="fold", no_wrap=col in ("verdict", "release"))
+        colors = {"MATCH": "green", "MISMATCH": "red"}
+        for h in result.hosts:
+            info = (h.details or {}).get("info") or {}
+            odd = h.odd or {}
+            diff = "-" if not odd else (f"{odd['output']}: max |diff| {odd['max_abs_diff']:.3g} on "
+                                        f"{odd['differing']:.1%} of values" if odd.get("max_abs_diff") is not None
+                                        else f"{odd['output']}: another shape")
+            verdict = h.verdict or h.outcome
+            t.add_row(h.host, f"[{colors.get(verdict, 'yellow')}]{escape(verdict)}[/]", h.release or "-",
+                      escape(f"{info.get('runtime') or '-'} {info.get('runtime_version') or ''}"),
+                      escape(str(info.get("machine") or "-")), escape(diff),
+                      escape(h.reason or "" if verdict != "MATCH" else ""))
+        _out.print(t)
+        odd = [h for h in result.hosts if h.odd]
+        for h in odd:
+            o = h.odd
+            _out.print(f"[yellow]odd one out:[/yellow] {escape(h.host)} computes {escape(o['output'])} differently from "
+                       f"{escape(', '.join(o['norm']))}" + (f" (max |diff| {o['max_abs_diff']:.3g}, {o['differing']:.1%} of "
+                                                            "values)" if o.get("max_abs_diff") is not None else ""),
+                       highlight=False)
+        _out.print(", ".join(f"{n} {k}" for k, n in sorted(result.counts.items())) + f" in {result.seconds:.1f} s",
+                   highlight=False)
+    _fail_if_needed(result, as_json, "do not MATCH")
+
+
 @fleet_app.command("export")
 @command
 def export_cmd(
@@ -210,5 +290,5 @@ def export_cmd(
 
 
 def register(app: typer.Typer) -> None:
-    """Add the ``edgepack fleet`` command group (deploy, status, rollback, export) to ``app``."""
+    """Add the ``edgepack fleet`` command group (deploy, verify, status, rollback, export) to ``app``."""
     app.add_typer(fleet_app, name="fleet")

@@ -6,6 +6,7 @@
     rollback(t, result.remote_dir)                                  # -> RollbackResult
     status(t, result.remote_dir)                                    # -> StatusResult
     run(t, result.remote_dir, input="x.npz", output="y.npz")        # -> RunResult
+    # the verdict on the device: packager.api.verify_on_device(BUNDLE, t, reference=..., data=...)
 
 Transports are registered in ``transports.TRANSPORTS`` under the target profile's ``deploy`` value,
 so adding a deploy method = adding a module with a ``Transport`` subclass and one entry there. Errors are
@@ -13,6 +14,7 @@ so adding a deploy method = adding a module with a ``Transport`` subclass and on
 """
 from __future__ import annotations
 
+from . import ondevice  # noqa: F401 - registers the gates deploy(smoke=..., verify=...) runs (releases.GATES)
 from .adb import AdbTransport
 from .base import Completed, Transport
 from .releases import (Bundle, DeployResult, ReleaseInfo, RollbackResult, RunResult, SelfTest, StatusResult,

@@ -429,9 +429,11 @@ def gate(transport: Transport, rdir: str, bundle: Bundle, release: str, python: 
               **{k: info.get(k) for k in ("machine", "python", "numpy", "runtime", "runtime_version")}}
     passed = result.status == "passed"
     _record(transport, rdir, release, 0 if passed else 6, None if passed else line, report)
-    from .releases import SelfTest
-    return SelfTest(passed, outputs, report), None if passed else line
+    return releases.SelfTest(passed, outputs, report), None if passed else line
 
 
 def _record(transport: Transport, rdir: str, release: str, rc: int, error: str | None, report: dict) -> None:
     releases._cleanup(transport, record_script(rdir, release, rc, error, report))
+
+
+releases.GATES.update(samples=sample_material, judge=gate)

@@ -456,6 +456,10 @@ def _last_json(text: str) -> dict | None:
     return None
 
 
+#: How a deploy judges a release after its switch, registered by :mod:`packager.deploy.ondevice` (imported with
+#: ``packager.deploy``): "samples" (bundle -> the bundled samples as material) and "judge" (run and judge material).
+GATES: dict[str, Callable] = {}
+
 SELFTEST_RECORD = "selftest.last"   # DIR/selftest.last: the last smoke run's result (read by fleet status)
 
 
@@ -507,8 +511,7 @@ def deploy(bundle_dir: str | Path, transport: Transport, remote_dir: str | None 
     bundle = load_bundle(bundle_dir)
     if install and "requirements.txt" not in bundle.wanted:
         raise UsageError(f"--install needs requirements.txt in the bundle; {bundle.path} has none")
-    from .ondevice import sample_material
-    gates = ([("smoke test", sample_material(bundle))] if smoke else []) + \
+    gates = ([("smoke test", GATES["samples"](bundle))] if smoke else []) + \
         ([("the verdict on the device", verify)] if verify is not None else [])
     spec = remote_dir or default_remote_dir(bundle.manifest, transport)
     transport.path_expr(spec)  # an unusable --remote-dir is refused before connecting
@@ -601,7 +604,7 @@ def _deploy_locked(bundle, transport: Transport, spec: str, keep: int, install: 
         python = f"{rdir}/venv/bin/python" if (st.venv or installed) else _profile_python(bundle.manifest)
     selftest = verdict = None
     for what, material in gates:
-        from .ondevice import gate
+        gate = GATES["judge"]
         _notify(progress, "smoke" if what == "smoke test" else "verdict",
                 f"{python} {bundle.manifest.entrypoint} on {material.evidence.get('text')}")
         outcome, failure = gate(transport, rdir, bundle, release, python, runtime, material, what,

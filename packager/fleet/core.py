@@ -8,6 +8,8 @@ fleets need: inventories and ``--limit``, ``serial`` batches (``--batch``), ``ma
 """
 from __future__ import annotations
 
+import contextlib
+import glob
 import json
 import os
 import re
@@ -38,7 +40,8 @@ class HostResult:
     """One host's row of a fleet operation: ``outcome``, the ``release`` current afterwards and ``previous``, whether
     that release holds this bundle's model (``on_bundle``), ``bytes_sent``, numbers of files ``uploaded`` and
     ``reused``, the smoke result, wall time in ``seconds``, ``reason`` and ``hint`` of a failure, the resolved
-    ``remote_dir``, and for status the whole per-host report (``details``)."""
+    ``remote_dir``, for status the whole per-host report (``details``), and for verify (and a gated deploy) the
+    ``verdict`` on the device, its ``line`` and, when its outputs differ from the other devices', ``odd``."""
     host: str
     outcome: str                 # deployed | current | rolled back | failed | unreachable | not reached | ok
     release: str | None = None   # the release current on the host afterwards (None: nothing / unknown)
@@ -52,12 +55,15 @@ class HostResult:
     reason: str | None = None
     hint: str | None = None
     remote_dir: str | None = None
-    details: dict | None = None  # status: the full per-host report
+    details: dict | None = None  # status: the full per-host report; verify: the device's facts and result
+    verdict: str | None = None   # verify / gated deploy: MATCH | MISMATCH | UNVERIFIED (the verdict on the device)
+    line: str | None = None      # the verdict in one line
+    odd: dict | None = None      # verify: how its outputs differ from the other devices' (ondevice.odd_ones_out)
 
 
 @dataclass
 class FleetResult:
-    """A fleet operation (``op``: deploy, status or rollback) over ``inventory``: ``ok`` when every host has a good
+    """A fleet operation (``op``: deploy, status, rollback or verify) over ``inventory``: ``ok`` when every host has a good
     outcome, the bundle path and model sha256, the ``batches`` and ``max_fail`` ("N%") used, whether the rollout
     ``stopped`` early, one HostResult per host, ``counts`` per outcome, wall time in ``seconds`` and
     ansible-playbook's exit code."""
@@ -126,7 +132,8 @@ def _yaml_str(value: str) -> str:
 def playbook_text(op: str, *, name: str | None, bundle_expr: str | None, default_dir: str | None,
                   default_python: str = "python3", batches: Sequence = (), max_fail: int | None = None,
                   keep: int = 3, smoke: bool = False, install: bool = False, to: str | None = None,
-                  timeout: int = 600, hosts: str = "all", header: str = "") -> str:
+                  timeout: int = 600, hosts: str = "all", header: str = "", material: str | None = None,
+                  release: str | None = None) -> str:
     """The playbook for one fleet operation. Per-host inventory variables override the target
     profile: edgepack_remote_dir, edgepack_python, edgepack_runtime."""
     dir_expr = ("{{ edgepack_remote_dir | default(%s) }}" % _jinja_str(default_dir)) if default_dir \
@@ -157,6 +164,12 @@ def playbook_text(op: str, *, name: str | None, bundle_expr: str | None, default
     if op == "deploy":
         lines += [f"        keep: {int(keep)}", f"        smoke: {str(bool(smoke)).lower()}",
                   f"        install: {str(bool(install)).lower()}"]
+        if material:
+            lines.append(f"        verify_material: {_yaml_str(material)}")
+    if op == "verify":
+        lines.append(f"        material: {_yaml_str(material or '')}")
+        if release:
+            lines.append(f"        release: {_yaml_str(release)}")
     if op == "status":
         lines.append(f"        default_python: {_yaml_str(default_python)}")
     if op == "rollback" and to:
@@ -349,19 +362,35 @@ def _host_result(host: str, ev: dict | None, model_sha: str | None) -> HostResul
     op = res.get("edgepack_op")
     if ev.get("status") == "failed" or err:
         release = state.get("current")
-        smoke_failed = "smoke test of" in str(err.get("message", "")) and "switched back" in str(err.get("message", ""))
-        return HostResult(host, "rolled back" if smoke_failed else "failed", release=release,
+        message = str(err.get("message", ""))
+        switched_back = "switched back" in message
+        smoke_failed = switched_back and message.startswith("smoke test of")
+        gate_failed = switched_back and message.startswith("the verdict on the device of")
+        verdict = "UNVERIFIED" if op == "verify" else None
+        if gate_failed:
+            verdict = "MISMATCH" if ": MISMATCH:" in message else "UNVERIFIED"
+        return HostResult(host, "rolled back" if switched_back else "failed", release=release,
                           previous=state.get("previous"), on_bundle=_on(release, model_sha),
                           smoke=False if smoke_failed else None,
                           reason=err.get("message") or str(res.get("msg", "failed")), hint=err.get("hint"),
-                          remote_dir=state.get("remote_dir"))
+                          remote_dir=state.get("remote_dir"), verdict=verdict,
+                          line=message.split("switched back to ", 1)[-1].split(": ", 1)[-1] if gate_failed else None)
     if op == "deploy":
         smoke = data.get("smoke")
+        gate = (data.get("verdict") or {}).get("report") or {}
         return HostResult(host, "deployed" if data.get("changed") else "current", release=data.get("release"),
                           previous=data.get("previous"), on_bundle=_on(data.get("release"), model_sha),
                           bytes_sent=int(data.get("bytes_sent") or 0), uploaded=len(data.get("uploaded") or ()),
                           reused=len(data.get("reused") or ()), smoke=None if smoke is None else bool(smoke.get("passed")),
-                          seconds=data.get("seconds"), remote_dir=data.get("remote_dir"))
+                          seconds=data.get("seconds"), remote_dir=data.get("remote_dir"),
+                          verdict=gate.get("verdict"), line=gate.get("line"))
+    if op == "verify":
+        return HostResult(host, "verified" if data.get("passed") else "mismatch", release=data.get("release"),
+                          on_bundle=_on(data.get("release"), model_sha), bytes_sent=int(data.get("bytes_sent") or 0),
+                          seconds=data.get("seconds"), remote_dir=data.get("remote_dir"),
+                          details={"info": data.get("info"), "result": data.get("result")},
+                          verdict=(data.get("line") or "UNVERIFIED").split(":", 1)[0], line=data.get("line"),
+                          reason=None if data.get("passed") else data.get("line"))
     if op == "rollback":
         return HostResult(host, "rolled back", release=data.get("to_release"), previous=data.get("from_release"),
                           remote_dir=data.get("remote_dir"))
@@ -380,12 +409,16 @@ def _finish(op: str, inventory: str, bundle: str | None, model_sha: str | None, 
     counts: dict[str, int] = {}
     for r in rows:
         counts[r.outcome] = counts.get(r.outcome, 0) + 1
-    good = {"deploy": ("deployed", "current"), "rollback": ("rolled back",), "status": ("ok",)}[op]
+    good = GOOD[op]
     ok = all(r.outcome in good for r in rows)
     return FleetResult(op=op, ok=ok, inventory=inventory, bundle=bundle, model_sha256=model_sha,
                        batches=list(batches), max_fail=None if max_fail is None else f"{max_fail}%",
                        stopped=stopped and op == "deploy", hosts=rows, counts=counts,
                        seconds=round(time.monotonic() - started, 3), ansible_rc=rc)
+
+
+#: the outcomes of a host that did what the operation asked
+GOOD = {"deploy": ("deployed", "current"), "rollback": ("rolled back",), "status": ("ok",), "verify": ("verified",)}
 
 
 # =========================================================================== operations
@@ -398,27 +431,99 @@ def _bundle_defaults(bundle) -> tuple[str, str]:
 
 def deploy(bundle_dir: str | Path, inventory: str | Path, *, limit: str | None = None, batch: str | None = None,
            max_fail: str | None = None, smoke: bool = False, install: bool = False, keep: int = 3, forks: int = 10,
-           timeout: float = 3600.0, progress: Progress | None = None) -> FleetResult:
+           timeout: float = 3600.0, progress: Progress | None = None, verify_data: str | Path | None = None,
+           reference: str | Path | None = None, trust_model: bool = False,
+           step: Callable[[str], None] | None = None) -> FleetResult:
     """Roll ``bundle_dir`` out to the inventory's hosts in batches; per host the release protocol of
-    ``edgepack deploy``. Never raises for host failures: they are in the result (``ok`` False)."""
+    ``edgepack deploy``. With ``verify_data`` and ``reference`` the rollout is gated on the verdict: after its switch
+    each host runs the held-out inputs with the new release and is judged by the verdict's criteria against the
+    reference model's outputs (computed once, here); a host that does not MATCH is switched back and counts against
+    ``max_fail``. Never raises for host failures: they are in the result (``ok`` False)."""
     started = time.monotonic()
     require_ansible()
     inv = _check_inventory(inventory)
     if keep < 1:
         raise UsageError(f"--keep {keep}: keep at least 1 release")
+    if (verify_data is None) != (reference is None):
+        raise UsageError("a rollout gated on the verdict needs both --verify-data FILE and --reference MODEL")
     batches = parse_batches(batch)
     mf = parse_max_fail(max_fail)
-    bundle = load_bundle(bundle_dir)        # checked once here; each host checks it again before sending
+    bundle = _ssh_bundle(bundle_dir)        # checked once here; each host checks it again before sending
+    remote_dir, _python = _bundle_defaults(bundle)
+    with _material(bundle, reference, verify_data, trust_model, step) as material:
+        text = playbook_text("deploy", name=bundle.name, bundle_expr=str(Path(bundle.path).resolve()),
+                             default_dir=remote_dir, batches=batches, max_fail=mf, keep=keep, smoke=smoke,
+                             install=install, timeout=int(min(timeout, 1800 + 600)), material=material)
+        rc, events, output = run_playbook(text, inv, limit=limit, forks=forks, timeout=timeout, progress=progress)
+    return _finish("deploy", inv, str(bundle.path), bundle.model_sha256, batches, mf, events, rc, output, started)
+
+
+def _ssh_bundle(bundle_dir):
+    bundle = load_bundle(bundle_dir)
     method = deploy_method(bundle.manifest)
     if method not in (None, "ssh"):          # Ansible reaches hosts over SSH
         raise UsageError(f"{bundle.name} is built for a target deployed over {method}; fleets go over SSH (Ansible)",
-                         hint="for Android devices use edgepack deploy --serial SERIAL per device")
+                         hint="for Android devices use edgepack deploy --serial SERIAL / verify --serial SERIAL per device")
+    return bundle
+
+
+@contextlib.contextmanager
+def _material(bundle, reference, data, trust_model: bool, step):
+    """The verification material of a fleet verdict in a private directory (yields its path; None without a
+    reference), computed once on this host: the reference model's outputs on ``data`` (else the bundle's samples)."""
+    if reference is None:
+        yield None
+        return
+    from .. import api
+    work = Path(tempfile.mkdtemp(prefix="edgepack-fleet-verify-"))
+    try:
+        material, _ = api.device_material(Path(bundle.path), reference, data, trust_model, step or (lambda _m: None),
+                                          None)
+        material.save(work)
+        yield str(work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def verify(bundle_dir: str | Path, inventory: str | Path, *, reference: str | Path, data: str | Path | None = None,
+           limit: str | None = None, batch: str | None = None, release: str | None = None, forks: int = 10,
+           timeout: float = 3600.0, trust_model: bool = False, progress: Progress | None = None,
+           step: Callable[[str], None] | None = None) -> FleetResult:
+    """The verdict of ``bundle_dir`` on every host of the inventory: the reference outputs are computed once here,
+    each host runs the inputs with its deployed release (``release``, default ``current``) in its own environment
+    and is judged by the emulator's criteria (``HostResult.verdict``/``line``, the device's facts in ``details``).
+    Hosts whose outputs differ from the others' are named with the first output that differs and by how much
+    (``HostResult.odd``). Never raises for host failures: they are in the result (``ok`` False)."""
+    from ..deploy.ondevice import odd_ones_out
+    started = time.monotonic()
+    require_ansible()
+    inv = _check_inventory(inventory)
+    batches = parse_batches(batch)
+    bundle = _ssh_bundle(bundle_dir)
     remote_dir, _python = _bundle_defaults(bundle)
-    text = playbook_text("deploy", name=bundle.name, bundle_expr=str(Path(bundle.path).resolve()),
-                         default_dir=remote_dir, batches=batches, max_fail=mf, keep=keep, smoke=smoke,
-                         install=install, timeout=int(min(timeout, 1800 + 600)))
-    rc, events, output = run_playbook(text, inv, limit=limit, forks=forks, timeout=timeout, progress=progress)
-    return _finish("deploy", inv, str(bundle.path), bundle.model_sha256, batches, mf, events, rc, output, started)
+    with _material(bundle, reference, data, trust_model, step) as material:
+        text = playbook_text("verify", name=bundle.name, bundle_expr=str(Path(bundle.path).resolve()),
+                             default_dir=remote_dir, batches=batches, timeout=int(min(timeout, 3600)),
+                             material=material, release=release)
+        rc, events, output = run_playbook(text, inv, limit=limit, forks=forks, timeout=timeout, progress=progress)
+        result = _finish("verify", inv, str(bundle.path), bundle.model_sha256, batches, None, events, rc, output, started)
+        outputs = {}
+        for row in result.hosts:
+            if row.verdict in ("MATCH", "MISMATCH"):
+                safe = re.sub(r"[^A-Za-z0-9._-]", "_", row.host)
+                files = sorted(Path(material).glob(f"outputs/{glob.escape(safe)}-*.npz"),
+                               key=lambda p: int(p.stem.rsplit("-", 1)[1]))
+                outputs[row.host] = [_load_npz(p) for p in files]
+    for host, odd in odd_ones_out(outputs).items():
+        row = next(r for r in result.hosts if r.host == host)
+        row.odd = odd
+    return result
+
+
+def _load_npz(path: Path) -> dict:
+    import numpy as np
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
 
 
 def status(inventory: str | Path, *, bundle_dir: str | Path | None = None, remote_dir: str | None = None,

@@ -19,7 +19,7 @@ from typing import IO
 from ..deploy import releases
 from ..deploy.base import Completed, Transport
 from ..deploy.ssh import SshTransport
-from ..errors import EdgepackError, UsageError
+from ..errors import DeployError, EdgepackError, UsageError
 
 STRICT_SSH_ARGS = "-o StrictHostKeyChecking=yes -o BatchMode=yes"
 
@@ -62,8 +62,20 @@ class AnsibleTransport(Transport):
         return Completed(rc, out, err)
 
     def download(self, remote_path: str, local_path: Path, *, timeout: float | None = None) -> int:
-        """Not available over Ansible: always raises UsageError."""
-        raise UsageError("downloads are not part of fleet operations")
+        """One remote file through the action's connection, base64 on the wire (Ansible's command results are text);
+        returns its size. The caller checksums it. Raises DeployError when the device cannot read or encode it."""
+        import base64
+        import binascii
+        res = self.sh(f"base64 < {releases.q(remote_path)}", timeout=timeout)
+        if res.rc != 0:
+            raise DeployError(f"cannot read {remote_path} on {self._name}: {res.last_error_line()}",
+                              hint="the device needs base64 (coreutils or busybox)")
+        try:
+            data = base64.b64decode(b"".join(res.stdout.split()), validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise DeployError(f"{remote_path} came back from {self._name} garbled ({exc})", hint="run again") from None
+        local_path.write_bytes(data)
+        return len(data)
 
 
 def harden_connection(action) -> None:
@@ -118,6 +130,30 @@ def device_info(transport: Transport, rdir: str, python: str, runtime: str | Non
     return info
 
 
+def verify_host(t: Transport, name: str, spec: str, args: dict, python: str | None, runtime: str | None) -> dict:
+    """``fleet verify`` on one host: the material's inputs run by the host's deployed release
+    (:func:`packager.deploy.ondevice.verify_device`); the outputs are saved next to the material as
+    ``outputs/<host>-<group>.npz`` for the comparison across hosts; returns the host's verdict as JSON."""
+    import re
+
+    import numpy as np
+
+    from ..bundle.files import npz_stored
+    from ..deploy.ondevice import Material, verdict_line, verify_device
+    material = Material.load(args["material"])
+    bundle = releases.load_bundle(args["bundle"])
+    result, ran = verify_device(t, spec, bundle, material, release=args.get("release") or None, device_python=python,
+                                runtime=runtime)
+    where = Path(args["material"]) / "outputs"
+    where.mkdir(exist_ok=True)
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", name)
+    for k, group in enumerate(ran.outputs):
+        (where / f"{safe}-{k}.npz").write_bytes(npz_stored({n: np.asarray(v) for n, v in group.items()}))
+    return {"result": jsonable(result.to_json()), "info": jsonable(ran.info), "line": verdict_line(result),
+            "passed": result.status == "passed", "outputs": safe, "remote_dir": ran.remote_dir, "release": ran.release,
+            "seconds": ran.seconds, "chunks": ran.chunks, "bytes_sent": ran.bytes_sent}
+
+
 def run_op(action, args: dict, task_vars: dict) -> dict:
     """One fleet operation on one host; returns the task result (``failed``/``changed``/``msg`` +
     ``edgepack`` data). Connection failures propagate, so Ansible marks the host unreachable."""
@@ -133,10 +169,16 @@ def run_op(action, args: dict, task_vars: dict) -> dict:
         if not spec:
             raise UsageError("no remote directory for this host", hint="set edgepack_remote_dir in the inventory")
         if op == "deploy":
+            material = None
+            if args.get("verify_material"):
+                from ..deploy.ondevice import Material
+                material = Material.load(args["verify_material"])
             res = releases.deploy(args["bundle"], t, remote_dir=spec, keep=int(args.get("keep", 3)),
                                   install=_arg_bool(args.get("install")), smoke=_arg_bool(args.get("smoke")),
-                                  device_python=python, runtime=runtime)
+                                  device_python=python, runtime=runtime, verify=material)
             out.update(changed=res.changed, edgepack=jsonable(res))
+        elif op == "verify":
+            out.update(edgepack=verify_host(t, name, spec, args, python, runtime))
         elif op == "rollback":
             res = releases.rollback(t, spec, to=args.get("to") or None)
             out.update(changed=True, edgepack=jsonable(res))

@@ -28,6 +28,7 @@ ENVIRONMENT = {
     "EDGEPACK_WIRE_MAX_MB": "largest result the TensorFlow child may send back, in MiB [8192]",
     "EDGEPACK_DEBIAN_MIRROR": "Debian mirror for the arm64 root filesystem",
     "EDGEPACK_DEVICE_LOCK_WAIT": "seconds a deploy/rollback waits for another holding the device directory [60]",
+    "EDGEPACK_DEVICE_CHUNK_MB": "verify on a device: MiB of inputs sent per run [8]",
     "EDGEPACK_DEBUG": "1: traceback of an internal error",
     "EDGEPACK_IN_PROCESS": "1: TensorFlow in this process, not a child",
     "EDGEPACK_RUNTIME": "device script: runtime to import (--runtime)",

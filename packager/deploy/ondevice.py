@@ -175,8 +175,7 @@ def device_facts(transport: Transport, release_dir: str, python: str, entry: str
     res = transport.sh(_INFO_SCRIPT.format(py=py, entry=q(release_dir + "/" + entry), rt=rt), timeout=max(120.0, transport.timeout))
     info = releases._last_json(res.out.split("\nOS=")[0]) if res.rc == 0 else None
     if info is None:
-        raise DeployError(releases._script_failure(res, python, "the device script's --info"),
-                          hint=releases._RUNTIME_HINT if res.rc in (4, 126, 127) else None)
+        raise _script_error(res, python, "the device script's --info")
     for line in res.out.splitlines():
         key, sep, value = line.partition("=")
         if sep and key in ("OS", "KERNEL", "CPU", "CORES") and value.strip():
@@ -248,11 +247,18 @@ def run_groups(transport: Transport, remote_dir: str, bundle: Bundle, groups: li
                          seconds=time.monotonic() - started)
 
 
+def _script_error(res, python: str, what: str) -> DeployError:
+    """The DeployError of a device script run that failed; ``device_rc`` keeps its exit status (selftest.last)."""
+    exc = DeployError(releases._script_failure(res, python, what),
+                      hint=releases._RUNTIME_HINT if res.rc in (4, 126, 127) else None)
+    exc.device_rc = res.rc
+    return exc
+
+
 def _fetch(transport: Transport, res, work: str, local_out: Path, python: str) -> dict:
     """The outputs of one run (``res``: its sh result, ending with ``sha256sum out.npz``), brought back and checked."""
     if res.rc != 0:
-        raise DeployError(releases._script_failure(res, python, "the run"),
-                          hint=releases._RUNTIME_HINT if res.rc in (4, 126, 127) else None)
+        raise _script_error(res, python, "the run")
     sums = {m[2]: m[1] for m in map(releases._SHA_LINE.match, res.out.splitlines()) if m}
     transport.download(f"{work}/out.npz", local_out, timeout=max(releases.SMOKE_TIMEOUT, transport.timeout))
     if sums.get("out.npz") != sha256_file(local_out):
@@ -420,7 +426,8 @@ def gate(transport: Transport, rdir: str, bundle: Bundle, release: str, python: 
                                     runtime=runtime, progress=progress)
         info = ran.info
     except (DeployError, VerificationError) as exc:
-        _record(transport, rdir, release, 5, exc.message, {"passed": False, "verdict": "UNVERIFIED", "what": what})
+        _record(transport, rdir, release, getattr(exc, "device_rc", 5), exc.message,
+                {"passed": False, "verdict": "UNVERIFIED", "what": what})
         return None, exc.message
     line = verdict_line(result)
     outputs = {m.name: {"passed": m.passed, "kind": m.kind, "reasons": list(m.reasons)} for m in result.metrics}

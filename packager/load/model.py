@@ -247,6 +247,37 @@ def _unrolled_clone(model):
     return copy
 
 
+def _mixed_policy(model) -> str | None:
+    """The name of the mixed dtype policy (``mixed_float16``, ``mixed_bfloat16``) some layer of ``model`` computes
+    under, or None: layers that compute in another dtype than their (float32) variables."""
+    for layer in [model] + list(_walk_layers(model)):
+        policy = getattr(layer, "dtype_policy", None)
+        compute = getattr(policy, "compute_dtype", None)
+        variable = getattr(policy, "variable_dtype", None)
+        if compute and variable and str(compute) != str(variable):
+            return getattr(policy, "name", None) or f"mixed_{compute}"
+    return None
+
+
+def _float32_clone(model):
+    """A copy of ``model`` whose every layer computes in float32 (dtype policy ``float32``), with the same weights.
+    A mixed-precision model carries float16 casts into its graph, which TFLite builtins cannot take; its variables
+    are float32 already, so the clone is the same function without float16 rounding."""
+    if type(model).__module__.startswith("tf_keras"):
+        import tf_keras as k
+    else:
+        import keras as k
+
+    def clone(layer):
+        cfg = layer.get_config()
+        cfg["dtype"] = "float32"
+        return layer.__class__.from_config(cfg)
+
+    copy = k.models.clone_model(model, clone_function=clone)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
 def _convertible_signbit() -> None:
     """Keras 3's TensorFlow ``signbit`` (which ``ops.argmax``/``ops.argmin`` call to tell -0.0 from 0.0) bitcasts
     to integers and takes ``BitwiseAnd``, which TFLite builtins lack: a model with ``ops.argmax`` in its graph
@@ -291,6 +322,21 @@ def _load_keras(path: Path, trust: bool = False) -> LoadedModel:
             errors.append(f"tf-keras: {_first_line(exc)}")
     if model is None:
         raise UsageError(f"cannot load {path.name}: " + "; ".join(errors))
+    notes = []
+    mixed = _mixed_policy(model)
+    if mixed:
+        # Its float16 casts have no TFLite builtin: the float32 clone (same weights) is converted, and it is also
+        # the reference: the bundle computes in float32 what the clone computes, while the original differs from
+        # both by its own float16 rounding (~1e-3 relative), which is no conversion error.
+        try:
+            model = _float32_clone(model)
+        except Exception as exc:  # noqa: BLE001 - without the clone the conversion fails on the casts
+            raise UsageError(f"{path.name} uses the {mixed} policy and edgepack cannot rebuild it in float32: "
+                             f"{_first_line(exc)}", hint="set keras.mixed_precision.set_global_policy('float32'), "
+                             "rebuild the model, load the weights into it (set_weights) and save it") from None
+        notes.append(f"the model uses the {mixed} policy; converted a float32 clone with the same weights, and "
+                     "verified against that clone (the original's float16 arithmetic differs from it by float16 "
+                     "rounding)")
     inputs = [Tensor(_input_name(t, i), _shape(t.shape), _np_dtype(tf.as_dtype(t.dtype)))
               for i, t in enumerate(model.inputs)]
     names = [_output_name(t) for t in model.outputs]
@@ -356,7 +402,6 @@ def _load_keras(path: Path, trust: bool = False) -> LoadedModel:
             return _frozen_converter(tf, unrolled_fn.get_concrete_function())
         candidates.insert(1, Candidate("keras-unrolled-recurrent", from_unrolled, tensor_names=flattened_names(names),
                                        batch=model_batch, calibration_first=True))
-    notes = []
     if model_batch:
         fixed["batch"] = model_batch
         notes.append(f"the model's batch size is fixed at {model_batch}: the device script invokes it "

@@ -1,0 +1,52 @@
+"""Models from the field, round 3 (issue 24, items 2 and 6): causes and hints that send users the right way.
+Each model is generated here, tiny; the CLI runs in a subprocess as users run it (tests/test_field_models.py)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tests import field_models as fm
+from tests.test_field_models import cli
+
+
+def _keras():
+    import keras
+    keras.utils.set_random_seed(0)
+    return keras
+
+
+# --------------------------------------------------------------------------- a: mixed_float16
+def _mixed_model(tmp_path):
+    keras = _keras()
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        inp = keras.Input((8, 8, 3), name="image")
+        h = keras.layers.Conv2D(4, 3, activation="relu")(inp)
+        h = keras.layers.GlobalAveragePooling2D()(h)
+        h = keras.layers.Dense(3)(h)
+        model = keras.Model(inp, keras.layers.Activation("softmax", dtype="float32", name="probs")(h))
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    model.save(tmp_path / "mixed.keras")
+    x = np.random.default_rng(0).random((40, 8, 8, 3)).astype(np.float32)
+    np.savez(tmp_path / "eval.npz", image=x)
+    return model, x
+
+
+def test_mixed_float16_is_converted_as_a_float32_clone(tmp_path):
+    model, x = _mixed_model(tmp_path)
+    proc = cli("build", tmp_path / "mixed.keras", "-q", "float32", "--data", tmp_path / "eval.npz",
+               "-o", tmp_path / "b")
+    assert proc.returncode == 0, proc.stderr
+    text = " ".join((proc.stdout + proc.stderr).split())
+    assert "the model uses the mixed_float16 policy; converted a float32 clone with the same weights" in text
+    assert "tf.Conv2D" not in text
+    keras = _keras()
+    clone = keras.models.clone_model(model, clone_function=lambda layer: layer.__class__.from_config(
+        {**layer.get_config(), "dtype": "float32"}))
+    clone.set_weights(model.get_weights())
+    got = fm.raw_outputs(tmp_path / "b", {"image": x})["probs"]
+    assert np.max(np.abs(got - np.asarray(clone(x)))) < 1e-5          # the reference: the float32 clone
+    assert np.max(np.abs(got - np.asarray(model(x)))) < 1e-2          # the original, up to float16 rounding

@@ -50,3 +50,33 @@ def test_mixed_float16_is_converted_as_a_float32_clone(tmp_path):
     got = fm.raw_outputs(tmp_path / "b", {"image": x})["probs"]
     assert np.max(np.abs(got - np.asarray(clone(x)))) < 1e-5          # the reference: the float32 clone
     assert np.max(np.abs(got - np.asarray(model(x)))) < 1e-2          # the original, up to float16 rounding
+
+
+# --------------------------------------------------------------------------- b: TextVectorization
+def test_string_preprocessing_is_refused_with_the_way_to_split_it_off(tmp_path):
+    keras = _keras()
+    vec = keras.layers.TextVectorization(max_tokens=20, output_sequence_length=5, name="vectorize")
+    vec.adapt(["a b c", "b c d e", "e f g a"])
+    inp = keras.Input((1,), dtype="string", name="text")
+    h = keras.layers.GlobalAveragePooling1D()(keras.layers.Embedding(20, 4)(vec(inp)))
+    model = keras.Model(inp, keras.layers.Dense(2, name="y")(h))
+    model.save(tmp_path / "text.keras")
+    proc = cli("build", tmp_path / "text.keras", "-q", "float32", "-o", tmp_path / "b")
+    assert proc.returncode == 3, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith(("error:", "hint:"))]
+    assert len(lines) == 2, proc.stderr
+    assert "string preprocessing (TextVectorization 'vectorize') cannot go into a model" in lines[0]
+    assert "TFLite builtins have no string ops" in lines[0]
+    assert "keras.Model(model.get_layer('vectorize').output, model.outputs)" in lines[1]
+    assert "run TextVectorization 'vectorize' in the app" in lines[1]
+    assert "TypeError" not in proc.stderr and "report" not in proc.stderr
+    # The hint's way out builds, and the bundle computes what the model computes after the vectorizer.
+    ids_model = keras.Model(model.get_layer("vectorize").output, model.outputs)
+    ids_model.save(tmp_path / "ids.keras")
+    proc = cli("build", tmp_path / "ids.keras", "-q", "float32", "-o", tmp_path / "ids")
+    assert proc.returncode == 0, proc.stderr
+    manifest = json.loads((tmp_path / "ids" / "manifest.json").read_text())
+    name = manifest["inputs"][0]["name"]
+    ids = np.asarray(vec(np.array([["a b c"], ["e f g a x"], ["d"]])))
+    got = fm.raw_outputs(tmp_path / "ids", {name: ids})["y"]
+    assert np.max(np.abs(got - np.asarray(model(np.array([["a b c"], ["e f g a x"], ["d"]]))))) < 1e-5

@@ -259,6 +259,41 @@ def _mixed_policy(model) -> str | None:
     return None
 
 
+STRING_LAYERS = {"TextVectorization", "StringLookup", "Hashing"}
+
+
+def _refuse_strings(inputs: list[Tensor], model=None) -> None:
+    """ConversionError for a model with string inputs: TFLite builtins have no string ops for text preprocessing
+    (TextVectorization...), so it cannot go into a model for these runtimes. The hint names the layer after which
+    the model takes token ids, and how to cut the model there."""
+    strings = [s.name for s in inputs if s.dtype in ("object", "bytes", "str")]
+    if not strings:
+        return
+    from ..errors import ConversionError
+    names = ", ".join(repr(n) for n in strings)
+    layers = [layer for layer in (getattr(model, "layers", None) or [])
+              if {c.__name__ for c in type(layer).__mro__} & STRING_LAYERS]
+    if layers:
+        last = layers[-1]
+        kind = type(last).__name__
+        try:
+            out = last.output
+            ids = f" (token ids, {tuple(out.shape)} {getattr(out.dtype, 'name', out.dtype)})"
+        except Exception:  # noqa: BLE001 - the shape is a nicety
+            ids = ""
+        raise ConversionError(
+            f"input {names} is a string: string preprocessing ({kind} {last.name!r}) cannot go into a model for "
+            "these runtimes (TFLite builtins have no string ops for it)",
+            hint=f"split it off: build the model from the layer after it, ids_model = keras.Model(model.get_layer("
+                 f"{last.name!r}).output, model.outputs){ids}, save and build that; run {kind} {last.name!r} in the "
+                 "app (its vocabulary: get_vocabulary())")
+    raise ConversionError(
+        f"input {names} is a string: string preprocessing cannot go into a model for these runtimes (TFLite "
+        "builtins have no string ops for it)",
+        hint="split it off: export the model from the first layer after the string preprocessing (taking token ids "
+             "or numbers), build that, and run the preprocessing in the app")
+
+
 def _float32_clone(model):
     """A copy of ``model`` whose every layer computes in float32 (dtype policy ``float32``), with the same weights.
     A mixed-precision model carries float16 casts into its graph, which TFLite builtins cannot take; its variables
@@ -339,6 +374,7 @@ def _load_keras(path: Path, trust: bool = False) -> LoadedModel:
                      "rounding)")
     inputs = [Tensor(_input_name(t, i), _shape(t.shape), _np_dtype(tf.as_dtype(t.dtype)))
               for i, t in enumerate(model.inputs)]
+    _refuse_strings(inputs, model)
     names = [_output_name(t) for t in model.outputs]
     struct = getattr(model, "_outputs_struct", None)
     if isinstance(struct, dict) and len(struct) == len(model.outputs):
@@ -488,6 +524,7 @@ def _load_saved_model(path: Path, trust: bool = False) -> LoadedModel:
         kw = sig.structured_input_signature[1]
         in_names = sorted(kw)
         inputs = [Tensor(n, _shape(kw[n].shape), _np_dtype(kw[n].dtype)) for n in in_names]
+        _refuse_strings(inputs)
         inputs = gather_domains(sig, inputs)
         outs = sig.structured_outputs
         out_names = sorted(outs)
@@ -536,6 +573,7 @@ def _from_concrete(tf, path: Path, loaded, concrete) -> LoadedModel:
     if not specs or not all(isinstance(s, tf.TensorSpec) for s in specs):
         raise UsageError(f"{path}: the traced function's inputs are not plain tensors")
     inputs = [Tensor(s.name or f"input_{i}", _shape(s.shape), _np_dtype(s.dtype)) for i, s in enumerate(specs)]
+    _refuse_strings(inputs)
     inputs = gather_domains(concrete, inputs)
     structured = concrete.structured_outputs
     if isinstance(structured, dict):
@@ -625,6 +663,7 @@ def _load_saved_model_tf1(path: Path) -> LoadedModel:
 
     in_names, out_names = sorted(sig.inputs), sorted(sig.outputs)
     inputs = [spec(n, sig.inputs[n]) for n in in_names]
+    _refuse_strings(inputs)
     outputs = [spec(n, sig.outputs[n]) for n in out_names]
     graph = tf.Graph()
     session = tf.compat.v1.Session(graph=graph)

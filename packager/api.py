@@ -112,14 +112,16 @@ def build(model: str | os.PathLike, *, target: str = "rpi", recipe: str | None =
           trust_model: bool = False, use_cache: bool = True, progress: Progress | None = None,
           atol: list[str] | None = None, rtol: list[str] | None = None, strict: bool = False,
           max_drop: float | list[str] | None = None, max_flips: list[str] | None = None,
-          output_kind: list[str] | None = None, _auto: tuple | None = None) -> BuildResult:
+          output_kind: list[str] | None = None, signature: str | None = None,
+          _auto: tuple | None = None) -> BuildResult:
     """Load, convert (checked against the original), bundle, verify in the target's runtimes,
     and only then move the bundle to ``output``. TensorFlow work runs in a contained child.
 
     ``atol``/``rtol``, ``max_drop`` (accuracy points), ``max_flips`` (fraction of decisions): tolerance
     overrides, ``"0.05"`` for every output or ``"NAME:0.05"`` for one; ``output_kind``: ``["NAME:KIND[:OPTIONS]"]``
     (see :func:`packager.recipes.resolve_tolerance`, :data:`packager.criteria.KINDS`). ``strict``: weak evidence (no held-out
-    ``data``) or a runtime of the target left out is a failure. Raises UsageError (bad input),
+    ``data``) or a runtime of the target left out is a failure. ``signature``: the SavedModel signature to bundle
+    (default ``serving_default``, else the only one; several and none chosen is a UsageError). Raises UsageError (bad input),
     ConversionError (no path matches), VerificationError (the bundle does not match),
     EnvironmentProblem (no runtime environment could be prepared)."""
     from .load.formats import sniff_format
@@ -158,13 +160,15 @@ def build(model: str | os.PathLike, *, target: str = "rpi", recipe: str | None =
     use_cache = use_cache and cache.enabled()
     prepared = _auto[0] if _auto is not None else None
     if use_cache and prepared is None:
-        key = cache.conversion_key(model_path, rec, io, calibration, data, trust_model, overrides)
+        key = cache.conversion_key(model_path, rec, io, calibration, data, trust_model,
+                                   {**overrides, "signature": signature} if signature else overrides)
         prepared = cache.load_prepared(key, model_path)
         if prepared is not None:
             progress("unchanged model and settings: reusing the cached conversion")
     if prepared is None:
         progress(f"loading and converting {model_path} ({rec.name})")
-        prepared = _prepare_contained(model_path, rec, io, calibration, data, trust_model, overrides, progress)
+        prepared = _prepare_contained(model_path, rec, io, calibration, data, trust_model, overrides, progress,
+                                      signature)
         if use_cache:
             cache.save_prepared(key, prepared)
     conversion = prepared.conversion
@@ -249,7 +253,7 @@ def _stage_verify_commit(model_path, output, profile, rec, io, prepared, name, s
             if rec.needs_calibration and any(r.status == "failed" for r in report.runtimes):
                 from .diagnose import verify_brief
                 report.first_divergence = verify_brief(staging.dir, model_path, data, prepared.check.inputs,
-                                                       trust_model, progress)
+                                                       trust_model, progress, prepared.signature)
             if report.verdict == "UNVERIFIED":
                 raise Unverified(f"UNVERIFIED: no runtime of {profile.name} could run the bundle, so nothing was "
                                  f"compared: {'; '.join(report.failures)[:600]}",
@@ -299,7 +303,7 @@ def build_sweep(model: str | os.PathLike, recipes: list[str], *, target: str = "
                 labels: str | os.PathLike | None = None, trust_model: bool = False,
                 progress: Progress | None = None, atol: list[str] | None = None, rtol: list[str] | None = None,
                 strict: bool = False, max_drop: float | list[str] | None = None, max_flips: list[str] | None = None,
-                output_kind: list[str] | None = None) -> SweepResult:
+                output_kind: list[str] | None = None, signature: str | None = None) -> SweepResult:
     """Build ``recipes`` of one model side by side: one bundle per recipe at
     ``OUTPUT/NAME-TARGET-RECIPE`` (``OUTPUT`` default ``dist``). Loading, data and the reference
     outputs are computed once, in one contained child; each recipe is then bundled and verified as
@@ -333,7 +337,7 @@ def build_sweep(model: str | os.PathLike, recipes: list[str], *, target: str = "
     try:
         results = dict(isolate.run(jobs.prepare_sweep, str(model_path), todo, io,
                                    str(calibration) if calibration is not None else None,
-                                   str(data) if data is not None else None, trust_model, overrides,
+                                   str(data) if data is not None else None, trust_model, overrides, signature,
                                    progress=progress)) if todo else {}
     except ConversionError as exc:
         if not getattr(exc, "path", None):      # not a crash on one conversion path: it concerns every recipe
@@ -346,7 +350,7 @@ def build_sweep(model: str | os.PathLike, recipes: list[str], *, target: str = "
             progress(f"[{k}/{len(todo)}] {r}" + _then(todo[k:]))
             try:
                 results[r] = _prepare_contained(model_path, get_recipe(r), io, calibration, data, trust_model,
-                                                overrides, progress)
+                                                overrides, progress, signature)
             except EdgepackError as each:
                 results[r] = each
     evidence = ""
@@ -363,7 +367,7 @@ def build_sweep(model: str | os.PathLike, recipes: list[str], *, target: str = "
                            output=root / f"{base}-{r}", verify=verify, data=data, runtimes=runtimes, arch=arch,
                            name=f"{base}-{r}", labels=labels, trust_model=trust_model, use_cache=False,
                            progress=progress, atol=atol, rtol=rtol, strict=strict, max_drop=max_drop,
-                           max_flips=max_flips, output_kind=output_kind, _auto=(got, get_recipe(r)))
+                           max_flips=max_flips, output_kind=output_kind, signature=signature, _auto=(got, get_recipe(r)))
         except EdgepackError as exc:
             row.update(status="failed", reason=exc.message, exit_code=exc.exit_code)
             report = getattr(exc, "report", None)
@@ -440,7 +444,7 @@ def verdict_overrides(atol=None, rtol=None, max_drop=None, max_flips=None, outpu
     return out
 
 
-def _prepare_contained(model_path, rec, io, calibration, data, trust_model, overrides, progress):
+def _prepare_contained(model_path, rec, io, calibration, data, trust_model, overrides, progress, signature=None):
     """jobs.prepare in the contained child. When TensorFlow crashes on one conversion path (a
     converter segfault), the next child skips that path instead of the build ending there."""
     from .contain import isolate
@@ -452,7 +456,7 @@ def _prepare_contained(model_path, rec, io, calibration, data, trust_model, over
             prepared = isolate.run(jobs.prepare, str(model_path), rec.name, io,
                                    str(calibration) if calibration is not None else None,
                                    str(data) if data is not None else None, trust_model, overrides, tuple(skip),
-                                   progress=progress)
+                                   signature, progress=progress)
             break
         except ConversionError as exc:
             path = getattr(exc, "path", None)
@@ -520,22 +524,25 @@ def verify(bundle: str | os.PathLike, *, reference: str | os.PathLike, data: str
            runtimes: list[str] | None = None, arch: str | None = None, strict: bool = False,
            trust_model: bool = False, progress: Progress | None = None, atol: list[str] | None = None,
            rtol: list[str] | None = None, max_drop: float | list[str] | None = None,
-           max_flips: list[str] | None = None, output_kind: list[str] | None = None) -> VerifyReport:
+           max_flips: list[str] | None = None, output_kind: list[str] | None = None,
+           signature: str | None = None) -> VerifyReport:
     """Run the bundle's own entrypoint in each runtime environment of its target on the inputs and
     compare, output by output and by name, with ``reference`` (the original model file).
 
     Inputs: ``data`` (held-out), else the bundle's samples, else synthetic. ``strict``: weak
     evidence or a runtime that cannot run the model fails. ``atol``, ``rtol``, ``max_drop``, ``max_flips`` and
-    ``output_kind`` as in :func:`build`, on top of the tolerance (and output kinds) recorded in the manifest."""
+    ``output_kind`` as in :func:`build`, on top of the tolerance (and output kinds) recorded in the manifest.
+    ``signature``: the reference SavedModel's signature to run (default: the one the bundle was built from)."""
     progress = progress or _noop
     overrides = verdict_overrides(atol, rtol, max_drop, max_flips, output_kind)
     with open_bundle(bundle) as bundle:
-        return _verify(bundle, reference, data, runtimes, arch, strict, trust_model, progress, overrides)
+        return _verify(bundle, reference, data, runtimes, arch, strict, trust_model, progress, overrides, signature)
 
 
 def _verify(bundle: Path, reference, data, runtimes, arch, strict, trust_model, progress,
-            overrides: dict | None = None) -> VerifyReport:
+            overrides: dict | None = None, signature: str | None = None) -> VerifyReport:
     manifest = read_manifest(bundle)
+    signature = signature or manifest.source.get("signature")
     problems = check_files(bundle, manifest)
     if problems:
         raise VerificationError(f"bundle integrity: {'; '.join(problems)}",
@@ -566,7 +573,8 @@ def _verify(bundle: Path, reference, data, runtimes, arch, strict, trust_model, 
     unconfined = _unconfined(trust_model)
     progress(f"computing reference outputs with {reference}")
     dataset, refs, ref_names, noise = isolate.run(jobs.reference, str(reference), str(data) if data else None, arrays,
-                                           trust_model, what="running the reference model", progress=progress)
+                                           trust_model, signature, what="running the reference model",
+                                           progress=progress)
     _check_names(ref_names, manifest)
     spec = _bundle_spec((bundle / manifest.model).read_bytes(), manifest)
     tolerance = _bundle_tolerance(manifest, rec, overrides)
@@ -579,7 +587,7 @@ def _verify(bundle: Path, reference, data, runtimes, arch, strict, trust_model, 
         report.notes.insert(0, unconfined)
     if not report.passed and rec.needs_calibration and any(r.status == "failed" for r in report.runtimes):
         from .diagnose import verify_brief
-        report.first_divergence = verify_brief(bundle, reference, data, arrays, trust_model, progress)
+        report.first_divergence = verify_brief(bundle, reference, data, arrays, trust_model, progress, signature)
     return report
 
 

@@ -80,3 +80,60 @@ def test_string_preprocessing_is_refused_with_the_way_to_split_it_off(tmp_path):
     ids = np.asarray(vec(np.array([["a b c"], ["e f g a x"], ["d"]])))
     got = fm.raw_outputs(tmp_path / "ids", {name: ids})["y"]
     assert np.max(np.abs(got - np.asarray(model(np.array([["a b c"], ["e f g a x"], ["d"]]))))) < 1e-5
+
+
+# --------------------------------------------------------------------------- c: SavedModel signatures
+def _two_signatures(path, serving_default=False):
+    import tensorflow as tf
+    rng = np.random.default_rng(0)
+
+    class Two(tf.Module):
+        def __init__(self):
+            self.w = tf.Variable(rng.normal(size=(4, 3)).astype("float32"))
+            self.v = tf.Variable(rng.normal(size=(4, 2)).astype("float32"))
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32, name="x")])
+        def classify(self, x):
+            return {"scores": tf.nn.softmax(tf.matmul(x, self.w))}
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32, name="x")])
+        def regress(self, x):
+            return {"value": tf.matmul(x, self.v)}
+
+    m = Two()
+    sigs = {"classify": m.classify, "regress": m.regress}
+    if serving_default:
+        sigs["serving_default"] = m.regress
+    tf.saved_model.save(m, str(path), signatures=sigs)
+    return m.v.numpy()
+
+
+def test_several_signatures_need_a_choice_and_the_choice_is_recorded(tmp_path):
+    v = _two_signatures(tmp_path / "sm")
+    proc = cli("build", tmp_path / "sm", "-q", "float32", "-o", tmp_path / "b")
+    assert proc.returncode == 2, proc.stderr
+    assert "error: sm has 2 signatures and none is serving_default: classify, regress" in proc.stderr
+    assert "--signature NAME" in proc.stderr
+    assert not (tmp_path / "b").exists()
+    proc = cli("build", tmp_path / "sm", "-q", "float32", "-o", tmp_path / "b", "--signature", "nope")
+    assert proc.returncode == 2 and "no such signature (it has: classify, regress)" in proc.stderr
+    proc = cli("build", tmp_path / "sm", "-q", "float32", "-o", tmp_path / "b", "--signature", "regress")
+    assert proc.returncode == 0, proc.stderr
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert manifest["source"]["signature"] == "regress"
+    assert [t["name"] for t in manifest["outputs"]] == ["value"]
+    x = np.random.default_rng(1).normal(size=(5, 4)).astype(np.float32)
+    assert np.max(np.abs(fm.raw_outputs(tmp_path / "b", {"x": x})["value"] - x @ v)) < 1e-5
+    # verify reads the recorded signature; another one is another model
+    assert cli("verify", tmp_path / "b", "-r", tmp_path / "sm").returncode == 0
+    proc = cli("verify", tmp_path / "b", "-r", tmp_path / "sm", "--signature", "classify")
+    assert proc.returncode == 2 and "outputs (scores) are not the bundle's (value)" in proc.stderr
+
+
+def test_serving_default_is_the_default_signature(tmp_path):
+    _two_signatures(tmp_path / "sm", serving_default=True)
+    proc = cli("build", tmp_path / "sm", "-q", "float32", "-o", tmp_path / "b", "--json")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["manifest"]["source"]["signature"] == "serving_default"
+    assert any("others: classify, regress; --signature NAME picks one" in w for w in result["warnings"])

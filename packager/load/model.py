@@ -53,6 +53,7 @@ class LoadedModel:
     notes: list[str] = field(default_factory=list)
     keepalive: object = None         # objects the candidates need alive (loaded SavedModel...)
     fixed: dict = field(default_factory=dict)  # what the bundle fixes that the model leaves open (batch, ...)
+    signature: str | None = None     # the SavedModel signature converted (None: not a SavedModel signature)
 
 
 @contextlib.contextmanager
@@ -508,18 +509,45 @@ def _batched(call, arrays: list, batch: int | None = None) -> dict:
 
 
 # --------------------------------------------------------------------------- SavedModel
-def _load_saved_model(path: Path, trust: bool = False) -> LoadedModel:
+def signature_order(names) -> list[str]:
+    """Signature names as edgepack lists them: ``serving_default`` first, then the others sorted."""
+    return sorted(names, key=lambda n: (n != "serving_default", n))
+
+
+def choose_signature(path: Path, names, wanted: str | None) -> str:
+    """The signature to convert: ``wanted`` (``--signature``), else ``serving_default``, else the only one.
+    UsageError listing the signatures when ``wanted`` is not one of them, or when several exist and none is
+    chosen."""
+    names = signature_order(names)
+    listing = ", ".join(names)
+    if wanted is not None:
+        if wanted not in names:
+            raise UsageError(f"--signature {wanted!r}: {Path(path).name} has no such signature (it has: {listing})",
+                             hint=f"--signature NAME, one of: {listing}")
+        return wanted
+    if "serving_default" in names or len(names) == 1:
+        return names[0]
+    raise UsageError(f"{Path(path).name} has {len(names)} signatures and none is serving_default: {listing}",
+                     hint="choose the one to bundle with --signature NAME")
+
+
+def _signature_note(key: str, names) -> str:
+    others = [n for n in signature_order(names) if n != key]
+    return f"signature {key!r}" + (f" (others: {', '.join(others)}; --signature NAME picks one)" if others else "")
+
+
+def _load_saved_model(path: Path, trust: bool = False, signature: str | None = None) -> LoadedModel:
     tf = import_tf()
     try:
         loaded = tf.saved_model.load(str(path))
     except Exception as exc:  # noqa: BLE001 - old TF 2.x files: try the TF1 signature path
         note = f"tf.saved_model.load failed ({_first_line(exc)}); using the TF1-compatible signature path"
-        model = _load_saved_model_tf1(path)
+        model = _load_saved_model_tf1(path, signature)
         model.notes.append(note)
         return model
     signatures = dict(getattr(loaded, "signatures", {}) or {})
     if signatures:
-        key = "serving_default" if "serving_default" in signatures else sorted(signatures)[0]
+        key = choose_signature(path, signatures, signature)
         sig = signatures[key]
         kw = sig.structured_input_signature[1]
         in_names = sorted(kw)
@@ -544,7 +572,10 @@ def _load_saved_model(path: Path, trust: bool = False) -> LoadedModel:
                       tensor_names=_tf1_tensor_names(path, key)),
         ]
         return LoadedModel(path, "saved-model", inputs, outputs, reference, candidates,
-                           notes=[f"signature {key!r}"], keepalive=loaded)
+                           notes=[_signature_note(key, signatures)], keepalive=loaded, signature=key)
+    if signature is not None:
+        raise UsageError(f"--signature {signature!r}: {path.name} has no signatures",
+                         hint="drop --signature: edgepack converts its traced function")
     concrete = _find_traced_function(loaded)
     if concrete is None:
         raise UsageError(f"{path} has no signatures and no traced tf.function to convert",
@@ -621,7 +652,7 @@ def _run_fixed_or_dynamic(call, arrays: list, fixed: int | None) -> dict:
 
 
 # --------------------------------------------------------------------------- TF1-compatible path
-def _read_signature_def(path: Path, key: str | None):
+def _read_signature_def(path: Path, key: str | None, strict: bool = False):
     from tensorflow.core.protobuf import saved_model_pb2
     proto = saved_model_pb2.SavedModel()
     try:
@@ -633,7 +664,10 @@ def _read_signature_def(path: Path, key: str | None):
             sigs = {k: v for k, v in meta.signature_def.items() if not k.startswith("__")}
             if not sigs:
                 continue
-            chosen = key if key in sigs else ("serving_default" if "serving_default" in sigs else sorted(sigs)[0])
+            if strict:
+                chosen = choose_signature(path, sigs, key)
+            else:
+                chosen = key if key in sigs else signature_order(sigs)[0]
             return chosen, sigs[chosen]
     raise UsageError(f"{path} has no serving signature the TF1 path can read")
 
@@ -652,9 +686,9 @@ def _tf1_converter(tf, path: Path, key: str):
     return tf.compat.v1.lite.TFLiteConverter.from_saved_model(str(path), signature_key=key)
 
 
-def _load_saved_model_tf1(path: Path) -> LoadedModel:
+def _load_saved_model_tf1(path: Path, signature: str | None = None) -> LoadedModel:
     tf = import_tf()
-    key, sig = _read_signature_def(path, None)
+    key, sig = _read_signature_def(path, signature, strict=True)
     from tensorflow.python.framework import tensor_shape
 
     def spec(name, info):
@@ -685,4 +719,12 @@ def _load_saved_model_tf1(path: Path) -> LoadedModel:
     candidates = [Candidate("saved-model-tf1", lambda: _tf1_converter(tf, path, key),
                             tensor_names=_tf1_tensor_names(path, key))]
     return LoadedModel(path, "saved-model-tf1", inputs, outputs, reference, candidates,
-                       notes=[f"signature {key!r} (TF1 path)"], keepalive=session)
+                       notes=[_signature_note(key, _signature_keys(path)) + " (TF1 path)"], keepalive=session,
+                       signature=key)
+
+
+def _signature_keys(path: Path) -> list[str]:
+    from tensorflow.core.protobuf import saved_model_pb2
+    proto = saved_model_pb2.SavedModel()
+    proto.ParseFromString((path / "saved_model.pb").read_bytes())
+    return sorted({k for meta in proto.meta_graphs for k in meta.signature_def if not k.startswith("__")})

@@ -351,6 +351,7 @@ def build_auto(model, *, target: str = "rpi", calibration=None, data=None, io: s
         hit = _load_auto(key, Path(model))
         if hit is not None:
             prepared, rec, chosen, candidates, why = hit
+            prepared = replace(prepared, warnings=[w for w in prepared.warnings if w != why])  # cached by older ones
             progress("unchanged model, data and budget: reusing the cached --quantize auto choice")
             result = api.build(model, target=target, recipe=rec.name, calibration=calibration, io=io, output=output,
                                data=data, runtimes=runtimes, arch=arch, name=name, labels=labels,
@@ -386,20 +387,20 @@ def build_auto(model, *, target: str = "rpi", calibration=None, data=None, io: s
         cand.reason = "; ".join(fails) if fails else "meets the budget in every runtime"
         if cand.passed:
             chosen = cand
-    table = "; ".join(f"{c.label} {c.size:,} B: {c.reason}" for c in candidates if c.passed is False)
     if chosen is None:
-        raise VerificationError(f"no candidate meets the budget ({budget.describe()}): {table}"[:1500],
+        from .convert.converter import _clip
+        raise VerificationError(_clip(f"no candidate meets the budget ({budget.describe()}): "
+                                      + explain_failures(candidates), 1500),
                                 hint="loosen the budget (--max-drop, --min-agreement, --min-cosine), or give "
                                      "100-500 calibration samples drawn like the real inputs")
-    why = (f"{chosen.label} ({chosen.size:,} bytes) is the smallest candidate that meets {budget.describe()} in "
-           f"every runtime" + (f"; smaller ones failed: {table}" if table else ""))
+    why = explain_choice(chosen, candidates, budget)
     rec = get_recipe(chosen.recipe)
     if chosen.float_ops:
         rec = replace(rec, description=rec.description + "; kept in float by --quantize auto: "
                       + ", ".join(chosen.float_ops))
     tolerance = _tolerance(chosen, base, rec, budget)
-    prepared = replace(base, conversion=chosen.conversion, tolerance=tolerance,
-                       warnings=list(base.warnings) + [why])
+    # ``why`` is the AutoResult's (printed once, as "chosen:"), not one of the build's warnings too
+    prepared = replace(base, conversion=chosen.conversion, tolerance=tolerance, warnings=list(base.warnings))
     result = api.build(model, target=target, recipe=rec.name, calibration=calibration, io=io, output=output,
                        data=data, runtimes=runtimes, arch=arch, name=name, labels=labels, trust_model=trust_model,
                        use_cache=use_cache, progress=progress, strict=strict, signature=signature,
@@ -407,6 +408,40 @@ def build_auto(model, *, target: str = "rpi", calibration=None, data=None, io: s
     if key is not None:
         _save_auto(key, prepared, rec, chosen, candidates, why)
     return AutoResult(result, chosen, candidates, budget, why)
+
+
+def _entry(c: Candidate) -> str:
+    return (f"{c.label} ({c.size:,} bytes): " if c.model is not None and c.size else f"{c.label}: ") + c.reason
+
+
+def explain_failures(candidates: list, chosen: Candidate | None = None) -> str:
+    """The candidates that failed, in words true of their sizes: measured ones smaller than ``chosen`` ("smaller
+    ones failed"), measured ones not smaller ("larger ones failed"; all of them without a choice), then those that
+    could not be converted (they have no size)."""
+    failed = [c for c in candidates if c.passed is False]
+    measured = sorted((c for c in failed if c.model is not None), key=lambda c: c.size)
+    unconverted = [c for c in failed if c.model is None]
+    parts = []
+    if chosen is None:
+        if measured:
+            parts.append("failed: " + "; ".join(_entry(c) for c in measured))
+    else:
+        smaller = [c for c in measured if c.size < chosen.size]
+        larger = [c for c in measured if c.size >= chosen.size]
+        if smaller:
+            parts.append("smaller ones failed: " + "; ".join(_entry(c) for c in smaller))
+        if larger:
+            parts.append("larger ones failed: " + "; ".join(_entry(c) for c in larger))
+    if unconverted:
+        parts.append("not converted: " + "; ".join(_entry(c) for c in unconverted))
+    return "; ".join(parts)
+
+
+def explain_choice(chosen: Candidate, candidates: list, budget: Budget) -> str:
+    """Why ``chosen`` was built: the smallest candidate meeting ``budget``, then what failed (:func:`explain_failures`)."""
+    rest = explain_failures(candidates, chosen)
+    return (f"{chosen.label} ({chosen.size:,} bytes) is the smallest candidate that meets {budget.describe()} in "
+            "every runtime" + (f"; {rest}" if rest else ""))
 
 
 def _save_auto(key: str, prepared, rec, chosen: Candidate, candidates: list, why: str) -> None:

@@ -137,3 +137,49 @@ def test_serving_default_is_the_default_signature(tmp_path):
     result = json.loads(proc.stdout)
     assert result["manifest"]["source"]["signature"] == "serving_default"
     assert any("others: classify, regress; --signature NAME picks one" in w for w in result["warnings"])
+
+
+# --------------------------------------------------------------------------- d: the --quantize auto report
+def _cand(label, size, passed, reason, converted=True):
+    from packager.repair import Candidate
+    return Candidate(label, label.split()[0], size=size if converted else 0, passed=passed, reason=reason,
+                     model=b"x" if converted else None, error=None if converted else reason)
+
+
+def test_auto_report_is_true_of_sizes_and_printed_once(monkeypatch):
+    from packager.repair import Budget, explain_choice, explain_failures
+    chosen = _cand("float16", 4080, True, "meets the budget in every runtime")
+    cands = [_cand("int8", 3728, False, "cosine 0.99 < 0.999"), chosen,
+             _cand("dynamic", 4200, False, "runtime x cannot run it"),
+             _cand("int16x8", 0, False, "op CAST: 16x8 not supported", converted=False),
+             _cand("float32", 6244, None, "not measured: a smaller candidate met the budget")]
+    why = explain_choice(chosen, cands, Budget(min_cosine=0.999))
+    assert why.startswith("float16 (4,080 bytes) is the smallest candidate that meets cosine >= 0.999")
+    assert "smaller ones failed: int8 (3,728 bytes): cosine 0.99 < 0.999" in why
+    assert "larger ones failed: dynamic (4,200 bytes)" in why
+    assert "not converted: int16x8: op CAST" in why
+    smaller = why.split("smaller ones failed:")[1].split("; larger")[0]
+    assert "dynamic" not in smaller and "int16x8" not in smaller and "0 B" not in why
+    assert explain_failures(cands).startswith("failed: int8 (3,728 bytes)")
+    # the table cuts long reasons and runtime errors at a word, and says "cannot run" once
+    from packager.cli import render_diagnose
+    import io
+    from rich.console import Console
+    buf = io.StringIO()
+    monkeypatch.setattr(render_diagnose, "out", Console(file=buf, width=400, color_system=None, highlight=False))
+    error = ("tflite-runtime 2.14.0 (x86_64) cannot run the model: ValueError: Didn't find op for builtin opcode "
+             "'FULLY_CONNECTED' version '12'")
+    assert render_diagnose._clip(render_diagnose._runtime_error({"error": error}), 60) == \
+        "ValueError: Didn't find op for builtin opcode ..."
+    assert render_diagnose._clip("word " * 40, 80).endswith("word ...")
+    data = {"budget": {"text": "cosine >= 0.999"}, "why": why, "candidates": [
+        {"label": "int8", "size": 3728, "float_ops": [], "passed": False, "reason": "wordy " * 40, "runtimes": []},
+        {"label": "dynamic", "size": 4200, "float_ops": [], "passed": False, "reason": "x",
+         "runtimes": [{"runtime": "tflite-runtime", "status": "error", "error": error}]}]}
+    render_diagnose.show_candidates(data)
+    text = buf.getvalue()
+    words = set(text.replace("│", " ").split())
+    assert "wordy" in words and not any(w.startswith("word") and w != "wordy" for w in words)
+    table = text.split("chosen:")[0]
+    assert "'FULLY_CONNECTED'" not in table and table.count("cannot run") == 1
+    assert text.count("is the smallest candidate") == 1

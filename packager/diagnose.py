@@ -156,6 +156,8 @@ def _capped(data: Path, tmp: Path) -> Path:
         raise UsageError(f"cannot read {data}: {exc}") from None
     if all(len(a) <= MAX_SAMPLES for a in arrays.values() if a.ndim):
         return data
-    out = tmp / "data.npz"
+    # The same file name, so that what the diagnosis rests on names the user's file (--data eval.npz), not a temp one
+    out = tmp / "capped" / data.name
+    out.parent.mkdir(exist_ok=True)
     np.savez(out, **{k: a[:MAX_SAMPLES] if a.ndim else a for k, a in arrays.items()})
     return out

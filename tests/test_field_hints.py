@@ -183,3 +183,22 @@ def test_auto_report_is_true_of_sizes_and_printed_once(monkeypatch):
     table = text.split("chosen:")[0]
     assert "'FULLY_CONNECTED'" not in table and table.count("cannot run") == 1
     assert text.count("is the smallest candidate") == 1
+
+
+# --------------------------------------------------------------------------- e: diagnose names the real --data file
+def test_diagnose_titles_the_data_file_by_its_name(tmp_path):
+    keras = _keras()
+    inp = keras.Input((16,), name="x")
+    model = keras.Model(inp, keras.layers.Dense(4, name="y")(keras.layers.Dense(32, activation="relu")(inp)))
+    model.save(tmp_path / "m.keras")
+    x = np.random.default_rng(0).normal(size=(300, 16)).astype(np.float32)
+    np.savez(tmp_path / "cal.npz", x=x[:100])
+    np.savez(tmp_path / "eval.npz", x=x)                  # more than diagnose's 256: a capped copy is used
+    proc = cli("build", tmp_path / "m.keras", "-q", "int8", "-c", tmp_path / "cal.npz", "--no-verify",
+               "-o", tmp_path / "b")
+    assert proc.returncode == 0, proc.stderr
+    proc = cli("diagnose", tmp_path / "b", "-r", tmp_path / "m.keras", "--data", tmp_path / "eval.npz",
+               env={"COLUMNS": "300"})
+    assert proc.returncode == 0, proc.stderr
+    assert "(held-out: eval.npz, n=256)" in proc.stdout
+    assert "data.npz" not in proc.stdout

@@ -461,9 +461,14 @@ def _prepare_contained(model_path, rec, io, calibration, data, trust_model, over
         except ConversionError as exc:
             path = getattr(exc, "path", None)
             if not path or path in skip:
+                if crashes and type(exc) is ConversionError and "keras-unrolled-recurrent:" in exc.message:
+                    # the unrolled path (fixed time length) ran and names the blocker: it leads, the crash follows
+                    raise ConversionError(f"{exc.message} (earlier: {'; '.join(m for m, _ in crashes)})"[:1200],
+                                          hint=exc.hint) from None
                 if crashes and type(exc) is ConversionError:
                     hint = crashes[0][1]
-                    if rec.needs_calibration and "keras-frozen-concrete-function" in skip:
+                    if rec.needs_calibration and "keras-frozen-concrete-function" in skip and "TensorList" in exc.message:
+                        # no unrolled path: the time length is unknown (a recurrent model's open-batch paths failed)
                         hint = (f"{rec.name} calibration of a recurrent loop crashes TensorFlow's converter; edgepack "
                                 "unrolls recurrent layers instead, which needs a fixed time length: build the model "
                                 "with keras.Input((T, features)) for a fixed T, or use --quantize dynamic or float16")

@@ -202,3 +202,27 @@ def test_diagnose_titles_the_data_file_by_its_name(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "(held-out: eval.npz, n=256)" in proc.stdout
     assert "data.npz" not in proc.stdout
+
+
+# --------------------------------------------------------------------------- f: the blocker that stopped the build
+def test_int16x8_recurrent_names_the_op_that_stopped_it(tmp_path):
+    kind = fm.recurrent(tmp_path, "lstm", masking=True)            # fixed time length; Masking gives NOT_EQUAL
+    proc = cli("build", kind.model, "-q", "int16x8", "-c", kind.calibration, "--data", kind.eval, "-o", tmp_path / "b")
+    assert proc.returncode == 3, proc.stderr
+    error = next(ln for ln in proc.stderr.splitlines() if ln.startswith("error:"))
+    hint = next(ln for ln in proc.stderr.splitlines() if ln.startswith("hint:"))
+    assert error.startswith("error: no conversion path produced a TFLite model that runs: keras-unrolled-recurrent: "
+                            "Quantization to 16x8-bit not yet supported for op: 'NOT_EQUAL'"), error
+    assert "no 16x8 kernel for op NOT_EQUAL" in hint and "try --quantize int8, dynamic or float16" in hint
+    assert "fixed time length" not in proc.stderr and "keras.Input((T" not in proc.stderr
+
+
+def test_recurrent_with_open_time_axis_keeps_the_fixed_time_hint(tmp_path):
+    keras = _keras()
+    inp = keras.Input((None, 3), name="x")
+    model = keras.Model(inp, keras.layers.Dense(2, name="y")(keras.layers.LSTM(4)(inp)))
+    model.save(tmp_path / "open.keras")
+    np.savez(tmp_path / "cal.npz", x=np.random.default_rng(0).normal(size=(16, 6, 3)).astype(np.float32))
+    proc = cli("build", tmp_path / "open.keras", "-q", "int16x8", "-c", tmp_path / "cal.npz", "-o", tmp_path / "b")
+    assert proc.returncode == 3, proc.stderr
+    assert "fixed time length: build the model with keras.Input((T, features))" in proc.stderr

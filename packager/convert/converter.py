@@ -247,9 +247,25 @@ def _no_match(attempts: list[Attempt], recipe: Recipe, calibration: dict | None,
                 f"calibration samples drawn like the real inputs; {widen}"
                 if recipe.needs_calibration else f"try --quantize {others}; {widen}")
         return _refusal(message, hint, best)
-    detail = " | ".join(f"{a.path}: {a.error}" for a in attempts)
-    return ConversionError(f"no conversion path produced a TFLite model that runs: {detail}"[:1200],
-                           hint=_conversion_hint(attempts))
+    blocker = _blocker(attempts)
+    detail = " | ".join(f"{a.path}: {a.error}" for a in attempts if a is not blocker)
+    return ConversionError((f"no conversion path produced a TFLite model that runs: {blocker.path}: {blocker.error.rstrip('.')}"
+                            + (f"; other paths: {detail}" if detail else ""))[:1200],
+                           hint=_conversion_hint(attempts, recipe, blocker))
+
+
+# Errors of paths that are expected to fail where another path exists for the case: a crash already reported,
+# and the TensorList lowering of recurrent layers at an open batch (the frozen and unrolled paths handle those).
+_EXPECTED = ("TensorFlow crashed on this path", "TensorList")
+
+
+def _blocker(attempts: list[Attempt]) -> Attempt:
+    """The attempt whose error stopped the build: the first one whose error is not an expected failure of a path
+    that another path exists for (:data:`_EXPECTED`), else the first attempt."""
+    for a in attempts:
+        if a.error and not any(k in a.error for k in _EXPECTED):
+            return a
+    return attempts[0]
 
 
 def _refusal(message: str, hint: str, best: Attempt) -> VerificationError:
@@ -284,9 +300,18 @@ def _likely_cause(metrics, recipe: Recipe, calibration: dict | None, check: dict
     return None
 
 
-def _conversion_hint(attempts: list[Attempt]) -> str:
-    """The known way out for the known causes, read from the paths' errors."""
+def _conversion_hint(attempts: list[Attempt], recipe: Recipe | None = None, blocker: Attempt | None = None) -> str:
+    """The known way out for the known causes, read from the paths' errors (the blocker's first: see
+    :func:`_blocker`)."""
+    import re
     text = " ".join(a.error or "" for a in attempts)
+    if blocker is not None and blocker.error:
+        unsupported = re.search(r"16x8[- ]bit not yet supported for op: '?(\w+)|16x8 not supported for op '?(\w+)",
+                                blocker.error)
+        if unsupported:
+            op = unsupported.group(1) or unsupported.group(2)
+            return (f"int16x8 has no 16x8 kernel for op {op} (on the {blocker.path} path); int16x8 cannot build this "
+                    "model: try --quantize int8, dynamic or float16")
     if any(k in text for k in ("StatelessRandom", "random_flip", "random_rotation", "RandomFlip", "RandomRotation",
                                "ImageProjectiveTransform", "RandomZoom", "RandomTranslation", "RngReadAndSkip")):
         return ("augmentation layers (RandomFlip/RandomRotation...) were exported into the SavedModel: build from "

@@ -226,3 +226,26 @@ def test_recurrent_with_open_time_axis_keeps_the_fixed_time_hint(tmp_path):
     proc = cli("build", tmp_path / "open.keras", "-q", "int16x8", "-c", tmp_path / "cal.npz", "-o", tmp_path / "b")
     assert proc.returncode == 3, proc.stderr
     assert "fixed time length: build the model with keras.Input((T, features))" in proc.stderr
+
+
+# --------------------------------------------------------------------------- g: hints true of a token-id model
+def test_int8_of_token_ids_recommends_no_recipe_that_cannot_build_it(tmp_path):
+    kind = fm.embedding_ids(tmp_path)
+    proc = cli("build", kind.model, "-q", "int16x8", "-c", kind.calibration, "-o", tmp_path / "b16")
+    assert proc.returncode == 3, proc.stderr                      # int16x8 cannot build a token-id model
+    proc = cli("build", kind.model, "-q", "int8", "-c", kind.calibration, "--data", kind.eval, "-o", tmp_path / "b")
+    assert proc.returncode == 4, proc.stderr
+    error = next(ln for ln in proc.stderr.splitlines() if ln.startswith("error:"))
+    hint = next(ln for ln in proc.stderr.splitlines() if ln.startswith("hint:"))
+    assert "int16x8" not in error and "int16x8" not in hint
+    assert "scaled like" not in error and "drawn like the real inputs" not in hint
+    assert hint.startswith("hint: try --quantize dynamic or float16")
+
+
+def test_integer_ids_have_no_calibration_scale():
+    from packager.convert.converter import _likely_cause
+    from packager.recipes import get_recipe
+    cal = {"tokens": np.random.default_rng(0).integers(0, 30, (200, 12)).astype(np.float32)}
+    check = {"tokens": np.random.default_rng(1).integers(0, 300, (64, 12)).astype(np.int32)}
+    assert "scaled like" in (_likely_cause([], get_recipe("int8"), cal, check) or "")     # as if a real value
+    assert _likely_cause([], get_recipe("int8"), cal, check, ids=("tokens",)) is None

@@ -113,14 +113,16 @@ def build(model: str | os.PathLike, *, target: str = "rpi", recipe: str | None =
           trust_model: bool = False, use_cache: bool = True, progress: Progress | None = None,
           atol: list[str] | None = None, rtol: list[str] | None = None, strict: bool = False,
           max_drop: float | list[str] | None = None, max_flips: list[str] | None = None,
-          output_kind: list[str] | None = None, _auto: tuple | None = None) -> BuildResult:
+          output_kind: list[str] | None = None, signature: str | None = None,
+          _auto: tuple | None = None) -> BuildResult:
     """Load, convert (checked against the original), bundle, verify in the target's runtimes,
     and only then move the bundle to ``output``. TensorFlow work runs in a contained child.
 
     ``atol``/``rtol``, ``max_drop`` (accuracy points), ``max_flips`` (fraction of decisions): tolerance
     overrides, ``"0.05"`` for every output or ``"NAME:0.05"`` for one; ``output_kind``: ``["NAME:KIND[:OPTIONS]"]``
     (see :func:`packager.recipes.resolve_tolerance`, :data:`packager.criteria.KINDS`). ``strict``: weak evidence (no held-out
-    ``data``) or a runtime of the target left out is a failure. Raises UsageError (bad input),
+    ``data``) or a runtime of the target left out is a failure. ``signature``: the SavedModel signature to bundle
+    (default ``serving_default``, else the only one; several and none chosen is a UsageError). Raises UsageError (bad input),
     ConversionError (no path matches), VerificationError (the bundle does not match),
     EnvironmentProblem (no runtime environment could be prepared)."""
     from .load.formats import sniff_format
@@ -159,13 +161,15 @@ def build(model: str | os.PathLike, *, target: str = "rpi", recipe: str | None =
     use_cache = use_cache and cache.enabled()
     prepared = _auto[0] if _auto is not None else None
     if use_cache and prepared is None:
-        key = cache.conversion_key(model_path, rec, io, calibration, data, trust_model, overrides)
+        key = cache.conversion_key(model_path, rec, io, calibration, data, trust_model,
+                                   {**overrides, "signature": signature} if signature else overrides)
         prepared = cache.load_prepared(key, model_path)
         if prepared is not None:
             progress("unchanged model and settings: reusing the cached conversion")
     if prepared is None:
         progress(f"loading and converting {model_path} ({rec.name})")
-        prepared = _prepare_contained(model_path, rec, io, calibration, data, trust_model, overrides, progress)
+        prepared = _prepare_contained(model_path, rec, io, calibration, data, trust_model, overrides, progress,
+                                      signature)
         if use_cache:
             cache.save_prepared(key, prepared)
     conversion = prepared.conversion
@@ -250,7 +254,7 @@ def _stage_verify_commit(model_path, output, profile, rec, io, prepared, name, s
             if rec.needs_calibration and any(r.status == "failed" for r in report.runtimes):
                 from .diagnose import verify_brief
                 report.first_divergence = verify_brief(staging.dir, model_path, data, prepared.check.inputs,
-                                                       trust_model, progress)
+                                                       trust_model, progress, prepared.signature)
             if report.verdict == "UNVERIFIED":
                 raise Unverified(f"UNVERIFIED: no runtime of {profile.name} could run the bundle, so nothing was "
                                  f"compared: {'; '.join(report.failures)[:600]}",
@@ -300,7 +304,7 @@ def build_sweep(model: str | os.PathLike, recipes: list[str], *, target: str = "
                 labels: str | os.PathLike | None = None, trust_model: bool = False,
                 progress: Progress | None = None, atol: list[str] | None = None, rtol: list[str] | None = None,
                 strict: bool = False, max_drop: float | list[str] | None = None, max_flips: list[str] | None = None,
-                output_kind: list[str] | None = None) -> SweepResult:
+                output_kind: list[str] | None = None, signature: str | None = None) -> SweepResult:
     """Build ``recipes`` of one model side by side: one bundle per recipe at
     ``OUTPUT/NAME-TARGET-RECIPE`` (``OUTPUT`` default ``dist``). Loading, data and the reference
     outputs are computed once, in one contained child; each recipe is then bundled and verified as
@@ -334,7 +338,7 @@ def build_sweep(model: str | os.PathLike, recipes: list[str], *, target: str = "
     try:
         results = dict(isolate.run(jobs.prepare_sweep, str(model_path), todo, io,
                                    str(calibration) if calibration is not None else None,
-                                   str(data) if data is not None else None, trust_model, overrides,
+                                   str(data) if data is not None else None, trust_model, overrides, signature,
                                    progress=progress)) if todo else {}
     except ConversionError as exc:
         if not getattr(exc, "path", None):      # not a crash on one conversion path: it concerns every recipe
@@ -347,7 +351,7 @@ def build_sweep(model: str | os.PathLike, recipes: list[str], *, target: str = "
             progress(f"[{k}/{len(todo)}] {r}" + _then(todo[k:]))
             try:
                 results[r] = _prepare_contained(model_path, get_recipe(r), io, calibration, data, trust_model,
-                                                overrides, progress)
+                                                overrides, progress, signature)
             except EdgepackError as each:
                 results[r] = each
     evidence = ""
@@ -364,7 +368,7 @@ def build_sweep(model: str | os.PathLike, recipes: list[str], *, target: str = "
                            output=root / f"{base}-{r}", verify=verify, data=data, runtimes=runtimes, arch=arch,
                            name=f"{base}-{r}", labels=labels, trust_model=trust_model, use_cache=False,
                            progress=progress, atol=atol, rtol=rtol, strict=strict, max_drop=max_drop,
-                           max_flips=max_flips, output_kind=output_kind, _auto=(got, get_recipe(r)))
+                           max_flips=max_flips, output_kind=output_kind, signature=signature, _auto=(got, get_recipe(r)))
         except EdgepackError as exc:
             row.update(status="failed", reason=exc.message, exit_code=exc.exit_code)
             report = getattr(exc, "report", None)
@@ -441,7 +445,7 @@ def verdict_overrides(atol=None, rtol=None, max_drop=None, max_flips=None, outpu
     return out
 
 
-def _prepare_contained(model_path, rec, io, calibration, data, trust_model, overrides, progress):
+def _prepare_contained(model_path, rec, io, calibration, data, trust_model, overrides, progress, signature=None):
     """jobs.prepare in the contained child. When TensorFlow crashes on one conversion path (a
     converter segfault), the next child skips that path instead of the build ending there."""
     from .contain import isolate
@@ -453,14 +457,19 @@ def _prepare_contained(model_path, rec, io, calibration, data, trust_model, over
             prepared = isolate.run(jobs.prepare, str(model_path), rec.name, io,
                                    str(calibration) if calibration is not None else None,
                                    str(data) if data is not None else None, trust_model, overrides, tuple(skip),
-                                   progress=progress)
+                                   signature, progress=progress)
             break
         except ConversionError as exc:
             path = getattr(exc, "path", None)
             if not path or path in skip:
+                if crashes and type(exc) is ConversionError and "keras-unrolled-recurrent:" in exc.message:
+                    # the unrolled path (fixed time length) ran and names the blocker: it leads, the crash follows
+                    raise ConversionError(f"{exc.message} (earlier: {'; '.join(m for m, _ in crashes)})"[:1200],
+                                          hint=exc.hint) from None
                 if crashes and type(exc) is ConversionError:
                     hint = crashes[0][1]
-                    if rec.needs_calibration and "keras-frozen-concrete-function" in skip:
+                    if rec.needs_calibration and "keras-frozen-concrete-function" in skip and "TensorList" in exc.message:
+                        # no unrolled path: the time length is unknown (a recurrent model's open-batch paths failed)
                         hint = (f"{rec.name} calibration of a recurrent loop crashes TensorFlow's converter; edgepack "
                                 "unrolls recurrent layers instead, which needs a fixed time length: build the model "
                                 "with keras.Input((T, features)) for a fixed T, or use --quantize dynamic or float16")
@@ -521,22 +530,24 @@ def verify(bundle: str | os.PathLike, *, reference: str | os.PathLike, data: str
            runtimes: list[str] | None = None, arch: str | None = None, strict: bool = False,
            trust_model: bool = False, progress: Progress | None = None, atol: list[str] | None = None,
            rtol: list[str] | None = None, max_drop: float | list[str] | None = None,
-           max_flips: list[str] | None = None, output_kind: list[str] | None = None) -> VerifyReport:
+           max_flips: list[str] | None = None, output_kind: list[str] | None = None,
+           signature: str | None = None) -> VerifyReport:
     """Run the bundle's own entrypoint in each runtime environment of its target on the inputs and
     compare, output by output and by name, with ``reference`` (the original model file).
 
     Inputs: ``data`` (held-out), else the bundle's samples, else synthetic. ``strict``: weak
     evidence or a runtime that cannot run the model fails. ``atol``, ``rtol``, ``max_drop``, ``max_flips`` and
-    ``output_kind`` as in :func:`build`, on top of the tolerance (and output kinds) recorded in the manifest."""
+    ``output_kind`` as in :func:`build`, on top of the tolerance (and output kinds) recorded in the manifest.
+    ``signature``: the reference SavedModel's signature to run (default: the one the bundle was built from)."""
     progress = progress or _noop
     overrides = verdict_overrides(atol, rtol, max_drop, max_flips, output_kind)
     with open_bundle(bundle) as bundle:
-        return _verify(bundle, reference, data, runtimes, arch, strict, trust_model, progress, overrides)
+        return _verify(bundle, reference, data, runtimes, arch, strict, trust_model, progress, overrides, signature)
 
 
 def _verify(bundle: Path, reference, data, runtimes, arch, strict, trust_model, progress,
-            overrides: dict | None = None) -> VerifyReport:
-    ref = _reference_side(bundle, reference, data, trust_model, progress, overrides)
+            overrides: dict | None = None, signature: str | None = None) -> VerifyReport:
+    ref = _reference_side(bundle, reference, data, trust_model, progress, overrides, signature)
     manifest, profile, rec = ref.manifest, ref.profile, ref.rec
     if runtimes:
         selected = [profile.runtime(r) for r in runtimes]
@@ -548,7 +559,8 @@ def _verify(bundle: Path, reference, data, runtimes, arch, strict, trust_model, 
     _finish_notes(report, ref, overrides)
     if not report.passed and rec.needs_calibration and any(r.status == "failed" for r in report.runtimes):
         from .diagnose import verify_brief
-        report.first_divergence = verify_brief(bundle, reference, data, ref.arrays, trust_model, progress)
+        report.first_divergence = verify_brief(bundle, reference, data, ref.arrays, trust_model, progress,
+                                               ref.signature)
     return report
 
 
@@ -568,10 +580,14 @@ class _ReferenceSide:
     tolerance: dict
     arrays: dict | None
     notes: list
+    signature: str | None = None
 
 
-def _reference_side(bundle: Path, reference, data, trust_model, progress, overrides) -> _ReferenceSide:
+def _reference_side(bundle: Path, reference, data, trust_model, progress, overrides,
+                    signature: str | None = None) -> _ReferenceSide:
     manifest = read_manifest(bundle)
+    signature = signature or manifest.source.get("signature")
+    signature = signature or manifest.source.get("signature")
     problems = check_files(bundle, manifest)
     if problems:
         raise VerificationError(f"bundle integrity: {'; '.join(problems)}",
@@ -598,12 +614,13 @@ def _reference_side(bundle: Path, reference, data, trust_model, progress, overri
     unconfined = _unconfined(trust_model)
     progress(f"computing reference outputs with {reference}")
     dataset, refs, ref_names, noise = isolate.run(jobs.reference, str(reference), str(data) if data else None, arrays,
-                                                  trust_model, what="running the reference model", progress=progress)
+                                                  trust_model, signature, what="running the reference model",
+                                                  progress=progress)
     _check_names(ref_names, manifest)
     spec = _bundle_spec((bundle / manifest.model).read_bytes(), manifest)
     tolerance = _bundle_tolerance(manifest, rec, overrides)
     notes = [n for n in (unconfined, script_note) if n]
-    return _ReferenceSide(manifest, profile, rec, dataset, refs, noise, spec, tolerance, arrays, notes)
+    return _ReferenceSide(manifest, profile, rec, dataset, refs, noise, spec, tolerance, arrays, notes, signature)
 
 
 def _finish_notes(report: VerifyReport, ref: _ReferenceSide, overrides) -> None:
@@ -617,7 +634,7 @@ def verify_on_device(bundle: str | os.PathLike, transport, *, reference: str | o
                      trust_model: bool = False, strict: bool = False, progress: Progress | None = None,
                      atol: list[str] | None = None, rtol: list[str] | None = None,
                      max_drop: float | list[str] | None = None, max_flips: list[str] | None = None,
-                     output_kind: list[str] | None = None) -> VerifyReport:
+                     output_kind: list[str] | None = None, signature: str | None = None) -> VerifyReport:
     """The verdict of ``bundle`` as computed by a real device (``transport``: SSH or ADB): the reference outputs come
     from ``reference`` on this host, the inputs (``data``, else the bundle's samples) go to the device in chunks, the
     deployed release (``release``, default ``current`` in ``remote_dir``) runs them with its own script in the
@@ -633,7 +650,7 @@ def verify_on_device(bundle: str | os.PathLike, transport, *, reference: str | o
         loaded = load_bundle(path)
         spec_dir = remote_dir or default_remote_dir(loaded.manifest, transport)
         transport.path_expr(spec_dir)
-        material, ref = device_material(path, reference, data, trust_model, progress, overrides)
+        material, ref = device_material(path, reference, data, trust_model, progress, overrides, signature)
         progress(f"running on {transport.describe()}")
 
         def step(name: str, detail: str = "") -> None:
@@ -644,14 +661,15 @@ def verify_on_device(bundle: str | os.PathLike, transport, *, reference: str | o
         return device_report(path, ref, material, result, ran, strict, overrides)
 
 
-def device_material(bundle: Path, reference, data, trust_model: bool, progress, overrides):
+def device_material(bundle: Path, reference, data, trust_model: bool, progress, overrides,
+                    signature: str | None = None):
     """(:class:`~packager.deploy.ondevice.Material`, the reference side) for judging ``bundle`` on a device: the
     reference outputs from ``reference`` on ``data`` (else the bundle's samples), output kinds settled from the
     bundle's graph, output steps."""
     from .compare import with_kinds
     from .convert.inspect import output_ops
     from .deploy.ondevice import Material
-    ref = _reference_side(bundle, reference, data, trust_model, progress, overrides)
+    ref = _reference_side(bundle, reference, data, trust_model, progress, overrides, signature)
     ops = output_ops((bundle / ref.manifest.model).read_bytes(), ref.spec.outputs)
     tol = with_kinds(ref.tolerance, ref.refs[0], ref.dataset.labels, ops)
     steps = {n: step for n, (_, step) in ops.items() if step}

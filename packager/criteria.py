@@ -269,8 +269,9 @@ def flips(j: Judged) -> Finding | None:
         reason = f"{k} of {n} {unit} change their decision ({_pct(frac)} > {_pct(limit)})"
         if j.step and k and np.all(d["gap"][flipped] < j.step):
             reason += (f"; every one is on a {unit[:-1]} whose reference margin is below one output step "
-                       f"({j.step:.3g}): the quantized output cannot tell them apart; ways out: --quantize int16x8, "
-                       "--quantize auto (keeps the ops that break in float), or `edgepack diagnose` to find the op")
+                       f"({j.step:.3g}): the quantized output cannot tell them apart; ways out: a recipe with a finer output "
+                       "step (see the hint), --quantize auto (keeps the ops that break in float), or `edgepack "
+                       "diagnose` to find the op")
             detail["below_step"] = True
     return Finding("decisions", frac, limit, False, passed, text, reason, detail)
 

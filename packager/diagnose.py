@@ -17,7 +17,8 @@ from .convert.localise import (COSINE_LIMIT, REL_LIMIT, Cause, Diagnosis, Dump, 
 MAX_SAMPLES = 256         # samples a diagnosis runs (all intermediates are kept in memory)
 
 
-def verify_brief(bundle: Path, reference, data, arrays, trust_model: bool, progress=None) -> str | None:
+def verify_brief(bundle: Path, reference, data, arrays, trust_model: bool, progress=None,
+                 signature: str | None = None) -> str | None:
     """The first divergence of ``bundle`` (a bundle or staged bundle directory) that failed
     verification: the reference converted to float32 in the contained child, then
     :func:`quick_brief` on ``data`` (else ``arrays``, at most 64 samples). Never raises."""
@@ -34,7 +35,7 @@ def verify_brief(bundle: Path, reference, data, arrays, trust_model: bool, progr
                 data = _capped(Path(data), Path(tmp))
             progress("locating the first divergence (float32 conversion of the reference)")
             prepared = isolate.run(jobs.prepare, str(reference), "float32", "float", None,
-                                   str(data) if data is not None else None, trust_model, None, (),
+                                   str(data) if data is not None else None, trust_model, None, (), signature,
                                    what="converting the reference to float32", progress=progress)
         manifest = read_manifest(bundle)
         model = (bundle / manifest.model).read_bytes()
@@ -67,14 +68,15 @@ def calibration_causes(calibration, specs, inputs: dict) -> list[Cause]:
 
 
 def diagnose(bundle, *, reference, data=None, runtimes: list[str] | None = None, arch: str | None = None,
-             trust_model: bool = False, progress=None, calibration=None) -> Diagnosis:
+             trust_model: bool = False, progress=None, calibration=None, signature: str | None = None) -> Diagnosis:
     """Localise where ``bundle`` (a bundle directory or archive, or a bare ``.tflite``; target
     rpi's runtimes for a bare model) departs from ``reference`` (the original model file).
 
     Inputs: ``data`` (.npz / .npy / image folder, at most :data:`MAX_SAMPLES` used), else the
     bundle's samples, else synthetic. Raises UsageError (bad input), EnvironmentProblem (no
     runtime environment), ConversionError (the reference cannot be converted to float32).
-    ``calibration``: the calibration set the bundle was built with, if at hand (more evidence)."""
+    ``calibration``: the calibration set the bundle was built with, if at hand (more evidence). ``signature``: the
+    reference SavedModel's signature (default: the one recorded in the bundle's manifest)."""
     from .contain import isolate
     from .convert import jobs
     from .bundle.files import open_bundle, read_manifest
@@ -102,6 +104,7 @@ def diagnose(bundle, *, reference, data=None, runtimes: list[str] | None = None,
                 model = (unpacked / manifest.model).read_bytes()
                 profile = get_target(manifest.target)
                 samples = manifest.samples
+                signature = signature or manifest.source.get("signature")
                 if samples and (unpacked / samples).is_file() and data is None:
                     shutil.copy(unpacked / samples, Path(tmp) / "samples.npz")
                     data = Path(tmp) / "samples.npz"
@@ -109,7 +112,7 @@ def diagnose(bundle, *, reference, data=None, runtimes: list[str] | None = None,
             data = _capped(Path(data), Path(tmp))
         progress(f"converting {reference} to float32 (the reference for every tensor)")
         prepared = isolate.run(jobs.prepare, str(reference), "float32", "float", None,
-                               str(data) if data is not None else None, trust_model, None, (),
+                               str(data) if data is not None else None, trust_model, None, (), signature,
                                what="converting the reference to float32", progress=progress)
         if manifest is not None:
             ref_names = {t.name for t in prepared.outputs}
@@ -153,6 +156,8 @@ def _capped(data: Path, tmp: Path) -> Path:
         raise UsageError(f"cannot read {data}: {exc}") from None
     if all(len(a) <= MAX_SAMPLES for a in arrays.values() if a.ndim):
         return data
-    out = tmp / "data.npz"
+    # The same file name, so that what the diagnosis rests on names the user's file (--data eval.npz), not a temp one
+    out = tmp / "capped" / data.name
+    out.parent.mkdir(exist_ok=True)
     np.savez(out, **{k: a[:MAX_SAMPLES] if a.ndim else a for k, a in arrays.items()})
     return out

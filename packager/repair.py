@@ -75,9 +75,10 @@ class Budget:
 
 
 # --------------------------------------------------------------------------- child: candidates
-def search(model: str, calibration: str | None, data: str | None, trust: bool, io: str = "float"):
+def search(model: str, calibration: str | None, data: str | None, trust: bool, io: str = "float",
+           signature: str | None = None):
     """Child job: (float32 Prepared with the check data and reference outputs, [Candidate]).
-    Candidates that cannot be converted carry their ``error``."""
+    Candidates that cannot be converted carry their ``error``. ``signature``: the SavedModel signature."""
     from .convert import jobs
     from .load.calibration import load_dataset
     from .contain.isolate import stage
@@ -85,8 +86,8 @@ def search(model: str, calibration: str | None, data: str | None, trust: bool, i
     from .load.model import import_tf
     from .recipes import get_recipe
 
-    base = jobs.prepare(model, "float32", "float", calibration, data, trust)
-    loaded = load_model(model, trust=trust)
+    base = jobs.prepare(model, "float32", "float", calibration, data, trust, signature=signature)
+    loaded = load_model(model, trust=trust, signature=signature)
     cal = load_dataset(calibration, loaded.inputs) if calibration is not None else None
     check = base.check.inputs
     tf = import_tf()
@@ -309,12 +310,12 @@ def build_auto(model, *, target: str = "rpi", calibration=None, data=None, io: s
                max_drop: float | None = None, min_agreement: float | None = None, min_cosine: float | None = None,
                output=None, runtimes: list[str] | None = None, arch: str | None = None, name: str | None = None,
                labels=None, trust_model: bool = False, progress=None, strict: bool = False,
-               use_cache: bool = True) -> AutoResult:
+               use_cache: bool = True, signature: str | None = None) -> AutoResult:
     """Build the smallest candidate (see module docstring) that meets the budget in every runtime
     of ``target`` (or ``runtimes``) on ``data`` (else the calibration set, else synthetic inputs).
     No budget given: top-1 agreement >= 0.99. Raises UsageError (``max_drop`` without labels, bad
     values), VerificationError (no candidate meets the budget; the message lists every one tried),
-    and what :func:`packager.api.build` raises."""
+    and what :func:`packager.api.build` raises. ``signature``: the SavedModel signature, as in ``build``."""
     from . import api
     from .contain import isolate
     from .verification.emulator import get_env
@@ -345,20 +346,22 @@ def build_auto(model, *, target: str = "rpi", calibration=None, data=None, io: s
     if use_cache:
         key = cache.conversion_key(Path(model), "auto", io, calibration, data, trust_model,
                                    [asdict(budget), profile.name, [list(rt.requirements) for rt in selected], arch,
-                                    [r.to_json(io) for r in list_recipes().values()]])
+                                    [r.to_json(io) for r in list_recipes().values()]]
+                                   + ([signature] if signature else []))
         hit = _load_auto(key, Path(model))
         if hit is not None:
             prepared, rec, chosen, candidates, why = hit
+            prepared = replace(prepared, warnings=[w for w in prepared.warnings if w != why])  # cached by older ones
             progress("unchanged model, data and budget: reusing the cached --quantize auto choice")
             result = api.build(model, target=target, recipe=rec.name, calibration=calibration, io=io, output=output,
                                data=data, runtimes=runtimes, arch=arch, name=name, labels=labels,
                                trust_model=trust_model, use_cache=True, progress=progress, strict=strict,
-                               _auto=(prepared, rec))
+                               signature=signature, _auto=(prepared, rec))
             return AutoResult(result, chosen, candidates, budget, why)
     api._unconfined(trust_model)        # --trust-model without a sandbox is refused before anything loads
     progress("auto: converting the candidates")
     base, candidates = isolate.run(search, str(model), str(calibration) if calibration else None,
-                                   str(data) if data else None, trust_model, io,
+                                   str(data) if data else None, trust_model, io, signature,
                                    what="converting the auto candidates", progress=progress)
     ys = base.check.labels
     if budget.max_drop is not None and ys is None:
@@ -384,26 +387,61 @@ def build_auto(model, *, target: str = "rpi", calibration=None, data=None, io: s
         cand.reason = "; ".join(fails) if fails else "meets the budget in every runtime"
         if cand.passed:
             chosen = cand
-    table = "; ".join(f"{c.label} {c.size:,} B: {c.reason}" for c in candidates if c.passed is False)
     if chosen is None:
-        raise VerificationError(f"no candidate meets the budget ({budget.describe()}): {table}"[:1500],
+        from .convert.converter import _clip
+        raise VerificationError(_clip(f"no candidate meets the budget ({budget.describe()}): "
+                                      + explain_failures(candidates), 1500),
                                 hint="loosen the budget (--max-drop, --min-agreement, --min-cosine), or give "
                                      "100-500 calibration samples drawn like the real inputs")
-    why = (f"{chosen.label} ({chosen.size:,} bytes) is the smallest candidate that meets {budget.describe()} in "
-           f"every runtime" + (f"; smaller ones failed: {table}" if table else ""))
+    why = explain_choice(chosen, candidates, budget)
     rec = get_recipe(chosen.recipe)
     if chosen.float_ops:
         rec = replace(rec, description=rec.description + "; kept in float by --quantize auto: "
                       + ", ".join(chosen.float_ops))
     tolerance = _tolerance(chosen, base, rec, budget)
-    prepared = replace(base, conversion=chosen.conversion, tolerance=tolerance,
-                       warnings=list(base.warnings) + [why])
+    # ``why`` is the AutoResult's (printed once, as "chosen:"), not one of the build's warnings too
+    prepared = replace(base, conversion=chosen.conversion, tolerance=tolerance, warnings=list(base.warnings))
     result = api.build(model, target=target, recipe=rec.name, calibration=calibration, io=io, output=output,
                        data=data, runtimes=runtimes, arch=arch, name=name, labels=labels, trust_model=trust_model,
-                       use_cache=use_cache, progress=progress, strict=strict, _auto=(prepared, rec))
+                       use_cache=use_cache, progress=progress, strict=strict, signature=signature,
+                       _auto=(prepared, rec))
     if key is not None:
         _save_auto(key, prepared, rec, chosen, candidates, why)
     return AutoResult(result, chosen, candidates, budget, why)
+
+
+def _entry(c: Candidate) -> str:
+    return (f"{c.label} ({c.size:,} bytes): " if c.model is not None and c.size else f"{c.label}: ") + c.reason
+
+
+def explain_failures(candidates: list, chosen: Candidate | None = None) -> str:
+    """The candidates that failed, in words true of their sizes: measured ones smaller than ``chosen`` ("smaller
+    ones failed"), measured ones not smaller ("larger ones failed"; all of them without a choice), then those that
+    could not be converted (they have no size)."""
+    failed = [c for c in candidates if c.passed is False]
+    measured = sorted((c for c in failed if c.model is not None), key=lambda c: c.size)
+    unconverted = [c for c in failed if c.model is None]
+    parts = []
+    if chosen is None:
+        if measured:
+            parts.append("failed: " + "; ".join(_entry(c) for c in measured))
+    else:
+        smaller = [c for c in measured if c.size < chosen.size]
+        larger = [c for c in measured if c.size >= chosen.size]
+        if smaller:
+            parts.append("smaller ones failed: " + "; ".join(_entry(c) for c in smaller))
+        if larger:
+            parts.append("larger ones failed: " + "; ".join(_entry(c) for c in larger))
+    if unconverted:
+        parts.append("not converted: " + "; ".join(_entry(c) for c in unconverted))
+    return "; ".join(parts)
+
+
+def explain_choice(chosen: Candidate, candidates: list, budget: Budget) -> str:
+    """Why ``chosen`` was built: the smallest candidate meeting ``budget``, then what failed (:func:`explain_failures`)."""
+    rest = explain_failures(candidates, chosen)
+    return (f"{chosen.label} ({chosen.size:,} bytes) is the smallest candidate that meets {budget.describe()} in "
+            "every runtime" + (f"; {rest}" if rest else ""))
 
 
 def _save_auto(key: str, prepared, rec, chosen: Candidate, candidates: list, why: str) -> None:

@@ -114,6 +114,9 @@ KindOpt = Annotated[Optional[List[str]], typer.Option("--output-kind", metavar="
 FlipsOpt = Annotated[Optional[List[str]], typer.Option("--max-flips", metavar="[NAME:]FRACTION", help="Fraction of "
                      "decisions (classes, thresholds, pixels, ids) allowed to change, replacing the recipe's "
                      "(e.g. 0.01); reference ties within float noise are never counted.")]
+SignatureOpt = Annotated[Optional[str], typer.Option("--signature", metavar="NAME", help="The SavedModel signature "
+                         "to use (default serving_default, else the only one; verify and diagnose: the one the "
+                         "bundle was built from).")]
 StrictOpt = Annotated[bool, typer.Option("--strict", help="Also fail when the verdict rests on weak evidence "
                       "(no held-out --data: calibration or synthetic inputs) or a runtime of the target cannot "
                       "run the model.")]
@@ -157,6 +160,7 @@ def build(
                         "the budget of --quantize auto.")] = None,
     max_flips: FlipsOpt = None,
     output_kind: KindOpt = None,
+    signature: SignatureOpt = None,
     min_agreement: Annotated[Optional[float], typer.Option("--min-agreement", metavar="FRACTION", help="--quantize auto: top-1 "
                              "agreement with the original model required (0..1; default 0.99 if no budget).")] = None,
     min_cosine: Annotated[Optional[float], typer.Option("--min-cosine", metavar="COSINE", help="--quantize auto: cosine similarity "
@@ -189,7 +193,8 @@ def build(
                                     output=output, verify=verify, data=data, runtimes=runtime,
                                     arch=_arch(arch or verify_arch), name=name, labels=labels,
                                     trust_model=trust_model, progress=report, atol=atol, rtol=rtol, strict=strict,
-                                    max_drop=max_drop, max_flips=max_flips, output_kind=output_kind)
+                                    max_drop=max_drop, max_flips=max_flips, output_kind=output_kind,
+                                    signature=signature)
         if json_output:
             render.emit_json({"ok": bool(sweep.written), **sweep.to_json()})
         else:
@@ -207,7 +212,8 @@ def build(
     if quantize == "auto":
         from .diagnose import build_auto
         return build_auto(model, target, calibration, io, output, data, runtime, verify, arch or verify_arch, name,
-                          labels, html, trust_model, atol, rtol, strict, budget, json_output, not no_cache)
+                          labels, html, trust_model, atol, rtol, strict, budget, json_output, not no_cache,
+                          signature)
     if min_agreement is not None or min_cosine is not None:
         raise UsageError("--min-agreement and --min-cosine are budgets for --quantize auto",
                          hint="add --quantize auto, or use --max-flips/--max-drop with a fixed recipe")
@@ -218,7 +224,7 @@ def build(
                                runtimes=runtime, arch=_arch(arch or verify_arch), name=name, labels=labels,
                                trust_model=trust_model, use_cache=not no_cache, progress=report, atol=atol,
                                rtol=rtol, strict=strict, max_drop=max_drop, max_flips=max_flips,
-                               output_kind=output_kind)
+                               output_kind=output_kind, signature=signature)
     except EdgepackError as exc:
         if html:
             _write_report(html, f"edgepack build {model.name}", getattr(exc, "report", None), model, labels, exc=exc)
@@ -276,6 +282,7 @@ def verify(
                                                    help="Interpreter threads on the device.")] = None,
     timeout: Annotated[float, typer.Option("--timeout", metavar="SECONDS", min=1.0, rich_help_panel="On the device",
                                            help="Timeout of each device command (transfers get more).")] = 60.0,
+    signature: SignatureOpt = None,
     verbose: VerboseOpt = False,
     quiet: QuietOpt = False,
     json_output: JsonOpt = False,
@@ -315,12 +322,12 @@ def verify(
                                                   remote_dir=remote_dir, release=release, device_python=device_python,
                                                   threads=threads, trust_model=trust_model, strict=strict,
                                                   progress=report_cb, atol=atol, rtol=rtol, max_drop=max_drop,
-                                                  max_flips=max_flips, output_kind=output_kind)
+                                                  max_flips=max_flips, output_kind=output_kind, signature=signature)
             else:
                 report = api.verify(bundle, reference=reference, data=data, runtimes=runtime,
                                     arch=_arch(arch or verify_arch), strict=strict, trust_model=trust_model,
                                     progress=report_cb, atol=atol, rtol=rtol, max_drop=max_drop, max_flips=max_flips,
-                                    output_kind=output_kind)
+                                    output_kind=output_kind, signature=signature)
     except EdgepackError as exc:
         if html:
             _write_report(html, f"edgepack verify {bundle.name}", getattr(exc, "report", None), reference, labels,
@@ -455,7 +462,7 @@ def _write_report(path: Path, title: str, report, model: Path, labels: Optional[
 from .diagnose import register as _register_diagnose  # noqa: E402 - needs the names above
 
 _register_diagnose(app, command, {"Arch": Arch, "TrustOpt": TrustOpt, "JsonOpt": JsonOpt, "VerboseOpt": VerboseOpt,
-                                  "QuietOpt": QuietOpt})
+                                  "QuietOpt": QuietOpt, "SignatureOpt": SignatureOpt})
 
 try:  # deploy/run/rollback/status live in their own module
     from .deploy import register as _register_deploy

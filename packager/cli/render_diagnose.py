@@ -95,6 +95,21 @@ def error_plot(ops: list[dict], limit: float) -> str:
             f'<text x="{w - 90}" y="{ly - 3:.1f}" font-size="10" fill="#b00">limit {limit:g}</text></svg>')
 
 
+def _clip(text: str, limit: int) -> str:
+    """At most ``limit`` characters, cut at a word boundary (with "...")."""
+    text = str(text)
+    if len(text) <= limit:
+        return text
+    return text[:limit - 4].rsplit(" ", 1)[0].rstrip(" ,;:") + " ..."
+
+
+def _runtime_error(m: dict) -> str:
+    """A runtime's error without the leading "<runtime> cannot run the model: " the cell already says."""
+    text = str(m.get("error"))
+    head = "cannot run the model: "
+    return text.split(head, 1)[1] if head in text else text
+
+
 def show_candidates(d: dict) -> None:
     """`--quantize auto`: every candidate tried (size, per-runtime numbers, verdict), then why."""
     table = Table(title=f"--quantize auto: {d['budget']['text']}")
@@ -105,11 +120,11 @@ def show_candidates(d: dict) -> None:
         label = c["label"] + (f" ({', '.join(c['float_ops'])})" if c["float_ops"] else "")
         if not c["runtimes"]:
             table.add_row(escape(label), f"{c['size']:,}" if c["size"] else "-", "-", "-", "-", "-", "-",
-                          verdict + (f" {escape(c['reason'][:80])}" if c["passed"] is False else ""))
+                          verdict + (f" {escape(_clip(c['reason'], 80))}" if c["passed"] is False else ""))
         for k, m in enumerate(c["runtimes"]):
             table.add_row(escape(label) if k == 0 else "", f"{c['size']:,}" if k == 0 else "", escape(m["runtime"]),
                           _fmt(m.get("agreement")), _fmt(m.get("accuracy")), _fmt(m.get("drop"), 3),
                           _fmt(m.get("cosine"), 5), (verdict if k == 0 else "") if m["status"] == "ran" else
-                          f"[red]cannot run[/red] {escape(str(m.get('error'))[:60])}")
+                          f"[red]cannot run[/red] {escape(_clip(_runtime_error(m), 60))}")
     out.print(table)
     out.print(f"[bold]chosen:[/bold] {escape(d['why'])}")

@@ -166,8 +166,9 @@ def convert(loaded: LoadedModel, recipe: Recipe, io: str, calibration: dict | No
                                 metrics))
         if ok:
             return Conversion(model, spec, cand.name, attempts, metrics, tol)
+    ids = tuple(s.name for s in loaded.inputs if np.dtype(s.dtype).kind in "iu")
     refusal = _no_match(attempts, recipe, calibration, check_inputs,
-                        lambda path: _first_divergence(tf, loaded, recipe, ran.get(path), check_inputs))
+                        lambda path: _first_divergence(tf, loaded, recipe, ran.get(path), check_inputs), ids)
     if keep_best and getattr(refusal, "best", None) is not None:
         best = refusal.best
         cand, model = ran[best.path]
@@ -216,10 +217,11 @@ def _named(spec: ModelSpec, order: dict) -> ModelSpec:
 
 
 def _no_match(attempts: list[Attempt], recipe: Recipe, calibration: dict | None, check: dict,
-              divergence=None) -> EdgepackError:
+              divergence=None, ids: tuple = ()) -> EdgepackError:
     """The refusal leads with the numbers of the best path that ran, then its likely cause. A
     path that converted and ran but computes something else is a VerificationError (exit 4: the
-    outputs differ); no runnable model at all is a ConversionError (exit 3)."""
+    outputs differ); no runnable model at all is a ConversionError (exit 3). ``ids``: the model's integer inputs
+    (token ids): they have no scale to calibrate, and int16x8 cannot calibrate them."""
     ran = [a for a in attempts if a.metrics]
     if ran:
         def rank(a):     # NaN/Inf first out, then the fewest failing criteria, then the widest margin
@@ -228,7 +230,7 @@ def _no_match(attempts: list[Attempt], recipe: Recipe, calibration: dict | None,
                                                                               default=0.0))
         best = max(ran, key=rank)
         numbers = "; ".join(f"{m.name}: " + ", ".join(m.reasons) for m in best.metrics if m.reasons)
-        cause = _likely_cause(best.metrics, recipe, calibration, check)
+        cause = _likely_cause(best.metrics, recipe, calibration, check, ids)
         first = divergence(best.path) if divergence else None
         if first:
             numbers += f"; {first}"
@@ -243,13 +245,43 @@ def _no_match(attempts: list[Attempt], recipe: Recipe, calibration: dict | None,
         if cause and cause.startswith("calibration data for"):
             return _refusal(message, "calibrate on data drawn like the real inputs (the scale of --data), then "
                                      f"build again; {widen}", best)
-        hint = ("compare recipes: --quantize int16x8 or dynamic keep more precision; with int8, give 100-500 "
-                f"calibration samples drawn like the real inputs; {widen}"
+        hint = (_calibrated_hint(recipe, calibration, ids, cause) + f"; {widen}"
                 if recipe.needs_calibration else f"try --quantize {others}; {widen}")
         return _refusal(message, hint, best)
-    detail = " | ".join(f"{a.path}: {a.error}" for a in attempts)
-    return ConversionError(f"no conversion path produced a TFLite model that runs: {detail}"[:1200],
-                           hint=_conversion_hint(attempts))
+    blocker = _blocker(attempts)
+    detail = " | ".join(f"{a.path}: {a.error}" for a in attempts if a is not blocker)
+    return ConversionError((f"no conversion path produced a TFLite model that runs: {blocker.path}: {blocker.error.rstrip('.')}"
+                            + (f"; other paths: {detail}" if detail else ""))[:1200],
+                           hint=_conversion_hint(attempts, recipe, blocker))
+
+
+# Errors of paths that are expected to fail where another path exists for the case: a crash already reported,
+# and the TensorList lowering of recurrent layers at an open batch (the frozen and unrolled paths handle those).
+_EXPECTED = ("TensorFlow crashed on this path", "TensorList")
+
+
+def _blocker(attempts: list[Attempt]) -> Attempt:
+    """The attempt whose error stopped the build: the first one whose error is not an expected failure of a path
+    that another path exists for (:data:`_EXPECTED`), else the first attempt."""
+    for a in attempts:
+        if a.error and not any(k in a.error for k in _EXPECTED):
+            return a
+    return attempts[0]
+
+
+def _calibrated_hint(recipe: Recipe, calibration: dict | None, ids: tuple, cause: str | None) -> str:
+    """The way out of a calibrated recipe that computes something else, true of this model: recipes that keep more
+    precision are only suggested to try ("try": none was tried here), int16x8 not for integer id inputs (its
+    calibration cannot record their range); calibration advice only where it can help."""
+    finer = [r for r in ("int16x8", "dynamic", "float16") if r != recipe.name and not (r == "int16x8" and ids)]
+    parts = [f"try --quantize {' or '.join(finer)} (more precision), or --quantize auto to measure each"]
+    count = len(next(iter(calibration.values()))) if calibration else 0
+    floats = bool(calibration) and any(n not in ids for n in calibration)
+    if floats:
+        parts.append(f"with {recipe.name}, give 100-500 calibration samples drawn like the real inputs")
+    elif count and count < 100:
+        parts.append(f"with {recipe.name}, give 100-500 calibration samples of real ids")
+    return "; ".join(parts)
 
 
 def _refusal(message: str, hint: str, best: Attempt) -> VerificationError:
@@ -259,13 +291,14 @@ def _refusal(message: str, hint: str, best: Attempt) -> VerificationError:
     return error
 
 
-def _likely_cause(metrics, recipe: Recipe, calibration: dict | None, check: dict) -> str | None:
+def _likely_cause(metrics, recipe: Recipe, calibration: dict | None, check: dict, ids: tuple = ()) -> str | None:
     """The most specific known cause with its evidence: calibration data on another scale than
-    the verification data, then an output stuck at one value, then too few calibration samples."""
+    the verification data (never for integer id inputs, ``ids``: they have no scale), then an output stuck at one
+    value, then too few calibration samples."""
     if recipe.needs_calibration and calibration:
         for name, cal in calibration.items():
             data = check.get(name)
-            if data is None or cal.dtype.kind != "f" or data.dtype.kind not in "fiu":
+            if name in ids or data is None or cal.dtype.kind != "f" or data.dtype.kind not in "fiu":
                 continue
             clo, chi = float(np.min(cal)), float(np.max(cal))
             dlo, dhi = float(np.min(data)), float(np.max(data))
@@ -284,9 +317,18 @@ def _likely_cause(metrics, recipe: Recipe, calibration: dict | None, check: dict
     return None
 
 
-def _conversion_hint(attempts: list[Attempt]) -> str:
-    """The known way out for the known causes, read from the paths' errors."""
+def _conversion_hint(attempts: list[Attempt], recipe: Recipe | None = None, blocker: Attempt | None = None) -> str:
+    """The known way out for the known causes, read from the paths' errors (the blocker's first: see
+    :func:`_blocker`)."""
+    import re
     text = " ".join(a.error or "" for a in attempts)
+    if blocker is not None and blocker.error:
+        unsupported = re.search(r"16x8[- ]bit not yet supported for op: '?(\w+)|16x8 not supported for op '?(\w+)",
+                                blocker.error)
+        if unsupported:
+            op = unsupported.group(1) or unsupported.group(2)
+            return (f"int16x8 has no 16x8 kernel for op {op} (on the {blocker.path} path); int16x8 cannot build this "
+                    "model: try --quantize int8, dynamic or float16")
     if any(k in text for k in ("StatelessRandom", "random_flip", "random_rotation", "RandomFlip", "RandomRotation",
                                "ImageProjectiveTransform", "RandomZoom", "RandomTranslation", "RngReadAndSkip")):
         return ("augmentation layers (RandomFlip/RandomRotation...) were exported into the SavedModel: build from "

@@ -25,7 +25,7 @@ class Format:
     """One input format. ``sniff(path, head)`` says whether ``path`` is one (``head``: its first
     8 bytes, ``b""`` for a directory); ``scan(path, trust)`` raises UsageError for content that runs
     code when loaded (``trust`` lets the user accept it); ``load(path, trust)`` returns a
-    :class:`~packager.load.model.LoadedModel`. ``directory``: the format is a directory."""
+    :class:`~packager.load.model.LoadedModel` (a SavedModel's also takes ``signature``, the one to convert). ``directory``: the format is a directory."""
     name: str
     describe: str
     directory: bool
@@ -89,17 +89,21 @@ def check_model(path: Path, fmt: str, trust: bool) -> None:
     get_format(fmt).scan(Path(path), trust)
 
 
-def load_model(path: str | os.PathLike, trust: bool = False) -> LoadedModel:
+def load_model(path: str | os.PathLike, trust: bool = False, signature: str | None = None) -> LoadedModel:
     """Load the model at ``path``: format sniffed by content, then its safety scan (``trust`` skips
-    the scan's refusals), then its loader, with TensorFlow's native log lines silenced. Raises
-    UsageError for missing, unreadable or refused models, ConversionError/EnvironmentProblem from
-    the loaders."""
+    the scan's refusals), then its loader, with TensorFlow's native log lines silenced. ``signature``: the
+    SavedModel signature to convert (``--signature``; default ``serving_default``, else the only one). Raises
+    UsageError for missing, unreadable or refused models (or a signature for a Keras file),
+    ConversionError/EnvironmentProblem from the loaders."""
     path = Path(path)
     fmt = get_format(sniff_format(path))
+    if signature is not None and fmt.name != "saved-model":
+        raise UsageError(f"--signature {signature!r}: {path.name} is a Keras file ({fmt.describe}), which has no "
+                         "signatures", hint="drop --signature; it chooses among a SavedModel's signatures")
     fmt.scan(path, trust)
     _model.import_tf()
     with _model.native_quiet():
-        loaded = fmt.load(path, trust)
+        loaded = fmt.load(path, trust, signature) if signature is not None else fmt.load(path, trust)
     inner = loaded.reference
 
     def quiet_reference(arrays: dict) -> dict:

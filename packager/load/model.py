@@ -53,6 +53,7 @@ class LoadedModel:
     notes: list[str] = field(default_factory=list)
     keepalive: object = None         # objects the candidates need alive (loaded SavedModel...)
     fixed: dict = field(default_factory=dict)  # what the bundle fixes that the model leaves open (batch, ...)
+    signature: str | None = None     # the SavedModel signature converted (None: not a SavedModel signature)
 
 
 @contextlib.contextmanager
@@ -247,6 +248,72 @@ def _unrolled_clone(model):
     return copy
 
 
+def _mixed_policy(model) -> str | None:
+    """The name of the mixed dtype policy (``mixed_float16``, ``mixed_bfloat16``) some layer of ``model`` computes
+    under, or None: layers that compute in another dtype than their (float32) variables."""
+    for layer in [model] + list(_walk_layers(model)):
+        policy = getattr(layer, "dtype_policy", None)
+        compute = getattr(policy, "compute_dtype", None)
+        variable = getattr(policy, "variable_dtype", None)
+        if compute and variable and str(compute) != str(variable):
+            return getattr(policy, "name", None) or f"mixed_{compute}"
+    return None
+
+
+STRING_LAYERS = {"TextVectorization", "StringLookup", "Hashing"}
+
+
+def _refuse_strings(inputs: list[Tensor], model=None) -> None:
+    """ConversionError for a model with string inputs: TFLite builtins have no string ops for text preprocessing
+    (TextVectorization...), so it cannot go into a model for these runtimes. The hint names the layer after which
+    the model takes token ids, and how to cut the model there."""
+    strings = [s.name for s in inputs if s.dtype in ("object", "bytes", "str")]
+    if not strings:
+        return
+    from ..errors import ConversionError
+    names = ", ".join(repr(n) for n in strings)
+    layers = [layer for layer in (getattr(model, "layers", None) or [])
+              if {c.__name__ for c in type(layer).__mro__} & STRING_LAYERS]
+    if layers:
+        last = layers[-1]
+        kind = type(last).__name__
+        try:
+            out = last.output
+            ids = f" (token ids, {tuple(out.shape)} {getattr(out.dtype, 'name', out.dtype)})"
+        except Exception:  # noqa: BLE001 - the shape is a nicety
+            ids = ""
+        raise ConversionError(
+            f"input {names} is a string: string preprocessing ({kind} {last.name!r}) cannot go into a model for "
+            "these runtimes (TFLite builtins have no string ops for it)",
+            hint=f"split it off: build the model from the layer after it, ids_model = keras.Model(model.get_layer("
+                 f"{last.name!r}).output, model.outputs){ids}, save and build that; run {kind} {last.name!r} in the "
+                 "app (its vocabulary: get_vocabulary())")
+    raise ConversionError(
+        f"input {names} is a string: string preprocessing cannot go into a model for these runtimes (TFLite "
+        "builtins have no string ops for it)",
+        hint="split it off: export the model from the first layer after the string preprocessing (taking token ids "
+             "or numbers), build that, and run the preprocessing in the app")
+
+
+def _float32_clone(model):
+    """A copy of ``model`` whose every layer computes in float32 (dtype policy ``float32``), with the same weights.
+    A mixed-precision model carries float16 casts into its graph, which TFLite builtins cannot take; its variables
+    are float32 already, so the clone is the same function without float16 rounding."""
+    if type(model).__module__.startswith("tf_keras"):
+        import tf_keras as k
+    else:
+        import keras as k
+
+    def clone(layer):
+        cfg = layer.get_config()
+        cfg["dtype"] = "float32"
+        return layer.__class__.from_config(cfg)
+
+    copy = k.models.clone_model(model, clone_function=clone)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
 def _convertible_signbit() -> None:
     """Keras 3's TensorFlow ``signbit`` (which ``ops.argmax``/``ops.argmin`` call to tell -0.0 from 0.0) bitcasts
     to integers and takes ``BitwiseAnd``, which TFLite builtins lack: a model with ``ops.argmax`` in its graph
@@ -291,8 +358,24 @@ def _load_keras(path: Path, trust: bool = False) -> LoadedModel:
             errors.append(f"tf-keras: {_first_line(exc)}")
     if model is None:
         raise UsageError(f"cannot load {path.name}: " + "; ".join(errors))
+    notes = []
+    mixed = _mixed_policy(model)
+    if mixed:
+        # Its float16 casts have no TFLite builtin: the float32 clone (same weights) is converted, and it is also
+        # the reference: the bundle computes in float32 what the clone computes, while the original differs from
+        # both by its own float16 rounding (~1e-3 relative), which is no conversion error.
+        try:
+            model = _float32_clone(model)
+        except Exception as exc:  # noqa: BLE001 - without the clone the conversion fails on the casts
+            raise UsageError(f"{path.name} uses the {mixed} policy and edgepack cannot rebuild it in float32: "
+                             f"{_first_line(exc)}", hint="set keras.mixed_precision.set_global_policy('float32'), "
+                             "rebuild the model, load the weights into it (set_weights) and save it") from None
+        notes.append(f"the model uses the {mixed} policy; converted a float32 clone with the same weights, and "
+                     "verified against that clone (the original's float16 arithmetic differs from it by float16 "
+                     "rounding)")
     inputs = [Tensor(_input_name(t, i), _shape(t.shape), _np_dtype(tf.as_dtype(t.dtype)))
               for i, t in enumerate(model.inputs)]
+    _refuse_strings(inputs, model)
     names = [_output_name(t) for t in model.outputs]
     struct = getattr(model, "_outputs_struct", None)
     if isinstance(struct, dict) and len(struct) == len(model.outputs):
@@ -356,7 +439,6 @@ def _load_keras(path: Path, trust: bool = False) -> LoadedModel:
             return _frozen_converter(tf, unrolled_fn.get_concrete_function())
         candidates.insert(1, Candidate("keras-unrolled-recurrent", from_unrolled, tensor_names=flattened_names(names),
                                        batch=model_batch, calibration_first=True))
-    notes = []
     if model_batch:
         fixed["batch"] = model_batch
         notes.append(f"the model's batch size is fixed at {model_batch}: the device script invokes it "
@@ -427,22 +509,50 @@ def _batched(call, arrays: list, batch: int | None = None) -> dict:
 
 
 # --------------------------------------------------------------------------- SavedModel
-def _load_saved_model(path: Path, trust: bool = False) -> LoadedModel:
+def signature_order(names) -> list[str]:
+    """Signature names as edgepack lists them: ``serving_default`` first, then the others sorted."""
+    return sorted(names, key=lambda n: (n != "serving_default", n))
+
+
+def choose_signature(path: Path, names, wanted: str | None) -> str:
+    """The signature to convert: ``wanted`` (``--signature``), else ``serving_default``, else the only one.
+    UsageError listing the signatures when ``wanted`` is not one of them, or when several exist and none is
+    chosen."""
+    names = signature_order(names)
+    listing = ", ".join(names)
+    if wanted is not None:
+        if wanted not in names:
+            raise UsageError(f"--signature {wanted!r}: {Path(path).name} has no such signature (it has: {listing})",
+                             hint=f"--signature NAME, one of: {listing}")
+        return wanted
+    if "serving_default" in names or len(names) == 1:
+        return names[0]
+    raise UsageError(f"{Path(path).name} has {len(names)} signatures and none is serving_default: {listing}",
+                     hint="choose the one to bundle with --signature NAME")
+
+
+def _signature_note(key: str, names) -> str:
+    others = [n for n in signature_order(names) if n != key]
+    return f"signature {key!r}" + (f" (others: {', '.join(others)}; --signature NAME picks one)" if others else "")
+
+
+def _load_saved_model(path: Path, trust: bool = False, signature: str | None = None) -> LoadedModel:
     tf = import_tf()
     try:
         loaded = tf.saved_model.load(str(path))
     except Exception as exc:  # noqa: BLE001 - old TF 2.x files: try the TF1 signature path
         note = f"tf.saved_model.load failed ({_first_line(exc)}); using the TF1-compatible signature path"
-        model = _load_saved_model_tf1(path)
+        model = _load_saved_model_tf1(path, signature)
         model.notes.append(note)
         return model
     signatures = dict(getattr(loaded, "signatures", {}) or {})
     if signatures:
-        key = "serving_default" if "serving_default" in signatures else sorted(signatures)[0]
+        key = choose_signature(path, signatures, signature)
         sig = signatures[key]
         kw = sig.structured_input_signature[1]
         in_names = sorted(kw)
         inputs = [Tensor(n, _shape(kw[n].shape), _np_dtype(kw[n].dtype)) for n in in_names]
+        _refuse_strings(inputs)
         inputs = gather_domains(sig, inputs)
         outs = sig.structured_outputs
         out_names = sorted(outs)
@@ -462,7 +572,10 @@ def _load_saved_model(path: Path, trust: bool = False) -> LoadedModel:
                       tensor_names=_tf1_tensor_names(path, key)),
         ]
         return LoadedModel(path, "saved-model", inputs, outputs, reference, candidates,
-                           notes=[f"signature {key!r}"], keepalive=loaded)
+                           notes=[_signature_note(key, signatures)], keepalive=loaded, signature=key)
+    if signature is not None:
+        raise UsageError(f"--signature {signature!r}: {path.name} has no signatures",
+                         hint="drop --signature: edgepack converts its traced function")
     concrete = _find_traced_function(loaded)
     if concrete is None:
         raise UsageError(f"{path} has no signatures and no traced tf.function to convert",
@@ -491,6 +604,7 @@ def _from_concrete(tf, path: Path, loaded, concrete) -> LoadedModel:
     if not specs or not all(isinstance(s, tf.TensorSpec) for s in specs):
         raise UsageError(f"{path}: the traced function's inputs are not plain tensors")
     inputs = [Tensor(s.name or f"input_{i}", _shape(s.shape), _np_dtype(s.dtype)) for i, s in enumerate(specs)]
+    _refuse_strings(inputs)
     inputs = gather_domains(concrete, inputs)
     structured = concrete.structured_outputs
     if isinstance(structured, dict):
@@ -538,7 +652,7 @@ def _run_fixed_or_dynamic(call, arrays: list, fixed: int | None) -> dict:
 
 
 # --------------------------------------------------------------------------- TF1-compatible path
-def _read_signature_def(path: Path, key: str | None):
+def _read_signature_def(path: Path, key: str | None, strict: bool = False):
     from tensorflow.core.protobuf import saved_model_pb2
     proto = saved_model_pb2.SavedModel()
     try:
@@ -550,7 +664,10 @@ def _read_signature_def(path: Path, key: str | None):
             sigs = {k: v for k, v in meta.signature_def.items() if not k.startswith("__")}
             if not sigs:
                 continue
-            chosen = key if key in sigs else ("serving_default" if "serving_default" in sigs else sorted(sigs)[0])
+            if strict:
+                chosen = choose_signature(path, sigs, key)
+            else:
+                chosen = key if key in sigs else signature_order(sigs)[0]
             return chosen, sigs[chosen]
     raise UsageError(f"{path} has no serving signature the TF1 path can read")
 
@@ -569,9 +686,9 @@ def _tf1_converter(tf, path: Path, key: str):
     return tf.compat.v1.lite.TFLiteConverter.from_saved_model(str(path), signature_key=key)
 
 
-def _load_saved_model_tf1(path: Path) -> LoadedModel:
+def _load_saved_model_tf1(path: Path, signature: str | None = None) -> LoadedModel:
     tf = import_tf()
-    key, sig = _read_signature_def(path, None)
+    key, sig = _read_signature_def(path, signature, strict=True)
     from tensorflow.python.framework import tensor_shape
 
     def spec(name, info):
@@ -580,6 +697,7 @@ def _load_saved_model_tf1(path: Path) -> LoadedModel:
 
     in_names, out_names = sorted(sig.inputs), sorted(sig.outputs)
     inputs = [spec(n, sig.inputs[n]) for n in in_names]
+    _refuse_strings(inputs)
     outputs = [spec(n, sig.outputs[n]) for n in out_names]
     graph = tf.Graph()
     session = tf.compat.v1.Session(graph=graph)
@@ -601,4 +719,12 @@ def _load_saved_model_tf1(path: Path) -> LoadedModel:
     candidates = [Candidate("saved-model-tf1", lambda: _tf1_converter(tf, path, key),
                             tensor_names=_tf1_tensor_names(path, key))]
     return LoadedModel(path, "saved-model-tf1", inputs, outputs, reference, candidates,
-                       notes=[f"signature {key!r} (TF1 path)"], keepalive=session)
+                       notes=[_signature_note(key, _signature_keys(path)) + " (TF1 path)"], keepalive=session,
+                       signature=key)
+
+
+def _signature_keys(path: Path) -> list[str]:
+    from tensorflow.core.protobuf import saved_model_pb2
+    proto = saved_model_pb2.SavedModel()
+    proto.ParseFromString((path / "saved_model.pb").read_bytes())
+    return sorted({k for meta in proto.meta_graphs for k in meta.signature_def if not k.startswith("__")})

@@ -185,3 +185,13 @@ def other_mlp_same_shapes(out: Path) -> Path:
     path = out / "other.h5"
     tutorial_mlp(32, seed=99).save(path)
     return path
+
+
+def small_cnn(seed: int):
+    """An untrained 5-class softmax CNN on 8x8x3 images (input ``img``, output ``probs``): small margins, so an int8
+    bundle's decisions are a real test; ~700 parameters."""
+    import keras
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential([keras.Input((8, 8, 3), name="img"), keras.layers.Conv2D(8, 3, activation="relu"),
+                             keras.layers.Conv2D(8, 3, activation="tanh"), keras.layers.GlobalAveragePooling2D(),
+                             keras.layers.Dense(5, activation="softmax", name="probs")])

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.models import small_cnn
 from tests.ssh_fixtures import start_sshd, stop_sshd
 
 pytest.importorskip("ansible.release", reason="ansible-core is not installed (./dev setup installs it: .[fleet])")
@@ -75,14 +76,9 @@ def pythons(tmp_path_factory):
 @pytest.fixture(scope="module")
 def case(tmp_path_factory):
     """An int8 CNN classifier (untrained: low margins), held-out inputs, and its rpi bundle."""
-    import keras
-
     from packager import api
     out = tmp_path_factory.mktemp("fleet-case")
-    keras.utils.set_random_seed(5)
-    model = keras.Sequential([keras.Input((8, 8, 3), name="img"), keras.layers.Conv2D(8, 3, activation="relu"),
-                              keras.layers.Conv2D(8, 3, activation="tanh"), keras.layers.GlobalAveragePooling2D(),
-                              keras.layers.Dense(5, activation="softmax", name="probs")])
+    model = small_cnn(5)
     model.save(out / "m.keras")
     rng = np.random.default_rng(1)
     x = rng.random((260, 8, 8, 3), dtype=np.float32)

@@ -20,6 +20,7 @@ from packager.deploy import AdbTransport, SshTransport, deploy, run
 from packager.errors import DeployError, VerificationError
 from packager.targets import get_target
 from packager.verification.emulator import get_env
+from tests.models import small_cnn
 
 PY = sys.executable
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,12 +37,8 @@ def device_pythons():
 def case(tmp_path_factory):
     """A small int8 CNN classifier (5 classes, softmax), held-out data with labels, and its bundle for rpi verified in
     ai-edge-litert only (so a tflite-runtime device differs from what it was verified with)."""
-    import keras
     out = tmp_path_factory.mktemp("ondevice")
-    keras.utils.set_random_seed(3)
-    model = keras.Sequential([keras.Input((8, 8, 3), name="img"), keras.layers.Conv2D(8, 3, activation="relu"),
-                              keras.layers.Conv2D(8, 3, activation="tanh"), keras.layers.GlobalAveragePooling2D(),
-                              keras.layers.Dense(5, activation="softmax", name="probs")])
+    model = small_cnn(3)
     model.save(out / "m.keras")
     rng = np.random.default_rng(0)
     x = rng.random((300, 8, 8, 3), dtype=np.float32)

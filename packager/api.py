@@ -150,7 +150,7 @@ def build(model: str | os.PathLike, *, target: str = "rpi", recipe: str | None =
     selected = [profile.runtime(r) for r in runtimes] if runtimes else list(profile.runtimes)
     label_names = _read_labels(labels) if labels else None
     rec.check_request(io, calibration is not None)
-    if calibration is not None and not rec.needs_calibration:
+    if calibration is not None and not rec.needs_calibration and _auto is None:
         notes.append(f"--calibration is not used by the {rec.name} recipe (only int8 and int16x8 calibrate)")
     if calibration is not None and not Path(calibration).exists():
         raise UsageError(f"calibration data not found: {calibration}")
@@ -263,7 +263,8 @@ def _stage_verify_commit(model_path, output, profile, rec, io, prepared, name, s
                                  report=report)
             raise VerificationError(
                 f"bundle does not match the original model: {'; '.join(report.failures)[:600]}",
-                hint=_mismatch_hint(report, output), report=report)
+                hint=_mismatch_hint(report, output, [t.name for t in prepared.inputs if t.dtype.startswith(("int", "uint"))]),
+                report=report)
         contents.finish(staging, profile, manifest, _transport(profile).address)
         progress(f"writing {output}")
         final = staging.commit()
@@ -503,7 +504,9 @@ def _previous_bundle(output: Path) -> str | None:
     return f"recipe {old.recipe} of {old.source.get('path')}"
 
 
-def _mismatch_hint(report: VerifyReport, output) -> str:
+def _mismatch_hint(report: VerifyReport, output, ids: list[str] = ()) -> str:
+    """The way out of a bundle that does not match, true of this model (``ids``: its integer id inputs, which
+    int16x8 cannot calibrate: it is not suggested for them)."""
     hint = f"nothing was written to {output}; see --json for every number"
     failed = [r for r in report.runtimes if r.status == "failed"]
     passed = [r for r in report.runtimes if r.status == "passed"]
@@ -512,7 +515,9 @@ def _mismatch_hint(report: VerifyReport, output) -> str:
         hint = (f"{names} disagrees with {passed[0].runtime} on the same float32 model: build with --runtime "
                 f"{passed[0].runtime}, or widen the limit with --atol if that difference is acceptable; " + hint)
     elif failed:
-        hint = "try a recipe that keeps more precision (int16x8, dynamic, float16), or --atol NAME:VALUE; " + hint
+        finer = [r for r in ("int16x8", "dynamic", "float16") if r != report.recipe and not (r == "int16x8" and ids)]
+        hint = (f"try a recipe that keeps more precision ({', '.join(finer)}), or --quantize auto to measure each; "
+                + hint)
     return hint
 
 

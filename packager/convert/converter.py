@@ -130,7 +130,8 @@ def convert(loaded: LoadedModel, recipe: Recipe, io: str, calibration: dict | No
         candidates = sorted(candidates, key=lambda c: not c.calibration_first)
     for cand in candidates:
         if cand.name in skip:
-            attempts.append(Attempt(cand.name, False, "TensorFlow crashed on this path (see above)"))
+            attempts.append(Attempt(cand.name, False, "skipped: TensorFlow crashed on this path in an earlier "
+                                                      "attempt (its crash is reported separately)"))
             continue
         stage(f"converting with {cand.name} ({recipe.name})", cand.name)
         crash_seam(recipe.name)
@@ -234,7 +235,7 @@ def _no_match(attempts: list[Attempt], recipe: Recipe, calibration: dict | None,
         first = divergence(best.path) if divergence else None
         if first:
             numbers += f"; {first}"
-        others = [f"{a.path}: {a.error}" for a in attempts if a is not best]
+        others = [f"{a.path}: {_short_error(a)}" for a in attempts if a is not best]
         message = (f"the {recipe.name} model does not compute what the original computes ({numbers}; path {best.path})"
                    + (f"; likely cause: {cause}" if cause else "")
                    + (f"; other paths: {' | '.join(_clip(o, 160) for o in others)}" if others else ""))
@@ -253,6 +254,18 @@ def _no_match(attempts: list[Attempt], recipe: Recipe, calibration: dict | None,
     return ConversionError((f"no conversion path produced a TFLite model that runs: {blocker.path}: {blocker.error.rstrip('.')}"
                             + (f"; other paths: {detail}" if detail else ""))[:1200],
                            hint=_conversion_hint(attempts, recipe, blocker))
+
+
+def _short_error(a: Attempt) -> str:
+    """One path's outcome in a refusal that leads with another path's numbers: its numbers if it ran, else its error
+    with the known noise named in a few words (a graph that keeps resource variables fails to invoke at
+    READ_VARIABLE: that path cannot run this model, nothing more)."""
+    if a.metrics:
+        return "; ".join(f"{m.name}: " + ", ".join(m.reasons) for m in a.metrics if m.reasons) or "matched"
+    err = a.error or "failed"
+    if "READ_VARIABLE" in err:
+        return "cannot run (the graph keeps resource variables: READ_VARIABLE)"
+    return err
 
 
 # Errors of paths that are expected to fail where another path exists for the case: a crash already reported,

@@ -746,11 +746,11 @@ def _check_installable(lines: list[str], manifest, device: tuple[str, str], pyth
 
 def _pip_failure(text: str, manifest, device: tuple[str, str]) -> tuple[str, str] | None:
     """pip's refusal in one line and a hint: a wheel whose sha256 differs from the locked one, or none found."""
-    m = re.search(r"^\s*(\S+==\S+) from (\S+?):?\s*\n\s*Expected sha256 ([0-9a-f]+)[^\n]*\n\s*Got\s+([0-9a-f]+)",
+    m = re.search(r"^\s*(\S+==\S+) from (\S+)[^\n]*\n\s*Expected sha256 ([0-9a-f]+)[^\n]*\n\s*Got\s+([0-9a-f]+)",
                   text, re.M)
     if m:
         which, url, want, got = m.groups()
-        return (f"pip refused {which} ({url.rsplit('/', 1)[-1].split('#')[0]}): its sha256 {got[:16]}... is not the "
+        return (f"pip refused {which} ({url.split('#')[0].rstrip(':').rsplit('/', 1)[-1]}): its sha256 {got[:16]}... is not the "
                 f"locked {want[:16]}...",
                 "the package index served a different file than the one the verdict rests on: check the device's "
                 "index (pip config, PIP_INDEX_URL, a proxy), or rebuild the bundle if its lock was edited")

@@ -106,6 +106,8 @@ def test_a_bundle_lists_the_wheels_its_verdict_rests_on_and_pins_them(int8_bundl
         text = (bundle / f"requirements-{entry['name']}.txt").read_text()
         assert text.splitlines() == runtime_lock.requirement_lines(
             [[w for w in wheels if w["arch"] == a] for a in ("arm64", "x86_64")])
+    from packager.bundle.files import read_manifest
+    assert read_manifest(bundle).wheels("ai-edge-litert") == manifest["runtimes"][0]["wheels"]
     lines = [ln for ln in (bundle / "requirements.txt").read_text().splitlines() if ln]
     assert lines and all(re.search(r"==\S+ --hash=sha256:[0-9a-f]{64}", ln) for ln in lines)
     assert requirement_problems(bundle) == []

@@ -733,7 +733,8 @@ def _check_installable(lines: list[str], manifest, device: tuple[str, str], pyth
     for line in lines:
         hashes = set(re.findall(r"--hash=sha256:([0-9a-f]{64})", line))
         fits = [w for w in wheels if w["sha256"] in hashes]
-        if not fits or any(w.get("python") == py and w.get("arch") == arch for w in fits):
+        if not fits or any(w.get("python") == py and w.get("arch") == arch for w in fits) \
+                or all(w.get("platform") == "any" for w in fits):     # a pure-Python wheel fits every device
             continue
         has = sorted({f"Python {w.get('python')} on {w.get('arch')}" for w in fits})
         pythons = sorted({str(w.get("python")) for w in fits})

@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 import re
 
-import pytest
-
 from packager import runtime_lock
 from packager.bundle.files import requirement_problems, split_requirement
 from packager.targets import list_runtimes, list_targets

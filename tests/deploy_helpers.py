@@ -41,7 +41,9 @@ for tag, seed in (("a", 1), ("b", 2)):
 def _source_key() -> str:
     h = hashlib.sha256()
     files = sorted(p for p in (ROOT / "packager").glob("*.py") if not p.name.startswith("cli"))
-    files += [ROOT / "packager" / "recipes.toml", ROOT / "device_runtime" / "edgepack_run.py"]
+    files += [ROOT / "packager" / "recipes.toml", ROOT / "device_runtime" / "edgepack_run.py",
+              ROOT / "packager" / "runtimes.toml", ROOT / "packager" / "runtimes.lock.json"]
+    files += sorted((ROOT / "packager" / "bundle").glob("*.py"))
     files += sorted((ROOT / "targets").glob("*.toml"))
     for p in files:
         if p.is_file():

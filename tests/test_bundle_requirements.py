@@ -79,9 +79,13 @@ def test_a_local_path_would_run_its_setup_py_so_it_never_reaches_pip(tmp_path, b
     _rehash(bundle_copy, "requirements.txt")
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    # (the control reads the line alone: next to the bundle's hashed lines pip's hash-checking mode would refuse a
+    # directory before building it, but a bundle need not carry hashes to reach pip: edgepack refuses it first)
+    control = tmp_path / "control.txt"
+    control.write_text(f"{evil}\n")
     subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--disable-pip-version-check", "-q",
                     "--no-index", "--no-build-isolation", "--no-deps", "--only-binary", ":all:", "-r",
-                    str(req)], capture_output=True, timeout=300)
+                    str(control)], capture_output=True, timeout=300)
     assert marker.exists(), "control: pip runs the bundle's setup.py, --only-binary or not"
     with pytest.raises(EdgepackError) as exc:
         load_bundle(bundle_copy)

@@ -433,8 +433,53 @@ def test_install_builds_a_venv_on_the_device_and_smoke_uses_it(transport, bundle
     res = deploy(bundles[0], transport, remote_dir=str(ddir), install=True, smoke=True, device_python=PY)
     assert res.installed and res.device_python == f"{ddir}/venv/bin/python"
     assert res.smoke.passed and (ddir / "venv" / "bin" / "python").exists()
+    held = subprocess.run([str(ddir / "venv" / "bin" / "python"), "-m", "pip", "list", "--format", "json"],
+                          capture_output=True, text=True, timeout=120, check=True).stdout
+    held = {p["name"].lower().replace("_", "-"): p["version"] for p in json.loads(held)}
+    wheels = [w for w in json.loads((bundles[0] / "manifest.json").read_text())["runtimes"][0]["wheels"]
+              if w["arch"] == "x86_64"]
+    assert wheels and all(held[w["name"].lower().replace("_", "-")] == w["version"] for w in wheels)
     bench = run(transport, str(ddir), benchmark=3)             # run picks the venv by itself
     assert bench.device_python == f"{ddir}/venv/bin/python"
+
+
+def test_install_names_the_wheels_a_device_of_another_python_cannot_get(transport, built_bundles, tmp_path, ddir):
+    """The android bundle locks Python 3.12 wheels; this 'device' runs Python 3.11: refused before pip fetches
+    anything, naming the wheel, what the bundle has it for and the device's Python/CPU; nothing stays switched."""
+    from packager.verification.emulator import host_arch
+    bundle = copy_bundle(built_bundles[("android", "a")], tmp_path / "bundles" / "tiny-android")
+    with pytest.raises(DeployError) as exc:
+        deploy(bundle, transport, remote_dir=str(ddir), install=True, device_python=PY)
+    msg = exc.value.message
+    assert "\n" not in msg and f"the device (Python {sys.version_info[0]}.{sys.version_info[1]}, {host_arch()})" in msg
+    assert "cannot install ai-edge-litert==2.3.0" in msg and "cp312" in msg and "Python 3.12 on arm64" in msg
+    assert "current is unchanged" in msg and "--device-python" in exc.value.hint
+    assert current(ddir) is None and releases(ddir) == [] and not (ddir / "venv").exists()
+
+
+def test_install_of_a_bundle_without_wheel_hashes_is_refused(transport, bundles, tmp_path, ddir):
+    bundle = bundles[0]
+    (bundle / "requirements.txt").write_text("ai-edge-litert==2.3.*\nnumpy>=1.23,<3\n")
+    refresh_manifest(bundle)
+    with pytest.raises(UsageError, match="pins no wheel hash"):
+        deploy(bundle, transport, remote_dir=str(ddir), install=True, device_python=PY)
+    assert current(ddir) is None
+
+
+@pytest.mark.slow
+def test_install_reports_a_wheel_whose_hash_is_not_the_locked_one(transport, bundles, ddir):
+    """Needs the package index: the device's pip downloads tqdm, whose sha256 is not the one requirements.txt
+    names (edited, checksums kept true): one line naming the wheel and both hashes' heads."""
+    bundle = bundles[0]
+    line = next(ln for ln in (bundle / "requirements.txt").read_text().splitlines() if ln.startswith("tqdm=="))
+    (bundle / "requirements.txt").write_text(line.split(" --hash")[0] + " --hash=sha256:" + "0" * 64 + "\n")
+    refresh_manifest(bundle)
+    with pytest.raises(DeployError) as exc:
+        deploy(bundle, transport, remote_dir=str(ddir), install=True, device_python=PY)
+    msg = exc.value.message
+    assert "\n" not in msg and "pip refused tqdm==" in msg and "tqdm-" in msg and ".whl" in msg
+    assert "is not the locked 0000000000000000" in msg and "current is unchanged" in msg
+    assert current(ddir) is None
 
 
 def test_make_transport_registry(ssh_server):

@@ -14,7 +14,7 @@ PACKAGE = ROOT / "packager"
 STAGES = [
     ("foundation", ["packager.errors", "packager.version", "packager.paths", "packager.tensor", "packager.jsonsafe",
                     "packager.recipes",
-                    "packager.targets",
+                    "packager.targets", "packager.runtime_lock",
                     "packager.criteria", "packager.compare", "packager.contain"]),
     ("load", ["packager.load"]),
     ("convert", ["packager.convert"]),

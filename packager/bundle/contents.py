@@ -58,8 +58,13 @@ def _readme(target: TargetProfile, manifest: dict, address: str) -> str:
             lines.append(f"- {kind[:-1]} `{t['name']}`: {t['dtype']} {t['shape']}{qs}")
     lines += ["", "## Runtimes", ""]
     for rt in manifest["runtimes"]:
-        lines.append(f"- {rt['name']} ({rt['status']}): `pip install {' '.join(shlex.quote(r) for r in rt['requirements'])}`"
-                     + (f" - {rt['reason']}" if rt.get("reason") else ""))
+        ranges = " ".join(shlex.quote(r) for r in rt["requirements"])
+        if rt.get("wheels"):
+            how = (f"`pip install --require-hashes --only-binary :all: --no-deps -r requirements-{rt['name']}.txt`, "
+                   f"the exact wheels locked from `{ranges}` ({_wheel_summary(rt['wheels'])})")
+        else:
+            how = f"`pip install {ranges}`"
+        lines.append(f"- {rt['name']} ({rt['status']}): {how}" + (f" - {rt['reason']}" if rt.get("reason") else ""))
     if target.android_assets:
         lines += ["", "## Android app", "", "`assets/` holds the model, manifest and labels an app can copy into "
                   "`src/main/assets/`. Keep the model uncompressed in the APK "
@@ -91,7 +96,7 @@ def stage(staging: Staging, profile, rec, io, prepared, name, selected, label_na
                     "count": int(next(iter(sample_inputs.values())).shape[0]),
                     "atol": _self_test_atol(spec, expected)},
         "recipe": rec.to_json(io), "target": profile.to_json(),
-        "runtimes": runtime_entries(selected, None, spec),
+        "runtimes": runtime_entries(selected, None, spec, profile.python),
         "source": {"path": Path(prepared.path).name, "format": prepared.format,
                    "sha256": sha256_tree(Path(prepared.path)), "conversion_path": conversion.path,
                    **({"signature": prepared.signature} if getattr(prepared, "signature", None) else {})},
@@ -128,13 +133,46 @@ def _fixed_lines(manifest: dict) -> list[str]:
     return lines + ([""] if lines else [])
 
 
-def runtime_entries(selected, report=None, spec: ModelSpec | None = None) -> list[dict]:
-    """One manifest entry per selected runtime (``RuntimeProfile``): pip requirements, and its status
-    in ``report`` (a VerifyReport), else ``unverified`` with the problems ``spec`` finds statically."""
+def _wheel_summary(wheels: list) -> str:
+    by_env: dict = {}
+    for w in wheels:
+        by_env.setdefault((w["python"], w["arch"]), []).append(w)
+    return "; ".join(f"Python {py} {arch}: " + ", ".join(f"{w['name']} {w['version']}" for w in ws)
+                     for (py, arch), ws in sorted(by_env.items()))
+
+
+def locked_wheels(rt, python: str | None) -> list[dict]:
+    """The wheels of ``packager/runtimes.lock.json`` a device of Python ``python`` installs for runtime ``rt``:
+    each architecture's (arm64 for the device, x86_64 for the host emulator and x86_64 machines), as dicts with
+    name, version, filename, sha256, platform, python, arch. Empty when the lock does not cover them."""
+    from .. import runtime_lock
+    out = []
+    for arch in runtime_lock.MACHINES:
+        for w in runtime_lock.wheels(rt, str(python), arch) or () if python else ():
+            out.append({**w, "python": str(python), "arch": arch})
+    return out
+
+
+def pinned_lines(wheels: list[dict]) -> list[str]:
+    """The requirement lines of a bundle for ``wheels`` (:func:`locked_wheels`): ``name==version
+    --hash=sha256:...``, every architecture's hash on one line."""
+    from .. import runtime_lock
+    return runtime_lock.requirement_lines([wheels])
+
+
+def runtime_entries(selected, report=None, spec: ModelSpec | None = None, python: str | None = None) -> list[dict]:
+    """One manifest entry per selected runtime (``RuntimeProfile``): pip requirements (ranges), the exact
+    ``wheels`` of the runtime lock for the device's ``python`` (each marked ``verified`` when the verdict's
+    environment held that very file), and its status in ``report`` (a VerifyReport), else ``unverified`` with
+    the problems ``spec`` finds statically."""
     entries = []
     for rt in selected:
         entry = {"name": rt.name, "module": rt.module, "requirements": list(rt.requirements), "python": rt.python}
         result = next((r for r in report.runtimes if r.runtime == rt.name), None) if report else None
+        wheels = locked_wheels(rt, python)
+        if wheels:
+            ran = {w["sha256"] for w in (result.wheels if result else ())}
+            entry["wheels"] = [{**w, "verified": w["sha256"] in ran} for w in wheels]
         if result:
             entry.update(status=str(result.status), version=result.version, arch=result.arch)
             if result.error:
@@ -146,15 +184,21 @@ def runtime_entries(selected, report=None, spec: ModelSpec | None = None) -> lis
     return entries
 
 
+def _requirement_text(rt: dict) -> bytes:
+    lines = pinned_lines(rt["wheels"]) if rt.get("wheels") else rt["requirements"]
+    return ("\n".join(lines) + "\n").encode()
+
+
 def _write_requirements(staging: Staging, manifest: dict) -> None:
-    """requirements-RUNTIME.txt for every usable runtime; requirements.txt = the first that passed."""
+    """requirements-RUNTIME.txt for every usable runtime; requirements.txt = the first that passed. A runtime of
+    the lock gets its exact wheels (``name==version --hash=sha256:...``), others their ranges."""
     usable = sorted((r for r in manifest["runtimes"] if r["status"] in ("passed", "unverified", "unavailable")),
                     key=lambda r: r["status"] != "passed")
     for rt in manifest["runtimes"]:
         if rt in usable:
-            staging.write(f"requirements-{rt['name']}.txt", ("\n".join(rt["requirements"]) + "\n").encode())
+            staging.write(f"requirements-{rt['name']}.txt", _requirement_text(rt))
     if usable:
-        staging.write("requirements.txt", ("\n".join(usable[0]["requirements"]) + "\n").encode())
+        staging.write("requirements.txt", _requirement_text(usable[0]))
 
 
 def record_verification(manifest: dict, selected, report) -> None:
@@ -162,7 +206,8 @@ def record_verification(manifest: dict, selected, report) -> None:
     if report is None:
         manifest["verification"] = {"status": VerificationStatus.SKIPPED.value, "reason": "--no-verify"}
         return
-    manifest["runtimes"] = runtime_entries(selected, report)
+    target = manifest.get("target") if isinstance(manifest.get("target"), dict) else {}
+    manifest["runtimes"] = runtime_entries(selected, report, python=target.get("python"))
     status = VerificationStatus.PASSED if report.passed else VerificationStatus.FAILED
     manifest["verification"] = {"status": status.value, **report.summary()}
 

@@ -322,12 +322,16 @@ def _under_link(root: Path, rel: str) -> bool:
 
 def allowed_requirements() -> set[str]:
     """Project names a bundle's requirements may name: those of the runtime registry and of every target
-    profile's runtimes (canonical form, ``ai-edge-litert``, ``numpy``)."""
+    profile's runtimes, and the dependencies the runtime lock pins (canonical form, ``ai-edge-litert``,
+    ``numpy``, ``protobuf``)."""
     from packaging.requirements import InvalidRequirement, Requirement
     from packaging.utils import canonicalize_name
+    from .. import runtime_lock
     from ..targets import list_runtimes, list_targets
     lines = [r for rt in list_runtimes().values() for r in rt.requirements]
     lines += [r for t in list_targets().values() for rt in t.runtimes for r in rt.requirements]
+    lines += [w["name"] for entry in runtime_lock.load().get("runtimes", {}).values()
+              for by_arch in entry.get("environments", {}).values() for ws in by_arch.values() for w in ws]
     names = set()
     for line in lines:
         try:
@@ -337,11 +341,34 @@ def allowed_requirements() -> set[str]:
     return names
 
 
+_HASH_OPTION = re.compile(r"--hash=sha256:([0-9a-f]{64})\Z")
+
+
+def split_requirement(line: str) -> tuple[str, list[str]]:
+    """A bundle's requirement line as (requirement text, sha256 hashes): ``NAME==VERSION --hash=sha256:HEX ...``
+    (the form edgepack writes from the runtime lock) or a bare requirement. ValueError naming the problem for any
+    other option (``-i``, ``--index-url``, ``--hash=md5:``), a URL or a path."""
+    line = line.split(" #")[0].strip()
+    if line.startswith("-") or "://" in line or line.startswith((".", "/", "~")) or line.endswith("\\"):
+        raise ValueError("a pip option, URL or path (a bundle's requirements name packages only)")
+    words = line.split()
+    first = next((i for i, w in enumerate(words) if w.startswith("-")), len(words))
+    hashes = []
+    for word in words[first:]:
+        m = _HASH_OPTION.match(word)
+        if not m:
+            raise ValueError(f"{word[:40]!r} is a pip option other than --hash=sha256:HEX "
+                             "(a bundle's requirements name packages and their wheels' hashes only)")
+        hashes.append(m.group(1))
+    return " ".join(words[:first]), hashes
+
+
 def requirement_problems(bundle: Path) -> list[str]:
     """Lines of the bundle's ``requirements*.txt`` that edgepack did not write: anything but ``NAME[SPEC][;
-    MARKER]`` for a project of the runtime registry (:func:`allowed_requirements`): a URL or path, an index
-    or other pip option (``-i``, ``--extra-index-url``, ``-e``, ``-r``, ``-f``), a direct reference
-    (``name @ url``), another package. ``deploy --install`` would have run it as the device's user."""
+    MARKER]`` for a project of the runtime registry or the runtime lock (:func:`allowed_requirements`), optionally
+    followed by ``--hash=sha256:HEX`` options (:func:`split_requirement`): a URL or path, an index or other pip
+    option (``-i``, ``--extra-index-url``, ``-e``, ``-r``, ``-f``), a direct reference (``name @ url``), another
+    package. ``deploy --install`` would have run it as the device's user."""
     from packaging.requirements import InvalidRequirement, Requirement
     from packaging.utils import canonicalize_name
     problems, allowed = [], None
@@ -356,8 +383,13 @@ def requirement_problems(bundle: Path) -> list[str]:
             if not line or line.startswith("#"):
                 continue
             where = f"{path.name} line {n} {raw.strip()[:80]!r}"
-            if line.startswith("-") or "://" in line or line.startswith((".", "/", "~")):
-                problems.append(f"{where}: a pip option, URL or path (a bundle's requirements name packages only)")
+            try:
+                line, hashes = split_requirement(line)
+            except ValueError as exc:
+                problems.append(f"{where}: {exc}")
+                continue
+            if hashes and not re.fullmatch(r"[A-Za-z0-9._-]+==[A-Za-z0-9.+!_-]+", line):
+                problems.append(f"{where}: hashes pin one exact version (NAME==VERSION)")
                 continue
             try:
                 req = Requirement(line)

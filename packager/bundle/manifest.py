@@ -194,6 +194,14 @@ class Manifest(Mapping):
         """The target's runtimes (pip distribution names) the bundle lists."""
         return [name for name, _ in self.runtimes]
 
+    def wheels(self, runtime: str) -> list[dict]:
+        """The exact wheels the bundle locks for ``runtime`` (name, version, filename, sha256, platform, python,
+        arch, verified: docs/bundle-format.md); empty for a runtime the lock does not cover or an older bundle."""
+        for rt in self.data.get("runtimes", []):
+            if rt.get("name") == runtime and isinstance(rt.get("wheels"), list):
+                return [dict(w) for w in rt["wheels"] if isinstance(w, dict)]
+        return []
+
     @property
     def samples(self) -> str | None:
         """Relative path of the bundled sample inputs (``samples/inputs.npz``), or None."""

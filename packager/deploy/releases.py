@@ -642,26 +642,116 @@ def _cleanup(transport: Transport, script: str) -> None:
 
 
 def _install(transport: Transport, rdir: str, bundle: Bundle, python: str, progress: Progress | None) -> str:
-    """``DIR/venv`` on the device from the bundle's requirement lines, checked by :func:`load_bundle` against
-    the runtime registry and passed to pip on its command line (pip never reads a file of the bundle: a path
-    there would run its setup.py even with ``--only-binary``), wheels only."""
+    """``DIR/venv`` on the device holding exactly the wheels the bundle locks: its requirement lines, checked by
+    :func:`load_bundle` and rewritten here from their parts (``name==version --hash=sha256:...``), go to ``pip
+    install --require-hashes --only-binary :all: --no-deps`` through a here-document (pip never reads a file of
+    the bundle: a path there would run its setup.py even with ``--only-binary``). The device's Python and CPU are
+    asked first: when the bundle locks no wheel for them, DeployError names the wheels and what they are for."""
     venv_python = f"{rdir}/venv/bin/python"
-    lines = [ln.split(" #")[0].strip() for ln in bundle.local("requirements.txt").read_text().splitlines()]
-    lines = [ln for ln in lines if ln and not ln.startswith("#")]
-    _notify(progress, "install", f"{python} -m venv {rdir}/venv; pip install {' '.join(lines)}")
+    lines = _install_lines(bundle)
+    device = _device_platform(transport, python)
+    _check_installable(lines, bundle.manifest, device, python)
+    _notify(progress, "install", f"{python} -m venv {rdir}/venv; pip install --require-hashes --only-binary :all: "
+                                 f"--no-deps " + " ".join(ln.split(" --hash")[0] for ln in lines))
     res = transport.sh(
         f"{_python_token(transport, python)} -m venv {q(rdir + '/venv')} && "
-        f"{q(venv_python)} -m pip install --disable-pip-version-check -q --only-binary :all: "
-        + " ".join(q(ln) for ln in lines),
+        f"{q(venv_python)} -m pip install --disable-pip-version-check --no-input -q --require-hashes "
+        "--only-binary :all: --no-deps -r /dev/stdin <<'EDGEPACK_REQUIREMENTS'\n"
+        + "\n".join(lines) + "\nEDGEPACK_REQUIREMENTS",
         timeout=INSTALL_TIMEOUT)
     if res.rc != 0:
         if res.rc in (126, 127):
             raise DeployError(f"--install: no usable Python at {python!r} on the device: {res.last_error_line()}",
                               hint="pass --device-python PATH")
+        failure = _pip_failure(res.out + "\n" + res.err, bundle.manifest, device)
+        if failure:
+            raise DeployError(f"--install on {transport.describe()}: {failure[0]}; current is unchanged", hint=failure[1])
         raise DeployError(f"--install failed on {transport.describe()}: {res.last_error_line()}; current is unchanged",
                           hint="on Debian/Raspberry Pi OS: sudo apt-get install python3-venv; the device also needs "
                                "network access to the package index")
     return venv_python
+
+
+def _install_lines(bundle: Bundle) -> list[str]:
+    """requirements.txt's lines, each rebuilt from its checked parts (requirement, sha256 hashes); UsageError when
+    a line pins no wheel hash (a bundle written before the runtime lock)."""
+    from ..bundle.files import split_requirement
+    out = []
+    for raw in bundle.local("requirements.txt").read_text().splitlines():
+        if not raw.split(" #")[0].strip() or raw.strip().startswith("#"):
+            continue
+        req, hashes = split_requirement(raw)          # load_bundle has refused anything else already
+        if not hashes or not re.fullmatch(r"[A-Za-z0-9._-]+==[A-Za-z0-9.+!_-]+", req):
+            raise UsageError(f"--install: {bundle.path.name}/requirements.txt line {raw.strip()[:60]!r} pins no wheel "
+                             "hash, so the device would install whatever the index offers that day",
+                             hint="rebuild the bundle with this edgepack: its requirements name the exact wheels "
+                                  "(packager/runtimes.lock.json) the verdict rests on")
+        out.append(req + " " + " ".join(f"--hash=sha256:{h}" for h in hashes))
+    return out
+
+
+_ARCH = {"aarch64": "arm64", "arm64": "arm64", "armv8l": "arm64", "x86_64": "x86_64", "amd64": "x86_64"}
+
+
+def _device_platform(transport: Transport, python: str) -> tuple[str, str]:
+    """(``3.11``, ``arm64``): the device Python's version and CPU, as the runtime lock names them."""
+    res = transport.sh(f"{_python_token(transport, python)} -c "
+                       + q("import sys, platform; print('EDGEPACK_DEVICE %d.%d %s' % (sys.version_info[0], "
+                           "sys.version_info[1], platform.machine()))"))
+    line = next((ln for ln in res.out.splitlines() if ln.startswith("EDGEPACK_DEVICE ")), None)
+    if res.rc != 0 or line is None:
+        raise DeployError(f"--install: no usable Python at {python!r} on the device: {res.last_error_line()}",
+                          hint="pass --device-python PATH")
+    _, version, machine = line.split(" ", 2)
+    return version, _ARCH.get(machine.strip().lower(), machine.strip())
+
+
+def _manifest_wheels(manifest) -> list[dict]:
+    runtimes = manifest.get("runtimes") if hasattr(manifest, "get") else None
+    return [w for rt in (runtimes or []) if isinstance(rt, dict) for w in (rt.get("wheels") or [])
+            if isinstance(w, dict) and isinstance(w.get("sha256"), str)]
+
+
+def _check_installable(lines: list[str], manifest, device: tuple[str, str], python: str) -> None:
+    """DeployError when a line has no locked wheel for the device's Python and CPU (pip would otherwise fetch
+    another wheel only to refuse its hash): which wheel, what the bundle has it for, what to do."""
+    wheels = _manifest_wheels(manifest)
+    py, arch = device
+    for line in lines:
+        hashes = set(re.findall(r"--hash=sha256:([0-9a-f]{64})", line))
+        fits = [w for w in wheels if w["sha256"] in hashes]
+        if not fits or any(w.get("python") == py and w.get("arch") == arch for w in fits) \
+                or all(w.get("platform") == "any" for w in fits):     # a pure-Python wheel fits every device
+            continue
+        has = sorted({f"Python {w.get('python')} on {w.get('arch')}" for w in fits})
+        pythons = sorted({str(w.get("python")) for w in fits})
+        raise DeployError(
+            f"--install: the device (Python {py}, {arch}) cannot install {line.split(' --hash')[0]}: the bundle "
+            f"locks only {', '.join(w['filename'] for w in fits)} ({'; '.join(has)}); current is unchanged",
+            hint=(f"point --device-python (now {python!r}) at a Python {' or '.join(pythons)} on the device, or build "
+                  f"the bundle for a target whose python is {py} (targets/*.toml: python = \"{py}\")"))
+
+
+def _pip_failure(text: str, manifest, device: tuple[str, str]) -> tuple[str, str] | None:
+    """pip's refusal in one line and a hint: a wheel whose sha256 differs from the locked one, or none found."""
+    m = re.search(r"^\s*(\S+==\S+) from (\S+)[^\n]*\n\s*Expected sha256 ([0-9a-f]+)[^\n]*\n\s*Got\s+([0-9a-f]+)",
+                  text, re.M)
+    if m:
+        which, url, want, got = m.groups()
+        return (f"pip refused {which} ({url.split('#')[0].rstrip(':').rsplit('/', 1)[-1]}): its sha256 {got[:16]}... is not the "
+                f"locked {want[:16]}...",
+                "the package index served a different file than the one the verdict rests on: check the device's "
+                "index (pip config, PIP_INDEX_URL, a proxy), or rebuild the bundle if its lock was edited")
+    m = re.search(r"No matching distribution found for (\S+)", text)
+    if m:
+        which = m.group(1)
+        name = re.split(r"[=<>!~ ]", which)[0].lower().replace("_", "-")
+        fits = [w for w in _manifest_wheels(manifest) if w.get("name", "").lower().replace("_", "-") == name]
+        files = ", ".join(sorted({w["filename"] for w in fits})) or "none"
+        return (f"the device (Python {device[0]}, {device[1]}) cannot get {which} (locked wheels: {files})",
+                "the device needs access to the package index (pip config, PIP_INDEX_URL), and a Python and glibc "
+                "those wheels fit (manylinux tag in the file name)")
+    return None
 
 
 def _profile_python(manifest: dict) -> str:

@@ -16,7 +16,9 @@ How it works (docs/arm64.md has the measurements):
 2. **Packages, once per requirement set.** The host's pip installs ``requirements`` from aarch64
    wheels only (``--platform manylinux_2_17..2_<glibc of the suite>_aarch64 --python-version X.Y
    --implementation cp --abi cpXY --only-binary=:all: --target DIR``); the emulated Python then
-   byte-compiles them. Several requirement sets share one root filesystem.
+   byte-compiles them. Several requirement sets share one root filesystem. With ``wheels`` (the entries of
+   ``packager/runtimes.lock.json``) exactly those are installed: ``--require-hashes --no-deps -r FILE`` with one
+   ``name==version --hash=sha256:...`` line each, and the site dir records them.
 3. **Running.** ``qemu-aarch64-static -L ROOTFS -cpu cortex-a72 -E PYTHONPATH=SITE ...
    ROOTFS/usr/bin/pythonX.Y -s -B script.py ...``. With ``-L`` qemu looks every absolute path up in
    ROOTFS first and falls back to the host's path when it is not there, so the emulated process sees
@@ -119,6 +121,7 @@ class Arm64Python:
     description: str
     site_dir: Optional[Path] = None
     packages: tuple = field(default=())
+    wheels: tuple = field(default=(), compare=False)   # the locked wheels installed (runtime_lock entries)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.argv)
@@ -169,18 +172,21 @@ def rootfs_key(suite: str = "bookworm", python_version: str = "3.11") -> str:
                   "include": sorted(_include_debs(python_version)), "cpu": QEMU_CPU})
 
 
-def site_key(requirements, python_version: str = "3.11", suite: str = "bookworm") -> str:
-    """Cache key of a site-packages dir: suite + Python (via the rootfs key) + normalized requirements."""
-    return _hash({"rootfs": rootfs_key(suite, python_version),
-                  "requirements": normalize_requirements(requirements)})
+def site_key(requirements, python_version: str = "3.11", suite: str = "bookworm", wheels=()) -> str:
+    """Cache key of a site-packages dir: suite + Python (via the rootfs key) + normalized requirements, and the
+    sha256s of the locked ``wheels`` when given."""
+    key = {"rootfs": rootfs_key(suite, python_version), "requirements": normalize_requirements(requirements)}
+    if wheels:
+        key["wheels"] = sorted(w["sha256"] for w in wheels)
+    return _hash(key)
 
 
 def cache_paths(requirements, *, cache_dir: Path, python_version: str = "3.11",
-                suite: str = "bookworm") -> tuple:
+                suite: str = "bookworm", wheels=()) -> tuple:
     """(rootfs dir, site-packages dir) that :func:`prepare_arm64_python` uses for these arguments."""
     cache_dir = Path(cache_dir).expanduser().absolute()
     rootfs = cache_dir / f"rootfs-{suite}-py{python_version}-{rootfs_key(suite, python_version)}"
-    site = cache_dir / f"site-{site_key(requirements, python_version, suite)}"
+    site = cache_dir / f"site-{site_key(requirements, python_version, suite, wheels)}"
     return rootfs, site
 
 
@@ -368,9 +374,11 @@ def _site_ready(site: Path) -> Optional[dict]:
 
 # --------------------------------------------------------------------------- public: prepare
 def prepare_arm64_python(requirements: list, *, cache_dir: Path, python_version: str = "3.11",
-                         suite: str = "bookworm", progress: Progress = None) -> Arm64Python:
+                         suite: str = "bookworm", progress: Progress = None, wheels=()) -> Arm64Python:
     """Prepare (once, cached under ``cache_dir``) an arm64 CPython ``python_version`` from Debian
-    ``suite`` with ``requirements`` installed from aarch64 wheels, and return how to run it.
+    ``suite`` with ``requirements`` installed from aarch64 wheels, and return how to run it. ``wheels``: the
+    locked aarch64 wheels (dicts with name, version, sha256: :func:`packager.runtime_lock.wheels`); when
+    given, exactly those are installed (hash-checked, no dependency resolution) instead of ``requirements``.
 
     Returns an :class:`Arm64Python`; run a script as ``[*result.argv, "/abs/script.py", ...]``
     (iterating the result yields ``argv`` too). Host paths work unchanged inside the emulated process.
@@ -391,14 +399,16 @@ def prepare_arm64_python(requirements: list, *, cache_dir: Path, python_version:
                                f"use python_version={shipped!r}"))
     qemu = _require_qemu()
     cache_dir = Path(cache_dir).expanduser().absolute()
-    rootfs_dir, site_dir = cache_paths(reqs, cache_dir=cache_dir, python_version=python_version, suite=suite)
+    wheels = tuple(wheels or ())
+    rootfs_dir, site_dir = cache_paths(reqs, cache_dir=cache_dir, python_version=python_version, suite=suite,
+                                       wheels=wheels)
     if "," in str(site_dir):
         raise EnvironmentProblem(f"the cache path {cache_dir} contains ',' which qemu's -E cannot pass",
                                  hint="set EDGEPACK_CACHE_DIR to a directory without commas")
     cache_dir.mkdir(parents=True, exist_ok=True)
 
     rootfs_info = _ensure_rootfs(rootfs_dir, qemu, suite, python_version, report)
-    site_info = _ensure_site(site_dir, rootfs_dir, rootfs_info, qemu, reqs, python_version, report)
+    site_info = _ensure_site(site_dir, rootfs_dir, rootfs_info, qemu, reqs, python_version, report, wheels)
     argv = _argv(qemu, rootfs_dir, site_dir, python_version)
     packages = tuple(site_info.get("packages", ()))
     description = (f"CPython {rootfs_info.get('python_full', python_version)} (Debian {suite} arm64) under "
@@ -406,7 +416,7 @@ def prepare_arm64_python(requirements: list, *, cache_dir: Path, python_version:
                    + (f" with {', '.join(packages)}" if packages else ""))
     report("arm64 Python ready", 1.0)
     return Arm64Python(argv=argv, env={}, rootfs=rootfs_dir, description=description, site_dir=site_dir,
-                       packages=packages)
+                       packages=packages, wheels=tuple(site_info.get("wheels", ())))
 
 
 def _argv(qemu: str, rootfs: Path, site: Optional[Path], python_version: str) -> list:
@@ -644,18 +654,26 @@ def _platform_tags(glibc: str) -> list:
     return tags
 
 
-def _pip_command(target: Path, reqs: list, python_version: str, glibc: str) -> list:
+def _pip_command(target: Path, reqs: list, python_version: str, glibc: str, requirements_file: Path | None = None) -> list:
     nodot = python_version.replace(".", "")
     cmd = [sys.executable, "-m", "pip", "install", "--disable-pip-version-check", "--no-input",
            "--no-compile", "--no-warn-script-location", "--target", str(target), "--only-binary=:all:",
            "--implementation", "cp", "--python-version", python_version, "--abi", f"cp{nodot}"]
     for tag in _platform_tags(glibc):
         cmd += ["--platform", tag]
+    if requirements_file is not None:
+        return cmd + ["--require-hashes", "--no-deps", "-r", str(requirements_file)]
     return cmd + list(reqs)
 
 
+def _locked_lines(wheels) -> list:
+    """``name==version --hash=sha256:...`` per locked wheel (the same text :mod:`packager.runtime_lock` writes)."""
+    from ..runtime_lock import requirement_lines
+    return requirement_lines([wheels])
+
+
 def _ensure_site(final: Path, rootfs: Path, rootfs_info: dict, qemu: str, reqs: list, python_version: str,
-                 report: _Reporter) -> dict:
+                 report: _Reporter, wheels: tuple = ()) -> dict:
     info = _site_ready(final)
     if info:
         return info
@@ -676,11 +694,18 @@ def _ensure_site(final: Path, rootfs: Path, rootfs_info: dict, qemu: str, reqs: 
             site = tmp / "site"
             site.mkdir()
             started = time.monotonic()
-            if reqs:
-                report(f"installing aarch64 wheels: {' '.join(reqs)}", 0.72)
+            if reqs or wheels:
+                req_file = None
+                if wheels:
+                    req_file = tmp / "requirements.txt"
+                    req_file.write_text("\n".join(_locked_lines(wheels)) + "\n")
+                    report("installing the locked aarch64 wheels: "
+                           + " ".join(f"{w['name']}=={w['version']}" for w in wheels), 0.72)
+                else:
+                    report(f"installing aarch64 wheels: {' '.join(reqs)}", 0.72)
                 env = {k: v for k, v in os.environ.items()
                        if k not in ("PIP_TARGET", "PIP_PREFIX", "PIP_USER", "PIP_REQUIRE_VIRTUALENV")}
-                rc, tail = _run(_pip_command(site, reqs, python_version, rootfs_info.get("glibc", "2.17")),
+                rc, tail = _run(_pip_command(site, reqs, python_version, rootfs_info.get("glibc", "2.17"), req_file),
                                 timeout=T_PIP, what="pip", check=False, env=env,
                                 on_line=lambda line: report(line.strip(), None)
                                 if line.startswith(("Collecting", "Downloading", "Installing")) else None)
@@ -696,7 +721,13 @@ def _ensure_site(final: Path, rootfs: Path, rootfs_info: dict, qemu: str, reqs: 
                 _run([*py, "-m", "compileall", "-q", "-x", COMPILE_EXCLUDE, str(site)], timeout=T_COMPILE,
                      what="byte-compiling the aarch64 packages", check=False)
             packages = sorted(_installed_dists(site))
-            info = {"requirements": reqs, "packages": packages, "python": python_version,
+            if wheels:
+                held = {re.sub(r"[-_.]+", "-", p.split("==")[0]).lower(): p.split("==", 1)[1] for p in packages}
+                wrong = [f"{w['name']} {w['version']}" for w in wheels
+                         if held.get(re.sub(r"[-_.]+", "-", w["name"]).lower()) != w["version"]]
+                if wrong:
+                    raise EnvironmentProblem("the arm64 packages do not hold the locked wheels: " + ", ".join(wrong))
+            info = {"requirements": reqs, "packages": packages, "python": python_version, "wheels": list(wheels),
                     "rootfs": rootfs.name, "seconds": round(time.monotonic() - started, 1),
                     "size_bytes": _dir_size(site), "layout": LAYOUT_VERSION,
                     "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}

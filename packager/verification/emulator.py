@@ -1,7 +1,10 @@
 """The host emulator: run the bundle's own device script, exactly as the device would, in an
 environment that holds only one target runtime and numpy, and compare with the reference.
 
-Environments are built once per (runtime requirements, Python, architecture) and cached under
+Environments hold exactly the wheels of ``packager/runtimes.lock.json`` for their Python and architecture
+(:mod:`packager.runtime_lock`; ``pip install --require-hashes --only-binary :all: --no-deps``) and record them;
+a runtime the lock does not cover (declared only in a target profile) is installed from its ranges.
+They are built once per (locked wheels or requirements, Python, architecture) and cached under
 ``$EDGEPACK_ENV_DIR`` (default ``$EDGEPACK_CACHE_DIR``, else ``~/.cache/edgepack``). Host-architecture environments are
 plain venvs without system site-packages, so the host's TensorFlow is not importable there;
 ``arm64`` environments come from :mod:`packager.verification.arm64` (qemu-user + real aarch64 wheels).
@@ -29,7 +32,8 @@ from ..errors import EnvironmentProblem, UsageError
 from ..paths import env_dir
 from ..targets import RuntimeProfile
 
-ENV_VERSION = 1           # bump to invalidate cached environments
+ENV_VERSION = 2           # bump to invalidate cached environments (2: installed from the runtime lock)
+WHEELS = ".edgepack-wheels.json"   # the locked wheels an environment holds
 PIP_TIMEOUT = 900
 RUN_TIMEOUT = 600
 RUNTIME_MEMORY_ENV = "EDGEPACK_RUNTIME_MEMORY_MB"   # read by the device script's isolation child
@@ -56,6 +60,7 @@ class RuntimeEnv:
     env: dict = field(default_factory=dict, compare=False)
     version: str = ""
     note: str = field(default="", compare=False)     # e.g. the cached environment was tampered with and rebuilt
+    wheels: tuple = field(default=(), compare=False)  # the locked wheels it holds (runtime_lock entries); () = unlocked
 
     def describe(self) -> str:
         """``RUNTIME VERSION (ARCH)``, e.g. ``tflite-runtime 2.14.0 (arm64)``, for messages."""
@@ -101,14 +106,34 @@ def _installed_version(argv: list, env: dict, dist: str) -> str:
     return out.stdout.strip() if out.returncode == 0 else "unknown"
 
 
+def _locked(runtime: RuntimeProfile, python: str, arch: str) -> tuple:
+    """The lock's wheels for ``runtime`` on this Python/arch; () for a runtime the lock does not cover (a target's
+    own runtime table). A registry runtime the lock lacks is a stale lock: EnvironmentProblem."""
+    from .. import runtime_lock
+    from ..targets import get_runtime
+    found = runtime_lock.wheels(runtime, python, arch)
+    if found:
+        return found
+    registered = get_runtime(runtime.name)
+    if registered is not None and registered.requirements == runtime.requirements:
+        have = ", ".join(f"Python {py} {a}" for py, a in runtime_lock.covered(runtime)) or "nothing"
+        raise EnvironmentProblem(f"packager/runtimes.lock.json has no {runtime.name} wheels for Python {python} on "
+                                 f"{arch} (it has {have})",
+                                 hint="regenerate it: python -m packager.runtime_lock (README: Runtime lock)")
+    return ()
+
+
 def host_env(runtime: RuntimeProfile, progress=None) -> RuntimeEnv:
-    """A cached venv on the host's architecture holding only ``runtime.requirements``."""
+    """A cached venv on the host's architecture holding only the runtime's locked wheels
+    (:mod:`packager.runtime_lock`), or ``runtime.requirements`` for a runtime the lock does not cover."""
     if runtime.python and not _python_ok(runtime.python, sys.version_info[:2]):
         raise EnvironmentProblem(
             f"{runtime.name} supports Python {runtime.python}; the host runs {platform.python_version()}",
             hint="run edgepack under a Python in that range, or pick another --runtime")
+    from .. import runtime_lock
+    locked = _locked(runtime, "%d.%d" % sys.version_info[:2], host_arch())
     key = hashlib.sha256(json.dumps([ENV_VERSION, list(runtime.requirements), sys.version_info[:2],
-                                     host_arch()]).encode()).hexdigest()[:16]
+                                     host_arch(), runtime_lock.key(locked)]).encode()).hexdigest()[:16]
     root = env_dir() / "envs" / f"{runtime.name}-{host_arch()}-{key}"
     python = root / "bin" / "python"
     env = _clean_env()
@@ -126,10 +151,17 @@ def host_env(runtime: RuntimeProfile, progress=None) -> RuntimeEnv:
                     progress(note)
                 shutil.rmtree(root, ignore_errors=True)
         if not (root / ".complete").is_file():
-            _create_venv(root, runtime, env, progress)
+            _create_venv(root, runtime, env, progress, locked)
     version = (root / ".complete").read_text().strip()
+    try:
+        held = tuple(json.loads((root / WHEELS).read_text()))
+    except (OSError, ValueError):
+        held = ()
+    if not locked:
+        note = "; ".join(filter(None, [note, f"{runtime.name} is not in packager/runtimes.lock.json: its environment "
+                                              f"was installed from {' '.join(runtime.requirements)}"]))
     return RuntimeEnv(runtime.name, runtime.module, runtime.requirements, host_arch(), (str(python), "-s"),
-                      env, version, note)
+                      env, version, note, held)
 
 
 RECORD = ".edgepack-files.json"
@@ -176,7 +208,40 @@ def tampered(root: Path) -> str:
     return ""
 
 
-def _create_venv(root: Path, runtime: RuntimeProfile, env: dict, progress) -> None:
+def locked_requirements_file(directory: Path, locked) -> Path:
+    """Write ``directory/requirements.txt``: one ``name==version --hash=sha256:...`` line per locked wheel."""
+    from .. import runtime_lock
+    path = Path(directory) / "requirements.txt"
+    path.write_text("\n".join(runtime_lock.requirement_lines([locked])) + "\n")
+    return path
+
+
+def _dists(argv: list, env: dict) -> dict:
+    """{canonical name: version} of the distributions importable by the environment's Python."""
+    code = ("import json, importlib.metadata as m\n"
+            "print(json.dumps({d.metadata['Name']: d.version for d in m.distributions()}))")
+    out = subprocess.run([*argv, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    try:
+        raw = json.loads(out.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return {}
+    return {_canonical(k): v for k, v in raw.items() if k}
+
+
+def _canonical(name: str) -> str:
+    import re
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def check_holds(dists: dict, locked, where: str) -> None:
+    """EnvironmentProblem unless every locked wheel's name and version is what the environment holds."""
+    wrong = [f"{w['name']} {w['version']} (holds {dists.get(_canonical(w['name']), 'none')})" for w in locked
+             if dists.get(_canonical(w["name"])) != w["version"]]
+    if wrong:
+        raise EnvironmentProblem(f"the {where} environment does not hold the locked wheels: {', '.join(wrong)}")
+
+
+def _create_venv(root: Path, runtime: RuntimeProfile, env: dict, progress, locked: tuple = ()) -> None:
     if progress:
         progress(f"preparing the {runtime.name} environment (once; cached in {root.parent})")
     root.parent.mkdir(parents=True, exist_ok=True)
@@ -186,14 +251,22 @@ def _create_venv(root: Path, runtime: RuntimeProfile, env: dict, progress) -> No
     try:
         subprocess.run([sys.executable, "-m", "venv", "--clear", str(tmp)], check=True, capture_output=True,
                        timeout=300, env=env, **lifecycle.popen_kwargs())
+        what = (" ".join(f"{w['name']}=={w['version']}" for w in locked) + " (locked wheels)" if locked
+                else " ".join(runtime.requirements))
         if progress:
-            progress(f"installing {' '.join(runtime.requirements)} with pip")
-        rc, lines = _pip_install(tmp / "bin" / "python", runtime.requirements, env, progress)
+            progress(f"installing {what} with pip")
+        with lifecycle.temp_dir("edgepack-reqs-") as reqdir:
+            args = (["--require-hashes", "--no-deps", "-r", str(locked_requirements_file(Path(reqdir), locked))]
+                    if locked else list(runtime.requirements))
+            rc, lines = _pip_install(tmp / "bin" / "python", args, env, progress)
         if rc != 0:
             errors = [ln for ln in lines if ln.startswith("ERROR")] or lines
             tail = " ".join(errors[-2:])[-400:]
-            raise EnvironmentProblem(f"cannot install {' '.join(runtime.requirements)}: {tail}",
+            raise EnvironmentProblem(f"cannot install {what}: {tail}",
                                      hint="check network access to the package index, or pick another --runtime")
+        if locked:
+            check_holds(_dists([str(tmp / "bin" / "python"), "-s"], env), locked, runtime.name)
+        (tmp / WHEELS).write_text(json.dumps(list(locked), indent=1) + "\n")
         # The venv is used only as `bin/python -m ...`, which works after a rename (pyvenv.cfg sits
         # next to it); scripts with absolute shebangs (pip) are never called.
         probe = _probe([str(tmp / "bin" / "python"), "-s"], env)
@@ -259,13 +332,17 @@ def _pip_install(python: Path, requirements, env: dict, progress) -> tuple[int, 
 def arm64_env(runtime: RuntimeProfile, python_version: str, progress=None) -> RuntimeEnv:
     """An arm64 environment for ``runtime`` under qemu-user (prepared once, cached)."""
     from . import arm64
+    locked = _locked(runtime, python_version, "arm64")
     prepared = arm64.prepare_arm64_python(list(runtime.requirements), cache_dir=env_dir() / "arm64",
-                                          python_version=python_version, progress=progress)
+                                          python_version=python_version, progress=progress, wheels=locked)
     argv = list(getattr(prepared, "argv", prepared))
     extra = dict(getattr(prepared, "env", {}) or {})
     env = _clean_env(extra)
     version = _installed_version(argv, env, runtime.name)
-    return RuntimeEnv(runtime.name, runtime.module, runtime.requirements, "arm64", tuple(argv), env, version)
+    note = "" if locked else (f"{runtime.name} is not in packager/runtimes.lock.json: its arm64 environment was "
+                              f"installed from {' '.join(runtime.requirements)}")
+    return RuntimeEnv(runtime.name, runtime.module, runtime.requirements, "arm64", tuple(argv), env, version,
+                      note, tuple(getattr(prepared, "wheels", ()) or ()))
 
 
 def get_env(runtime: RuntimeProfile, arch: str | None = None, python_version: str = "3.11", progress=None) -> RuntimeEnv:
@@ -395,13 +472,16 @@ class RuntimeResult:
     python: str | None = None
     static_problems: list[str] = field(default_factory=list)
     numpy: str | None = None
+    wheels: list = field(default_factory=list)    # the locked wheels of the environment the verdict ran in
 
     def to_json(self) -> dict:
         """JSON of the verdict: runtime, version, arch, machine, python, numpy, status, error, seconds (rounded to
         ms), static problems and each output's metrics."""
         return {"runtime": self.runtime, "version": self.version, "arch": self.arch, "machine": self.machine,
-                "python": self.python, "numpy": self.numpy, "status": RuntimeStatus(self.status).value, "error": self.error, "seconds": round(self.seconds, 3),
-                "static_problems": self.static_problems, "outputs": [m.to_json() for m in self.metrics]}
+                "python": self.python, "numpy": self.numpy, "status": RuntimeStatus(self.status).value,
+                "error": self.error, "seconds": round(self.seconds, 3), "static_problems": self.static_problems,
+                "outputs": [m.to_json() for m in self.metrics],
+                "wheels": [{k: w[k] for k in ("name", "version", "filename", "sha256")} for w in self.wheels]}
 
 
 def verify_in_env(env: RuntimeEnv, bundle: Path, inputs, reference, tol,
@@ -417,7 +497,8 @@ def verify_in_env(env: RuntimeEnv, bundle: Path, inputs, reference, tol,
     references = reference if isinstance(reference, list) else [reference]
     manifest = read_manifest(bundle)
     scales = steps if steps is not None else {t.name: t.scale for t in manifest.outputs if t.quantized}
-    result = RuntimeResult(env.runtime, env.version, env.arch, RuntimeStatus.ERROR, static_problems=list(static_problems or []))
+    result = RuntimeResult(env.runtime, env.version, env.arch, RuntimeStatus.ERROR, static_problems=list(static_problems or []),
+                           wheels=list(env.wheels))
     outputs = []
     for group in groups:
         run = _run_cached(env, bundle, manifest, group, use_cache)

@@ -17,10 +17,12 @@ from .convert.localise import (COSINE_LIMIT, REL_LIMIT, Cause, Diagnosis, Dump, 
 MAX_SAMPLES = 256         # samples a diagnosis runs (all intermediates are kept in memory)
 
 
-def verify_brief(bundle: Path, reference, data, arrays, trust_model: bool, progress=None) -> str | None:
+def verify_brief(bundle: Path, reference, data, arrays, trust_model: bool, progress=None,
+                 custom: tuple | None = None) -> str | None:
     """The first divergence of ``bundle`` (a bundle or staged bundle directory) that failed
-    verification: the reference converted to float32 in the contained child, then
-    :func:`quick_brief` on ``data`` (else ``arrays``, at most 64 samples). Never raises."""
+    verification: the reference converted to float32 in the contained child (``custom``: its resolved
+    ``--custom-objects``, :func:`packager.load.custom.resolve`), then :func:`quick_brief` on ``data`` (else
+    ``arrays``, at most 64 samples). Never raises."""
     from .contain import isolate
     from .convert import jobs
     from .bundle.files import npz_bytes, read_manifest
@@ -34,7 +36,7 @@ def verify_brief(bundle: Path, reference, data, arrays, trust_model: bool, progr
                 data = _capped(Path(data), Path(tmp))
             progress("locating the first divergence (float32 conversion of the reference)")
             prepared = isolate.run(jobs.prepare, str(reference), "float32", "float", None,
-                                   str(data) if data is not None else None, trust_model, None, (),
+                                   str(data) if data is not None else None, trust_model, None, (), custom,
                                    what="converting the reference to float32", progress=progress)
         manifest = read_manifest(bundle)
         model = (bundle / manifest.model).read_bytes()
@@ -67,14 +69,15 @@ def calibration_causes(calibration, specs, inputs: dict) -> list[Cause]:
 
 
 def diagnose(bundle, *, reference, data=None, runtimes: list[str] | None = None, arch: str | None = None,
-             trust_model: bool = False, progress=None, calibration=None) -> Diagnosis:
+             trust_model: bool = False, progress=None, calibration=None, custom_objects=None) -> Diagnosis:
     """Localise where ``bundle`` (a bundle directory or archive, or a bare ``.tflite``; target
     rpi's runtimes for a bare model) departs from ``reference`` (the original model file).
 
     Inputs: ``data`` (.npz / .npy / image folder, at most :data:`MAX_SAMPLES` used), else the
     bundle's samples, else synthetic. Raises UsageError (bad input), EnvironmentProblem (no
     runtime environment), ConversionError (the reference cannot be converted to float32).
-    ``calibration``: the calibration set the bundle was built with, if at hand (more evidence)."""
+    ``calibration``: the calibration set the bundle was built with, if at hand (more evidence); ``custom_objects``:
+    the reference's custom layers (a ``.py`` file or module, with ``trust_model``), as in :func:`packager.build`."""
     from .contain import isolate
     from .convert import jobs
     from .bundle.files import open_bundle, read_manifest
@@ -86,6 +89,8 @@ def diagnose(bundle, *, reference, data=None, runtimes: list[str] | None = None,
     if not path.exists():
         raise UsageError(f"not found: {bundle}", hint="pass a bundle directory, its .tar.gz, or a .tflite")
     sniff_format(Path(reference))
+    from .load.custom import resolve
+    custom = resolve(custom_objects, trust_model)
     if data is not None and not Path(data).exists():
         raise UsageError(f"data not found: {data}")
     if calibration is not None and not Path(calibration).exists():
@@ -109,7 +114,7 @@ def diagnose(bundle, *, reference, data=None, runtimes: list[str] | None = None,
             data = _capped(Path(data), Path(tmp))
         progress(f"converting {reference} to float32 (the reference for every tensor)")
         prepared = isolate.run(jobs.prepare, str(reference), "float32", "float", None,
-                               str(data) if data is not None else None, trust_model, None, (),
+                               str(data) if data is not None else None, trust_model, None, (), custom,
                                what="converting the reference to float32", progress=progress)
         if manifest is not None:
             ref_names = {t.name for t in prepared.outputs}

@@ -13,7 +13,7 @@ def _arch(arch) -> Optional[str]:
 
 
 def build_auto(model, target, calibration, io, output, data, runtime, verify, verify_arch, name, labels, html,
-                trust_model, atol, rtol, strict, budget, json_output, use_cache=True):
+                trust_model, atol, rtol, strict, budget, json_output, use_cache=True, custom_objects=None):
     """`build --quantize auto`: packager.repair.build_auto, then the candidates table and the build."""
     from . import render
     from ..repair import build_auto
@@ -26,7 +26,8 @@ def build_auto(model, target, calibration, io, output, data, runtime, verify, ve
     with render.progress() as report:
         result = build_auto(model, target=target, calibration=calibration, data=data, io=io.value, output=output,
                             runtimes=runtime, arch=_arch(verify_arch), name=name, labels=labels,
-                            trust_model=trust_model, progress=report, strict=strict, use_cache=use_cache, **budget)
+                            trust_model=trust_model, progress=report, strict=strict, use_cache=use_cache,
+                            custom_objects=custom_objects, **budget)
     data_out = result.to_json()
     if html and result.build.verification:
         html.write_text(render.html_report(result.build.verification.to_json(), f"edgepack build {model} (auto)"))
@@ -40,9 +41,9 @@ def build_auto(model, target, calibration, io, output, data, runtime, verify, ve
 
 def register(app: typer.Typer, command, opts: dict) -> None:
     """Add `diagnose` to ``app``; ``command`` (the error boundary) and ``opts`` (cli.py's shared
-    option types: Arch, TrustOpt, JsonOpt, VerboseOpt, QuietOpt) are passed in so that this module
+    option types: Arch, TrustOpt, CustomOpt, JsonOpt, VerboseOpt, QuietOpt) are passed in so that this module
     never imports commands.py (which imports this module)."""
-    Arch, TrustOpt, JsonOpt = opts["Arch"], opts["TrustOpt"], opts["JsonOpt"]
+    Arch, TrustOpt, JsonOpt, CustomOpt = opts["Arch"], opts["TrustOpt"], opts["JsonOpt"], opts["CustomOpt"]
     VerboseOpt, QuietOpt = opts["VerboseOpt"], opts["QuietOpt"]
 
     def diagnose(
@@ -62,6 +63,7 @@ def register(app: typer.Typer, command, opts: dict) -> None:
         html: Annotated[Optional[Path], typer.Option("--html", metavar="FILE", help="Write an HTML report with a "
                         "per-op error plot.")] = None,
         trust_model: TrustOpt = False,
+        custom_objects: CustomOpt = None,
         verbose: VerboseOpt = False,
         quiet: QuietOpt = False,
         json_output: JsonOpt = False,
@@ -80,7 +82,8 @@ def register(app: typer.Typer, command, opts: dict) -> None:
         render.configure(quiet, verbose)
         with render.progress() as report_cb:
             diag = run_diagnose(bundle, reference=reference, data=data, runtimes=runtime, arch=_arch(arch),
-                                trust_model=trust_model, progress=report_cb, calibration=calibration)
+                                trust_model=trust_model, progress=report_cb, calibration=calibration,
+                                custom_objects=custom_objects)
         data_out = diag.to_json()
         if html:
             html.write_text(diagnosis_html(data_out, f"edgepack diagnose {bundle}"))

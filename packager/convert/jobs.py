@@ -64,11 +64,12 @@ def _inputs_for_check(loaded, data: str | None, calibration: Dataset | None) -> 
 
 
 def prepare(model: str, recipe_name: str, io: str, calibration: str | None, data: str | None,
-            trust: bool, overrides: dict | None = None, skip: tuple = ()) -> Prepared:
-    """The TensorFlow half of ``build`` (run in the contained child): load the model, read
+            trust: bool, overrides: dict | None = None, skip: tuple = (), custom: tuple | None = None) -> Prepared:
+    """The TensorFlow half of ``build`` (run in the contained child): load the model (``custom``: the
+    ``--custom-objects`` of :func:`packager.load.custom.resolve`, imported here, in the child), read
     calibration and check data, convert (skipping paths in ``skip``), compute the reference outputs
     of every check group. Raises UsageError, ConversionError or VerificationError."""
-    loaded, cal, check, references, noise = _load_for_conversion(model, calibration, data, trust)
+    loaded, cal, check, references, noise = _load_for_conversion(model, calibration, data, trust, custom)
     prepared = _convert_recipe(loaded, cal, check, references, noise, recipe_name, io, overrides, skip)
     # The result is encoded whole on its way to the parent (the .tflite and the check inputs: ~50 MB
     # for a MobileNetV2): drop the model and its traced functions first, so that copy does not
@@ -79,11 +80,11 @@ def prepare(model: str, recipe_name: str, io: str, calibration: str | None, data
 
 
 def prepare_sweep(model: str, recipe_names: list, io: str, calibration: str | None, data: str | None,
-                  trust: bool, overrides: dict | None = None) -> list:
+                  trust: bool, overrides: dict | None = None, custom: tuple | None = None) -> list:
     """Several recipes of one model in one child: loading, data and reference outputs are shared.
     Returns ``[(recipe name, Prepared or the EdgepackError that recipe ended with)]`` in order."""
     from ..errors import EdgepackError
-    loaded, cal, check, references, noise = _load_for_conversion(model, calibration, data, trust)
+    loaded, cal, check, references, noise = _load_for_conversion(model, calibration, data, trust, custom)
     out = []
     for name in recipe_names:
         try:
@@ -95,11 +96,11 @@ def prepare_sweep(model: str, recipe_names: list, io: str, calibration: str | No
     return out
 
 
-def _load_for_conversion(model: str, calibration: str | None, data: str | None, trust: bool):
+def _load_for_conversion(model: str, calibration: str | None, data: str | None, trust: bool, custom: tuple | None):
     from ..contain.isolate import stage
     from ..load.formats import load_model
     stage(f"loading {Path(model).name}")
-    loaded = load_model(model, trust=trust)
+    loaded = load_model(model, trust=trust, custom_objects=custom)
     cal = load_dataset(calibration, loaded.inputs) if calibration is not None else None
     check = _inputs_for_check(loaded, data, cal)
     # The original model's outputs, computed once: the conversion check and the bundle's
@@ -200,14 +201,16 @@ def _release_tensorflow_memory() -> None:
     release_memory()
 
 
-def reference(model: str, data: str | None, arrays: dict | None, trust: bool) -> tuple[Dataset, list, list[str], dict]:
+def reference(model: str, data: str | None, arrays: dict | None, trust: bool,
+              custom: tuple | None = None) -> tuple[Dataset, list, list[str], dict]:
     """Inputs (from ``data``, else ``arrays``, else synthetic), the model's outputs on each group
-    of them (``Dataset.groups``), the model's output names and its float noise (:func:`float_noise`)."""
+    of them (``Dataset.groups``), the model's output names and its float noise (:func:`float_noise`).
+    ``custom``: as :func:`prepare`."""
     from ..load.formats import load_model
 
     from ..errors import UsageError
 
-    loaded = load_model(model, trust=trust)
+    loaded = load_model(model, trust=trust, custom_objects=custom)
     if arrays is not None and set(arrays) != {s.name for s in loaded.inputs}:
         raise UsageError(f"the reference model's inputs ({', '.join(sorted(s.name for s in loaded.inputs))}) are not "
                          f"the bundle's ({', '.join(sorted(arrays))}); their outputs differ too",

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import UsageError
+from . import custom
 from . import model as _model
 from . import safety
 from .model import H5_SIGNATURE, LoadedModel
@@ -24,14 +25,15 @@ from .model import H5_SIGNATURE, LoadedModel
 class Format:
     """One input format. ``sniff(path, head)`` says whether ``path`` is one (``head``: its first
     8 bytes, ``b""`` for a directory); ``scan(path, trust)`` raises UsageError for content that runs
-    code when loaded (``trust`` lets the user accept it); ``load(path, trust)`` returns a
-    :class:`~packager.load.model.LoadedModel`. ``directory``: the format is a directory."""
+    code when loaded (``trust`` lets the user accept it); ``load(path, trust, custom_objects)`` returns a
+    :class:`~packager.load.model.LoadedModel` (``custom_objects``: ``{name: class or function}`` from
+    ``--custom-objects``, :func:`packager.load.custom.load`). ``directory``: the format is a directory."""
     name: str
     describe: str
     directory: bool
     sniff: Callable[[Path, bytes], bool]
     scan: Callable[[Path, bool], None]
-    load: Callable[[Path, bool], LoadedModel]
+    load: Callable[[Path, bool, dict], LoadedModel]
 
 
 def _is_saved_model(path: Path, head: bytes) -> bool:
@@ -89,17 +91,22 @@ def check_model(path: Path, fmt: str, trust: bool) -> None:
     get_format(fmt).scan(Path(path), trust)
 
 
-def load_model(path: str | os.PathLike, trust: bool = False) -> LoadedModel:
+def load_model(path: str | os.PathLike, trust: bool = False,
+               custom_objects: custom.Resolved | None = None) -> LoadedModel:
     """Load the model at ``path``: format sniffed by content, then its safety scan (``trust`` skips
-    the scan's refusals), then its loader, with TensorFlow's native log lines silenced. Raises
-    UsageError for missing, unreadable or refused models, ConversionError/EnvironmentProblem from
-    the loaders."""
+    the scan's refusals), then its loader, with TensorFlow's native log lines silenced. ``custom_objects``
+    (:func:`packager.load.custom.resolve`'s plain tuple; only with ``trust``) is imported first and its
+    classes and functions given to Keras. Raises UsageError for missing, unreadable or refused models and
+    custom objects that fail to import, ConversionError/EnvironmentProblem from the loaders."""
     path = Path(path)
     fmt = get_format(sniff_format(path))
+    if custom_objects and not trust:
+        custom.resolve(custom.describe(custom_objects), trust)    # raises: custom objects are code
     fmt.scan(path, trust)
     _model.import_tf()
     with _model.native_quiet():
-        loaded = fmt.load(path, trust)
+        objects = custom.load(custom_objects)
+        loaded = fmt.load(path, trust, objects)
     inner = loaded.reference
 
     def quiet_reference(arrays: dict) -> dict:

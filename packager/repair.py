@@ -348,8 +348,8 @@ def build_auto(model, *, target: str = "rpi", calibration=None, data=None, io: s
     if use_cache:
         key = cache.conversion_key(Path(model), "auto", io, calibration, data, trust_model,
                                    [asdict(budget), profile.name, [list(rt.requirements) for rt in selected], arch,
-                                    [r.to_json(io) for r in list_recipes().values()],
-                                    api._with_custom({}, custom)])
+                                    [r.to_json(io) for r in list_recipes().values()]]
+                                   + ([api._with_custom({}, custom)] if custom else []))
         hit = _load_auto(key, Path(model))
         if hit is not None:
             prepared, rec, chosen, candidates, why = hit

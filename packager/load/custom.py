@@ -114,8 +114,8 @@ def load(resolved: Resolved | None) -> dict:
             raise
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
         raise UsageError(f"--custom-objects {what} failed to import: {type(exc).__name__}: {first}",
-                         hint="it is imported alone, inside the sandbox where there is one: it can import installed packages and "
-                              "(as a module) its own package, not files beside it") from None
+                         hint="it is imported alone, inside the sandbox where there is one: it can import installed "
+                              "packages and (as a module) its own package, not files beside it") from None
     explicit = getattr(module, "CUSTOM_OBJECTS", None)
     if explicit is not None:
         if not isinstance(explicit, dict) or not all(isinstance(k, str) for k in explicit):

@@ -63,6 +63,11 @@ LAYERS = textwrap.dedent('''
         """Not registered: tanh(x) - 0.1 x."""
         def call(self, x):
             return keras.ops.tanh(x) - 0.1 * x
+
+
+    def swishy(x):
+        """A custom activation function (not registered)."""
+        return x * keras.ops.sigmoid(1.5 * x)
 ''')
 
 TF_KERAS_LAYERS = textwrap.dedent('''
@@ -101,7 +106,7 @@ def made(tmp_path_factory):
     mod = _import_file(src / "layers.py", "edgepack_test_custom_layers")
     keras.utils.set_random_seed(7)
     inp = keras.Input((4,), name="x")
-    h = keras.layers.Dense(3, name="d")(inp)
+    h = keras.layers.Dense(3, activation=mod.swishy, name="d")(inp)
     h = mod.Scale(1.5, name="scale")(h)
     out = mod.Wiggle(name="wiggle")(h)
     model = keras.Model(inp, out)
@@ -150,7 +155,8 @@ def _matches_keras(bundle: Path, x: np.ndarray, expected: dict) -> None:
 def test_without_custom_objects_the_refusal_names_them(made, fmt, trust, tmp_path):
     proc = cli("build", made[fmt], "-q", "float32", "-o", tmp_path / "b", *(["--trust-model"] if trust else []))
     text = _one_line_refusal(proc)
-    assert "Scale" in text and HINT in text
+    assert any(f"'{name}'" in text or f">{name}'" in text for name in ("Scale", "Wiggle", "swishy")), text
+    assert HINT in text
     assert not (tmp_path / "b").exists()
 
 

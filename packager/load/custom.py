@@ -27,7 +27,6 @@ import sys
 from pathlib import Path
 
 from ..errors import UsageError
-from .safety import CUSTOM_HINT  # noqa: F401 - the refusals' hint, named here too
 
 #: What :func:`resolve` returns and the child's :func:`load` takes: ``("file", "/abs/layers.py")`` or
 #: ``("module", "mypkg.layers", "/abs/of/mypkg", ...)`` (the readable locations of its top-level package).
@@ -46,8 +45,7 @@ def resolve(spec: str | os.PathLike | None, trust_model: bool) -> Resolved | Non
         return None
     text = str(spec).strip()
     if not trust_model:
-        raise UsageError(f"--custom-objects {text} needs --trust-model: it runs that Python code (and the model's "
-                         "custom layers) while the model loads", hint=NEEDS_TRUST_HINT)
+        raise needs_trust(text)
     path = Path(text).expanduser()
     if text.endswith(".py") or os.sep in text or path.exists():
         if not path.is_file():
@@ -71,6 +69,12 @@ def resolve(spec: str | os.PathLike | None, trust_model: bool) -> Resolved | Non
                          hint="add its parent directory to PYTHONPATH, or pass the .py file")
     places = list(found.submodule_search_locations or []) or ([found.origin] if found.origin else [])
     return ("module", text) + tuple(os.path.abspath(p) for p in places)
+
+
+def needs_trust(text: str) -> UsageError:
+    """The error (exit 2) for ``--custom-objects TEXT`` without ``--trust-model``."""
+    return UsageError(f"--custom-objects {text} needs --trust-model: it runs that Python code (and the model's "
+                      "custom layers) while the model loads", hint=NEEDS_TRUST_HINT)
 
 
 def describe(resolved: Resolved | None) -> str:
@@ -190,7 +194,8 @@ def _names(obj) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-_UNKNOWN = re.compile(r"(?:Unknown [a-z ]+|Could not locate (?:class|function)|Could not interpret [a-z ]+)"
+_UNKNOWN = re.compile(r"(?:Unknown (?:layer|object|activation|loss|metric|initializer|regularizer|constraint|"
+                      r"optimizer)[a-z ]*|Could not locate (?:class|function)|Could not interpret [a-z ]+)"
                       r"[:]? ?'([^']+)'")
 
 
@@ -202,8 +207,7 @@ def unknown_object(exc: BaseException) -> str | None:
     while exc is not None and seen < 20:
         text = str(exc)
         match = _UNKNOWN.search(text)
-        if match and ("custom_object" in text or "register_keras_serializable" in text or "Unknown" in text
-                      or "Could not locate" in text):
+        if match:
             return match.group(1)
         exc, seen = exc.__cause__ or exc.__context__, seen + 1
     return None

@@ -101,7 +101,7 @@ def load_model(path: str | os.PathLike, trust: bool = False,
     path = Path(path)
     fmt = get_format(sniff_format(path))
     if custom_objects and not trust:
-        custom.resolve(custom.describe(custom_objects), trust)    # raises: custom objects are code
+        raise custom.needs_trust(custom.describe(custom_objects))    # custom objects are code
     fmt.scan(path, trust)
     _model.import_tf()
     with _model.native_quiet():

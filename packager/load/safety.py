@@ -123,6 +123,8 @@ def _unsafe_in_config(node, depth: int = 0) -> str | None:
         cls = node.get("class_name")
         name = (node.get("config") or {}).get("name") if isinstance(node.get("config"), dict) else None
         label = f"layer {name!r} ({cls})" if name else f"a {cls}"
+        if cls == "function" and isinstance(node.get("config"), str):      # a function, by its name
+            label = f"function {node['config']!r}"
         if cls in UNSAFE_LAYERS:
             return label
         op_problem = op_layer_problem(node)

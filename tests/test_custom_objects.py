@@ -274,3 +274,13 @@ def test_an_explicit_custom_objects_dict_wins(tmp_path):
     path.write_text("raise ValueError('boom')\n")
     with pytest.raises(UsageError, match="failed to import: ValueError: boom"):
         custom.load(custom.resolve(path, True))
+
+
+def test_the_cache_key_follows_the_code(tmp_path):
+    """An edited layers file is another conversion: its content is in the conversion cache key."""
+    path = tmp_path / "layers.py"
+    path.write_text("A = 1\n")
+    first = custom.fingerprint(custom.resolve(path, True))
+    path.write_text("A = 2\n")
+    assert custom.fingerprint(custom.resolve(path, True)) != first
+    assert api._with_custom({"atol": ["0.1"]}, None) == {"atol": ["0.1"]}

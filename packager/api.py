@@ -114,9 +114,14 @@ def build(model: str | os.PathLike, *, target: str = "rpi", recipe: str | None =
           atol: list[str] | None = None, rtol: list[str] | None = None, strict: bool = False,
           max_drop: float | list[str] | None = None, max_flips: list[str] | None = None,
           output_kind: list[str] | None = None, signature: str | None = None,
+          custom_objects: str | os.PathLike | None = None,
           _auto: tuple | None = None) -> BuildResult:
     """Load, convert (checked against the original), bundle, verify in the target's runtimes,
     and only then move the bundle to ``output``. TensorFlow work runs in a contained child.
+
+    ``custom_objects``: a ``.py`` file or a module name defining the model's custom layers (the CLI's
+    ``--custom-objects``, :mod:`packager.load.custom`); it is imported only inside the contained child and
+    only with ``trust_model`` (UsageError otherwise).
 
     ``atol``/``rtol``, ``max_drop`` (accuracy points), ``max_flips`` (fraction of decisions): tolerance
     overrides, ``"0.05"`` for every output or ``"NAME:0.05"`` for one; ``output_kind``: ``["NAME:KIND[:OPTIONS]"]``
@@ -141,6 +146,7 @@ def build(model: str | os.PathLike, *, target: str = "rpi", recipe: str | None =
     if _auto is not None:      # --quantize auto (packager.repair): (Prepared, Recipe) already chosen
         rec = _auto[1]
     overrides = verdict_overrides(atol, rtol, max_drop, max_flips, output_kind, verify)
+    custom = resolve_custom(custom_objects, trust_model)
     unconfined = _unconfined(trust_model)
     if unconfined:
         notes.append(unconfined)
@@ -162,14 +168,15 @@ def build(model: str | os.PathLike, *, target: str = "rpi", recipe: str | None =
     prepared = _auto[0] if _auto is not None else None
     if use_cache and prepared is None:
         key = cache.conversion_key(model_path, rec, io, calibration, data, trust_model,
-                                   {**overrides, "signature": signature} if signature else overrides)
+                                   _with_custom({**overrides, "signature": signature} if signature else overrides,
+                                                custom))
         prepared = cache.load_prepared(key, model_path)
         if prepared is not None:
             progress("unchanged model and settings: reusing the cached conversion")
     if prepared is None:
         progress(f"loading and converting {model_path} ({rec.name})")
         prepared = _prepare_contained(model_path, rec, io, calibration, data, trust_model, overrides, progress,
-                                      signature)
+                                      signature, custom)
         if use_cache:
             cache.save_prepared(key, prepared)
     conversion = prepared.conversion
@@ -186,7 +193,7 @@ def build(model: str | os.PathLike, *, target: str = "rpi", recipe: str | None =
     with lifecycle.exclusive(lock_path(output), f"writing {output}", progress):
         return _stage_verify_commit(model_path, output, profile, rec, io, prepared, name, selected, label_names,
                                     verify, arch, progress, use_cache, strict, runtimes, data, trust_model, warnings,
-                                    overrides)
+                                    overrides, custom)
 
 
 def _check_output_path(output: Path) -> None:
@@ -234,7 +241,7 @@ def lock_path(output) -> Path:
 
 def _stage_verify_commit(model_path, output, profile, rec, io, prepared, name, selected, label_names, verify, arch,
                          progress, use_cache, strict, runtimes, data, trust_model, warnings,
-                         overrides=None) -> BuildResult:
+                         overrides=None, custom=None) -> BuildResult:
     """Stage the bundle beside ``output``, verify it there, and move it into place (holding ``output``'s lock)."""
     conversion = prepared.conversion
     staging = Staging(output)
@@ -254,7 +261,7 @@ def _stage_verify_commit(model_path, output, profile, rec, io, prepared, name, s
             if rec.needs_calibration and any(r.status == "failed" for r in report.runtimes):
                 from .diagnose import verify_brief
                 report.first_divergence = verify_brief(staging.dir, model_path, data, prepared.check.inputs,
-                                                       trust_model, progress, prepared.signature)
+                                                       trust_model, progress, prepared.signature, custom)
             if report.verdict == "UNVERIFIED":
                 raise Unverified(f"UNVERIFIED: no runtime of {profile.name} could run the bundle, so nothing was "
                                  f"compared: {'; '.join(report.failures)[:600]}",
@@ -305,12 +312,13 @@ def build_sweep(model: str | os.PathLike, recipes: list[str], *, target: str = "
                 labels: str | os.PathLike | None = None, trust_model: bool = False,
                 progress: Progress | None = None, atol: list[str] | None = None, rtol: list[str] | None = None,
                 strict: bool = False, max_drop: float | list[str] | None = None, max_flips: list[str] | None = None,
-                output_kind: list[str] | None = None, signature: str | None = None) -> SweepResult:
+                output_kind: list[str] | None = None, signature: str | None = None,
+                custom_objects: str | os.PathLike | None = None) -> SweepResult:
     """Build ``recipes`` of one model side by side: one bundle per recipe at
     ``OUTPUT/NAME-TARGET-RECIPE`` (``OUTPUT`` default ``dist``). Loading, data and the reference
     outputs are computed once, in one contained child; each recipe is then bundled and verified as
-    ``build`` does. A recipe that fails is a row saying why (no bundle written), not an error;
-    recipes needing calibration are skipped without ``calibration``. Raises UsageError for bad
+    ``build`` does (``custom_objects`` as there). A recipe that fails is a row saying why (no bundle written),
+    not an error; recipes needing calibration are skipped without ``calibration``. Raises UsageError for bad
     input shared by all recipes."""
     from .contain import isolate
     from .convert import jobs
@@ -323,6 +331,7 @@ def build_sweep(model: str | os.PathLike, recipes: list[str], *, target: str = "
     for r in recipes:
         get_recipe(r)
     overrides = verdict_overrides(atol, rtol, max_drop, max_flips, output_kind, verify)
+    custom = resolve_custom(custom_objects, trust_model)
     _unconfined(trust_model)            # --trust-model without a sandbox is refused before anything loads
     base = check_name(name) if name else default_name(model_path, profile.name)
     root = Path(output) if output else Path("dist")
@@ -339,7 +348,7 @@ def build_sweep(model: str | os.PathLike, recipes: list[str], *, target: str = "
     try:
         results = dict(isolate.run(jobs.prepare_sweep, str(model_path), todo, io,
                                    str(calibration) if calibration is not None else None,
-                                   str(data) if data is not None else None, trust_model, overrides, signature,
+                                   str(data) if data is not None else None, trust_model, overrides, signature, custom,
                                    progress=progress)) if todo else {}
     except ConversionError as exc:
         if not getattr(exc, "path", None):      # not a crash on one conversion path: it concerns every recipe
@@ -352,7 +361,7 @@ def build_sweep(model: str | os.PathLike, recipes: list[str], *, target: str = "
             progress(f"[{k}/{len(todo)}] {r}" + _then(todo[k:]))
             try:
                 results[r] = _prepare_contained(model_path, get_recipe(r), io, calibration, data, trust_model,
-                                                overrides, progress, signature)
+                                                overrides, progress, signature, custom)
             except EdgepackError as each:
                 results[r] = each
     evidence = ""
@@ -369,7 +378,8 @@ def build_sweep(model: str | os.PathLike, recipes: list[str], *, target: str = "
                            output=root / f"{base}-{r}", verify=verify, data=data, runtimes=runtimes, arch=arch,
                            name=f"{base}-{r}", labels=labels, trust_model=trust_model, use_cache=False,
                            progress=progress, atol=atol, rtol=rtol, strict=strict, max_drop=max_drop,
-                           max_flips=max_flips, output_kind=output_kind, signature=signature, _auto=(got, get_recipe(r)))
+                           max_flips=max_flips, output_kind=output_kind, signature=signature,
+                           custom_objects=custom_objects, _auto=(got, get_recipe(r)))
         except EdgepackError as exc:
             row.update(status="failed", reason=exc.message, exit_code=exc.exit_code)
             report = getattr(exc, "report", None)
@@ -413,6 +423,23 @@ def _sweep_runtimes(report: VerifyReport) -> dict:
     return out
 
 
+def resolve_custom(custom_objects, trust_model: bool):
+    """``custom_objects`` (a ``.py`` file or module name, or None) as the plain data the contained child takes
+    (:func:`packager.load.custom.resolve`: nothing of it runs here). Raises UsageError without ``trust_model``
+    (exit 2: it is code) and for a file or module that is not there."""
+    from .load import custom
+    return custom.resolve(custom_objects, trust_model)
+
+
+def _with_custom(overrides: dict | None, custom) -> dict | None:
+    """The cache key's settings: ``overrides`` plus the content of the ``--custom-objects`` code (it computes
+    part of the model), when there is one."""
+    if not custom:
+        return overrides
+    from .load.custom import fingerprint
+    return {**(overrides or {}), "custom_objects": fingerprint(custom)}
+
+
 def _unconfined(trust_model: bool) -> str | None:
     """The warning for a model about to be loaded without the sandbox (None when confined); UsageError for
     ``--trust-model`` where the kernel has no sandbox and the user did not say EDGEPACK_SANDBOX=0."""
@@ -446,7 +473,8 @@ def verdict_overrides(atol=None, rtol=None, max_drop=None, max_flips=None, outpu
     return out
 
 
-def _prepare_contained(model_path, rec, io, calibration, data, trust_model, overrides, progress, signature=None):
+def _prepare_contained(model_path, rec, io, calibration, data, trust_model, overrides, progress, signature=None,
+                       custom=None):
     """jobs.prepare in the contained child. When TensorFlow crashes on one conversion path (a
     converter segfault), the next child skips that path instead of the build ending there."""
     from .contain import isolate
@@ -458,7 +486,7 @@ def _prepare_contained(model_path, rec, io, calibration, data, trust_model, over
             prepared = isolate.run(jobs.prepare, str(model_path), rec.name, io,
                                    str(calibration) if calibration is not None else None,
                                    str(data) if data is not None else None, trust_model, overrides, tuple(skip),
-                                   signature, progress=progress)
+                                   signature, custom, progress=progress)
             break
         except ConversionError as exc:
             path = getattr(exc, "path", None)
@@ -536,23 +564,26 @@ def verify(bundle: str | os.PathLike, *, reference: str | os.PathLike, data: str
            trust_model: bool = False, progress: Progress | None = None, atol: list[str] | None = None,
            rtol: list[str] | None = None, max_drop: float | list[str] | None = None,
            max_flips: list[str] | None = None, output_kind: list[str] | None = None,
-           signature: str | None = None) -> VerifyReport:
+           signature: str | None = None, custom_objects: str | os.PathLike | None = None) -> VerifyReport:
     """Run the bundle's own entrypoint in each runtime environment of its target on the inputs and
     compare, output by output and by name, with ``reference`` (the original model file).
 
     Inputs: ``data`` (held-out), else the bundle's samples, else synthetic. ``strict``: weak
     evidence or a runtime that cannot run the model fails. ``atol``, ``rtol``, ``max_drop``, ``max_flips`` and
     ``output_kind`` as in :func:`build`, on top of the tolerance (and output kinds) recorded in the manifest.
-    ``signature``: the reference SavedModel's signature to run (default: the one the bundle was built from)."""
+    ``signature``: the reference SavedModel's signature to run (default: the one the bundle was built from);
+    ``custom_objects`` (the reference's custom layers, with ``trust_model``) as in :func:`build`."""
     progress = progress or _noop
     overrides = verdict_overrides(atol, rtol, max_drop, max_flips, output_kind)
+    custom = resolve_custom(custom_objects, trust_model)
     with open_bundle(bundle) as bundle:
-        return _verify(bundle, reference, data, runtimes, arch, strict, trust_model, progress, overrides, signature)
+        return _verify(bundle, reference, data, runtimes, arch, strict, trust_model, progress, overrides, signature,
+                       custom)
 
 
 def _verify(bundle: Path, reference, data, runtimes, arch, strict, trust_model, progress,
-            overrides: dict | None = None, signature: str | None = None) -> VerifyReport:
-    ref = _reference_side(bundle, reference, data, trust_model, progress, overrides, signature)
+            overrides: dict | None = None, signature: str | None = None, custom: tuple | None = None) -> VerifyReport:
+    ref = _reference_side(bundle, reference, data, trust_model, progress, overrides, signature, custom)
     manifest, profile, rec = ref.manifest, ref.profile, ref.rec
     if runtimes:
         selected = [profile.runtime(r) for r in runtimes]
@@ -565,7 +596,7 @@ def _verify(bundle: Path, reference, data, runtimes, arch, strict, trust_model, 
     if not report.passed and rec.needs_calibration and any(r.status == "failed" for r in report.runtimes):
         from .diagnose import verify_brief
         report.first_divergence = verify_brief(bundle, reference, data, ref.arrays, trust_model, progress,
-                                               ref.signature)
+                                               ref.signature, ref.custom)
     return report
 
 
@@ -586,10 +617,11 @@ class _ReferenceSide:
     arrays: dict | None
     notes: list
     signature: str | None = None
+    custom: tuple | None = None      # the resolved --custom-objects of the reference (packager.load.custom)
 
 
 def _reference_side(bundle: Path, reference, data, trust_model, progress, overrides,
-                    signature: str | None = None) -> _ReferenceSide:
+                    signature: str | None = None, custom: tuple | None = None) -> _ReferenceSide:
     manifest = read_manifest(bundle)
     signature = signature or manifest.source.get("signature")
     signature = signature or manifest.source.get("signature")
@@ -619,13 +651,14 @@ def _reference_side(bundle: Path, reference, data, trust_model, progress, overri
     unconfined = _unconfined(trust_model)
     progress(f"computing reference outputs with {reference}")
     dataset, refs, ref_names, noise = isolate.run(jobs.reference, str(reference), str(data) if data else None, arrays,
-                                                  trust_model, signature, what="running the reference model",
+                                                  trust_model, signature, custom, what="running the reference model",
                                                   progress=progress)
     _check_names(ref_names, manifest)
     spec = _bundle_spec((bundle / manifest.model).read_bytes(), manifest)
     tolerance = _bundle_tolerance(manifest, rec, overrides)
     notes = [n for n in (unconfined, script_note) if n]
-    return _ReferenceSide(manifest, profile, rec, dataset, refs, noise, spec, tolerance, arrays, notes, signature)
+    return _ReferenceSide(manifest, profile, rec, dataset, refs, noise, spec, tolerance, arrays, notes, signature,
+                          custom)
 
 
 def _finish_notes(report: VerifyReport, ref: _ReferenceSide, overrides) -> None:
@@ -639,23 +672,26 @@ def verify_on_device(bundle: str | os.PathLike, transport, *, reference: str | o
                      trust_model: bool = False, strict: bool = False, progress: Progress | None = None,
                      atol: list[str] | None = None, rtol: list[str] | None = None,
                      max_drop: float | list[str] | None = None, max_flips: list[str] | None = None,
-                     output_kind: list[str] | None = None, signature: str | None = None) -> VerifyReport:
+                     output_kind: list[str] | None = None, signature: str | None = None,
+                     custom_objects: str | os.PathLike | None = None) -> VerifyReport:
     """The verdict of ``bundle`` as computed by a real device (``transport``: SSH or ADB): the reference outputs come
     from ``reference`` on this host, the inputs (``data``, else the bundle's samples) go to the device in chunks, the
     deployed release (``release``, default ``current`` in ``remote_dir``) runs them with its own script in the
     device's environment, and the outputs are judged here by the emulator's criteria. The report's ``device`` holds
     the device's facts and how it differs from what the manifest was verified with. Raises DeployError (device
     unreachable, nothing deployed, script cannot run), VerificationError (the release on the device is not this
-    bundle's), UsageError."""
+    bundle's), UsageError. ``signature``, ``custom_objects``: as in :func:`verify`."""
     from .deploy import ondevice
     from .deploy.releases import default_remote_dir, load_bundle
     progress = progress or _noop
     overrides = verdict_overrides(atol, rtol, max_drop, max_flips, output_kind)
+    custom = resolve_custom(custom_objects, trust_model)
     with open_bundle(bundle) as path:
         loaded = load_bundle(path)
         spec_dir = remote_dir or default_remote_dir(loaded.manifest, transport)
         transport.path_expr(spec_dir)
-        material, ref = device_material(path, reference, data, trust_model, progress, overrides, signature)
+        material, ref = device_material(path, reference, data, trust_model, progress, overrides, signature,
+                                        custom)
         progress(f"running on {transport.describe()}")
 
         def step(name: str, detail: str = "") -> None:
@@ -667,14 +703,14 @@ def verify_on_device(bundle: str | os.PathLike, transport, *, reference: str | o
 
 
 def device_material(bundle: Path, reference, data, trust_model: bool, progress, overrides,
-                    signature: str | None = None):
+                    signature: str | None = None, custom: tuple | None = None):
     """(:class:`~packager.deploy.ondevice.Material`, the reference side) for judging ``bundle`` on a device: the
     reference outputs from ``reference`` on ``data`` (else the bundle's samples), output kinds settled from the
     bundle's graph, output steps."""
     from .compare import with_kinds
     from .convert.inspect import output_ops
     from .deploy.ondevice import Material
-    ref = _reference_side(bundle, reference, data, trust_model, progress, overrides, signature)
+    ref = _reference_side(bundle, reference, data, trust_model, progress, overrides, signature, custom)
     ops = output_ops((bundle / ref.manifest.model).read_bytes(), ref.spec.outputs)
     tol = with_kinds(ref.tolerance, ref.refs[0], ref.dataset.labels, ops)
     steps = {n: step for n, (_, step) in ops.items() if step}

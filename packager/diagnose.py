@@ -18,10 +18,11 @@ MAX_SAMPLES = 256         # samples a diagnosis runs (all intermediates are kept
 
 
 def verify_brief(bundle: Path, reference, data, arrays, trust_model: bool, progress=None,
-                 signature: str | None = None) -> str | None:
+                 signature: str | None = None, custom: tuple | None = None) -> str | None:
     """The first divergence of ``bundle`` (a bundle or staged bundle directory) that failed
-    verification: the reference converted to float32 in the contained child, then
-    :func:`quick_brief` on ``data`` (else ``arrays``, at most 64 samples). Never raises."""
+    verification: the reference converted to float32 in the contained child (``custom``: its resolved
+    ``--custom-objects``, :func:`packager.load.custom.resolve`), then :func:`quick_brief` on ``data`` (else
+    ``arrays``, at most 64 samples). Never raises."""
     from .contain import isolate
     from .convert import jobs
     from .bundle.files import npz_bytes, read_manifest
@@ -35,7 +36,7 @@ def verify_brief(bundle: Path, reference, data, arrays, trust_model: bool, progr
                 data = _capped(Path(data), Path(tmp))
             progress("locating the first divergence (float32 conversion of the reference)")
             prepared = isolate.run(jobs.prepare, str(reference), "float32", "float", None,
-                                   str(data) if data is not None else None, trust_model, None, (), signature,
+                                   str(data) if data is not None else None, trust_model, None, (), signature, custom,
                                    what="converting the reference to float32", progress=progress)
         manifest = read_manifest(bundle)
         model = (bundle / manifest.model).read_bytes()
@@ -68,7 +69,8 @@ def calibration_causes(calibration, specs, inputs: dict) -> list[Cause]:
 
 
 def diagnose(bundle, *, reference, data=None, runtimes: list[str] | None = None, arch: str | None = None,
-             trust_model: bool = False, progress=None, calibration=None, signature: str | None = None) -> Diagnosis:
+             trust_model: bool = False, progress=None, calibration=None, signature: str | None = None,
+             custom_objects=None) -> Diagnosis:
     """Localise where ``bundle`` (a bundle directory or archive, or a bare ``.tflite``; target
     rpi's runtimes for a bare model) departs from ``reference`` (the original model file).
 
@@ -76,7 +78,8 @@ def diagnose(bundle, *, reference, data=None, runtimes: list[str] | None = None,
     bundle's samples, else synthetic. Raises UsageError (bad input), EnvironmentProblem (no
     runtime environment), ConversionError (the reference cannot be converted to float32).
     ``calibration``: the calibration set the bundle was built with, if at hand (more evidence). ``signature``: the
-    reference SavedModel's signature (default: the one recorded in the bundle's manifest)."""
+    reference SavedModel's signature (default: the one recorded in the bundle's manifest); ``custom_objects``: the
+    reference's custom layers (a ``.py`` file or module, with ``trust_model``), as in :func:`packager.build`."""
     from .contain import isolate
     from .convert import jobs
     from .bundle.files import open_bundle, read_manifest
@@ -88,6 +91,8 @@ def diagnose(bundle, *, reference, data=None, runtimes: list[str] | None = None,
     if not path.exists():
         raise UsageError(f"not found: {bundle}", hint="pass a bundle directory, its .tar.gz, or a .tflite")
     sniff_format(Path(reference))
+    from .load.custom import resolve
+    custom = resolve(custom_objects, trust_model)
     if data is not None and not Path(data).exists():
         raise UsageError(f"data not found: {data}")
     if calibration is not None and not Path(calibration).exists():
@@ -112,7 +117,7 @@ def diagnose(bundle, *, reference, data=None, runtimes: list[str] | None = None,
             data = _capped(Path(data), Path(tmp))
         progress(f"converting {reference} to float32 (the reference for every tensor)")
         prepared = isolate.run(jobs.prepare, str(reference), "float32", "float", None,
-                               str(data) if data is not None else None, trust_model, None, (), signature,
+                               str(data) if data is not None else None, trust_model, None, (), signature, custom,
                                what="converting the reference to float32", progress=progress)
         if manifest is not None:
             ref_names = {t.name for t in prepared.outputs}

@@ -76,9 +76,10 @@ class Budget:
 
 # --------------------------------------------------------------------------- child: candidates
 def search(model: str, calibration: str | None, data: str | None, trust: bool, io: str = "float",
-           signature: str | None = None):
+           signature: str | None = None, custom: tuple | None = None):
     """Child job: (float32 Prepared with the check data and reference outputs, [Candidate]).
-    Candidates that cannot be converted carry their ``error``. ``signature``: the SavedModel signature."""
+    Candidates that cannot be converted carry their ``error``. ``signature``: the SavedModel signature; ``custom``:
+    the resolved ``--custom-objects`` (:func:`packager.load.custom.resolve`)."""
     from .convert import jobs
     from .load.calibration import load_dataset
     from .contain.isolate import stage
@@ -86,8 +87,8 @@ def search(model: str, calibration: str | None, data: str | None, trust: bool, i
     from .load.model import import_tf
     from .recipes import get_recipe
 
-    base = jobs.prepare(model, "float32", "float", calibration, data, trust, signature=signature)
-    loaded = load_model(model, trust=trust, signature=signature)
+    base = jobs.prepare(model, "float32", "float", calibration, data, trust, signature=signature, custom=custom)
+    loaded = load_model(model, trust=trust, signature=signature, custom_objects=custom)
     cal = load_dataset(calibration, loaded.inputs) if calibration is not None else None
     check = base.check.inputs
     tf = import_tf()
@@ -310,12 +311,13 @@ def build_auto(model, *, target: str = "rpi", calibration=None, data=None, io: s
                max_drop: float | None = None, min_agreement: float | None = None, min_cosine: float | None = None,
                output=None, runtimes: list[str] | None = None, arch: str | None = None, name: str | None = None,
                labels=None, trust_model: bool = False, progress=None, strict: bool = False,
-               use_cache: bool = True, signature: str | None = None) -> AutoResult:
+               use_cache: bool = True, signature: str | None = None, custom_objects=None) -> AutoResult:
     """Build the smallest candidate (see module docstring) that meets the budget in every runtime
     of ``target`` (or ``runtimes``) on ``data`` (else the calibration set, else synthetic inputs).
     No budget given: top-1 agreement >= 0.99. Raises UsageError (``max_drop`` without labels, bad
     values), VerificationError (no candidate meets the budget; the message lists every one tried),
-    and what :func:`packager.api.build` raises. ``signature``: the SavedModel signature, as in ``build``."""
+    and what :func:`packager.api.build` raises. ``signature``: the SavedModel signature, as in ``build``;
+    ``custom_objects``: as :func:`packager.api.build`'s."""
     from . import api
     from .contain import isolate
     from .verification.emulator import get_env
@@ -325,6 +327,7 @@ def build_auto(model, *, target: str = "rpi", calibration=None, data=None, io: s
     progress = progress or (lambda _m: None)
     sniff_format(Path(model))
     budget = Budget(max_drop, min_agreement, min_cosine)
+    custom = api.resolve_custom(custom_objects, trust_model)
     for v, flag in ((min_agreement, "--min-agreement"), (min_cosine, "--min-cosine")):
         if v is not None and not 0.0 <= v <= 1.0:
             raise UsageError(f"{flag} {v:g} is outside [0, 1]", hint=f"e.g. {flag} 0.99")
@@ -347,7 +350,8 @@ def build_auto(model, *, target: str = "rpi", calibration=None, data=None, io: s
         key = cache.conversion_key(Path(model), "auto", io, calibration, data, trust_model,
                                    [asdict(budget), profile.name, [list(rt.requirements) for rt in selected], arch,
                                     [r.to_json(io) for r in list_recipes().values()]]
-                                   + ([signature] if signature else []))
+                                   + ([signature] if signature else [])
+                                   + ([api._with_custom({}, custom)] if custom else []))
         hit = _load_auto(key, Path(model))
         if hit is not None:
             prepared, rec, chosen, candidates, why = hit
@@ -356,12 +360,12 @@ def build_auto(model, *, target: str = "rpi", calibration=None, data=None, io: s
             result = api.build(model, target=target, recipe=rec.name, calibration=calibration, io=io, output=output,
                                data=data, runtimes=runtimes, arch=arch, name=name, labels=labels,
                                trust_model=trust_model, use_cache=True, progress=progress, strict=strict,
-                               signature=signature, _auto=(prepared, rec))
+                               signature=signature, custom_objects=custom_objects, _auto=(prepared, rec))
             return AutoResult(result, chosen, candidates, budget, why)
     api._unconfined(trust_model)        # --trust-model without a sandbox is refused before anything loads
     progress("auto: converting the candidates")
     base, candidates = isolate.run(search, str(model), str(calibration) if calibration else None,
-                                   str(data) if data else None, trust_model, io, signature,
+                                   str(data) if data else None, trust_model, io, signature, custom,
                                    what="converting the auto candidates", progress=progress)
     ys = base.check.labels
     if budget.max_drop is not None and ys is None:
@@ -404,6 +408,7 @@ def build_auto(model, *, target: str = "rpi", calibration=None, data=None, io: s
     result = api.build(model, target=target, recipe=rec.name, calibration=calibration, io=io, output=output,
                        data=data, runtimes=runtimes, arch=arch, name=name, labels=labels, trust_model=trust_model,
                        use_cache=use_cache, progress=progress, strict=strict, signature=signature,
+                       custom_objects=custom_objects,
                        _auto=(prepared, rec))
     if key is not None:
         _save_auto(key, prepared, rec, chosen, candidates, why)

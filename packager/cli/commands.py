@@ -95,6 +95,10 @@ def _arch(arch: Optional[Arch]) -> Optional[str]:
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout (for CI).")]
 TrustOpt = Annotated[bool, typer.Option("--trust-model", help="Load models that carry code (Lambda layers, "
                      "custom classes, file/Python ops). Only for models from a source you trust.")]
+CustomOpt = Annotated[Optional[str], typer.Option("--custom-objects", metavar="FILE.py|MODULE", help="Python file "
+                      "(or importable module, e.g. mypkg.layers) defining the model's custom layers, losses or "
+                      "functions, as Keras's custom_objects: its Keras classes and functions, or its CUSTOM_OBJECTS "
+                      "dict. Runs that code, so it needs --trust-model; imported only inside the sandbox.")]
 AtolOpt = Annotated[Optional[List[str]], typer.Option("--atol", metavar="[NAME:]VALUE", help="Absolute error "
                     "allowed, in the output's units: VALUE for every output or NAME:VALUE for one (repeatable); "
                     "replaces the recipe's atol (see `edgepack recipes`).")]
@@ -150,6 +154,7 @@ def build(
     html: Annotated[Optional[Path], typer.Option("--html", metavar="FILE", help="Also write an HTML report (written when the build "
                     "fails too, and with --no-verify).")] = None,
     trust_model: TrustOpt = False,
+    custom_objects: CustomOpt = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Convert and verify afresh even if an identical "
                         "build is cached (~/.cache/edgepack, by content hash).")] = False,
     atol: AtolOpt = None,
@@ -194,7 +199,8 @@ def build(
                                     arch=_arch(arch or verify_arch), name=name, labels=labels,
                                     trust_model=trust_model, progress=report, atol=atol, rtol=rtol, strict=strict,
                                     max_drop=max_drop, max_flips=max_flips, output_kind=output_kind,
-                                    signature=signature)
+                                    signature=signature,
+                                    custom_objects=custom_objects)
         if json_output:
             render.emit_json({"ok": bool(sweep.written), **sweep.to_json()})
         else:
@@ -213,7 +219,7 @@ def build(
         from .diagnose import build_auto
         return build_auto(model, target, calibration, io, output, data, runtime, verify, arch or verify_arch, name,
                           labels, html, trust_model, atol, rtol, strict, budget, json_output, not no_cache,
-                          signature)
+                          signature, custom_objects)
     if min_agreement is not None or min_cosine is not None:
         raise UsageError("--min-agreement and --min-cosine are budgets for --quantize auto",
                          hint="add --quantize auto, or use --max-flips/--max-drop with a fixed recipe")
@@ -224,7 +230,8 @@ def build(
                                runtimes=runtime, arch=_arch(arch or verify_arch), name=name, labels=labels,
                                trust_model=trust_model, use_cache=not no_cache, progress=report, atol=atol,
                                rtol=rtol, strict=strict, max_drop=max_drop, max_flips=max_flips,
-                               output_kind=output_kind, signature=signature)
+                               output_kind=output_kind, signature=signature,
+                               custom_objects=custom_objects)
     except EdgepackError as exc:
         if html:
             _write_report(html, f"edgepack build {model.name}", getattr(exc, "report", None), model, labels, exc=exc)
@@ -254,6 +261,7 @@ def verify(
     html: Annotated[Optional[Path], typer.Option("--html", metavar="FILE", help="Write an HTML report: error distributions on a log "
                     "scale with the limit, bundle vs model, confusion matrices, provenance (also on failure).")] = None,
     trust_model: TrustOpt = False,
+    custom_objects: CustomOpt = None,
     atol: AtolOpt = None,
     rtol: RtolOpt = None,
     max_drop: Annotated[Optional[float], typer.Option("--max-drop", metavar="POINTS", help="Accuracy drop allowed, in "
@@ -322,12 +330,13 @@ def verify(
                                                   remote_dir=remote_dir, release=release, device_python=device_python,
                                                   threads=threads, trust_model=trust_model, strict=strict,
                                                   progress=report_cb, atol=atol, rtol=rtol, max_drop=max_drop,
-                                                  max_flips=max_flips, output_kind=output_kind, signature=signature)
+                                                  max_flips=max_flips, output_kind=output_kind, signature=signature,
+                                                  custom_objects=custom_objects)
             else:
                 report = api.verify(bundle, reference=reference, data=data, runtimes=runtime,
                                     arch=_arch(arch or verify_arch), strict=strict, trust_model=trust_model,
                                     progress=report_cb, atol=atol, rtol=rtol, max_drop=max_drop, max_flips=max_flips,
-                                    output_kind=output_kind, signature=signature)
+                                    output_kind=output_kind, signature=signature, custom_objects=custom_objects)
     except EdgepackError as exc:
         if html:
             _write_report(html, f"edgepack verify {bundle.name}", getattr(exc, "report", None), reference, labels,
@@ -461,8 +470,8 @@ def _write_report(path: Path, title: str, report, model: Path, labels: Optional[
 
 from .diagnose import register as _register_diagnose  # noqa: E402 - needs the names above
 
-_register_diagnose(app, command, {"Arch": Arch, "TrustOpt": TrustOpt, "JsonOpt": JsonOpt, "VerboseOpt": VerboseOpt,
-                                  "QuietOpt": QuietOpt, "SignatureOpt": SignatureOpt})
+_register_diagnose(app, command, {"Arch": Arch, "TrustOpt": TrustOpt, "CustomOpt": CustomOpt, "JsonOpt": JsonOpt,
+                                  "VerboseOpt": VerboseOpt, "QuietOpt": QuietOpt, "SignatureOpt": SignatureOpt})
 
 try:  # deploy/run/rollback/status live in their own module
     from .deploy import register as _register_deploy

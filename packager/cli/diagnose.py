@@ -13,7 +13,8 @@ def _arch(arch) -> Optional[str]:
 
 
 def build_auto(model, target, calibration, io, output, data, runtime, verify, verify_arch, name, labels, html,
-                trust_model, atol, rtol, strict, budget, json_output, use_cache=True, signature=None):
+                trust_model, atol, rtol, strict, budget, json_output, use_cache=True, signature=None,
+                custom_objects=None):
     """`build --quantize auto`: packager.repair.build_auto, then the candidates table and the build."""
     from . import render
     from ..repair import build_auto
@@ -27,7 +28,7 @@ def build_auto(model, target, calibration, io, output, data, runtime, verify, ve
         result = build_auto(model, target=target, calibration=calibration, data=data, io=io.value, output=output,
                             runtimes=runtime, arch=_arch(verify_arch), name=name, labels=labels,
                             trust_model=trust_model, progress=report, strict=strict, use_cache=use_cache,
-                            signature=signature, **budget)
+                            signature=signature, custom_objects=custom_objects, **budget)
     data_out = result.to_json()
     if html and result.build.verification:
         html.write_text(render.html_report(result.build.verification.to_json(), f"edgepack build {model} (auto)"))
@@ -41,9 +42,9 @@ def build_auto(model, target, calibration, io, output, data, runtime, verify, ve
 
 def register(app: typer.Typer, command, opts: dict) -> None:
     """Add `diagnose` to ``app``; ``command`` (the error boundary) and ``opts`` (cli.py's shared
-    option types: Arch, TrustOpt, JsonOpt, VerboseOpt, QuietOpt, SignatureOpt) are passed in so that this module
-    never imports commands.py (which imports this module)."""
-    Arch, TrustOpt, JsonOpt = opts["Arch"], opts["TrustOpt"], opts["JsonOpt"]
+    option types: Arch, TrustOpt, CustomOpt, JsonOpt, VerboseOpt, QuietOpt, SignatureOpt) are passed in so that this
+    module never imports commands.py (which imports this module)."""
+    Arch, TrustOpt, JsonOpt, CustomOpt = opts["Arch"], opts["TrustOpt"], opts["JsonOpt"], opts["CustomOpt"]
     VerboseOpt, QuietOpt, SignatureOpt = opts["VerboseOpt"], opts["QuietOpt"], opts["SignatureOpt"]
 
     def diagnose(
@@ -64,6 +65,7 @@ def register(app: typer.Typer, command, opts: dict) -> None:
                         "per-op error plot.")] = None,
         trust_model: TrustOpt = False,
         signature: SignatureOpt = None,
+        custom_objects: CustomOpt = None,
         verbose: VerboseOpt = False,
         quiet: QuietOpt = False,
         json_output: JsonOpt = False,
@@ -83,7 +85,7 @@ def register(app: typer.Typer, command, opts: dict) -> None:
         with render.progress() as report_cb:
             diag = run_diagnose(bundle, reference=reference, data=data, runtimes=runtime, arch=_arch(arch),
                                 trust_model=trust_model, progress=report_cb, calibration=calibration,
-                                signature=signature)
+                                signature=signature, custom_objects=custom_objects)
         data_out = diag.to_json()
         if html:
             html.write_text(diagnosis_html(data_out, f"edgepack diagnose {bundle}"))

@@ -65,11 +65,13 @@ def _inputs_for_check(loaded, data: str | None, calibration: Dataset | None) -> 
 
 
 def prepare(model: str, recipe_name: str, io: str, calibration: str | None, data: str | None,
-            trust: bool, overrides: dict | None = None, skip: tuple = (), signature: str | None = None) -> Prepared:
+            trust: bool, overrides: dict | None = None, skip: tuple = (), signature: str | None = None,
+            custom: tuple | None = None) -> Prepared:
     """The TensorFlow half of ``build`` (run in the contained child): load the model (``signature``: the
-    SavedModel signature to convert), read calibration and check data, convert (skipping paths in ``skip``),
-    compute the reference outputs of every check group. Raises UsageError, ConversionError or VerificationError."""
-    loaded, cal, check, references, noise = _load_for_conversion(model, calibration, data, trust, signature)
+    SavedModel signature to convert; ``custom``: the ``--custom-objects`` of :func:`packager.load.custom.resolve`,
+    imported here, in the child), read calibration and check data, convert (skipping paths in ``skip``), compute the
+    reference outputs of every check group. Raises UsageError, ConversionError or VerificationError."""
+    loaded, cal, check, references, noise = _load_for_conversion(model, calibration, data, trust, signature, custom)
     prepared = _convert_recipe(loaded, cal, check, references, noise, recipe_name, io, overrides, skip)
     # The result is encoded whole on its way to the parent (the .tflite and the check inputs: ~50 MB
     # for a MobileNetV2): drop the model and its traced functions first, so that copy does not
@@ -80,11 +82,12 @@ def prepare(model: str, recipe_name: str, io: str, calibration: str | None, data
 
 
 def prepare_sweep(model: str, recipe_names: list, io: str, calibration: str | None, data: str | None,
-                  trust: bool, overrides: dict | None = None, signature: str | None = None) -> list:
+                  trust: bool, overrides: dict | None = None, signature: str | None = None,
+                  custom: tuple | None = None) -> list:
     """Several recipes of one model in one child: loading, data and reference outputs are shared.
     Returns ``[(recipe name, Prepared or the EdgepackError that recipe ended with)]`` in order."""
     from ..errors import EdgepackError
-    loaded, cal, check, references, noise = _load_for_conversion(model, calibration, data, trust, signature)
+    loaded, cal, check, references, noise = _load_for_conversion(model, calibration, data, trust, signature, custom)
     out = []
     for name in recipe_names:
         try:
@@ -97,11 +100,11 @@ def prepare_sweep(model: str, recipe_names: list, io: str, calibration: str | No
 
 
 def _load_for_conversion(model: str, calibration: str | None, data: str | None, trust: bool,
-                         signature: str | None = None):
+                         signature: str | None = None, custom: tuple | None = None):
     from ..contain.isolate import stage
     from ..load.formats import load_model
     stage(f"loading {Path(model).name}")
-    loaded = load_model(model, trust=trust, signature=signature)
+    loaded = load_model(model, trust=trust, signature=signature, custom_objects=custom)
     cal = load_dataset(calibration, loaded.inputs) if calibration is not None else None
     check = _inputs_for_check(loaded, data, cal)
     # The original model's outputs, computed once: the conversion check and the bundle's
@@ -203,15 +206,15 @@ def _release_tensorflow_memory() -> None:
 
 
 def reference(model: str, data: str | None, arrays: dict | None, trust: bool,
-              signature: str | None = None) -> tuple[Dataset, list, list[str], dict]:
+              signature: str | None = None, custom: tuple | None = None) -> tuple[Dataset, list, list[str], dict]:
     """Inputs (from ``data``, else ``arrays``, else synthetic), the model's outputs on each group
     of them (``Dataset.groups``), the model's output names and its float noise (:func:`float_noise`).
-    ``signature``: the SavedModel signature to run."""
+    ``signature``: the SavedModel signature to run; ``custom``: as :func:`prepare`."""
     from ..load.formats import load_model
 
     from ..errors import UsageError
 
-    loaded = load_model(model, trust=trust, signature=signature)
+    loaded = load_model(model, trust=trust, signature=signature, custom_objects=custom)
     if arrays is not None and set(arrays) != {s.name for s in loaded.inputs}:
         raise UsageError(f"the reference model's inputs ({', '.join(sorted(s.name for s in loaded.inputs))}) are not "
                          f"the bundle's ({', '.join(sorted(arrays))}); their outputs differ too",

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import UsageError
+from . import custom
 from . import model as _model
 from . import safety
 from .model import H5_SIGNATURE, LoadedModel
@@ -24,14 +25,16 @@ from .model import H5_SIGNATURE, LoadedModel
 class Format:
     """One input format. ``sniff(path, head)`` says whether ``path`` is one (``head``: its first
     8 bytes, ``b""`` for a directory); ``scan(path, trust)`` raises UsageError for content that runs
-    code when loaded (``trust`` lets the user accept it); ``load(path, trust)`` returns a
-    :class:`~packager.load.model.LoadedModel` (a SavedModel's also takes ``signature``, the one to convert). ``directory``: the format is a directory."""
+    code when loaded (``trust`` lets the user accept it); ``load(path, trust, custom_objects, signature)`` returns a
+    :class:`~packager.load.model.LoadedModel` (``custom_objects``: ``{name: class or function}`` from
+    ``--custom-objects``, :func:`packager.load.custom.load`; a SavedModel's ``signature``: the one to convert).
+    ``directory``: the format is a directory."""
     name: str
     describe: str
     directory: bool
     sniff: Callable[[Path, bytes], bool]
     scan: Callable[[Path, bool], None]
-    load: Callable[[Path, bool], LoadedModel]
+    load: Callable[[Path, bool, dict], LoadedModel]
 
 
 def _is_saved_model(path: Path, head: bytes) -> bool:
@@ -89,21 +92,27 @@ def check_model(path: Path, fmt: str, trust: bool) -> None:
     get_format(fmt).scan(Path(path), trust)
 
 
-def load_model(path: str | os.PathLike, trust: bool = False, signature: str | None = None) -> LoadedModel:
+def load_model(path: str | os.PathLike, trust: bool = False, signature: str | None = None,
+               custom_objects: custom.Resolved | None = None) -> LoadedModel:
     """Load the model at ``path``: format sniffed by content, then its safety scan (``trust`` skips
     the scan's refusals), then its loader, with TensorFlow's native log lines silenced. ``signature``: the
-    SavedModel signature to convert (``--signature``; default ``serving_default``, else the only one). Raises
-    UsageError for missing, unreadable or refused models (or a signature for a Keras file),
-    ConversionError/EnvironmentProblem from the loaders."""
+    SavedModel signature to convert (``--signature``; default ``serving_default``, else the only one).
+    ``custom_objects`` (:func:`packager.load.custom.resolve`'s plain tuple; only with ``trust``) is imported first
+    and its classes and functions given to Keras. Raises UsageError for missing, unreadable or refused models (or a
+    signature for a Keras file) and custom objects that fail to import, ConversionError/EnvironmentProblem from the
+    loaders."""
     path = Path(path)
     fmt = get_format(sniff_format(path))
     if signature is not None and fmt.name != "saved-model":
         raise UsageError(f"--signature {signature!r}: {path.name} is a Keras file ({fmt.describe}), which has no "
                          "signatures", hint="drop --signature; it chooses among a SavedModel's signatures")
+    if custom_objects and not trust:
+        raise custom.needs_trust(custom.describe(custom_objects))    # custom objects are code
     fmt.scan(path, trust)
     _model.import_tf()
     with _model.native_quiet():
-        loaded = fmt.load(path, trust, signature) if signature is not None else fmt.load(path, trust)
+        objects = custom.load(custom_objects)
+        loaded = fmt.load(path, trust, objects, signature) if signature is not None else fmt.load(path, trust, objects)
     inner = loaded.reference
 
     def quiet_reference(arrays: dict) -> dict:

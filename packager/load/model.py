@@ -336,26 +336,34 @@ def _convertible_signbit() -> None:
     knp.signbit = signbit
 
 
-def _load_keras(path: Path, trust: bool = False) -> LoadedModel:
+def _load_keras(path: Path, trust: bool = False, custom_objects: dict | None = None) -> LoadedModel:
     tf = import_tf()
     with open(path, "rb") as fh:
         legacy_h5 = fh.read(len(H5_SIGNATURE)) == H5_SIGNATURE
     fmt = "keras-h5" if legacy_h5 else "keras-v3"
-    model, errors = None, []
+    model, errors, unknown = None, [], None
+    objects = dict(custom_objects or {})
     import keras
+    from .custom import unknown_object
     _convertible_signbit()
     try:
-        model = keras.models.load_model(path, compile=False, safe_mode=not trust)
+        with keras.saving.custom_object_scope(objects):
+            model = keras.models.load_model(path, compile=False, safe_mode=not trust, custom_objects=objects)
     except Exception as exc:  # noqa: BLE001 - the loaders' own messages are what the user needs
         errors.append(f"keras {keras.__version__}: {_first_line(exc)}")
+        unknown = unknown_object(exc)
     if model is None and fmt == "keras-h5":
         try:  # legacy Keras 2 files that Keras 3 cannot read
             import tf_keras
-            model = tf_keras.models.load_model(path, compile=False)
+            with tf_keras.utils.custom_object_scope(objects):
+                model = tf_keras.models.load_model(path, compile=False, custom_objects=objects)
         except ImportError:
             errors.append("tf-keras not installed (pip install tf-keras) for legacy Keras 2 files")
         except Exception as exc:  # noqa: BLE001
             errors.append(f"tf-keras: {_first_line(exc)}")
+            unknown = unknown or unknown_object(exc)
+    if model is None and unknown:
+        _refuse_unknown(path, unknown, objects)
     if model is None:
         raise UsageError(f"cannot load {path.name}: " + "; ".join(errors))
     notes = []
@@ -452,6 +460,20 @@ def _load_keras(path: Path, trust: bool = False) -> LoadedModel:
                        fixed=fixed)
 
 
+def _refuse_unknown(path: Path, name: str, objects: dict) -> None:
+    """A model naming a custom class or function Keras cannot find: one line saying which, and the way in
+    (``--custom-objects``), instead of Keras's own text. Raises UsageError."""
+    from .safety import CUSTOM_HINT
+    if not objects:
+        raise UsageError(f"{path.name} uses the custom object {name!r}, which is not part of Keras; refused",
+                         hint=CUSTOM_HINT)
+    given = ", ".join(sorted(objects)[:12]) + (", ..." if len(objects) > 12 else "")
+    raise UsageError(f"{path.name} uses the custom object {name!r}, which --custom-objects does not define "
+                     f"(it gave: {given})",
+                     hint=f"define {name.split('>')[-1]} in that file or module, or list it in its CUSTOM_OBJECTS "
+                          f"dict under the name {name!r}")
+
+
 def flattened_names(dict_keys: list[str]) -> dict:
     """``from_concrete_functions`` names a function's outputs ``output_<i>`` in tf.nest order,
     which for a dict is sorted by key (or, with no signature, ``Identity``, ``Identity_<i>``);
@@ -536,7 +558,8 @@ def _signature_note(key: str, names) -> str:
     return f"signature {key!r}" + (f" (others: {', '.join(others)}; --signature NAME picks one)" if others else "")
 
 
-def _load_saved_model(path: Path, trust: bool = False, signature: str | None = None) -> LoadedModel:
+def _load_saved_model(path: Path, trust: bool = False, custom_objects: dict | None = None,
+                      signature: str | None = None) -> LoadedModel:
     tf = import_tf()
     try:
         loaded = tf.saved_model.load(str(path))

@@ -16,6 +16,8 @@ from ..errors import UsageError
 from .op_allowlist import op_layer_problem, saved_model_problem
 
 TRUST_HINT = "only if you trust where this model comes from, pass --trust-model"
+CUSTOM_HINT = ("only if you trust where this model comes from, pass the Python file (or module) that defines it: "
+               "--custom-objects FILE.py --trust-model")
 UNSAFE_LAYERS = {"Lambda", "TFSMLayer"}
 SAFE_MODULE_PREFIXES = ("keras", "tf_keras")
 MAX_MEMBERS = 10_000
@@ -43,11 +45,17 @@ def scan_saved_model(path: Path, trust: bool) -> None:
     _check_saved_model(path, trust)
 
 
+class _CustomClass(str):
+    """A finding that is a custom class or function (its module outside Keras, or a registered custom
+    object): its way in is ``--custom-objects``, not ``--trust-model`` alone."""
+
+
 def _refuse_unsafe_config(path: Path, config, trust: bool) -> None:
     if not trust:
         problem = _unsafe_in_config(config)
         if problem:
-            raise UsageError(f"{path.name} contains {problem}, which runs code when loaded; refused", hint=TRUST_HINT)
+            raise UsageError(f"{path.name} contains {problem}, which runs code when loaded; refused",
+                             hint=CUSTOM_HINT if isinstance(problem, _CustomClass) else TRUST_HINT)
 
 
 def _keras_zip_config(path: Path):
@@ -115,6 +123,8 @@ def _unsafe_in_config(node, depth: int = 0) -> str | None:
         cls = node.get("class_name")
         name = (node.get("config") or {}).get("name") if isinstance(node.get("config"), dict) else None
         label = f"layer {name!r} ({cls})" if name else f"a {cls}"
+        if cls == "function" and isinstance(node.get("config"), str):      # a function, by its name
+            label = f"function {node['config']!r}"
         if cls in UNSAFE_LAYERS:
             return label
         op_problem = op_layer_problem(node)
@@ -122,10 +132,10 @@ def _unsafe_in_config(node, depth: int = 0) -> str | None:
             return op_problem
         module = node.get("module")
         if isinstance(module, str) and module and not module.startswith(SAFE_MODULE_PREFIXES):
-            return f"{label} from module {module!r} (outside Keras)"
+            return _CustomClass(f"{label} from module {module!r} (outside Keras)")
         registered = node.get("registered_name")
         if isinstance(registered, str) and ">" in registered:
-            return f"{label}, a custom object {registered!r}"
+            return _CustomClass(f"{label}, a custom object {registered!r}")
         if node.get("function_type") == "lambda" or "__lambda__" in node or "__python_function__" in node:
             return f"{label} with serialized Python code"
         for value in node.values():

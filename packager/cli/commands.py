@@ -29,6 +29,7 @@ ENVIRONMENT = {
     "EDGEPACK_DEBIAN_MIRROR": "Debian mirror for the arm64 root filesystem",
     "EDGEPACK_DEVICE_LOCK_WAIT": "seconds a deploy/rollback waits for another holding the device directory [60]",
     "EDGEPACK_DEVICE_CHUNK_MB": "verify on a device: MiB of inputs sent per run [8]",
+    "EDGEPACK_VERIFY_JOBS": "runtime environments verifying at once [the CPUs edgepack may use]",
     "EDGEPACK_DEBUG": "1: traceback of an internal error",
     "EDGEPACK_IN_PROCESS": "1: TensorFlow in this process, not a child",
     "EDGEPACK_RUNTIME": "device script: runtime to import (--runtime)",

@@ -217,10 +217,11 @@ def locked_requirements_file(directory: Path, locked) -> Path:
 
 
 def _dists(argv: list, env: dict) -> dict:
-    """{canonical name: version} of the distributions importable by the environment's Python."""
+    """{canonical name: version} of the distributions importable by the environment's Python (run from ``/``: the
+    current directory, first on ``-c``'s sys.path, must not add a checkout's ``*.egg-info``)."""
     code = ("import json, importlib.metadata as m\n"
             "print(json.dumps({d.metadata['Name']: d.version for d in m.distributions()}))")
-    out = subprocess.run([*argv, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    out = subprocess.run([*argv, "-c", code], capture_output=True, text=True, env=env, timeout=300, cwd="/")
     try:
         raw = json.loads(out.stdout.strip().splitlines()[-1])
     except (ValueError, IndexError):

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import EdgepackError, EnvironmentProblem
+from ..errors import EdgepackError, EnvironmentProblem, UsageError
 from ..load.calibration import WEAK_EVIDENCE, Dataset
 from ..bundle.manifest import RuntimeStatus
 from .emulator import RuntimeResult, get_env, host_arch, verify_in_env
@@ -153,6 +153,25 @@ def _rests_on(metrics: list) -> list[str]:
     return parts or ["no criterion applied"]
 
 
+JOBS_ENV = "EDGEPACK_VERIFY_JOBS"
+
+
+def verify_jobs() -> int:
+    """How many runtime environments verify at once: ``EDGEPACK_VERIFY_JOBS``, default the CPUs this process may use
+    (each runtime is one process running the device script)."""
+    import os
+    raw = os.environ.get(JOBS_ENV)
+    if raw:
+        try:
+            return max(1, int(raw))
+        except ValueError:
+            raise UsageError(f"{JOBS_ENV}={raw!r} is not a number of parallel runtimes") from None
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
 def verify_staged(bundle: Path, manifest, profile, rec, selected, data: Dataset, references: list, spec, arch,
                   progress, use_cache: bool = False, tolerance=None, strict: bool = False,
                   require_all: bool = False, noise: dict | None = None) -> VerifyReport:
@@ -167,19 +186,35 @@ def verify_staged(bundle: Path, manifest, profile, rec, selected, data: Dataset,
     ops = output_ops((bundle / manifest["model"]).read_bytes(), spec.outputs)
     tol = with_kinds(tol, references[0], data.labels, ops)
     steps = {n: step for n, (_, step) in ops.items() if step}
+    ready = []                        # (index, env, static problems): prepared one at a time (pip, progress)
     for rt in selected:
         static = spec.runtime_problems(rt.name)
-        progress(f"verifying with {rt.name} ({arch or host_arch()})")
         try:
             env = get_env(rt, arch, profile.python, progress=lambda msg, *_: progress(msg))
         except EdgepackError as exc:
             results.append(RuntimeResult(rt.name, "", arch or host_arch(), RuntimeStatus.UNAVAILABLE, error=exc.message,
                                          static_problems=static))
             continue
-        results.append(verify_in_env(env, bundle, data.groups, references, tol, data.labels, static,
-                                     use_cache=use_cache, noise=noise, steps=steps))
+        results.append(None)
+        ready.append((len(results) - 1, env, static))
         if env.note:
             rebuilt.append(env.note)
+
+    def run(item):
+        k, env, static = item
+        progress(f"verifying with {env.runtime} ({env.arch})")
+        return k, verify_in_env(env, bundle, data.groups, references, tol, data.labels, static,
+                                use_cache=use_cache, noise=noise, steps=steps)
+    # The runtimes run side by side (each its own process): one core each, up to EDGEPACK_VERIFY_JOBS
+    jobs = min(len(ready), verify_jobs())
+    if jobs > 1:
+        from concurrent.futures import ThreadPoolExecutor
+        with ThreadPoolExecutor(jobs) as pool:
+            done = list(pool.map(run, ready))
+    else:
+        done = [run(item) for item in ready]
+    for k, result in done:
+        results[k] = result
     unavailable = [r for r in results if r.status == "unavailable"]
     if len(unavailable) == len(results):
         raise EnvironmentProblem("no runtime environment could be prepared: "

@@ -656,8 +656,8 @@ def _install(transport: Transport, rdir: str, bundle: Bundle, python: str, progr
     res = transport.sh(
         f"{_python_token(transport, python)} -m venv {q(rdir + '/venv')} && "
         f"{q(venv_python)} -m pip install --disable-pip-version-check --no-input -q --require-hashes "
-        "--only-binary :all: --no-deps -r /dev/stdin <<'EDGEPACK_REQUIREMENTS'\n"
-        + "\n".join(lines) + "\nEDGEPACK_REQUIREMENTS",
+        "--only-binary :all: --no-deps -r /dev/stdin <<'END_OF_REQUIREMENTS'\n"
+        + "\n".join(lines) + "\nEND_OF_REQUIREMENTS",
         timeout=INSTALL_TIMEOUT)
     if res.rc != 0:
         if res.rc in (126, 127):
@@ -696,9 +696,9 @@ _ARCH = {"aarch64": "arm64", "arm64": "arm64", "armv8l": "arm64", "x86_64": "x86
 def _device_platform(transport: Transport, python: str) -> tuple[str, str]:
     """(``3.11``, ``arm64``): the device Python's version and CPU, as the runtime lock names them."""
     res = transport.sh(f"{_python_token(transport, python)} -c "
-                       + q("import sys, platform; print('EDGEPACK_DEVICE %d.%d %s' % (sys.version_info[0], "
+                       + q("import sys, platform; print('DEVICE_PLATFORM %d.%d %s' % (sys.version_info[0], "
                            "sys.version_info[1], platform.machine()))"))
-    line = next((ln for ln in res.out.splitlines() if ln.startswith("EDGEPACK_DEVICE ")), None)
+    line = next((ln for ln in res.out.splitlines() if ln.startswith("DEVICE_PLATFORM ")), None)
     if res.rc != 0 or line is None:
         raise DeployError(f"--install: no usable Python at {python!r} on the device: {res.last_error_line()}",
                           hint="pass --device-python PATH")

@@ -52,6 +52,15 @@ EXIT_INTEGRITY = 3
 EXIT_NO_RUNTIME = 4
 EXIT_RUNTIME = 5
 EXIT_SELFTEST = 6
+#: The one table of what this script's exit codes mean: the host (emulator, deploy, README test) reads it here.
+EXIT_MEANINGS = {
+    EXIT_OK: "ok",
+    EXIT_USAGE: "bad arguments or input",
+    EXIT_INTEGRITY: "integrity check failed",
+    EXIT_NO_RUNTIME: "no TFLite runtime",
+    EXIT_RUNTIME: "runtime cannot load or run the model",
+    EXIT_SELFTEST: "self-test mismatch",
+}
 
 # Hard caps on what an input file may make us allocate (elements of all arrays together).
 MAX_INPUT_ELEMENTS = int(os.environ.get("EDGEPACK_MAX_INPUT_ELEMENTS", str(1 << 28)))

@@ -28,6 +28,29 @@ from packager.paths import env_dir as _env_dir  # noqa: E402
 os.environ.setdefault("EDGEPACK_ENV_DIR", str(_env_dir()))
 
 
+#: The fast layer (``./dev test -m fast``, the ``fast`` marker): modules that build no model and import no TensorFlow,
+#: marked here whole, minus the tests named (slow, or building a model). Modules written for the layer mark
+#: themselves (``pytestmark = pytest.mark.fast``: test_golden, test_exit_codes, test_registry_coverage, ...).
+FAST_MODULES = {
+    "test_criteria.py": (),
+    "test_units.py": (),
+    "test_security_lint.py": (),
+    "test_adbd_standin.py": (),
+    "test_structure.py": ("test_public_api_from_a_plain_script", "test_manifest_is_typed_and_validated"),
+    "test_wire.py": ("test_trusted_model_that_writes_a_pickle_gets_a_refusal",),
+    "test_render.py": ("test_report_in_headless_chromium",),
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark the tests of :data:`FAST_MODULES` ``fast`` (never one marked ``slow``)."""
+    for item in items:
+        left_out = FAST_MODULES.get(item.path.name)
+        if left_out is not None and getattr(item, "originalname", item.name) not in left_out \
+                and item.get_closest_marker("slow") is None:
+            item.add_marker(pytest.mark.fast)
+
+
 @pytest.fixture(autouse=True)
 def _own_cache_dir(tmp_path_factory, monkeypatch):
     """Each test its own EDGEPACK_CACHE_DIR, so no test reads or writes the user's caches."""

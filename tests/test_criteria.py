@@ -292,3 +292,24 @@ def test_every_registered_criterion_speaks_on_its_kind():
             assert good is not None and good.passed and good.text, (k, fn.__name__)
             if fn in fns and fn.__name__ not in ("accuracy",):
                 assert worse is not None and not worse.passed and worse.reason, (k, fn.__name__)
+
+
+# every registered criterion by name (tests/test_registry_coverage.py checks each has a test): on identical outputs
+# it passes (or has nothing to say); a NaN is caught by finite
+@pytest.mark.parametrize("name,k", [("finite", "values"), ("not_stuck", "values"), ("flips", "class-scores"),
+                                    ("accuracy", "class-scores"), ("scores", "probabilities"),
+                                    ("row_cosine", "embedding"), ("neighbours", "embedding"),
+                                    ("column_error", "values"), ("r_squared", "values")])
+def test_each_criterion_passes_identical_outputs(name, k):
+    fn = getattr(criteria, name)
+    assert fn in criteria.COMMON or fn in criteria.CRITERIA[k]
+    rng = np.random.default_rng(1)
+    ref = softmax(rng.normal(size=(64, 5))) if k != "embedding" else rng.normal(size=(64, 8))
+    labels = ref.argmax(-1) if name == "accuracy" else None
+    j = criteria.Judged("out", ref, ref.copy(), kind(F32, k), k, labels=labels)
+    finding = fn(j)
+    assert finding is None or finding.passed, finding
+    if name == "finite":
+        got = ref.copy()
+        got[3, 1] = np.nan
+        assert not fn(criteria.Judged("out", ref, got, kind(F32, k), k)).passed

@@ -234,6 +234,9 @@ def test_a_transport_is_one_class(tmp_path, monkeypatch):
     from packager.targets import list_targets
     for method, cls in TRANSPORTS.items():
         assert cls.method == method and cls.tool and cls.tool_hint and cls.address and "{name}" in cls.remote_dir
+        # how the CLI addresses it: deploy/run/rollback/status/verify build their device options from these
+        assert cls.cli_option.startswith("--") and cls.cli_metavar and cls.cli_help and cls.label
+        assert cls.address.startswith(cls.cli_option + " ")
     assert {t.deploy for t in list_targets().values()} <= set(TRANSPORTS)
     (tmp_path / "pigeon.toml").write_text('name = "pigeon"\narch = "arm64"\ndeploy = "carrier-pigeon"\n'
                                           'remote_dir = "~/x/{name}"\ndefault_recipe = "float16"\n'

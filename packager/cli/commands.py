@@ -14,6 +14,7 @@ from typing import Annotated, List, Optional
 import typer
 
 from .boundary import command
+from .deploy import device_options
 from ..errors import EXIT_CODES, EdgepackError, UsageError, disk_full
 from ..version import __version__
 
@@ -249,6 +250,11 @@ def build(
 
 @app.command()
 @command
+@device_options(panel="On the device", helps={
+    "ssh": "Compute the verdict on this device over SSH: the inputs go there, the deployed release runs them with "
+           "its own script in the device's environment, the outputs come back and are judged here.",
+    "adb": "The same on an Android device over ADB (see `adb devices`).",
+    "local": "The same with the release deployed in DIR on this machine (`edgepack deploy --local DIR`)."})
 def verify(
     bundle: Annotated[Path, typer.Argument(metavar="BUNDLE", help="Bundle directory written by `edgepack build`.")],
     reference: Annotated[Path, typer.Option("--reference", "-r", metavar="MODEL", help="The original model file.")],
@@ -269,13 +275,7 @@ def verify(
                         "percentage points, for every output with decisions (needs labels y in --data).")] = None,
     max_flips: FlipsOpt = None,
     output_kind: KindOpt = None,
-    host: Annotated[Optional[str], typer.Option(
-        "--host", metavar="USER@HOST[:PORT]", rich_help_panel="On the device",
-        help="Compute the verdict on this device over SSH: the inputs go there, the deployed release runs them with "
-             "its own script in the device's environment, the outputs come back and are judged here.")] = None,
-    serial: Annotated[Optional[str], typer.Option(
-        "--serial", "-s", metavar="SERIAL", rich_help_panel="On the device",
-        help="The same on an Android device over ADB (see `adb devices`).")] = None,
+    devices=None,   # --host, --serial, --local: one option per registered transport (_verify_device_options)
     ssh_config: Annotated[Optional[Path], typer.Option("--ssh-config", metavar="FILE", rich_help_panel="On the device",
                                                        help="ssh client config file (ssh -F FILE).")] = None,
     remote_dir: Annotated[Optional[str], typer.Option(
@@ -314,21 +314,21 @@ def verify(
     from . import render
     render.configure(quiet, verbose)
     labels = bundle / "labels.txt" if (bundle / "labels.txt").is_file() else None
-    on_device = bool(host or serial)
+    on_device = any(v is not None for v in devices.values())
     if not on_device and any(v is not None for v in (ssh_config, remote_dir, release, device_python, threads)):
         raise UsageError("--ssh-config, --remote-dir, --release, --device-python and --threads apply to a verdict on "
-                         "a device", hint="add --host USER@HOST or --serial SERIAL")
+                         "a device", hint="add --host USER@HOST, --serial SERIAL or --local DIR")
     if on_device and (runtime or arch or verify_arch):
         raise UsageError("--runtime/--arch choose emulator environments; on a device its own environment runs",
-                         hint="drop them, or drop --host/--serial to verify in the emulator")
+                         hint="drop them, or drop --host/--serial/--local to verify in the emulator")
     try:
         with render.progress() as report_cb:
             if on_device:
-                from .deploy import _transport
-                transport = _transport(host, serial, ssh_config, timeout, None)
+                from .deploy import _remote_dir, _transport
+                transport = _transport(devices, ssh_config, timeout, None)
                 with transport:
                     report = api.verify_on_device(bundle, transport, reference=reference, data=data,
-                                                  remote_dir=remote_dir, release=release, device_python=device_python,
+                                                  remote_dir=remote_dir and _remote_dir(remote_dir, None, transport), release=release, device_python=device_python,
                                                   threads=threads, trust_model=trust_model, strict=strict,
                                                   progress=report_cb, atol=atol, rtol=rtol, max_drop=max_drop,
                                                   max_flips=max_flips, output_kind=output_kind, signature=signature,

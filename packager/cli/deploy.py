@@ -4,6 +4,8 @@ typer app. They only call ``packager.deploy`` and render its results (rich table
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
 import json
 from pathlib import Path
 from typing import Annotated, Optional
@@ -15,14 +17,6 @@ from rich.table import Table
 from .. import deploy as dep
 from ..errors import UsageError
 
-HostOpt = Annotated[Optional[str], typer.Option(
-    "--host", metavar="USER@HOST[:PORT]",
-    help="Deploy over SSH (system OpenSSH: ~/.ssh/config, agent and jump hosts apply). Host keys are "
-         "checked strictly; enrol a new device first with ssh-keyscan.")]
-SerialOpt = Annotated[Optional[str], typer.Option(
-    "--serial", "-s", metavar="SERIAL",
-    help="Deploy over ADB to this device (see `adb devices`). Without --host/--serial the bundle's "
-         "target decides; with one Android device attached it is used.")]
 SshConfigOpt = Annotated[Optional[Path], typer.Option(
     "--ssh-config", metavar="FILE", help="ssh client config file (passed as ssh -F FILE).")]
 RemoteDirOpt = Annotated[Optional[str], typer.Option(
@@ -60,32 +54,83 @@ def _manifest(bundle: Path | None):
     return read_manifest(bundle)
 
 
-def _transport(host: str | None, serial: str | None, ssh_config: Path | None, timeout: float,
-               manifest) -> dep.Transport:
-    if host and serial:
-        raise UsageError("give --host (SSH) or --serial (ADB), not both")
-    method = "ssh" if host else "adb" if serial else (dep.deploy_method(manifest) if manifest else None)
+def _transport_classes() -> list[type[dep.Transport]]:
+    """The registered transports the CLI can address (those with a ``cli_option``), in registry order."""
+    return [cls for cls in dep.TRANSPORTS.values() if cls.cli_option]
+
+
+def _param_name(cls: type[dep.Transport]) -> str:
+    return "device_" + cls.method
+
+
+def device_options(fn=None, *, panel: str | None = None, helps: dict[str, str] | None = None):
+    """Decorator: replace ``fn``'s ``devices`` parameter by one option per registered transport (its ``cli_option``,
+    ``cli_short``, ``cli_metavar``, ``cli_help``; ``helps`` overrides the help by method, ``panel`` is the rich help
+    panel). ``fn`` receives ``devices={method: value or None}``."""
+    def wrap(fn):
+        sig = inspect.signature(fn, eval_str=True)
+        classes = _transport_classes()
+        params = []
+        for p in sig.parameters.values():
+            if p.name != "devices":
+                params.append(p)
+                continue
+            for cls in classes:
+                decls = [cls.cli_option] + ([cls.cli_short] if cls.cli_short else [])
+                option = typer.Option(*decls, metavar=cls.cli_metavar, help=(helps or {}).get(cls.method, cls.cli_help),
+                                      rich_help_panel=panel)
+                params.append(inspect.Parameter(_param_name(cls), inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None,
+                                                annotation=Annotated[Optional[str], option]))
+
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            devices = {cls.method: kwargs.pop(_param_name(cls), None) for cls in classes}
+            return fn(*args, devices=devices, **kwargs)
+
+        wrapper.__signature__ = sig.replace(parameters=params)
+        wrapper.__annotations__ = {p.name: p.annotation for p in params}
+        return wrapper
+    return wrap(fn) if fn is not None else wrap
+
+
+def _addresses() -> str:
+    return " or ".join(f"{cls.cli_option} {cls.cli_metavar} ({cls.label})" for cls in _transport_classes())
+
+
+def _transport(devices: dict[str, str | None], ssh_config: Path | None, timeout: float, manifest) -> dep.Transport:
+    """The transport the device options name (``devices``: method -> option value), else the one the bundle's
+    target deploys over. UsageError (one line, a hint) for several, none, or a shared option the transport ignores."""
+    given = [m for m, value in devices.items() if value is not None]
+    if len(given) > 1:
+        raise UsageError("give " + " or ".join(f"{dep.TRANSPORTS[m].cli_option} ({dep.TRANSPORTS[m].label})"
+                                              for m in given) + ", not several")
+    method = given[0] if given else (dep.deploy_method(manifest) if manifest else None)
     if method is None:
-        raise UsageError("which device? pass --host USER@HOST[:PORT] (SSH) or --serial SERIAL (ADB)",
-                         hint="or name a bundle whose target says how it is deployed")
-    if method not in ("ssh", "adb"):      # the transports whose address this CLI takes (--host, --serial)
-        raise UsageError(f"this bundle's target deploys over {method!r}; the edgepack CLI reaches devices over ssh "
-                         "(--host) or adb (--serial)",
-                         hint="pass --host or --serial, or deploy from Python: packager.deploy.deploy(BUNDLE, "
+        raise UsageError(f"which device? pass {_addresses()}", hint="or name a bundle whose target says how it is deployed")
+    cls = dep.TRANSPORTS.get(method)
+    if cls is None or not cls.cli_option:
+        options = ", ".join(c.cli_option for c in _transport_classes())
+        raise UsageError(f"this bundle's target deploys over {method!r}; the edgepack CLI reaches devices with {options}",
+                         hint=f"pass one of {options}, or deploy from Python: packager.deploy.deploy(BUNDLE, "
                               f"make_transport({method!r}, ...))")
-    if ssh_config is not None and method != "ssh":
-        raise UsageError("--ssh-config only applies to SSH (--host)")
-    if method == "ssh":
-        if not host:
-            raise UsageError("this bundle's target deploys over SSH: pass --host USER@HOST[:PORT]",
-                             hint="e.g. --host pi@raspberrypi.local")
-        return dep.make_transport("ssh", host=host, ssh_config=ssh_config, timeout=timeout)
-    return dep.make_transport(method, serial=serial, timeout=timeout)
+    common = {"ssh_config": ssh_config}
+    for name, value in common.items():
+        if value is not None and name not in cls.cli_common:
+            users = [c for c in _transport_classes() if name in c.cli_common]
+            raise UsageError(f"--{name.replace('_', '-')} only applies to "
+                             + " or ".join(f"{c.label} ({c.cli_option})" for c in users))
+    return cls.from_cli(devices.get(method), timeout=timeout, **{k: v for k, v in common.items() if k in cls.cli_common})
 
 
-def _remote_dir(remote_dir: str | None, manifest, transport: dep.Transport) -> str:
+def _remote_dir(remote_dir: str | None, manifest, transport: dep.Transport) -> str | None:
+    """``--remote-dir``, else the directory the address names (``--local DIR``), else the bundle's default."""
+    if remote_dir and transport.directory:
+        raise UsageError(f"{transport.cli_option} DIR is the directory; --remote-dir is for devices elsewhere",
+                         hint="give the directory once")
     if remote_dir:
         return remote_dir
+    if transport.directory:
+        return transport.directory
     if manifest is None:
         raise UsageError("pass --remote-dir DIR or a BUNDLE (whose name gives the default directory)")
     return dep.default_remote_dir(manifest, transport)
@@ -110,7 +155,7 @@ def _kv_table(title: str, rows: list[tuple[str, object]]) -> Table:
 def deploy_cmd(
     bundle: Annotated[Path, typer.Argument(help="The bundle directory built by `edgepack build`, or its .tar.gz "
                                                 "(unpacked by the safe archive reader first).", show_default=False)],
-    host: HostOpt = None, serial: SerialOpt = None, ssh_config: SshConfigOpt = None,
+    devices=None, ssh_config: SshConfigOpt = None,
     remote_dir: RemoteDirOpt = None,
     keep: Annotated[int, typer.Option("--keep", min=1, help="Releases to keep on the device (current and the "
                                                                  "previous one are never deleted).")] = 3,
@@ -132,13 +177,15 @@ def deploy_cmd(
       edgepack deploy dist/mnist-rpi --host pi@10.0.0.7:2222 --install --smoke --keep 5
 
       edgepack deploy dist/mnist-android --serial R58M123 --smoke --device-python /data/local/tmp/py/bin/python3
+
+      edgepack deploy dist/mnist-rpi --local /media/$USER/rootfs/home/pi/edgepack/mnist-rpi
     """
     from ..bundle.files import open_bundle
     with open_bundle(bundle) as bundle:
         manifest = _manifest(bundle)
-        transport = _transport(host, serial, ssh_config, timeout, manifest)
+        transport = _transport(devices, ssh_config, timeout, manifest)
         with transport:
-            result = dep.deploy(bundle, transport, remote_dir=remote_dir, keep=keep, install=install, smoke=smoke,
+            result = dep.deploy(bundle, transport, remote_dir=_remote_dir(remote_dir, manifest, transport), keep=keep, install=install, smoke=smoke,
                                 progress=_progress(not as_json), device_python=device_python)
     if as_json:
         return _json(result)
@@ -154,7 +201,7 @@ def deploy_cmd(
 
 
 def run_cmd(
-    bundle: BundleOpt = None, host: HostOpt = None, serial: SerialOpt = None, ssh_config: SshConfigOpt = None,
+    bundle: BundleOpt = None, devices=None, ssh_config: SshConfigOpt = None,
     remote_dir: RemoteDirOpt = None,
     input: Annotated[Optional[Path], typer.Option("--input", "-i", metavar="FILE",
                                                   help="Inputs (.npz keyed by input name, .npy or .json), "
@@ -181,7 +228,7 @@ def run_cmd(
       edgepack run dist/mnist-android --serial R58M123 --benchmark 100 --benchmark-binary ./benchmark_model
     """
     manifest = _manifest(bundle)
-    transport = _transport(host, serial, ssh_config, timeout, manifest)
+    transport = _transport(devices, ssh_config, timeout, manifest)
     with transport:
         rdir = _remote_dir(remote_dir, manifest, transport)
         result = dep.run(transport, rdir, input=input, output=output, benchmark=benchmark,
@@ -203,7 +250,7 @@ def run_cmd(
 
 
 def rollback_cmd(
-    bundle: BundleOpt = None, host: HostOpt = None, serial: SerialOpt = None, ssh_config: SshConfigOpt = None,
+    bundle: BundleOpt = None, devices=None, ssh_config: SshConfigOpt = None,
     remote_dir: RemoteDirOpt = None,
     to: Annotated[Optional[str], typer.Option("--to", metavar="RELEASE",
                                               help="Release id to switch to [default: the one before current].")] = None,
@@ -218,7 +265,7 @@ def rollback_cmd(
       edgepack rollback --serial R58M123 --remote-dir /data/local/tmp/edgepack/mnist --to 20250101T120000Z-0123456789ab
     """
     manifest = _manifest(bundle)
-    transport = _transport(host, serial, ssh_config, timeout, manifest)
+    transport = _transport(devices, ssh_config, timeout, manifest)
     with transport:
         result = dep.rollback(transport, _remote_dir(remote_dir, manifest, transport), to=to)
     if as_json:
@@ -228,7 +275,7 @@ def rollback_cmd(
 
 
 def status_cmd(
-    bundle: BundleOpt = None, host: HostOpt = None, serial: SerialOpt = None, ssh_config: SshConfigOpt = None,
+    bundle: BundleOpt = None, devices=None, ssh_config: SshConfigOpt = None,
     remote_dir: RemoteDirOpt = None, timeout: TimeoutOpt = 60.0, as_json: JsonOpt = False,
 ) -> None:
     """Show the releases on the device, which one is current, and whether its files are intact.
@@ -238,9 +285,11 @@ def status_cmd(
       edgepack status dist/mnist-rpi --host pi@raspberrypi.local
 
       edgepack status --serial R58M123 --remote-dir /data/local/tmp/edgepack/mnist --json
+
+      edgepack status --local /media/$USER/rootfs/home/pi/edgepack/mnist-rpi
     """
     manifest = _manifest(bundle)
-    transport = _transport(host, serial, ssh_config, timeout, manifest)
+    transport = _transport(devices, ssh_config, timeout, manifest)
     with transport:
         result = dep.status(transport, _remote_dir(remote_dir, manifest, transport))
     if as_json:
@@ -266,7 +315,7 @@ def register(app: typer.Typer) -> None:
     """Add deploy, run, rollback and status to ``app``, behind the CLI's one error boundary
     (``cli.command``: exit codes, and one JSON document on failure with --json)."""
     from .boundary import command
-    app.command("deploy")(command(deploy_cmd))
-    app.command("run")(command(run_cmd))
-    app.command("rollback")(command(rollback_cmd))
-    app.command("status")(command(status_cmd))
+    app.command("deploy")(command(device_options(deploy_cmd)))
+    app.command("run")(command(device_options(run_cmd)))
+    app.command("rollback")(command(device_options(rollback_cmd)))
+    app.command("status")(command(device_options(status_cmd)))

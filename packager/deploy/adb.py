@@ -35,6 +35,19 @@ class AdbTransport(Transport):
     device_tools_hint = "Android 8+ ships sha256sum in toybox; older devices are not supported"
     home_expr = "/data/local/tmp"
     supports_install = False
+    label = "ADB"
+    cli_option = "--serial"
+    cli_short = "-s"
+    cli_metavar = "SERIAL"
+    cli_help = ("Deploy over ADB to this device (see `adb devices`). Without --host/--serial the bundle's "
+                "target decides; with one Android device attached it is used.")
+    cli_example = "--serial R58M123"
+    cli_value_required = False
+
+    @classmethod
+    def from_cli(cls, value: str | None, *, timeout: float, **_) -> "AdbTransport":
+        """``--serial SERIAL``, or None: the one Android device attached."""
+        return cls(value, timeout=timeout)
 
     def __init__(self, serial: str | None = None, *, timeout: float = 60.0, adb_bin: str = "adb",
                  env: dict | None = None):

@@ -65,14 +65,15 @@ def _unsafe_path_char(c: str) -> bool:
 
 
 def run_process(argv: Sequence[str], *, timeout: float, what: str, stdin: bytes | IO[bytes] | None = None,
-                env: dict | None = None, hint: str | None = None, missing_hint: str | None = None) -> Completed:
-    """Run a host program; on timeout kill its whole process group and raise DeployError (``hint``);
+                env: dict | None = None, hint: str | None = None, missing_hint: str | None = None,
+                cwd: str | None = None) -> Completed:
+    """Run a host program (in ``cwd``); on timeout kill its whole process group and raise DeployError (``hint``);
     a program that is not installed is an EnvironmentProblem (``missing_hint``: how to install it)."""
     data = stdin if isinstance(stdin, (bytes, bytearray)) else None
     stdin_arg = subprocess.PIPE if data is not None else (stdin if stdin is not None else subprocess.DEVNULL)
     try:
         proc = subprocess.Popen(list(argv), stdin=stdin_arg, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                env=env, start_new_session=True, **lifecycle.popen_kwargs())
+                                env=env, cwd=cwd, start_new_session=True, **lifecycle.popen_kwargs())
     except FileNotFoundError:
         raise EnvironmentProblem(f"{argv[0]} not found on this host (needed for {what})",
                                  hint=missing_hint) from None
@@ -105,6 +106,42 @@ def _kill_group(proc: subprocess.Popen) -> None:
             pass
 
 
+def tar_upload(transport: "Transport", files: Sequence[tuple[Path, str]], dest_dir: str, *, timeout: float | None = None,
+               prepare: str | None = None) -> int:
+    """Upload for transports whose ``sh`` takes stdin: one USTAR stream into ``tar -xf -`` in ``dest_dir``, ``prepare``
+    first in the same call; returns the stream's bytes. DeployError when the device's tar fails."""
+    import tarfile
+    import tempfile
+    if not files:
+        if prepare:
+            res = transport.sh(prepare, timeout=timeout)
+            if res.rc != 0:
+                raise DeployError(f"preparing {dest_dir} on {transport.describe()} failed: {res.last_error_line()}")
+        return 0
+    with tempfile.TemporaryFile() as tmp:
+        with tarfile.open(fileobj=tmp, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+            for local, rel in files:
+                info = tar.gettarinfo(str(local), arcname=rel)
+                info.uid = info.gid = 0
+                info.uname = info.gname = ""
+                info.mode = 0o755 if os.access(local, os.X_OK) or rel.endswith(".py") else 0o644
+                with open(local, "rb") as fh:
+                    tar.addfile(info, fh)
+            end = tar.offset
+        # the two zero blocks end the archive; tarfile's padding to a 10 KiB record is not needed
+        size = end + 2 * tarfile.BLOCKSIZE
+        tmp.truncate(size)
+        tmp.seek(0)
+        unpack = f"mkdir -p {q(dest_dir)} && cd {q(dest_dir)} && tar -xf -"
+        res = transport.sh(f"{prepare}\n{unpack}" if prepare else unpack, stdin=tmp,
+                           timeout=transfer_timeout(size, timeout or transport.timeout))
+    transport.bytes_sent += size
+    if res.rc != 0:
+        raise DeployError(f"upload to {transport.describe()} failed: {res.last_error_line()}",
+                          hint="the transfer was cut off or the device's disk is full; run the deploy again")
+    return size
+
+
 class Transport(ABC):
     """A device reached somehow. Scripts are POSIX sh; every value in them is ``shlex.quote``d.
 
@@ -119,6 +156,24 @@ class Transport(ABC):
     remote_dir: str = ""             # default bundle directory on the device ({name} = bundle name)
     device_tools_hint: str = ""      # when the device lacks sha256sum/tar
     supports_install: bool = False   # `deploy --install` (a venv from requirements.txt on the device)
+    directory: str | None = None     # the deploy directory the address itself names (``--local DIR``), else None
+
+    # How the CLI addresses a device of this transport: `deploy/run/rollback/status/verify` get one option
+    # per registered transport, built from these (packager.cli.deploy.device_options).
+    label: str = ""                  # in messages: "--host (SSH)"
+    cli_option: str = ""             # e.g. "--host"; empty: not reachable from the CLI
+    cli_short: str = ""              # e.g. "-s"
+    cli_metavar: str = ""            # e.g. "USER@HOST[:PORT]"
+    cli_help: str = ""               # the option's help text
+    cli_example: str = ""            # a full example, for hints: "--host pi@raspberrypi.local"
+    cli_value_required: bool = True  # False: the option may be left out when the bundle's target picks this method
+    cli_common: tuple[str, ...] = ()  # shared CLI options this transport takes besides timeout (e.g. "ssh_config")
+
+    @classmethod
+    def from_cli(cls, value: str | None, *, timeout: float, **common) -> "Transport":
+        """The transport the CLI's ``cli_option VALUE`` names (``value`` None: the option was not given but the
+        bundle's target deploys this way); ``common``: the shared options listed in ``cli_common``."""
+        return cls(value, timeout=timeout, **common)  # type: ignore[call-arg]
 
     def __init__(self, timeout: float = DEFAULT_TIMEOUT):
         if timeout <= 0:

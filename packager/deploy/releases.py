@@ -434,9 +434,9 @@ def _script_failure(res: Completed, python: str, what: str) -> str:
                 f"{res.last_error_line()})")
     line = next((ln for ln in reversed(res.err.splitlines() + res.out.splitlines()) if "edgepack_run: error:" in ln), None)
     detail = line.split("edgepack_run: error:", 1)[1].strip() if line else res.last_error_line()
-    kinds = {2: "bad input", 3: "integrity check failed", 4: "no TFLite runtime on the device",
-             5: "the runtime cannot run the model", 6: "self-test mismatch"}
-    return f"{what} failed with exit {res.rc} ({kinds.get(res.rc, 'error')}): {detail}"
+    from device_runtime.edgepack_run import EXIT_MEANINGS
+    kind = EXIT_MEANINGS.get(res.rc, "error") if res.rc else "error"
+    return f"{what} failed with exit {res.rc} ({kind}): {detail}"
 
 
 _RUNTIME_HINT = ("install the runtime on the device (ssh: deploy --install builds DIR/venv from requirements.txt) "
@@ -785,10 +785,12 @@ def deploy_method(manifest: dict) -> str | None:
 
 
 def default_remote_dir(manifest: dict, transport: Transport) -> str:
-    """The bundle's directory on the device: the manifest's ``target.remote_dir``, else its target profile's (same
-    deploy method), else the transport's default; ``{name}`` becomes the bundle name. UsageError for an invalid
-    bundle name."""
+    """The bundle's directory on the device: the transport's own ``directory`` (``--local DIR``), else the manifest's
+    ``target.remote_dir``, else its target profile's (same deploy method), else the transport's default; ``{name}``
+    becomes the bundle name. UsageError for an invalid bundle name."""
     name = check_name(manifest.get("name"))
+    if transport.directory:            # the address names the directory itself (``--local DIR``)
+        return transport.directory
     target = manifest.get("target") or {}
     template = target.get("remote_dir") if isinstance(target, dict) else None
     if not isinstance(template, str):

@@ -16,7 +16,6 @@ import os
 import re
 import shutil
 import subprocess
-import tarfile
 import tempfile
 import time
 import weakref
@@ -25,7 +24,7 @@ from typing import IO, Sequence
 
 from ..contain import lifecycle
 from ..errors import DeployError, UsageError
-from .base import Completed, Transport, q, run_process, transfer_timeout
+from .base import Completed, Transport, q, run_process, tar_upload
 
 # USER@HOST[:PORT]; HOST may be a name, an ssh_config alias, an IPv4 address or [IPv6].
 _HOST_SPEC = re.compile(
@@ -72,6 +71,21 @@ class SshTransport(Transport):
     supports_install = True
     home_expr = '"$HOME"'
     required_tools = ("sha256sum", "tar")
+    label = "SSH"
+    cli_option = "--host"
+    cli_metavar = "USER@HOST[:PORT]"
+    cli_help = ("Deploy over SSH (system OpenSSH: ~/.ssh/config, agent and jump hosts apply). Host keys are "
+                "checked strictly; enrol a new device first with ssh-keyscan.")
+    cli_example = "--host pi@raspberrypi.local"
+    cli_common = ("ssh_config",)
+
+    @classmethod
+    def from_cli(cls, value: str | None, *, timeout: float, ssh_config=None, **_) -> "SshTransport":
+        """``--host USER@HOST[:PORT]`` (with ``--ssh-config FILE``); UsageError without a host."""
+        if not value:
+            raise UsageError("this bundle's target deploys over SSH: pass --host USER@HOST[:PORT]",
+                             hint="e.g. " + cls.cli_example)
+        return cls(value, ssh_config=ssh_config, timeout=timeout)
 
     def __init__(self, host: str, *, ssh_config: str | os.PathLike | None = None, timeout: float = 60.0,
                  connect_timeout: float = 10.0, ssh_bin: str = "ssh", env: dict | None = None,
@@ -242,34 +256,7 @@ class SshTransport(Transport):
     def upload(self, files: Sequence[tuple[Path, str]], dest_dir: str, *, timeout: float | None = None,
                prepare: str | None = None) -> int:
         """One tar stream into ``tar -xf -`` in ``dest_dir``, ``prepare`` first; returns the tar's bytes."""
-        if not files:
-            if prepare:
-                res = self.sh(prepare, timeout=timeout)
-                if res.rc != 0:
-                    raise DeployError(f"preparing {dest_dir} on {self.describe()} failed: {res.last_error_line()}")
-            return 0
-        with tempfile.TemporaryFile() as tmp:
-            with tarfile.open(fileobj=tmp, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-                for local, rel in files:
-                    info = tar.gettarinfo(str(local), arcname=rel)
-                    info.uid = info.gid = 0
-                    info.uname = info.gname = ""
-                    info.mode = 0o755 if os.access(local, os.X_OK) or rel.endswith(".py") else 0o644
-                    with open(local, "rb") as fh:
-                        tar.addfile(info, fh)
-                end = tar.offset
-            # the two zero blocks end the archive; tarfile's padding to a 10 KiB record is not needed
-            size = end + 2 * tarfile.BLOCKSIZE
-            tmp.truncate(size)
-            tmp.seek(0)
-            unpack = f"mkdir -p {q(dest_dir)} && cd {q(dest_dir)} && tar -xf -"
-            res = self.sh(f"{prepare}\n{unpack}" if prepare else unpack, stdin=tmp,
-                          timeout=transfer_timeout(size, timeout or self.timeout))
-        self.bytes_sent += size
-        if res.rc != 0:
-            raise DeployError(f"upload to {self.describe()} failed: {res.last_error_line()}",
-                              hint="the transfer was cut off or the device's disk is full; run the deploy again")
-        return size
+        return tar_upload(self, files, dest_dir, timeout=timeout, prepare=prepare)
 
     def download(self, remote_path: str, local_path: Path, *, timeout: float | None = None) -> int:
         """``cat`` over ssh into ``NAME.part``, renamed to ``local_path``."""

@@ -7,10 +7,12 @@ from __future__ import annotations
 from ..errors import UsageError
 from .adb import AdbTransport
 from .base import Transport
+from .local import LocalTransport
 from .ssh import SshTransport
 
-#: deploy method (target profile ``deploy = "..."``) -> Transport class
-TRANSPORTS: dict[str, type[Transport]] = {cls.method: cls for cls in (SshTransport, AdbTransport)}
+#: deploy method (target profile ``deploy = "..."``) -> Transport class; the CLI's device options
+#: (``--host``, ``--serial``, ``--local``) are built from these classes in this order
+TRANSPORTS: dict[str, type[Transport]] = {cls.method: cls for cls in (SshTransport, AdbTransport, LocalTransport)}
 
 
 def transport_class(method: str) -> type[Transport]:
@@ -23,5 +25,5 @@ def transport_class(method: str) -> type[Transport]:
 
 def make_transport(method: str, **options) -> Transport:
     """Build the transport for ``method`` with its own options (ssh: host, ssh_config, timeout;
-    adb: serial, timeout)."""
+    adb: serial, timeout; local: directory, timeout)."""
     return transport_class(method)(**options)

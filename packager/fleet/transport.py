@@ -17,8 +17,7 @@ from pathlib import Path
 from typing import IO
 
 from ..deploy import releases
-from ..deploy.base import Completed, Transport
-from ..deploy.ssh import SshTransport
+from ..deploy.base import Completed, Transport, tar_upload
 from ..errors import DeployError, EdgepackError, UsageError
 
 STRICT_SSH_ARGS = "-o StrictHostKeyChecking=yes -o BatchMode=yes"
@@ -27,14 +26,12 @@ STRICT_SSH_ARGS = "-o StrictHostKeyChecking=yes -o BatchMode=yes"
 class AnsibleTransport(Transport):
     """A host reached through the connection of a running Ansible action plugin."""
 
-    method = SshTransport.method          # what an Ansible host is: an SSH device
-    remote_dir = SshTransport.remote_dir
-    device_tools_hint = SshTransport.device_tools_hint
-    supports_install = SshTransport.supports_install
+    method = "ssh"                        # what an Ansible host is: an SSH device (its target profile's defaults)
+    remote_dir = "~/edgepack/{name}"
+    device_tools_hint = "install coreutils, tar and base64 on the device"
+    supports_install = True
     home_expr = '"$HOME"'
     required_tools = ("sha256sum", "tar")
-    # one tar stream into staging, exactly as over plain ssh (it only needs sh() with stdin)
-    upload = SshTransport.upload
 
     def __init__(self, action, name: str, timeout: float = 60.0):
         super().__init__(timeout)
@@ -60,6 +57,10 @@ class AnsibleTransport(Transport):
         if rc == 255:  # ssh's own failure (edgepack's scripts never exit 255): Ansible marks the host unreachable
             raise AnsibleConnectionFailure(f"ssh to {self._name} failed: {Completed(rc, out, err).last_error_line()}")
         return Completed(rc, out, err)
+
+    def upload(self, files, dest_dir: str, *, timeout: float | None = None, prepare: str | None = None) -> int:
+        """One tar stream into staging, as over plain ssh (it only needs ``sh`` with stdin); returns its bytes."""
+        return tar_upload(self, files, dest_dir, timeout=timeout, prepare=prepare)
 
     def download(self, remote_path: str, local_path: Path, *, timeout: float | None = None) -> int:
         """One remote file through the action's connection, base64 on the wire (Ansible's command results are text);

@@ -31,6 +31,7 @@ from ..compare import OutputMetrics, compare_all, merge_metrics
 from ..errors import EnvironmentProblem, UsageError
 from ..paths import env_dir
 from ..targets import RuntimeProfile
+from device_runtime.edgepack_run import EXIT_MEANINGS
 
 ENV_VERSION = 2           # bump to invalidate cached environments (2: installed from the runtime lock)
 WHEELS = ".edgepack-wheels.json"   # the locked wheels an environment holds
@@ -38,8 +39,8 @@ PIP_TIMEOUT = 900
 RUN_TIMEOUT = 600
 RUNTIME_MEMORY_ENV = "EDGEPACK_RUNTIME_MEMORY_MB"   # read by the device script's isolation child
 DEFAULT_RUNTIME_MEMORY_MB = 4096
-DEVICE_EXIT = {2: "bad arguments or input", 3: "integrity check failed", 4: "no TFLite runtime",
-               5: "runtime cannot load or run the model", 6: "self-test mismatch"}
+#: the device script's exit codes and what they mean (its own table, the one source)
+DEVICE_EXIT = {code: meaning for code, meaning in EXIT_MEANINGS.items() if code}
 
 
 def host_arch() -> str:

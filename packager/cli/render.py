@@ -363,6 +363,7 @@ def _fits(table: Table, width: int) -> bool:
 def _recipes_table(recipes: list[dict], io: bool, description: bool) -> Table:
     table = Table(title="recipes (--quantize)", box=box.SIMPLE_HEAD, title_justify="left", show_edge=False)
     table.add_column("name", no_wrap=True)
+    table.add_column("engine", no_wrap=True)
     table.add_column("calib.", no_wrap=True)
     if io:
         table.add_column("--io", no_wrap=True)
@@ -370,7 +371,7 @@ def _recipes_table(recipes: list[dict], io: bool, description: bool) -> Table:
     if description:
         table.add_column("description", overflow="fold", min_width=24)
     for r in recipes:
-        row = [r["name"], "yes" if r["needs_calibration"] else "-"] + ([",".join(r["io_types"])] if io else [])
+        row = [r["name"], r.get("engine", "tflite-converter"), "yes" if r["needs_calibration"] else "-"] + ([",".join(r["io_types"])] if io else [])
         row += [tolerance_text(r["tolerance"])] + ([r["description"]] if description else [])
         table.add_row(*[escape(c) for c in row])
     return table

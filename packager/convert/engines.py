@@ -140,7 +140,7 @@ def _as_is(loaded: LoadedModel, recipe: Recipe, io: str, calibration: dict | Non
         raise UsageError(f"recipe {recipe.name!r} bundles a .tflite as it is; {loaded.path.name} is a "
                          f"{loaded.format} model", hint="choose a recipe that converts, e.g. --quantize float16")
     order = _order(loaded)
-    spec = inspect_bytes(model, None, order)
+    spec = named_spec(inspect_bytes(model, None, order), order)
     custom = sorted({op.name for op in spec.ops if op.custom})
     if custom:
         flex = [c for c in custom if c.startswith("Flex")]

@@ -575,10 +575,17 @@ def with_reference(loaded: LoadedModel, reference: LoadedModel | None = None, ou
     """``loaded`` (a .tflite) with the reference its outputs are judged by: the outputs of the ``reference`` model
     (same input names), or the arrays of the .npz ``outputs`` (keyed by output name), which are the outputs on
     ``data_inputs`` (--data) and on nothing else. Raises UsageError for names that do not fit."""
+    from dataclasses import replace
     mine_in = sorted(s.name for s in loaded.inputs)
     mine_out = sorted(s.name for s in loaded.outputs)
     if reference is not None:
         theirs = sorted(s.name for s in reference.inputs)
+        if len(loaded.outputs) == len(reference.outputs) == 1 and mine_out[0] != reference.outputs[0].name:
+            # One output each: it is the reference's (TFLiteConverter names a Keras model's output output_0).
+            name = reference.outputs[0].name
+            loaded.notes.append(f"the .tflite's output {mine_out[0]!r} is the reference model's {name!r}")
+            loaded.outputs = [replace(loaded.outputs[0], name=name)]
+            mine_out = [name]
         if theirs != mine_in or not set(mine_out) <= {s.name for s in reference.outputs}:
             raise UsageError(f"the reference model's inputs/outputs ({', '.join(theirs)} / "
                              f"{', '.join(s.name for s in reference.outputs)}) are not the .tflite's "
@@ -598,6 +605,8 @@ def with_reference(loaded: LoadedModel, reference: LoadedModel | None = None, ou
             known = {k: np.asarray(npz[k]) for k in npz.files}
     except (OSError, ValueError) as exc:
         raise UsageError(f"--reference-outputs {outputs}: not a readable .npz ({exc})") from None
+    if len(known) == len(mine_out) == 1:
+        known = {mine_out[0]: next(iter(known.values()))}
     if sorted(known) != mine_out:
         raise UsageError(f"--reference-outputs has arrays {', '.join(sorted(known)) or 'none'}; the .tflite's "
                          f"outputs are {', '.join(mine_out)}", hint="one array per output, named as the output")

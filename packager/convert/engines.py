@@ -14,6 +14,8 @@ test; a recipe naming no registered engine is refused with the choices.
 """
 from __future__ import annotations
 
+import contextlib
+from io import StringIO
 from dataclasses import dataclass, replace
 from typing import Callable
 
@@ -112,7 +114,7 @@ def _ai_edge_quantizer(loaded: LoadedModel, recipe: Recipe, io: str, calibration
     cand = next((c for c in loaded.candidates if c.name == base.path), None)
     order = _order(loaded)
     try:
-        with native_quiet():
+        with native_quiet(), contextlib.redirect_stdout(StringIO()):     # it prints its size ratio
             qt = quantizer.Quantizer(base.tflite)
             qt.load_quantization_recipe(rules)
             model = bytes(qt.quantize().quantized_model)

@@ -115,6 +115,7 @@ def build(model: str | os.PathLike, *, target: str = "rpi", recipe: str | None =
           max_drop: float | list[str] | None = None, max_flips: list[str] | None = None,
           output_kind: list[str] | None = None, signature: str | None = None,
           custom_objects: str | os.PathLike | None = None,
+          reference: str | os.PathLike | None = None, reference_outputs: str | os.PathLike | None = None,
           _auto: tuple | None = None) -> BuildResult:
     """Load, convert (checked against the original), bundle, verify in the target's runtimes,
     and only then move the bundle to ``output``. TensorFlow work runs in a contained child.
@@ -127,17 +128,24 @@ def build(model: str | os.PathLike, *, target: str = "rpi", recipe: str | None =
     overrides, ``"0.05"`` for every output or ``"NAME:0.05"`` for one; ``output_kind``: ``["NAME:KIND[:OPTIONS]"]``
     (see :func:`packager.recipes.resolve_tolerance`, :data:`packager.criteria.KINDS`). ``strict``: weak evidence (no held-out
     ``data``) or a runtime of the target left out is a failure. ``signature``: the SavedModel signature to bundle
-    (default ``serving_default``, else the only one; several and none chosen is a UsageError). Raises UsageError (bad input),
-    ConversionError (no path matches), VerificationError (the bundle does not match),
+    (default ``serving_default``, else the only one; several and none chosen is a UsageError).
+
+    A ``.tflite`` ``model`` is bundled as it is (recipe ``as-is``, the only one it takes) and verified against
+    ``reference`` (the model it was converted from) or ``reference_outputs`` (an .npz of its outputs on ``data``, keyed
+    by output name); with neither, it is UNVERIFIED (:class:`~packager.errors.Unverified`) unless ``verify`` is off.
+
+    Raises UsageError (bad input), ConversionError (no path matches), VerificationError (the bundle does not match),
     EnvironmentProblem (no runtime environment could be prepared)."""
     from .load.formats import sniff_format
 
     progress = progress or _noop
     model_path = Path(model)
-    sniff_format(model_path)            # a missing or unreadable model is the first thing to say
+    fmt = sniff_format(model_path)      # a missing or unreadable model is the first thing to say
     profile = get_target(target)
     _transport(profile)
     notes = []
+    if fmt == "tflite" and recipe is None:
+        recipe = "as-is"
     if recipe is None and calibration is None and get_recipe(profile.default_recipe).needs_calibration:
         recipe = profile.fallback_recipe
         notes.append(f"no --calibration: built {recipe} instead of the target's default {profile.default_recipe}; "
@@ -146,6 +154,7 @@ def build(model: str | os.PathLike, *, target: str = "rpi", recipe: str | None =
     if _auto is not None:      # --quantize auto (packager.repair): (Prepared, Recipe) already chosen
         rec = _auto[1]
     overrides = verdict_overrides(atol, rtol, max_drop, max_flips, output_kind, verify)
+    overrides.update(_reference_for(model_path, fmt, rec, reference, reference_outputs, data, verify))
     custom = resolve_custom(custom_objects, trust_model)
     unconfined = _unconfined(trust_model)
     if unconfined:
@@ -167,9 +176,10 @@ def build(model: str | os.PathLike, *, target: str = "rpi", recipe: str | None =
     use_cache = use_cache and cache.enabled()
     prepared = _auto[0] if _auto is not None else None
     if use_cache and prepared is None:
+        keyed = {**overrides, **{f"{k}_sha256": cache.sha256_tree(Path(overrides[k]))
+                                 for k in ("reference_model", "reference_outputs") if k in overrides}}
         key = cache.conversion_key(model_path, rec, io, calibration, data, trust_model,
-                                   _with_custom({**overrides, "signature": signature} if signature else overrides,
-                                                custom))
+                                   _with_custom({**keyed, "signature": signature} if signature else keyed, custom))
         prepared = cache.load_prepared(key, model_path)
         if prepared is not None:
             progress("unchanged model and settings: reusing the cached conversion")
@@ -194,6 +204,40 @@ def build(model: str | os.PathLike, *, target: str = "rpi", recipe: str | None =
         return _stage_verify_commit(model_path, output, profile, rec, io, prepared, name, selected, label_names,
                                     verify, arch, progress, use_cache, strict, runtimes, data, trust_model, warnings,
                                     overrides, custom)
+
+
+def _reference_for(model_path: Path, fmt: str, rec: Recipe, reference, reference_outputs, data, verify: bool) -> dict:
+    """The overrides that carry a .tflite's reference into the contained child (``reference_model``,
+    ``reference_outputs``: absolute paths), after checking the recipe's engine takes this input (a .tflite only
+    ``as-is``). UsageError for a reference given with another input or reference outputs without --data;
+    Unverified for a .tflite with no reference to verify against (unless ``verify`` is off)."""
+    from .convert.engines import check_recipe_for
+    from .errors import Unverified
+    check_recipe_for(rec, fmt, model_path.name)
+    if fmt != "tflite":
+        if reference is not None or reference_outputs is not None:
+            raise UsageError(f"--reference/--reference-outputs are for a .tflite input; {model_path.name} is its own "
+                             "reference", hint="drop them; `edgepack verify BUNDLE --reference MODEL` checks a bundle "
+                                               "against another model")
+        return {}
+    if reference is not None and reference_outputs is not None:
+        raise UsageError("give --reference or --reference-outputs, not both")
+    for given in (reference, reference_outputs):
+        if given is not None and not Path(given).exists():
+            raise UsageError(f"reference not found: {given}")
+    if reference_outputs is not None and data is None:
+        raise UsageError("--reference-outputs are the .tflite's expected outputs on --data: pass --data too",
+                         hint="--data inputs.npz --reference-outputs outputs.npz (row for row)")
+    if reference is None and reference_outputs is None:
+        if verify:
+            raise Unverified(f"UNVERIFIED: {model_path.name} is a .tflite brought as it is and nothing was given to "
+                             "verify it against; it is never compared with itself",
+                             hint="pass --reference MODEL (the model it was converted from) or --data inputs.npz "
+                                  "--reference-outputs outputs.npz, or --no-verify to bundle it unverified")
+        return {}
+    if reference is not None:
+        return {"reference_model": str(Path(reference).resolve())}
+    return {"reference_outputs": str(Path(reference_outputs).resolve())}
 
 
 def _check_output_path(output: Path) -> None:
@@ -325,11 +369,12 @@ def build_sweep(model: str | os.PathLike, recipes: list[str], *, target: str = "
     from .load.formats import sniff_format
     progress = progress or _noop
     model_path = Path(model)
-    sniff_format(model_path)
+    fmt = sniff_format(model_path)
     profile = get_target(target)
     _transport(profile)
+    from .convert.engines import get_engine
     for r in recipes:
-        get_recipe(r)
+        get_engine(get_recipe(r))
     overrides = verdict_overrides(atol, rtol, max_drop, max_flips, output_kind, verify)
     custom = resolve_custom(custom_objects, trust_model)
     _unconfined(trust_model)            # --trust-model without a sandbox is refused before anything loads
@@ -338,7 +383,10 @@ def build_sweep(model: str | os.PathLike, recipes: list[str], *, target: str = "
     rows, todo = [], []
     for r in recipes:
         rec = get_recipe(r)
-        if rec.needs_calibration and calibration is None:
+        if not get_engine(rec).accepts(fmt):
+            rows.append({"recipe": r, "status": "skipped", "bundle": None,
+                         "reason": f"engine {rec.engine} does not take a {fmt} model"})
+        elif rec.needs_calibration and calibration is None:
             rows.append({"recipe": r, "status": "skipped", "bundle": None, "reason": "needs --calibration"})
         elif io not in rec.io_types:
             rows.append({"recipe": r, "status": "skipped", "bundle": None, "reason": f"no --io {io}"})

@@ -14,6 +14,8 @@ from .errors import UsageError
 from .contain.wire import plain_data
 
 RECIPES_FILE = Path(__file__).with_name("recipes.toml")
+#: The engine of a recipe that names none (:mod:`packager.convert.engines`).
+DEFAULT_ENGINE = "tflite-converter"
 
 
 @plain_data
@@ -134,8 +136,10 @@ def resolve_tolerance(base, outputs: list[str], atol: list[str] | None = None,
 
 @dataclass(frozen=True)
 class Recipe:
-    """A quantization recipe from ``recipes.toml``: converter settings and the tolerance bundles are
-    verified against."""
+    """A quantization recipe from ``recipes.toml``: the conversion ``engine`` that makes its .tflite
+    (:data:`packager.convert.engines.ENGINES`; default ``tflite-converter``), that engine's settings (for
+    ``tflite-converter``: ``optimizations``, ``supported_types``, ``supported_ops``; for ``ai-edge-quantizer``:
+    ``quantizer_recipe``) and the tolerance bundles are verified against."""
     name: str
     description: str
     optimizations: tuple[str, ...]
@@ -144,6 +148,8 @@ class Recipe:
     needs_calibration: bool
     tolerance: Tolerance
     io_types: tuple[str, ...] = ("float",)
+    engine: str = DEFAULT_ENGINE
+    quantizer_recipe: str = ""
 
     def check_request(self, io: str, has_calibration: bool) -> None:
         """Refuse (never downgrade) an I/O type the recipe lacks or missing calibration data."""
@@ -163,7 +169,12 @@ class Recipe:
 
 
 _RECIPE_FIELDS = {"description": str, "optimizations": list, "supported_types": list, "supported_ops": list,
-                  "needs_calibration": bool, "tolerance": dict, "io_types": list}
+                  "needs_calibration": bool, "tolerance": dict, "io_types": list, "engine": str,
+                  "quantizer_recipe": str}
+#: Fields a recipe may leave out: the engine (default :data:`DEFAULT_ENGINE`), the settings of the engines it does
+#: not use, and its I/O types (default float).
+_OPTIONAL = {"io_types": ["float"], "engine": DEFAULT_ENGINE, "quantizer_recipe": "", "optimizations": [],
+             "supported_types": [], "supported_ops": ["TFLITE_BUILTINS"]}
 _TOLERANCE_FIELDS = ("atol", "rtol", "steps", "cosine_min", "flips", "max_drop", "spread", "r2_min", "neighbours")
 #: The converter settings a recipe may name (tf.lite.Optimize, tf.lite.OpsSet, supported types that
 #: convert/converter.py maps); a typo is refused when recipes are read, not deep inside a conversion.
@@ -197,7 +208,7 @@ def _recipe(name: str, r) -> Recipe:
     if unknown:
         raise bad(f"unknown field {', '.join(unknown)}")
     for key, kind in _RECIPE_FIELDS.items():
-        if key not in r and key != "io_types":
+        if key not in r and key not in _OPTIONAL:
             raise bad(f"missing {key}")
         if key in r and not isinstance(r[key], kind):
             raise bad(f"{key} must be a {kind.__name__}")
@@ -209,10 +220,13 @@ def _recipe(name: str, r) -> Recipe:
     if sorted(tol) != sorted(_TOLERANCE_FIELDS) or not all(
             isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in tol.values()):
         raise bad("tolerance needs the non-negative numbers " + ", ".join(_TOLERANCE_FIELDS))
+    r = {**_OPTIONAL, **r}
+    if not r["engine"]:
+        raise bad("engine is empty")
     return Recipe(name=name, description=r["description"], optimizations=tuple(r["optimizations"]),
                   supported_types=tuple(r["supported_types"]), supported_ops=tuple(r["supported_ops"]),
                   needs_calibration=r["needs_calibration"], tolerance=Tolerance(**tol),
-                  io_types=tuple(r.get("io_types", ["float"])))
+                  io_types=tuple(r["io_types"]), engine=r["engine"], quantizer_recipe=r["quantizer_recipe"])
 
 
 def get_recipe(name: str) -> Recipe:

@@ -120,7 +120,7 @@ def search(model: str, calibration: str | None, data: str | None, trust: bool, i
 
 def _convert_any(tf, loaded, recipe, io: str, calibration: dict | None, check: dict):
     """The first conversion path whose model runs (whatever it computes: the budget judges that)."""
-    from .convert.converter import Attempt, Conversion, _configure, _model_batch, _named, _one_line, run_tflite
+    from .convert.converter import Attempt, Conversion, configure, model_batch, named_spec, one_line, run_tflite
     from .errors import ConversionError
     from .convert.inspect import inspect_bytes
     from .load.model import native_quiet
@@ -132,14 +132,14 @@ def _convert_any(tf, loaded, recipe, io: str, calibration: dict | None, check: d
     for cand in candidates:
         try:
             with native_quiet():
-                converter = _configure(tf, cand.make(), recipe, io, calibration, loaded, cand.batch or _model_batch(loaded))
+                converter = configure(tf, cand.make(), recipe, io, calibration, loaded, cand.batch or model_batch(loaded))
                 model = bytes(converter.convert())
-            spec = _named(inspect_bytes(model, cand.tensor_names, order), order)
+            spec = named_spec(inspect_bytes(model, cand.tensor_names, order), order)
             if not set(order["outputs"]) <= {t.name for t in spec.outputs}:
                 raise ConversionError("converted model lost output names")
             run_tflite(model, spec, {k: v[:4] for k, v in check.items()})
         except Exception as exc:  # noqa: BLE001 - the next path is tried
-            errors.append(f"{cand.name}: {exc.message if isinstance(exc, EdgepackError) else _one_line(exc)}")
+            errors.append(f"{cand.name}: {exc.message if isinstance(exc, EdgepackError) else one_line(exc)}")
             continue
         return Conversion(model, spec, cand.name, [Attempt(cand.name, True)], [])
     raise ConversionError("no conversion path produced a model that runs: " + " | ".join(errors))
@@ -147,7 +147,7 @@ def _convert_any(tf, loaded, recipe, io: str, calibration: dict | None, check: d
 
 def _mixed(tf, loaded, int8: Candidate, cal, check: dict) -> list[Candidate]:
     """int8 with the diverging ops (and the ops reading their outputs) kept in float."""
-    from .convert.converter import _configure, _model_batch, _named, run_tflite
+    from .convert.converter import configure, model_batch, named_spec, run_tflite
     from .convert.localise import compare_quantized, local_dump
     from .convert.inspect import inspect_bytes
     from .contain.isolate import stage
@@ -157,11 +157,11 @@ def _mixed(tf, loaded, int8: Candidate, cal, check: dict) -> list[Candidate]:
     cand = next((c for c in loaded.candidates if c.name == conv.path), None)
     if cand is None:
         return []
-    batch = cand.batch or _model_batch(loaded)
+    batch = cand.batch or model_batch(loaded)
     stage("auto: locating the ops int8 breaks")
     try:
         with native_quiet():
-            flt_model = bytes(_configure(tf, cand.make(), get_recipe("float32"), "float", None, loaded, batch).convert())
+            flt_model = bytes(configure(tf, cand.make(), get_recipe("float32"), "float", None, loaded, batch).convert())
         sample = {k: v[:64] for k, v in check.items()}
         quant, flt = local_dump(conv.tflite, sample), local_dump(flt_model, sample)
         rows = compare_quantized(quant, flt, conv.tflite)
@@ -179,12 +179,12 @@ def _mixed(tf, loaded, int8: Candidate, cal, check: dict) -> list[Candidate]:
         stage(f"auto: converting {label}")
         try:
             with native_quiet():
-                converter = _configure(tf, cand.make(), get_recipe("int8"), "float", cal.inputs, loaded, batch)
+                converter = configure(tf, cand.make(), get_recipe("int8"), "float", cal.inputs, loaded, batch)
                 debugger = tf.lite.experimental.QuantizationDebugger(
                     converter=converter, debug_dataset=converter.representative_dataset,
                     debug_options=tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=names))
                 model = bytes(debugger.get_nondebug_quantized_model())
-            spec = _named(inspect_bytes(model, cand.tensor_names, order), order)
+            spec = named_spec(inspect_bytes(model, cand.tensor_names, order), order)
             run_tflite(model, spec, {k: v[:4] for k, v in check.items()})
         except Exception as exc:  # noqa: BLE001 - recorded, the next candidate is tried
             out.append(Candidate(label, "int8", float_ops=[_short(n) for n in names], error=str(exc).splitlines()[0][:300]
@@ -392,8 +392,8 @@ def build_auto(model, *, target: str = "rpi", calibration=None, data=None, io: s
         if cand.passed:
             chosen = cand
     if chosen is None:
-        from .convert.converter import _clip
-        raise VerificationError(_clip(f"no candidate meets the budget ({budget.describe()}): "
+        from .convert.converter import clip
+        raise VerificationError(clip(f"no candidate meets the budget ({budget.describe()}): "
                                       + explain_failures(candidates), 1500),
                                 hint="loosen the budget (--max-drop, --min-agreement, --min-cosine), or give "
                                      "100-500 calibration samples drawn like the real inputs")

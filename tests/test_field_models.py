@@ -246,23 +246,23 @@ def test_tied_rows_are_not_decisions():
 
 # --------------------------------------------------------------------------- messages and names
 def test_single_unnamed_output_is_mapped():
-    from packager.convert.converter import _named
+    from packager.convert.converter import named_spec
     from packager.convert.inspect import ModelSpec
     from packager.tensor import Tensor
     spec = ModelSpec(1, "x", [Tensor("feat", (-1, 3), "float32", index=0)],
                      [Tensor("StatefulPartitionedCall:0", (-1, 2), "float32", index=5)], [], None)
-    assert [t.name for t in _named(spec, {"inputs": ["feat"], "outputs": ["logits"]}).outputs] == ["logits"]
+    assert [t.name for t in named_spec(spec, {"inputs": ["feat"], "outputs": ["logits"]}).outputs] == ["logits"]
     two = ModelSpec(1, "x", [], [Tensor("a", (1,), "float32", index=1), Tensor("b", (1,), "float32", index=2)],
                     [], None)
-    assert [t.name for t in _named(two, {"inputs": [], "outputs": ["p", "q"]}).outputs] == ["a", "b"]  # never guessed
+    assert [t.name for t in named_spec(two, {"inputs": [], "outputs": ["p", "q"]}).outputs] == ["a", "b"]  # never guessed
 
 
 def test_converter_errors_name_op_and_layer():
-    from packager.convert.converter import _one_line
+    from packager.convert.converter import one_line
     raw = ('<unknown>:0: error: loc(fused["TensorListReserve:", "functional_1/lstm_1/TensorArrayV2@__inference_call_'
            '123"]): error: \'tf.TensorListReserve\' op requires element_shape to be static during TF Lite '
            'transformation pass\n<unknown>:0: note: ' + "x" * 3000)
-    line = _one_line(RuntimeError(raw))
+    line = one_line(RuntimeError(raw))
     assert line.startswith("op tf.TensorListReserve in layer 'lstm_1': requires element_shape")
     assert len(line) <= 244
 

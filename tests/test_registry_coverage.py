@@ -1,5 +1,5 @@
 """Everything registered has a test of its own (after optimum's ``test_all_models_tested``): every transport,
-target, recipe, output kind and criterion, and input format is named in some test module (a string literal a test
+target, recipe, output kind and criterion, input format and conversion engine is named in some test module (a string literal a test
 uses, e.g. a parametrize value or an argument, or for a criterion function its name). A new registration without a
 test fails here, naming what lacks one."""
 from __future__ import annotations
@@ -34,6 +34,7 @@ def _mentions() -> tuple[frozenset, frozenset]:
 
 
 def _registered() -> dict[str, list[str]]:
+    from packager.convert.engines import ENGINES
     from packager.criteria import COMMON, CRITERIA, KINDS
     from packager.deploy.transports import TRANSPORTS
     from packager.load.formats import FORMATS
@@ -46,6 +47,7 @@ def _registered() -> dict[str, list[str]]:
             "recipe (packager/recipes.toml)": sorted(list_recipes()),
             "output kind (packager.criteria.KINDS)": sorted(KINDS),
             "input format (packager.load.formats.FORMATS)": sorted(f.name for f in FORMATS),
+            "conversion engine (packager.convert.engines.ENGINES)": sorted(ENGINES),
             "criterion (packager.criteria, by function name)": criteria}
 
 

@@ -131,7 +131,8 @@ StrictOpt = Annotated[bool, typer.Option("--strict", help="Also fail when the ve
 @app.command()
 @command
 def build(
-    model: Annotated[Path, typer.Argument(metavar="MODEL", help="Keras .h5/.hdf5 or .keras file, or a SavedModel directory.")],
+    model: Annotated[Path, typer.Argument(metavar="MODEL", help="Keras .h5/.hdf5 or .keras file, a SavedModel directory, "
+                     "or a .tflite (bundled as it is: --quantize as-is, verified against --reference or --reference-outputs).")],
     target: Annotated[str, typer.Option("--target", "-t", metavar="NAME", help="Target profile (see `edgepack targets`).")] = "rpi",
     quantize: Annotated[Optional[str], typer.Option("--quantize", "-q", metavar="RECIPE[,RECIPE...]|all|auto",
                         help="Recipe (see `edgepack recipes`); default: the target's default_recipe (int8 for rpi and android). Several "
@@ -168,6 +169,10 @@ def build(
     max_flips: FlipsOpt = None,
     output_kind: KindOpt = None,
     signature: SignatureOpt = None,
+    reference: Annotated[Optional[Path], typer.Option("--reference", "-r", metavar="MODEL", help="A .tflite MODEL: the model it "
+                         "was converted from (Keras or SavedModel), whose outputs it is verified against.")] = None,
+    reference_outputs: Annotated[Optional[Path], typer.Option("--reference-outputs", metavar="FILE", help="A .tflite MODEL: "
+                                 ".npz of its expected outputs on --data, one array per output name.")] = None,
     min_agreement: Annotated[Optional[float], typer.Option("--min-agreement", metavar="FRACTION", help="--quantize auto: top-1 "
                              "agreement with the original model required (0..1; default 0.99 if no budget).")] = None,
     min_cosine: Annotated[Optional[float], typer.Option("--min-cosine", metavar="COSINE", help="--quantize auto: cosine similarity "
@@ -185,6 +190,8 @@ def build(
       edgepack build model.h5 --target rpi --quantize int8 --calibration samples.npz
 
       edgepack build saved/1 -t android -q float16 -o dist/mnist-android --json
+
+      edgepack build model.tflite --reference model.keras --data eval.npz
     """
     from .. import api
     from . import render
@@ -233,7 +240,8 @@ def build(
                                trust_model=trust_model, use_cache=not no_cache, progress=report, atol=atol,
                                rtol=rtol, strict=strict, max_drop=max_drop, max_flips=max_flips,
                                output_kind=output_kind, signature=signature,
-                               custom_objects=custom_objects)
+                               custom_objects=custom_objects, reference=reference,
+                               reference_outputs=reference_outputs)
     except EdgepackError as exc:
         if html:
             _write_report(html, f"edgepack build {model.name}", getattr(exc, "report", None), model, labels, exc=exc)

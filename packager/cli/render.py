@@ -360,9 +360,11 @@ def _fits(table: Table, width: int) -> bool:
     return Measurement.get(out, out.options.update_width(10_000), table).maximum <= width
 
 
-def _recipes_table(recipes: list[dict], io: bool, description: bool) -> Table:
+def _recipes_table(recipes: list[dict], io: bool, description: bool, engine: bool = True) -> Table:
     table = Table(title="recipes (--quantize)", box=box.SIMPLE_HEAD, title_justify="left", show_edge=False)
     table.add_column("name", no_wrap=True)
+    if engine:
+        table.add_column("engine", no_wrap=True)
     table.add_column("calib.", no_wrap=True)
     if io:
         table.add_column("--io", no_wrap=True)
@@ -370,7 +372,8 @@ def _recipes_table(recipes: list[dict], io: bool, description: bool) -> Table:
     if description:
         table.add_column("description", overflow="fold", min_width=24)
     for r in recipes:
-        row = [r["name"], "yes" if r["needs_calibration"] else "-"] + ([",".join(r["io_types"])] if io else [])
+        row = [r["name"]] + ([r.get("engine", "tflite-converter")] if engine else []) + \
+              ["yes" if r["needs_calibration"] else "-"] + ([",".join(r["io_types"])] if io else [])
         row += [tolerance_text(r["tolerance"])] + ([r["description"]] if description else [])
         table.add_row(*[escape(c) for c in row])
     return table
@@ -380,8 +383,9 @@ def show_recipes(recipes: list[dict]) -> None:
     """Print the recipes (:meth:`Recipe.to_json` rows plus ``io_types``) in the widest table that fits the terminal,
     the tolerance rule, and below the table the descriptions it had no room for."""
     width = out.width
-    for io, description in ((True, True), (True, False), (False, False)):
-        table = _recipes_table(recipes, io, description)
+    for io, description, engine in ((True, True, True), (True, False, True), (False, False, True),
+                                    (False, False, False)):
+        table = _recipes_table(recipes, io, description, engine)
         if _fits(table, width):
             break
     out.print(table)
@@ -392,6 +396,8 @@ def show_recipes(recipes: list[dict]) -> None:
     if not description:
         for r in recipes:
             io_text = "" if io else f" (--io {'|'.join(r['io_types'])})"
+            if not engine:
+                io_text += f" (engine {r.get('engine', 'tflite-converter')})"
             out.print(f"[bold]{r['name']}[/bold]{io_text}: {escape(r['description'])}", highlight=False)
 
 

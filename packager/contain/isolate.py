@@ -150,13 +150,15 @@ def _garbage(why: str) -> ConversionError:
 
 
 def paths_in(args) -> list[str]:
-    """The existing files and directories named by a job's arguments (strings and paths, in lists and tuples
-    too): the model, the data, the calibration set; what the sandbox lets the job read besides the Python
+    """The existing files and directories named by a job's arguments (strings and paths, in lists, tuples and dict
+    values too): the model, the data, the calibration set, a .tflite's reference; what the sandbox lets the job read besides the Python
     installation (:func:`packager.contain.sandbox.system_reads`)."""
     found = []
     for a in args:
         if isinstance(a, (list, tuple)):
             found += paths_in(a)
+        elif isinstance(a, dict):
+            found += paths_in(list(a.values()))
         elif isinstance(a, (str, os.PathLike)) and str(a) and os.path.exists(a):
             found += [os.path.abspath(a), os.path.realpath(a)]
     return list(dict.fromkeys(found))

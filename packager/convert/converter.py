@@ -75,11 +75,13 @@ def run_tflite(model: bytes, spec: ModelSpec, arrays: dict) -> dict:
     except Failure as exc:
         raise ConversionError(exc.message) from None
     except Exception as exc:  # noqa: BLE001 - the runtime's own error (an XNNPACK prepare failure...)
-        raise ConversionError(f"ai-edge-litert cannot run the converted model: {_one_line(exc)}") from None
+        raise ConversionError(f"ai-edge-litert cannot run the converted model: {one_line(exc)}") from None
 
 
-def _configure(tf, converter, recipe: Recipe, io: str, calibration: dict | None, loaded: LoadedModel,
+def configure(tf, converter, recipe: Recipe, io: str, calibration: dict | None, loaded: LoadedModel,
                batch: int | None = None):
+    """``converter`` (a ``tf.lite.TFLiteConverter``) set up as ``recipe`` says: optimizations, supported types and
+    ops, the representative dataset from ``calibration`` (batches of ``batch``) and the ``io`` type."""
     converter.optimizations = [getattr(tf.lite.Optimize, o) for o in recipe.optimizations]
     types = {"float16": tf.float16, "int8": tf.int8}
     if recipe.supported_types:
@@ -138,47 +140,58 @@ def convert(loaded: LoadedModel, recipe: Recipe, io: str, calibration: dict | No
         release_memory()
         try:
             with native_quiet():
-                batch = cand.batch or _model_batch(loaded)
-                converter = _configure(tf, cand.make(), recipe, io, calibration, loaded, batch)
+                batch = cand.batch or model_batch(loaded)
+                converter = configure(tf, cand.make(), recipe, io, calibration, loaded, batch)
                 model = bytes(converter.convert())
-            spec = _named(inspect_bytes(model, cand.tensor_names, order), order)
+            spec = named_spec(inspect_bytes(model, cand.tensor_names, order), order)
         except Exception as exc:  # noqa: BLE001 - each path's failure is recorded and the next tried
-            attempts.append(Attempt(cand.name, False, _one_line(exc)))
+            attempts.append(Attempt(cand.name, False, one_line(exc)))
             continue
-        missing = [n for n in order["outputs"] if n not in {t.name for t in spec.outputs}]
-        if missing:
-            attempts.append(Attempt(cand.name, False, "converted model lost output names: " + ", ".join(missing)
-                                    + f" (has {', '.join(t.name for t in spec.outputs)})"))
-            continue
-        stage(f"checking the {cand.name} model against the original", cand.name)
-        try:
-            got = run_tflite(model, spec, check_inputs)
-        except ConversionError as exc:
-            attempts.append(Attempt(cand.name, False, exc.message))
-            continue
-        ran[cand.name] = (cand, model)
-        ops = output_ops(model, spec.outputs)
-        tol = tolerance or recipe.tolerance
-        tol = with_kinds(tol if isinstance(tol, dict) else {n: tol for n in order["outputs"]}, reference, labels, ops)
-        scales = {n: step for n, (_, step) in ops.items() if step}
-        metrics = compare_all(reference, got, tol, scales, labels, noise)
-        ok = all(m.passed for m in metrics)
-        attempts.append(Attempt(cand.name, ok, None if ok else "; ".join(r for m in metrics for r in m.reasons),
-                                metrics))
-        if ok:
-            return Conversion(model, spec, cand.name, attempts, metrics, tol)
+        attempt, tol = check_model(cand.name, model, spec, order, check_inputs, reference,
+                                   tolerance or recipe.tolerance, labels, noise)
+        attempts.append(attempt)
+        if attempt.metrics:
+            ran[cand.name] = (cand, model)
+        if attempt.ok:
+            return Conversion(model, spec, cand.name, attempts, attempt.metrics, tol)
     ids = tuple(s.name for s in loaded.inputs if np.dtype(s.dtype).kind in "iu")
-    refusal = _no_match(attempts, recipe, calibration, check_inputs,
+    refusal = no_match(attempts, recipe, calibration, check_inputs,
                         lambda path: _first_divergence(tf, loaded, recipe, ran.get(path), check_inputs), ids)
     if keep_best and getattr(refusal, "best", None) is not None:
         best = refusal.best
         cand, model = ran[best.path]
-        spec = _named(inspect_bytes(model, cand.tensor_names, order), order)
+        spec = named_spec(inspect_bytes(model, cand.tensor_names, order), order)
         tol = with_kinds(tolerance if isinstance(tolerance, dict) else
                          {n: tolerance or recipe.tolerance for n in order["outputs"]}, reference, labels,
                          output_ops(model, spec.outputs))
         return Conversion(model, spec, best.path, attempts, best.metrics, tol)
     raise refusal
+
+
+def check_model(path: str, model: bytes, spec: ModelSpec, order: dict, check_inputs: dict, reference: dict,
+                tolerance, labels=None, noise: dict | None = None) -> tuple[Attempt, dict]:
+    """(the :class:`Attempt` of conversion path ``path``, {output: Tolerance} it was judged by, kinds settled): the
+    .tflite ``model`` (described by ``spec``, outputs named as ``order`` says) run in-process on ``check_inputs`` and
+    compared with the original model's ``reference`` outputs within ``tolerance`` (one Tolerance or {output:
+    Tolerance}). An attempt that could not run has no metrics; one that ran has them, passing or not."""
+    from ..contain.isolate import stage
+    names = order["outputs"]
+    tol = tolerance if isinstance(tolerance, dict) else {n: tolerance for n in names}
+    missing = [n for n in names if n not in {t.name for t in spec.outputs}]
+    if missing:
+        return Attempt(path, False, "converted model lost output names: " + ", ".join(missing)
+                       + f" (has {', '.join(t.name for t in spec.outputs)})"), tol
+    stage(f"checking the {path} model against the original", path)
+    try:
+        got = run_tflite(model, spec, check_inputs)
+    except ConversionError as exc:
+        return Attempt(path, False, exc.message), tol
+    ops = output_ops(model, spec.outputs)
+    tol = with_kinds(tol, reference, labels, ops)
+    scales = {n: step for n, (_, step) in ops.items() if step}
+    metrics = compare_all(reference, got, tol, scales, labels, noise)
+    ok = all(m.passed for m in metrics)
+    return Attempt(path, ok, None if ok else "; ".join(r for m in metrics for r in m.reasons), metrics), tol
 
 
 def _first_divergence(tf, loaded: LoadedModel, recipe: Recipe, ran, check_inputs: dict) -> str | None:
@@ -191,20 +204,21 @@ def _first_divergence(tf, loaded: LoadedModel, recipe: Recipe, ran, check_inputs
     cand, model = ran
     try:
         with native_quiet():
-            conv = _configure(tf, cand.make(), get_recipe("float32"), "float", None, loaded,
-                              cand.batch or _model_batch(loaded))
+            conv = configure(tf, cand.make(), get_recipe("float32"), "float", None, loaded,
+                              cand.batch or model_batch(loaded))
             float_model = bytes(conv.convert())
     except Exception:  # noqa: BLE001 - the annotation is optional
         return None
     return quick_brief(model, float_model, check_inputs, [s.name for s in loaded.outputs], cand.tensor_names)
 
 
-def _model_batch(loaded: LoadedModel) -> int | None:
+def model_batch(loaded: LoadedModel) -> int | None:
+    """The batch size fixed in the model's first input, None when it is open."""
     shape = loaded.inputs[0].shape if loaded.inputs else ()
     return shape[0] if shape and shape[0] > 0 else None
 
 
-def _named(spec: ModelSpec, order: dict) -> ModelSpec:
+def named_spec(spec: ModelSpec, order: dict) -> ModelSpec:
     """Give the output its model name when the path lost it but the mapping is certain: the model
     and the converted model have exactly one output. Several unnamed outputs are never guessed."""
     want = order["outputs"]
@@ -217,7 +231,7 @@ def _named(spec: ModelSpec, order: dict) -> ModelSpec:
     return replace(spec, outputs=renamed, notes=spec.notes + [f"output {have[0]!r} is the model's {want[0]!r}"])
 
 
-def _no_match(attempts: list[Attempt], recipe: Recipe, calibration: dict | None, check: dict,
+def no_match(attempts: list[Attempt], recipe: Recipe, calibration: dict | None, check: dict,
               divergence=None, ids: tuple = ()) -> EdgepackError:
     """The refusal leads with the numbers of the best path that ran, then its likely cause. A
     path that converted and ran but computes something else is a VerificationError (exit 4: the
@@ -238,7 +252,7 @@ def _no_match(attempts: list[Attempt], recipe: Recipe, calibration: dict | None,
         others = [f"{a.path}: {_short_error(a)}" for a in attempts if a is not best]
         message = (f"the {recipe.name} model does not compute what the original computes ({numbers}; path {best.path})"
                    + (f"; likely cause: {cause}" if cause else "")
-                   + (f"; other paths: {' | '.join(_clip(o, 160) for o in others)}" if others else ""))
+                   + (f"; other paths: {' | '.join(clip(o, 160) for o in others)}" if others else ""))
         widen = ("--max-flips/--max-drop widen the decision budget if this difference is acceptable" if any(
             f["criterion"] in ("decisions", "accuracy") and not f["passed"] for m in best.metrics for f in m.findings)
             else "--output-kind NAME:KIND if an output's kind was guessed wrong")
@@ -353,7 +367,7 @@ def _conversion_hint(attempts: list[Attempt], recipe: Recipe | None = None, bloc
     return "try another --quantize recipe, or report the model to edgepack with EDGEPACK_DEBUG=1 output"
 
 
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
     """The useful part of a converter or runtime error: the op and the layer it came from, not the
     raw MLIR dump. ``loc(fused["X:", "model/lstm/while@fn"]): error: 'tf.X' op requires ...`` becomes
     ``op tf.X in layer 'lstm': requires ...``."""
@@ -364,14 +378,14 @@ def _one_line(exc: BaseException) -> str:
         if m and "error" in ln.lower():
             where = re.search(r'"([\w.-]+(?:/[\w.-]+)+)[@"]', ln)
             layer = f" in layer {where.group(1).split('/')[1]!r}" if where else ""
-            return _clip(f"op {m.group(1)}{layer}: {m.group(2)}")
+            return clip(f"op {m.group(1)}{layer}: {m.group(2)}")
     for ln in lines:
         if "error:" in ln.lower():
-            return _clip(ln.split("error:", 1)[1].strip() or ln)
-    return _clip(lines[0] if lines else type(exc).__name__)
+            return clip(ln.split("error:", 1)[1].strip() or ln)
+    return clip(lines[0] if lines else type(exc).__name__)
 
 
-def _clip(text: str, limit: int = 240) -> str:
+def clip(text: str, limit: int = 240) -> str:
     """At most ``limit`` characters, cut at a word boundary."""
     if len(text) <= limit:
         return text

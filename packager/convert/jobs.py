@@ -71,7 +71,8 @@ def prepare(model: str, recipe_name: str, io: str, calibration: str | None, data
     SavedModel signature to convert; ``custom``: the ``--custom-objects`` of :func:`packager.load.custom.resolve`,
     imported here, in the child), read calibration and check data, convert (skipping paths in ``skip``), compute the
     reference outputs of every check group. Raises UsageError, ConversionError or VerificationError."""
-    loaded, cal, check, references, noise = _load_for_conversion(model, calibration, data, trust, signature, custom)
+    loaded, cal, check, references, noise = _load_for_conversion(model, calibration, data, trust, signature, custom,
+                                                                 overrides)
     prepared = _convert_recipe(loaded, cal, check, references, noise, recipe_name, io, overrides, skip)
     # The result is encoded whole on its way to the parent (the .tflite and the check inputs: ~50 MB
     # for a MobileNetV2): drop the model and its traced functions first, so that copy does not
@@ -87,7 +88,8 @@ def prepare_sweep(model: str, recipe_names: list, io: str, calibration: str | No
     """Several recipes of one model in one child: loading, data and reference outputs are shared.
     Returns ``[(recipe name, Prepared or the EdgepackError that recipe ended with)]`` in order."""
     from ..errors import EdgepackError
-    loaded, cal, check, references, noise = _load_for_conversion(model, calibration, data, trust, signature, custom)
+    loaded, cal, check, references, noise = _load_for_conversion(model, calibration, data, trust, signature, custom,
+                                                                 overrides)
     out = []
     for name in recipe_names:
         try:
@@ -100,18 +102,43 @@ def prepare_sweep(model: str, recipe_names: list, io: str, calibration: str | No
 
 
 def _load_for_conversion(model: str, calibration: str | None, data: str | None, trust: bool,
-                         signature: str | None = None, custom: tuple | None = None):
+                         signature: str | None = None, custom: tuple | None = None, overrides: dict | None = None):
     from ..contain.isolate import stage
     from ..load.formats import load_model
     stage(f"loading {Path(model).name}")
     loaded = load_model(model, trust=trust, signature=signature, custom_objects=custom)
     cal = load_dataset(calibration, loaded.inputs) if calibration is not None else None
     check = _inputs_for_check(loaded, data, cal)
+    if loaded.format == "tflite":
+        _tflite_reference(loaded, check, overrides or {}, trust)
     # The original model's outputs, computed once: the conversion check and the bundle's
     # verification use the same inputs (check.groups[0] is check.inputs).
     stage("computing the original model's outputs")
     references = [loaded.reference(group) for group in check.groups]
     return loaded, cal, check, references, float_noise(loaded, check.groups[0], references[0])
+
+
+def _tflite_reference(loaded, check: Dataset, overrides: dict, trust: bool) -> None:
+    """Give a .tflite brought by the user the reference it is judged by: ``overrides["reference_model"]`` (a model
+    edgepack loads, with the same safety scan) or ``overrides["reference_outputs"]`` (outputs on ``check``, the --data
+    inputs). Neither (only with --no-verify): its own outputs stand in, and nothing is checked against them."""
+    from ..contain.isolate import stage
+    from ..load.formats import load_model
+    from ..load.model import with_reference
+    ref_model, ref_outputs = overrides.get("reference_model"), overrides.get("reference_outputs")
+    if ref_model:
+        stage(f"loading the reference model {Path(ref_model).name}")
+        with_reference(loaded, reference=load_model(ref_model, trust=trust))
+    elif ref_outputs:
+        with_reference(loaded, outputs=ref_outputs, data_inputs=check.inputs)
+    else:
+        from .converter import run_tflite
+        from .inspect import inspect_bytes
+        spec = inspect_bytes(loaded.model_bytes, None, {"inputs": [s.name for s in loaded.inputs],
+                                                       "outputs": [s.name for s in loaded.outputs]})
+        loaded.reference = lambda arrays: run_tflite(loaded.model_bytes, spec, arrays)
+        loaded.notes.append("no reference (--reference/--reference-outputs): nothing was verified; the bundle's "
+                            "expected outputs are the .tflite's own")
 
 
 NOISE_SAMPLES = 64
@@ -147,7 +174,7 @@ def float_noise(loaded, inputs: dict, reference: dict) -> dict:
 
 
 def _convert_recipe(loaded, cal, check, references, noise, recipe_name: str, io: str, overrides, skip) -> Prepared:
-    from .converter import convert
+    from .engines import convert, get_engine
     from ..recipes import get_recipe, resolve_tolerance
     recipe = get_recipe(recipe_name)
     tolerance = resolve_tolerance(recipe.tolerance, [s.name for s in loaded.outputs], overrides=overrides)
@@ -176,12 +203,14 @@ def _convert_recipe(loaded, cal, check, references, noise, recipe_name: str, io:
                if conversion.path == "keras-frozen-concrete-function" else "")
         notes.append(f"batch fixed to {batch} by the {conversion.path} path{why}: the device script feeds "
                      f"{batch} sample(s) per invoke")
-    if recipe.name != "float32" and not _has_quantized_tensors(conversion.tflite):
+    if recipe.name not in ("float32", "as-is") and not _has_quantized_tensors(conversion.tflite):
         notes.append(f"the {recipe.name} recipe quantized nothing in this model (TFLite leaves small weight "
                      "tensors, under 1024 values, in float32): the bundle computes in float32")
     warnings = notes + (cal.warnings if cal else []) + check.notes
+    used = versions()
+    used["converter"] = get_engine(recipe).version()
     return Prepared(str(loaded.path), loaded.format, loaded.inputs, loaded.outputs, conversion, check,
-                    references[0], warnings, versions(), references[1:], fixed, conversion.tolerance or tolerance,
+                    references[0], warnings, used, references[1:], fixed, conversion.tolerance or tolerance,
                     noise, loaded.signature)
 
 

@@ -48,11 +48,13 @@ FORMATS: tuple[Format, ...] = (
            safety.scan_keras_v3, _model._load_keras),
     Format("saved-model", "a SavedModel directory", True, _is_saved_model,
            safety.scan_saved_model, _model._load_saved_model),
+    Format("tflite", ".tflite (bundled as it is: --quantize as-is)", False,
+           lambda p, head: head[4:8] == _model.TFLITE_IDENTIFIER, safety.scan_tflite, _model._load_tflite),
 )
 
 
 def get_format(name: str) -> Format:
-    """The :class:`Format` called ``name`` (``keras-h5``, ``keras-v3``, ``saved-model``); KeyError otherwise."""
+    """The :class:`Format` called ``name`` (``keras-h5``, ``keras-v3``, ``saved-model``, ``tflite``); KeyError otherwise."""
     for fmt in FORMATS:
         if fmt.name == name:
             return fmt
@@ -83,7 +85,7 @@ def sniff_format(path: Path) -> str:
     for fmt in FORMATS:
         if not fmt.directory and fmt.sniff(path, head):
             return fmt.name
-    raise UsageError(f"{path} is not a Keras H5, .keras or SavedModel file",
+    raise UsageError(f"{path} is not a Keras H5, .keras, SavedModel or .tflite file",
                      hint="supported: " + ", ".join(f.describe for f in FORMATS))
 
 
@@ -104,7 +106,7 @@ def load_model(path: str | os.PathLike, trust: bool = False, signature: str | No
     path = Path(path)
     fmt = get_format(sniff_format(path))
     if signature is not None and fmt.name != "saved-model":
-        raise UsageError(f"--signature {signature!r}: {path.name} is a Keras file ({fmt.describe}), which has no "
+        raise UsageError(f"--signature {signature!r}: {path.name} is a {fmt.name} file ({fmt.describe}), which has no "
                          "signatures", hint="drop --signature; it chooses among a SavedModel's signatures")
     if custom_objects and not trust:
         raise custom.needs_trust(custom.describe(custom_objects))    # custom objects are code

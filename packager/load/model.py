@@ -54,6 +54,8 @@ class LoadedModel:
     keepalive: object = None         # objects the candidates need alive (loaded SavedModel...)
     fixed: dict = field(default_factory=dict)  # what the bundle fixes that the model leaves open (batch, ...)
     signature: str | None = None     # the SavedModel signature converted (None: not a SavedModel signature)
+    model_bytes: bytes | None = None  # a .tflite brought by the user: the model itself (engine as-is)
+    reference_source: str = ""       # where ``reference`` comes from when it is not the model itself ("none": nowhere)
 
 
 @contextlib.contextmanager
@@ -528,6 +530,100 @@ def _batched(call, arrays: list, batch: int | None = None) -> dict:
         for k, v in out.items():
             parts.setdefault(k, []).append(np.asarray(v))
     return {k: np.concatenate(v) for k, v in parts.items()}
+
+
+# --------------------------------------------------------------------------- .tflite
+TFLITE_IDENTIFIER = b"TFL3"     # the flatbuffer file identifier, bytes 4..8 of a .tflite
+
+
+def _tflite_tensor(name: str, d: dict) -> Tensor:
+    shape = tuple(int(v) for v in d.get("shape_signature", d["shape"]))
+    return Tensor(name, shape, np.dtype(d["dtype"]).name)
+
+
+def _load_tflite(path: Path, trust: bool = False, custom_objects: dict | None = None) -> LoadedModel:
+    """A .tflite brought by the user: its inputs and outputs (the serving signature's names, else the tensors'),
+    the bytes themselves (``model_bytes``: engine ``as-is`` bundles them unchanged). It has no reference of its own:
+    ``reference`` refuses until :func:`with_reference` gives it one."""
+    model = path.read_bytes()
+    from ai_edge_litert.interpreter import Interpreter
+    try:
+        with native_quiet():
+            interp = Interpreter(model_content=model)
+    except Exception as exc:  # noqa: BLE001 - the runtime's reason, in one line
+        raise UsageError(f"{path.name} is not a TFLite model ai-edge-litert can read: {_first_line(exc)}") from None
+    sigs = interp.get_signature_list()
+    if sigs:
+        runner = interp.get_signature_runner("serving_default" if "serving_default" in sigs else sorted(sigs)[0])
+        inputs = [_tflite_tensor(n, d) for n, d in sorted(runner.get_input_details().items())]
+        outputs = [_tflite_tensor(n, d) for n, d in sorted(runner.get_output_details().items())]
+    else:
+        inputs = [_tflite_tensor(d["name"], d) for d in interp.get_input_details()]
+        outputs = [_tflite_tensor(d["name"], d) for d in interp.get_output_details()]
+    _refuse_strings(inputs)
+
+    def no_reference(arrays: dict) -> dict:
+        raise UsageError(f"{path.name} is a .tflite: it has no reference of its own",
+                         hint="pass --reference MODEL (the model it was converted from) or --reference-outputs "
+                              "outputs.npz (its outputs on --data)")
+
+    return LoadedModel(path, "tflite", inputs, outputs, no_reference, model_bytes=model, reference_source="none")
+
+
+def with_reference(loaded: LoadedModel, reference: LoadedModel | None = None, outputs: str | None = None,
+                   data_inputs: dict | None = None) -> LoadedModel:
+    """``loaded`` (a .tflite) with the reference its outputs are judged by: the outputs of the ``reference`` model
+    (same input names), or the arrays of the .npz ``outputs`` (keyed by output name), which are the outputs on
+    ``data_inputs`` (--data) and on nothing else. Raises UsageError for names that do not fit."""
+    from dataclasses import replace
+    mine_in = sorted(s.name for s in loaded.inputs)
+    mine_out = sorted(s.name for s in loaded.outputs)
+    if reference is not None:
+        theirs = sorted(s.name for s in reference.inputs)
+        if len(loaded.outputs) == len(reference.outputs) == 1 and mine_out[0] != reference.outputs[0].name:
+            # One output each: it is the reference's (TFLiteConverter names a Keras model's output output_0).
+            name = reference.outputs[0].name
+            loaded.notes.append(f"the .tflite's output {mine_out[0]!r} is the reference model's {name!r}")
+            loaded.outputs = [replace(loaded.outputs[0], name=name)]
+            mine_out = [name]
+        if theirs != mine_in or not set(mine_out) <= {s.name for s in reference.outputs}:
+            raise UsageError(f"the reference model's inputs/outputs ({', '.join(theirs)} / "
+                             f"{', '.join(s.name for s in reference.outputs)}) are not the .tflite's "
+                             f"({', '.join(mine_in)} / {', '.join(mine_out)})",
+                             hint="pass the model the .tflite was converted from")
+        inner = reference.reference
+
+        def from_model(arrays: dict) -> dict:
+            got = inner(arrays)
+            return {n: got[n] for n in mine_out}
+        loaded.reference = from_model
+        loaded.keepalive = reference
+        loaded.reference_source = f"model {reference.path.name}"
+        return loaded
+    try:
+        with np.load(outputs, allow_pickle=False) as npz:
+            known = {k: np.asarray(npz[k]) for k in npz.files}
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"--reference-outputs {outputs}: not a readable .npz ({exc})") from None
+    if len(known) == len(mine_out) == 1:
+        known = {mine_out[0]: next(iter(known.values()))}
+    if sorted(known) != mine_out:
+        raise UsageError(f"--reference-outputs has arrays {', '.join(sorted(known)) or 'none'}; the .tflite's "
+                         f"outputs are {', '.join(mine_out)}", hint="one array per output, named as the output")
+    count = len(next(iter(data_inputs.values()))) if data_inputs else 0
+    if not data_inputs or any(len(a) != count for a in known.values()):
+        raise UsageError(f"--reference-outputs holds {', '.join(f'{k}: {len(a)}' for k, a in known.items())} rows; "
+                         f"--data has {count} samples", hint="the reference outputs are the outputs on --data, "
+                                                             "row for row")
+
+    def from_outputs(arrays: dict) -> dict:
+        if set(arrays) != set(data_inputs) or any(
+                np.shape(arrays[k]) != np.shape(v) or not np.array_equal(arrays[k], v) for k, v in data_inputs.items()):
+            raise UsageError("--reference-outputs are known only for the --data inputs")
+        return dict(known)
+    loaded.reference = from_outputs
+    loaded.reference_source = f"outputs {Path(outputs).name}"
+    return loaded
 
 
 # --------------------------------------------------------------------------- SavedModel

@@ -45,6 +45,14 @@ def scan_saved_model(path: Path, trust: bool) -> None:
     _check_saved_model(path, trust)
 
 
+def scan_tflite(path: Path, trust: bool) -> None:
+    """A .tflite: a flatbuffer of tensors and ops that runs no code of its own when loaded (custom and Flex ops
+    need kernels no runtime edgepack verifies in has: the ``as-is`` engine refuses them by name). Only a file
+    larger than a flatbuffer can address (2 GiB) is refused here."""
+    if path.stat().st_size >= 2**31:
+        raise UsageError(f"{path.name} is larger than 2 GiB, more than a .tflite flatbuffer can hold")
+
+
 class _CustomClass(str):
     """A finding that is a custom class or function (its module outside Keras, or a registered custom
     object): its way in is ``--custom-objects``, not ``--trust-model`` alone."""

@@ -254,10 +254,14 @@ def _json_default(value):
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
-def write_archive(bundle: Path, archive: Path | None = None) -> Path:
-    """Deterministic .tar.gz: sorted entries, mtime 0, root-owned, fixed modes, no gzip name/time."""
-    bundle = Path(bundle)
-    archive = Path(archive) if archive else bundle.with_name(bundle.name + ".tar.gz")
+ARCHIVE_LEVEL = 1
+"""gzip level of the archive. A .tflite is mostly float or int8 weights, which deflate barely shrinks: on
+ResNet50's 102 MB model level 9 took ~9x longer than level 1 for a few percent (BENCHMARKS.md, issue 23)."""
+
+
+def _tar_bytes(bundle: Path) -> bytes:
+    """The uncompressed tar stream of ``bundle`` that :func:`write_archive` compresses: sorted entries, mtime 0,
+    root-owned, fixed modes."""
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
         paths = sorted(bundle.rglob("*"), key=lambda p: p.relative_to(bundle).as_posix())
@@ -274,11 +278,39 @@ def write_archive(bundle: Path, archive: Path | None = None) -> Path:
                 info.size = len(data)
                 info.mode = 0o755 if os.access(p, os.X_OK) else 0o644
                 tar.addfile(info, io.BytesIO(data))
+    return raw.getvalue()
+
+
+def write_archive(bundle: Path, archive: Path | None = None) -> Path:
+    """Deterministic .tar.gz: sorted entries, mtime 0, root-owned, fixed modes, no gzip name/time, gzip level
+    :data:`ARCHIVE_LEVEL` (the same bytes for the same bundle, every time)."""
+    bundle = Path(bundle)
+    archive = Path(archive) if archive else bundle.with_name(bundle.name + ".tar.gz")
     out = io.BytesIO()
-    with gzip.GzipFile(filename="", mode="wb", fileobj=out, mtime=0, compresslevel=9) as gz:
-        gz.write(raw.getvalue())
+    with gzip.GzipFile(filename="", mode="wb", fileobj=out, mtime=0, compresslevel=ARCHIVE_LEVEL) as gz:
+        gz.write(_tar_bytes(bundle))
     atomic_write(archive, out.getvalue())
     return archive
+
+
+def archive_matches(bundle: Path, archive: Path) -> bool:
+    """``archive`` (a regular file) ends with the gzip trailer of the tar stream :func:`write_archive` makes of
+    ``bundle`` now: its CRC-32 and length. A cheap check that the archive beside a bundle still describes it
+    (nothing is decompressed or recompressed); a truncated, replaced or stale archive fails it."""
+    import struct
+    import zlib
+    archive = Path(archive)
+    if archive.is_symlink() or not archive.is_file():
+        return False
+    try:
+        with open(archive, "rb") as fh:
+            head = fh.read(2)
+            fh.seek(-8, os.SEEK_END)
+            crc, size = struct.unpack("<II", fh.read(8))
+        data = _tar_bytes(Path(bundle))
+    except OSError:
+        return False
+    return head == b"\x1f\x8b" and crc == zlib.crc32(data) & 0xFFFFFFFF and size == len(data) & 0xFFFFFFFF
 
 
 ENTRYPOINT_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}\.py")

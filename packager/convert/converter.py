@@ -2,6 +2,7 @@
 original model computes. A clean conversion proves nothing; only compared outputs do."""
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -128,10 +129,17 @@ def convert(loaded: LoadedModel, recipe: Recipe, io: str, calibration: dict | No
     candidates = loaded.candidates
     if recipe.needs_calibration:   # paths known to survive calibration go first (stable order otherwise)
         candidates = sorted(candidates, key=lambda c: not c.calibration_first)
+    failed_numbers: dict = {}            # Candidate.numbers -> the path of that family that failed on accuracy
+    failed_bytes: dict = {}              # sha256 of a model that ran and failed on accuracy -> its attempt
     for cand in candidates:
         if cand.name in skip:
             attempts.append(Attempt(cand.name, False, "skipped: TensorFlow crashed on this path in an earlier "
                                                       "attempt (its crash is reported separately)"))
+            continue
+        if cand.numbers and cand.numbers in failed_numbers:
+            attempts.append(Attempt(cand.name, False, f"skipped: it computes what {failed_numbers[cand.numbers]} "
+                                    "computes (the paths differ only in how the graph is obtained), and that failed "
+                                    "the check on accuracy"))
             continue
         stage(f"converting with {cand.name} ({recipe.name})", cand.name)
         crash_seam(recipe.name)
@@ -150,6 +158,12 @@ def convert(loaded: LoadedModel, recipe: Recipe, io: str, calibration: dict | No
             attempts.append(Attempt(cand.name, False, "converted model lost output names: " + ", ".join(missing)
                                     + f" (has {', '.join(t.name for t in spec.outputs)})"))
             continue
+        sha = hashlib.sha256(model).hexdigest()
+        if sha in failed_bytes:
+            same = failed_bytes[sha]
+            attempts.append(Attempt(cand.name, False, f"skipped: the same model bytes as {same.path}, which failed "
+                                    "the check on accuracy"))
+            continue
         stage(f"checking the {cand.name} model against the original", cand.name)
         try:
             got = run_tflite(model, spec, check_inputs)
@@ -167,6 +181,9 @@ def convert(loaded: LoadedModel, recipe: Recipe, io: str, calibration: dict | No
                                 metrics))
         if ok:
             return Conversion(model, spec, cand.name, attempts, metrics, tol)
+        failed_bytes[sha] = attempts[-1]
+        if cand.numbers:
+            failed_numbers.setdefault(cand.numbers, cand.name)
     ids = tuple(s.name for s in loaded.inputs if np.dtype(s.dtype).kind in "iu")
     refusal = _no_match(attempts, recipe, calibration, check_inputs,
                         lambda path: _first_divergence(tf, loaded, recipe, ran.get(path), check_inputs), ids)

@@ -387,6 +387,14 @@ def env_paths(env: RuntimeEnv) -> list[str]:
     return list(dict.fromkeys(found))
 
 
+def invoke_batch(inputs: dict) -> int:
+    """Samples per invoke when verifying (``--batch``): at most 64, fewer for large inputs (~4 MiB of input per
+    invoke, as the host-side check runs). The interpreter's arena grows with the batch: ResNet50 at the script's
+    default of 64 took 3.3 GiB in tflite-runtime, the build's peak (issue 23); at 6 it takes a tenth."""
+    from ..load.model import chunk_size
+    return chunk_size([np.asarray(a) for a in inputs.values()], limit=64)
+
+
 def run_device_script(env: RuntimeEnv, bundle: Path, inputs: dict, timeout: int = RUN_TIMEOUT) -> DeviceRun:
     """Run ``python3 <bundle>/<entrypoint> --input in.npz --output out.npz`` in ``env`` (this
     edgepack's own copy of the script when the bundle's differs: see :func:`bundle.host_entrypoint`)."""
@@ -397,7 +405,7 @@ def run_device_script(env: RuntimeEnv, bundle: Path, inputs: dict, timeout: int 
         src, dst = Path(tmp) / "in.npz", Path(tmp) / "out.npz"
         src.write_bytes(npz_stored(inputs))
         argv = [*env.argv, str(script), "--bundle", str(Path(bundle).resolve()), "--input", str(src),
-                "--output", str(dst), "--runtime", env.module]
+                "--output", str(dst), "--runtime", env.module, "--batch", str(invoke_batch(inputs))]
         start = time.perf_counter()
         try:
             # the runtime reads the bundle and writes only below tmp: a model that exploits the

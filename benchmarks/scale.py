@@ -108,7 +108,8 @@ def section_build(work: Path, models, reps: int, recipes=("float32",)) -> dict:
                            verification=(m["verification"].get("evidence") or {}).get("text"),
                            notes=m["verification"].get("notes"))
             else:
-                row["refusal"] = (data.get("error") or {}).get("message", first[-1]["stderr"][-400:])
+                err = data.get("error")
+                row["refusal"] = (err.get("message") if isinstance(err, dict) else err) or first[-1]["stderr"][-400:]
             if again:
                 try:
                     row["rebuild_unchanged"] = json.loads(again[-1]["stdout"]).get("unchanged")

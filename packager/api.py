@@ -225,20 +225,20 @@ def _build_key(conversion_key: str, profile, selected, arch, name: str, label_na
 def _unchanged(output: Path, build_key: str, notes: list[str]) -> BuildResult | None:
     """The BuildResult of the bundle already at ``output`` when rebuilding it would write the same bytes: its
     manifest records ``build_key``, a verdict that passed (or was skipped as asked), every file matches the
-    manifest, and the archive beside it holds exactly this directory (the gzip trailer's CRC-32 and size of the
+    manifest (:func:`check_files`' test, on the same one read as the archive's), and the archive beside it holds exactly this directory (the gzip trailer's CRC-32 and size of the
     tar stream :func:`write_archive` would write; nothing is recompressed). None otherwise: build as usual."""
     from .bundle.files import archive_matches
     try:
         manifest = read_manifest(output)
     except (UsageError, OSError):
         return None
-    if manifest.source.get("build_key") != build_key or check_files(output, manifest):
+    if manifest.source.get("build_key") != build_key:
         return None
     status = (manifest.get("verification") or {}).get("status")
     if status not in ("passed", "skipped"):
         return None
     archive = output.with_name(output.name + ".tar.gz")
-    if not archive_matches(output, archive):
+    if not archive_matches(output, archive, manifest):     # and every file as the manifest lists it
         return None
     report = verdict.report_from_summary(manifest.get("verification"), output) if status == "passed" else None
     if report is not None:

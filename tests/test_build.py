@@ -308,6 +308,11 @@ def test_unchanged_rebuild_touches_nothing_and_says_so(zoo, data_files, tmp_path
     first.archive.write_bytes(archive_bytes[:-100])
     fixed = api.build(zoo["keras3_h5"], **kwargs)
     assert not fixed.unchanged and fixed.archive.read_bytes() == archive_bytes
+    # So is a bundle whose file was changed.
+    readme = out / "README.md"
+    readme.write_text(readme.read_text() + "edited\n")
+    assert not api.build(zoo["keras3_h5"], **kwargs).unchanged
+    assert api.build(zoo["keras3_h5"], **kwargs).unchanged
     # A changed setting (here --no-verify) builds again.
     other = api.build(zoo["keras3_h5"], **dict(kwargs, verify=False))
     assert not other.unchanged

@@ -259,9 +259,9 @@ ARCHIVE_LEVEL = 1
 ResNet50's 102 MB model level 9 took ~9x longer than level 1 for a few percent (BENCHMARKS.md, issue 23)."""
 
 
-def _tar_bytes(bundle: Path) -> bytes:
+def _tar_bytes(bundle: Path, digests: dict | None = None) -> bytes:
     """The uncompressed tar stream of ``bundle`` that :func:`write_archive` compresses: sorted entries, mtime 0,
-    root-owned, fixed modes."""
+    root-owned, fixed modes. ``digests``: filled with ``{relative path: "sha256:..."}`` of each regular file."""
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
         paths = sorted(bundle.rglob("*"), key=lambda p: p.relative_to(bundle).as_posix())
@@ -275,6 +275,8 @@ def _tar_bytes(bundle: Path) -> bytes:
                 tar.addfile(info)
             elif p.is_file() and not p.is_symlink():
                 data = p.read_bytes()
+                if digests is not None:
+                    digests[rel] = "sha256:" + sha256_bytes(data)
                 info.size = len(data)
                 info.mode = 0o755 if os.access(p, os.X_OK) else 0o644
                 tar.addfile(info, io.BytesIO(data))
@@ -293,10 +295,11 @@ def write_archive(bundle: Path, archive: Path | None = None) -> Path:
     return archive
 
 
-def archive_matches(bundle: Path, archive: Path) -> bool:
+def archive_matches(bundle: Path, archive: Path, manifest: dict | None = None) -> bool:
     """``archive`` (a regular file) ends with the gzip trailer of the tar stream :func:`write_archive` makes of
     ``bundle`` now: its CRC-32 and length. A cheap check that the archive beside a bundle still describes it
-    (nothing is decompressed or recompressed); a truncated, replaced or stale archive fails it."""
+    (nothing is decompressed or recompressed); a truncated, replaced or stale archive fails it. With ``manifest``,
+    the bundle must also be intact (:func:`check_files`, from the same one read of each file)."""
     import struct
     import zlib
     archive = Path(archive)
@@ -307,9 +310,16 @@ def archive_matches(bundle: Path, archive: Path) -> bool:
             head = fh.read(2)
             fh.seek(-8, os.SEEK_END)
             crc, size = struct.unpack("<II", fh.read(8))
-        data = _tar_bytes(Path(bundle))
+        digests: dict = {}
+        data = _tar_bytes(Path(bundle), digests)
     except OSError:
         return False
+    if manifest is not None:
+        files = manifest.get("files") or {}
+        root = Path(bundle)
+        if any(digests.get(rel) != digest or _under_link(root, rel) for rel, digest in files.items()) \
+                or requirement_problems(root):
+            return False
     return head == b"\x1f\x8b" and crc == zlib.crc32(data) & 0xFFFFFFFF and size == len(data) & 0xFFFFFFFF
 
 

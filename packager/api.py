@@ -184,6 +184,9 @@ def build(model: str | os.PathLike, *, target: str = "rpi", recipe: str | None =
         if prepared is not None:
             progress("unchanged model and settings: reusing the cached conversion")
     if prepared is None:
+        if verify and arch in (None, _host_arch()):
+            from .verification.emulator import check_ahead
+            check_ahead(selected)       # the runtime environments' tamper check, while the child converts
         progress(f"loading and converting {model_path} ({rec.name})")
         prepared = _prepare_contained(model_path, rec, io, calibration, data, trust_model, overrides, progress,
                                       signature, custom)
@@ -245,6 +248,11 @@ def _unchanged(output: Path, build_key: str, notes: list[str]) -> BuildResult | 
         report.notes.append("unchanged: this verdict is the one recorded when the bundle was built")
     warnings = notes + [f"unchanged: {output} is up to date (same model, data and settings); nothing was written"]
     return BuildResult(Path(output), archive, manifest, report, [], warnings, unchanged=True)
+
+
+def _host_arch() -> str:
+    from .verification.emulator import host_arch
+    return host_arch()
 
 
 def _check_output_path(output: Path) -> None:

@@ -120,7 +120,7 @@ def _load_for_conversion(model: str, calibration: str | None, data: str | None, 
 
 SAMPLE_FLOOR = 16
 PROBE = 4
-DEFAULT_BUDGET = 6.0
+DEFAULT_BUDGET = 2.0
 
 
 def sized_to_budget(reference, check: Dataset) -> tuple[Dataset, dict]:

@@ -42,6 +42,13 @@ class Conversion:
     attempts: list[Attempt]
     metrics: list[OutputMetrics]
     tolerance: dict = field(default_factory=dict)     # output name -> Tolerance it was judged by (kinds settled)
+    # the first CHECK_HEAD rows of this model's outputs on the check inputs (the bundle's expected sample outputs
+    # without running the model again in the parent); {} when they were larger than CHECK_HEAD_BYTES or not kept
+    check_head: dict = field(default_factory=dict)
+
+
+CHECK_HEAD = 16
+CHECK_HEAD_BYTES = 16 << 20
 
 
 def release_memory() -> None:
@@ -180,7 +187,10 @@ def convert(loaded: LoadedModel, recipe: Recipe, io: str, calibration: dict | No
         attempts.append(Attempt(cand.name, ok, None if ok else "; ".join(r for m in metrics for r in m.reasons),
                                 metrics))
         if ok:
-            return Conversion(model, spec, cand.name, attempts, metrics, tol)
+            head = {k: np.ascontiguousarray(v[:CHECK_HEAD]) for k, v in got.items()}
+            if sum(v.nbytes for v in head.values()) > CHECK_HEAD_BYTES:
+                head = {}
+            return Conversion(model, spec, cand.name, attempts, metrics, tol, head)
         failed_bytes[sha] = attempts[-1]
         if cand.numbers:
             failed_numbers.setdefault(cand.numbers, cand.name)

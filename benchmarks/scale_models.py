@@ -88,8 +88,10 @@ def main(out: Path, names) -> None:
         model.save(d / f"{name}.keras")
         shape = tuple(model.inputs[0].shape[1:])
         n = 16 if name in ("mobilenet", "efficientnet", "resnet50") else 64
-        draw = (lambda k: rng.random((k,) + shape, dtype=np.float32)) if len(shape) == 3 else \
-               (lambda k: rng.standard_normal((k,) + shape).astype(np.float32))
+        def draw(k, rng=rng, shape=shape):
+            if len(shape) == 3:       # images: uniform [0, 1)
+                return rng.random((k,) + shape, dtype=np.float32)
+            return rng.standard_normal((k,) + shape).astype(np.float32)
         np.savez(d / "eval.npz", x=draw(n))
         np.savez(d / "cal.npz", x=draw(16))
         g, how = gflops(model)

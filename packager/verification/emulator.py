@@ -145,7 +145,7 @@ def check_ahead(runtimes) -> None:
                 root = _host_root(rt)[1]
                 if (root / ".complete").is_file():
                     tampered(root)
-            except Exception:  # noqa: BLE001 - host_env checks again and reports
+            except Exception:  # noqa: BLE001, S112 - host_env checks again and reports
                 continue
     threading.Thread(target=check, name="edgepack-env-check", daemon=True).start()
 

@@ -34,6 +34,7 @@ class BuildResult:
     verification: VerifyReport | None
     conversion_attempts: list
     warnings: list[str]
+    unchanged: bool = False          # the bundle at ``bundle`` was already this build's: nothing was written
 
     def __fspath__(self) -> str:
         """A BuildResult is its bundle directory: ``verify(result, ...)``, ``deploy(result, t)``, ``inspect(result)``."""
@@ -50,7 +51,8 @@ class BuildResult:
         manifest = self.manifest.to_json() if hasattr(self.manifest, "to_json") else self.manifest
         return {"bundle": str(self.bundle), "archive": str(self.archive), "manifest": manifest,
                 "verification": self.verification.to_json() if self.verification else None,
-                "attempts": [a.to_json() for a in self.conversion_attempts], "warnings": self.warnings}
+                "attempts": [a.to_json() for a in self.conversion_attempts], "warnings": self.warnings,
+                "unchanged": self.unchanged}
 
 
 def _noop(_: str) -> None:
@@ -175,15 +177,26 @@ def build(model: str | os.PathLike, *, target: str = "rpi", recipe: str | None =
     from .verification import cache
     use_cache = use_cache and cache.enabled()
     prepared = _auto[0] if _auto is not None else None
+    keyed = {**overrides, **{f"{k}_sha256": cache.sha256_tree(Path(overrides[k]))
+                             for k in ("reference_model", "reference_outputs") if k in overrides}}
+    key = cache.conversion_key(model_path, rec, io, calibration, data, trust_model,
+                               _with_custom({**keyed, "signature": signature} if signature else keyed, custom))
+    build_key = _build_key(key, profile, selected, arch, name, label_names, verify, strict, runtimes)
+    if use_cache and _auto is None:
+        from .contain import lifecycle
+        with lifecycle.exclusive(lock_path(output), f"writing {output}", progress):
+            done = _unchanged(output, build_key, notes)
+        if done is not None:
+            progress(f"unchanged: {output} is up to date (same model, data and settings); nothing was written")
+            return done
     if use_cache and prepared is None:
-        keyed = {**overrides, **{f"{k}_sha256": cache.sha256_tree(Path(overrides[k]))
-                                 for k in ("reference_model", "reference_outputs") if k in overrides}}
-        key = cache.conversion_key(model_path, rec, io, calibration, data, trust_model,
-                                   _with_custom({**keyed, "signature": signature} if signature else keyed, custom))
         prepared = cache.load_prepared(key, model_path)
         if prepared is not None:
             progress("unchanged model and settings: reusing the cached conversion")
     if prepared is None:
+        if verify and arch in (None, _host_arch()):
+            from .verification.emulator import check_ahead
+            check_ahead(selected)       # the runtime environments' tamper check, while the child converts
         progress(f"loading and converting {model_path} ({rec.name})")
         prepared = _prepare_contained(model_path, rec, io, calibration, data, trust_model, overrides, progress,
                                       signature, custom)
@@ -203,7 +216,53 @@ def build(model: str | os.PathLike, *, target: str = "rpi", recipe: str | None =
     with lifecycle.exclusive(lock_path(output), f"writing {output}", progress):
         return _stage_verify_commit(model_path, output, profile, rec, io, prepared, name, selected, label_names,
                                     verify, arch, progress, use_cache, strict, runtimes, data, trust_model, warnings,
-                                    overrides, custom)
+                                    overrides, custom, build_key)
+
+
+def _build_key(conversion_key: str, profile, selected, arch, name: str, label_names, verify: bool, strict: bool,
+               runtimes) -> str:
+    """What a bundle is a function of, as one digest recorded in its manifest (``source.build_key``): the
+    conversion key (model, data and calibration by content, recipe, io, overrides, edgepack and TensorFlow
+    versions), the target profile, the runtimes verified with their locked wheels, the device script, the
+    architecture, the name, the labels and the verification settings. Nothing of it is a path or a time, so two
+    builds of the same inputs still write byte-identical bundles."""
+    from . import runtime_lock
+    from .bundle.files import ENTRYPOINT_SOURCE, sha256_file
+    from .verification.cache import digest
+    lock = runtime_lock.load().get("runtimes", {})
+    return digest("build", conversion_key, profile.to_json(), [rt.name for rt in selected],
+                  {rt.name: lock.get(rt.name) for rt in selected}, sha256_file(ENTRYPOINT_SOURCE), arch, name,
+                  label_names, verify, strict, bool(runtimes))
+
+
+def _unchanged(output: Path, build_key: str, notes: list[str]) -> BuildResult | None:
+    """The BuildResult of the bundle already at ``output`` when rebuilding it would write the same bytes: its
+    manifest records ``build_key``, a verdict that passed (or was skipped as asked), every file matches the
+    manifest (:func:`check_files`' test, on the same one read as the archive's), and the archive beside it holds exactly this directory (the gzip trailer's CRC-32 and size of the
+    tar stream :func:`write_archive` would write; nothing is recompressed). None otherwise: build as usual."""
+    from .bundle.files import archive_matches
+    try:
+        manifest = read_manifest(output)
+    except (UsageError, OSError):
+        return None
+    if manifest.source.get("build_key") != build_key:
+        return None
+    status = (manifest.get("verification") or {}).get("status")
+    if status not in ("passed", "skipped"):
+        return None
+    archive = output.with_name(output.name + ".tar.gz")
+    if not archive_matches(output, archive, manifest):     # and every file as the manifest lists it
+        return None
+    report = verdict.report_from_summary(manifest.get("verification"), output) if status == "passed" else None
+    if report is not None:
+        report.notes.append("unchanged: this verdict is the one recorded when the bundle was built")
+    warnings = notes + [f"unchanged: {output} is up to date (same model, data and settings); nothing was written"]
+    return BuildResult(Path(output), archive, manifest, report, [], warnings, unchanged=True)
+
+
+def _host_arch() -> str:
+    from .verification.emulator import host_arch
+    return host_arch()
 
 
 def _reference_for(model_path: Path, fmt: str, rec: Recipe, reference, reference_outputs, data, verify: bool) -> dict:
@@ -285,12 +344,14 @@ def lock_path(output) -> Path:
 
 def _stage_verify_commit(model_path, output, profile, rec, io, prepared, name, selected, label_names, verify, arch,
                          progress, use_cache, strict, runtimes, data, trust_model, warnings,
-                         overrides=None, custom=None) -> BuildResult:
+                         overrides=None, custom=None, build_key=None) -> BuildResult:
     """Stage the bundle beside ``output``, verify it there, and move it into place (holding ``output``'s lock)."""
     conversion = prepared.conversion
     staging = Staging(output)
     try:
         manifest = contents.stage(staging, profile, rec, io, prepared, name, selected, label_names)
+        if build_key:
+            manifest["source"]["build_key"] = build_key
         fault("staged")
         report = None
         if verify:

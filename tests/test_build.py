@@ -281,3 +281,41 @@ def test_fixed_batch_models_calibrate_at_their_batch_size(form, zoo, data_files,
                     data=data_files["eval"], runtimes=LITERT, output=tmp_path / "b")
     assert res.verification.passed
     assert res.manifest["inputs"][0]["shape"][0] > 1
+
+
+def test_unchanged_rebuild_touches_nothing_and_says_so(zoo, data_files, tmp_path, monkeypatch):
+    """Issue 23: the same model, data and settings into a bundle that is already this build's is a no-op (the
+    bundle and archive are not rewritten; the result says so), and any changed setting or a damaged archive or
+    bundle builds again."""
+    monkeypatch.delenv("EDGEPACK_NO_CACHE")
+    out = tmp_path / "b" / "d"
+    kwargs = dict(target="rpi", recipe="float32", data=data_files["eval"], runtimes=LITERT, output=out)
+    first = api.build(zoo["keras3_h5"], **kwargs)
+    assert not first.unchanged and first.manifest["source"]["build_key"]
+    files = [first.archive] + [p for p in out.rglob("*")]
+    stamps = {p: p.stat().st_mtime_ns for p in files}
+    archive_bytes = first.archive.read_bytes()
+    messages = []
+    again = api.build(zoo["keras3_h5"], progress=messages.append, **kwargs)
+    assert again.unchanged and again.bundle == out and again.archive == first.archive
+    assert any(m.startswith("unchanged:") and "nothing was written" in m for m in messages)
+    assert any("nothing was written" in w for w in again.warnings)
+    assert {p: p.stat().st_mtime_ns for p in files} == stamps
+    assert again.verification.passed and again.verification.line() == first.verification.line()
+    assert again.manifest["verification"] == first.manifest["verification"]
+    assert again.to_json()["unchanged"] is True
+    # A damaged archive is written again, byte for byte what it was.
+    first.archive.write_bytes(archive_bytes[:-100])
+    fixed = api.build(zoo["keras3_h5"], **kwargs)
+    assert not fixed.unchanged and fixed.archive.read_bytes() == archive_bytes
+    # So is a bundle whose file was changed.
+    readme = out / "README.md"
+    readme.write_text(readme.read_text() + "edited\n")
+    assert not api.build(zoo["keras3_h5"], **kwargs).unchanged
+    assert api.build(zoo["keras3_h5"], **kwargs).unchanged
+    # A changed setting (here --no-verify) builds again.
+    other = api.build(zoo["keras3_h5"], **dict(kwargs, verify=False))
+    assert not other.unchanged
+    assert other.manifest["source"]["build_key"] != first.manifest["source"]["build_key"]
+    # --no-cache always builds.
+    assert not api.build(zoo["keras3_h5"], **dict(kwargs, verify=False, use_cache=False)).unchanged

@@ -209,3 +209,30 @@ def test_a_missing_host_tool_says_how_to_install_it():
     with pytest.raises(EnvironmentProblem) as info:
         AdbTransport(adb_bin="/nonexistent/platform-tools/adb").devices()
     assert "not found on this host" in info.value.message and info.value.hint == AdbTransport.tool_hint
+
+
+def test_synthetic_samples_are_sized_to_a_time_budget_and_say_so(monkeypatch):
+    """Issue 23: a slow model is checked on fewer synthetic samples (halving to a floor), the count and why in
+    the notes; a fast one keeps them all; EDGEPACK_VERIFY_SAMPLES pins the count."""
+    import time as _time
+    import numpy as _np
+    from packager.convert import jobs
+    from packager.load.calibration import synthetic_dataset
+    from packager.tensor import Tensor
+    ds = synthetic_dataset([Tensor("x", (-1, 3), "float32")], count=64)
+    calls = []
+
+    def slow(arrays):
+        calls.append(len(arrays["x"]))
+        _time.sleep(0.05 * len(arrays["x"]))
+        return {"y": arrays["x"] * 2}
+    monkeypatch.setenv("EDGEPACK_VERIFY_BUDGET", "1")
+    cut, ref = jobs.sized_to_budget(slow, ds)
+    assert cut.count == 16 and sum(calls) == 16 and _np.array_equal(ref["y"], ds.inputs["x"][:16] * 2)
+    assert any("16 of 64 synthetic samples" in n and "EDGEPACK_VERIFY_BUDGET" in n for n in cut.notes)
+    assert not ds.notes and "n=16" in cut.describe()
+    fast = jobs.sized_to_budget(lambda a: {"y": a["x"] * 2}, ds)[0]
+    assert fast.count == 64 and not fast.notes
+    monkeypatch.setenv("EDGEPACK_VERIFY_SAMPLES", "8")
+    pinned, ref = jobs.sized_to_budget(lambda a: {"y": a["x"] * 2}, ds)
+    assert pinned.count == 8 and len(ref["y"]) == 8 and "EDGEPACK_VERIFY_SAMPLES" in pinned.notes[-1]

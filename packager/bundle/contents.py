@@ -82,8 +82,14 @@ def stage(staging: Staging, profile, rec, io, prepared, name, selected, label_na
     model_sha = staging.write(MODEL, conversion.tflite)
     staging.write(ENTRYPOINT, ENTRYPOINT_SOURCE.read_bytes(), mode=0o755)
     sample_inputs = check.head(profile.samples).inputs
-    from ..convert.converter import run_tflite
-    expected = run_tflite(conversion.tflite, spec, sample_inputs)
+    count = len(next(iter(sample_inputs.values())))
+    head = getattr(conversion, "check_head", None) or {}
+    if head and all(len(v) >= count for v in head.values()) and set(head) == {t.name for t in spec.outputs}:
+        # the conversion check ran this model on these inputs already (the same Runner and chunks: the same bits)
+        expected = {k: v[:count] for k, v in head.items()}
+    else:
+        from ..convert.converter import run_tflite
+        expected = run_tflite(conversion.tflite, spec, sample_inputs)
     staging.write("samples/inputs.npz", npz_bytes(sample_inputs))
     staging.write("samples/expected.npz", npz_bytes(expected))
     inputs, outputs = [t.to_json() for t in spec.inputs], [t.to_json() for t in spec.outputs]

@@ -254,10 +254,17 @@ def _json_default(value):
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
-def write_archive(bundle: Path, archive: Path | None = None) -> Path:
-    """Deterministic .tar.gz: sorted entries, mtime 0, root-owned, fixed modes, no gzip name/time."""
-    bundle = Path(bundle)
-    archive = Path(archive) if archive else bundle.with_name(bundle.name + ".tar.gz")
+ARCHIVE_LEVEL = 9
+STORED_SUFFIXES = (".tflite",)
+"""The archive deflates text at level :data:`ARCHIVE_LEVEL` and stores the ``.tflite`` members as they are (deflate
+"stored" blocks inside the one gzip member): float and int8 weights barely compress (ResNet50's 102 MB model: 0.92
+at level 9, 0.923 at level 1) and deflating them took 2.4-2.7 s even at level 1 (BENCHMARKS.md, issue 23)."""
+
+
+def _tar_bytes(bundle: Path, digests: dict | None = None, stored: list | None = None) -> bytes:
+    """The uncompressed tar stream of ``bundle`` that :func:`write_archive` compresses: sorted entries, mtime 0,
+    root-owned, fixed modes. ``digests``: filled with ``{relative path: "sha256:..."}`` of each regular file;
+    ``stored``: filled with the (start, end) spans of the stream that hold :data:`STORED_SUFFIXES` members."""
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
         paths = sorted(bundle.rglob("*"), key=lambda p: p.relative_to(bundle).as_posix())
@@ -271,14 +278,76 @@ def write_archive(bundle: Path, archive: Path | None = None) -> Path:
                 tar.addfile(info)
             elif p.is_file() and not p.is_symlink():
                 data = p.read_bytes()
+                if digests is not None:
+                    digests[rel] = "sha256:" + sha256_bytes(data)
                 info.size = len(data)
                 info.mode = 0o755 if os.access(p, os.X_OK) else 0o644
+                start = raw.tell()
                 tar.addfile(info, io.BytesIO(data))
-    out = io.BytesIO()
-    with gzip.GzipFile(filename="", mode="wb", fileobj=out, mtime=0, compresslevel=9) as gz:
-        gz.write(raw.getvalue())
-    atomic_write(archive, out.getvalue())
+                if stored is not None and rel.endswith(STORED_SUFFIXES):
+                    stored.append((start, raw.tell()))
+    return raw.getvalue()
+
+
+def _gzip(data: bytes, stored: list) -> bytes:
+    """One gzip member (no name, mtime 0) of ``data``: the ``stored`` spans as deflate stored blocks, the rest at
+    :data:`ARCHIVE_LEVEL`. Each span is its own raw deflate run ended by a full flush (byte-aligned, no reference
+    back across it), so the concatenation is one valid deflate stream; the same input gives the same bytes."""
+    import struct
+    import zlib
+    out = [b"\x1f\x8b\x08\x00\x00\x00\x00\x00" + (b"\x02" if ARCHIVE_LEVEL == 9 else b"\x00") + b"\xff"]
+    spans, at = [], 0
+    for start, end in sorted(stored):
+        spans += [(at, start, ARCHIVE_LEVEL), (start, end, 0)]
+        at = end
+    spans.append((at, len(data), ARCHIVE_LEVEL))
+    view = memoryview(data)
+    spans = [s for s in spans if s[1] > s[0]] or [(0, 0, ARCHIVE_LEVEL)]
+    for k, (start, end, level) in enumerate(spans):
+        z = zlib.compressobj(level, zlib.DEFLATED, -15, 9)
+        out.append(z.compress(view[start:end]))
+        out.append(z.flush(zlib.Z_FINISH if k == len(spans) - 1 else zlib.Z_FULL_FLUSH))
+    out.append(struct.pack("<II", zlib.crc32(data) & 0xFFFFFFFF, len(data) & 0xFFFFFFFF))
+    return b"".join(out)
+
+
+def write_archive(bundle: Path, archive: Path | None = None) -> Path:
+    """Deterministic .tar.gz: sorted entries, mtime 0, root-owned, fixed modes, no gzip name/time; text deflated,
+    the model stored (:data:`STORED_SUFFIXES`): the same bytes for the same bundle, every time."""
+    bundle = Path(bundle)
+    archive = Path(archive) if archive else bundle.with_name(bundle.name + ".tar.gz")
+    stored: list = []
+    data = _tar_bytes(bundle, stored=stored)
+    atomic_write(archive, _gzip(data, stored))
     return archive
+
+
+def archive_matches(bundle: Path, archive: Path, manifest: dict | None = None) -> bool:
+    """``archive`` (a regular file) ends with the gzip trailer of the tar stream :func:`write_archive` makes of
+    ``bundle`` now: its CRC-32 and length. A cheap check that the archive beside a bundle still describes it
+    (nothing is decompressed or recompressed); a truncated, replaced or stale archive fails it. With ``manifest``,
+    the bundle must also be intact (:func:`check_files`, from the same one read of each file)."""
+    import struct
+    import zlib
+    archive = Path(archive)
+    if archive.is_symlink() or not archive.is_file():
+        return False
+    try:
+        with open(archive, "rb") as fh:
+            head = fh.read(2)
+            fh.seek(-8, os.SEEK_END)
+            crc, size = struct.unpack("<II", fh.read(8))
+        digests: dict = {}
+        data = _tar_bytes(Path(bundle), digests)
+    except OSError:
+        return False
+    if manifest is not None:
+        files = manifest.get("files") or {}
+        root = Path(bundle)
+        if any(digests.get(rel) != digest or _under_link(root, rel) for rel, digest in files.items()) \
+                or requirement_problems(root):
+            return False
+    return head == b"\x1f\x8b" and crc == zlib.crc32(data) & 0xFFFFFFFF and size == len(data) & 0xFFFFFFFF
 
 
 ENTRYPOINT_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}\.py")

@@ -2,6 +2,7 @@
 original model computes. A clean conversion proves nothing; only compared outputs do."""
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -24,6 +25,7 @@ class Attempt:
     ok: bool
     error: str | None = None
     metrics: list[OutputMetrics] = field(default_factory=list)
+    outputs: dict | None = field(default=None, repr=False, compare=False)   # check outputs, transient (check_model)
 
     def to_json(self) -> dict:
         """JSON of the attempt: path, ok, error and each output's metrics without the histogram."""
@@ -41,6 +43,13 @@ class Conversion:
     attempts: list[Attempt]
     metrics: list[OutputMetrics]
     tolerance: dict = field(default_factory=dict)     # output name -> Tolerance it was judged by (kinds settled)
+    # the first CHECK_HEAD rows of this model's outputs on the check inputs (the bundle's expected sample outputs
+    # without running the model again in the parent); {} when they were larger than CHECK_HEAD_BYTES or not kept
+    check_head: dict = field(default_factory=dict)
+
+
+CHECK_HEAD = 16
+CHECK_HEAD_BYTES = 16 << 20
 
 
 def release_memory() -> None:
@@ -130,10 +139,17 @@ def convert(loaded: LoadedModel, recipe: Recipe, io: str, calibration: dict | No
     candidates = loaded.candidates
     if recipe.needs_calibration:   # paths known to survive calibration go first (stable order otherwise)
         candidates = sorted(candidates, key=lambda c: not c.calibration_first)
+    failed_numbers: dict = {}            # Candidate.numbers -> the path of that family that failed on accuracy
+    failed_bytes: dict = {}              # sha256 of a model that ran and failed on accuracy -> its attempt
     for cand in candidates:
         if cand.name in skip:
             attempts.append(Attempt(cand.name, False, "skipped: TensorFlow crashed on this path in an earlier "
                                                       "attempt (its crash is reported separately)"))
+            continue
+        if cand.numbers and cand.numbers in failed_numbers:
+            attempts.append(Attempt(cand.name, False, f"skipped: it computes what {failed_numbers[cand.numbers]} "
+                                    "computes (the paths differ only in how the graph is obtained), and that failed "
+                                    "the check on accuracy"))
             continue
         stage(f"converting with {cand.name} ({recipe.name})", cand.name)
         crash_seam(recipe.name)
@@ -147,13 +163,27 @@ def convert(loaded: LoadedModel, recipe: Recipe, io: str, calibration: dict | No
         except Exception as exc:  # noqa: BLE001 - each path's failure is recorded and the next tried
             attempts.append(Attempt(cand.name, False, one_line(exc)))
             continue
+        sha = hashlib.sha256(model).hexdigest()
+        if sha in failed_bytes:
+            same = failed_bytes[sha]
+            attempts.append(Attempt(cand.name, False, f"skipped: the same model bytes as {same.path}, which failed "
+                                    "the check on accuracy"))
+            continue
         attempt, tol = check_model(cand.name, model, spec, order, check_inputs, reference,
                                    tolerance or recipe.tolerance, labels, noise)
+        got, attempt.outputs = attempt.outputs, None        # the check's outputs: kept only for the bundle
         attempts.append(attempt)
         if attempt.metrics:
             ran[cand.name] = (cand, model)
         if attempt.ok:
-            return Conversion(model, spec, cand.name, attempts, attempt.metrics, tol)
+            head = {k: np.ascontiguousarray(v[:CHECK_HEAD]) for k, v in (got or {}).items()}
+            if sum(v.nbytes for v in head.values()) > CHECK_HEAD_BYTES:
+                head = {}
+            return Conversion(model, spec, cand.name, attempts, attempt.metrics, tol, head)
+        if attempt.metrics:
+            failed_bytes[sha] = attempt
+            if cand.numbers:
+                failed_numbers.setdefault(cand.numbers, cand.name)
     ids = tuple(s.name for s in loaded.inputs if np.dtype(s.dtype).kind in "iu")
     refusal = no_match(attempts, recipe, calibration, check_inputs,
                         lambda path: _first_divergence(tf, loaded, recipe, ran.get(path), check_inputs), ids)
@@ -191,7 +221,9 @@ def check_model(path: str, model: bytes, spec: ModelSpec, order: dict, check_inp
     scales = {n: step for n, (_, step) in ops.items() if step}
     metrics = compare_all(reference, got, tol, scales, labels, noise)
     ok = all(m.passed for m in metrics)
-    return Attempt(path, ok, None if ok else "; ".join(r for m in metrics for r in m.reasons), metrics), tol
+    attempt = Attempt(path, ok, None if ok else "; ".join(r for m in metrics for r in m.reasons), metrics)
+    attempt.outputs = got
+    return attempt, tol
 
 
 def _first_divergence(tf, loaded: LoadedModel, recipe: Recipe, ran, check_inputs: dict) -> str | None:

@@ -124,6 +124,7 @@ def _ai_edge_quantizer(loaded: LoadedModel, recipe: Recipe, io: str, calibration
                               f"{base.path}: {one_line(exc)}",
                               hint="try --quantize dynamic or float16 (TFLiteConverter)") from None
     attempt, tol = check_model(path, model, spec, order, check_inputs, reference, per, labels, noise)
+    attempt.outputs = None
     attempts = base.attempts + [attempt]
     if attempt.ok or (keep_best and attempt.metrics):
         return Conversion(model, spec, path, attempts, attempt.metrics, tol)
@@ -158,6 +159,7 @@ def _as_is(loaded: LoadedModel, recipe: Recipe, io: str, calibration: dict | Non
         reference = loaded.reference(check_inputs)
     per = tolerance or recipe.tolerance
     attempt, tol = check_model("as-is", model, spec, order, check_inputs, reference, per, labels, noise)
+    attempt.outputs = None
     if attempt.ok or (keep_best and attempt.metrics):
         return Conversion(model, spec, "as-is", [attempt], attempt.metrics, tol)
     if not attempt.metrics:

@@ -114,7 +114,11 @@ def _load_for_conversion(model: str, calibration: str | None, data: str | None, 
     # The original model's outputs, computed once: the conversion check and the bundle's
     # verification use the same inputs (check.groups[0] is check.inputs).
     stage("computing the original model's outputs")
-    references = [loaded.reference(group) for group in check.groups]
+    if check.evidence == "synthetic" and not check.variants:
+        check, first = sized_to_budget(loaded.reference, check)
+        references = [first]
+    else:
+        references = [loaded.reference(group) for group in check.groups]
     return loaded, cal, check, references, float_noise(loaded, check.groups[0], references[0])
 
 
@@ -139,6 +143,62 @@ def _tflite_reference(loaded, check: Dataset, overrides: dict, trust: bool) -> N
         loaded.reference = lambda arrays: run_tflite(loaded.model_bytes, spec, arrays)
         loaded.notes.append("no reference (--reference/--reference-outputs): nothing was verified; the bundle's "
                             "expected outputs are the .tflite's own")
+
+
+SAMPLE_FLOOR = 16
+PROBE = 4
+DEFAULT_BUDGET = 2.0
+
+
+def sized_to_budget(reference, check: Dataset) -> tuple[Dataset, dict]:
+    """(the synthetic ``check`` inputs cut to what a time budget affords, the reference outputs on them). The
+    original model runs on a first chunk of :data:`PROBE` samples (tracing and warm-up), then on a second, timed: its
+    cost per sample sizes the count so that one run over the samples takes about ``EDGEPACK_VERIFY_BUDGET`` seconds
+    (default :data:`DEFAULT_BUDGET`; 0: every sample), halving from the full count down to a floor of
+    :data:`SAMPLE_FLOOR`. ``EDGEPACK_VERIFY_SAMPLES=N`` pins the count. Every check and verification run the model
+    that many times (the reference, its float noise, the conversion check, each runtime), so the budget bounds
+    them all; a cut count is said in the verdict's notes with the figures it came from (issue 23). Only synthetic
+    inputs are cut: held-out data and calibration samples are all used."""
+    import os
+    import time
+    import numpy as np
+    total = check.count
+
+    def join(parts: list[dict]) -> dict:
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+    pinned = os.environ.get("EDGEPACK_VERIFY_SAMPLES", "").strip()
+    if pinned:
+        n = max(1, min(total, int(pinned)))
+        cut = check.head(n)
+        if n < total:
+            cut.notes = list(check.notes) + [f"verified on {n} of {total} synthetic samples "
+                                             "(EDGEPACK_VERIFY_SAMPLES)"]
+        return cut, reference(cut.inputs)
+    try:
+        budget = float(os.environ.get("EDGEPACK_VERIFY_BUDGET", DEFAULT_BUDGET))
+    except ValueError:
+        budget = DEFAULT_BUDGET
+    if budget <= 0 or total <= SAMPLE_FLOOR:
+        return check, reference(check.inputs)
+    parts = [reference({k: v[:PROBE] for k, v in check.inputs.items()})]
+    start = time.perf_counter()
+    parts.append(reference({k: v[PROBE:2 * PROBE] for k, v in check.inputs.items()}))
+    per = (time.perf_counter() - start) / PROBE
+    n = total
+    while n > SAMPLE_FLOOR and n * per > budget:
+        n //= 2
+    n = max(n, SAMPLE_FLOOR, 2 * PROBE)
+    if n > 2 * PROBE:
+        parts.append(reference({k: v[2 * PROBE:n] for k, v in check.inputs.items()}))
+    if n == total:
+        return check, join(parts)
+    cut = check.head(n)
+    cut.notes = list(check.notes) + [
+        f"verified on {n} of {total} synthetic samples: one inference of the original model took {per:.2f} s here, "
+        f"and each run over the samples is sized to about {budget:g} s (EDGEPACK_VERIFY_BUDGET; "
+        f"EDGEPACK_VERIFY_SAMPLES=N pins the count; --data with held-out inputs uses them all)"]
+    return cut, join(parts)
 
 
 NOISE_SAMPLES = 64

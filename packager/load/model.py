@@ -37,6 +37,10 @@ class Candidate:
     tensor_names: dict | None = None
     batch: int | None = None         # the batch size baked into this path's model (None: dynamic)
     calibration_first: bool = False  # tried first by recipes that calibrate (int8, int16x8)
+    # Paths with the same ``numbers`` compute the same numbers (they differ only in how the graph is obtained): when
+    # one converts, runs and fails the check on accuracy, the others are not converted again (issue 23). None: a
+    # path whose numbers may differ from every other's, always tried.
+    numbers: str | None = None
 
 
 @dataclass
@@ -442,6 +446,13 @@ def _load_keras(path: Path, trust: bool = False, custom_objects: dict | None = N
         candidates.append(Candidate("keras-from-keras-model",
                                     lambda: tf.lite.TFLiteConverter.from_keras_model(model), batch=model_batch))
     candidates = [frozen] + candidates if recurrent else candidates + [frozen]
+    if not recurrent:
+        # One traced Keras call with one set of weights: the four paths differ in how the converter gets the graph
+        # (the concrete and frozen paths give the same bytes; from_keras_model the same outputs, MobileNetV2 int8,
+        # BENCHMARKS.md), never in what it computes. Recurrent models are left out: their frozen batch-1 and
+        # unrolled graphs are different computations.
+        for c in candidates:
+            c.numbers = "keras-trace"
     if recurrent and not any(s.variable_axes for s in inputs):
         def from_unrolled():
             copy = _unrolled_clone(model)

@@ -115,6 +115,7 @@ def save_prepared(key: str, prepared) -> None:
     for k, y in (prepared.check.labels or {}).items():
         arrays["labels" if k is None else f"labels/{k}"] = y
     arrays.update({f"noise/{k}": v for k, v in prepared.noise.items()})
+    arrays.update({f"head/{k}": v for k, v in (getattr(conv, "check_head", None) or {}).items()})
     _store("conversions", key, {"meta.json": json.dumps(meta).encode(), "model.tflite": conv.tflite,
                                 "arrays.npz": npz_stored(arrays)})
 
@@ -140,7 +141,8 @@ def load_prepared(key: str, model: Path):
     attempts = [Attempt(a["path"], a["ok"], a["error"], [OutputMetrics(**m) for m in a["metrics"]])
                 for a in c["attempts"]]
     tolerance = {n: Tolerance(**t) for n, t in meta["tolerance"].items()}
-    conversion = Conversion(tflite, spec, c["path"], attempts, [OutputMetrics(**m) for m in c["metrics"]], tolerance)
+    conversion = Conversion(tflite, spec, c["path"], attempts, [OutputMetrics(**m) for m in c["metrics"]], tolerance,
+                            _split(arrays, "head/"))
     variants = range(meta["variants"])
     labels = {None if k == "labels" else k[len("labels/"):]: v for k, v in arrays.items()
               if k == "labels" or k.startswith("labels/")}

@@ -124,6 +124,33 @@ def _locked(runtime: RuntimeProfile, python: str, arch: str) -> tuple:
     return ()
 
 
+def _host_root(runtime: RuntimeProfile) -> tuple:
+    """(the locked wheels of ``runtime`` on this host, the directory of its cached environment)."""
+    from .. import runtime_lock
+    locked = _locked(runtime, "%d.%d" % sys.version_info[:2], host_arch())
+    key = hashlib.sha256(json.dumps([ENV_VERSION, list(runtime.requirements), sys.version_info[:2],
+                                     host_arch(), runtime_lock.key(locked)]).encode()).hexdigest()[:16]
+    return locked, env_dir() / "envs" / f"{runtime.name}-{host_arch()}-{key}"
+
+
+def check_ahead(runtimes) -> None:
+    """Start checking the cached host environments of ``runtimes`` for tampering (:func:`tampered`: every file
+    hashed, ~0.7 s for the two rpi environments) in a background thread, while the build converts in its child;
+    :func:`host_env` then finds them checked. Environments not made yet are left to :func:`host_env`, and any
+    problem is left for it to find and say (issue 23)."""
+    import threading
+
+    def check():
+        for rt in runtimes:
+            try:
+                root = _host_root(rt)[1]
+                if (root / ".complete").is_file():
+                    tampered(root)
+            except Exception:  # noqa: BLE001, S112 - host_env checks again and reports
+                continue
+    threading.Thread(target=check, name="edgepack-env-check", daemon=True).start()
+
+
 def host_env(runtime: RuntimeProfile, progress=None) -> RuntimeEnv:
     """A cached venv on the host's architecture holding only the runtime's locked wheels
     (:mod:`packager.runtime_lock`), or ``runtime.requirements`` for a runtime the lock does not cover."""
@@ -131,11 +158,7 @@ def host_env(runtime: RuntimeProfile, progress=None) -> RuntimeEnv:
         raise EnvironmentProblem(
             f"{runtime.name} supports Python {runtime.python}; the host runs {platform.python_version()}",
             hint="run edgepack under a Python in that range, or pick another --runtime")
-    from .. import runtime_lock
-    locked = _locked(runtime, "%d.%d" % sys.version_info[:2], host_arch())
-    key = hashlib.sha256(json.dumps([ENV_VERSION, list(runtime.requirements), sys.version_info[:2],
-                                     host_arch(), runtime_lock.key(locked)]).encode()).hexdigest()[:16]
-    root = env_dir() / "envs" / f"{runtime.name}-{host_arch()}-{key}"
+    locked, root = _host_root(runtime)
     python = root / "bin" / "python"
     env = _clean_env()
     note = ""
@@ -388,6 +411,14 @@ def env_paths(env: RuntimeEnv) -> list[str]:
     return list(dict.fromkeys(found))
 
 
+def invoke_batch(inputs: dict) -> int:
+    """Samples per invoke when verifying (``--batch``): at most 64, fewer for large inputs (~4 MiB of input per
+    invoke, as the host-side check runs). The interpreter's arena grows with the batch: ResNet50 at the script's
+    default of 64 took 3.3 GiB in tflite-runtime, the build's peak (issue 23); at 6 it takes a tenth."""
+    from ..load.model import chunk_size
+    return chunk_size([np.asarray(a) for a in inputs.values()], limit=64)
+
+
 def run_device_script(env: RuntimeEnv, bundle: Path, inputs: dict, timeout: int = RUN_TIMEOUT) -> DeviceRun:
     """Run ``python3 <bundle>/<entrypoint> --input in.npz --output out.npz`` in ``env`` (this
     edgepack's own copy of the script when the bundle's differs: see :func:`bundle.host_entrypoint`)."""
@@ -398,7 +429,7 @@ def run_device_script(env: RuntimeEnv, bundle: Path, inputs: dict, timeout: int 
         src, dst = Path(tmp) / "in.npz", Path(tmp) / "out.npz"
         src.write_bytes(npz_stored(inputs))
         argv = [*env.argv, str(script), "--bundle", str(Path(bundle).resolve()), "--input", str(src),
-                "--output", str(dst), "--runtime", env.module]
+                "--output", str(dst), "--runtime", env.module, "--batch", str(invoke_batch(inputs))]
         start = time.perf_counter()
         try:
             # the runtime reads the bundle and writes only below tmp: a model that exploits the

@@ -120,6 +120,29 @@ class VerifyReport:
         return data
 
 
+def report_from_summary(summary: dict | None, bundle) -> VerifyReport | None:
+    """The :class:`VerifyReport` a manifest's verification summary (:meth:`VerifyReport.summary`) records, for a
+    bundle that was not rebuilt (its histograms, plots and timings were never recorded); None when the summary is
+    missing or unreadable."""
+    from ..compare import OutputMetrics
+    if not isinstance(summary, dict) or "runtimes" not in summary:
+        return None
+    try:
+        runtimes = [RuntimeResult(r["runtime"], r["version"], r["arch"], RuntimeStatus(r["status"]), r.get("error"),
+                                  [OutputMetrics(**m) for m in r.get("outputs") or []], 0.0, r.get("machine"),
+                                  r.get("python"), list(r.get("static_problems") or []), r.get("numpy"),
+                                  list(r.get("wheels") or []))
+                    for r in summary["runtimes"]]
+        evidence = summary.get("evidence") or {}
+        return VerifyReport(str(bundle), summary["recipe"], summary["target"], bool(summary["passed"]),
+                            summary.get("inputs", ""), int(summary.get("samples", 0)), runtimes,
+                            int(summary.get("model_size", 0)), notes=list(summary.get("notes") or []),
+                            evidence=evidence.get("kind", "held-out"), evidence_text=evidence.get("text", ""),
+                            first_divergence=summary.get("first_divergence"))
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
 def _rests_on(metrics: list) -> list[str]:
     """The figures a verdict rests on, the worst runtime's for each: decisions kept, accuracy, value columns
     within limits, nearest neighbours kept, and the criteria that failed."""

@@ -14,20 +14,31 @@ Kinds (model file -> what it is):
                Keras model (48x48x3 -> bbox 4, landmarks 10, face-prob 2), saved .keras; inputs are
                synthetic face-like 48x48 patches normalised (x-127.5)/128 as mtcnn/utils/images.py does.
   tcn          keras-tcn 3.5.7: a small TCN (custom layer `tcn.TCN`) made here, trained 300 steps on a
-               learnable synthetic regression, saved .keras; built with --trust-model --custom-objects tcn
-               (the installed package, on PYTHONPATH).
+               learnable synthetic regression, saved .keras; built with --trust-model --custom-objects tcn.tcn
+               (the package copied alone into WORK/tcn/site_tcn, on PYTHONPATH for the build only;
+               `--custom-objects tcn` is refused, see the probes).
   spliceai     spliceai 1.3.1  models/spliceai1.h5: variable-length residual dilated Conv1D (None, None, 4)
                one-hot DNA -> per-position 3 classes (neither/acceptor/donor), 5000-nt crop each side;
-               inputs random DNA of length 10100 (output 100 positions).
+               inputs random DNA of length 20100 (output 10100 positions; calibration 10100 long);
+  spliceai-10100  the same at its natural length 10100, float32 only: edgepack's half-length variant
+               (5050) is too short for the model, see the md.
 
 Get the packages (nothing goes into the project's venv):
     pip download --no-deps tempocnn==0.0.8 mtcnn==1.0.0 keras-tcn==3.5.7 spliceai==1.3.1 ethnicolr==0.9.8 -d /work/realmodels/wheels
     mkdir -p /work/realmodels/pkgs && for w in /work/realmodels/wheels/*.whl; do unzip -oq $w -d /work/realmodels/pkgs; done
     pip install --no-deps --target /work/realmodels/site joblib lz4 keras-tcn
 
-Run (one build at a time; ~25-40 min on 2 cores):
+Run (one build at a time; ~25 min on 2 cores, int16x8 of spliceai alone ~7 min):
+    mkdir -p /work/realmodels/edgepack_src && git archive HEAD | tar -x -C /work/realmodels/edgepack_src \
+        && git rev-parse HEAD > /work/realmodels/edgepack_src/COMMIT      # optional: a frozen copy to run
     .venv/bin/python benchmarks/real_models.py [--work /work/realmodels/run] [--kinds lstm-bigram,tcn]
                      [--recipes float32,int8] [--pkgs /work/realmodels/pkgs] [--site /work/realmodels/site]
+                     [--edgepack /work/realmodels/edgepack_src] [--probes yes|no|only|md] [--recheck]
+  --edgepack: the source tree `python -m packager.cli` runs from (default this repo; a frozen copy keeps
+  edits landing in the work tree mid-run from breaking it). --probes: after the matrix, the follow-ups
+  behind the findings (LSTM with --max-flips 0.001 and no labels, the TCN's limits, the --custom-objects
+  variants, SpliceAI with more runtime memory); 'only' adds them to an existing --out, 'md' rewrites the
+  .md. --recheck: no builds, redo the independent check of the bundles the rows of --out name.
 
 Writes: WORK/<kind>/{model,calib.npz,eval.npz}, WORK/dist/<kind>-<recipe>[-noverify] bundles,
 benchmarks/results/real_models.json (every row: exit code, edgepack's verdict line or error+hint,
@@ -51,6 +62,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+EDGEPACK = ROOT   # the edgepack source tree the CLI runs from (--edgepack)
 RECIPES = ["float32", "float16", "dynamic", "int8", "int16x8"]
 KINDS = ["lstm-bigram", "tcn", "mtcnn-onet", "tempo-cnn", "spliceai-10100", "spliceai"]
 FLIP_LOSS = 0.03
@@ -131,9 +143,8 @@ def prep_tempo(pkgs: Path, out: Path) -> dict:
     win = np.hanning(n_fft + 1)[:-1]
     g = rng(1)
     xs, ys = [], []
-    for k in range(300):
+    for _ in range(300):
         bpm = float(g.uniform(60, 200))
-        t = np.arange(n) / sr
         y = 0.02 * g.standard_normal(n)
         period = 60.0 / bpm
         phase = g.uniform(0, period)
@@ -167,15 +178,21 @@ def prep_onet(pkgs: Path, out: Path) -> dict:
     L = keras.layers
     w = joblib.load(pkgs / "mtcnn/assets/weights/onet.lz4")
     i = keras.Input((48, 48, 3), name="image")
-    x = L.Conv2D(32, 3, name="conv1")(i); x = L.PReLU(shared_axes=[1, 2], name="prelu1")(x)
+    x = L.Conv2D(32, 3, name="conv1")(i)
+    x = L.PReLU(shared_axes=[1, 2], name="prelu1")(x)
     x = L.MaxPooling2D(3, 2, padding="same")(x)
-    x = L.Conv2D(64, 3, name="conv2")(x); x = L.PReLU(shared_axes=[1, 2], name="prelu2")(x)
+    x = L.Conv2D(64, 3, name="conv2")(x)
+    x = L.PReLU(shared_axes=[1, 2], name="prelu2")(x)
     x = L.MaxPooling2D(3, 2, padding="valid")(x)
-    x = L.Conv2D(64, 3, name="conv3")(x); x = L.PReLU(shared_axes=[1, 2], name="prelu3")(x)
+    x = L.Conv2D(64, 3, name="conv3")(x)
+    x = L.PReLU(shared_axes=[1, 2], name="prelu3")(x)
     x = L.MaxPooling2D(2, 2, padding="same")(x)
-    x = L.Conv2D(128, 2, name="conv4")(x); x = L.PReLU(shared_axes=[1, 2], name="prelu4")(x)
-    x = L.Permute((2, 1, 3))(x); x = L.Flatten()(x)
-    x = L.Dense(256, name="fc5")(x); x = L.PReLU(name="prelu5")(x)
+    x = L.Conv2D(128, 2, name="conv4")(x)
+    x = L.PReLU(shared_axes=[1, 2], name="prelu4")(x)
+    x = L.Permute((2, 1, 3))(x)
+    x = L.Flatten()(x)
+    x = L.Dense(256, name="fc5")(x)
+    x = L.PReLU(name="prelu5")(x)
     bbox = L.Dense(4, name="bbox")(x)
     lmk = L.Dense(10, name="landmarks")(x)
     cls = L.Dense(2, activation="softmax", name="face_prob")(x)
@@ -359,13 +376,16 @@ def compare(kind: str, ref: list, ref_names: list, got: dict, y) -> dict:
         ss = ((r - r.mean()) ** 2).sum()
         d = {"as": name, "max_abs_err": float(err.max()), "mean_abs_err": float(err.mean()),
              "r2": float(1 - (err ** 2).sum() / ss) if ss > 0 else None}
-        # clamped rows: the bundle's output range (a quantized output tensor's range comes from the
-        # calibration set) ends short of the reference, so those rows come out pinned at its edge
-        span = float(r.max() - r.min()) or 1.0
-        lo, hi = g.min(axis=0), g.max(axis=0)
-        out_rng = (r < lo - 0.05 * span) | (r > hi + 0.05 * span)
-        if out_rng.any():
-            d["clamped_rows"] = int(out_rng.reshape(len(r), -1).any(-1).sum())
+        # clamped rows (value outputs): rows pinned at the bundle's lowest/highest output value (a quantized
+        # output tensor's range comes from the calibration set) while the model's value lies beyond it
+        if "flip" not in kind and not (r.shape[-1] >= 2 and (kind == "classes" or ref_names[k] == "face_prob")):
+            span = float(r.max() - r.min()) or 1.0
+            lo, hi = g.min(axis=0), g.max(axis=0)
+            pinned_lo = (np.abs(g - lo) <= 1e-6 * span) & (r < lo - 0.05 * span)
+            pinned_hi = (np.abs(g - hi) <= 1e-6 * span) & (r > hi + 0.05 * span)
+            clamped = (pinned_lo | pinned_hi).reshape(len(r), -1).any(-1)
+            if clamped.sum() >= 1 and (pinned_lo.sum() >= 2 or pinned_hi.sum() >= 2 or kind == "values"):
+                d["clamped_rows"] = int(clamped.sum())
         if kind == "per-position":   # the splice channels on their own (class 0 "neither" dominates r2)
             for c, cname in ((1, "acceptor"), (2, "donor")):
                 rc, ec = r[..., c], err[..., c]
@@ -417,7 +437,7 @@ def edgepack(model: str, recipe: str, calib: Path, data: Path, out: Path, extra:
     if recipe in ("int8", "int16x8"):
         cmd += ["-c", str(calib)]
     t0 = time.perf_counter()
-    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=3600)
+    p = subprocess.run(cmd, cwd=EDGEPACK, capture_output=True, text=True, env=env, timeout=3600)
     secs = round(time.perf_counter() - t0, 1)
     row = {"cmd": " ".join(cmd[1:]), "exit": p.returncode, "seconds": secs}
     try:
@@ -440,6 +460,10 @@ def edgepack(model: str, recipe: str, calib: Path, data: Path, out: Path, extra:
         if not row["line"] and not row["error"]:
             row["json_head"] = json.dumps({k: j[k] for k in j if k != "manifest"})[:1500]
         row["json"] = j
+    row["edgepack_tree"] = str(EDGEPACK)
+    commit = EDGEPACK / "COMMIT"
+    if commit.exists():
+        row["edgepack_commit"] = commit.read_text().strip()
     return row
 
 
@@ -452,13 +476,31 @@ def main() -> None:
     ap.add_argument("--recipes", default=",".join(RECIPES))
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/real_models.json"))
     ap.add_argument("--append", action="store_true", help="keep rows of kinds not run now from --out")
+    ap.add_argument("--edgepack", default=str(ROOT),
+                    help="run `python -m packager.cli` from this source tree (e.g. a `git archive HEAD` copy, "
+                         "so edits landing in the work tree mid-run do not break it); default: this repo")
+    ap.add_argument("--probes", choices=["yes", "no", "only", "md"], default="yes",
+                    help="the follow-up probes behind the findings (after the matrix; 'only': just them, "
+                         "added to --out; 'md': only rewrite the .md from --out)")
     ap.add_argument("--recheck", action="store_true",
                     help="no builds: redo only the independent check of the bundles the rows of --out name")
     args = ap.parse_args()
+    global EDGEPACK
+    EDGEPACK = Path(args.edgepack)
     sys.path.insert(0, args.site)
     pkgs, work = Path(args.pkgs), Path(args.work)
     if args.recheck:
         return recheck(Path(args.out), work)
+    if args.probes == "md":
+        doc = json.loads(Path(args.out).read_text())
+        write_md(doc["rows"], Path(args.out).with_suffix(".md"), doc.get("probes"))
+        return
+    if args.probes == "only":
+        doc = json.loads(Path(args.out).read_text())
+        doc["probes"] = probes(work, pkgs)
+        Path(args.out).write_text(json.dumps(doc, indent=1, default=str))
+        write_md(doc["rows"], Path(args.out).with_suffix(".md"), doc["probes"])
+        return
     rows = []
     if args.append and Path(args.out).exists():
         rows = [r for r in json.loads(Path(args.out).read_text())["rows"] if r["kind"] not in args.kinds.split(",")]
@@ -499,8 +541,11 @@ def main() -> None:
             print(json.dumps(r)[:900], flush=True)
             Path(args.out).write_text(json.dumps({"rows": rows}, indent=1, default=str))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"rows": rows}, indent=1, default=str))
-    write_md(rows, Path(args.out).with_suffix(".md"))
+    doc = {"rows": rows}
+    if args.probes == "yes":
+        doc["probes"] = probes(work, pkgs)
+    Path(args.out).write_text(json.dumps(doc, indent=1, default=str))
+    write_md(rows, Path(args.out).with_suffix(".md"), doc.get("probes"))
 
 
 def check(r: dict, bundle, info: dict, x, y, ref, ref_names) -> None:
@@ -568,7 +613,66 @@ def _ind_cell(r) -> str:
     return "; ".join(parts)
 
 
-def write_md(rows: list, path: Path) -> None:
+def probes(work: Path, pkgs: Path) -> list:
+    """Follow-ups behind the findings; each: what, the command's exit/verdict/error, and independent numbers."""
+    import numpy as np
+    out = []
+
+    def run(what, model, recipe, calib, data, extra=(), env_add=None, check_with=None):
+        env = dict(os.environ, **(env_add or {}))
+        o = work / "dist" / ("probe-" + what.split(":")[0])
+        r = edgepack(model, recipe, calib, data, o, list(extra), env)
+        v = (r.pop("json", None) or {}).get("verification") or {}
+        r["what"] = what
+        r["outputs_judged"] = [{k: m.get(k) for k in ("name", "max_abs_err", "allowed_max_abs", "top1_agreement")}
+                               for rt in v.get("runtimes", [])[:1] for m in rt.get("outputs", [])]
+        if check_with and r["exit"] == 0:
+            ref, names, x, y, kind = check_with
+            got, _ = tflite_outputs(o, x)
+            r["independent"] = compare(kind, ref, names, got, y)
+        out.append(r)
+        print(json.dumps(r)[:700], flush=True)
+    # 1. LSTM over ids: edgepack's float-noise probe moves float-typed ids by one ulp, Embedding truncates
+    #    4.9999995 to 4, the "noise" is huge, every row counts as a tie: decisions 0/0. Without labels and
+    #    with a 0.1% flip budget the int8 bundle still passes.
+    d = work / "lstm-bigram"
+    if d.exists():
+        with np.load(d / "eval.npz") as z:
+            x = {"x": z["x"]}
+            np.savez(d / "eval_nolabels.npz", x=z["x"])
+            np.savez(d / "eval_int32.npz", x=z["x"].astype(np.int32))
+        orig = pkgs / "ethnicolr/models/wiki/lstm/wiki_name_lstm.h5"
+        ref, names = keras_outputs(str(d / "wiki_name_lstm_k3.h5"), x, None)
+        cw = (ref, names, x, None, "classes")
+        run("lstm-nolabels-maxflips: int8, no labels, --max-flips 0.001", str(orig), "int8", d / "calib.npz",
+            d / "eval_nolabels.npz", ["--max-flips", "0.001"], check_with=cw)
+        run("lstm-int32ids: int8, ids stored as int32, no labels, --max-flips 0.001", str(orig), "int8",
+            d / "calib.npz", d / "eval_int32.npz", ["--max-flips", "0.001"], check_with=cw)
+    # 2. TCN int8: the limits edgepack held the value output to, while 2 held-out rows are clamped
+    d = work / "tcn"
+    if d.exists():
+        env = {"PYTHONPATH": str(d / "site_tcn")}
+        run("tcn-int8-limits: int8 (to read allowed_max_abs)", str(d / "tcn.keras"), "int8", d / "calib.npz",
+            d / "eval.npz", ["--trust-model", "--custom-objects", "tcn.tcn"], env)
+        run("tcn-module-pkg: --custom-objects tcn (the package, which re-exports TCN from tcn.tcn)",
+            str(d / "tcn.keras"), "float32", d / "calib.npz", d / "eval.npz",
+            ["--trust-model", "--custom-objects", "tcn"], env)
+        (d / "tcn_layers.py").write_text("from tcn import TCN  # noqa: F401\n")
+        run("tcn-file: --custom-objects tcn_layers.py (a file importing the package from PYTHONPATH)",
+            str(d / "tcn.keras"), "float32", d / "calib.npz", d / "eval.npz",
+            ["--trust-model", "--custom-objects", str(d / "tcn_layers.py")], env)
+        run("tcn-pythonpath-shadow: --custom-objects tcn.tcn, PYTHONPATH also holding joblib",
+            str(d / "tcn.keras"), "float32", d / "calib.npz", d / "eval.npz",
+            ["--trust-model", "--custom-objects", "tcn.tcn"], {"PYTHONPATH": str(Path(sys.path[0]))})
+    # 3. SpliceAI float32 UNVERIFIED: the runtimes fail under the 4096 MiB address-space cap; with more room
+    d = work / "spliceai-10100"
+    if d.exists():
+        run("splice-mem: float32, EDGEPACK_RUNTIME_MEMORY_MB=16384", str(pkgs / "spliceai/models/spliceai1.h5"),
+            "float32", d / "calib.npz", d / "eval.npz", [], {"EDGEPACK_RUNTIME_MEMORY_MB": "16384"})
+    return out
+
+
+def write_md(rows: list, path: Path, probe_rows: list | None = None) -> None:
     lines = ["| kind | recipe | exit | edgepack verdict / error | s | independent (bare LiteRT vs Keras) | agree |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -578,6 +682,16 @@ def write_md(rows: list, path: Path) -> None:
         ex = str(r.get("exit", "-")) + (f" (no-verify {r['noverify_exit']})" if "noverify_exit" in r else "")
         lines.append(f"| {r['kind']} | {r['recipe']} | {ex} | {verdict} | {r.get('seconds', '-')} | {_ind_cell(r)} "
                      f"| {r.get('agree', '-')} |")
+    if probe_rows:
+        lines += ["", "Probes behind the findings:", "", "| probe | exit | edgepack verdict / error | limits edgepack used | independent |",
+                  "|---|---|---|---|---|"]
+        for r in probe_rows:
+            verdict = (r.get("line") or " ".join(filter(None, [r.get("error"), ("hint: " + r["hint"]) if r.get("hint") else None]))
+                       or "").replace("|", "/").replace("\n", " ")
+            lim = "; ".join(f"{m['name']}: max {float(m['max_abs_err']):.3g} allowed {float(m['allowed_max_abs']):.3g}"
+                            for m in r.get("outputs_judged") or []
+                            if isinstance(m.get("allowed_max_abs"), (int, float)) and m.get("max_abs_err") is not None)
+            lines.append(f"| {r['what']} | {r['exit']} | {verdict} | {lim or '-'} | {_ind_cell(r)} |")
     path.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

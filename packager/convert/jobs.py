@@ -118,8 +118,33 @@ def _load_for_conversion(model: str, calibration: str | None, data: str | None, 
         check, first = sized_to_budget(loaded.reference, check)
         references = [first]
     else:
-        references = [loaded.reference(group) for group in check.groups]
+        check, references = references_of(loaded.reference, check)
     return loaded, cal, check, references, float_noise(loaded, check.groups[0], references[0])
+
+
+def references_of(reference, dataset: Dataset) -> tuple[Dataset, list]:
+    """(``dataset``, the original model's outputs on each of its groups). A length variant the model cannot run or
+    answers with nothing (an axis of size 0: the model crops more than that length has) is dropped, with a note: it is
+    no evidence either way. The main group is always run (its errors propagate)."""
+    import numpy as np
+    refs = [reference(dataset.inputs)]
+    kept = []
+    for group in dataset.variants:
+        length = "x".join(str(d) for d in next(iter(group.values())).shape[1:])
+        try:
+            out = reference(group)
+        except Exception as exc:  # noqa: BLE001 - a length the model cannot take is no evidence
+            dataset.notes.append(f"inputs of length {length} were not verified: the original model cannot run "
+                                 f"them ({str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__})")
+            continue
+        if any(np.asarray(v).size == 0 for v in out.values()):
+            dataset.notes.append(f"inputs of length {length} were not verified: the original model gives empty "
+                                 "outputs at that length (it needs longer inputs)")
+            continue
+        kept.append(group)
+        refs.append(out)
+    dataset.variants = kept
+    return dataset, refs
 
 
 def _tflite_reference(loaded, check: Dataset, overrides: dict, trust: bool) -> None:
@@ -208,19 +233,26 @@ def float_noise(loaded, inputs: dict, reference: dict) -> dict:
     """{output name: float noise per column} (:func:`packager.criteria.noise_of`): the model run once more on
     (at most :data:`NOISE_SAMPLES` of) its float inputs moved by one unit in the last place, away from zero or
     towards it at random (seeded). What changes is what float32 arithmetic at these magnitudes cannot resolve: a
-    float bundle is never held to more than that. Integer inputs (ids) are not moved; {} when the run fails."""
+    float bundle is never held to more than that. Integer inputs (ids) are not moved, nor are float inputs that hold
+    only whole numbers (ids stored as floats: an Embedding would read a moved 5.0 as id 4, and that "noise" would
+    excuse every decision); {} when nothing is moved or the run fails."""
     import numpy as np
     from ..criteria import noise_of
     from ..contain.isolate import stage
-    if not any(np.asarray(a).dtype.kind == "f" for a in inputs.values()):
+    n = min(NOISE_SAMPLES, len(next(iter(inputs.values()))))
+
+    def continuous(a) -> bool:   # whole numbers in a float tensor are ids or counts: one ulp is another id
+        a = np.asarray(a)[:n]
+        return a.dtype.kind == "f" and a.size > 0 and not np.all(np.isfinite(a) & (a == np.round(a)))
+    if not any(continuous(a) for a in inputs.values()):
         return {}
     stage("measuring the model's own float noise")
     rng = np.random.default_rng(0)
-    n = min(NOISE_SAMPLES, len(next(iter(inputs.values()))))
     moved = {}
     for name, a in inputs.items():
+        keep = continuous(a)
         a = np.asarray(a)[:n]
-        if a.dtype.kind == "f":
+        if keep:
             towards = np.where(rng.random(a.shape) < 0.5, np.inf, -np.inf).astype(a.dtype)
             a = np.nextafter(a, towards)
         moved[name] = a
@@ -314,7 +346,7 @@ def reference(model: str, data: str | None, arrays: dict | None, trust: bool,
         dataset = with_length_variants(Dataset(arrays, None, "samples/inputs.npz", evidence="samples"), loaded.inputs)
     else:
         dataset = synthetic_dataset(loaded.inputs)
-    refs = [loaded.reference(g) for g in dataset.groups]
+    dataset, refs = references_of(loaded.reference, dataset)
     return dataset, refs, [s.name for s in loaded.outputs], float_noise(loaded, dataset.groups[0], refs[0])
 
 

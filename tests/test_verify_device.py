@@ -153,6 +153,7 @@ def test_a_model_file_changed_on_the_device_fails_with_the_cause_and_runs_nothin
         api.verify_on_device(case["bundle"], ssh, reference=case["model"], data=case["eval"], remote_dir=str(ddir),
                              device_python=device_pythons["ai-edge-litert"])
     assert "redeploy" in err.value.hint and err.value.exit_code == 4
+    assert f"--host {ssh.spec}" in err.value.hint and f"--remote-dir {ddir}" in err.value.hint   # a command that works
     assert leftovers(ddir) == []
 
 

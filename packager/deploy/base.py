@@ -208,6 +208,12 @@ class Transport(ABC):
     def download(self, remote_path: str, local_path: Path, *, timeout: float | None = None) -> int:
         """Copy one remote file to ``local_path``; returns its size."""
 
+    def cli_address(self) -> str:
+        """How the CLI names this device (``--host pi@raspberrypi:22``, ``--local DIR``, ``--serial S``), for hints that
+        give a command to run; "" when the CLI cannot reach it."""
+        value = next((getattr(self, a, None) for a in ("spec", "directory", "serial") if getattr(self, a, None)), None)
+        return f"{self.cli_option} {q(str(value))}" if self.cli_option and value else ""
+
     def close(self) -> None:  # noqa: B027 - an optional hook, not abstract
         """Release whatever the transport holds (nothing by default)."""
 

@@ -135,26 +135,28 @@ def chunk_bytes() -> int:
     return int(mb * (1 << 20))
 
 
-def check_release(st, bundle: Bundle, release: str | None, device: str) -> str:
+def check_release(st, bundle: Bundle, release: str | None, device: str, address: str = "") -> str:
     """The release to run (``release``, else ``current``), after checking that its files on the device are this
     bundle's (sha256 computed there). Raises DeployError when nothing or another bundle is there, VerificationError
     when a file of this bundle's release was changed on the device."""
     rid = release or st.current
+    deploy_cmd = " ".join(x for x in ("edgepack deploy", str(bundle.path), address, f"--remote-dir {q(st.dir)}"
+                                      if not address.startswith("--local") else "") if x)
     if rid is None:
         raise DeployError(f"nothing is deployed in {st.dir} on {device}",
-                          hint=f"deploy the bundle first: edgepack deploy {bundle.path}")
+                          hint=f"deploy the bundle first: {deploy_cmd}")
     if rid not in st.releases:
         raise UsageError(f"release {rid} is not on {device} (it has: {', '.join(st.releases) or 'none'})")
     if not rid.endswith("-" + bundle.model_sha256[:12]):
         raise DeployError(f"{'release ' + rid if release else 'the current release (' + rid + ')'} on {device} holds "
                           f"another model (sha256 {rid.rsplit('-', 1)[1]}..., this bundle's is "
                           f"{bundle.model_sha256[:12]}...)",
-                          hint=f"deploy this bundle first (edgepack deploy {bundle.path}), or pass --release ID")
+                          hint=f"deploy this bundle first ({deploy_cmd}), or pass --release ID")
     problems = releases._mismatches(bundle.wanted, {rel: h for (r, rel), h in st.hashes.items() if r == rid})
     if problems:
         raise VerificationError(f"release {rid} on {device} is not this bundle any more: {'; '.join(problems)} "
                                 "(changed on the device after the deploy); nothing was run",
-                                hint=f"redeploy it (edgepack deploy {bundle.path}), and find out what changed it")
+                                hint=f"redeploy it ({deploy_cmd}), and find out what changed it")
     return rid
 
 
@@ -195,7 +197,7 @@ def run_groups(transport: Transport, remote_dir: str, bundle: Bundle, groups: li
     started = time.monotonic()
     st = releases._open(transport, remote_dir, hash_files=list(bundle.wanted))
     rdir = st.dir
-    rid = check_release(st, bundle, release, transport.describe())
+    rid = check_release(st, bundle, release, transport.describe(), transport.cli_address())
     rel_dir = f"{rdir}/releases/{rid}"
     entry = bundle.manifest.entrypoint
     python = device_python or (f"{rdir}/venv/bin/python" if st.venv else releases._profile_python(bundle.manifest))

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.field_models import raw_outputs
 from tests.models import small_cnn
 from tests.ssh_fixtures import start_sshd, stop_sshd
 
@@ -113,16 +114,6 @@ def current(d: Path) -> str | None:
     return os.readlink(d / "current").split("/", 1)[1] if (d / "current").is_symlink() else None
 
 
-def raw_litert(model: Path, x: np.ndarray) -> np.ndarray:
-    from ai_edge_litert.interpreter import Interpreter
-    it = Interpreter(model_path=str(model))
-    it.resize_tensor_input(it.get_input_details()[0]["index"], list(x.shape))
-    it.allocate_tensors()
-    it.set_tensor(it.get_input_details()[0]["index"], x)
-    it.invoke()
-    return it.get_tensor(it.get_output_details()[0]["index"])
-
-
 def test_fleet_verify_names_each_verdict_and_the_odd_device_out(case, servers, pythons, tmp_path):
     from packager.deploy import SshTransport, deploy
     inv, dirs = inventory(tmp_path, servers, pythons)
@@ -148,7 +139,7 @@ def test_fleet_verify_names_each_verdict_and_the_odd_device_out(case, servers, p
     assert odd4["output"] == "probs" and odd4["norm"] == ["dev1", "dev2", "dev3"] and 0 < odd4["max_abs_diff"] < 0.05
     assert hosts["dev5"]["odd"]["max_abs_diff"] == pytest.approx(0.3, abs=1e-3)
     # independently: what dev1-dev3 computed is a bare ai_edge_litert interpreter's output here; dev4's is not
-    raw = raw_litert(case["bundle"] / "model.tflite", case["x"])
+    raw = raw_outputs(case["bundle"], {"img": case["x"]})["probs"]
     proc = subprocess.run([pythons["dev4"], "-c",
                            "import sys, numpy as np\nfrom tflite_runtime.interpreter import Interpreter\n"
                            "x = np.load(sys.argv[2])['img']\nit = Interpreter(model_path=sys.argv[1])\n"

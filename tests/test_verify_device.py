@@ -20,6 +20,7 @@ from packager.deploy import AdbTransport, SshTransport, deploy, run
 from packager.errors import DeployError, VerificationError
 from packager.targets import get_target
 from packager.verification.emulator import get_env
+from tests.field_models import raw_outputs
 from tests.models import small_cnn
 
 PY = sys.executable
@@ -59,28 +60,6 @@ def ssh(ssh_server):
         yield t
 
 
-def raw_interpreter(model: Path, x: np.ndarray) -> np.ndarray:
-    """The bundle's .tflite on a bare ai_edge_litert interpreter, sample by sample, with its own quantization."""
-    from ai_edge_litert.interpreter import Interpreter
-    it = Interpreter(model_path=str(model))
-    it.allocate_tensors()
-    i, o = it.get_input_details()[0], it.get_output_details()[0]
-    out = []
-    for row in x:
-        v = row[None]
-        if i["dtype"] != np.float32:
-            s, z = i["quantization"]
-            v = np.clip(np.round(v / s + z), np.iinfo(i["dtype"]).min, np.iinfo(i["dtype"]).max).astype(i["dtype"])
-        it.set_tensor(i["index"], v)
-        it.invoke()
-        r = it.get_tensor(o["index"])
-        if o["dtype"] != np.float32:
-            s, z = o["quantization"]
-            r = (r.astype(np.float32) - z) * s
-        out.append(r[0])
-    return np.stack(out)
-
-
 def cli(*args, env: dict | None = None) -> tuple[int, str, str]:
     e = dict(os.environ, COLUMNS="200", EDGEPACK_DEBUG="", **(env or {}))
     e.pop("EDGEPACK_IN_PROCESS", None)
@@ -117,7 +96,7 @@ def test_verify_on_the_device_gives_the_emulators_verdict_checked_independently(
     got = run(ssh, str(ddir), input=case["eval"], output=tmp_path / "out.npz", device_python=litert)
     with np.load(got.output) as z:
         device_probs = z["probs"]
-    raw = raw_interpreter(case["bundle"] / "model.tflite", case["x"])
+    raw = raw_outputs(case["bundle"], {"img": case["x"]})["probs"]
     np.testing.assert_array_equal(device_probs, raw)
     flipped = int(np.sum(raw.argmax(1) != case["keras"].argmax(1)))
     detail = dev.finding("decisions")["detail"]

@@ -177,7 +177,7 @@ def device_facts(transport: Transport, release_dir: str, python: str, entry: str
     res = transport.sh(_INFO_SCRIPT.format(py=py, entry=q(release_dir + "/" + entry), rt=rt), timeout=max(120.0, transport.timeout))
     info = releases._last_json(res.out.split("\nOS=")[0]) if res.rc == 0 else None
     if info is None:
-        raise _script_error(res, python, "the device script's --info")
+        raise releases.script_error(res, python, "the device script's --info")
     for line in res.out.splitlines():
         key, sep, value = line.partition("=")
         if sep and key in ("OS", "KERNEL", "CPU", "CORES") and value.strip():
@@ -249,22 +249,10 @@ def run_groups(transport: Transport, remote_dir: str, bundle: Bundle, groups: li
                          seconds=time.monotonic() - started)
 
 
-def _script_error(res, python: str, what: str) -> DeployError:
-    """The DeployError of a device script run that failed; ``device_rc`` keeps its exit status (selftest.last)."""
-    exc = DeployError(releases._script_failure(res, python, what),
-                      hint=releases._RUNTIME_HINT if res.rc in (4, 126, 127) else None)
-    exc.device_rc = res.rc
-    return exc
-
-
 def _fetch(transport: Transport, res, work: str, local_out: Path, python: str) -> dict:
     """The outputs of one run (``res``: its sh result, ending with ``sha256sum out.npz``), brought back and checked."""
-    if res.rc != 0:
-        raise _script_error(res, python, "the run")
-    sums = {m[2]: m[1] for m in map(releases._SHA_LINE.match, res.out.splitlines()) if m}
-    transport.download(f"{work}/out.npz", local_out, timeout=max(releases.SMOKE_TIMEOUT, transport.timeout))
-    if sums.get("out.npz") != sha256_file(local_out):
-        raise DeployError("the outputs arrived damaged from the device (checksum mismatch)", hint="run again")
+    releases.fetch_outputs(transport, res, f"{work}/out.npz", local_out, python,
+                           max(releases.SMOKE_TIMEOUT, transport.timeout))
     return _npz(local_out)
 
 

@@ -439,6 +439,29 @@ def _script_failure(res: Completed, python: str, what: str) -> str:
     return f"{what} failed with exit {res.rc} ({kind}): {detail}"
 
 
+def script_error(res: Completed, python: str, what: str) -> DeployError:
+    """The DeployError of a device script run that failed (:func:`_script_failure`, with the runtime hint where it
+    applies); ``device_rc`` keeps the script's exit status (recorded in DIR/selftest.last)."""
+    exc = DeployError(_script_failure(res, python, what), hint=_RUNTIME_HINT if res.rc in (4, 126, 127) else None)
+    exc.device_rc = res.rc
+    return exc
+
+
+def fetch_outputs(transport: Transport, res: Completed, remote_out: str, local_out: Path, python: str,
+                  timeout: float) -> None:
+    """Bring back the outputs of one device script run: ``res`` is that run's sh result, ending with ``sha256sum`` of
+    ``remote_out``'s file name; the local copy must have that digest (else it is removed). Raises
+    :func:`script_error` when the run failed, DeployError when the file arrived damaged."""
+    if res.rc != 0:
+        raise script_error(res, python, "the run")
+    name = remote_out.rsplit("/", 1)[-1]
+    digest = next((m[1] for m in map(_SHA_LINE.match, res.out.splitlines()) if m and m[2] == name), None)
+    transport.download(remote_out, local_out, timeout=timeout)
+    if digest is None or sha256_file(local_out) != digest:
+        local_out.unlink(missing_ok=True)
+        raise DeployError("the outputs arrived damaged from the device (checksum mismatch)", hint="run again")
+
+
 _RUNTIME_HINT = ("install the runtime on the device (ssh: deploy --install builds DIR/venv from requirements.txt) "
                  "or point --device-python at a Python that has numpy and ai-edge-litert")
 
@@ -989,15 +1012,8 @@ def run(transport: Transport, remote_dir: str, *, input: str | Path | None = Non
             raise DeployError("the input file arrived damaged on the device (checksum mismatch)", hint="run again")
         res = transport.sh(f"{py} {q(cur + '/' + entry)} --input {q(remote_in)} --output {q(remote_out)}{threads_args}"
                            f" && cd {q(work)} && sha256sum output.npz", timeout=limit)
-        if res.rc != 0:
-            raise DeployError(_script_failure(res, python, "the run"),
-                              hint=_RUNTIME_HINT if res.rc in (4, 126, 127) else None)
-        digest = next((m[1] for m in map(_SHA_LINE.match, res.out.splitlines()) if m and m[2] == "output.npz"), None)
         out_path.parent.mkdir(parents=True, exist_ok=True)
-        transport.download(remote_out, out_path, timeout=limit)
-        if digest is None or sha256_file(out_path) != digest:
-            out_path.unlink(missing_ok=True)
-            raise DeployError("the outputs arrived damaged from the device (checksum mismatch)", hint="run again")
+        fetch_outputs(transport, res, remote_out, out_path, python, limit)
     finally:
         _cleanup(transport, f"rm -rf {q(work)}")
     return RunResult(device=transport.describe(), remote_dir=rdir, release=st.current, device_python=python,

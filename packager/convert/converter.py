@@ -359,8 +359,6 @@ def _likely_cause(metrics, recipe: Recipe, calibration: dict | None, check: dict
             data = check.get(name)
             if name in ids or data is None or cal.dtype.kind != "f" or data.dtype.kind not in "fiu":
                 continue
-            if cal.size and np.all(np.isfinite(cal) & (cal == np.round(cal))):
-                continue        # whole numbers in a float input: ids stored as floats have no scale either
             clo, chi = float(np.min(cal)), float(np.max(cal))
             dlo, dhi = float(np.min(data)), float(np.max(data))
             span = max(chi - clo, 1e-12)

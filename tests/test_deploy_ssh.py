@@ -375,7 +375,7 @@ def test_cli_deploy_status_rollback_json(cli, ssh_server, bundles, ddir):
     r1 = cli("deploy", a, *common, "--smoke", "--device-python", PY, "--json")
     assert r1.exit_code == 0, r1.output
     first = json.loads(r1.stdout)
-    assert first["changed"] and first["smoke"]["passed"] and first["remote_dir"] == str(ddir)
+    assert first["ok"] is True and first["changed"] and first["smoke"]["passed"] and first["remote_dir"] == str(ddir)
     r2 = cli("deploy", b, *common, "--keep", "2")
     assert r2.exit_code == 0, r2.output
     assert "deployed" in r2.stdout
@@ -390,6 +390,15 @@ def test_cli_deploy_status_rollback_json(cli, ssh_server, bundles, ddir):
     rr = cli("run", *common, "--input", x, "--device-python", PY)
     assert rr.exit_code == 0, rr.output
     assert (ddir.parent.parent / "x-out.npz").is_file()
+    # a damaged current release: status says so and exits 6 (a cron job or CI sees it without parsing)
+    cur = json.loads(cli("status", *common, "--json").stdout)["current"]
+    (ddir / "releases" / cur / "model.tflite").write_bytes(b"garbage")
+    bad = cli("status", *common, "--json")
+    doc = json.loads(bad.stdout)
+    assert bad.exit_code == 6 and doc["ok"] is False and doc["exit_code"] == 6 and doc["verified"] is False
+    assert "damaged" in doc["error"] and "edgepack deploy" in doc["hint"]
+    human = cli("status", *common)
+    assert human.exit_code == 6 and "DAMAGED" in human.stdout and "edgepack rollback" in human.output
 
 
 def test_cli_deploys_a_bundle_archive(cli, ssh_server, bundles, ddir):

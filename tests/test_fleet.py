@@ -256,8 +256,9 @@ def test_status_and_rollback(fleet, bundles):
     assert hosts["dev5"]["release"] == rel_a and not hosts["dev5"]["on_bundle"]
     assert d5["selftest"]["passed"] is False and d5["selftest"]["rc"] == 4 and d5["selftest"]["release"] != rel_a
     assert hosts["dev7"]["outcome"] == "unreachable"
+    assert hosts["dev2"]["outcome"] == "damaged" and hosts["dev1"]["outcome"] == hosts["dev5"]["outcome"] == "ok"
     rc, out, err = cli("fleet", "status", b, "-i", fleet.inventory, "--limit", "dev1,dev2,dev5")
-    assert rc == 0, err
+    assert rc == 6 and "dev2 (damaged)" in err, err                 # a damaged host is not where it should be
     assert "DAMAGED" in out and "intact" in out and "ai_edge_litert" in out and "FAILED" in out
     # without a bundle the inventory's edgepack_remote_dir says where to look
     rc, out, err = cli("fleet", "status", "-i", fleet.inventory, "--limit", "dev1", "--json")

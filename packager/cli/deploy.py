@@ -38,12 +38,14 @@ _out = Console()
 _err = Console(stderr=True)
 
 
-def _json(value) -> None:
+def _json(value, **extra) -> None:
+    """One JSON document on stdout: ``{"ok": true, ...}`` (the boundary writes ``{"ok": false, ...}`` on errors),
+    then the fields of the result dataclass ``value``, then ``extra`` (which may set ``ok``)."""
     def default(o):
         if isinstance(o, Path):
             return str(o)
         raise TypeError(type(o).__name__)
-    typer.echo(json.dumps(dataclasses.asdict(value), indent=2, default=default))
+    typer.echo(json.dumps({"ok": True, **dataclasses.asdict(value), **extra}, indent=2, default=default))
 
 
 def _manifest(bundle: Path | None):
@@ -278,7 +280,8 @@ def status_cmd(
     bundle: BundleOpt = None, devices=None, ssh_config: SshConfigOpt = None,
     remote_dir: RemoteDirOpt = None, timeout: TimeoutOpt = 60.0, as_json: JsonOpt = False,
 ) -> None:
-    """Show the releases on the device, which one is current, and whether its files are intact.
+    """Show the releases on the device, which one is current, and whether its files are intact (exit 6 when
+    the current release is damaged).
 
     Examples:
 
@@ -292,8 +295,15 @@ def status_cmd(
     transport = _transport(devices, ssh_config, timeout, manifest)
     with transport:
         result = dep.status(transport, _remote_dir(remote_dir, manifest, transport))
+    damaged = result.verified is False
+    hint = ("redeploy the bundle (`edgepack deploy BUNDLE` with the same device options: intact files are not sent "
+            "again) or switch back with `edgepack rollback`")
     if as_json:
-        return _json(result)
+        _json(result, **({"ok": False, "error": f"current release {result.current} is damaged on {result.device}",
+                          "hint": hint, "exit_code": 6} if damaged else {}))
+        if damaged:
+            raise typer.Exit(6)
+        return
     if not result.releases:
         _out.print(f"{result.device}: nothing deployed in {result.remote_dir}", highlight=False)
         return
@@ -309,6 +319,10 @@ def status_cmd(
                + (f", venv at {result.remote_dir}/venv" if result.venv else ""))
     for problem in result.problems:
         _out.print(f"[red]problem:[/red] {problem}", highlight=False)
+    if damaged:    # exit 6 (README "Exit codes"): a script or CI checking the device sees it without parsing
+        from . import render
+        render.error(f"current release {result.current} is damaged on {result.device}", hint)
+        raise typer.Exit(6)
 
 
 def register(app: typer.Typer) -> None:

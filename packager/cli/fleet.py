@@ -180,7 +180,7 @@ def status_cmd(bundle: OptBundle = None, inventory: InvOpt = Path("inventory.ini
             t.add_row(h.host, cur if d else "-", files, escape(str(runtime)), str(info.get("python") or "-"), escape(test),
                       escape("; ".join(d.get("problems") or ()) or h.reason or ""))
         _out.print(t)
-    _fail_if_needed(result, as_json, "did not answer")
+    _fail_if_needed(result, as_json, "did not answer or hold a damaged current release")
 
 
 @fleet_app.command("rollback")

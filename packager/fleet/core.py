@@ -43,7 +43,7 @@ class HostResult:
     ``remote_dir``, for status the whole per-host report (``details``), and for verify (and a gated deploy) the
     ``verdict`` on the device, its ``line`` and, when its outputs differ from the other devices', ``odd``."""
     host: str
-    outcome: str                 # deployed | current | rolled back | failed | unreachable | not reached | ok
+    outcome: str                 # deployed | current | rolled back | failed | unreachable | not reached | ok | damaged (status)
     release: str | None = None   # the release current on the host afterwards (None: nothing / unknown)
     previous: str | None = None
     on_bundle: bool = False      # the current release holds this bundle's model
@@ -394,8 +394,12 @@ def _host_result(host: str, ev: dict | None, model_sha: str | None) -> HostResul
     if op == "rollback":
         return HostResult(host, "rolled back", release=data.get("to_release"), previous=data.get("from_release"),
                           remote_dir=data.get("remote_dir"))
-    return HostResult(host, "ok", release=data.get("current"), previous=data.get("previous"),
-                      remote_dir=data.get("remote_dir"), details=data)
+    damaged = data.get("verified") is False        # current's files no longer match its manifest
+    return HostResult(host, "damaged" if damaged else "ok", release=data.get("current"), previous=data.get("previous"),
+                      remote_dir=data.get("remote_dir"), details=data,
+                      reason="; ".join(data.get("problems") or ()) or None if damaged else None,
+                      hint="redeploy the bundle to this host (intact files are not sent again) or roll back"
+                      if damaged else None)
 
 
 def _on(release: str | None, model_sha: str | None) -> bool:

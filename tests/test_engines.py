@@ -167,3 +167,21 @@ def test_int4w_through_ai_edge_quantizer_matches_and_is_smaller(digits_models, d
     int8w = api.build(digits_models["keras"], recipe="dynamic", data=data_files["eval"], runtimes=LITERT,
                       output=tmp_path / "int8w")
     assert len(model) < len((int8w.bundle / int8w.manifest["model"]).read_bytes())
+
+
+def test_the_conversion_cache_key_holds_the_engines_version(tmp_path, monkeypatch):
+    """An upgraded ai-edge-quantizer never reuses an int4 model made by the old one: the key holds its version (TF's
+    converter's version is in every key already)."""
+    import dataclasses
+    from packager.convert import engines
+    from packager.recipes import list_recipes
+    from packager.verification.cache import conversion_key
+    model = tmp_path / "m.keras"
+    model.write_bytes(b"model bytes")
+    recipes = list_recipes()
+    before = {n: conversion_key(model, recipes[n], "float", None, None, False) for n in ("int4w", "int8")}
+    quantizer = engines.ENGINES["ai-edge-quantizer"]
+    monkeypatch.setitem(engines.ENGINES, "ai-edge-quantizer",
+                        dataclasses.replace(quantizer, version=lambda: "ai-edge-quantizer 99.0 over tf"))
+    assert conversion_key(model, recipes["int4w"], "float", None, None, False) != before["int4w"]
+    assert conversion_key(model, recipes["int8"], "float", None, None, False) == before["int8"]

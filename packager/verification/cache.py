@@ -61,12 +61,27 @@ def conversion_key(model: Path, recipe, io: str, calibration, data, trust: bool,
     """Key of one conversion: model, data and calibration by content; ``recipe`` by its whole definition
     (a :class:`~packager.recipes.Recipe`, or a name such as ``auto``), so an edited recipes.toml entry
     never reuses a stale result; ``extra``: any further settings that change the result (overrides)."""
+    engine = None
     if hasattr(recipe, "to_json"):
+        engine = _engine_version(recipe)
         recipe = recipe.to_json(io)
     def content(p):
         return None if p is None else sha256_tree(Path(p))
     return digest("conversion", FORMAT, __version__, _tf_version(), sha256_tree(model), recipe, io,
-                  content(calibration), content(data), trust, extra)
+                  content(calibration), content(data), trust, extra, engine)
+
+
+def _engine_version(recipe) -> str | None:
+    """The converting tool's version for a recipe's engine other than TensorFlow's converter (whose version is in
+    every key already): an upgraded ai-edge-quantizer never reuses an int4 model made by the old one."""
+    from ..convert.engines import get_engine
+    from ..errors import EdgepackError
+    if recipe.engine == "tflite-converter":
+        return None
+    try:
+        return get_engine(recipe).version()
+    except EdgepackError as exc:        # not installed: the conversion itself will say so
+        return f"unavailable: {exc.message}"
 
 
 def _dir(kind: str, key: str) -> Path:

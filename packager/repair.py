@@ -3,9 +3,10 @@
 Candidates, converted in the contained child (:func:`search`): ``int8``; ``int8`` with the ops
 where it diverges kept in float (the first diverging op and its consumers, then every diverging op
 and its consumers; TensorFlow's ``QuantizationDebugger`` with ``denylisted_nodes``, so the result
-is plain builtins that tflite-runtime 2.14 loads); ``int16x8``; ``dynamic``; ``float16``;
-``float32``. In the parent, candidates are measured from the smallest up, each in every runtime
-environment of the target (outputs only, run as the device runs them), against the budget:
+is plain builtins that tflite-runtime 2.14 loads); ``int16x8``; ``int4w`` (int4 weights through
+ai-edge-quantizer, float activations); ``dynamic``; ``float16``; ``float32``. In the parent,
+candidates are measured from the smallest up, each in every runtime environment of the target
+(outputs only, run as the device runs them), against the budget:
 
 * ``max_drop``: accuracy drop in percentage points (needs labels ``y`` in ``--data``);
 * ``min_agreement``: top-1 agreement with the original model (0..1);
@@ -25,7 +26,7 @@ import numpy as np
 from .errors import EdgepackError, UsageError, VerificationError
 from .contain.wire import plain_data
 
-ORDER = ("int8", "int8-mixed", "int16x8", "dynamic", "float16", "float32")
+ORDER = ("int8", "int8-mixed", "int16x8", "int4w", "dynamic", "float16", "float32")
 DEFAULT_AGREEMENT = 0.99
 
 
@@ -108,7 +109,12 @@ def search(model: str, calibration: str | None, data: str | None, trust: bool, i
             continue
         stage(f"auto: converting {name}")
         try:
-            conv = _convert_any(tf, loaded, recipe, io, cal.inputs if cal else None, check)
+            if recipe.engine == "tflite-converter":
+                conv = _convert_any(tf, loaded, recipe, io, cal.inputs if cal else None, check)
+            else:       # another engine (int4w: ai-edge-quantizer) converts as it does for build; the budget judges
+                from .convert.engines import convert
+                conv = convert(loaded, recipe, io, cal.inputs if cal else None, check, reference=base.reference,
+                               labels=base.check.labels, noise=base.noise, keep_best=True)
         except EdgepackError as exc:
             out.append(Candidate(name, name, error=exc.message[:300]))
             continue
@@ -349,7 +355,7 @@ def build_auto(model, *, target: str = "rpi", calibration=None, data=None, io: s
     if use_cache:
         key = cache.conversion_key(Path(model), "auto", io, calibration, data, trust_model,
                                    [asdict(budget), profile.name, [list(rt.requirements) for rt in selected], arch,
-                                    [r.to_json(io) for r in list_recipes().values()]]
+                                    [r.to_json(io) for r in list_recipes().values()], list(ORDER)]
                                    + ([signature] if signature else [])
                                    + ([api._with_custom({}, custom)] if custom else []))
         hit = _load_auto(key, Path(model))

@@ -124,6 +124,8 @@ def test_auto_keeps_the_outlier_layer_float_and_beats_float16(cases, data_files,
                    output=tmp_path / "outlier-auto")
     by = {c.label: c for c in r.candidates}
     assert by["int8"].passed is False
+    # int4 weights (ai-edge-quantizer) are a candidate too: the smallest here, measured, and refused on the outlier
+    assert 0 < by["int4w"].size < by["int8"].size and by["int4w"].passed is False and "rows" in by["int4w"].reason
     assert r.chosen.recipe == "int8" and any("outlier" in op for op in r.chosen.float_ops), r.why
     assert r.chosen.size < by["float16"].size
     assert all(m["status"] == "ran" and m["drop"] <= 0.5 for m in r.chosen.runtimes) and len(r.chosen.runtimes) == 2

@@ -175,7 +175,7 @@ def test_gated_rollout_stops_at_the_batch_holding_the_failing_device_and_switche
     assert current(dirs["dev1"]) == hosts["dev1"]["release"]
     h5 = hosts["dev5"]
     assert h5["outcome"] == "rolled back" and h5["verdict"] == "MISMATCH" and "switched back" in h5["reason"]
-    assert "probs" in h5["reason"]
+    assert "probs" in h5["reason"] and h5["line"].startswith("MISMATCH") and "probs" in h5["line"]
     assert current(dirs["dev5"]) is None and not list((dirs["dev5"] / "releases").iterdir())
     for n in ("dev2", "dev3"):
         assert hosts[n]["outcome"] == "not reached" and not dirs[n].exists()

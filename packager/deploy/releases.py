@@ -641,9 +641,16 @@ def _deploy_locked(bundle, transport: Transport, spec: str, keep: int, install: 
             if not unchanged:
                 # Put back what was there before and drop the release that failed.
                 _cleanup(transport, _switch_script(rdir, prev) + f"\nrm -rf {q(rdir + '/releases/' + release)}")
-                raise DeployError(f"{what} of release {release} failed, so current was switched back to "
+                err = DeployError(f"{what} of release {release} failed, so current was switched back to "
                                   f"{prev or 'nothing (first deploy)'}: {failure}", hint=hint)
-            raise DeployError(f"{what} of the current release {release} failed: {failure}", hint=hint)
+            else:
+                err = DeployError(f"{what} of the current release {release} failed: {failure}", hint=hint)
+            report = getattr(outcome, "report", None) or {}
+            # what failed, as data (fleet reads these instead of the message's words)
+            err.gate = {"gate": "smoke" if what == "smoke test" else "verdict", "switched_back": not unchanged,
+                        "release": release, "verdict": report.get("verdict") if isinstance(report, dict) else None,
+                        "line": report.get("line") if isinstance(report, dict) else None, "failure": failure}
+            raise err
 
     if unchanged:
         doomed = _prune_list(st.releases, keep, (release, st.previous()))

@@ -362,19 +362,19 @@ def _host_result(host: str, ev: dict | None, model_sha: str | None) -> HostResul
     op = res.get("edgepack_op")
     if ev.get("status") == "failed" or err:
         release = state.get("current")
-        message = str(err.get("message", ""))
-        switched_back = "switched back" in message
-        smoke_failed = switched_back and message.startswith("smoke test of")
-        gate_failed = switched_back and message.startswith("the verdict on the device of")
+        gate = err.get("gate") or {}          # which gate of a deploy failed, as data (releases' DeployError.gate)
+        switched_back = bool(gate.get("switched_back"))
+        smoke_failed = gate.get("gate") == "smoke"
+        gate_failed = gate.get("gate") == "verdict"
         verdict = "UNVERIFIED" if op == "verify" else None
         if gate_failed:
-            verdict = "MISMATCH" if ": MISMATCH:" in message else "UNVERIFIED"
+            verdict = gate.get("verdict") or "UNVERIFIED"
         return HostResult(host, "rolled back" if switched_back else "failed", release=release,
                           previous=state.get("previous"), on_bundle=_on(release, model_sha),
                           smoke=False if smoke_failed else None,
                           reason=err.get("message") or str(res.get("msg", "failed")), hint=err.get("hint"),
                           remote_dir=state.get("remote_dir"), verdict=verdict,
-                          line=message.split("switched back to ", 1)[-1].split(": ", 1)[-1] if gate_failed else None)
+                          line=(gate.get("line") or gate.get("failure")) if gate_failed else None)
     if op == "deploy":
         smoke = data.get("smoke")
         gate = (data.get("verdict") or {}).get("report") or {}

@@ -198,7 +198,7 @@ def run_op(action, args: dict, task_vars: dict) -> dict:
     except EdgepackError as exc:
         out.update(failed=True, msg=exc.message,
                    edgepack_error={"message": exc.message, "hint": exc.hint, "exit_code": exc.exit_code,
-                                   "kind": type(exc).__name__})
+                                   "kind": type(exc).__name__, "gate": jsonable(getattr(exc, "gate", None))})
         if op in ("deploy", "rollback") and spec:
             try:  # where the host is now, after the protocol put it back
                 st = releases.status(t, spec, verify=False)

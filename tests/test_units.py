@@ -236,3 +236,21 @@ def test_synthetic_samples_are_sized_to_a_time_budget_and_say_so(monkeypatch):
     monkeypatch.setenv("EDGEPACK_VERIFY_SAMPLES", "8")
     pinned, ref = jobs.sized_to_budget(lambda a: {"y": a["x"] * 2}, ds)
     assert pinned.count == 8 and len(ref["y"]) == 8 and "EDGEPACK_VERIFY_SAMPLES" in pinned.notes[-1]
+
+
+def test_device_differences_name_runtime_version_arch_and_numpy():
+    """``ondevice.differences``: how a device differs from what the bundle was verified with, in words a user reads
+    (no doubled spaces when a version is unknown)."""
+    from packager.deploy.ondevice import differences
+    verified = [{"runtime": "ai-edge-litert", "version": "2.3.0", "arch": "x86_64", "numpy": "2.1.0", "status": "passed"},
+                {"runtime": "tflite-runtime", "version": "2.14.0", "arch": "x86_64", "numpy": "1.26.4", "status": "passed"}]
+    same = {"runtime": "ai_edge_litert", "runtime_version": "2.3.0", "machine": "x86_64", "numpy": "2.0.2"}
+    assert differences(same, verified) == [] and differences(same, []) == []
+    other = differences({"runtime": "tensorflow", "machine": "aarch64", "numpy": "1.26.0"}, verified)
+    assert other[0] == ("its runtime tensorflow is not one the bundle was verified with "
+                        "(ai-edge-litert 2.3.0, tflite-runtime 2.14.0)")
+    assert "its CPU is aarch64; the bundle was verified on x86_64" in other[1]
+    newer = differences({**same, "runtime_version": "2.4.0", "numpy": "1.26.4"}, verified)
+    assert newer == ["it runs ai-edge-litert 2.4.0; the bundle was verified with ai-edge-litert 2.3.0",
+                     "it has numpy 1.26.4; the bundle was verified with numpy 2.x"]
+    assert all("  " not in d for d in other + newer)

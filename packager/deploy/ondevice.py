@@ -272,9 +272,11 @@ def differences(info: dict, verified: list) -> list[str]:
     version = info.get("runtime_version")
     same = [v for v in verified if v.get("runtime") == name and v.get("status") in ("passed", None)]
     out = []
+    def described(runtime, ver) -> str:        # "tflite-runtime 2.14.0", or just the name when the version is unknown
+        return " ".join(str(p) for p in (runtime or "?", ver) if p)
     if not same:
-        out.append(f"its runtime {name or '?'} {version or ''} is not one the bundle was verified with "
-                   f"({', '.join(sorted({str(v.get('runtime')) + ' ' + str(v.get('version')) for v in verified}))})".replace("  ", " "))
+        out.append(f"its runtime {described(name, version)} is not one the bundle was verified with "
+                   f"({', '.join(sorted({described(v.get('runtime'), v.get('version')) for v in verified}))})")
     elif version and not any(v.get("version") == version for v in same):
         out.append(f"it runs {name} {version}; the bundle was verified with {name} "
                    f"{', '.join(sorted({str(v.get('version')) for v in same}))}")

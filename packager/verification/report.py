@@ -195,6 +195,20 @@ def verify_jobs() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def _python_note(profile, arch, ready) -> list[str]:
+    """A note when the runtimes ran under another Python than the target's devices run (``profile.python``, "3.12"):
+    on this host's architecture the environments use the host's Python; under qemu (arm64) they use the profile's."""
+    import platform
+    import sys
+    want = str(getattr(profile, "python", "") or "")
+    host = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    if not ready or not want or (arch or host_arch()) != host_arch() or want == host:
+        return []
+    return [f"verified under this host's Python {platform.python_version()} ({host_arch()}); {profile.name} devices run "
+            f"Python {want}: the same script and runtime version, other wheels. `--arch arm64` verifies under Python "
+            f"{want} in qemu; `edgepack verify BUNDLE --host/--serial DEVICE` runs it on the device itself"]
+
+
 def verify_staged(bundle: Path, manifest, profile, rec, selected, data: Dataset, references: list, spec, arch,
                   progress, use_cache: bool = False, tolerance=None, strict: bool = False,
                   require_all: bool = False, noise: dict | None = None) -> VerifyReport:
@@ -250,6 +264,7 @@ def verify_staged(bundle: Path, manifest, profile, rec, selected, data: Dataset,
     notes = [f"{r.runtime} cannot run this model: {r.error}" for r in results if r.status == "error"]
     notes += [f"{r.runtime} was not verified (host environment problem): {r.error}" for r in unavailable]
     notes += rebuilt + list(data.notes)
+    notes += _python_note(profile, arch, ready)
     report = VerifyReport(str(bundle), rec.name, profile.name, passed, data.source, data.count, results,
                           manifest["model_size"], notes=notes, evidence=data.evidence, evidence_text=data.describe(),
                           strict=strict, require_all=strict or require_all)

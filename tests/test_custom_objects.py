@@ -284,3 +284,24 @@ def test_the_cache_key_follows_the_code(tmp_path):
     path.write_text("A = 2\n")
     assert custom.fingerprint(custom.resolve(path, True)) != first
     assert api._with_custom({"atol": ["0.1"]}, None) == {"atol": ["0.1"]}
+
+
+def test_a_package_gives_what_it_re_exports_from_its_own_submodules(tmp_path, monkeypatch):
+    """``--custom-objects tcn`` (keras-tcn: the package re-exports TCN from tcn.tcn) takes the classes the package
+    re-exports from its own submodules; what it imports from elsewhere (keras's Dense) is still not taken."""
+    pkg = tmp_path / "relayers"
+    (pkg / "impl").mkdir(parents=True)
+    (pkg / "impl" / "__init__.py").write_text("")
+    (pkg / "impl" / "core.py").write_text(textwrap.dedent('''
+        import keras
+        class Relayer(keras.layers.Layer):
+            pass
+        def relu2(x):
+            return keras.ops.relu(x) ** 2
+    '''))
+    (pkg / "__init__.py").write_text("from keras.layers import Dense\nfrom .impl.core import Relayer, relu2\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    objects = custom.load(custom.resolve("relayers", True))
+    assert {"Relayer", "relu2"} <= set(objects) and "Dense" not in objects
+    with pytest.raises(UsageError, match="defines no Keras layer"):     # a subpackage re-exporting nothing
+        custom.load(custom.resolve("relayers.impl", True))

@@ -13,8 +13,9 @@ Two halves, on both sides of the sandbox:
 
 Which objects: when the file or module defines a dict ``CUSTOM_OBJECTS``, exactly its entries (it wins:
 nothing else is collected, so a file can also hand over objects it imports, such as
-``tensorflow_model_optimization``'s quantization wrappers). Otherwise every class defined in it (not imported)
-that subclasses a Keras (or tf_keras) Layer, Model, Loss, Metric, Initializer, Regularizer, Constraint,
+``tensorflow_model_optimization``'s quantization wrappers). Otherwise every class defined in it (not imported;
+for a package, defined in one of its own submodules and re-exported by it, as ``keras-tcn``'s ``tcn`` re-exports
+``tcn.tcn.TCN``) that subclasses a Keras (or tf_keras) Layer, Model, Loss, Metric, Initializer, Regularizer, Constraint,
 Optimizer or learning-rate schedule, and every public function defined in it (activations, losses), each under
 its own name and under its registered name (``package>Name``) when it has one.
 """
@@ -127,8 +128,12 @@ def load(resolved: Resolved | None) -> dict:
         return dict(explicit)
     objects: dict = {}
     bases = _keras_bases()
+    own = module.__name__
     for name, obj in vars(module).items():
-        if getattr(obj, "__module__", None) != module.__name__ or name.startswith("_"):
+        where = getattr(obj, "__module__", None) or ""
+        # defined here, or (a package) in one of its own submodules and re-exported: `tcn` gives tcn.tcn.TCN
+        mine = where == own or (hasattr(module, "__path__") and where.startswith(own + "."))
+        if not mine or name.startswith("_"):
             continue
         if isinstance(obj, type) and issubclass(obj, bases) or (callable(obj) and _is_function(obj)):
             for key in _names(obj):

@@ -274,6 +274,11 @@ def test_an_explicit_custom_objects_dict_wins(tmp_path):
     path.write_text("raise ValueError('boom')\n")
     with pytest.raises(UsageError, match="failed to import: ValueError: boom"):
         custom.load(custom.resolve(path, True))
+    # a file importing a package it cannot reach: the hint names the package to pass instead
+    path.write_text("from tcn_not_here.tcn import TCN\n")
+    with pytest.raises(UsageError, match="ModuleNotFoundError") as info:
+        custom.load(custom.resolve(path, True))
+    assert "--custom-objects tcn_not_here" in info.value.hint
 
 
 def test_the_cache_key_follows_the_code(tmp_path):

@@ -118,9 +118,16 @@ def load(resolved: Resolved | None) -> dict:
         if isinstance(exc, KeyboardInterrupt):
             raise
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        hint = ("it is imported alone, inside the sandbox where there is one: it can import installed "
+                "packages and (as a module) its own package, not files beside it")
+        missing = getattr(exc, "name", None) if isinstance(exc, ImportError) else None
+        if missing and resolved[0] == "file":
+            top = missing.split(".")[0]
+            hint = (f"the file imports {missing!r}, which the sandbox does not let it read unless it is installed: "
+                    f"pass the package instead (--custom-objects {top}, with its parent directory on PYTHONPATH), "
+                    f"or pip install it")
         raise UsageError(f"--custom-objects {what} failed to import: {type(exc).__name__}: {first}",
-                         hint="it is imported alone, inside the sandbox where there is one: it can import installed "
-                              "packages and (as a module) its own package, not files beside it") from None
+                         hint=hint) from None
     explicit = getattr(module, "CUSTOM_OBJECTS", None)
     if explicit is not None:
         if not isinstance(explicit, dict) or not all(isinstance(k, str) for k in explicit):

@@ -69,18 +69,20 @@ def _seq(rng, n=96, t=6, f=3):
 
 
 def recurrent(out: Path, cell: str, return_sequences=False, stacked=False, bidirectional=False,
-              masking=False, time=6) -> Kind:
-    """Input((time, 3)) -> [Masking] -> (Bi)RNN [-> RNN] -> Dense(4) (or TimeDistributed Dense)."""
+              masking=False, time=6, dropout=0.0) -> Kind:
+    """Input((time, 3)) -> [Masking] -> (Bi)RNN [-> RNN] -> Dense(4) (or TimeDistributed Dense); ``dropout``: the
+    recurrent layers' dropout and recurrent_dropout (identity at inference; Keras 3 keeps a seed state for it)."""
     import keras
     _seed()
     rng = np.random.default_rng(0)
     layer = {"lstm": keras.layers.LSTM, "gru": keras.layers.GRU, "simple_rnn": keras.layers.SimpleRNN}[cell]
     inp = keras.Input((time, 3), name="x")
     h = keras.layers.Masking(0.0)(inp) if masking else inp
-    first = layer(5, return_sequences=return_sequences or stacked)
+    drop = dict(dropout=dropout, recurrent_dropout=dropout) if dropout else {}
+    first = layer(5, return_sequences=return_sequences or stacked, **drop)
     h = (keras.layers.Bidirectional(first) if bidirectional else first)(h)
     if stacked:
-        h = layer(4, return_sequences=return_sequences)(h)
+        h = layer(4, return_sequences=return_sequences, **drop)(h)
     dense = keras.layers.Dense(4)
     out_layer = keras.layers.TimeDistributed(dense, name="y") if return_sequences else keras.layers.Dense(4, name="y")
     model = keras.Model(inp, out_layer(h))
@@ -88,7 +90,7 @@ def recurrent(out: Path, cell: str, return_sequences=False, stacked=False, bidir
     if masking:
         x[::3, -2:, :] = 0.0          # padded tails
     name = f"{cell}{'-seq' if return_sequences else ''}{'-stacked' if stacked else ''}" \
-           f"{'-bi' if bidirectional else ''}{'-mask' if masking else ''}"
+           f"{'-bi' if bidirectional else ''}{'-mask' if masking else ''}{'-dropout' if dropout else ''}"
     return _save(model, out, name, {"x": x}, rng, ["y"])
 
 

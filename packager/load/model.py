@@ -320,6 +320,58 @@ def _float32_clone(model):
     return copy
 
 
+def _recurrent_dropout(model) -> list[str]:
+    """Names of the Keras 3 recurrent layers of ``model`` with ``dropout`` or ``recurrent_dropout`` above 0 ([] for
+    tf_keras models, whose recurrent dropout traces without state)."""
+    if type(model).__module__.startswith("tf_keras"):
+        return []
+    out = []
+    for layer in _recurrent_layers(model):
+        cfgs = [layer.get_config()]
+        cfgs += [cfgs[0][k]["config"] for k in ("layer", "backward_layer")
+                 if isinstance(cfgs[0].get(k), dict) and isinstance(cfgs[0][k].get("config"), dict)]
+        if any(float(c.get("dropout") or 0) > 0 or float(c.get("recurrent_dropout") or 0) > 0 for c in cfgs):
+            out.append(layer.name)
+    return out
+
+
+def _no_dropout_config(cfg: dict) -> dict:
+    for key in ("dropout", "recurrent_dropout"):
+        if key in cfg:
+            cfg[key] = 0.0
+    for key in ("layer", "backward_layer"):
+        inner = cfg.get(key)
+        if isinstance(inner, dict) and isinstance(inner.get("config"), dict):
+            _no_dropout_config(inner["config"])
+    return cfg
+
+
+def _no_dropout_clone(model):
+    """A copy of the Keras 3 ``model`` whose recurrent layers have no dropout, with the same weights (copied layer by
+    layer, leaving out the dropout's seed state). Raises if a layer cannot be rebuilt from its config."""
+    import keras as k
+
+    def clone(layer):
+        cfg = layer.get_config()
+        if {c.__name__ for c in type(layer).__mro__} & RECURRENT_CLASSES:
+            cfg = _no_dropout_config(cfg)
+        return layer.__class__.from_config(cfg)
+
+    copy = k.models.clone_model(model, clone_function=clone)
+
+    def weights(layer):
+        return [w for w in layer.weights if "seed_generator" not in getattr(w, "path", w.name)]
+    for old, new in zip(_walk_layers(model), _walk_layers(copy)):
+        if getattr(old, "layers", None):         # nested models: their layers are walked themselves
+            continue
+        mine, theirs = weights(old), weights(new)
+        if len(mine) != len(theirs):
+            raise ValueError(f"layer {old.name}: {len(mine)} weights, its clone {len(theirs)}")
+        for a, b in zip(theirs, mine):
+            a.assign(b)
+    return copy
+
+
 def _convertible_signbit() -> None:
     """Keras 3's TensorFlow ``signbit`` (which ``ops.argmax``/``ops.argmin`` call to tell -0.0 from 0.0) bitcasts
     to integers and takes ``BitwiseAnd``, which TFLite builtins lack: a model with ``ops.argmax`` in its graph
@@ -387,6 +439,17 @@ def _load_keras(path: Path, trust: bool = False, custom_objects: dict | None = N
         notes.append(f"the model uses the {mixed} policy; converted a float32 clone with the same weights, and "
                      "verified against that clone (the original's float16 arithmetic differs from it by float16 "
                      "rounding)")
+    dropped = _recurrent_dropout(model)
+    if dropped:
+        # Keras 3 recurrent layers with dropout draw their masks from a SeedGenerator whose int64 state the traced
+        # call assigns even at inference: no conversion path can take that AssignVariableOp. Dropout is the
+        # identity at inference, so the clone without it computes the same function with the same weights.
+        try:
+            model = _no_dropout_clone(model)
+            notes.append(f"recurrent dropout of {', '.join(dropped)} left out of the converted model (it is the "
+                         "identity at inference; Keras 3's dropout seed state cannot be converted); same weights")
+        except Exception:  # noqa: BLE001 - the conversion paths then say what fails, as before
+            pass
     inputs = [Tensor(_input_name(t, i), _shape(t.shape), _np_dtype(tf.as_dtype(t.dtype)))
               for i, t in enumerate(model.inputs)]
     _refuse_strings(inputs, model)

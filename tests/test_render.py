@@ -375,3 +375,19 @@ def test_verify_mismatch_writes_the_report_and_one_json_document(monkeypatch, tm
     assert json.loads(proc.stdout)["ok"] is False                   # exactly one document on stdout
     page = out.read_text()
     assert "MISMATCH" in page and "class=limit" in page and "class=cm" in page
+
+
+def test_piped_output_keeps_each_message_on_one_line():
+    """Piped (a CI log, `| grep`), a warning or the verdict line is never broken at the console width; tables still fit
+    the 120 columns piped output gets."""
+    code = ("from packager.cli import render\n"
+            "render.show_build({'bundle': 'dist/m-rpi', 'archive': 'dist/m-rpi.tar.gz', 'verification': None,\n"
+            "  'warnings': ['w' * 30 + ' ' + 'long warning text ' * 12 + 'END'],\n"
+            "  'manifest': {'model_size': 1, 'recipe': {'name': 'float16', 'io': 'float'},\n"
+            "               'source': {'conversion_path': 'keras'}}})\n")
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**env, "NO_COLOR": "1",
+                          "PYTHONPATH": str(ROOT)}, timeout=120, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    warning = [line for line in proc.stdout.splitlines() if line.startswith("warning:")]
+    assert len(warning) == 1 and warning[0].endswith("END") and len(warning[0]) > 200, proc.stdout

@@ -31,9 +31,10 @@ def short_runtime(name: str) -> str:
 
 def _console(stderr: bool = False) -> Console:
     probe = Console(stderr=stderr)
-    # Piped output (CI logs) gets 120 columns instead of rich's 80, unless COLUMNS says otherwise.
+    # Piped output (CI logs) gets 120 columns instead of rich's 80 for tables, unless COLUMNS says otherwise; a line
+    # of prose (a warning, a note, the verdict) is never broken there: a log keeps each message on one line (grep).
     piped = not probe.is_terminal and not os.environ.get("COLUMNS", "").isdigit()
-    return Console(stderr=stderr, highlight=False, width=120 if piped else None)
+    return Console(stderr=stderr, highlight=False, width=120 if piped else None, soft_wrap=piped)
 
 
 out = _console()

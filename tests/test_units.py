@@ -254,3 +254,18 @@ def test_device_differences_name_runtime_version_arch_and_numpy():
     assert newer == ["it runs ai-edge-litert 2.4.0; the bundle was verified with ai-edge-litert 2.3.0",
                      "it has numpy 1.26.4; the bundle was verified with numpy 2.x"]
     assert all("  " not in d for d in other + newer)
+
+
+def test_arm64_emulation_runs_the_targets_python_or_says_it_cannot():
+    """arm64 verification runs the target's Python from the Debian suite that ships it; a Python no suite ships (the
+    android profile's 3.12) is an environment problem that points at the device, not "use python_version 3.11"."""
+    from packager.errors import EnvironmentProblem
+    from packager.targets import get_target
+    from packager.verification import arm64, emulator
+    assert arm64.suite_for("3.11") == "bookworm" and arm64.suite_for("3.13") == "trixie"
+    assert arm64.suite_for("3.12") is None and arm64.suite_for("3.10") is None
+    runtime = get_target("android").runtimes[0]
+    with pytest.raises(EnvironmentProblem) as info:
+        emulator.arm64_env(runtime, get_target("android").python)
+    assert "no Python 3.12" in info.value.message and "3.11 (bookworm)" in info.value.message
+    assert "edgepack verify BUNDLE" in info.value.hint and "--serial/--host" in info.value.hint

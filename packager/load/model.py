@@ -448,8 +448,10 @@ def _load_keras(path: Path, trust: bool = False, custom_objects: dict | None = N
             model = _no_dropout_clone(model)
             notes.append(f"recurrent dropout of {', '.join(dropped)} left out of the converted model (it is the "
                          "identity at inference; Keras 3's dropout seed state cannot be converted); same weights")
-        except Exception:  # noqa: BLE001 - the conversion paths then say what fails, as before
-            pass
+        except Exception as exc:  # noqa: BLE001 - the conversion paths then say what fails; this says why
+            notes.append(f"recurrent dropout of {', '.join(dropped)} could not be left out ({_first_line(exc)}); "
+                         "Keras 3's dropout seed state may stop the conversion: set dropout=0 and "
+                         "recurrent_dropout=0, load the weights (set_weights) and save the model")
     inputs = [Tensor(_input_name(t, i), _shape(t.shape), _np_dtype(tf.as_dtype(t.dtype)))
               for i, t in enumerate(model.inputs)]
     _refuse_strings(inputs, model)

@@ -73,6 +73,12 @@ DEFAULT_MIRROR = "http://deb.debian.org/debian"
 EXTRA_DEBS = ("libstdc++6",)  # what the TFLite runtimes need besides Python itself
 # Debian suites and the CPython they ship as pythonX.Y (used only for an early, clear error).
 SUITE_PYTHON = {"bullseye": "3.9", "bookworm": "3.11", "trixie": "3.13"}
+
+
+def suite_for(python_version: str) -> str | None:
+    """The Debian suite whose arm64 root filesystem ships Python ``python_version`` ("3.11" -> "bookworm"), or None
+    when none of :data:`SUITE_PYTHON` does (3.10, 3.12: arm64 emulation cannot run that Python)."""
+    return next((s for s, v in SUITE_PYTHON.items() if v == str(python_version)), None)
 FAKE_CPUS = 4
 
 QEMU_NAMES = ("qemu-aarch64-static",)

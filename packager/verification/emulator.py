@@ -357,9 +357,16 @@ def _pip_install(python: Path, requirements, env: dict, progress) -> tuple[int, 
 def arm64_env(runtime: RuntimeProfile, python_version: str, progress=None) -> RuntimeEnv:
     """An arm64 environment for ``runtime`` under qemu-user (prepared once, cached)."""
     from . import arm64
+    suite = arm64.suite_for(python_version)
+    if suite is None:
+        raise EnvironmentProblem(
+            f"arm64 emulation has no Python {python_version} (the target's): the Debian suites it runs under qemu ship "
+            + ", ".join(f"{v} ({s})" for s, v in arm64.SUITE_PYTHON.items()),
+            hint="verify on the device itself (`edgepack verify BUNDLE --reference MODEL --serial/--host DEVICE`), "
+                 "or on this host's architecture (without --arch)")
     locked = _locked(runtime, python_version, "arm64")
     prepared = arm64.prepare_arm64_python(list(runtime.requirements), cache_dir=env_dir() / "arm64",
-                                          python_version=python_version, progress=progress, wheels=locked)
+                                          python_version=python_version, suite=suite, progress=progress, wheels=locked)
     argv = list(getattr(prepared, "argv", prepared))
     extra = dict(getattr(prepared, "env", {}) or {})
     env = _clean_env(extra)

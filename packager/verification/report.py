@@ -204,9 +204,11 @@ def _python_note(profile, arch, ready) -> list[str]:
     host = f"{sys.version_info[0]}.{sys.version_info[1]}"
     if not ready or not want or (arch or host_arch()) != host_arch() or want == host:
         return []
+    from .arm64 import suite_for
+    emulated = f"`--arch arm64` verifies under Python {want} in qemu; " if suite_for(want) else ""
     return [f"verified under this host's Python {platform.python_version()} ({host_arch()}); {profile.name} devices run "
-            f"Python {want}: the same script and runtime version, other wheels. `--arch arm64` verifies under Python "
-            f"{want} in qemu; `edgepack verify BUNDLE --host/--serial DEVICE` runs it on the device itself"]
+            f"Python {want}: the same script and runtime version, other wheels. {emulated}`edgepack verify BUNDLE "
+            "--reference MODEL --host/--serial DEVICE` runs it on the device itself"]
 
 
 def verify_staged(bundle: Path, manifest, profile, rec, selected, data: Dataset, references: list, spec, arch,

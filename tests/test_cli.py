@@ -106,14 +106,14 @@ def test_targets_and_recipes_json():
 
 
 def test_new_target_is_just_a_file(tmp_path, monkeypatch):
-    (tmp_path / "jetson.toml").write_text(
-        'name = "jetson"\narch = "arm64"\ndeploy = "ssh"\nremote_dir = "~/edgepack/{name}"\n'
+    (tmp_path / "tmp-board-zz.toml").write_text(         # a name no built-in target will take
+        'name = "tmp-board-zz"\narch = "arm64"\ndeploy = "ssh"\nremote_dir = "~/edgepack/{name}"\n'
         'default_recipe = "float16"\n[[runtimes]]\nname = "ai-edge-litert"\nmodule = "ai_edge_litert"\n'
         'requirements = ["ai-edge-litert==2.3.*"]\n')
     env = dict(os.environ, EDGEPACK_TARGETS_PATH=str(tmp_path))
     proc = subprocess.run([sys.executable, "-m", "packager.cli", "targets", "--json"], capture_output=True, text=True,
                           env=env, timeout=120)
-    assert "jetson" in {t["name"] for t in json.loads(proc.stdout)}
+    assert "tmp-board-zz" in {t["name"] for t in json.loads(proc.stdout)}
     (tmp_path / "broken.toml").write_text('name = "broken"\n')
     proc = subprocess.run([sys.executable, "-m", "packager.cli", "targets"], capture_output=True, text=True,
                           env=env, timeout=120)

@@ -38,7 +38,7 @@ def test_every_recipe_names_a_registered_engine():
     from packager.recipes import list_recipes
     recipes = list_recipes()
     assert {r.engine for r in recipes.values()} <= set(ENGINES)
-    assert set(ENGINES) == {"tflite-converter", "ai-edge-quantizer", "as-is"}
+    assert {"tflite-converter", "ai-edge-quantizer", "as-is"} <= set(ENGINES)     # an added engine needs no edit here
     for name, engine in ENGINES.items():
         assert engine.name == name and engine.describe and callable(engine.convert)
         assert engine.version()                       # the tool is installed (ai-edge-quantizer is a dependency)

@@ -1,6 +1,7 @@
 """Everything registered has a test of its own (after optimum's ``test_all_models_tested``): every transport,
-target, recipe, output kind and criterion, input format and conversion engine is named in some test module (a string literal a test
-uses, e.g. a parametrize value or an argument, or for a criterion function its name). A new registration without a
+target, recipe, output kind and criterion, input format and conversion engine is named in some test module (a whole
+string literal a test uses: an argument, a parametrize value, a dict entry, a comparison; for a criterion function
+also its name). A new registration without a
 test fails here, naming what lacks one."""
 from __future__ import annotations
 
@@ -15,21 +16,42 @@ pytestmark = pytest.mark.fast
 TESTS = Path(__file__).resolve().parent
 
 
+def _uses(source: str) -> tuple[set, set]:
+    """(string literals the module ``source`` *uses* whole, identifiers). A literal counts when it is an argument or
+    keyword value of a call, an element of a list/tuple/set (CLI arguments, parametrize values), a dict key or value,
+    compared with something, or assigned; not a docstring, not a word inside a sentence ("failed to copy" names no
+    transport ``copy``), not a path component (``tmp_path / "int8w"`` names no recipe)."""
+    words, names = set(), set()
+    for parent in ast.walk(ast.parse(source)):
+        if isinstance(parent, ast.Name):
+            names.add(parent.id)
+        elif isinstance(parent, ast.Attribute):
+            names.add(parent.attr)
+        if isinstance(parent, ast.Call):
+            used = list(parent.args) + [k.value for k in parent.keywords]
+        elif isinstance(parent, (ast.List, ast.Tuple, ast.Set)):
+            used = list(parent.elts)
+        elif isinstance(parent, ast.Dict):
+            used = [k for k in parent.keys if k is not None] + list(parent.values)
+        elif isinstance(parent, ast.Compare):
+            used = [parent.left] + list(parent.comparators)
+        elif isinstance(parent, (ast.Assign, ast.AnnAssign)) and parent.value is not None:
+            used = [parent.value]
+        else:
+            continue
+        words.update(n.value for n in used if isinstance(n, ast.Constant) and isinstance(n.value, str))
+    return words, names
+
+
 @lru_cache(maxsize=None)
 def _mentions() -> tuple[frozenset, frozenset]:
-    """(tokens of the string literals, identifiers) of every test module but this one."""
+    """:func:`_uses` over every test module but this one."""
     words, names = set(), set()
     for path in sorted(TESTS.glob("test_*.py")):
-        if path.name == Path(__file__).name:
-            continue
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.Constant) and isinstance(node.value, str):
-                words.add(node.value)
-                words.update(re.findall(r"[A-Za-z0-9][A-Za-z0-9_.-]*[A-Za-z0-9]|[A-Za-z0-9]", node.value))
-            elif isinstance(node, ast.Name):
-                names.add(node.id)
-            elif isinstance(node, ast.Attribute):
-                names.add(node.attr)
+        if path.name != Path(__file__).name:
+            w, n = _uses(path.read_text(encoding="utf-8"))
+            words |= w
+            names |= n
     return frozenset(words), frozenset(names)
 
 
@@ -64,3 +86,8 @@ def test_the_check_sees_a_name_no_test_uses():
     words, names = _mentions()
     assert "carrier-pigeon" in words and "int8" in words and "rpi" in words
     assert "no-such-transport-" + "x" * 8 not in words
+    # words inside sentences, docstrings and path components are not uses (a newcomer's `copy` transport and `int8w`
+    # recipe passed here because "failed to copy" and tmp_path / "int8w" were in other tests)
+    used, _ = _uses('def test_x(tmp_path):\n    """Deploys with ssh."""\n    out = tmp_path / "int8w"\n'
+                    '    assert "failed to copy" in run("-q", "int8", target="rpi")\n')
+    assert {"int8", "rpi", "failed to copy"} <= used and not {"int8w", "ssh", "copy"} & used

@@ -61,11 +61,14 @@ def _adb(request, tmp_path) -> Device:
                   "/data/local/tmp/edgepack/golden", dev.path)
 
 
-#: deploy method -> how to reach a device of it in a test; every key of TRANSPORTS needs one
+#: deploy method -> how to reach a device of it in a test; every key of TRANSPORTS needs one. The protocol tests
+#: below run over every entry (an entry is all a new transport adds here).
 DEVICES = {"local": _local, "ssh": _ssh, "adb": _adb}
+#: the devices that need no daemon: they also run in the fast layer
+FAST = {"local"}
 
 
-@pytest.fixture(params=[pytest.param("local", marks=pytest.mark.fast), "ssh", "adb"])
+@pytest.fixture(params=[pytest.param(name, marks=pytest.mark.fast) if name in FAST else name for name in DEVICES])
 def device(request, tmp_path):
     dev = DEVICES[request.param](request, tmp_path)
     with dev.transport:

@@ -391,3 +391,15 @@ def test_piped_output_keeps_each_message_on_one_line():
     assert proc.returncode == 0, proc.stderr
     warning = [line for line in proc.stdout.splitlines() if line.startswith("warning:")]
     assert len(warning) == 1 and warning[0].endswith("END") and len(warning[0]) > 200, proc.stdout
+
+
+@pytest.mark.parametrize("width", [80, 100])
+def test_recipes_with_long_names_fold_the_tolerance_not_cut_it(width):
+    """A recipe a user adds may have a long name (`float32-nometa`): at 80 columns the tolerance wraps at its spaces
+    instead of being cut off (the name too, when it must)."""
+    from packager.recipes import list_recipes
+    rows = [dict(r.to_json("float"), io_types=list(r.io_types)) for r in list_recipes().values()]
+    long = dict(rows[0], name="float32-without-metadata-long-name", description="the same, without metadata")
+    text = capture(render.show_recipes, rows + [long], width=width)
+    assert_readable(text, width, ["name", "calib.", "tolerance", "flips≤0.2%"])
+    assert "float32-without-metadata-long-name" in "".join(ln.strip() for ln in text.splitlines())

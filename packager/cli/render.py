@@ -361,15 +361,18 @@ def _fits(table: Table, width: int) -> bool:
     return Measurement.get(out, out.options.update_width(10_000), table).maximum <= width
 
 
-def _recipes_table(recipes: list[dict], io: bool, description: bool, engine: bool = True) -> Table:
+def _recipes_table(recipes: list[dict], io: bool, description: bool, engine: bool = True,
+                   fold: bool = False) -> Table:
+    """The recipes table; ``fold``: the last resort for a narrow terminal (or long recipe names), where names and
+    tolerances wrap instead of being cut off."""
     table = Table(title="recipes (--quantize)", box=box.SIMPLE_HEAD, title_justify="left", show_edge=False)
-    table.add_column("name", no_wrap=True)
+    table.add_column("name", no_wrap=not fold, overflow="fold", min_width=4)
     if engine:
         table.add_column("engine", no_wrap=True)
     table.add_column("calib.", no_wrap=True)
     if io:
         table.add_column("--io", no_wrap=True)
-    table.add_column("tolerance", no_wrap=True)
+    table.add_column("tolerance", no_wrap=not fold, overflow="fold")
     if description:
         table.add_column("description", overflow="fold", min_width=24)
     for r in recipes:
@@ -384,9 +387,10 @@ def show_recipes(recipes: list[dict]) -> None:
     """Print the recipes (:meth:`Recipe.to_json` rows plus ``io_types``) in the widest table that fits the terminal,
     the tolerance rule, and below the table the descriptions it had no room for."""
     width = out.width
-    for io, description, engine in ((True, True, True), (True, False, True), (False, False, True),
-                                    (False, False, False)):
-        table = _recipes_table(recipes, io, description, engine)
+    for io, description, engine, fold in ((True, True, True, False), (True, False, True, False),
+                                          (False, False, True, False), (False, False, False, False),
+                                          (False, False, False, True)):
+        table = _recipes_table(recipes, io, description, engine, fold)
         if _fits(table, width):
             break
     out.print(table)

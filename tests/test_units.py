@@ -269,3 +269,14 @@ def test_arm64_emulation_runs_the_targets_python_or_says_it_cannot():
         emulator.arm64_env(runtime, get_target("android").python)
     assert "no Python 3.12" in info.value.message and "3.11 (bookworm)" in info.value.message
     assert "edgepack verify BUNDLE" in info.value.hint and "--serial/--host" in info.value.hint
+
+
+def test_a_transport_subclass_is_named_by_its_own_option():
+    """A new transport built on LocalTransport is addressed by its own CLI option (``--copy DIR``), not ``--local DIR``;
+    one that sets ``address`` keeps it."""
+    from packager.deploy import LocalTransport, SshTransport
+
+    class CopyTransport(LocalTransport):
+        method, cli_option, cli_metavar = "copy-test", "--copy-test", "DIR"
+    assert CopyTransport.address == "--copy-test DIR" and LocalTransport.address == "--local DIR"
+    assert SshTransport.address == "--host USER@HOST"

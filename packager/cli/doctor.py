@@ -73,9 +73,9 @@ def checks() -> list[Check]:
                        None if sandbox.sockets_deniable() else "apt-get install libseccomp2; pip install pyseccomp"))
     from ..deploy.transports import TRANSPORTS
     found += _profile_checks(TRANSPORTS)
-    for cls in TRANSPORTS.values():     # each transport's host program
-        path = shutil.which(cls.tool)
-        found.append(Check(cls.tool, bool(path), path or "not found", None if path else f"apt-get install {cls.tool_package}"))
+    for tool, cls in {c.tool: c for c in TRANSPORTS.values()}.items():     # each transport's host program, once
+        path = shutil.which(tool)
+        found.append(Check(tool, bool(path), path or "not found", None if path else f"apt-get install {cls.tool_package}"))
     try:
         from ..verification import arm64
         found += [Check(c.name, c.ok, c.detail, c.fix) for c in arm64.doctor()]

@@ -152,7 +152,7 @@ class Transport(ABC):
     tool: str = ""                   # the host program it drives (checked by `edgepack doctor`)
     tool_hint: str = ""              # how to install that program
     tool_package: str = ""           # its Debian package
-    address: str = ""                # how the CLI names a device, e.g. "--host USER@HOST"
+    address: str = ""                # how the CLI names a device, e.g. "--host USER@HOST" [default: option metavar]
     remote_dir: str = ""             # default bundle directory on the device ({name} = bundle name)
     device_tools_hint: str = ""      # when the device lacks sha256sum/tar
     supports_install: bool = False   # `deploy --install` (a venv from requirements.txt on the device)
@@ -168,6 +168,13 @@ class Transport(ABC):
     cli_example: str = ""            # a full example, for hints: "--host pi@raspberrypi.local"
     cli_value_required: bool = True  # False: the option may be left out when the bundle's target picks this method
     cli_common: tuple[str, ...] = ()  # shared CLI options this transport takes besides timeout (e.g. "ssh_config")
+
+    def __init_subclass__(cls, **kwargs):
+        """A subclass that does not set ``address`` is named by its CLI option and metavar (``--copy DIR``), not by
+        its base class's (a LocalTransport subclass is not ``--local DIR``)."""
+        super().__init_subclass__(**kwargs)
+        if "address" not in cls.__dict__ and cls.cli_option:
+            cls.address = f"{cls.cli_option} {cls.cli_metavar}".strip()
 
     @classmethod
     def from_cli(cls, value: str | None, *, timeout: float, **common) -> "Transport":

@@ -280,3 +280,6 @@ def test_a_transport_subclass_is_named_by_its_own_option():
         method, cli_option, cli_metavar = "copy-test", "--copy-test", "DIR"
     assert CopyTransport.address == "--copy-test DIR" and LocalTransport.address == "--local DIR"
     assert SshTransport.address == "--host USER@HOST"
+    from packager.cli.deploy import _help     # `verify --help`: its own words, or a generic sentence naming it
+    assert "--copy-test DIR" in _help(CopyTransport, "verify") and "verdict" in _help(CopyTransport, "verify")
+    assert _help(SshTransport, "verify") == SshTransport.cli_verify_help and _help(SshTransport, None).startswith("Deploy")

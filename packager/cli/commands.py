@@ -261,11 +261,7 @@ def build(
 
 @app.command()
 @command
-@device_options(panel="On the device", helps={
-    "ssh": "Compute the verdict on this device over SSH: the inputs go there, the deployed release runs them with "
-           "its own script in the device's environment, the outputs come back and are judged here.",
-    "adb": "The same on an Android device over ADB (see `adb devices`).",
-    "local": "The same with the release deployed in DIR on this machine (`edgepack deploy --local DIR`)."})
+@device_options(panel="On the device", helps="verify")
 def verify(
     bundle: Annotated[Path, typer.Argument(metavar="BUNDLE", help="Bundle directory written by `edgepack build`.")],
     reference: Annotated[Path, typer.Option("--reference", "-r", metavar="MODEL", help="The original model file.")],

@@ -65,7 +65,17 @@ def _param_name(cls: type[dep.Transport]) -> str:
     return "device_" + cls.method
 
 
-def device_options(fn=None, *, panel: str | None = None, helps: dict[str, str] | None = None):
+def _help(cls, helps) -> str:
+    """A transport's option help: in ``verify`` (``helps="verify"``) its ``cli_verify_help`` (or a generic sentence),
+    else ``helps[method]`` when given, else its ``cli_help``."""
+    if helps == "verify":
+        return cls.cli_verify_help or (f"Compute the verdict on the device {cls.cli_option} {cls.cli_metavar} names "
+                                       f"({cls.label or cls.method}): the deployed release runs the inputs there and "
+                                       "the outputs are judged here.")
+    return (helps or {}).get(cls.method, cls.cli_help)
+
+
+def device_options(fn=None, *, panel: str | None = None, helps: dict[str, str] | str | None = None):
     """Decorator: replace ``fn``'s ``devices`` parameter by one option per registered transport (its ``cli_option``,
     ``cli_short``, ``cli_metavar``, ``cli_help``; ``helps`` overrides the help by method, ``panel`` is the rich help
     panel). ``fn`` receives ``devices={method: value or None}``."""
@@ -79,7 +89,7 @@ def device_options(fn=None, *, panel: str | None = None, helps: dict[str, str] |
                 continue
             for cls in classes:
                 decls = [cls.cli_option] + ([cls.cli_short] if cls.cli_short else [])
-                option = typer.Option(*decls, metavar=cls.cli_metavar, help=(helps or {}).get(cls.method, cls.cli_help),
+                option = typer.Option(*decls, metavar=cls.cli_metavar, help=_help(cls, helps),
                                       rich_help_panel=panel)
                 params.append(inspect.Parameter(_param_name(cls), inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None,
                                                 annotation=Annotated[Optional[str], option]))

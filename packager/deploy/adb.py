@@ -39,6 +39,7 @@ class AdbTransport(Transport):
     cli_option = "--serial"
     cli_short = "-s"
     cli_metavar = "SERIAL"
+    cli_verify_help = "The same on an Android device over ADB (see `adb devices`)."
     cli_help = ("Deploy over ADB to this device (see `adb devices`). Without --host/--serial the bundle's "
                 "target decides; with one Android device attached it is used.")
     cli_example = "--serial R58M123"

@@ -164,7 +164,8 @@ class Transport(ABC):
     cli_option: str = ""             # e.g. "--host"; empty: not reachable from the CLI
     cli_short: str = ""              # e.g. "-s"
     cli_metavar: str = ""            # e.g. "USER@HOST[:PORT]"
-    cli_help: str = ""               # the option's help text
+    cli_help: str = ""               # the option's help text (deploy, run, rollback, status)
+    cli_verify_help: str = ""        # its help in `verify` (the verdict computed on the device) [default: generic]
     cli_example: str = ""            # a full example, for hints: "--host pi@raspberrypi.local"
     cli_value_required: bool = True  # False: the option may be left out when the bundle's target picks this method
     cli_common: tuple[str, ...] = ()  # shared CLI options this transport takes besides timeout (e.g. "ssh_config")

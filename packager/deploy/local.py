@@ -33,6 +33,7 @@ class LocalTransport(Transport):
     label = "this machine"
     cli_option = "--local"
     cli_metavar = "DIR"
+    cli_verify_help = "The same with the release deployed in DIR on this machine (`edgepack deploy --local DIR`)."
     cli_help = ("Deploy into DIR on this machine (a mounted SD card, a shared folder, a test): the same "
                 "releases, checksums and switch as on a device, run by this machine's sh.")
     cli_example = "--local /media/$USER/rootfs/home/pi/edgepack/NAME"

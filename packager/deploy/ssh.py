@@ -74,6 +74,9 @@ class SshTransport(Transport):
     label = "SSH"
     cli_option = "--host"
     cli_metavar = "USER@HOST[:PORT]"
+    cli_verify_help = ("Compute the verdict on this device over SSH: the inputs go there, the deployed release runs "
+                       "them with its own script in the device's environment, the outputs come back and are judged "
+                       "here.")
     cli_help = ("Deploy over SSH (system OpenSSH: ~/.ssh/config, agent and jump hosts apply). Host keys are "
                 "checked strictly; enrol a new device first with ssh-keyscan.")
     cli_example = "--host pi@raspberrypi.local"

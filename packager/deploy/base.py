@@ -172,10 +172,13 @@ class Transport(ABC):
 
     def __init_subclass__(cls, **kwargs):
         """A subclass that does not set ``address`` is named by its CLI option and metavar (``--copy DIR``), not by
-        its base class's (a LocalTransport subclass is not ``--local DIR``)."""
+        its base class's (a LocalTransport subclass is not ``--local DIR``); one with its own option does not inherit
+        the base's ``cli_verify_help`` either."""
         super().__init_subclass__(**kwargs)
         if "address" not in cls.__dict__ and cls.cli_option:
             cls.address = f"{cls.cli_option} {cls.cli_metavar}".strip()
+        if "cli_option" in cls.__dict__ and "cli_verify_help" not in cls.__dict__:
+            cls.cli_verify_help = ""       # the base's words name the base's option: the generic sentence names this one
 
     @classmethod
     def from_cli(cls, value: str | None, *, timeout: float, **common) -> "Transport":

@@ -151,6 +151,12 @@ class Recipe:
     engine: str = DEFAULT_ENGINE
     quantizer_recipe: str = ""
 
+    @property
+    def quantizes(self) -> bool:
+        """Whether the recipe asks for any quantization (optimizations, a quantizer recipe, calibration): False for
+        ``float32``, ``as-is`` (a model bundled as it is) and any recipe like them."""
+        return self.engine != "as-is" and bool(self.optimizations or self.quantizer_recipe or self.needs_calibration)
+
     def check_request(self, io: str, has_calibration: bool) -> None:
         """Refuse (never downgrade) an I/O type the recipe lacks or missing calibration data."""
         if self.needs_calibration and not has_calibration:

@@ -283,3 +283,14 @@ def test_a_transport_subclass_is_named_by_its_own_option():
     from packager.cli.deploy import _help     # `verify --help`: its own words, or a generic sentence naming it
     assert "--copy-test DIR" in _help(CopyTransport, "verify") and "verdict" in _help(CopyTransport, "verify")
     assert _help(SshTransport, "verify") == SshTransport.cli_verify_help and _help(SshTransport, None).startswith("Deploy")
+
+
+def test_which_recipes_quantize_is_a_property_of_the_recipe():
+    """"the X recipe quantized nothing" is said for recipes that ask for quantization, read from the recipe (a new
+    float recipe such as a metadata-stripping one gets no such note)."""
+    from dataclasses import replace
+    from packager.recipes import list_recipes
+    r = list_recipes()
+    assert not r["float32"].quantizes and not r["as-is"].quantizes
+    assert all(r[n].quantizes for n in ("float16", "dynamic", "int8", "int16x8", "int4w"))
+    assert not replace(r["float32"], name="float32-nometa").quantizes

@@ -295,7 +295,7 @@ def _convert_recipe(loaded, cal, check, references, noise, recipe_name: str, io:
                if conversion.path == "keras-frozen-concrete-function" else "")
         notes.append(f"batch fixed to {batch} by the {conversion.path} path{why}: the device script feeds "
                      f"{batch} sample(s) per invoke")
-    if recipe.name not in ("float32", "as-is") and not _has_quantized_tensors(conversion.tflite):
+    if recipe.quantizes and not _has_quantized_tensors(conversion.tflite):
         notes.append(f"the {recipe.name} recipe quantized nothing in this model (TFLite leaves small weight "
                      "tensors, under 1024 values, in float32): the bundle computes in float32")
     warnings = notes + (cal.warnings if cal else []) + check.notes

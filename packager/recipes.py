@@ -1,7 +1,7 @@
 """Quantization recipes, read from ``recipes.toml`` into frozen dataclasses."""
 from __future__ import annotations
 
-from dataclasses import dataclass, asdict, replace
+from dataclasses import dataclass, asdict, fields, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -223,9 +223,13 @@ def _recipe(name: str, r) -> Recipe:
         if wrong:
             raise bad(f"{key} {', '.join(map(repr, wrong))} is not one of {', '.join(allowed)}")
     tol = r["tolerance"]
-    if sorted(tol) != sorted(_TOLERANCE_FIELDS) or not all(
+    # the nine limits every recipe states; a numeric Tolerance field added later (a new criterion's limit) has a
+    # default and may be left out, so adding one does not mean editing every recipe
+    later = {f.name for f in fields(Tolerance) if f.type in ("float", float) and f.name not in _TOLERANCE_FIELDS}
+    if not set(_TOLERANCE_FIELDS) <= set(tol) or set(tol) - set(_TOLERANCE_FIELDS) - later or not all(
             isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in tol.values()):
-        raise bad("tolerance needs the non-negative numbers " + ", ".join(_TOLERANCE_FIELDS))
+        raise bad("tolerance needs the non-negative numbers " + ", ".join(_TOLERANCE_FIELDS)
+                  + (f" (and may set {', '.join(sorted(later))})" if later else ""))
     r = {**_OPTIONAL, **r}
     if not r["engine"]:
         raise bad("engine is empty")

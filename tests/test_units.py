@@ -294,3 +294,32 @@ def test_which_recipes_quantize_is_a_property_of_the_recipe():
     assert not r["float32"].quantizes and not r["as-is"].quantizes
     assert all(r[n].quantizes for n in ("float16", "dynamic", "int8", "int16x8", "int4w"))
     assert not replace(r["float32"], name="float32-nometa").quantizes
+
+
+def test_a_tolerance_field_added_later_is_optional_in_recipes(monkeypatch, tmp_path):
+    """A new criterion's limit (a Tolerance field with a default, beyond the nine every recipe states) may be left out
+    of recipes.toml or set there; an unknown name is still refused."""
+    import dataclasses
+    import importlib
+    module = importlib.import_module("packager.recipes")
+    Wider = dataclasses.make_dataclass("Tolerance", [("max_abs", float, dataclasses.field(default=0.0))],
+                                       bases=(module.Tolerance,), frozen=True)
+    monkeypatch.setattr(module, "Tolerance", Wider)
+    nine = ("atol = 0, rtol = 0, steps = 0, cosine_min = 0, flips = 0, max_drop = 0, spread = 1, r2_min = 1, "
+            "neighbours = 0")
+    head = ('description = "x"\noptimizations = []\nsupported_types = []\nsupported_ops = ["TFLITE_BUILTINS"]\n'
+            'needs_calibration = false\n')
+    (tmp_path / "r.toml").write_text(f"[a]\n{head}tolerance = {{ {nine} }}\n"
+                                     f"[b]\n{head}tolerance = {{ {nine}, max_abs = 0.5 }}\n")
+    monkeypatch.setattr(module, "RECIPES_FILE", tmp_path / "r.toml")
+    module.list_recipes.cache_clear()
+    try:
+        got = module.list_recipes()
+        assert got["a"].tolerance.max_abs == 0.0 and got["b"].tolerance.max_abs == 0.5
+        (tmp_path / "r.toml").write_text(f"[c]\n{head}tolerance = {{ {nine}, max_typo = 1 }}\n")
+        module.list_recipes.cache_clear()
+        with pytest.raises(UsageError, match="may set max_abs"):
+            module.list_recipes()
+    finally:
+        monkeypatch.undo()
+        module.list_recipes.cache_clear()

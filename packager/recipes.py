@@ -138,8 +138,9 @@ def resolve_tolerance(base, outputs: list[str], atol: list[str] | None = None,
 class Recipe:
     """A quantization recipe from ``recipes.toml``: the conversion ``engine`` that makes its .tflite
     (:data:`packager.convert.engines.ENGINES`; default ``tflite-converter``), that engine's settings (for
-    ``tflite-converter``: ``optimizations``, ``supported_types``, ``supported_ops``; for ``ai-edge-quantizer``:
-    ``quantizer_recipe``) and the tolerance bundles are verified against."""
+    ``tflite-converter``: ``optimizations``, ``supported_types``, ``supported_ops``, ``converter_flags`` (attributes
+    of :data:`CONVERTER_FLAGS`); for ``ai-edge-quantizer``: ``quantizer_recipe``) and the tolerance bundles are
+    verified against."""
     name: str
     description: str
     optimizations: tuple[str, ...]
@@ -150,6 +151,7 @@ class Recipe:
     io_types: tuple[str, ...] = ("float",)
     engine: str = DEFAULT_ENGINE
     quantizer_recipe: str = ""
+    converter_flags: tuple[tuple[str, bool], ...] = ()     # (TFLiteConverter attribute, value), sorted
 
     @property
     def quantizes(self) -> bool:
@@ -176,11 +178,16 @@ class Recipe:
 
 _RECIPE_FIELDS = {"description": str, "optimizations": list, "supported_types": list, "supported_ops": list,
                   "needs_calibration": bool, "tolerance": dict, "io_types": list, "engine": str,
-                  "quantizer_recipe": str}
+                  "quantizer_recipe": str, "converter_flags": dict}
 #: Fields a recipe may leave out: the engine (default :data:`DEFAULT_ENGINE`), the settings of the engines it does
 #: not use, and its I/O types (default float).
 _OPTIONAL = {"io_types": ["float"], "engine": DEFAULT_ENGINE, "quantizer_recipe": "", "optimizations": [],
-             "supported_types": [], "supported_ops": ["TFLITE_BUILTINS"]}
+             "supported_types": [], "supported_ops": ["TFLITE_BUILTINS"], "converter_flags": {}}
+#: TFLiteConverter attributes a ``tflite-converter`` recipe may set in ``converter_flags`` (true/false each): the
+#: documented switches that change what the converter writes, nothing that lets custom ops or TF ops in.
+CONVERTER_FLAGS = ("_experimental_disable_per_channel", "experimental_new_quantizer",
+                   "_experimental_disable_batchmatmul_unfold", "experimental_enable_resource_variables",
+                   "_experimental_lower_tensor_list_ops", "exclude_conversion_metadata")
 _TOLERANCE_FIELDS = ("atol", "rtol", "steps", "cosine_min", "flips", "max_drop", "spread", "r2_min", "neighbours")
 #: The converter settings a recipe may name (tf.lite.Optimize, tf.lite.OpsSet, supported types that
 #: convert/converter.py maps); a typo is refused when recipes are read, not deep inside a conversion.
@@ -233,10 +240,16 @@ def _recipe(name: str, r) -> Recipe:
     r = {**_OPTIONAL, **r}
     if not r["engine"]:
         raise bad("engine is empty")
+    flags = r["converter_flags"]
+    wrong = [k for k, v in flags.items() if k not in CONVERTER_FLAGS or not isinstance(v, bool)]
+    if wrong:
+        raise bad(f"converter_flags {', '.join(map(repr, wrong))}: each must be one of {', '.join(CONVERTER_FLAGS)} "
+                  "set to true or false")
     return Recipe(name=name, description=r["description"], optimizations=tuple(r["optimizations"]),
                   supported_types=tuple(r["supported_types"]), supported_ops=tuple(r["supported_ops"]),
                   needs_calibration=r["needs_calibration"], tolerance=Tolerance(**tol),
-                  io_types=tuple(r["io_types"]), engine=r["engine"], quantizer_recipe=r["quantizer_recipe"])
+                  io_types=tuple(r["io_types"]), engine=r["engine"], quantizer_recipe=r["quantizer_recipe"],
+                  converter_flags=tuple(sorted(flags.items())))
 
 
 def get_recipe(name: str) -> Recipe:

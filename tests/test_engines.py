@@ -185,3 +185,35 @@ def test_the_conversion_cache_key_holds_the_engines_version(tmp_path, monkeypatc
                         dataclasses.replace(quantizer, version=lambda: "ai-edge-quantizer 99.0 over tf"))
     assert conversion_key(model, recipes["int4w"], "float", None, None, False) != before["int4w"]
     assert conversion_key(model, recipes["int8"], "float", None, None, False) == before["int8"]
+
+
+def test_a_recipe_sets_converter_flags(digits_models, data_files, tmp_path, monkeypatch):
+    """A per-tensor int8 recipe is data: converter_flags = { _experimental_disable_per_channel = true } gives one scale
+    per weight tensor where int8 gives one per output channel; a flag outside the allowed list is refused."""
+    import importlib
+    from ai_edge_litert.interpreter import Interpreter
+    module = importlib.import_module("packager.recipes")
+    text = module.RECIPES_FILE.read_text()
+    table = text[text.index("[int8]"):].split("\n\n")[0]
+    mine = tmp_path / "recipes.toml"
+    mine.write_text(text + "\n" + table.replace("[int8]", "[int8-pt]") + "\nconverter_flags = "
+                    "{ _experimental_disable_per_channel = true }\n")
+    monkeypatch.setattr(module, "RECIPES_FILE", mine)
+    module.list_recipes.cache_clear()
+    try:
+        scales = {}
+        for name in ("int8", "int8-pt"):
+            res = api.build(digits_models["keras"], recipe=name, calibration=data_files["calibration"],
+                            data=data_files["eval"], runtimes=LITERT, output=tmp_path / name, use_cache=False)
+            assert res.verification.passed, res.verification.failures
+            it = Interpreter(model_path=str(tmp_path / name / "model.tflite"))
+            scales[name] = max(len(t["quantization_parameters"]["scales"]) for t in it.get_tensor_details()
+                               if t["dtype"] == np.int8)
+        assert scales["int8-pt"] == 1 < scales["int8"], scales
+        mine.write_text(text + "\n" + table.replace("[int8]", "[int8-x]") + "\nconverter_flags = { allow_custom_ops = true }\n")
+        module.list_recipes.cache_clear()
+        with pytest.raises(UsageError, match="converter_flags 'allow_custom_ops'"):
+            module.list_recipes()
+    finally:
+        monkeypatch.undo()
+        module.list_recipes.cache_clear()

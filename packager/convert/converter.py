@@ -90,12 +90,14 @@ def run_tflite(model: bytes, spec: ModelSpec, arrays: dict) -> dict:
 def configure(tf, converter, recipe: Recipe, io: str, calibration: dict | None, loaded: LoadedModel,
                batch: int | None = None):
     """``converter`` (a ``tf.lite.TFLiteConverter``) set up as ``recipe`` says: optimizations, supported types and
-    ops, the representative dataset from ``calibration`` (batches of ``batch``) and the ``io`` type."""
+    ops, its ``converter_flags``, the representative dataset from ``calibration`` (batches of ``batch``) and the ``io`` type."""
     converter.optimizations = [getattr(tf.lite.Optimize, o) for o in recipe.optimizations]
     types = {"float16": tf.float16, "int8": tf.int8}
     if recipe.supported_types:
         converter.target_spec.supported_types = [types[t] for t in recipe.supported_types]
     converter.target_spec.supported_ops = [getattr(tf.lite.OpsSet, o) for o in recipe.supported_ops]
+    for flag, value in recipe.converter_flags:       # recipes.toml converter_flags (recipes.CONVERTER_FLAGS only)
+        setattr(converter, flag, value)
     if recipe.needs_calibration:
         names = [s.name for s in loaded.inputs]
         arrays = [calibration[n] for n in names]

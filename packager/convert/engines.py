@@ -182,7 +182,8 @@ def _as_is_version() -> str:
 #: Every engine by name; a recipe's ``engine`` names one.
 ENGINES: dict[str, Engine] = {e.name: e for e in (
     Engine("tflite-converter", "tf.lite.TFLiteConverter over the model's conversion paths", None,
-           ("optimizations", "supported_types", "supported_ops", "io_types"), converter.convert, _tf_version),
+           ("optimizations", "supported_types", "supported_ops", "io_types", "converter_flags"), converter.convert,
+           _tf_version),
     Engine("ai-edge-quantizer", "the float32 conversion quantized by ai-edge-quantizer (int4 weights...)", None,
            ("quantizer_recipe",), _ai_edge_quantizer, _quantizer_version),
     Engine("as-is", "a .tflite brought by the user, bundled unchanged", ("tflite",), (), _as_is, _as_is_version),

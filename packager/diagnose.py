@@ -144,7 +144,7 @@ def diagnose(bundle, *, reference, data=None, runtimes: list[str] | None = None,
         known = {c.kind for c in diag.causes}
         diag.causes += [c for c in extra if c.kind not in known or c.kind == "few-calibration"]
     diag.model, diag.reference = str(bundle), str(reference)
-    diag.recipe = (manifest or {}).get("recipe", {}).get("name")
+    diag.recipe = manifest.recipe if manifest is not None else None
     diag.evidence = prepared.check.describe()
     diag.notes += [f"{p} (not compared)" for p in problems]
     return diag

@@ -38,7 +38,7 @@ def test_golden_bundles_are_valid_for_this_manifest_format(name):
     except (Failure, Exception) as exc:  # noqa: BLE001 - any refusal of a golden bundle means it is stale
         pytest.fail(f"{name}: {getattr(exc, 'message', exc)}; {REBUILD}")
     assert m.name == name and bundle.name == name and check_files(GOLDEN / name, m) == [], REBUILD
-    assert m["samples"]["inputs"] and m["samples"]["expected"], REBUILD
+    assert m.samples and m.expected, REBUILD
 
 
 @pytest.fixture

@@ -145,7 +145,7 @@ def test_public_api_from_a_plain_script(tmp_path):
 
 
 def test_manifest_is_typed_and_validated(int8_bundle, tmp_path):
-    """One reader of manifest.json: typed fields, the JSON as a read-only mapping, and a clear
+    """One reader of manifest.json: typed fields (no raw mapping of the JSON), and a clear
     error naming the bad field (the device script's own checks for the fields it needs)."""
     import json
     import shutil
@@ -157,8 +157,8 @@ def test_manifest_is_typed_and_validated(int8_bundle, tmp_path):
     assert isinstance(m, Manifest) and m.recipe == "int8" and m.target == "rpi"
     assert isinstance(int8_bundle.manifest, Manifest) and int8_bundle.manifest == m     # what build returns
     assert m.verification is VerificationStatus.PASSED
-    assert m.inputs[0].name == m["inputs"][0]["name"] and not m.inputs[0].quantized      # int8 with --io float
-    assert dict(m.runtimes)["ai-edge-litert"] is RuntimeStatus.PASSED
+    assert m.inputs[0].name == m.to_json()["inputs"][0]["name"] and not m.inputs[0].quantized  # int8 with --io float
+    assert {r.name: r.status for r in m.runtimes}["ai-edge-litert"] is RuntimeStatus.PASSED
     readme = (int8_bundle.bundle / "README.md").read_text()
     assert "ai-edge-litert (passed)" in readme and "RuntimeStatus" not in readme
     assert "'numpy>=1.23,<3'" in readme                         # pasteable: > and < quoted for the shell
@@ -176,7 +176,9 @@ def test_manifest_is_typed_and_validated(int8_bundle, tmp_path):
     (linked / "model.tflite").symlink_to(int8_bundle.bundle / "model.tflite")    # same bytes, but a link
     assert any("symbolic link" in p for p in check_files(linked, m))
     with pytest.raises(TypeError):
-        m["name"] = "x"                                        # read-only
+        m["name"]                                              # typed: no raw lookups
+    with pytest.raises(AttributeError):
+        m.name = "x"                                           # frozen
     bad = tmp_path / "b"
     shutil.copytree(int8_bundle.bundle, bad)
     for mutate, words in ((lambda d: d["outputs"][0].pop("dtype"), "outputs"),

@@ -669,14 +669,15 @@ def _read_labels(path) -> list[str]:
     return [ln.strip() for ln in text.splitlines() if ln.strip()]
 
 
-def verify(bundle: str | os.PathLike, *, reference: str | os.PathLike, data: str | os.PathLike | None = None,
+def verify(bundle: Bundle | str | os.PathLike, *, reference: str | os.PathLike, data: str | os.PathLike | None = None,
            runtimes: list[str] | None = None, arch: str | None = None, strict: bool = False,
            trust_model: bool = False, progress: Progress | None = None, atol: list[str] | None = None,
            rtol: list[str] | None = None, max_drop: float | list[str] | None = None,
            max_flips: list[str] | None = None, output_kind: list[str] | None = None,
            signature: str | None = None, custom_objects: str | os.PathLike | None = None) -> VerifyReport:
     """Run the bundle's own entrypoint in each runtime environment of its target on the inputs and
-    compare, output by output and by name, with ``reference`` (the original model file).
+    compare, output by output and by name, with ``reference`` (the original model file). ``bundle``: a
+    :class:`~packager.bundle.files.Bundle` (``build(...).bundle``), a BuildResult, or a bundle directory or .tar.gz.
 
     Inputs: ``data`` (held-out), else the bundle's samples, else synthetic. ``strict``: weak
     evidence or a runtime that cannot run the model fails. ``atol``, ``rtol``, ``max_drop``, ``max_flips`` and
@@ -735,12 +736,12 @@ def _reference_side(bundle: Path, reference, data, trust_model, progress, overri
     manifest = read_manifest(bundle)
     signature = signature or manifest.source.get("signature")
     signature = signature or manifest.source.get("signature")
+    from .bundle.files import host_entrypoint
+    _, script_note = host_entrypoint(bundle, manifest)      # an entrypoint that is no plain file: UsageError first
     problems = check_files(bundle, manifest)
     if problems:
         raise VerificationError(f"bundle integrity: {'; '.join(problems)}",
                                 hint="rebuild the bundle; files were changed after `edgepack build`")
-    from .bundle.files import host_entrypoint
-    _, script_note = host_entrypoint(bundle, manifest)
     profile = get_target(manifest.target)
     rec = get_recipe(manifest.recipe)
     arrays = None
@@ -867,8 +868,9 @@ def _check_names(names: list[str], manifest: Manifest) -> None:
                          f"({', '.join(sorted(bundle_names))})", hint="pass the model the bundle was built from")
 
 
-def inspect(path: str | os.PathLike) -> dict:
-    """Describe a bundle directory or archive, or a .tflite file."""
+def inspect(path: Bundle | str | os.PathLike) -> dict:
+    """Describe a bundle (a :class:`~packager.bundle.files.Bundle`, a BuildResult, a bundle directory or archive), or
+    a .tflite file: for a bundle its manifest (JSON), model, integrity (:func:`check_files`) and runtime problems."""
     path = Path(path)
     if path.is_file() and path.name.endswith((".tar.gz", ".tgz")):
         with open_bundle(path) as unpacked:

@@ -509,10 +509,11 @@ def last_selftest(transport: Transport, rdir: str) -> dict | None:
 
 
 # =========================================================================== deploy
-def deploy(bundle_dir: str | Path, transport: Transport, remote_dir: str | None = None, keep: int = 3,
+def deploy(bundle_dir: Bundle | str | Path, transport: Transport, remote_dir: str | None = None, keep: int = 3,
            install: bool = False, smoke: bool = False, progress: Progress | None = None, *,
            device_python: str | None = None, runtime: str | None = None, verify=None) -> DeployResult:
-    """Upload a bundle as a new release, verify it on the device, switch ``current`` to it.
+    """Upload a bundle (a Bundle or its directory, checked again here: :meth:`Bundle.open`) as a new release, verify
+    it on the device, switch ``current`` to it.
 
     ``progress(step, detail)`` is called before each step: connect, plan, upload, verify, install,
     switch, smoke, prune. Over SSH a deploy is four remote calls on one connection (check, plan,

@@ -108,7 +108,7 @@ def test_int8_io_quantized_tensors(zoo, data_files, tmp_path):
 
 
 def test_bundle_contract(int8_bundle):
-    root = int8_bundle.bundle
+    root = int8_bundle.bundle.path
     m = json.loads((root / "manifest.json").read_text())
     for key in ("model", "entrypoint", "files", "inputs", "outputs", "recipe", "target", "source", "versions",
                 "verification"):

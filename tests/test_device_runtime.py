@@ -58,7 +58,7 @@ def test_inference_matches_in_process_reference(runtime_python, int8_bundle, dat
     assert probs.shape == (37, 10)
     from device_runtime.edgepack_run import Runner
     model = (int8_bundle.bundle / "model.tflite").read_bytes()
-    in_process = Runner(model, int8_bundle.manifest).run({"pixels": x}, chunk=64)["probs"]
+    in_process = Runner(model, int8_bundle.manifest.to_json()).run({"pixels": x}, chunk=64)["probs"]
     assert np.allclose(probs, in_process, atol=1e-6)   # batched, padded, in another process: same numbers
     assert np.allclose(probs.sum(1), 1.0, atol=0.05)
     assert (probs.argmax(1) == data_files["yt"][:37]).mean() > 0.85

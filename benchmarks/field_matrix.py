@@ -52,14 +52,14 @@ def main() -> None:
                 res = api.build(kind.model, target="rpi", recipe=recipe, calibration=cal, data=kind.eval,
                                 output=work / "dist" / f"{kind.name}-{recipe}", use_cache=False)
                 row["outcome"] = "MATCH"
-                row["path"] = res.manifest["source"]["conversion_path"]
+                row["path"] = res.manifest.to_json()["source"]["conversion_path"]
                 row["runtimes"] = {r.runtime: {"status": r.status, "max_abs_err": max(
                     (m.max_abs_err for m in r.metrics), default=None), "error": r.error}
                     for r in res.verification.runtimes}
                 x = fm.eval_arrays(kind)
                 ref, got = kind.keras_call(x), fm.raw_outputs(res.bundle, x)
                 row["independent_max_abs_err"] = max(float(np.max(np.abs(ref[k] - got[k]))) for k in ref)
-                row["fixed"] = res.manifest.get("fixed")
+                row["fixed"] = res.manifest.fixed or None
             except EdgepackError as exc:
                 row["outcome"] = f"refused (exit {exc.exit_code})"
                 row["error"] = exc.message

@@ -60,12 +60,12 @@ def main() -> None:
                 continue
             (rt,) = res.verification.runtimes
             (m,) = rt.metrics
-            sizes[recipe] = res.manifest["model_size"]
-            rows.append({"form": form, "recipe": recipe, "path": res.manifest["source"]["conversion_path"],
+            sizes[recipe] = res.manifest.to_json()["model_size"]
+            rows.append({"form": form, "recipe": recipe, "path": res.manifest.to_json()["source"]["conversion_path"],
                          "samples": res.verification.samples, "top1": m.top1_agreement, "max_abs": m.max_abs_err,
                          "acc_ref": m.accuracy_reference, "acc_bundle": m.accuracy_candidate,
-                         "size": res.manifest["model_size"],
-                         "size_vs_float32": res.manifest["model_size"] / sizes["float32"] if "float32" in sizes else None})
+                         "size": res.manifest.to_json()["model_size"],
+                         "size_vs_float32": res.manifest.to_json()["model_size"] / sizes["float32"] if "float32" in sizes else None})
             print(json.dumps(rows[-1]), flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(rows, indent=1))

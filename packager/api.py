@@ -10,7 +10,7 @@ from typing import Callable
 
 from .bundle import contents
 from .bundle.contents import INPUT_VALUES_RULE  # noqa: F401 - part of the API
-from .bundle.files import Staging, check_files, read_manifest, check_name, write_archive, open_bundle, fault, sha256_tree
+from .bundle.files import Bundle, Staging, check_files, read_manifest, check_name, write_archive, open_bundle, fault, sha256_tree
 from .bundle.manifest import Manifest, default_name
 from .verification import report as verdict
 from .verification.report import VerifyReport
@@ -26,30 +26,33 @@ Progress = Callable[[str], None]
 
 @dataclass
 class BuildResult:
-    """What ``build`` wrote: the bundle directory, its .tar.gz, the manifest, the verification
-    report (None with ``verify=False``), every conversion attempt, and warnings to show the user."""
-    bundle: Path
+    """What ``build`` wrote: the :class:`~packager.bundle.files.Bundle` (its directory and manifest), its .tar.gz,
+    the verification report (None with ``verify=False``), every conversion attempt, and warnings to show the user."""
+    bundle: Bundle                   # the bundle as written: manifest.json read back and validated
     archive: Path
-    manifest: Manifest               # the bundle's manifest.json, read back and validated
     verification: VerifyReport | None
     conversion_attempts: list
     warnings: list[str]
     unchanged: bool = False          # the bundle at ``bundle`` was already this build's: nothing was written
 
+    @property
+    def manifest(self) -> Manifest:
+        """The bundle's manifest (``bundle.manifest``)."""
+        return self.bundle.manifest
+
     def __fspath__(self) -> str:
         """A BuildResult is its bundle directory: ``verify(result, ...)``, ``deploy(result, t)``, ``inspect(result)``."""
-        return str(self.bundle)
+        return str(self.bundle.path)
 
     def __repr__(self) -> str:
-        return (f"BuildResult(bundle={str(self.bundle)!r}, recipe={self.manifest.recipe}, "
+        return (f"BuildResult(bundle={str(self.bundle.path)!r}, recipe={self.manifest.recipe}, "
                 f"model_size={self.manifest.model_size}, path={self.manifest.source.get('conversion_path')}, "
                 f"verification={self.verification!r})")
 
     def to_json(self) -> dict:
         """JSON of the result: bundle and archive paths, the manifest, the verification report (None when skipped),
         every conversion attempt and the warnings."""
-        manifest = self.manifest.to_json() if hasattr(self.manifest, "to_json") else self.manifest
-        return {"bundle": str(self.bundle), "archive": str(self.archive), "manifest": manifest,
+        return {"bundle": str(self.bundle.path), "archive": str(self.archive), "manifest": self.manifest.to_json(),
                 "verification": self.verification.to_json() if self.verification else None,
                 "attempts": [a.to_json() for a in self.conversion_attempts], "warnings": self.warnings,
                 "unchanged": self.unchanged}
@@ -76,7 +79,7 @@ def provenance(model: str | os.PathLike, manifest: Manifest | None = None, repor
             except metadata.PackageNotFoundError:
                 continue
         return None
-    versions = (manifest or {}).get("versions") or {}
+    versions = manifest.versions if manifest else {}
     model = Path(model)
     try:
         model_sha = sha256_tree(model) if model.exists() else None
@@ -247,17 +250,17 @@ def _unchanged(output: Path, build_key: str, notes: list[str]) -> BuildResult | 
         return None
     if manifest.source.get("build_key") != build_key:
         return None
-    status = (manifest.get("verification") or {}).get("status")
+    status = manifest.verification
     if status not in ("passed", "skipped"):
         return None
     archive = output.with_name(output.name + ".tar.gz")
     if not archive_matches(output, archive, manifest):     # and every file as the manifest lists it
         return None
-    report = verdict.report_from_summary(manifest.get("verification"), output) if status == "passed" else None
+    report = verdict.report_from_summary(manifest.verification_record, output) if status == "passed" else None
     if report is not None:
         report.notes.append("unchanged: this verdict is the one recorded when the bundle was built")
     warnings = notes + [f"unchanged: {output} is up to date (same model, data and settings); nothing was written"]
-    return BuildResult(Path(output), archive, manifest, report, [], warnings, unchanged=True)
+    return BuildResult(Bundle.written(output), archive, report, [], warnings, unchanged=True)
 
 
 def _host_arch() -> str:
@@ -349,9 +352,7 @@ def _stage_verify_commit(model_path, output, profile, rec, io, prepared, name, s
     conversion = prepared.conversion
     staging = Staging(output)
     try:
-        manifest = contents.stage(staging, profile, rec, io, prepared, name, selected, label_names)
-        if build_key:
-            manifest["source"]["build_key"] = build_key
+        manifest = contents.stage(staging, profile, rec, io, prepared, name, selected, label_names, build_key)
         fault("staged")
         report = None
         if verify:
@@ -361,7 +362,7 @@ def _stage_verify_commit(model_path, output, profile, rec, io, prepared, name, s
                                            noise=prepared.noise)
         if report is not None:
             report.notes += unheld_overrides(report, prepared.tolerance, overrides)
-        contents.record_verification(manifest, selected, report)
+        manifest = contents.record_verification(manifest, selected, report)
         if report is not None and not report.passed:
             if rec.needs_calibration and any(r.status == "failed" for r in report.runtimes):
                 from .diagnose import verify_brief
@@ -386,7 +387,7 @@ def _stage_verify_commit(model_path, output, profile, rec, io, prepared, name, s
     fault("archive")
     archive = write_archive(final)
     # What build returns is what every reader gets: the bundle's manifest.json read back and validated.
-    return BuildResult(final, archive, read_manifest(final), report, conversion.attempts, warnings)
+    return BuildResult(Bundle.written(final), archive, report, conversion.attempts, warnings)
 
 
 @dataclass
@@ -668,14 +669,15 @@ def _read_labels(path) -> list[str]:
     return [ln.strip() for ln in text.splitlines() if ln.strip()]
 
 
-def verify(bundle: str | os.PathLike, *, reference: str | os.PathLike, data: str | os.PathLike | None = None,
+def verify(bundle: Bundle | str | os.PathLike, *, reference: str | os.PathLike, data: str | os.PathLike | None = None,
            runtimes: list[str] | None = None, arch: str | None = None, strict: bool = False,
            trust_model: bool = False, progress: Progress | None = None, atol: list[str] | None = None,
            rtol: list[str] | None = None, max_drop: float | list[str] | None = None,
            max_flips: list[str] | None = None, output_kind: list[str] | None = None,
            signature: str | None = None, custom_objects: str | os.PathLike | None = None) -> VerifyReport:
     """Run the bundle's own entrypoint in each runtime environment of its target on the inputs and
-    compare, output by output and by name, with ``reference`` (the original model file).
+    compare, output by output and by name, with ``reference`` (the original model file). ``bundle``: a
+    :class:`~packager.bundle.files.Bundle` (``build(...).bundle``), a BuildResult, or a bundle directory or .tar.gz.
 
     Inputs: ``data`` (held-out), else the bundle's samples, else synthetic. ``strict``: weak
     evidence or a runtime that cannot run the model fails. ``atol``, ``rtol``, ``max_drop``, ``max_flips`` and
@@ -734,12 +736,12 @@ def _reference_side(bundle: Path, reference, data, trust_model, progress, overri
     manifest = read_manifest(bundle)
     signature = signature or manifest.source.get("signature")
     signature = signature or manifest.source.get("signature")
+    from .bundle.files import host_entrypoint
+    _, script_note = host_entrypoint(bundle, manifest)      # an entrypoint that is no plain file: UsageError first
     problems = check_files(bundle, manifest)
     if problems:
         raise VerificationError(f"bundle integrity: {'; '.join(problems)}",
                                 hint="rebuild the bundle; files were changed after `edgepack build`")
-    from .bundle.files import host_entrypoint
-    _, script_note = host_entrypoint(bundle, manifest)
     profile = get_target(manifest.target)
     rec = get_recipe(manifest.recipe)
     arrays = None
@@ -747,7 +749,7 @@ def _reference_side(bundle: Path, reference, data, trust_model, progress, overri
     if not data and samples and (bundle / samples).is_file():
         from device_runtime.edgepack_run import Failure, read_inputs
         try:
-            arrays = read_inputs(str(bundle / samples), manifest["inputs"])
+            arrays = read_inputs(str(bundle / samples), [t.to_json() for t in manifest.inputs])
         except Failure as exc:
             raise VerificationError(f"the bundle's sample inputs are unreadable: {exc.message}",
                                     hint="pass --data eval.npz") from None
@@ -832,14 +834,14 @@ def device_report(bundle: Path, ref, material, result, ran, strict: bool = False
     """The VerifyReport of one device's run: its RuntimeResult, the device's facts (``report.device``) and how they
     differ from the runtimes the manifest records as verified (said in the notes)."""
     from .deploy.ondevice import differences
-    verified = (ref.manifest.get("verification") or {}).get("runtimes") or []
+    verified = ref.manifest.verified_runtimes
     info = dict(ran.info)
     info["differs"] = differences(info, verified)
     info.update(chunks=ran.chunks, bytes_sent=ran.bytes_sent)
     ev = material.evidence
     passed = result.status == "passed" and not (strict and (ev.get("kind") in WEAK_EVIDENCE or info["differs"]))
     report = VerifyReport(str(bundle), ref.rec.name, ref.profile.name, passed, ev.get("source", ""),
-                          int(ev.get("count", 0)), [result], ref.manifest["model_size"],
+                          int(ev.get("count", 0)), [result], ref.manifest.model_size,
                           notes=[f"this device differs from what the bundle was verified with: {d}" for d in info["differs"]]
                           + list(ev.get("notes") or []),
                           evidence=ev.get("kind", "held-out"), evidence_text=ev.get("text", ""), strict=strict,
@@ -866,8 +868,9 @@ def _check_names(names: list[str], manifest: Manifest) -> None:
                          f"({', '.join(sorted(bundle_names))})", hint="pass the model the bundle was built from")
 
 
-def inspect(path: str | os.PathLike) -> dict:
-    """Describe a bundle directory or archive, or a .tflite file."""
+def inspect(path: Bundle | str | os.PathLike) -> dict:
+    """Describe a bundle (a :class:`~packager.bundle.files.Bundle`, a BuildResult, a bundle directory or archive), or
+    a .tflite file: for a bundle its manifest (JSON), model, integrity (:func:`check_files`) and runtime problems."""
     path = Path(path)
     if path.is_file() and path.name.endswith((".tar.gz", ".tgz")):
         with open_bundle(path) as unpacked:
@@ -878,7 +881,7 @@ def inspect(path: str | os.PathLike) -> dict:
         manifest = read_manifest(path)
         model = path / manifest.model
         spec = _bundle_spec(_read_model(model), manifest)
-        return {"kind": "bundle", "path": str(path), "manifest": manifest, "model": spec.to_json(),
+        return {"kind": "bundle", "path": str(path), "manifest": manifest.to_json(), "model": spec.to_json(),
                 "integrity": check_files(path, manifest) or "ok",
                 "runtime_problems": {name: spec.runtime_problems(name) for name in manifest.runtime_names}}
     spec = inspect_bytes(_read_model(path))

@@ -71,7 +71,7 @@ def calibration_causes(calibration, specs, inputs: dict) -> list[Cause]:
 def diagnose(bundle, *, reference, data=None, runtimes: list[str] | None = None, arch: str | None = None,
              trust_model: bool = False, progress=None, calibration=None, signature: str | None = None,
              custom_objects=None) -> Diagnosis:
-    """Localise where ``bundle`` (a bundle directory or archive, or a bare ``.tflite``; target
+    """Localise where ``bundle`` (a Bundle, a bundle directory or archive, or a bare ``.tflite``; target
     rpi's runtimes for a bare model) departs from ``reference`` (the original model file).
 
     Inputs: ``data`` (.npz / .npy / image folder, at most :data:`MAX_SAMPLES` used), else the
@@ -144,7 +144,7 @@ def diagnose(bundle, *, reference, data=None, runtimes: list[str] | None = None,
         known = {c.kind for c in diag.causes}
         diag.causes += [c for c in extra if c.kind not in known or c.kind == "few-calibration"]
     diag.model, diag.reference = str(bundle), str(reference)
-    diag.recipe = (manifest or {}).get("recipe", {}).get("name")
+    diag.recipe = manifest.recipe if manifest is not None else None
     diag.evidence = prepared.check.describe()
     diag.notes += [f"{p} (not compared)" for p in problems]
     return diag

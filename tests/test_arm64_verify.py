@@ -36,13 +36,13 @@ def test_build_with_verify_arch_arm64(zoo, data_files, tmp_path):
                     runtimes=["ai-edge-litert"], arch="arm64", output=tmp_path / "b")
     (rt,) = res.verification.runtimes
     assert rt.machine == "aarch64" and rt.status == "passed"
-    assert res.manifest["verification"]["runtimes"][0]["arch"] == "arm64"
+    assert res.manifest.to_json()["verification"]["runtimes"][0]["arch"] == "arm64"
     # the verdict ran with exactly the locked aarch64 wheels, and the manifest says which of its wheels those are
     from packager import runtime_lock
     from packager.targets import list_runtimes
     locked = runtime_lock.wheels(list_runtimes()["ai-edge-litert"], "3.11", "arm64")
-    ran = res.manifest["verification"]["runtimes"][0]["wheels"]
+    ran = res.manifest.to_json()["verification"]["runtimes"][0]["wheels"]
     assert [w["sha256"] for w in ran] == [w["sha256"] for w in locked]
-    listed = res.manifest["runtimes"][0]["wheels"]
+    listed = res.manifest.to_json()["runtimes"][0]["wheels"]
     assert {w["sha256"] for w in listed if w["verified"]} == {w["sha256"] for w in locked}
     assert all(w["arch"] == "arm64" or w["platform"] == "any" for w in listed if w["verified"])   # py3-none-any: one file

@@ -40,7 +40,7 @@ def test_every_input_form_builds_and_matches(form, zoo, data_files, tmp_path):
 def test_old_savedmodel_uses_tf1_path(zoo, data_files, tmp_path):
     result = api.build(zoo["saved_model_old_tf"], target="rpi", recipe="dynamic", runtimes=LITERT,
                        data=data_files["eval"], output=tmp_path / "b")
-    m = result.manifest
+    m = result.manifest.to_json()
     assert m["source"]["format"] == "saved-model-tf1"
     assert m["source"]["conversion_path"] == "saved-model-tf1"
     assert any("add_slot" in n for n in result.warnings)
@@ -50,7 +50,7 @@ def test_old_savedmodel_uses_tf1_path(zoo, data_files, tmp_path):
 def test_subclassed_fixed_batch_is_reported(zoo, data_files, tmp_path):
     result = api.build(zoo["saved_model_module"], target="rpi", recipe="float32", runtimes=LITERT,
                        data=data_files["eval"], output=tmp_path / "b")
-    assert result.manifest["inputs"][0]["shape"][0] == 2
+    assert result.manifest.to_json()["inputs"][0]["shape"][0] == 2
     assert any("batch size 2" in w for w in result.warnings)
     assert result.verification.samples == len(data_files["xt"])   # odd count: padded, then trimmed
 
@@ -60,14 +60,14 @@ def test_from_saved_model_trap_is_caught_and_next_path_used(zoo, data_files, tmp
     result = api.build(zoo["saved_model_keras"], target="rpi", recipe="float32", runtimes=LITERT,
                        data=data_files["eval"], output=tmp_path / "b")
     attempts = {a.path: a for a in result.conversion_attempts}
-    assert result.manifest["source"]["conversion_path"] == "saved-model-concrete-function"
+    assert result.manifest.to_json()["source"]["conversion_path"] == "saved-model-concrete-function"
     first = attempts["saved-model"]
     assert not first.ok and first.metrics and not first.metrics[0].passed
 
 
 def test_multi_output_names_kept_and_matched_by_name(zoo, tmp_path):
     result = api.build(zoo["multi_io"], target="rpi", recipe="float32", runtimes=LITERT, output=tmp_path / "b")
-    m = result.manifest
+    m = result.manifest.to_json()
     assert sorted(t["name"] for t in m["inputs"]) == ["sensor_a", "sensor_b"]
     assert sorted(t["name"] for t in m["outputs"]) == ["alpha", "zeta"]
     shapes = {t["name"]: t["shape"] for t in m["outputs"]}
@@ -82,12 +82,12 @@ def test_recipes_verify_and_shrink(recipe, size_ratio_max, zoo, data_files, tmp_
     res = api.build(zoo["keras3_h5"], target="rpi", recipe=recipe, calibration=data_files["calibration"],
                     data=data_files["eval"], runtimes=LITERT, output=tmp_path / "q")
     assert res.verification.passed
-    assert res.manifest["model_size"] / f32.manifest["model_size"] < size_ratio_max
+    assert res.manifest.to_json()["model_size"] / f32.manifest.to_json()["model_size"] < size_ratio_max
     assert res.verification.runtimes[0].metrics[0].top1_agreement >= 0.98
 
 
 def test_int8_bundle_main_job(int8_bundle, data_files):
-    m = int8_bundle.manifest
+    m = int8_bundle.manifest.to_json()
     assert m["recipe"]["name"] == "int8"
     assert m["verification"]["status"] == "passed"
     statuses = {r["name"]: r["status"] for r in m["runtimes"]}
@@ -102,14 +102,14 @@ def test_int8_bundle_main_job(int8_bundle, data_files):
 def test_int8_io_quantized_tensors(zoo, data_files, tmp_path):
     res = api.build(zoo["keras3_h5"], target="rpi", recipe="int8", io="int8", calibration=data_files["calibration"],
                     data=data_files["eval"], runtimes=LITERT, output=tmp_path / "b")
-    (inp,), (out,) = res.manifest["inputs"], res.manifest["outputs"]
+    (inp,), (out,) = res.manifest.to_json()["inputs"], res.manifest.to_json()["outputs"]
     assert inp["dtype"] == "int8" and out["dtype"] == "int8"
     assert inp["quantization"]["scale"] > 0 and out["quantization"]["scale"] > 0
     assert res.verification.passed
 
 
 def test_bundle_contract(int8_bundle):
-    root = int8_bundle.bundle
+    root = int8_bundle.bundle.path
     m = json.loads((root / "manifest.json").read_text())
     for key in ("model", "entrypoint", "files", "inputs", "outputs", "recipe", "target", "source", "versions",
                 "verification"):
@@ -128,7 +128,7 @@ def test_bundle_contract(int8_bundle):
 
 def test_source_checksum_is_the_model_file(int8_bundle, zoo):
     want = hashlib.sha256(zoo["keras3_h5"].read_bytes()).hexdigest()
-    assert int8_bundle.manifest["source"]["sha256"] == want
+    assert int8_bundle.manifest.to_json()["source"]["sha256"] == want
 
 
 def test_archive_is_reproducible(zoo, data_files, tmp_path):
@@ -219,7 +219,7 @@ def test_tflite_runtime_cannot_run_dynamic_range_fc_v12(zoo, data_files, tmp_pat
     assert "FULLY_CONNECTED" in bad.error and "12" in bad.error
     assert any("FULLY_CONNECTED version 12" in p for p in bad.static_problems)
     assert by_name["ai-edge-litert"].status == "passed"
-    entries = {r["name"]: r for r in res.manifest["runtimes"]}
+    entries = {r["name"]: r for r in res.manifest.to_json()["runtimes"]}
     assert entries["tflite-runtime"]["status"] == "error" and "FULLY_CONNECTED" in entries["tflite-runtime"]["reason"]
     assert "tflite-runtime" not in (res.bundle / "requirements.txt").read_text()
     assert not (res.bundle / "requirements-tflite-runtime.txt").exists()
@@ -239,7 +239,7 @@ def test_android_bundle_has_assets(zoo, data_files, tmp_path):
     info = json.loads((root / "assets" / "edgepack.json").read_text())
     assert info["inputs"][0]["name"] == "pixels"
     assert "noCompress" in (root / "README.md").read_text()
-    assert res.manifest["target"]["deploy"] == "adb"
+    assert res.manifest.to_json()["target"]["deploy"] == "adb"
     # android devices run Python 3.12 (the profile); verified here under the host's: the verdict says so
     host = f"{sys.version_info[0]}.{sys.version_info[1]}"
     said = [n for n in res.verification.notes if "devices run Python 3.12" in n]
@@ -249,7 +249,7 @@ def test_android_bundle_has_assets(zoo, data_files, tmp_path):
 
 def test_target_default_without_calibration_says_what_it_built(zoo, tmp_path):
     res = api.build(zoo["keras3_h5"], target="rpi", runtimes=LITERT, output=tmp_path / "b")
-    assert res.manifest["recipe"]["name"] == "float16"
+    assert res.manifest.to_json()["recipe"]["name"] == "float16"
     assert any("no --calibration" in w and "int8" in w for w in res.warnings)
 
 
@@ -286,7 +286,7 @@ def test_fixed_batch_models_calibrate_at_their_batch_size(form, zoo, data_files,
     res = api.build(zoo[form], target="rpi", recipe="int8", calibration=data_files["calibration"],
                     data=data_files["eval"], runtimes=LITERT, output=tmp_path / "b")
     assert res.verification.passed
-    assert res.manifest["inputs"][0]["shape"][0] > 1
+    assert res.manifest.to_json()["inputs"][0]["shape"][0] > 1
 
 
 def test_unchanged_rebuild_touches_nothing_and_says_so(zoo, data_files, tmp_path, monkeypatch):
@@ -297,18 +297,18 @@ def test_unchanged_rebuild_touches_nothing_and_says_so(zoo, data_files, tmp_path
     out = tmp_path / "b" / "d"
     kwargs = dict(target="rpi", recipe="float32", data=data_files["eval"], runtimes=LITERT, output=out)
     first = api.build(zoo["keras3_h5"], **kwargs)
-    assert not first.unchanged and first.manifest["source"]["build_key"]
+    assert not first.unchanged and first.manifest.to_json()["source"]["build_key"]
     files = [first.archive] + [p for p in out.rglob("*")]
     stamps = {p: p.stat().st_mtime_ns for p in files}
     archive_bytes = first.archive.read_bytes()
     messages = []
     again = api.build(zoo["keras3_h5"], progress=messages.append, **kwargs)
-    assert again.unchanged and again.bundle == out and again.archive == first.archive
+    assert again.unchanged and again.bundle.path == out and again.archive == first.archive
     assert any(m.startswith("unchanged:") and "nothing was written" in m for m in messages)
     assert any("nothing was written" in w for w in again.warnings)
     assert {p: p.stat().st_mtime_ns for p in files} == stamps
     assert again.verification.passed and again.verification.line() == first.verification.line()
-    assert again.manifest["verification"] == first.manifest["verification"]
+    assert again.manifest.to_json()["verification"] == first.manifest.to_json()["verification"]
     assert again.to_json()["unchanged"] is True
     # A damaged archive is written again, byte for byte what it was.
     first.archive.write_bytes(archive_bytes[:-100])
@@ -322,6 +322,6 @@ def test_unchanged_rebuild_touches_nothing_and_says_so(zoo, data_files, tmp_path
     # A changed setting (here --no-verify) builds again.
     other = api.build(zoo["keras3_h5"], **dict(kwargs, verify=False))
     assert not other.unchanged
-    assert other.manifest["source"]["build_key"] != first.manifest["source"]["build_key"]
+    assert other.manifest.to_json()["source"]["build_key"] != first.manifest.to_json()["source"]["build_key"]
     # --no-cache always builds.
     assert not api.build(zoo["keras3_h5"], **dict(kwargs, verify=False, use_cache=False)).unchanged

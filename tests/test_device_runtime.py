@@ -58,7 +58,7 @@ def test_inference_matches_in_process_reference(runtime_python, int8_bundle, dat
     assert probs.shape == (37, 10)
     from device_runtime.edgepack_run import Runner
     model = (int8_bundle.bundle / "model.tflite").read_bytes()
-    in_process = Runner(model, int8_bundle.manifest).run({"pixels": x}, chunk=64)["probs"]
+    in_process = Runner(model, int8_bundle.manifest.to_json()).run({"pixels": x}, chunk=64)["probs"]
     assert np.allclose(probs, in_process, atol=1e-6)   # batched, padded, in another process: same numbers
     assert np.allclose(probs.sum(1), 1.0, atol=0.05)
     assert (probs.argmax(1) == data_files["yt"][:37]).mean() > 0.85
@@ -186,14 +186,14 @@ def test_int8_io_roundtrip(runtime_python, zoo, data_files, tmp_path):
     proc = run(runtime_python, res.bundle, "--input", str(tmp_path / "in.npz"), "--output",
                str(tmp_path / "r.npz"), "--raw")
     assert proc.returncode == 0, proc.stderr
-    q = res.manifest["outputs"][0]["quantization"]
+    q = res.manifest.to_json()["outputs"][0]["quantization"]
     with np.load(tmp_path / "f.npz") as f, np.load(tmp_path / "r.npz") as r:
         assert r["probs"].dtype == np.int8 and f["probs"].dtype == np.float32
         deq = (r["probs"].astype(np.float32) - q["zero_point"]) * q["scale"]
         assert np.allclose(deq, f["probs"], atol=1e-6)
         assert (f["probs"].argmax(1) == data_files["yt"][:20]).mean() > 0.8
     # Already-quantized int8 inputs pass through unchanged with --raw.
-    qi = res.manifest["inputs"][0]["quantization"]
+    qi = res.manifest.to_json()["inputs"][0]["quantization"]
     xq = np.clip(np.round(x / qi["scale"]) + qi["zero_point"], -128, 127).astype(np.int8)
     np.savez(tmp_path / "q.npz", pixels=xq)
     proc = run(runtime_python, res.bundle, "--input", str(tmp_path / "q.npz"), "--output", str(tmp_path / "q2.npz"),

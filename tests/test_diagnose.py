@@ -135,7 +135,7 @@ def test_auto_keeps_the_outlier_layer_float_and_beats_float16(cases, data_files,
     keras_acc = float(np.mean(_keras_probs(cases["outlier"], xt).argmax(1) == yt))
     bundle_acc = float(np.mean(_bare_probs(r.build.bundle / "model.tflite", xt).argmax(1) == yt))
     assert keras_acc - bundle_acc <= 0.005, (keras_acc, bundle_acc)
-    assert "kept in float by --quantize auto" in r.build.manifest["recipe"]["description"]
+    assert "kept in float by --quantize auto" in r.build.manifest.to_json()["recipe"]["description"]
 
 
 def test_auto_repairs_the_flat_softmax(cases, data_files, tmp_path):

@@ -87,9 +87,9 @@ def test_a_users_tflite_is_bundled_as_it_is_and_matches_its_reference_model(digi
     report = result.verification
     assert report.passed and report.verdict == "MATCH", report.failures
     assert {r.runtime for r in report.runtimes if r.status == "passed"} == {"ai-edge-litert", "tflite-runtime"}
-    assert result.manifest.recipe == "as-is" and result.manifest["source"]["format"] == "tflite"
+    assert result.manifest.recipe == "as-is" and result.manifest.to_json()["source"]["format"] == "tflite"
     # independent: the bundle's model is the user's file, byte for byte
-    bundled = (result.bundle / result.manifest["model"]).read_bytes()
+    bundled = (result.bundle / result.manifest.to_json()["model"]).read_bytes()
     assert hashlib.sha256(bundled).hexdigest() == hashlib.sha256(digits_models["bytes"]).hexdigest()
     assert result.manifest.output_names == ["probs"]       # the reference model's name for the one output
 
@@ -115,7 +115,7 @@ def test_a_users_tflite_without_a_reference_is_never_a_match(digits_models, data
     assert "--reference" in info.value.hint and not (tmp_path / "b").exists()
     result = api.build(digits_models["tflite"], data=data_files["eval"], runtimes=LITERT, verify=False,
                        output=tmp_path / "b")
-    assert result.verification is None and result.manifest["verification"]["status"] != "passed"
+    assert result.verification is None and result.manifest.to_json()["verification"]["status"] != "passed"
     assert any("nothing was verified" in w for w in result.warnings)
 
 
@@ -148,11 +148,11 @@ def test_int4w_through_ai_edge_quantizer_matches_and_is_smaller(digits_models, d
     report = int4.verification
     assert report.passed and report.verdict == "MATCH", report.failures
     assert {r.runtime for r in report.runtimes if r.status == "passed"} == {"ai-edge-litert", "tflite-runtime"}
-    assert "ai-edge-quantizer" in int4.manifest["source"]["conversion_path"]
+    assert "ai-edge-quantizer" in int4.manifest.to_json()["source"]["conversion_path"]
     f32 = api.build(digits_models["keras"], recipe="float32", data=data_files["eval"], runtimes=LITERT,
                     output=tmp_path / "f32")
-    model = (int4.bundle / int4.manifest["model"]).read_bytes()
-    assert len(model) < 0.5 * len((f32.bundle / f32.manifest["model"]).read_bytes())
+    model = (int4.bundle / int4.manifest.to_json()["model"]).read_bytes()
+    assert len(model) < 0.5 * len((f32.bundle / f32.manifest.to_json()["model"]).read_bytes())
     # independent: a bare interpreter on the bundle's model agrees with Keras on >= 97% of decisions
     interp = Interpreter(model_content=model)
     (inp,), (out,) = interp.get_input_details(), interp.get_output_details()
@@ -166,7 +166,7 @@ def test_int4w_through_ai_edge_quantizer_matches_and_is_smaller(digits_models, d
     # and the weights are 4-bit: smaller than TFLiteConverter's int8 weights (recipe dynamic) of the same model
     int8w = api.build(digits_models["keras"], recipe="dynamic", data=data_files["eval"], runtimes=LITERT,
                       output=tmp_path / "int8w")
-    assert len(model) < len((int8w.bundle / int8w.manifest["model"]).read_bytes())
+    assert len(model) < len((int8w.bundle / int8w.manifest.to_json()["model"]).read_bytes())
 
 
 def test_the_conversion_cache_key_holds_the_engines_version(tmp_path, monkeypatch):

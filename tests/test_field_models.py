@@ -45,8 +45,8 @@ def test_fixed_batch_builds_and_reports_it(out, batch, tmp_path):
     kind = fm.fixed_batch(out, batch)
     res = api.build(kind.model, recipe="float32", data=kind.eval, output=tmp_path / "b")
     assert res.verification.passed
-    assert res.manifest["fixed"]["batch"] == batch
-    assert res.manifest["inputs"][0]["shape"][0] == batch
+    assert res.manifest.to_json()["fixed"]["batch"] == batch
+    assert res.manifest.to_json()["inputs"][0]["shape"][0] == batch
     assert any(f"fixed at {batch}" in w for w in res.warnings)
     # 48 held-out samples: not a multiple of 2 with 97 generated, so the last chunk is padded.
     assert max(independent(kind, res.bundle).values()) < 1e-5
@@ -59,7 +59,7 @@ def test_variable_length_resizes_to_real_lengths(out, tmp_path, runtime_python):
     report = res.verification.to_json()
     assert report["passed"]
     assert "lengths 10x4/5x4" in report["evidence"]["text"]          # verified on more than one length
-    assert res.manifest["inputs"][0]["shape"] == [-1, -1, 4]
+    assert res.manifest.to_json()["inputs"][0]["shape"] == [-1, -1, 4]
     rng = np.random.default_rng(3)
     for length in kind.lengths:                                   # lengths verification never saw
         x = {"x": rng.normal(size=(5, length, 4)).astype(np.float32)}
@@ -97,9 +97,9 @@ def test_recurrent_builds_in_both_runtimes(out, name, tmp_path):
     res = api.build(kind.model, recipe="float32", data=kind.eval, output=tmp_path / "b")
     runtimes = {r.runtime: r.status for r in res.verification.runtimes}
     assert runtimes == {"ai-edge-litert": "passed", "tflite-runtime": "passed"}
-    assert res.manifest["fixed"]["batch"] == 1 and res.manifest["inputs"][0]["shape"][0] == 1
-    assert "WHILE" in {op["name"] for op in res.manifest["ops"]}
-    assert not [op for op in res.manifest["ops"] if op["custom"]]
+    assert res.manifest.to_json()["fixed"]["batch"] == 1 and res.manifest.to_json()["inputs"][0]["shape"][0] == 1
+    assert "WHILE" in {op["name"] for op in res.manifest.to_json()["ops"]}
+    assert not [op for op in res.manifest.to_json()["ops"] if op["custom"]]
     assert max(independent(kind, res.bundle).values()) < 1e-4
     said = [w for w in res.warnings if "recurrent dropout" in w]
     assert bool(said) == ("dropout" in name), res.warnings
@@ -171,7 +171,7 @@ def test_time_distributed_and_multi_io(out, tmp_path):
 def test_synthetic_ids_cover_the_embedding_vocabulary(out, tmp_path):
     kind = fm.embedding_ids(out)
     res = api.build(kind.model, recipe="float32", output=tmp_path / "b")
-    assert res.manifest["inputs"][0]["dtype"] == "int32"
+    assert res.manifest.to_json()["inputs"][0]["dtype"] == "int32"
     with np.load(res.bundle / "samples" / "inputs.npz") as npz:
         ids = npz["tokens"]
     assert ids.max() > 100 and ids.min() >= 0 and ids.max() < 300      # not just 0 and 1
@@ -203,9 +203,9 @@ def test_uint8_pixels_one_rule_for_emulator_and_device(out, tmp_path, runtime_py
     kind = fm.uint8_pixels(out)
     res = api.build(kind.model, recipe="int8", io="uint8", calibration=kind.calibration, data=kind.eval,
                     output=tmp_path / "b")
-    q = res.manifest["inputs"][0]["quantization"]
-    assert res.manifest["inputs"][0]["dtype"] == "uint8" and abs(q["scale"] - 1.0) > 0.05   # raw pixels != codes
-    assert "real values" in res.manifest["input_values"]
+    q = res.manifest.to_json()["inputs"][0]["quantization"]
+    assert res.manifest.to_json()["inputs"][0]["dtype"] == "uint8" and abs(q["scale"] - 1.0) > 0.05   # raw pixels != codes
+    assert "real values" in res.manifest.to_json()["input_values"]
     x = fm.eval_arrays(kind)["image"]
     np.savez(tmp_path / "u8.npz", image=x.astype(np.uint8))
     np.savez(tmp_path / "f.npz", image=x)
@@ -292,7 +292,7 @@ def test_converter_crash_is_named_with_its_stage(monkeypatch):
 def test_tolerance_overrides_are_recorded_and_checked(out, tmp_path):
     kind = fm.multi_io(out)
     res = api.build(kind.model, recipe="float16", data=kind.eval, output=tmp_path / "b", atol=["cls:0.5"])
-    tol = res.manifest["tolerance"]
+    tol = res.manifest.to_json()["tolerance"]
     assert tol["cls"]["atol"] == 0.5 and tol["score"]["atol"] == 5e-3
     assert {m.name: m.allowed_max_abs for m in res.verification.runtimes[0].metrics}["cls"] >= 0.5
     with pytest.raises(UsageError) as info:

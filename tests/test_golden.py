@@ -38,7 +38,7 @@ def test_golden_bundles_are_valid_for_this_manifest_format(name):
     except (Failure, Exception) as exc:  # noqa: BLE001 - any refusal of a golden bundle means it is stale
         pytest.fail(f"{name}: {getattr(exc, 'message', exc)}; {REBUILD}")
     assert m.name == name and bundle.name == name and check_files(GOLDEN / name, m) == [], REBUILD
-    assert m["samples"]["inputs"] and m["samples"]["expected"], REBUILD
+    assert m.samples and m.expected, REBUILD
 
 
 @pytest.fixture
@@ -103,3 +103,22 @@ def test_two_outputs_are_both_judged():
     from packager.deploy.ondevice import sample_material
     material = sample_material(load_bundle(GOLDEN / "two-out"))
     assert {n: t.kind for n, t in material.tolerance.items()} == {"probs": "class-scores", "value": "values"}
+
+
+def test_the_bundle_is_one_type(damaged):
+    """A bundle is one frozen value: opened once (every file checked by the one integrity check), written or opened
+    the same, its manifest typed, and it is its directory for everything that takes a path."""
+    import os
+    from packager import api
+    from packager.bundle.files import Bundle, integrity
+    bundle = Bundle.open(GOLDEN / "dense-f32")
+    assert bundle == Bundle.written(GOLDEN / "dense-f32") == load_bundle(bundle)
+    assert os.fspath(bundle) == str(GOLDEN / "dense-f32") and (bundle / "model.tflite").is_file()
+    assert bundle.name == bundle.manifest.name == "dense-f32" and bundle.files[-1][0] == "manifest.json"
+    assert bundle.check() == [] and integrity(bundle.path, bundle.manifest)[0] == []
+    info = api.inspect(bundle)
+    assert info["kind"] == "bundle" and info["integrity"] == "ok" and info["manifest"]["name"] == "dense-f32"
+    copy = damaged("dense-f32", "samples/inputs.npz")
+    problems = integrity(copy, bundle.manifest)[0]
+    assert [str(p) for p in problems] == ["samples/inputs.npz: sha256 differs from the manifest"]
+    assert problems[0].error is DeployError and check_files(copy) == [str(problems[0])]

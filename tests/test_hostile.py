@@ -239,7 +239,7 @@ def _extra(name, data=b"x", type_=tarfile.REGTYPE, link=""):
     ("tampered", "checksum mismatch"),
 ])
 def test_archive_reader_refuses(case, fragment, int8_bundle, tmp_path):
-    root = int8_bundle.bundle.name
+    root = int8_bundle.bundle.path.name
 
     def mutate(members):
         if case == "symlink":

@@ -293,7 +293,8 @@ def test_html_written_on_failure_and_with_no_verify(monkeypatch, tmp_path):
             "outputs": [{"name": "y", **tensor}], "recipe": {"name": "float16", "io": "float"},
             "target": {"name": "rpi"}, "runtimes": [], "files": {}, "source": {"conversion_path": "k"},
             "versions": {"tensorflow": "2.21.0"}, "verification": {"status": "skipped"}})
-        return api.BuildResult(tmp_path / "b", tmp_path / "b.tar.gz", manifest, None, [], [])
+        from packager.bundle.files import Bundle
+        return api.BuildResult(Bundle(tmp_path / "b", manifest, ()), tmp_path / "b.tar.gz", None, [], [])
     monkeypatch.setattr(api, "build", unverified)
     proc = _cli("build", str(model), "--no-verify", "--html", str(out))
     assert proc.exit_code == 0, proc.output

@@ -145,7 +145,7 @@ def test_public_api_from_a_plain_script(tmp_path):
 
 
 def test_manifest_is_typed_and_validated(int8_bundle, tmp_path):
-    """One reader of manifest.json: typed fields, the JSON as a read-only mapping, and a clear
+    """One reader of manifest.json: typed fields (no raw mapping of the JSON), and a clear
     error naming the bad field (the device script's own checks for the fields it needs)."""
     import json
     import shutil
@@ -157,8 +157,8 @@ def test_manifest_is_typed_and_validated(int8_bundle, tmp_path):
     assert isinstance(m, Manifest) and m.recipe == "int8" and m.target == "rpi"
     assert isinstance(int8_bundle.manifest, Manifest) and int8_bundle.manifest == m     # what build returns
     assert m.verification is VerificationStatus.PASSED
-    assert m.inputs[0].name == m["inputs"][0]["name"] and not m.inputs[0].quantized      # int8 with --io float
-    assert dict(m.runtimes)["ai-edge-litert"] is RuntimeStatus.PASSED
+    assert m.inputs[0].name == m.to_json()["inputs"][0]["name"] and not m.inputs[0].quantized  # int8 with --io float
+    assert {r.name: r.status for r in m.runtimes}["ai-edge-litert"] is RuntimeStatus.PASSED
     readme = (int8_bundle.bundle / "README.md").read_text()
     assert "ai-edge-litert (passed)" in readme and "RuntimeStatus" not in readme
     assert "'numpy>=1.23,<3'" in readme                         # pasteable: > and < quoted for the shell
@@ -176,7 +176,9 @@ def test_manifest_is_typed_and_validated(int8_bundle, tmp_path):
     (linked / "model.tflite").symlink_to(int8_bundle.bundle / "model.tflite")    # same bytes, but a link
     assert any("symbolic link" in p for p in check_files(linked, m))
     with pytest.raises(TypeError):
-        m["name"] = "x"                                        # read-only
+        m["name"]                                              # typed: no raw lookups
+    with pytest.raises(AttributeError):
+        m.name = "x"                                           # frozen
     bad = tmp_path / "b"
     shutil.copytree(int8_bundle.bundle, bad)
     for mutate, words in ((lambda d: d["outputs"][0].pop("dtype"), "outputs"),
@@ -288,3 +290,65 @@ def test_the_api_names_are_functions_whatever_was_imported_before():
         assert not pyinspect.ismodule(value), name
     from packager import build, inspect, recipes, targets, verify  # noqa: F401
     assert verify is packager.api.verify and callable(recipes) and "int8" in recipes()
+
+
+def _manifest_lookups(tree: ast.Module, source: str) -> list[str]:
+    """``LINE text`` of every raw manifest read in ``tree``: a subscript or ``.get()`` of an expression named
+    ``*manifest`` (``manifest["x"]``, ``bundle.manifest.get("x")``), a ``json.loads``/``json.load`` whose argument or
+    enclosing function deals with a manifest, and a call of the manifest writer ``manifest_bytes``."""
+    def named_manifest(node) -> bool:
+        name = node.id if isinstance(node, ast.Name) else node.attr if isinstance(node, ast.Attribute) else ""
+        return name.lower().endswith("manifest")
+
+    def mentions_manifest(node) -> bool:
+        return "manifest" in (ast.get_source_segment(source, node) or "").lower()
+
+    found = []
+
+    def visit(node, function):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            function = node
+        bad = None
+        if isinstance(node, ast.Subscript) and named_manifest(node.value):
+            bad = "subscript"
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            if node.func.attr == "get" and named_manifest(node.func.value):
+                bad = ".get"
+            elif node.func.attr in ("loads", "load") and isinstance(node.func.value, ast.Name) \
+                    and node.func.value.id == "json" and (any(mentions_manifest(a) for a in node.args) or (
+                        function is not None and "manifest" in function.name.lower())):
+                bad = "json.loads"
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "manifest_bytes":
+            bad = "manifest_bytes"
+        if bad:
+            found.append(f"{node.lineno} {bad}: {ast.get_source_segment(source, node)}")
+        for child in ast.iter_child_nodes(node):
+            visit(child, function)
+    visit(tree, None)
+    return found
+
+
+def test_the_manifest_is_read_and_written_in_one_place():
+    """The bundle is one type: outside packager/bundle/manifest.py nothing looks a manifest up by key, parses
+    manifest.json with json.loads, or serialises one; Manifest has no mapping interface, so raw reads cannot
+    come back. A new manifest field is a property of Manifest (and its value in bundle/contents.stage)."""
+    from collections.abc import Mapping
+    from packager.bundle.manifest import Manifest
+    assert not issubclass(Manifest, Mapping) and not hasattr(Manifest, "__getitem__") and not hasattr(Manifest, "get")
+    raw = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path == PACKAGE / "bundle" / "manifest.py":
+            continue
+        source = path.read_text(encoding="utf-8")
+        raw += [f"{path.relative_to(ROOT)}:{line}" for line in _manifest_lookups(ast.parse(source), source)]
+    assert raw == [], "raw manifest reads (use the Manifest's attributes, manifest.parse or Manifest.read):\n" + \
+        "\n".join(raw)
+
+
+def test_the_manifest_check_sees_raw_reads():
+    """The check itself can fail: each raw form it forbids is found."""
+    source = ("import json\ndef f(bundle, text, manifest):\n    a = manifest['name']\n    b = bundle.manifest.get('x')\n"
+              "    c = json.loads(manifest_text)\n    d = manifest_bytes({})\n    return json.loads(text)\n"
+              "def read_manifest(p):\n    return json.loads(p.read_text())\n")
+    found = [line.split(":")[0] for line in _manifest_lookups(ast.parse(source), source)]
+    assert found == ["3 subscript", "4 .get", "5 json.loads", "6 manifest_bytes", "9 json.loads"]

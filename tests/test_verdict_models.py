@@ -62,7 +62,7 @@ def test_low_confidence_classifier_int8_is_refused_by_its_decisions(digits_data,
     # --no-verify writes the bundle anyway (so `diagnose` has one), saying what the conversion check saw
     assert any(w.startswith("--no-verify: the int8 model does not compute") and "change their decision" in w
                for w in res.warnings)
-    assert res.manifest["verification"]["status"] == "skipped"
+    assert res.manifest.to_json()["verification"]["status"] == "skipped"
     ref = model.predict(xe, verbose=0)
     got = raw_outputs(res.bundle, {"x": xe})["probs"]
     flips = float(np.mean(ref.argmax(1) != got.argmax(1)))

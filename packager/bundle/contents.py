@@ -1,8 +1,8 @@
 """What a bundle holds, decided in one place: the manifest's fields (:func:`stage`), the verification
 record (:func:`record_verification`), the bundle README with the target's install/run steps,
-requirements files per runtime, and the samples for ``--self-test``. ``manifest.json`` is written
-here (through :class:`~packager.bundle.files.Staging`) and read only through
-:class:`~packager.bundle.manifest.Manifest`; docs/bundle-format.md describes every field.
+requirements files per runtime, and the samples for ``--self-test``. The manifest is built here as a
+:class:`~packager.bundle.manifest.Manifest` (:meth:`~packager.bundle.manifest.Manifest.new`), completed with
+``replace`` and written through :class:`~packager.bundle.files.Staging`; docs/bundle-format.md describes every field.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import numpy as np
 from ..convert.inspect import ModelSpec
 from ..targets import TargetProfile
 from .files import ENTRYPOINT, ENTRYPOINT_SOURCE, MODEL, Staging, npz_bytes, sha256_tree
-from .manifest import FORMAT, VerificationStatus
+from .manifest import Manifest, RuntimeEntry, VerificationStatus
 
 # One rule for input files, the same in the host emulator and the device script (its _prepare).
 INPUT_VALUES_RULE = ("input files hold real values in the original model's units, whatever their dtype (uint8 "
@@ -36,9 +36,9 @@ def _self_test_atol(spec: ModelSpec, expected: dict) -> dict:
     return atol
 
 
-def _readme(target: TargetProfile, manifest: dict, address: str) -> str:
-    name = manifest["name"]
-    lines = [f"# {name}: {manifest['source']['path']} for {target.name} ({manifest['recipe']['name']})", "",
+def _readme(target: TargetProfile, manifest: Manifest, address: str) -> str:
+    name = manifest.name
+    lines = [f"# {name}: {manifest.source['path']} for {target.name} ({manifest.recipe})", "",
              target.description, "", "## Install", ""]
     lines += [f"    {s.replace('{name}', name).replace('{entrypoint}', ENTRYPOINT)}" for s in target.install_steps]
     lines += ["", "Or let edgepack deploy it (checksummed on the device, switched atomically):", "",
@@ -51,20 +51,19 @@ def _readme(target: TargetProfile, manifest: dict, address: str) -> str:
               "Outputs: an .npz keyed by output name; quantized outputs are dequantized (--raw keeps integers).", "",
               *_fixed_lines(manifest),
               "## Inputs and outputs", ""]
-    for kind in ("inputs", "outputs"):
-        for t in manifest[kind]:
-            q = t["quantization"]
-            qs = f", scale {q['scale']:.6g}, zero point {q['zero_point']}" if q else ""
-            lines.append(f"- {kind[:-1]} `{t['name']}`: {t['dtype']} {t['shape']}{qs}")
+    for kind, tensors in (("inputs", manifest.inputs), ("outputs", manifest.outputs)):
+        for t in tensors:
+            qs = f", scale {t.scale:.6g}, zero point {t.zero_point}" if t.quantized else ""
+            lines.append(f"- {kind[:-1]} `{t.name}`: {t.dtype} {list(t.shape)}{qs}")
     lines += ["", "## Runtimes", ""]
-    for rt in manifest["runtimes"]:
-        ranges = " ".join(shlex.quote(r) for r in rt["requirements"])
-        if rt.get("wheels"):
-            how = (f"`pip install --require-hashes --only-binary :all: --no-deps -r requirements-{rt['name']}.txt`, "
-                   f"the exact wheels locked from `{ranges}` ({_wheel_summary(rt['wheels'])})")
+    for rt in manifest.runtimes:
+        ranges = " ".join(shlex.quote(r) for r in rt.requirements)
+        if rt.wheels:
+            how = (f"`pip install --require-hashes --only-binary :all: --no-deps -r requirements-{rt.name}.txt`, "
+                   f"the exact wheels locked from `{ranges}` ({_wheel_summary(rt.wheels)})")
         else:
             how = f"`pip install {ranges}`"
-        lines.append(f"- {rt['name']} ({rt['status']}): {how}" + (f" - {rt['reason']}" if rt.get("reason") else ""))
+        lines.append(f"- {rt.name} ({rt.status}): {how}" + (f" - {rt.reason}" if rt.reason else ""))
     if target.android_assets:
         lines += ["", "## Android app", "", "`assets/` holds the model, manifest and labels an app can copy into "
                   "`src/main/assets/`. Keep the model uncompressed in the APK "
@@ -72,11 +71,12 @@ def _readme(target: TargetProfile, manifest: dict, address: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def stage(staging: Staging, profile, rec, io, prepared, name, selected, label_names) -> dict:
+def stage(staging: Staging, profile, rec, io, prepared, name, selected, label_names,
+          build_key: str | None = None) -> Manifest:
     """Write the model, the device script, samples (inputs and the expected outputs of the bundled
     model), labels and Android assets into ``staging``, and a manifest with verification ``pending``
-    (the device script needs it while the staged bundle is verified). Returns the manifest dict,
-    completed by :func:`record_verification` and :func:`finish`."""
+    (the device script needs it while the staged bundle is verified); ``build_key`` goes to ``source``.
+    Returns the manifest written, completed by :func:`record_verification` and :func:`finish`."""
     conversion, check = prepared.conversion, prepared.check
     spec = conversion.spec
     model_sha = staging.write(MODEL, conversion.tflite)
@@ -93,28 +93,29 @@ def stage(staging: Staging, profile, rec, io, prepared, name, selected, label_na
     staging.write("samples/inputs.npz", npz_bytes(sample_inputs))
     staging.write("samples/expected.npz", npz_bytes(expected))
     inputs, outputs = [t.to_json() for t in spec.inputs], [t.to_json() for t in spec.outputs]
-    manifest = {
-        "format": FORMAT, "name": name, "model": MODEL, "entrypoint": ENTRYPOINT,
-        "model_sha256": model_sha, "model_size": len(conversion.tflite), "files": {},
-        "inputs": inputs, "outputs": outputs,
-        "ops": [{"name": o.name, "version": o.version, "custom": o.custom, "count": o.count} for o in spec.ops],
-        "samples": {"inputs": "samples/inputs.npz", "expected": "samples/expected.npz",
-                    "count": int(next(iter(sample_inputs.values())).shape[0]),
-                    "atol": _self_test_atol(spec, expected)},
-        "recipe": rec.to_json(io), "target": profile.to_json(),
-        "runtimes": runtime_entries(selected, None, spec, profile.python),
-        "source": {"path": Path(prepared.path).name, "format": prepared.format,
-                   "sha256": sha256_tree(Path(prepared.path)), "conversion_path": conversion.path,
-                   **({"signature": prepared.signature} if getattr(prepared, "signature", None) else {})},
-        "versions": prepared.versions,
-        "fixed": prepared.fixed,
-        "tolerance": {n: asdict(t) for n, t in prepared.tolerance.items()},
-        "input_values": INPUT_VALUES_RULE,
-        "verification": {"status": VerificationStatus.PENDING.value},
-    }
     if label_names:
         staging.write("labels.txt", ("\n".join(label_names) + "\n").encode())
-        manifest["labels"] = "labels.txt"
+    manifest = Manifest.new(
+        name=name, model=MODEL, entrypoint=ENTRYPOINT,
+        model_sha256=model_sha, model_size=len(conversion.tflite), files={},
+        inputs=inputs, outputs=outputs,
+        ops=[{"name": o.name, "version": o.version, "custom": o.custom, "count": o.count} for o in spec.ops],
+        samples={"inputs": "samples/inputs.npz", "expected": "samples/expected.npz",
+                 "count": int(next(iter(sample_inputs.values())).shape[0]),
+                 "atol": _self_test_atol(spec, expected)},
+        recipe=rec.to_json(io), target=profile.to_json(),
+        runtimes=runtime_entries(selected, None, spec, profile.python),
+        source={"path": Path(prepared.path).name, "format": prepared.format,
+                "sha256": sha256_tree(Path(prepared.path)), "conversion_path": conversion.path,
+                **({"signature": prepared.signature} if getattr(prepared, "signature", None) else {}),
+                **({"build_key": build_key} if build_key else {})},
+        versions=prepared.versions,
+        fixed=prepared.fixed,
+        tolerance={n: asdict(t) for n, t in prepared.tolerance.items()},
+        input_values=INPUT_VALUES_RULE,
+        verification={"status": VerificationStatus.PENDING.value},
+        **({"labels": "labels.txt"} if label_names else {}),
+    )
     if profile.android_assets:
         staging.write(f"assets/{MODEL}", conversion.tflite)
         if label_names:
@@ -124,12 +125,11 @@ def stage(staging: Staging, profile, rec, io, prepared, name, selected, label_na
             "preprocessing": "float inputs as in training; quantized inputs: q = round(x / scale) + zero_point",
         }, indent=2).encode())
     staging.write("README.md", b"")
-    staging.write_manifest(manifest)  # the device script needs it during verification
-    return manifest
+    return staging.write_manifest(manifest)  # the device script needs it during verification
 
 
-def _fixed_lines(manifest: dict) -> list[str]:
-    fixed = manifest.get("fixed") or {}
+def _fixed_lines(manifest: Manifest) -> list[str]:
+    fixed = manifest.fixed
     lines = []
     if fixed.get("batch"):
         lines.append(f"Fixed batch: the model takes {fixed['batch']} sample(s) per invoke; the script chunks and pads.")
@@ -190,38 +190,35 @@ def runtime_entries(selected, report=None, spec: ModelSpec | None = None, python
     return entries
 
 
-def _requirement_text(rt: dict) -> bytes:
-    lines = pinned_lines(rt["wheels"]) if rt.get("wheels") else rt["requirements"]
+def _requirement_text(rt: RuntimeEntry) -> bytes:
+    lines = pinned_lines(list(rt.wheels)) if rt.wheels else list(rt.requirements)
     return ("\n".join(lines) + "\n").encode()
 
 
-def _write_requirements(staging: Staging, manifest: dict) -> None:
+def _write_requirements(staging: Staging, manifest: Manifest) -> None:
     """requirements-RUNTIME.txt for every usable runtime; requirements.txt = the first that passed. A runtime of
     the lock gets its exact wheels (``name==version --hash=sha256:...``), others their ranges."""
-    usable = sorted((r for r in manifest["runtimes"] if r["status"] in ("passed", "unverified", "unavailable")),
-                    key=lambda r: r["status"] != "passed")
-    for rt in manifest["runtimes"]:
-        if rt in usable:
-            staging.write(f"requirements-{rt['name']}.txt", _requirement_text(rt))
+    usable = sorted((r for r in manifest.runtimes if r.usable), key=lambda r: r.status != "passed")
+    for rt in manifest.runtimes:
+        if rt.usable:
+            staging.write(f"requirements-{rt.name}.txt", _requirement_text(rt))
     if usable:
         staging.write("requirements.txt", _requirement_text(usable[0]))
 
 
-def record_verification(manifest: dict, selected, report) -> None:
-    """Record ``report`` (a VerifyReport, or None for ``--no-verify``) in the staged ``manifest``."""
+def record_verification(manifest: Manifest, selected, report) -> Manifest:
+    """The staged ``manifest`` with ``report`` (a VerifyReport, or None for ``--no-verify``) recorded."""
     if report is None:
-        manifest["verification"] = {"status": VerificationStatus.SKIPPED.value, "reason": "--no-verify"}
-        return
-    target = manifest.get("target") if isinstance(manifest.get("target"), dict) else {}
-    manifest["runtimes"] = runtime_entries(selected, report, python=target.get("python"))
+        return manifest.replace(verification={"status": VerificationStatus.SKIPPED.value, "reason": "--no-verify"})
     status = VerificationStatus.PASSED if report.passed else VerificationStatus.FAILED
-    manifest["verification"] = {"status": status.value, **report.summary()}
+    return manifest.replace(runtimes=runtime_entries(selected, report, python=manifest.target_python),
+                            verification={"status": status.value, **report.summary()})
 
 
-def finish(staging: Staging, profile, manifest: dict, address: str) -> None:
-    """The bundle README and requirements files from the final ``manifest``, then manifest.json last.
-    ``address``: how ``edgepack deploy`` names a device of the target's transport (``--host USER@HOST``)."""
+def finish(staging: Staging, profile, manifest: Manifest, address: str) -> Manifest:
+    """The bundle README and requirements files from the final ``manifest``, then manifest.json last (returned
+    as written). ``address``: how ``edgepack deploy`` names a device of the target's transport (``--host USER@HOST``)."""
     staging.files.pop("README.md", None)
     staging.write("README.md", _readme(profile, manifest, address).encode())
     _write_requirements(staging, manifest)
-    staging.write_manifest(manifest)
+    return staging.write_manifest(manifest)

@@ -6,7 +6,6 @@ import contextlib
 import gzip
 import hashlib
 import io
-import json
 import os
 import re
 import shutil
@@ -26,8 +25,7 @@ ENTRYPOINT = "edgepack_run.py"
 MODEL = "model.tflite"
 MANIFEST = "manifest.json"
 PART_RE = re.compile(r"^[A-Za-z0-9._][A-Za-z0-9._-]*\Z")
-from ..jsonsafe import clean  # noqa: E402
-from .manifest import FORMAT, Manifest, check_name  # noqa: E402,F401 - one source of the format number and name rule
+from .manifest import FORMAT, Manifest, check_name, manifest_bytes, parse  # noqa: E402,F401 - one source of the format number, name rule and writer
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -196,12 +194,13 @@ class Staging:
         self.files[rel] = "sha256:" + digest
         return digest
 
-    def write_manifest(self, manifest: dict) -> None:
-        """Set ``manifest["files"]`` to every file written so far (sorted, ``sha256:HEX``) and write manifest.json
-        atomically, last."""
-        manifest["files"] = dict(sorted(self.files.items()))
+    def write_manifest(self, manifest: Manifest) -> Manifest:
+        """``manifest`` with its ``files`` set to every file written so far (sorted, ``sha256:HEX``), written as
+        manifest.json atomically, last (:meth:`Manifest.to_bytes`, the one writer). Returns what was written."""
+        manifest = manifest.replace(files=dict(sorted(self.files.items())))
         fault("before-manifest")
-        atomic_write(self.dir / MANIFEST, manifest_bytes(manifest))
+        atomic_write(self.dir / MANIFEST, manifest.to_bytes())
+        return manifest
 
     def commit(self) -> Path:
         """Move the staged bundle to ``output``; an older bundle there is replaced."""
@@ -239,19 +238,6 @@ class Staging:
     def discard(self) -> None:
         """Remove the staging directory; whatever is at ``output`` is left as it was."""
         shutil.rmtree(self.dir, ignore_errors=True)
-
-
-def manifest_bytes(manifest: dict) -> bytes:
-    """manifest.json's bytes: JSON indented by 2, key order kept, numpy scalars as plain numbers, non-finite
-    floats as strings (:mod:`packager.jsonsafe`), a final newline. TypeError for any other value JSON cannot hold."""
-    plain = json.loads(json.dumps(manifest, default=_json_default))
-    return (json.dumps(clean(plain), indent=2, sort_keys=False, allow_nan=False) + "\n").encode()
-
-
-def _json_default(value):
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
 ARCHIVE_LEVEL = 9
@@ -322,7 +308,7 @@ def write_archive(bundle: Path, archive: Path | None = None) -> Path:
     return archive
 
 
-def archive_matches(bundle: Path, archive: Path, manifest: dict | None = None) -> bool:
+def archive_matches(bundle: Path, archive: Path, manifest: Manifest | None = None) -> bool:
     """``archive`` (a regular file) ends with the gzip trailer of the tar stream :func:`write_archive` makes of
     ``bundle`` now: its CRC-32 and length. A cheap check that the archive beside a bundle still describes it
     (nothing is decompressed or recompressed); a truncated, replaced or stale archive fails it. With ``manifest``,
@@ -342,7 +328,7 @@ def archive_matches(bundle: Path, archive: Path, manifest: dict | None = None) -
     except OSError:
         return False
     if manifest is not None:
-        files = manifest.get("files") or {}
+        files = manifest.files
         root = Path(bundle)
         if any(digests.get(rel) != digest or _under_link(root, rel) for rel, digest in files.items()) \
                 or requirement_problems(root):
@@ -353,23 +339,22 @@ def archive_matches(bundle: Path, archive: Path, manifest: dict | None = None) -
 ENTRYPOINT_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}\.py")
 
 
-def host_entrypoint(bundle: Path, manifest: dict) -> tuple[Path, str | None]:
+def host_entrypoint(bundle: Path, manifest: Manifest) -> tuple[Path, str | None]:
     """The device script to run *on this host* for ``bundle``: the bundle's own file only when it
     is byte for byte the one this edgepack ships; otherwise this edgepack's copy (pointed at the
     bundle with ``--bundle``), with a note naming the edgepack the bundle says wrote it. A bundle
     edgepack did not write is untrusted: its Python never runs here."""
-    entry = manifest.get("entrypoint")
+    entry = manifest.entrypoint
     if not isinstance(entry, str) or not ENTRYPOINT_NAME_RE.fullmatch(entry):
         raise UsageError(f"the manifest's entrypoint {entry!r} is not a plain .py file name of the bundle",
                          hint="only bundles written by `edgepack build` are accepted")
     path = Path(bundle) / entry
-    if path.is_symlink() or not path.is_file() or entry not in (manifest.get("files") or {}):
+    if path.is_symlink() or not path.is_file() or entry not in manifest.files:
         raise UsageError(f"the manifest's entrypoint {entry!r} is not a regular file listed in the bundle",
                          hint="only bundles written by `edgepack build` are accepted")
     if sha256_file(path) == sha256_file(ENTRYPOINT_SOURCE):
         return path, None
-    versions = manifest.get("versions") if isinstance(manifest.get("versions"), dict) else {}
-    written_by = versions.get("edgepack")
+    written_by = manifest.versions.get("edgepack")
     from ..version import __version__
     return ENTRYPOINT_SOURCE, (f"the bundle's {entry} differs from the one edgepack {__version__} ships "
                                f"(bundle written by edgepack {written_by if isinstance(written_by, str) else 'unknown'}); "
@@ -377,9 +362,8 @@ def host_entrypoint(bundle: Path, manifest: dict) -> tuple[Path, str | None]:
 
 
 def read_manifest(bundle: Path):
-    """The bundle's validated :class:`packager.bundle.manifest.Manifest` (a read-only mapping of the JSON
-    too). Raises UsageError when there is none or it is invalid."""
-    from .manifest import Manifest
+    """The bundle's validated :class:`packager.bundle.manifest.Manifest`. Raises UsageError when there is none or
+    it is invalid."""
     return Manifest.read(Path(bundle))
 
 
@@ -474,38 +458,160 @@ def requirement_problems(bundle: Path) -> list[str]:
     return problems
 
 
-def check_files(bundle: Path, manifest: dict) -> list[str]:
-    """Problems with the bundle's files against the manifest (empty list = intact), and requirement lines
-    edgepack did not write (:func:`requirement_problems`)."""
-    problems = requirement_problems(bundle)
-    root = Path(bundle).resolve()
-    for rel, digest in manifest.get("files", {}).items():
+@dataclass(frozen=True)
+class Problem:
+    """One way a bundle's files differ from its manifest (:func:`integrity`): the file ``rel`` (or
+    requirements*.txt, manifest.json), what is wrong (``detail``), and the ``error`` class a refusal raises
+    (UsageError: the bundle is malformed; DeployError: a file is missing or was changed)."""
+    rel: str
+    detail: str
+    error: type = UsageError
+    message: str = ""              # the refusal's sentence (load_bundle), when it is more than "rel: detail"
+    hint: str = "rebuild the bundle with edgepack build"
+
+    def __str__(self) -> str:
+        return f"{self.rel}: {self.detail}"
+
+
+def integrity(bundle: Path, manifest: Manifest) -> tuple[list[Problem], tuple, dict]:
+    """The one integrity check of a bundle directory against its manifest: every listed file a regular file inside
+    the bundle (no symbolic link) whose sha256 is the listed one, the model and entrypoint among them, the model's
+    digest the manifest's ``model_sha256``, and no requirement line edgepack did not write
+    (:func:`requirement_problems`). Returns (problems, ((relative path, sha256 hex), ...) of the intact files,
+    {relative path: bytes}); no problem = intact."""
+    root = Path(bundle)
+    problems: list[Problem] = []
+    files = manifest.files
+    where = root / MANIFEST
+    if not files:
+        problems.append(Problem(MANIFEST, "lists no files", message=f"{where} lists no files"))
+    for key, rel in (("model", manifest.model), ("entrypoint", manifest.entrypoint)):
+        if files and rel not in files:
+            problems.append(Problem(MANIFEST, f"{key} {rel!r} is not among its files",
+                                    message=f"{where}: {key} {rel!r} is not among its files"))
+    entries: list[tuple[str, str]] = []
+    sizes: dict[str, int] = {}
+    resolved = root.resolve()
+    for rel, digest in sorted(files.items()):
+        try:
+            check_relpath(rel)
+        except UsageError as exc:
+            problems.append(Problem(rel, "not a valid bundle file name", message=exc.message))
+            continue
+        if rel == MANIFEST:
+            problems.append(Problem(rel, "the manifest lists itself", message=f"{where} lists itself among its files"))
+            continue
+        want = digest.removeprefix("sha256:")
+        if not re.fullmatch(r"[0-9a-f]{64}", want):
+            problems.append(Problem(rel, "no sha256 checksum", message=f"{where}: {rel} has no sha256 checksum"))
+            continue
         if _under_link(root, rel):
-            problems.append(f"{rel}: a symbolic link (a bundle holds regular files only)")
+            problems.append(Problem(rel, "a symbolic link (a bundle holds regular files only)",
+                                    message=f"bundle file {rel} in {root} is (or lies under) a symbolic link; refused",
+                                    hint="a bundle holds regular files only: rebuild it with edgepack build"))
             continue
-        path = (root / rel).resolve()
-        if root not in path.parents or not path.is_file():
-            problems.append(f"{rel}: missing or outside the bundle")
+        local = root.joinpath(*rel.split("/"))
+        if resolved not in local.resolve().parents or not local.is_file():
+            problems.append(Problem(rel, "missing or outside the bundle", DeployError,
+                                    f"bundle file {rel} is missing from {root}", "rebuild the bundle"))
             continue
-        if "sha256:" + sha256_file(path) != digest:
-            problems.append(f"{rel}: sha256 differs from the manifest")
-    return problems
+        got = sha256_file(local)
+        if got != want:
+            problems.append(Problem(
+                rel, "sha256 differs from the manifest", DeployError,
+                f"bundle file {rel} does not match manifest.json (sha256 {got[:12]}... vs {want[:12]}...): "
+                "it was changed after the bundle was built; nothing was sent",
+                "rebuild the bundle with edgepack build instead of editing it"))
+            continue
+        entries.append((rel, want))
+        sizes[rel] = local.stat().st_size
+    if manifest.model in files and files[manifest.model].removeprefix("sha256:") != manifest.model_sha256:
+        problems.append(Problem(manifest.model, "model_sha256 differs from the model's checksum in files", DeployError,
+                                f"{where}: model_sha256 differs from the model's checksum in files", "rebuild the bundle"))
+    odd = requirement_problems(root)
+    for line in odd:
+        rel, _, detail = line.partition(": ")
+        problems.append(Problem(
+            rel, detail,
+            message=f"bundle {root.name}: {odd[0]}" + (f" (and {len(odd) - 1} more)" if len(odd) > 1 else ""),
+            hint="the device installs only what edgepack writes (the target's runtime packages): rebuild the bundle "
+                 "with edgepack build; nothing was sent"))
+    return problems, tuple(entries), sizes
+
+
+def check_files(bundle: Path, manifest: Manifest | dict | None = None) -> list[str]:
+    """Problems with the bundle's files against its manifest (``manifest``: a Manifest or its parsed JSON; else read
+    from ``bundle``), one line each; an empty list = intact. The list form of :func:`integrity`."""
+    if manifest is None:
+        manifest = Manifest.read(Path(bundle))
+    elif not isinstance(manifest, Manifest):
+        manifest = Manifest.from_json(manifest)
+    return [str(p) for p in integrity(bundle, manifest)[0]]
 
 
 @dataclass(frozen=True)
 class Bundle:
-    """A bundle directory whose every file was checked against its manifest (by :func:`load_bundle`):
-    ``files`` lists (relative path, sha256 hex) with manifest.json last, ``sizes`` their bytes."""
+    """A bundle: its directory, its typed :class:`~packager.bundle.manifest.Manifest`, and its files as checked
+    against that manifest (:meth:`open`; :meth:`written` for one this process just wrote): ``files`` lists
+    (relative path, sha256 hex) with manifest.json last, ``sizes`` their bytes. Every stage after conversion takes
+    one: ``build`` returns it, ``verify``, ``inspect``, ``diagnose``, ``deploy`` and ``fleet`` open a path into it.
+    It is also its directory (``os.fspath(bundle)``, ``bundle / "model.tflite"``)."""
     path: Path
     manifest: Manifest
-    name: str
-    model_sha256: str
     files: tuple[tuple[str, str], ...]    # (relpath, sha256 hex), manifest.json last
     sizes: dict = field(default_factory=dict, compare=False)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> "Bundle":
+        """The bundle directory at ``path`` (or a Bundle as it is), every file checked against its manifest before
+        anything goes anywhere. Raises UsageError for a missing, linked or invalid manifest or a malformed
+        listing, DeployError for a missing or changed file (the first :class:`Problem` of :func:`integrity`)."""
+        if isinstance(path, Bundle):
+            return path
+        root = Path(path)
+        if not root.is_dir():
+            raise UsageError(f"bundle {root} is not a directory", hint="build one with: edgepack build MODEL")
+        manifest, raw = Manifest.read_bytes(root)
+        problems, entries, sizes = integrity(root, manifest)
+        if problems:
+            first = problems[0]
+            raise first.error(first.message or f"bundle {root.name}: {first}", hint=first.hint)
+        return cls(root, manifest, entries + ((MANIFEST, sha256_bytes(raw)),), {**sizes, MANIFEST: len(raw)})
+
+    @classmethod
+    def written(cls, path: str | os.PathLike) -> "Bundle":
+        """The bundle this process has just written (or checked) at ``path``: its manifest read back and validated,
+        its files as the manifest lists them, not hashed again."""
+        root = Path(path)
+        manifest, raw = Manifest.read_bytes(root)
+        entries = tuple((rel, digest.removeprefix("sha256:")) for rel, digest in sorted(manifest.files.items()))
+        sizes = {rel: root.joinpath(*rel.split("/")).stat().st_size for rel, _ in entries}
+        return cls(root, manifest, entries + ((MANIFEST, sha256_bytes(raw)),), {**sizes, MANIFEST: len(raw)})
+
+    def check(self) -> list[str]:
+        """The bundle's files against its manifest now, one line per problem (:func:`check_files`); [] = intact."""
+        return check_files(self.path, self.manifest)
+
+    @property
+    def name(self) -> str:
+        """The bundle name (the manifest's)."""
+        return self.manifest.name
+
+    @property
+    def model_sha256(self) -> str:
+        """sha256 hex of the bundle's model."""
+        return self.manifest.model_sha256
 
     def __fspath__(self) -> str:
         """The bundle directory."""
         return str(self.path)
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    def __truediv__(self, rel: str) -> Path:
+        """``bundle / "model.tflite"``: the local path of a file of the bundle (:meth:`local`)."""
+        return self.path / rel
 
     def local(self, rel: str) -> Path:
         """The local path of bundle file ``rel`` (a '/'-separated path relative to the bundle)."""
@@ -537,62 +643,8 @@ def check_relpath(rel: object) -> str:
 
 def load_bundle(bundle_dir: str | Path) -> Bundle:
     """Read a bundle and check every file against its manifest before anything goes anywhere
-    (deploy, fleet). Raises UsageError for a missing, linked or invalid manifest (validated by
-    :class:`~packager.bundle.manifest.Manifest`), DeployError for a missing or changed file."""
-    path = Path(bundle_dir)
-    mpath = path / "manifest.json"
-    if not path.is_dir():
-        raise UsageError(f"bundle {path} is not a directory", hint="build one with: edgepack build MODEL")
-    if mpath.is_symlink():
-        raise UsageError(f"{mpath} is a symbolic link; refused", hint="rebuild the bundle with edgepack build")
-    try:
-        raw = mpath.read_bytes()
-        manifest = json.loads(raw.decode("utf-8"))
-    except FileNotFoundError:
-        raise UsageError(f"{path} has no manifest.json; it is not an edgepack bundle") from None
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise UsageError(f"{mpath} cannot be read: {exc}") from None
-    manifest = Manifest.from_json(manifest, str(mpath))
-    name = manifest.name
-    files = manifest.get("files")
-    if not isinstance(files, dict) or not files:
-        raise UsageError(f"{mpath} lists no files")
-    for key in ("model", "entrypoint"):
-        if manifest.get(key) not in files:
-            raise UsageError(f"{mpath}: {key} {manifest.get(key)!r} is not among its files")
-    model_sha = str(manifest.get("model_sha256", ""))
-    entries: list[tuple[str, str]] = []
-    sizes: dict[str, int] = {}
-    for rel, digest in sorted(files.items()):
-        check_relpath(rel)
-        if rel == "manifest.json":
-            raise UsageError(f"{mpath} lists itself among its files")
-        want = str(digest).removeprefix("sha256:")
-        if not re.fullmatch(r"[0-9a-f]{64}", want):
-            raise UsageError(f"{mpath}: {rel} has no sha256 checksum")
-        local = path.joinpath(*rel.split("/"))
-        if _under_link(path, rel):
-            raise UsageError(f"bundle file {rel} in {path} is (or lies under) a symbolic link; refused",
-                             hint="a bundle holds regular files only: rebuild it with edgepack build")
-        if not local.is_file():
-            raise DeployError(f"bundle file {rel} is missing from {path}", hint="rebuild the bundle")
-        got = sha256_file(local)
-        if got != want:
-            raise DeployError(f"bundle file {rel} does not match manifest.json (sha256 {got[:12]}... vs {want[:12]}...): "
-                              "it was changed after the bundle was built; nothing was sent",
-                              hint="rebuild the bundle with edgepack build instead of editing it")
-        entries.append((rel, want))
-        sizes[rel] = local.stat().st_size
-    if files[manifest["model"]].removeprefix("sha256:") != model_sha:
-        raise DeployError(f"{mpath}: model_sha256 differs from the model's checksum in files", hint="rebuild the bundle")
-    odd = requirement_problems(path)
-    if odd:
-        raise UsageError(f"bundle {path.name}: {odd[0]}" + (f" (and {len(odd) - 1} more)" if len(odd) > 1 else ""),
-                         hint="the device installs only what edgepack writes (the target's runtime packages): "
-                              "rebuild the bundle with edgepack build; nothing was sent")
-    entries.append(("manifest.json", hashlib.sha256(raw).hexdigest()))
-    sizes["manifest.json"] = len(raw)
-    return Bundle(path=path, manifest=manifest, name=name, model_sha256=model_sha, files=tuple(entries), sizes=sizes)
+    (deploy, fleet): :meth:`Bundle.open`."""
+    return Bundle.open(bundle_dir)
 
 
 @contextlib.contextmanager
@@ -653,10 +705,10 @@ def extract_archive(archive: Path, dest: Path) -> Path:
             if man is None or not man.isreg() or man.size > 16 << 20:
                 raise bad("no manifest.json")
             try:
-                manifest = json.loads(tar.extractfile(man).read())
-                listed = set(manifest["files"])
-            except (ValueError, KeyError, TypeError, AttributeError):
-                raise bad("manifest.json is not an edgepack manifest") from None
+                manifest = parse(tar.extractfile(man).read(), f"{root}/{MANIFEST}")
+            except UsageError as exc:
+                raise bad(f"manifest.json is not an edgepack manifest ({exc.message})") from None
+            listed = set(manifest.files)
             allowed_dirs = {root} | {f"{root}/" + "/".join(p.split("/")[:i]) for p in listed
                                      for i in range(1, p.count("/") + 1)}
             for m in members:

@@ -366,13 +366,12 @@ def sample_material(bundle: Bundle) -> Material:
     from device_runtime.edgepack_run import Failure, read_inputs
     from ..recipes import get_recipe
     m = bundle.manifest
-    samples = m.get("samples") or {}
-    if not samples.get("inputs") or not samples.get("expected"):
+    if not m.samples or not m.expected:
         raise UsageError(f"{bundle.name} has no bundled samples to smoke-test with",
                          hint="rebuild it (build writes samples/), or deploy without --smoke")
     try:
-        inputs = read_inputs(str(bundle.local(samples["inputs"])), m["inputs"])
-        expected = read_inputs(str(bundle.local(samples["expected"])), m["outputs"])
+        inputs = read_inputs(str(bundle.local(m.samples)), [t.to_json() for t in m.inputs])
+        expected = read_inputs(str(bundle.local(m.expected)), [t.to_json() for t in m.outputs])
     except Failure as exc:
         raise UsageError(f"the bundle's samples are unreadable: {exc.message}") from None
     try:
@@ -383,8 +382,8 @@ def sample_material(bundle: Bundle) -> Material:
     tol = {n: Tolerance.from_record(recorded.get(n) or {}, base) for n in expected}
     steps = {t.name: t.scale for t in m.outputs if t.quantized}
     return Material([inputs], [expected], tol, steps, None, None,
-                    {"source": samples["inputs"], "count": len(next(iter(inputs.values()))), "kind": "samples",
-                     "text": f"bundled samples, n={len(next(iter(inputs.values())))}"}, {0: samples["inputs"]})
+                    {"source": m.samples, "count": len(next(iter(inputs.values()))), "kind": "samples",
+                     "text": f"bundled samples, n={len(next(iter(inputs.values())))}"}, {0: m.samples})
 
 
 def verdict_line(result: RuntimeResult) -> str:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from ..bundle.files import Bundle, check_part, check_relpath, load_bundle, sha256_file  # noqa: F401 - re-exported
-from ..bundle.manifest import check_name
+from ..bundle.manifest import Manifest, check_name, parse
 from ..errors import DeployError, UsageError
 from .base import Completed, Transport, q, transfer_timeout
 
@@ -135,7 +135,7 @@ class _State:
     releases: list[str] = field(default_factory=list)
     hashes: dict = field(default_factory=dict)      # (release, relpath) -> hex
     venv: bool = False
-    manifest: dict | None = None                    # current/manifest.json when asked for
+    manifest: Manifest | None = None                # current/manifest.json when asked for
     manifest_error: str | None = None
 
     def previous(self) -> str | None:
@@ -302,11 +302,9 @@ def _probe(transport: Transport, remote_dir: str, hash_files: Sequence[str] = ()
         st.current = None
     if manifest_text is not None and manifest_text.strip():
         try:
-            st.manifest = json.loads(manifest_text)
-            if not isinstance(st.manifest, dict):
-                raise ValueError("not an object")
-        except ValueError as exc:
-            st.manifest, st.manifest_error = None, f"current/manifest.json is not valid JSON ({exc})"
+            st.manifest = parse(manifest_text, "current/manifest.json")
+        except UsageError as exc:
+            st.manifest, st.manifest_error = None, exc.message
     return st
 
 
@@ -511,10 +509,11 @@ def last_selftest(transport: Transport, rdir: str) -> dict | None:
 
 
 # =========================================================================== deploy
-def deploy(bundle_dir: str | Path, transport: Transport, remote_dir: str | None = None, keep: int = 3,
+def deploy(bundle_dir: Bundle | str | Path, transport: Transport, remote_dir: str | None = None, keep: int = 3,
            install: bool = False, smoke: bool = False, progress: Progress | None = None, *,
            device_python: str | None = None, runtime: str | None = None, verify=None) -> DeployResult:
-    """Upload a bundle as a new release, verify it on the device, switch ``current`` to it.
+    """Upload a bundle (a Bundle or its directory, checked again here: :meth:`Bundle.open`) as a new release, verify
+    it on the device, switch ``current`` to it.
 
     ``progress(step, detail)`` is called before each step: connect, plan, upload, verify, install,
     switch, smoke, prune. Over SSH a deploy is four remote calls on one connection (check, plan,
@@ -736,16 +735,10 @@ def _device_platform(transport: Transport, python: str) -> tuple[str, str]:
     return version, _ARCH.get(machine.strip().lower(), machine.strip())
 
 
-def _manifest_wheels(manifest) -> list[dict]:
-    runtimes = manifest.get("runtimes") if hasattr(manifest, "get") else None
-    return [w for rt in (runtimes or []) if isinstance(rt, dict) for w in (rt.get("wheels") or [])
-            if isinstance(w, dict) and isinstance(w.get("sha256"), str)]
-
-
-def _check_installable(lines: list[str], manifest, device: tuple[str, str], python: str) -> None:
+def _check_installable(lines: list[str], manifest: Manifest, device: tuple[str, str], python: str) -> None:
     """DeployError when a line has no locked wheel for the device's Python and CPU (pip would otherwise fetch
     another wheel only to refuse its hash): which wheel, what the bundle has it for, what to do."""
-    wheels = _manifest_wheels(manifest)
+    wheels = manifest.all_wheels
     py, arch = device
     for line in lines:
         hashes = set(re.findall(r"--hash=sha256:([0-9a-f]{64})", line))
@@ -762,7 +755,7 @@ def _check_installable(lines: list[str], manifest, device: tuple[str, str], pyth
                   f"the bundle for a target whose python is {py} (targets/*.toml: python = \"{py}\")"))
 
 
-def _pip_failure(text: str, manifest, device: tuple[str, str]) -> tuple[str, str] | None:
+def _pip_failure(text: str, manifest: Manifest, device: tuple[str, str]) -> tuple[str, str] | None:
     """pip's refusal in one line and a hint: a wheel whose sha256 differs from the locked one, or none found."""
     m = re.search(r"^\s*(\S+==\S+) from (\S+)[^\n]*\n\s*Expected sha256 ([0-9a-f]+)[^\n]*\n\s*Got\s+([0-9a-f]+)",
                   text, re.M)
@@ -776,7 +769,7 @@ def _pip_failure(text: str, manifest, device: tuple[str, str]) -> tuple[str, str
     if m:
         which = m.group(1)
         name = re.split(r"[=<>!~ ]", which)[0].lower().replace("_", "-")
-        fits = [w for w in _manifest_wheels(manifest) if w.get("name", "").lower().replace("_", "-") == name]
+        fits = [w for w in manifest.all_wheels if w.get("name", "").lower().replace("_", "-") == name]
         files = ", ".join(sorted({w["filename"] for w in fits})) or "none"
         return (f"the device (Python {device[0]}, {device[1]}) cannot get {which} (locked wheels: {files})",
                 "the device needs access to the package index (pip config, PIP_INDEX_URL), and a Python and glibc "
@@ -784,45 +777,38 @@ def _pip_failure(text: str, manifest, device: tuple[str, str]) -> tuple[str, str
     return None
 
 
-def _profile_python(manifest: dict) -> str:
-    target = manifest.get("target") or {}
-    if isinstance(target, dict) and isinstance(target.get("device_python"), str):
-        return target["device_python"]
+def _profile_python(manifest: Manifest) -> str:
+    if manifest.device_python:
+        return manifest.device_python
     profile = _profile(manifest)
     return profile.device_python if profile else "python3"
 
 
-def _profile(manifest: dict):
-    target = manifest.get("target") or {}
-    name = target.get("name") if isinstance(target, dict) else target
-    if not isinstance(name, str):
-        return None
+def _profile(manifest: Manifest):
     try:
         from ..targets import get_target
-        return get_target(name)
+        return get_target(manifest.target)
     except Exception:  # noqa: BLE001 - an unknown target only loses defaults
         return None
 
 
-def deploy_method(manifest: dict) -> str | None:
+def deploy_method(manifest: Manifest) -> str | None:
     """The bundle's target deploy method (a key of ``TRANSPORTS``), from the manifest or its target profile."""
     from .transports import TRANSPORTS
-    target = manifest.get("target") or {}
-    if isinstance(target, dict) and target.get("deploy") in TRANSPORTS:
-        return target["deploy"]
+    if manifest.deploy in TRANSPORTS:
+        return manifest.deploy
     profile = _profile(manifest)
     return profile.deploy if profile else None
 
 
-def default_remote_dir(manifest: dict, transport: Transport) -> str:
+def default_remote_dir(manifest: Manifest, transport: Transport) -> str:
     """The bundle's directory on the device: the transport's own ``directory`` (``--local DIR``), else the manifest's
     ``target.remote_dir``, else its target profile's (same deploy method), else the transport's default; ``{name}``
     becomes the bundle name. UsageError for an invalid bundle name."""
-    name = check_name(manifest.get("name"))
+    name = check_name(manifest.name)
     if transport.directory:            # the address names the directory itself (``--local DIR``)
         return transport.directory
-    target = manifest.get("target") or {}
-    template = target.get("remote_dir") if isinstance(target, dict) else None
+    template = manifest.remote_dir
     if not isinstance(template, str):
         profile = _profile(manifest)
         if profile is not None and profile.deploy == transport.method:
@@ -873,10 +859,10 @@ def _verify_release(transport: Transport, release_dir: str) -> list[str]:
     if res.rc != 0:
         return ["manifest.json is missing"]
     try:
-        files = json.loads(res.stdout.decode("utf-8")).get("files") or {}
-        want = {check_relpath(rel): str(v).removeprefix("sha256:") for rel, v in files.items()}
-    except (ValueError, AttributeError, UsageError) as exc:
-        return [f"manifest.json is not valid ({exc})"]
+        files = parse(res.stdout, "manifest.json").files
+        want = {check_relpath(rel): v.removeprefix("sha256:") for rel, v in files.items()}
+    except UsageError as exc:
+        return [f"manifest.json is not valid ({exc.message})"]
     return _mismatches(want, _remote_hashes(transport, release_dir, list(want)))
 
 
@@ -900,11 +886,12 @@ def status(transport: Transport, remote_dir: str, verify: bool = True) -> Status
         found = _verify_release(transport, f"{rdir}/releases/{st.current}")
         problems += found
         verified = not found
-    manifest = st.manifest or {}
+    manifest = st.manifest
     return StatusResult(device=transport.describe(), remote_dir=rdir, exists=st.exists, current=st.current,
                         previous=st.previous() if st.current else None,
                         releases=tuple(_release_info(r, st.current) for r in st.releases),
-                        name=manifest.get("name"), model_sha256=manifest.get("model_sha256"),
+                        name=manifest.name if manifest else None,
+                        model_sha256=manifest.model_sha256 if manifest else None,
                         verified=verified, problems=tuple(problems), venv=st.venv)
 
 
@@ -970,8 +957,8 @@ def run(transport: Transport, remote_dir: str, *, input: str | Path | None = Non
         raise DeployError(f"nothing is deployed in {rdir} on {transport.describe()}",
                           hint="deploy a bundle first: edgepack deploy BUNDLE")
     manifest = st.manifest
-    entry = check_relpath(manifest.get("entrypoint", "edgepack_run.py"))
-    model = check_relpath(manifest.get("model", "model.tflite"))
+    entry = check_relpath(manifest.entrypoint)
+    model = check_relpath(manifest.model)
     cur = f"{rdir}/current"
     python = device_python or (f"{rdir}/venv/bin/python" if st.venv else _profile_python(manifest))
     threads_args = f" --threads {int(threads)}" if threads else ""

@@ -222,7 +222,7 @@ def verify_staged(bundle: Path, manifest, profile, rec, selected, data: Dataset,
     from ..convert.inspect import output_ops
     results, rebuilt = [], []
     tol = tolerance or {n: rec.tolerance for n in references[0]}
-    ops = output_ops((bundle / manifest["model"]).read_bytes(), spec.outputs)
+    ops = output_ops((bundle / manifest.model).read_bytes(), spec.outputs)
     tol = with_kinds(tol, references[0], data.labels, ops)
     steps = {n: step for n, (_, step) in ops.items() if step}
     ready = []                        # (index, env, static problems): prepared one at a time (pip, progress)
@@ -268,7 +268,7 @@ def verify_staged(bundle: Path, manifest, profile, rec, selected, data: Dataset,
     notes += rebuilt + list(data.notes)
     notes += _python_note(profile, arch, ready)
     report = VerifyReport(str(bundle), rec.name, profile.name, passed, data.source, data.count, results,
-                          manifest["model_size"], notes=notes, evidence=data.evidence, evidence_text=data.describe(),
+                          manifest.model_size, notes=notes, evidence=data.evidence, evidence_text=data.describe(),
                           strict=strict, require_all=strict or require_all)
     if report.require_all:
         report.passed = passed and all(r.status == "passed" for r in results)

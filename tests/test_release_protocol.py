@@ -16,7 +16,7 @@ from typing import Callable
 
 import pytest
 
-from packager.deploy import TRANSPORTS, AdbTransport, LocalTransport, SshTransport, deploy, rollback, status
+from packager.deploy import TRANSPORTS, AdbTransport, LocalTransport, SshTransport, deploy, rollback, run, status
 from packager.deploy.base import Transport
 from packager.errors import DeployError, UsageError
 from tests.deploy_helpers import copy_bundle, tree
@@ -104,6 +104,10 @@ def test_first_deploy_lays_out_a_verified_release(device, bundles):
     assert not list(device.root.glob(".staging-*"))
     assert res.smoke is not None and res.smoke.passed
     assert steps.index("verify") < steps.index("switch") < steps.index("smoke")
+    # the --device-python the deploy was given is what later commands on this directory use, unless told otherwise
+    ran = run(device.transport, device.remote_dir, input=a / "samples" / "inputs.npz",
+              output=a.parent / "out.npz")
+    assert ran.device_python == PY and (a.parent / "out.npz").is_file()
 
 
 def test_redeploy_sends_nothing(device, bundles):

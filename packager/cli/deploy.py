@@ -326,7 +326,8 @@ def status_cmd(
     _out.print(table)
     state = {True: "[green]intact[/green]", False: "[red]DAMAGED[/red]", None: "-"}[result.verified]
     _out.print(f"current: {result.current or 'none'} ({result.name or '?'}), files {state}"
-               + (f", venv at {result.remote_dir}/venv" if result.venv else ""))
+               + (f", venv at {result.remote_dir}/venv" if result.venv else "")
+               + (f", device python {result.python} (from the last deploy)" if result.python and not result.venv else ""))
     for problem in result.problems:
         _out.print(f"[red]problem:[/red] {problem}", highlight=False)
     if damaged:    # exit 6 (README "Exit codes"): a script or CI checking the device sees it without parsing

@@ -200,7 +200,7 @@ def run_groups(transport: Transport, remote_dir: str, bundle: Bundle, groups: li
     rid = check_release(st, bundle, release, transport.describe(), transport.cli_address())
     rel_dir = f"{rdir}/releases/{rid}"
     entry = bundle.manifest.entrypoint
-    python = device_python or (f"{rdir}/venv/bin/python" if st.venv else releases._profile_python(bundle.manifest))
+    python = device_python or st.default_python(bundle.manifest)
     releases._notify(progress, "device", f"release {rid}, {python}")
     info = device_facts(transport, rel_dir, python, entry, runtime)
     info.update(device=transport.describe(), release=rid, device_python=python, threads=threads)

@@ -95,8 +95,8 @@ class ReleaseInfo:
 class StatusResult:
     """What ``status`` found on ``device`` in ``remote_dir`` (resolved, absolute): whether it ``exists``, the
     ``current`` and ``previous`` releases, every release, the bundle ``name`` and ``model_sha256`` from current's
-    manifest, whether current's files match it (``verified``; None when not checked), the ``problems`` found, and
-    whether DIR/venv exists (``venv``)."""
+    manifest, whether current's files match it (``verified``; None when not checked), the ``problems`` found,
+    whether DIR/venv exists (``venv``) and the ``--device-python`` the last deploy was given (``python``, or None)."""
     device: str
     remote_dir: str
     exists: bool
@@ -108,6 +108,7 @@ class StatusResult:
     verified: bool | None             # current's files match its manifest (None: nothing to verify)
     problems: tuple[str, ...]
     venv: bool
+    python: str | None = None         # DIR/python.last
 
 
 @dataclass(frozen=True)
@@ -135,8 +136,16 @@ class _State:
     releases: list[str] = field(default_factory=list)
     hashes: dict = field(default_factory=dict)      # (release, relpath) -> hex
     venv: bool = False
+    python: str | None = None                       # DIR/python.last: the --device-python a deploy was given
     manifest: Manifest | None = None                # current/manifest.json when asked for
     manifest_error: str | None = None
+
+    def default_python(self, manifest: Manifest) -> str:
+        """The device Python when none is given: DIR/venv's (``--install``), else the one the last deploy was given
+        with ``--device-python`` (DIR/python.last), else the target profile's."""
+        if self.venv:
+            return f"{self.dir}/venv/bin/python"
+        return self.python or _profile_python(manifest)
 
     def previous(self) -> str | None:
         """The newest release older than current."""
@@ -248,6 +257,7 @@ def _probe(transport: Transport, remote_dir: str, hash_files: Sequence[str] = ()
         f'if [ -d {d} ]; then echo "EXISTS=1"; fi',
         f'c=$(readlink {d}/current 2>/dev/null) && echo "CURRENT=$c"',
         f'if [ -x {d}/venv/bin/python ]; then echo "VENV=1"; fi',
+        f'if [ -f {d}/{PYTHON_RECORD} ]; then printf "PYTHON=%s\\n" "$(head -c 1024 {d}/{PYTHON_RECORD} | head -n 1)"; fi',
         f'for r in {d}/releases/*; do if [ -d "$r" ]; then echo "RELEASE=${{r##*/}}"; fi; done',
     ]
     if hash_files:
@@ -280,6 +290,8 @@ def _probe(transport: Transport, remote_dir: str, hash_files: Sequence[str] = ()
                 st.current = rid
         elif line == "VENV=1":
             st.venv = True
+        elif line.startswith("PYTHON=") and line[7:].strip() and line[7:].isprintable():
+            st.python = line[7:]
         elif line.startswith("RELEASE="):
             if RELEASE_RE.match(line[8:]):
                 st.releases.append(line[8:])
@@ -482,6 +494,7 @@ def _last_json(text: str) -> dict | None:
 GATES: dict[str, Callable] = {}
 
 SELFTEST_RECORD = "selftest.last"   # DIR/selftest.last: the last smoke run's result (read by fleet status)
+PYTHON_RECORD = "python.last"       # DIR/python.last: the --device-python of the last deploy (run/verify default)
 
 
 def last_selftest(transport: Transport, rdir: str) -> dict | None:
@@ -623,7 +636,7 @@ def _deploy_locked(bundle, transport: Transport, spec: str, keep: int, install: 
             _notify(progress, "prune", ", ".join(doomed))
 
     if python is None:
-        python = f"{rdir}/venv/bin/python" if (st.venv or installed) else _profile_python(bundle.manifest)
+        python = f"{rdir}/venv/bin/python" if installed else st.default_python(bundle.manifest)
     selftest = verdict = None
     for what, material in gates:
         gate = GATES["judge"]
@@ -651,6 +664,9 @@ def _deploy_locked(bundle, transport: Transport, spec: str, keep: int, install: 
                         "line": report.get("line") if isinstance(report, dict) else None, "failure": failure}
             raise err
 
+    if device_python and not installed and device_python != st.python:
+        # later run/verify/status on this directory use it without being told again
+        _cleanup(transport, f"printf '%s\\n' {q(device_python)} >{q(rdir + '/' + PYTHON_RECORD)}")
     if unchanged:
         doomed = _prune_list(st.releases, keep, (release, st.previous()))
         if doomed:
@@ -892,7 +908,7 @@ def status(transport: Transport, remote_dir: str, verify: bool = True) -> Status
                         releases=tuple(_release_info(r, st.current) for r in st.releases),
                         name=manifest.name if manifest else None,
                         model_sha256=manifest.model_sha256 if manifest else None,
-                        verified=verified, problems=tuple(problems), venv=st.venv)
+                        verified=verified, problems=tuple(problems), venv=st.venv, python=st.python)
 
 
 # =========================================================================== run
@@ -960,7 +976,7 @@ def run(transport: Transport, remote_dir: str, *, input: str | Path | None = Non
     entry = check_relpath(manifest.entrypoint)
     model = check_relpath(manifest.model)
     cur = f"{rdir}/current"
-    python = device_python or (f"{rdir}/venv/bin/python" if st.venv else _profile_python(manifest))
+    python = device_python or st.default_python(manifest)
     threads_args = f" --threads {int(threads)}" if threads else ""
 
     if bin_path is not None:

@@ -189,7 +189,8 @@ def run_op(action, args: dict, task_vars: dict) -> dict:
             data["selftest"] = releases.last_selftest(t, st.remote_dir) if st.exists else None
             data["info"] = None
             if st.current is not None:
-                py = python or (f"{st.remote_dir}/venv/bin/python" if st.venv else args.get("default_python") or "python3")
+                py = python or (f"{st.remote_dir}/venv/bin/python" if st.venv else
+                                 st.python or args.get("default_python") or "python3")
                 data["info"] = device_info(t, st.remote_dir, py, runtime)
                 data["info"]["device_python"] = py
             out.update(edgepack=data)

@@ -314,6 +314,8 @@ def flips(j: Judged) -> Finding | None:
     text = f"{n - k}/{n} {unit} agree" + (f" ({tied} reference ties not judged)" if tied else "") + \
         (f" ({_unstable_words(j, shaky, unstable.size, unit)})" if shaky else "")
     detail = {"judged": n, "flipped": k, "ties": tied, "unit": unit, "unstable": shaky}
+    if shaky:
+        detail["unstable_text"] = _unstable_words(j, shaky, unstable.size, unit)
     reason = ""
     if shaky > UNSTABLE_MAX * unstable.size and (d["ref"] != d["got"]).any():
         passed, reason = False, _cannot_judge(j, shaky, unstable.size, unit)
@@ -473,7 +475,9 @@ def column_error(j: Judged) -> Finding | None:
         return Finding("column error", float(shaky), float(UNSTABLE_MAX * unstable.size), False, False,
                        _unstable_words(j, shaky, unstable.size, "cells"), _cannot_judge(j, shaky, unstable.size,
                                                                                          "cells"),
-                       {"columns": int(rc.shape[1]), "unstable": shaky})
+                       {"columns": int(rc.shape[1]), "failing": int((np.percentile(e, 99, axis=0) > limit).sum()),
+                        "worst": "", "unstable": shaky,
+                        "unstable_text": _unstable_words(j, shaky, unstable.size, "cells")})
     kept = np.where(unstable, np.nan, e)
     p99 = np.where(unstable.all(axis=0), 0.0, np.nanpercentile(np.where(unstable.all(axis=0), 0.0, kept), 99, axis=0))
     ratio = p99 / limit
@@ -487,7 +491,8 @@ def column_error(j: Judged) -> Finding | None:
                    (f" ({_unstable_words(j, shaky, unstable.size, 'cells')})" if shaky else ""),
                    "" if passed else f"{bad} of {rc.shape[1]} columns err beyond their own spread: worst{where} p99 "
                    f"error {p99[worst]:.3g} > {limit[worst]:.3g} (max {float(e[:, worst].max()):.3g})",
-                   {"columns": int(rc.shape[1]), "failing": bad, "worst": names[worst], "unstable": shaky})
+                   {"columns": int(rc.shape[1]), "failing": bad, "worst": names[worst], "unstable": shaky,
+                    **({"unstable_text": _unstable_words(j, shaky, unstable.size, "cells")} if shaky else {})})
 
 
 @criterion("values")

@@ -287,10 +287,11 @@ def input_resolution(recipe) -> str | None:
 def resolution_moves(loaded, inputs: dict, reference: dict, resolution: str | None) -> dict:
     """{``output name@resolution``: per cell, how far the model's own output moves when its continuous float inputs
     move within the recipe's ``resolution`` (:func:`input_resolution`)}, over the first :data:`NOISE_SAMPLES` rows:
-    the largest change over a move onto the resolution's grid (8/16-bit: a step of max|x|/127 or /32767 per sample;
-    float16: its rounding), its mirror, and :data:`RESOLUTION_PAIRS` random moves within ±one step and their mirrors.
+    the largest change over moves onto the grids a quantizer of that resolution uses (8/16-bit: asymmetric per sample
+    and per tensor, symmetric per sample; float16: its rounding) and their mirrors, and random moves within ±one step
+    (:data:`RESOLUTION_PAIRS` for float16, one otherwise) and their mirrors.
     A cell the model itself cannot hold steady at that resolution is a tie, not a fault of the bundle
-    (:func:`packager.criteria.unstable`). {} without continuous inputs, resolution or a run that works."""
+    (:func:`packager.criteria.decisions`, :func:`packager.criteria.column_error`). {} without continuous inputs, resolution or a run that works."""
     import numpy as np
     if resolution is None:
         return {}
@@ -302,20 +303,31 @@ def resolution_moves(loaded, inputs: dict, reference: dict, resolution: str | No
     from ..contain.isolate import stage
     stage(f"measuring the model's stability at {resolution} input resolution")
     rng = np.random.default_rng(1)
-    grid, step = {}, {}
+    grids, step = [], {}
     for k in moving:
         a = cut[k].astype(np.float64)
         if resolution == "float16":
-            g = np.where(np.abs(a) < 65504, a.astype(np.float16).astype(np.float64), a)
+            on = [np.where(np.abs(a) < 65504, a.astype(np.float16).astype(np.float64), a)]
             st = np.abs(a) * 2.0 ** -10 + 2.0 ** -24
         else:
-            levels = 127 if resolution == "8-bit" else 32767
-            peak = np.max(np.abs(a).reshape(len(a), -1), axis=1).reshape((-1,) + (1,) * (a.ndim - 1))
-            st = np.broadcast_to(np.where(peak > 0, peak / levels, 0.0), a.shape)
-            g = np.where(st > 0, np.round(a / np.where(st > 0, st, 1)) * st, a)
-        grid[k], step[k] = g - a, st
-    draws = [grid, {k: -v for k, v in grid.items()}]
-    for _ in range(RESOLUTION_PAIRS):
+            bits = 8 if resolution == "8-bit" else 16
+            rows = a.reshape(len(a), -1)
+            lift = (-1,) + (1,) * (a.ndim - 1)
+            # The grids a quantizer puts these values on: multiples of range/(2^bits - 1), the range holding 0
+            # (asymmetric, with an integer zero point), per sample (dynamic) and per tensor (calibrated); and
+            # multiples of max|x|/(2^(bits-1) - 1) per sample (symmetric).
+            span = (np.maximum(rows.max(1), 0) - np.minimum(rows.min(1), 0)).reshape(lift)
+            whole = max(float(a.max()), 0.0) - min(float(a.min()), 0.0)
+            st = np.broadcast_to(np.max(np.abs(rows), axis=1).reshape(lift) / (2 ** (bits - 1) - 1), a.shape)
+            on = [_on_grid(a, np.broadcast_to(span / (2 ** bits - 1), a.shape)), _on_grid(a, st),
+                  _on_grid(a, np.full(a.shape, whole / (2 ** bits - 1)))]
+        grids.append([g - a for g in on])
+        step[k] = st
+    draws = []
+    for i in range(len(grids[0])):
+        d = {k: g[i] for k, g in zip(moving, grids)}
+        draws += [d, {k: -v for k, v in d.items()}]
+    for _ in range(RESOLUTION_PAIRS if resolution == "float16" else 1):
         u = {k: rng.uniform(-1.0, 1.0, cut[k].shape) * step[k] for k in moving}
         draws += [u, {k: -v for k, v in u.items()}]
     most: dict = {}
@@ -333,6 +345,12 @@ def resolution_moves(loaded, inputs: dict, reference: dict, resolution: str | No
         return {}
     from ..criteria import RESOLUTION_KEY
     return {RESOLUTION_KEY.format(name=k, resolution=resolution): v.astype(np.float32) for k, v in most.items()}
+
+
+def _on_grid(a, step):
+    """``a`` rounded to the nearest multiple of ``step`` (where the step is 0, ``a``)."""
+    import numpy as np
+    return np.where(step > 0, np.round(a / np.where(step > 0, step, 1.0)) * step, a)
 
 
 def _continuous(a) -> bool:

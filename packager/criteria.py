@@ -183,9 +183,9 @@ def _unstable_words(j: Judged, n: int, total: int, unit: str) -> str:
 
 
 def _cannot_judge(j: Judged, n: int, total: int, unit: str) -> str:
-    return (f"{n} of {total} {unit} are unstable at {j.moved[1]} input resolution (the model's own output moves "
-            f"beyond the limit when its inputs move within one {j.moved[1]} step): these inputs cannot judge the "
-            "bundle; pass --data with real inputs")
+    return (f"; but {n} of {total} {unit} are unstable at {j.moved[1]} input resolution (the model's own output "
+            f"moves that far when its inputs move within one {j.moved[1]} step): these inputs cannot judge the bundle, "
+            "pass --data with real inputs")
 
 
 def _noise(j: Judged, cols: int) -> np.ndarray:
@@ -302,7 +302,9 @@ def flips(j: Judged) -> Finding | None:
         return None
     unstable = d.get("unstable")
     unstable = np.zeros(d["tied"].shape, bool) if unstable is None else unstable & ~d["tied"]
-    judged = ~d["tied"] & ~unstable
+    shaky = int(unstable.sum())
+    too_many = shaky > UNSTABLE_MAX * unstable.size        # then every row is judged, as without the measure
+    judged = ~d["tied"] & (~unstable | too_many)
     flipped = (d["ref"] != d["got"]) & judged
     n, k = int(judged.sum()), int(flipped.sum())
     unit = {"class-scores": "rows", "pixel-classes": "pixels", "probabilities": "decisions",
@@ -310,16 +312,14 @@ def flips(j: Judged) -> Finding | None:
     frac = k / n if n else 0.0
     limit = float(j.tol.flips)
     passed = frac <= limit
-    tied, shaky = int(d["tied"].sum()), int(unstable.sum())
+    tied = int(d["tied"].sum())
     text = f"{n - k}/{n} {unit} agree" + (f" ({tied} reference ties not judged)" if tied else "") + \
-        (f" ({_unstable_words(j, shaky, unstable.size, unit)})" if shaky else "")
-    detail = {"judged": n, "flipped": k, "ties": tied, "unit": unit, "unstable": shaky}
-    if shaky:
+        (f" ({_unstable_words(j, shaky, unstable.size, unit)})" if shaky and not too_many else "")
+    detail = {"judged": n, "flipped": k, "ties": tied, "unit": unit, "unstable": 0 if too_many else shaky}
+    if shaky and not too_many:
         detail["unstable_text"] = _unstable_words(j, shaky, unstable.size, unit)
     reason = ""
-    if shaky > UNSTABLE_MAX * unstable.size and (d["ref"] != d["got"]).any():
-        passed, reason = False, _cannot_judge(j, shaky, unstable.size, unit)
-    elif not passed:
+    if not passed:
         reason = f"{k} of {n} {unit} change their decision ({_pct(frac)} > {_pct(limit)})"
         if j.step and k and np.all(d["gap"][flipped] < j.step):
             reason += (f"; every one is on a {unit[:-1]} whose reference margin is below one output step "
@@ -327,6 +327,8 @@ def flips(j: Judged) -> Finding | None:
                        "step (see the hint), --quantize auto (keeps the ops that break in float), or `edgepack "
                        "diagnose` to find the op")
             detail["below_step"] = True
+        if too_many:
+            reason += _cannot_judge(j, shaky, unstable.size, unit)
     return Finding("decisions", frac, limit, False, passed, text, reason, detail)
 
 
@@ -459,6 +461,14 @@ def _limits(j: Judged):
     return rc, gc, limit, base
 
 
+def _unstable_cells(j: Judged) -> np.ndarray:
+    """The cells (of :func:`columns`) not judged: those the model itself moves beyond their column's limit at the
+    recipe's input resolution; none when more than :data:`UNSTABLE_MAX` of them are (then these inputs cannot tell
+    the bundle's faults from the model's own, and every cell is judged, as without the measure)."""
+    unstable = j.cache["unstable"]
+    return np.zeros_like(unstable) if unstable.sum() > UNSTABLE_MAX * unstable.size else unstable
+
+
 @criterion("values")
 def column_error(j: Judged) -> Finding | None:
     """Each column's 99th-percentile error at most ``tol.spread`` times that column's spread (its standard
@@ -469,15 +479,8 @@ def column_error(j: Judged) -> Finding | None:
     e = np.abs(rc - gc)
     if not np.all(np.isfinite(e)):
         return None
-    unstable = j.cache["unstable"]
-    shaky = int(unstable.sum())
-    if shaky > UNSTABLE_MAX * unstable.size and (e > limit).any():
-        return Finding("column error", float(shaky), float(UNSTABLE_MAX * unstable.size), False, False,
-                       _unstable_words(j, shaky, unstable.size, "cells"), _cannot_judge(j, shaky, unstable.size,
-                                                                                         "cells"),
-                       {"columns": int(rc.shape[1]), "failing": int((np.percentile(e, 99, axis=0) > limit).sum()),
-                        "worst": "", "unstable": shaky,
-                        "unstable_text": _unstable_words(j, shaky, unstable.size, "cells")})
+    unstable, total = _unstable_cells(j), j.cache["unstable"]
+    shaky, too_many = int(total.sum()), unstable is not total    # too many: every cell judged, as without the measure
     kept = np.where(unstable, np.nan, e)
     p99 = np.where(unstable.all(axis=0), 0.0, np.nanpercentile(np.where(unstable.all(axis=0), 0.0, kept), 99, axis=0))
     ratio = p99 / limit
@@ -488,11 +491,14 @@ def column_error(j: Judged) -> Finding | None:
     bad = int((ratio > 1).sum())
     return Finding("column error", float(p99[worst]), float(limit[worst]), False, passed,
                    f"{rc.shape[1] - bad}/{rc.shape[1]} columns within limits" +
-                   (f" ({_unstable_words(j, shaky, unstable.size, 'cells')})" if shaky else ""),
+                   (f" ({_unstable_words(j, shaky, total.size, 'cells')})" if shaky and not too_many else ""),
                    "" if passed else f"{bad} of {rc.shape[1]} columns err beyond their own spread: worst{where} p99 "
-                   f"error {p99[worst]:.3g} > {limit[worst]:.3g} (max {float(e[:, worst].max()):.3g})",
-                   {"columns": int(rc.shape[1]), "failing": bad, "worst": names[worst], "unstable": shaky,
-                    **({"unstable_text": _unstable_words(j, shaky, unstable.size, "cells")} if shaky else {})})
+                   f"error {p99[worst]:.3g} > {limit[worst]:.3g} (max {float(e[:, worst].max()):.3g})" +
+                   (_cannot_judge(j, shaky, total.size, "cells") if too_many else ""),
+                   {"columns": int(rc.shape[1]), "failing": bad, "worst": names[worst],
+                    "unstable": 0 if too_many else shaky,
+                    **({"unstable_text": _unstable_words(j, shaky, total.size, "cells")} if shaky and not too_many
+                       else {})})
 
 
 @criterion("values")
@@ -517,9 +523,7 @@ def r_squared(j: Judged) -> Finding | None:
         sst = np.where(mask, (rc - mean) ** 2, 0.0).sum(axis=0)
         sse = np.maximum(0.0, err - n * noise ** 2)                 # beyond float noise
         return 1.0 - sse / np.where(sst > 0, sst, 1.0), np.sqrt(sst / np.maximum(n, 1))
-    if j.cache["unstable"].sum() > UNSTABLE_MAX * rc.size:
-        return None                                                  # column_error says these inputs cannot judge
-    everything = ~j.cache["unstable"]                               # cells the model cannot hold are not judged
+    everything = ~_unstable_cells(j)                                # cells the model cannot hold are not judged
     full, spread = r2(everything)
     lo, hi = np.percentile(rc, 5, axis=0), np.percentile(rc, 95, axis=0)
     bulk, bulk_spread = r2((rc >= lo) & (rc <= hi) & everything) if rc.shape[0] >= 20 else (full, spread)

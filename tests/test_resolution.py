@@ -55,6 +55,7 @@ def test_binary_code_dynamic_builds_without_data(code, tmp_path, monkeypatch):
     texts = [f["text"] for m in res.verification.runtimes[0].metrics for f in m.findings]
     assert any("unstable at 8-bit input resolution: not judged" in t for t in texts), texts
     assert "cells unstable at 8-bit input resolution: not judged" in res.verification.line()
+    assert api.verify(res.bundle, reference=d / "enc").passed      # verify measures at the bundle's recipe too
     bits = np.random.default_rng(3).integers(0, 2, (64, 48)).astype(np.float32)
     got = fm.raw_outputs(res.bundle, {"msg": bits})["parity"]
     assert np.max(np.abs(got - run(bits))) < 1e-4

@@ -762,7 +762,8 @@ def _reference_side(bundle: Path, reference, data, trust_model, progress, overri
     unconfined = _unconfined(trust_model)
     progress(f"computing reference outputs with {reference}")
     dataset, refs, ref_names, noise = isolate.run(jobs.reference, str(reference), str(data) if data else None, arrays,
-                                                  trust_model, signature, custom, what="running the reference model",
+                                                  trust_model, signature, custom, rec.name,
+                                                  what="running the reference model",
                                                   progress=progress)
     _check_names(ref_names, manifest)
     spec = _bundle_spec((bundle / manifest.model).read_bytes(), manifest)

@@ -6,7 +6,7 @@ from dataclasses import dataclass, asdict, field, replace
 import numpy as np
 
 from .recipes import Tolerance
-from .criteria import DECISION_KINDS, Finding, Judged, infer_kind, judge
+from .criteria import DECISION_KINDS, Finding, Judged, infer_kind, judge, resolution_of
 from .contain.wire import plain_data
 
 
@@ -71,12 +71,14 @@ def _flags(values: np.ndarray, zero_point: int | None) -> list[str]:
 
 def compare_output(name: str, ref: np.ndarray, got: np.ndarray, tol: Tolerance,
                    scale: float | None = None, labels: np.ndarray | None = None,
-                   noise: np.ndarray | None = None) -> OutputMetrics:
+                   noise: np.ndarray | None = None, moved: tuple | None = None) -> OutputMetrics:
     """Judge one output (``ref``, ``got``: arrays of the same shape, first axis = samples) by the criteria of its
     kind: ``tol.kind`` when set (graph, user), else inferred from the values and ``labels``
     (:func:`packager.criteria.infer_kind`). ``scale``: the output's quantization step in output units (quantized
     outputs only); ``labels``: the labels for this output (classes, 0/1, ids; any shape that fits the kind);
-    ``noise``: the model's own float noise per column (:func:`packager.criteria.noise_of`)."""
+    ``noise``: the model's own float noise per column (:func:`packager.criteria.noise_of`); ``moved``: (per cell, how
+    far the model's own output moves at the recipe's input resolution, that resolution's name), see
+    :func:`packager.criteria.resolution_of`."""
     raw_ref = np.asarray(ref)
     ref = raw_ref.astype(np.float64)
     got = np.asarray(got, dtype=np.float64)
@@ -107,7 +109,7 @@ def compare_output(name: str, ref: np.ndarray, got: np.ndarray, tol: Tolerance,
         m = OutputMetrics(name, list(got.shape), 0.0, 0.0, 1.0, float("inf"), None, allowed, flags=["empty"],
                           kind=kind, kind_source=source, samples=0, passed=True)
         return m
-    found = judge(Judged(name, ref, got, tol, kind, scale, noise, labels))
+    found = judge(Judged(name, ref, got, tol, kind, scale, noise, labels, moved=moved))
     decided = next((f for f in found if f.criterion == "decisions"), None)
     acc = next((f for f in found if f.criterion == "accuracy" and "reference" in f.detail), None)
     m = OutputMetrics(name, list(got.shape), max_err, mean_err, cosine, snr,
@@ -174,7 +176,8 @@ def compare_all(reference: dict, candidate: dict, tol, scales: dict | None = Non
                 labels=None, noise: dict | None = None) -> list[OutputMetrics]:
     """Match outputs by name; a missing or extra name is a failure of its own. ``tol`` is a
     :class:`Tolerance` or {output name: Tolerance}; ``labels`` as in :func:`labels_for`; ``noise``:
-    {output name: float noise per column}."""
+    {output name: float noise per column}, and the outputs' moves at the recipe's input resolution
+    (:func:`packager.criteria.resolution_of`)."""
     scales = scales or {}
     noise = noise or {}
     results = []
@@ -185,7 +188,7 @@ def compare_all(reference: dict, candidate: dict, tol, scales: dict | None = Non
             results.append(m)
             continue
         results.append(compare_output(name, ref, candidate[name], tolerance_for(tol, name), scales.get(name),
-                                      labels_for(labels, name), noise.get(name)))
+                                      labels_for(labels, name), noise.get(name), resolution_of(noise, name)))
     return results
 
 

@@ -40,6 +40,11 @@ KINDS = {
 DECISION_KINDS = ("class-scores", "probabilities", "pixel-classes", "integer")
 #: Float32 unit roundoff: ties closer than a few of these (relative) are ties, whatever the recipe.
 EPS32 = 2.0 ** -23
+#: The key, in the noise dict, of an output's per-cell moves at the recipe's input resolution
+#: (:func:`packager.convert.jobs.resolution_moves`).
+RESOLUTION_KEY = "{name}@{resolution}"
+#: Above this fraction of an output's cells unstable at the recipe's input resolution, its inputs cannot judge it.
+UNSTABLE_MAX = 0.25
 
 
 @dataclass
@@ -87,6 +92,7 @@ class Judged:
     step: float | None = None
     noise: np.ndarray | None = None
     labels: np.ndarray | None = None
+    moved: tuple | None = None    # (per cell of the first rows, the model's own move at the recipe's resolution, name)
     cache: dict = field(default_factory=dict, repr=False, compare=False)   # per-output work the criteria share
 
 
@@ -147,6 +153,39 @@ def noise_of(ref: np.ndarray, perturbed: np.ndarray) -> np.ndarray:
     one unit in the last place (what float32 arithmetic at these magnitudes cannot tell apart)."""
     d = columns(np.abs(np.asarray(perturbed, np.float64) - np.asarray(ref, np.float64)))
     return np.percentile(d, 99, axis=0) if d.shape[0] else np.zeros(d.shape[1])
+
+
+def resolution_of(noise: dict | None, name: str) -> tuple | None:
+    """(per cell, how far output ``name`` of the model moves when its continuous inputs move within the recipe's
+    input resolution; the resolution's name) from a noise dict, or None."""
+    for key, value in (noise or {}).items():
+        head, sep, resolution = str(key).rpartition("@")
+        if sep and head == name and RESOLUTION_KEY.format(name=name, resolution=resolution) == key:
+            return np.asarray(value, np.float64), resolution
+    return None
+
+
+def _moved(j: Judged) -> np.ndarray | None:
+    """The model's own move per cell at the recipe's input resolution, shaped like ``j.ref`` (rows it was not
+    measured on: 0), or None."""
+    if j.moved is None:
+        return None
+    m = np.asarray(j.moved[0], np.float64)
+    if m.ndim != j.ref.ndim or m.shape[1:] != j.ref.shape[1:] or m.shape[0] > j.ref.shape[0]:
+        return None
+    out = np.zeros(j.ref.shape)
+    out[:m.shape[0]] = np.nan_to_num(m, nan=np.inf)
+    return out
+
+
+def _unstable_words(j: Judged, n: int, total: int, unit: str) -> str:
+    return f"{n} of {total} {unit} unstable at {j.moved[1]} input resolution: not judged"
+
+
+def _cannot_judge(j: Judged, n: int, total: int, unit: str) -> str:
+    return (f"; but {n} of {total} {unit} are unstable at {j.moved[1]} input resolution (the model's own output "
+            f"moves that far when its inputs move within one {j.moved[1]} step): these inputs cannot judge the bundle, "
+            "pass --data with real inputs")
 
 
 def _noise(j: Judged, cols: int) -> np.ndarray:
@@ -211,7 +250,13 @@ def decisions(j: Judged) -> dict | None:
         gap = part[:, 1] - part[:, 0]
         noise = _noise(j, columns(j.ref).shape[1])
         per_class = noise.max() if noise.size else 0.0
-        return {"ref": r.argmax(1), "got": g.argmax(1), "gap": gap, "tied": gap <= _tie_eps(part[:, 1], per_class)}
+        m = _moved(j)
+        if m is not None:     # the top two may each move that far: a margin within both is not held
+            m = m.reshape(-1, j.ref.shape[-1])
+            order = np.argsort(r, axis=1)[:, -2:]
+            m = np.take_along_axis(m, order, axis=1).sum(1)
+        return {"ref": r.argmax(1), "got": g.argmax(1), "gap": gap, "tied": gap <= _tie_eps(part[:, 1], per_class),
+                "unstable": None if m is None else gap <= m}
     if j.kind == "probabilities":
         t = _threshold(j.tol)
         r, g = j.ref.ravel(), j.got.ravel()
@@ -219,7 +264,9 @@ def decisions(j: Judged) -> dict | None:
         noise = _noise(j, shape[1])
         per = np.broadcast_to(noise, shape).ravel() if noise.size == shape[1] else np.zeros_like(r)
         gap = np.abs(r - t)
-        return {"ref": r >= t, "got": g >= t, "gap": gap, "tied": gap <= _tie_eps(np.full_like(r, t), per)}
+        m = _moved(j)
+        return {"ref": r >= t, "got": g >= t, "gap": gap, "tied": gap <= _tie_eps(np.full_like(r, t), per),
+                "unstable": None if m is None else gap <= m.ravel()}
     if j.kind == "integer":
         if j.ref.ndim == 2 and _option(j.tol, "sets"):
             r = np.sort(j.ref, axis=1)
@@ -253,7 +300,11 @@ def flips(j: Judged) -> Finding | None:
     d = decisions(j)
     if d is None or d["ref"].size == 0:
         return None
-    judged = ~d["tied"]
+    unstable = d.get("unstable")
+    unstable = np.zeros(d["tied"].shape, bool) if unstable is None else unstable & ~d["tied"]
+    shaky = int(unstable.sum())
+    too_many = shaky > UNSTABLE_MAX * unstable.size        # then every row is judged, as without the measure
+    judged = ~d["tied"] & (~unstable | too_many)
     flipped = (d["ref"] != d["got"]) & judged
     n, k = int(judged.sum()), int(flipped.sum())
     unit = {"class-scores": "rows", "pixel-classes": "pixels", "probabilities": "decisions",
@@ -262,8 +313,11 @@ def flips(j: Judged) -> Finding | None:
     limit = float(j.tol.flips)
     passed = frac <= limit
     tied = int(d["tied"].sum())
-    text = f"{n - k}/{n} {unit} agree" + (f" ({tied} reference ties not judged)" if tied else "")
-    detail = {"judged": n, "flipped": k, "ties": tied, "unit": unit}
+    text = f"{n - k}/{n} {unit} agree" + (f" ({tied} reference ties not judged)" if tied else "") + \
+        (f" ({_unstable_words(j, shaky, unstable.size, unit)})" if shaky and not too_many else "")
+    detail = {"judged": n, "flipped": k, "ties": tied, "unit": unit, "unstable": 0 if too_many else shaky}
+    if shaky and not too_many:
+        detail["unstable_text"] = _unstable_words(j, shaky, unstable.size, unit)
     reason = ""
     if not passed:
         reason = f"{k} of {n} {unit} change their decision ({_pct(frac)} > {_pct(limit)})"
@@ -273,6 +327,8 @@ def flips(j: Judged) -> Finding | None:
                        "step (see the hint), --quantize auto (keeps the ops that break in float), or `edgepack "
                        "diagnose` to find the op")
             detail["below_step"] = True
+        if too_many:
+            reason += _cannot_judge(j, shaky, unstable.size, unit)
     return Finding("decisions", frac, limit, False, passed, text, reason, detail)
 
 
@@ -399,8 +455,18 @@ def _limits(j: Judged):
     nonzero = base[base > 0]
     floor = 0.01 * float(np.median(nonzero)) if nonzero.size else 0.0
     base = np.where(base > 0, base, floor)
-    limit = j.tol.spread * base + 4.0 * _noise(j, rc.shape[1])
-    return rc, gc, np.maximum(limit, np.finfo(np.float64).tiny), base
+    limit = np.maximum(j.tol.spread * base + 4.0 * _noise(j, rc.shape[1]), np.finfo(np.float64).tiny)
+    m = _moved(j)
+    j.cache["unstable"] = np.zeros(rc.shape, bool) if m is None else columns(m) > limit   # cells the model moves
+    return rc, gc, limit, base
+
+
+def _unstable_cells(j: Judged) -> np.ndarray:
+    """The cells (of :func:`columns`) not judged: those the model itself moves beyond their column's limit at the
+    recipe's input resolution; none when more than :data:`UNSTABLE_MAX` of them are (then these inputs cannot tell
+    the bundle's faults from the model's own, and every cell is judged, as without the measure)."""
+    unstable = j.cache["unstable"]
+    return np.zeros_like(unstable) if unstable.sum() > UNSTABLE_MAX * unstable.size else unstable
 
 
 @criterion("values")
@@ -413,7 +479,10 @@ def column_error(j: Judged) -> Finding | None:
     e = np.abs(rc - gc)
     if not np.all(np.isfinite(e)):
         return None
-    p99 = np.percentile(e, 99, axis=0)
+    unstable, total = _unstable_cells(j), j.cache["unstable"]
+    shaky, too_many = int(total.sum()), unstable is not total    # too many: every cell judged, as without the measure
+    kept = np.where(unstable, np.nan, e)
+    p99 = np.where(unstable.all(axis=0), 0.0, np.nanpercentile(np.where(unstable.all(axis=0), 0.0, kept), 99, axis=0))
     ratio = p99 / limit
     worst = int(np.argmax(ratio))
     names = column_names(j.ref.shape, rc.shape[1])
@@ -421,10 +490,15 @@ def column_error(j: Judged) -> Finding | None:
     passed = bool(ratio[worst] <= 1.0)
     bad = int((ratio > 1).sum())
     return Finding("column error", float(p99[worst]), float(limit[worst]), False, passed,
-                   f"{rc.shape[1] - bad}/{rc.shape[1]} columns within limits",
+                   f"{rc.shape[1] - bad}/{rc.shape[1]} columns within limits" +
+                   (f" ({_unstable_words(j, shaky, total.size, 'cells')})" if shaky and not too_many else ""),
                    "" if passed else f"{bad} of {rc.shape[1]} columns err beyond their own spread: worst{where} p99 "
-                   f"error {p99[worst]:.3g} > {limit[worst]:.3g} (max {float(e[:, worst].max()):.3g})",
-                   {"columns": int(rc.shape[1]), "failing": bad, "worst": names[worst]})
+                   f"error {p99[worst]:.3g} > {limit[worst]:.3g} (max {float(e[:, worst].max()):.3g})" +
+                   (_cannot_judge(j, shaky, total.size, "cells") if too_many else ""),
+                   {"columns": int(rc.shape[1]), "failing": bad, "worst": names[worst],
+                    "unstable": 0 if too_many else shaky,
+                    **({"unstable_text": _unstable_words(j, shaky, total.size, "cells")} if shaky and not too_many
+                       else {})})
 
 
 @criterion("values")
@@ -449,10 +523,10 @@ def r_squared(j: Judged) -> Finding | None:
         sst = np.where(mask, (rc - mean) ** 2, 0.0).sum(axis=0)
         sse = np.maximum(0.0, err - n * noise ** 2)                 # beyond float noise
         return 1.0 - sse / np.where(sst > 0, sst, 1.0), np.sqrt(sst / np.maximum(n, 1))
-    everything = np.ones(rc.shape, bool)
+    everything = ~_unstable_cells(j)                                # cells the model cannot hold are not judged
     full, spread = r2(everything)
     lo, hi = np.percentile(rc, 5, axis=0), np.percentile(rc, 95, axis=0)
-    bulk, bulk_spread = r2((rc >= lo) & (rc <= hi)) if rc.shape[0] >= 20 else (full, spread)
+    bulk, bulk_spread = r2((rc >= lo) & (rc <= hi) & everything) if rc.shape[0] >= 20 else (full, spread)
     full = np.where(spread > limit, full, 1.0)
     bulk = np.where((bulk_spread > np.maximum(noise, 1e-30)) & (spread > limit), bulk, 1.0)
     if not (spread > limit).any():

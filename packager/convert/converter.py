@@ -186,7 +186,7 @@ def convert(loaded: LoadedModel, recipe: Recipe, io: str, calibration: dict | No
             failed_bytes[sha] = attempt
             if cand.numbers:
                 failed_numbers.setdefault(cand.numbers, cand.name)
-    ids = tuple(s.name for s in loaded.inputs if np.dtype(s.dtype).kind in "iu")
+    ids = tuple(s.name for s in loaded.inputs if np.dtype(s.dtype).kind in "iu" or s.domain is not None)
     refusal = no_match(attempts, recipe, calibration, check_inputs,
                         lambda path: _first_divergence(tf, loaded, recipe, ran.get(path), check_inputs), ids)
     if keep_best and getattr(refusal, "best", None) is not None:

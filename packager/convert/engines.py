@@ -52,7 +52,7 @@ def _order(loaded: LoadedModel) -> dict:
 
 
 def _ids(loaded: LoadedModel) -> tuple:
-    return tuple(s.name for s in loaded.inputs if np.dtype(s.dtype).kind in "iu")
+    return tuple(s.name for s in loaded.inputs if np.dtype(s.dtype).kind in "iu" or s.domain is not None)
 
 
 def _tf_version() -> str:

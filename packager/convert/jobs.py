@@ -265,10 +265,106 @@ def float_noise(loaded, inputs: dict, reference: dict) -> dict:
             and np.asarray(v).dtype.kind == "f"}
 
 
+#: Random pairs (a move and its mirror) drawn within the recipe's input resolution, besides the move onto its grid.
+RESOLUTION_PAIRS = 3
+
+
+def input_resolution(recipe) -> str | None:
+    """The resolution at which ``recipe``'s bundle sees continuous values: "8-bit" (activations quantized to int8:
+    dynamic, int8, int4 weights with dynamic activations), "16-bit" (int16x8), "float16", or None (float32, a
+    bundle brought as it is)."""
+    if recipe is None or recipe.engine == "as-is" or recipe.name == "float32":
+        return None
+    if "float16" in recipe.supported_types:
+        return "float16"
+    if any("INT16" in op for op in recipe.supported_ops):
+        return "16-bit"
+    if recipe.optimizations or recipe.engine == "ai-edge-quantizer" or "int8" in recipe.supported_types:
+        return "8-bit"
+    return None
+
+
+def resolution_moves(loaded, inputs: dict, reference: dict, resolution: str | None) -> dict:
+    """{``output name@resolution``: per cell, how far the model's own output moves when its continuous float inputs
+    move within the recipe's ``resolution`` (:func:`input_resolution`)}, over the first :data:`NOISE_SAMPLES` rows:
+    the largest change over moves onto the grids a quantizer of that resolution uses (8/16-bit: asymmetric per sample
+    and per tensor, symmetric per sample; float16: its rounding) and their mirrors, and random moves within ±one step
+    (:data:`RESOLUTION_PAIRS` for float16, one otherwise) and their mirrors.
+    A cell the model itself cannot hold steady at that resolution is a tie, not a fault of the bundle
+    (:func:`packager.criteria.decisions`, :func:`packager.criteria.column_error`). {} without continuous inputs, resolution or a run that works."""
+    import numpy as np
+    if resolution is None:
+        return {}
+    n = min(NOISE_SAMPLES, len(next(iter(inputs.values()))))
+    cut = {k: np.asarray(v)[:n] for k, v in inputs.items()}
+    moving = [k for k, a in cut.items() if _continuous(a)]
+    if not moving:
+        return {}
+    from ..contain.isolate import stage
+    stage(f"measuring the model's stability at {resolution} input resolution")
+    rng = np.random.default_rng(1)
+    grids, step = [], {}
+    for k in moving:
+        a = cut[k].astype(np.float64)
+        if resolution == "float16":
+            on = [np.where(np.abs(a) < 65504, a.astype(np.float16).astype(np.float64), a)]
+            st = np.abs(a) * 2.0 ** -10 + 2.0 ** -24
+        else:
+            bits = 8 if resolution == "8-bit" else 16
+            rows = a.reshape(len(a), -1)
+            lift = (-1,) + (1,) * (a.ndim - 1)
+            # The grids a quantizer puts these values on: multiples of range/(2^bits - 1), the range holding 0
+            # (asymmetric, with an integer zero point), per sample (dynamic) and per tensor (calibrated); and
+            # multiples of max|x|/(2^(bits-1) - 1) per sample (symmetric).
+            span = (np.maximum(rows.max(1), 0) - np.minimum(rows.min(1), 0)).reshape(lift)
+            whole = max(float(a.max()), 0.0) - min(float(a.min()), 0.0)
+            st = np.broadcast_to(np.max(np.abs(rows), axis=1).reshape(lift) / (2 ** (bits - 1) - 1), a.shape)
+            on = [_on_grid(a, np.broadcast_to(span / (2 ** bits - 1), a.shape)), _on_grid(a, st),
+                  _on_grid(a, np.full(a.shape, whole / (2 ** bits - 1)))]
+        grids.append([g - a for g in on])
+        step[k] = st
+    draws = []
+    for i in range(len(grids[0])):
+        d = {k: g[i] for k, g in zip(moving, grids)}
+        draws += [d, {k: -v for k, v in d.items()}]
+    for _ in range(RESOLUTION_PAIRS if resolution == "float16" else 1):
+        u = {k: rng.uniform(-1.0, 1.0, cut[k].shape) * step[k] for k in moving}
+        draws += [u, {k: -v for k, v in u.items()}]
+    most: dict = {}
+    try:
+        for d in draws:
+            moved = {k: (cut[k] + d[k]).astype(cut[k].dtype) if k in d else cut[k] for k in cut}
+            for k, v in loaded.reference(moved).items():
+                v = np.asarray(v)
+                ref = np.asarray(reference.get(k, np.zeros(0)))[:n]
+                if v.dtype.kind != "f" or v.shape != ref.shape:
+                    continue
+                change = np.abs(v.astype(np.float64) - ref.astype(np.float64))
+                most[k] = change if k not in most else np.fmax(most[k], change)
+    except Exception:  # noqa: BLE001 - without the measure every cell is judged, as before
+        return {}
+    from ..criteria import RESOLUTION_KEY
+    return {RESOLUTION_KEY.format(name=k, resolution=resolution): v.astype(np.float32) for k, v in most.items()}
+
+
+def _on_grid(a, step):
+    """``a`` rounded to the nearest multiple of ``step`` (where the step is 0, ``a``)."""
+    import numpy as np
+    return np.where(step > 0, np.round(a / np.where(step > 0, step, 1.0)) * step, a)
+
+
+def _continuous(a) -> bool:
+    """A float tensor holding more than whole numbers (whole numbers in a float tensor are ids or counts)."""
+    import numpy as np
+    a = np.asarray(a)
+    return a.dtype.kind == "f" and a.size > 0 and not np.all(np.isfinite(a) & (a == np.round(a)))
+
+
 def _convert_recipe(loaded, cal, check, references, noise, recipe_name: str, io: str, overrides, skip) -> Prepared:
     from .engines import convert, get_engine
     from ..recipes import get_recipe, resolve_tolerance
     recipe = get_recipe(recipe_name)
+    noise = {**noise, **resolution_moves(loaded, check.groups[0], references[0], input_resolution(recipe))}
     tolerance = resolve_tolerance(recipe.tolerance, [s.name for s in loaded.outputs], overrides=overrides)
     try:
         conversion = convert(loaded, recipe, io, cal.inputs if cal else None, check.inputs, tolerance=tolerance,
@@ -327,9 +423,11 @@ def _release_tensorflow_memory() -> None:
 
 
 def reference(model: str, data: str | None, arrays: dict | None, trust: bool,
-              signature: str | None = None, custom: tuple | None = None) -> tuple[Dataset, list, list[str], dict]:
+              signature: str | None = None, custom: tuple | None = None,
+              recipe: str | None = None) -> tuple[Dataset, list, list[str], dict]:
     """Inputs (from ``data``, else ``arrays``, else synthetic), the model's outputs on each group
-    of them (``Dataset.groups``), the model's output names and its float noise (:func:`float_noise`).
+    of them (``Dataset.groups``), the model's output names and its float noise (:func:`float_noise`; with
+    ``recipe``, the bundle's recipe: its :func:`resolution_moves` too).
     ``signature``: the SavedModel signature to run; ``custom``: as :func:`prepare`."""
     from ..load.formats import load_model
 
@@ -347,7 +445,11 @@ def reference(model: str, data: str | None, arrays: dict | None, trust: bool,
     else:
         dataset = synthetic_dataset(loaded.inputs)
     dataset, refs = references_of(loaded.reference, dataset)
-    return dataset, refs, [s.name for s in loaded.outputs], float_noise(loaded, dataset.groups[0], refs[0])
+    noise = float_noise(loaded, dataset.groups[0], refs[0])
+    if recipe:
+        from ..recipes import get_recipe
+        noise.update(resolution_moves(loaded, dataset.groups[0], refs[0], input_resolution(get_recipe(recipe))))
+    return dataset, refs, [s.name for s in loaded.outputs], noise
 
 
 def source_name(path: str) -> str:

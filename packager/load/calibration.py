@@ -243,7 +243,8 @@ def load_dataset(path: str | Path, specs: list[Tensor], purpose: str = "calibrat
 
 
 def synthetic_dataset(specs: list[Tensor], count: int = 64, seed: int = 0) -> Dataset:
-    """Seeded inputs shaped like the model's: floats uniform in [0, 1); integers uniform over the
+    """Seeded inputs shaped like the model's: floats uniform in [0, 1) (float ids, those with a domain, over it);
+    integers uniform over the
     input's declared domain (an Embedding's vocabulary), else 0/1 with a note that the real range
     is unknown. Variable-length axes get several lengths (:data:`SYNTHETIC_LENGTHS`): the first as
     the main group, the others as variants. ``evidence`` is "synthetic" (weak)."""
@@ -256,7 +257,9 @@ def synthetic_dataset(specs: list[Tensor], count: int = 64, seed: int = 0) -> Da
         for s in specs:
             shape = [count] + [d if d > 0 else length for d in s.shape[1:]]
             kind = np.dtype(s.dtype).kind
-            if kind == "f":
+            if kind == "f" and s.domain is not None:   # ids stored as floats (they feed an Embedding)
+                arrays[s.name] = rng.integers(*s.domain, size=shape).astype(s.dtype)
+            elif kind == "f":
                 arrays[s.name] = rng.random(shape).astype(s.dtype)
             elif kind == "b":
                 arrays[s.name] = rng.integers(0, 2, size=shape).astype(s.dtype)

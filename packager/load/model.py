@@ -161,11 +161,12 @@ _VALUE_PRESERVING = {"Cast", "Identity", "Reshape", "ExpandDims", "Squeeze", "Tr
 
 
 def gather_domains(concrete, inputs: list[Tensor]) -> list[Tensor]:
-    """Integer inputs whose values index a table (an Embedding's GatherV2/ResourceGather on a
-    [rows, ...] weight) get ``domain = (0, rows)``: read from the frozen, inlined graph of the
-    concrete function, so it works for Keras models and SavedModels alike. Inputs reached through
-    anything but value-preserving ops keep ``domain=None``."""
-    if not any(np.dtype(s.dtype).kind in "iu" for s in inputs):
+    """Inputs whose values index a table (an Embedding's GatherV2/ResourceGather on a [rows, ...] weight) get
+    ``domain = (0, rows)``: integer inputs, and float inputs that hold ids (a float input cast to the index: its
+    values are whole numbers the way the model reads them). Read from the frozen, inlined graph of the concrete
+    function, so it works for Keras models and SavedModels alike. Inputs reached through anything but
+    value-preserving ops (a Cast included) keep ``domain=None``."""
+    if not any(np.dtype(s.dtype).kind in "iuf" for s in inputs):
         return inputs
     try:
         from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
@@ -210,7 +211,7 @@ def gather_domains(concrete, inputs: list[Tensor]) -> list[Tensor]:
     out = []
     for s, ph in zip(inputs, placeholders):
         rows = rows_by_placeholder.get(ph)
-        if rows and np.dtype(s.dtype).kind in "iu" and s.domain is None:
+        if rows and np.dtype(s.dtype).kind in "iuf" and s.domain is None:
             s = Tensor(s.name, s.shape, s.dtype, domain=(0, min(rows)))
         out.append(s)
     return out

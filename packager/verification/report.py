@@ -165,6 +165,9 @@ def _rests_on(metrics: list) -> list[str]:
         total = sum(max(f["detail"]["columns"] for n2, f in cols if n2 == n) for n in names)
         parts.append(f"values within limits on {total - bad} of {total} columns" if bad else
                      f"values within limits on {total} columns")
+    shaky = [f["detail"]["unstable_text"] for m in metrics for f in m.findings if "unstable_text" in f["detail"]]
+    if shaky:               # cells the model itself cannot hold at the recipe's input resolution
+        parts.append(max(shaky, key=lambda t: int(t.split()[0])))
     rows = [f for m in metrics for f in m.findings if f["criterion"] == "neighbours"]
     if rows:
         worst = max(rows, key=lambda f: f["figure"])

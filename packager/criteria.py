@@ -295,29 +295,37 @@ def _option(tol, key: str):
 @criterion("class-scores", "probabilities", "pixel-classes", "integer")
 def flips(j: Judged) -> Finding | None:
     """The fraction of decisions that change, over every row (pixel, element) whose reference does not tie
-    within float noise, at most ``tol.flips``. When every flip is on a reference margin below one output step,
-    the reason says so and names the ways out."""
+    within float noise, at most ``tol.flips``; a change on a row whose margin the model itself cannot hold at the
+    recipe's input resolution (``decisions()["unstable"]``) is counted apart and not held against the bundle,
+    unless more than :data:`UNSTABLE_MAX` of the rows are such. When every flip is on a reference margin below one
+    output step, the reason says so and names the ways out."""
     d = decisions(j)
     if d is None or d["ref"].size == 0:
         return None
     unstable = d.get("unstable")
     unstable = np.zeros(d["tied"].shape, bool) if unstable is None else unstable & ~d["tied"]
     shaky = int(unstable.sum())
-    too_many = shaky > UNSTABLE_MAX * unstable.size        # then every row is judged, as without the measure
-    judged = ~d["tied"] & (~unstable | too_many)
-    flipped = (d["ref"] != d["got"]) & judged
-    n, k = int(judged.sum()), int(flipped.sum())
+    too_many = shaky > UNSTABLE_MAX * unstable.size        # then no flip is excused, as without the measure
+    judged = ~d["tied"]                                    # every row is judged ...
+    changed = (d["ref"] != d["got"]) & judged
+    # ... and a change on a row the model itself cannot hold at the recipe's input resolution is not held against
+    # the bundle (the input's own quantization can flip it)
+    excused = changed & unstable if not too_many else np.zeros_like(changed)
+    flipped = changed & ~excused
+    n, k, e = int(judged.sum()), int(flipped.sum()), int(excused.sum())
     unit = {"class-scores": "rows", "pixel-classes": "pixels", "probabilities": "decisions",
             "integer": "rows" if j.ref.ndim == 2 and _option(j.tol, "sets") else "values"}[j.kind]
     frac = k / n if n else 0.0
     limit = float(j.tol.flips)
     passed = frac <= limit
     tied = int(d["tied"].sum())
-    text = f"{n - k}/{n} {unit} agree" + (f" ({tied} reference ties not judged)" if tied else "") + \
-        (f" ({_unstable_words(j, shaky, unstable.size, unit)})" if shaky and not too_many else "")
-    detail = {"judged": n, "flipped": k, "ties": tied, "unit": unit, "unstable": 0 if too_many else shaky}
-    if shaky and not too_many:
-        detail["unstable_text"] = _unstable_words(j, shaky, unstable.size, unit)
+    words = (f"{e} more change on {unit} the model itself cannot hold at {j.moved[1]} input resolution, not held "
+             "against the bundle") if e else ""
+    text = f"{n - k - e}/{n} {unit} agree" + (f" ({tied} reference ties not judged)" if tied else "") + \
+        (f" ({words})" if words else "")
+    detail = {"judged": n, "flipped": k, "excused": e, "ties": tied, "unit": unit, "unstable": 0 if too_many else shaky}
+    if words:
+        detail["unstable_text"] = words
     reason = ""
     if not passed:
         reason = f"{k} of {n} {unit} change their decision ({_pct(frac)} > {_pct(limit)})"

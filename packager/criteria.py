@@ -587,8 +587,8 @@ def saturated(j: Judged) -> Finding | None:
         return None
     half = 0.5 * float(j.step) + 64 * EPS32 * max(abs(low), abs(high))
     beyond = np.maximum(limit, float(j.step))
-    at_high = (gc >= high - half) & (rc > high + beyond)
-    at_low = (gc <= low + half) & (rc < low - beyond)
+    at_high = (np.abs(gc - high) <= half) & (rc > high + beyond)
+    at_low = (np.abs(gc - low) <= half) & (rc < low - beyond)
     cells = at_high | at_low
     row_hit = cells.reshape(j.ref.shape[0], -1).any(axis=1)      # a sample with any capped value
     n, k = int(j.ref.shape[0]), int(row_hit.sum())
@@ -610,7 +610,7 @@ def saturated(j: Judged) -> Finding | None:
     hint = (f"calibrate on data covering the outputs' full range (the calibration data's {' and '.join(side)}), or "
             "--quantize dynamic/float16 (float outputs, no range)")
     detail["hint"] = hint
-    reason = (f"{k} of {n} rows ({int(cells.sum())} values, column {where}) are stuck at the bound of the output's "
+    reason = (f"{k} of {n} rows ({int(cells.sum())} values, column {where}) sit at the bound of the output's "
               f"quantized range [{low:.4g}, {high:.4g}] while the model's value lies beyond it (by up to "
               f"{float(np.max(np.where(at_high, rc - high, 0.0) + np.where(at_low, low - rc, 0.0))):.3g}): these rows "
               f"get a capped answer; way out: {hint}")

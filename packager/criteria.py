@@ -483,9 +483,10 @@ def _rare_r2_min(tol) -> float:
 def rare_class_scores(j: Judged) -> Finding | None:
     """When one class wins at least :data:`DOMINANT_SHARE` of the rows (pixels, positions), the argmax decisions
     judge that class alone: the other classes' scores (a splice site, a lesion: what a user thresholds or ranks)
-    are judged column by column, R² of each rare class's scores (bundle against model, float noise left out) at
-    least :func:`_rare_r2_min`. The finding also counts each rare class's decisions at the threshold (0.5 unless
-    set). Columns that never rise above one output step (or float noise) are not judged. None when no class
+    are judged column by column, R² of each rare class's scores (bundle against model; the error within one
+    output step, or float noise, left out: a quantized output cannot do better) at least :func:`_rare_r2_min`.
+    The finding also counts each rare class's decisions at the threshold (0.5 unless set). Columns that never
+    rise above a few output steps (the recipe's ``steps``) or float noise are not judged. None when no class
     dominates or there are fewer than 20 rows."""
     if j.ref.ndim < 2 or j.ref.shape[-1] < 2:
         return None
@@ -509,10 +510,12 @@ def rare_class_scores(j: Judged) -> Finding | None:
         if k == top:
             continue
         rk, gk = r[:, k], g[:, k]
-        if float(np.ptp(rk)) <= max(2.0 * floor, 8.0 * per_class[k]) or float(np.std(rk)) == 0.0:
-            continue                                              # never above one step / float noise
+        if float(np.ptp(rk)) <= max(max(float(j.tol.steps), 2.0) * floor, 8.0 * per_class[k]) \
+                or float(np.std(rk)) == 0.0:
+            continue                                              # never above a few output steps / float noise
         sst = float(np.sum((rk - rk.mean()) ** 2))
-        sse = max(0.0, float(np.sum((gk - rk) ** 2)) - rk.size * (4.0 * per_class[k]) ** 2)
+        # the error beyond one output step (what a quantized output cannot do better than) and float noise
+        sse = float(np.sum(np.maximum(0.0, np.abs(gk - rk) - max(floor, 4.0 * per_class[k])) ** 2))
         r2 = 1.0 - sse / sst
         yes_m, yes_b = rk >= t, gk >= t
         rows.append({"class": k, "column": names[k], "r2": float(r2), "wins": int(round(share[k] * r.shape[0])),

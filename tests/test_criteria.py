@@ -376,6 +376,10 @@ def test_rare_class_scores_are_judged_when_one_class_dominates():
     steps = np.round(ref * 256) / 256                              # int8 output: the scores rounded to 1/256
     m = compare_output("splice", ref, steps, tol, scale=1 / 256)
     assert m.passed and m.finding("rare-class scores")["figure"] > 0.99
+    from packager.verification.report import _rests_on       # the verdict line says what was judged
+    line = "; ".join(_rests_on([compare_output("splice", ref, got, tol, scale=1 / 256)]))
+    assert "rare-class scores R² 0.8" in line or "rare-class scores R² 0.9" in line
+    assert "class 2; class 0 wins" in line and "of 12800" in line and "failing: rare-class scores" in line
     # the same as class scores (one row per sample)
     flat = compare_output("p", ref.reshape(-1, 3), got.reshape(-1, 3), kind(INT8, "class-scores"))
     assert not flat.passed and not flat.finding("rare-class scores")["passed"]
@@ -413,6 +417,8 @@ def test_rows_capped_at_the_outputs_quantized_range_are_refused():
     f = m.finding("saturation")
     assert f["detail"]["rows"] == 2 and f["detail"]["judged"] == 300 and f["figure"] == 2
     assert "2 of 300 rows" in f["reason"] and "-4.056" in f["reason"] and "the model reached -5.7" in f["reason"]
+    from packager.verification.report import _rests_on
+    assert "2 of 300 rows capped at the output's range [-4.056, 2.329]" in "; ".join(_rests_on([m]))
     assert f["detail"]["hint"].startswith("calibrate on data covering the outputs' full range")
     # the same bundle with a range that covers the model's outputs; a float bundle (no range): not capped
     wide = criteria.Step(0.05, 0, "int8")

@@ -12,8 +12,12 @@ kind               judged on
 ``embedding``      cosine of every row; nearest neighbours within the data
 ``integer``        ids, classes, indices: exact (the fraction that differs); accuracy against labels
 ``values``         regression, boxes, anything else: every column against that column's own spread
-                   (99th-percentile error and R²), never against the tensor's largest value
+                   (99th-percentile error and R²), never against the tensor's largest value; rows capped
+                   at the bound of the output's quantized range (:func:`saturated`)
 =================  =====================================================================================
+
+Class scores (and pixel classes) that one class dominates also have each rare class's scores judged as a
+column (:func:`rare_class_scores`): the argmax decisions judge the dominant class alone.
 
 Every kind also gets the common criteria (no NaN/Inf, not stuck at one value where the reference
 varies). Decisions are judged on **every** row: only rows whose reference ties within float noise

@@ -530,7 +530,7 @@ def rare_class_scores(j: Judged) -> Finding | None:
     worst = min(rows, key=lambda x: x["r2"])
     passed = worst["r2"] >= limit
     n = r.shape[0]
-    unit = "pixels" if j.kind == "pixel-classes" else "rows"
+    unit = "rows" if j.kind == "class-scores" else "positions" if j.ref.ndim == 3 else "pixels"
     said = f"class {worst['class']} at p ≥ {t:g}: model {worst['model_yes']}, bundle {worst['bundle_yes']}, both " \
            f"{worst['both_yes']}"
     wins = int(round(share[top] * n))

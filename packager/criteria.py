@@ -12,8 +12,12 @@ kind               judged on
 ``embedding``      cosine of every row; nearest neighbours within the data
 ``integer``        ids, classes, indices: exact (the fraction that differs); accuracy against labels
 ``values``         regression, boxes, anything else: every column against that column's own spread
-                   (99th-percentile error and R²), never against the tensor's largest value
+                   (99th-percentile error and R²), never against the tensor's largest value; rows capped
+                   at the bound of the output's quantized range (:func:`saturated`)
 =================  =====================================================================================
+
+Class scores (and pixel classes) that one class dominates also have each rare class's scores judged as a
+column (:func:`rare_class_scores`): the argmax decisions judge the dominant class alone.
 
 Every kind also gets the common criteria (no NaN/Inf, not stuck at one value where the reference
 varies). Decisions are judged on **every** row: only rows whose reference ties within float noise
@@ -548,6 +552,158 @@ def r_squared(j: Judged) -> Finding | None:
     return Finding("R²", float(both[worst]), limit_r2, True, passed, f"R² ≥ {float(both[worst]):.4f}",
                    "" if passed else f"R² against the model {float(both[worst]):.4f} < {limit_r2:g}{part}{where}",
                    {"all": float(full[worst]), "bulk": float(bulk[worst])})
+
+
+# ------------------------------------------------------------------------------------------- rare classes
+#: A class that wins at least this share of the rows dominates: the argmax decisions say little about the others.
+DOMINANT_SHARE = 0.9
+
+
+def _rare_r2_min(tol) -> float:
+    """The R² a rare class's scores must keep: the recipe's ``r2_min`` with half its room below 1 (int8 0.95,
+    dynamic 0.99): a rare column's spread is made of its few active rows, the very rows a user acts on."""
+    return 1.0 - (1.0 - float(tol.r2_min)) / 2.0
+
+
+@criterion("class-scores", "pixel-classes")
+def rare_class_scores(j: Judged) -> Finding | None:
+    """When one class wins at least :data:`DOMINANT_SHARE` of the rows (pixels, positions), the argmax decisions
+    judge that class alone: the other classes' scores (a splice site, a lesion: what a user thresholds or ranks)
+    are judged column by column, R² of each rare class's scores (bundle against model; the error within one
+    output step, or float noise, left out: a quantized output cannot do better) at least :func:`_rare_r2_min`.
+    The finding also counts each rare class's decisions at the threshold (0.5 unless set). Columns that never
+    rise above a few output steps (the recipe's ``steps``) or float noise are not judged. None when no class
+    dominates or there are fewer than 20 rows."""
+    if j.ref.ndim < 2 or j.ref.shape[-1] < 2:
+        return None
+    c = j.ref.shape[-1]
+    r = j.ref.reshape(-1, c)
+    g = j.got.reshape(-1, c)
+    if r.shape[0] < 20 or not np.all(np.isfinite(g)):
+        return None
+    share = np.bincount(r.argmax(1), minlength=c) / r.shape[0]
+    top = int(np.argmax(share))
+    if share[top] < DOMINANT_SHARE:
+        return None
+    noise = _noise(j, columns(j.ref).shape[1])
+    per_class = noise.reshape(-1, c).max(0) if noise.size and noise.size % c == 0 else np.zeros(c)
+    floor = max(float(j.step or 0.0), 0.0)
+    t = _threshold(j.tol)
+    limit = _rare_r2_min(j.tol)
+    names = column_names((1, c), c)
+    rows = []
+    for k in range(c):
+        if k == top:
+            continue
+        rk, gk = r[:, k], g[:, k]
+        if float(np.ptp(rk)) <= max(max(float(j.tol.steps), 2.0) * floor, 8.0 * per_class[k]) \
+                or float(np.std(rk)) == 0.0:
+            continue                                              # never above a few output steps / float noise
+        sst = float(np.sum((rk - rk.mean()) ** 2))
+        # the error beyond one output step (what a quantized output cannot do better than) and float noise
+        sse = float(np.sum(np.maximum(0.0, np.abs(gk - rk) - max(floor, 4.0 * per_class[k])) ** 2))
+        r2 = 1.0 - sse / sst
+        yes_m, yes_b = rk >= t, gk >= t
+        rows.append({"class": k, "column": names[k], "r2": float(r2), "wins": int(round(share[k] * r.shape[0])),
+                     "model_yes": int(yes_m.sum()), "bundle_yes": int(yes_b.sum()), "both_yes": int((yes_m & yes_b).sum()),
+                     "max_error": float(np.max(np.abs(gk - rk)))})
+    if not rows:
+        return None
+    worst = min(rows, key=lambda x: x["r2"])
+    passed = worst["r2"] >= limit
+    n = r.shape[0]
+    unit = "rows" if j.kind == "class-scores" else "positions" if j.ref.ndim == 3 else "pixels"
+    said = f"class {worst['class']} at p ≥ {t:g}: model {worst['model_yes']}, bundle {worst['bundle_yes']}, both " \
+           f"{worst['both_yes']}"
+    wins = int(round(share[top] * n))
+    text = (f"rare classes ({len(rows)} of {c}; class {top} wins {wins}/{n} {unit}): score R² ≥ "
+            f"{worst['r2']:.4f} (class {worst['class']})")
+    reason = "" if passed else (
+        f"class {top} wins {wins} of {n} {unit}, so the decisions judge it alone; the rare class "
+        f"{worst['class']}'s scores (column {worst['column']}, {worst['wins']} {unit} won) keep R² {worst['r2']:.4f} "
+        f"< {limit:g} against the model (max error {worst['max_error']:.3g}; {said}): thresholds and rankings on "
+        "it change; ways out: --quantize auto, or a recipe with more precision (int16x8, dynamic, float16), or "
+        "`edgepack diagnose` to find the op")
+    return Finding("rare-class scores", worst["r2"], limit, True, passed, text, reason,
+                   {"dominant": top, "share": float(share[top]), "judged": n, "classes": rows})
+
+
+# ------------------------------------------------------------------------------------------- saturation
+#: The integer range of each quantized dtype an output can be stored in.
+QRANGE = {"int8": (-128, 127), "uint8": (0, 255), "int16": (-32768, 32767), "int32": (-2 ** 31, 2 ** 31 - 1)}
+
+
+class Step(float):
+    """An output's quantization step (a float, in the output's units: what ``Judged.step`` holds) that also knows
+    the output's representable range: ``low``/``high`` = ``scale * (qmin - zero_point)`` and
+    ``scale * (qmax - zero_point)`` of its integer ``dtype``; a calibrated recipe sets them from the calibration
+    data's outputs. A plain float step has no range (``low``/``high`` None)."""
+    low: float | None
+    high: float | None
+
+    def __new__(cls, scale: float, zero_point: int | None = 0, dtype: str | None = "int8"):
+        obj = super().__new__(cls, float(scale))
+        obj.zero_point, obj.dtype = int(zero_point or 0), str(dtype or "")
+        q = QRANGE.get(obj.dtype)
+        obj.low, obj.high = (None, None) if q is None else (float(scale) * (q[0] - obj.zero_point),
+                                                            float(scale) * (q[1] - obj.zero_point))
+        return obj
+
+    def __reduce__(self):
+        return (Step, (float(self), self.zero_point, self.dtype))
+
+
+def bounds(step) -> tuple[float, float] | None:
+    """(low, high) of an output whose ``step`` is a :class:`Step` with a range, else None."""
+    low, high = getattr(step, "low", None), getattr(step, "high", None)
+    return None if low is None or high is None else (float(low), float(high))
+
+
+@criterion("values")
+def saturated(j: Judged) -> Finding | None:
+    """Rows where the bundle's output sits at a bound of its quantized range (within half a step) while the
+    model's value lies beyond that bound by more than the column's error limit (and one step): the output was
+    calibrated on a narrower range than the model reaches, and every input beyond it gets the bound, silently.
+    Any such row refuses (no budget: it is not noise but a cap on the answers, and the verification data
+    showing one means real inputs reach past the calibration range). None for outputs without a quantized range
+    (float bundles)."""
+    b = bounds(j.step)
+    if b is None or not j.ref.size:
+        return None
+    low, high = b
+    rc, gc, limit, _ = _column_limits(j)
+    if not np.all(np.isfinite(gc)):
+        return None
+    half = 0.5 * float(j.step) + 64 * EPS32 * max(abs(low), abs(high))
+    beyond = np.maximum(limit, float(j.step))
+    at_high = (np.abs(gc - high) <= half) & (rc > high + beyond)
+    at_low = (np.abs(gc - low) <= half) & (rc < low - beyond)
+    cells = at_high | at_low
+    row_hit = cells.reshape(j.ref.shape[0], -1).any(axis=1)      # a sample with any capped value
+    n, k = int(j.ref.shape[0]), int(row_hit.sum())
+    cols = np.flatnonzero(cells.any(axis=0))
+    names = column_names(j.ref.shape, rc.shape[1])
+    reached_hi = float(rc[at_high].max()) if at_high.any() else float(rc.max())
+    reached_lo = float(rc[at_low].min()) if at_low.any() else float(rc.min())
+    text = f"{n - k}/{n} rows inside the output's range [{low:.4g}, {high:.4g}]"
+    detail = {"rows": k, "judged": n, "cells": int(cells.sum()), "low": low, "high": high,
+              "columns": [names[i] for i in cols[:8]], "model_max": float(rc.max()), "model_min": float(rc.min())}
+    if not k:
+        return Finding("saturation", 0, 0, False, True, text, "", detail)
+    side = []
+    if at_high.any():
+        side.append(f"max output was {high:.4g}; the model reached {reached_hi:.4g}")
+    if at_low.any():
+        side.append(f"min output was {low:.4g}; the model reached {reached_lo:.4g}")
+    where = ", ".join(n_ or "the output" for n_ in detail["columns"][:4])
+    hint = (f"calibrate on data covering the outputs' full range (the calibration data's {' and '.join(side)}), or "
+            "--quantize dynamic/float16 (float outputs, no range)")
+    detail["hint"] = hint
+    reason = (f"{k} of {n} rows ({int(cells.sum())} values, column {where}) sit at the bound of the output's "
+              f"quantized range [{low:.4g}, {high:.4g}] while the model's value lies beyond it (by up to "
+              f"{float(np.max(np.where(at_high, rc - high, 0.0) + np.where(at_low, low - rc, 0.0))):.3g}): these rows "
+              f"get a capped answer; way out: {hint}")
+    return Finding("saturation", k, 0, False, False, text, reason, detail)
 
 
 # ------------------------------------------------------------------------------------------- inference

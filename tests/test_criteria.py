@@ -281,12 +281,21 @@ def test_every_registered_criterion_speaks_on_its_kind():
             "integer": rng.integers(0, 5, (64, 3)).astype(np.float64), "values": rng.normal(0, 1, (64, 4))}
     labels = {"class-scores": rng.integers(0, 5, 64), "probabilities": rng.integers(0, 2, (64, 3)),
               "pixel-classes": rng.integers(0, 3, (16, 4, 4)), "integer": rng.integers(0, 5, (64, 3))}
+    # criteria that judge only some outputs get data fit for them: a dominant class, a quantized range
+    rare = _dominated(rng, 64, 50)
+    fit = {"rare_class_scores": (rare, None), "saturated": (data["values"], criteria.Step(0.01, 0, "int8"))}
     for k, fns in CRITERIA.items():
-        ref = data[k]
-        bad = ref[::-1].copy()                              # another sample's outputs: wrong everywhere
         for fn in COMMON + fns:
-            good = fn(Judged("o", ref, ref.copy(), kind(INT8, k), k, None, None, labels.get(k)))
-            worse = fn(Judged("o", ref, bad, kind(INT8, k), k, None, None, labels.get(k)))
+            ref, step = fit.get(fn.__name__, (data[k], None))
+            if fn.__name__ == "rare_class_scores" and k == "pixel-classes":
+                ref = ref.reshape(16, 4, 50, 3)
+            bad = ref[::-1].copy()                          # another sample's outputs: wrong everywhere
+            if fn.__name__ == "saturated":
+                bad = np.clip(ref, -0.5, 0.5)               # capped at a range narrower than the model's
+                step = criteria.Step(0.5 / 127, 0, "int8")         # range [-0.504, 0.5]
+            good = fn(Judged("o", ref, ref.copy(), kind(INT8, k), k, step, None, labels.get(k)
+                             if ref is data[k] else None))
+            worse = fn(Judged("o", ref, bad, kind(INT8, k), k, step, None, labels.get(k) if ref is data[k] else None))
             if good is None and fn in COMMON:               # a common criterion may not apply to a kind
                 continue
             assert good is not None and good.passed and good.text, (k, fn.__name__)
@@ -299,17 +308,147 @@ def test_every_registered_criterion_speaks_on_its_kind():
 @pytest.mark.parametrize("name,k", [("finite", "values"), ("not_stuck", "values"), ("flips", "class-scores"),
                                     ("accuracy", "class-scores"), ("scores", "probabilities"),
                                     ("row_cosine", "embedding"), ("neighbours", "embedding"),
-                                    ("column_error", "values"), ("r_squared", "values")])
+                                    ("column_error", "values"), ("r_squared", "values"),
+                                    ("rare_class_scores", "pixel-classes"), ("saturated", "values")])
 def test_each_criterion_passes_identical_outputs(name, k):
     fn = getattr(criteria, name)
     assert fn in criteria.COMMON or fn in criteria.CRITERIA[k]
     rng = np.random.default_rng(1)
     ref = softmax(rng.normal(size=(64, 5))) if k != "embedding" else rng.normal(size=(64, 8))
+    if name == "rare_class_scores":
+        ref = _dominated(rng, 32, 100)
     labels = ref.argmax(-1) if name == "accuracy" else None
-    j = criteria.Judged("out", ref, ref.copy(), kind(F32, k), k, labels=labels)
+    step = criteria.Step(1 / 256, -128, "int8") if name == "saturated" else None
+    j = criteria.Judged("out", ref, ref.copy(), kind(F32, k), k, step, labels=labels)
     finding = fn(j)
     assert finding is None or finding.passed, finding
     if name == "finite":
         got = ref.copy()
         got[3, 1] = np.nan
         assert not fn(criteria.Judged("out", ref, got, kind(F32, k), k)).passed
+
+
+# ------------------------------------------------------------------------------------------- rare classes
+def _dominated(rng, n: int, length: int, sites: float = 0.01) -> np.ndarray:
+    """[n, length, 3] per-position softmax like SpliceAI's (neither / acceptor / donor): class 0 wins almost every
+    position; classes 1 and 2 rise at rare sites (1% of positions each), with a score from weak to certain."""
+    logits = np.zeros((n, length, 3))
+    logits[..., 0] = 8.0
+    for c in (1, 2):
+        at = rng.random((n, length)) < sites
+        logits[..., c] = np.where(at, rng.uniform(4.0, 14.0, (n, length)), rng.normal(0.0, 1.0, (n, length)))
+    return softmax(logits)
+
+
+def _r2(ref, got):
+    return 1 - np.sum((got - ref) ** 2) / np.sum((ref - ref.mean()) ** 2)
+
+
+def test_rare_class_scores_are_judged_when_one_class_dominates():
+    """SpliceAI int8: "neither" wins 99.998% of positions, so the argmax decisions (and the p99 score error over
+    every value) judge "neither" alone; the donor column's scores, which a user thresholds, keep R² 0.9 against
+    the model. Refused, the column named; a bundle whose rare scores track the model's passes."""
+    rng = np.random.default_rng(21)
+    ref = _dominated(rng, 64, 200)
+    donor = ref[..., 2]
+    got = ref.copy()
+    active = donor > 0.02
+    z = rng.normal(0, 1, donor.shape) * active
+    size = min(np.linspace(0.01, 0.5, 50), key=lambda a: abs(_r2(donor, np.clip(donor + a * z, 0, 1)) - 0.9))
+    err = np.clip(donor + size * z, 0, 1) - donor                 # R² 0.9 on the donor column
+    got[..., 2] = donor + err
+    got[..., 0] = 1 - got[..., 1] - got[..., 2]
+    assert 0.88 < _r2(donor, got[..., 2]) < 0.92
+    tol = kind(INT8, "pixel-classes")
+    m = compare_output("splice", ref, got, tol, scale=1 / 256)
+    assert not m.passed
+    f = m.finding("rare-class scores")
+    assert not f["passed"] and f["detail"]["dominant"] == 0 and f["detail"]["judged"] == 64 * 200
+    assert f["limit"] == pytest.approx(0.95) and f["figure"] < 0.92
+    assert "rare class 2" in f["reason"] and "column [2]" in f["reason"] and f"keep R² {f['figure']:.4f} < 0.95" in f["reason"]
+    assert "--quantize" in f["reason"]
+    assert m.finding("decisions")["passed"] and m.finding("scores")["passed"]     # what said MATCH before
+    # faithful bundles pass: float32 (identical up to float noise), dynamic-like (R² ~0.998), int8 within steps
+    assert compare_output("splice", ref, ref + rng.normal(0, 1e-7, ref.shape), kind(F32, "pixel-classes")).passed
+    close = ref.copy()
+    close[..., 2] = donor + err * np.sqrt(0.002 / 0.1)
+    assert compare_output("splice", ref, close, kind(DYN, "pixel-classes")).passed
+    steps = np.round(ref * 256) / 256                              # int8 output: the scores rounded to 1/256
+    m = compare_output("splice", ref, steps, tol, scale=1 / 256)
+    assert m.passed and m.finding("rare-class scores")["figure"] > 0.99
+    from packager.verification.report import _rests_on       # the verdict line says what was judged
+    line = "; ".join(_rests_on([compare_output("splice", ref, got, tol, scale=1 / 256)]))
+    assert "rare-class scores R² 0.8" in line or "rare-class scores R² 0.9" in line
+    assert "class 2; class 0 wins" in line and "of 12800" in line and "failing: rare-class scores" in line
+    # the same as class scores (one row per sample)
+    flat = compare_output("p", ref.reshape(-1, 3), got.reshape(-1, 3), kind(INT8, "class-scores"))
+    assert not flat.passed and not flat.finding("rare-class scores")["passed"]
+
+
+def test_rare_class_scores_leave_balanced_and_silent_outputs_alone():
+    rng = np.random.default_rng(22)
+    balanced = softmax(rng.normal(0, 2, (300, 4)))
+    j = criteria.Judged("p", balanced, balanced[::-1].copy(), kind(INT8, "class-scores"), "class-scores")
+    assert criteria.rare_class_scores(j) is None                  # every class is decided often: decisions judge it
+    silent = np.zeros((300, 3))
+    silent[:, 0] = 1.0
+    silent[:, 1:] = rng.uniform(0, 1e-4, (300, 2))                # rare columns that never rise above one step
+    j = criteria.Judged("p", silent, silent * 0.5, kind(INT8, "class-scores"), "class-scores", 1 / 256)
+    assert criteria.rare_class_scores(j) is None
+
+
+# ------------------------------------------------------------------------------------------- saturation
+def test_rows_capped_at_the_outputs_quantized_range_are_refused():
+    """A TCN regression in int8: the output's range [-4.056, 2.329] came from the calibration data; on 2 of 300
+    rows the model goes to -5.7 and the bundle says -4.056, silently. p99 error and R² over all rows are fine."""
+    rng = np.random.default_rng(23)
+    ref = rng.normal(-0.8, 0.8, (300, 1))
+    ref[[17, 230], 0] = [-5.7, -5.1]
+    step = criteria.Step(0.02503943257033825, 34, "int8")        # range [-4.056, 2.329]
+    assert step.low == pytest.approx(-4.0564, abs=1e-3) and step.high == pytest.approx(2.3287, abs=1e-3)
+    assert float(step) * 2 == pytest.approx(0.0500788651)         # still the step, a float
+    import pickle
+    assert pickle.loads(pickle.dumps(step)).low == step.low
+    got = np.clip(np.round(ref / step) * step + rng.normal(0, 0.02, ref.shape), step.low, step.high)
+    tol = kind(INT8, "values")
+    m = compare_output("value", ref, got, tol, scale=step)
+    assert m.finding("R²")["passed"] and m.finding("column error")["passed"]     # what said MATCH before
+    assert not m.passed
+    f = m.finding("saturation")
+    assert f["detail"]["rows"] == 2 and f["detail"]["judged"] == 300 and f["figure"] == 2
+    assert "2 of 300 rows" in f["reason"] and "-4.056" in f["reason"] and "the model reached -5.7" in f["reason"]
+    from packager.verification.report import _rests_on
+    assert "2 of 300 rows capped at the output's range [-4.056, 2.329]" in "; ".join(_rests_on([m]))
+    assert f["detail"]["hint"].startswith("calibrate on data covering the outputs' full range")
+    # the same bundle with a range that covers the model's outputs; a float bundle (no range): not capped
+    wide = criteria.Step(0.05, 0, "int8")
+    fine = np.round(ref / wide) * wide
+    assert compare_output("value", ref, fine, tol, scale=wide).passed
+    assert compare_output("value", ref, fine, tol, scale=float(wide)).finding("saturation") is None
+    # a row at the bound where the model is just past it (within the column's error limit) is an ordinary error
+    near = ref.copy()
+    near[[17, 230], 0] = step.low - 0.1
+    assert compare_output("value", near, np.clip(near, step.low, step.high), tol, scale=step).passed
+    # the upper bound, int16 (int16x8), several columns: the column is named
+    two = rng.normal(0, 1, (200, 4))
+    two[5, 3] = 9.0
+    s16 = criteria.Step(4.0 / 32767, 0, "int16")
+    m = compare_output("box", two, np.clip(two, s16.low, s16.high), kind(I16, "values"), scale=s16)
+    assert not m.passed and "column [3]" in m.finding("saturation")["reason"] and "max output was 4" in \
+        m.finding("saturation")["reason"]
+
+
+def test_a_capped_output_leads_the_refusal_to_calibration():
+    """The build's refusal names the cap as the likely cause and its hint the calibration range."""
+    from packager.convert.converter import Attempt, no_match
+    from packager.recipes import get_recipe as recipe
+    rng = np.random.default_rng(24)
+    ref = rng.normal(0, 1, (300, 1))
+    ref[3, 0] = 6.0
+    step = criteria.Step(3.0 / 127, 0, "int8")
+    m = compare_output("value", ref, np.clip(ref, step.low, step.high), kind(INT8, "values"), scale=step)
+    cal = {"x": rng.uniform(-1, 1, (100, 8)).astype(np.float32)}
+    err = no_match([Attempt("keras", False, "; ".join(m.reasons), [m])], recipe("int8"), cal,
+                   {"x": rng.uniform(-1, 1, (300, 8)).astype(np.float32)})
+    assert "capped at its quantized range" in err.message and "the model reaches" in err.message
+    assert err.hint.startswith("calibrate on data covering the outputs' full range") and "6" in err.hint

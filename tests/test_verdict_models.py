@@ -237,3 +237,80 @@ def test_argmax_inside_the_graph_converts_and_is_judged_exactly(tmp_path):
     assert "ARG_MAX" in {op["name"] for op in api.inspect(res.bundle)["model"]["ops"]}
     got = raw_outputs(res.bundle, {"x": x})
     assert np.array_equal(next(iter(got.values())).ravel(), model.predict(x, verbose=0).ravel())
+
+
+def test_regression_capped_at_its_calibrated_range_int8_is_refused(tmp_path):
+    """An int8 regression whose output range was set by calibration data that never reached the model's extremes:
+    on the held-out rows beyond it the bundle answers the bound, silently (p99 error and R² over all rows are
+    fine). Refused by the saturation criterion, the hint leads to the calibration range; calibrated on data that
+    covers the extremes, the same model builds."""
+    keras = _keras()
+    rng = np.random.default_rng(6)
+    inp = keras.Input((8,), name="x")
+    h = keras.layers.Dense(16, activation="relu")(inp)
+    model = keras.Model(inp, keras.layers.Dense(1, name="value")(h))
+    path = tmp_path / "reg.keras"
+    model.save(path)
+    corners = np.array(np.meshgrid(*[[-1.0, 1.0]] * 8)).reshape(8, -1).T.astype(np.float32)
+    c = model.predict(corners, verbose=0)[:, 0]
+    extreme = corners[np.argsort(c)[-3:]]                   # inputs inside [-1, 1]; outputs the model's highest
+    x = rng.uniform(-1, 1, (500, 8)).astype(np.float32)
+    xe = np.concatenate([x[200:497], extreme])
+    np.savez(tmp_path / "cal.npz", x=x[:200])
+    np.savez(tmp_path / "eval.npz", x=xe)
+    with pytest.raises(VerificationError) as exc:
+        api.build(path, target="rpi", recipe="int8", calibration=tmp_path / "cal.npz", data=tmp_path / "eval.npz",
+                  runtimes=LITERT, output=tmp_path / "out", use_cache=False)
+    assert "sit at the bound of the output's quantized range" in exc.value.message
+    assert "capped at its quantized range" in exc.value.message
+    assert exc.value.hint.startswith("calibrate on data covering the outputs' full range (the calibration data's max "
+                                     "output was")
+    # independently: the bundle kept with --no-verify answers its largest value where the model goes beyond
+    res = api.build(path, target="rpi", recipe="int8", calibration=tmp_path / "cal.npz", verify=False,
+                    runtimes=LITERT, output=tmp_path / "raw", use_cache=False)
+    ref = model.predict(xe, verbose=0)[:, 0]
+    got = raw_outputs(res.bundle, {"x": xe})["value"][:, 0]
+    capped = (got == got.max()) & (ref > got.max() + 0.5 * ref.std())
+    assert capped.sum() >= 1 and 1 - np.sum((got - ref) ** 2) / np.sum((ref - ref.mean()) ** 2) > 0.9
+    # calibrated on data that reaches the extremes: the range covers the model's outputs, MATCH
+    np.savez(tmp_path / "cal_wide.npz", x=np.concatenate([x[:200], corners]))
+    ok = api.build(path, target="rpi", recipe="int8", calibration=tmp_path / "cal_wide.npz",
+                   data=tmp_path / "eval.npz", runtimes=LITERT, output=tmp_path / "wide", use_cache=False)
+    f = ok.verification.runtimes[0].metrics[0].finding("saturation")
+    assert ok.verification.passed and f["passed"] and f["detail"]["judged"] == 300
+
+
+def test_rare_class_scores_of_a_per_position_classifier(tmp_path):
+    """A SpliceAI-like per-position softmax (Conv1D over one-hot sequence; class 0 wins almost everywhere): the
+    rare classes' scores are judged column by column. float32 and dynamic keep them (MATCH); int8's verdict on
+    them agrees with the R² a bare interpreter measures."""
+    keras = _keras()
+    rng = np.random.default_rng(7)
+    inp = keras.Input((None, 4), name="seq")
+    h = keras.layers.Conv1D(16, 9, padding="same", activation="relu")(inp)
+    h = keras.layers.Conv1D(16, 9, padding="same", dilation_rate=2, activation="relu")(h)
+    head = keras.layers.Conv1D(3, 1, name="head")
+    model = keras.Model(inp, keras.layers.Softmax(name="splice")(head(h)))
+    w, _ = head.get_weights()
+    head.set_weights([w * 20.0, np.array([10.0, -2.0, -2.0], np.float32)])    # class 0 dominates
+    path = tmp_path / "splice.keras"
+    model.save(path)
+    x = np.eye(4, dtype=np.float32)[rng.integers(0, 4, (96, 400))]
+    ref = model.predict(x[64:], verbose=0)
+    share = np.bincount(ref.reshape(-1, 3).argmax(1), minlength=3) / ref[..., 0].size
+    assert share[0] > 0.9 and share[1:].sum() > 0.0005, share
+    np.savez(tmp_path / "cal.npz", seq=x[:64])
+    np.savez(tmp_path / "eval.npz", seq=x[64:])
+    for recipe in ("float32", "dynamic"):
+        res = api.build(path, target="rpi", recipe=recipe, data=tmp_path / "eval.npz", runtimes=LITERT,
+                        output=tmp_path / recipe, use_cache=False)
+        f = res.verification.runtimes[0].metrics[0].finding("rare-class scores")
+        assert res.verification.passed and f is not None and f["passed"] and f["detail"]["dominant"] == 0, recipe
+    res = api.build(path, target="rpi", recipe="int8", calibration=tmp_path / "cal.npz", verify=False,
+                    runtimes=LITERT, output=tmp_path / "int8", use_cache=False)
+    got = raw_outputs(res.bundle, {"seq": x[64:]})["splice"]
+    r2 = min(1 - np.sum((got[..., k] - ref[..., k]) ** 2) / np.sum((ref[..., k] - ref[..., k].mean()) ** 2)
+             for k in (1, 2))
+    rep = api.verify(res.bundle, reference=path, data=tmp_path / "eval.npz", runtimes=LITERT)
+    f = rep.runtimes[0].metrics[0].finding("rare-class scores")
+    assert f["figure"] == pytest.approx(r2, abs=0.02) and f["passed"] == (f["figure"] >= 0.95)

@@ -173,12 +173,15 @@ def _decisions(o: dict) -> str:
 
 
 def _values(o: dict) -> str:
-    """The values figure of an output: ``R² 0.9987`` for values, ``cos 0.9993`` for embeddings, else -."""
+    """The values figure of an output: ``R² 0.9987`` for values, ``cos 0.9993`` for embeddings, ``rare R² 0.9978``
+    for the rare classes of class scores one class dominates, else -."""
     for f in o.get("findings") or []:
         if f["criterion"] == "R²":
             return f"R² {f['figure']:.4f}"
         if f["criterion"] == "row cosine":
             return f"cos {f['figure']:.4f}"
+        if f["criterion"] == "rare-class scores":
+            return f"rare R² {f['figure']:.4f}"
     f = next((f for f in o.get("findings") or [] if f["criterion"] == "column error"), None)
     return f"{f['detail']['columns'] - f['detail']['failing']}/{f['detail']['columns']} cols" if f else "-"
 

@@ -294,6 +294,10 @@ def no_match(attempts: list[Attempt], recipe: Recipe, calibration: dict | None, 
         if cause and cause.startswith("calibration data for"):
             return _refusal(message, "calibrate on data drawn like the real inputs (the scale of --data), then "
                                      f"build again; {widen}", best)
+        capped = next((f for m in best.metrics for f in m.findings
+                       if f["criterion"] == "saturation" and not f["passed"]), None)
+        if capped is not None:
+            return _refusal(message, capped["detail"]["hint"] + ", then build again", best)
         hint = (_calibrated_hint(recipe, calibration, ids, cause) + f"; {widen}"
                 if recipe.needs_calibration else f"try --quantize {others}; {widen}")
         return _refusal(message, hint, best)
@@ -355,7 +359,8 @@ def _refusal(message: str, hint: str, best: Attempt) -> VerificationError:
 def _likely_cause(metrics, recipe: Recipe, calibration: dict | None, check: dict, ids: tuple = ()) -> str | None:
     """The most specific known cause with its evidence: calibration data on another scale than
     the verification data (never for integer id inputs, ``ids``: they have no scale), then an output stuck at one
-    value, then too few calibration samples."""
+    value, then an output capped at its quantized range (the saturation criterion), then too few calibration
+    samples."""
     if recipe.needs_calibration and calibration:
         for name, cal in calibration.items():
             data = check.get(name)
@@ -371,6 +376,13 @@ def _likely_cause(metrics, recipe: Recipe, calibration: dict | None, check: dict
         if any("stuck" in r for r in m.reasons):
             return (f"output {m.name!r} is stuck at one value (the zero point): its values fall below one "
                     "quantization step")
+    for m in metrics:
+        sat = next((f for f in m.findings if f["criterion"] == "saturation" and not f["passed"]), None)
+        if sat is not None:
+            d = sat["detail"]
+            return (f"output {m.name!r} is capped at its quantized range [{d['low']:.4g}, {d['high']:.4g}] on "
+                    f"{d['rows']} of {d['judged']} rows (the model reaches [{d['model_min']:.4g}, "
+                    f"{d['model_max']:.4g}]): the calibration data's outputs covered less than the model's")
     if recipe.needs_calibration and calibration:
         count = len(next(iter(calibration.values())))
         if count < 100:

@@ -149,12 +149,19 @@ def output_ops(model: bytes, outputs: list[Tensor]) -> dict:
         for k in range(op.OutputsLength()):
             producer[op.Outputs(k)] = (name, ins)
 
-    def scale_of(index: int):
+    from ..criteria import Step
+    types = {v: k.lower() for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
+
+    def scale_of(index: int):       # the step of a quantized tensor, with its range (criteria.Step)
         q = sg.Tensors(index).Quantization() if 0 <= index < sg.TensorsLength() else None
-        return float(q.ScaleAsNumpy()[0]) if q is not None and q.ScaleLength() == 1 else None
+        if q is None or q.ScaleLength() != 1:
+            return None
+        zero = int(q.ZeroPointAsNumpy()[0]) if q.ZeroPointLength() == 1 else 0
+        return Step(float(q.ScaleAsNumpy()[0]), zero, types.get(sg.Tensors(index).Type()))
     found = {}
     for t in outputs:
-        index, step, op = t.index, t.scale, None
+        index, op = t.index, None
+        step = Step(t.scale, t.zero_point, t.dtype) if t.scale else None
         for _ in range(16):
             if index is None or index not in producer:
                 break

@@ -145,7 +145,8 @@ def report_from_summary(summary: dict | None, bundle) -> VerifyReport | None:
 
 def _rests_on(metrics: list) -> list[str]:
     """The figures a verdict rests on, the worst runtime's for each: decisions kept, accuracy, value columns
-    within limits, nearest neighbours kept, and the criteria that failed."""
+    within limits, the rare classes' score R² (an output one class dominates), rows capped at an output's quantized
+    range, nearest neighbours kept, and the criteria that failed."""
     parts = []
     flips = [f for m in metrics for f in m.findings if f["criterion"] == "decisions"]
     if flips:
@@ -168,6 +169,18 @@ def _rests_on(metrics: list) -> list[str]:
     shaky = [f["detail"]["unstable_text"] for m in metrics for f in m.findings if "unstable_text" in f["detail"]]
     if shaky:               # cells the model itself cannot hold at the recipe's input resolution
         parts.append(max(shaky, key=lambda t: int(t.split()[0])))
+    rare = [f for m in metrics for f in m.findings if f["criterion"] == "rare-class scores"]
+    if rare:                    # the worst rare class over the outputs and runtimes, and what dominates
+        worst = min(rare, key=lambda f: f["figure"])
+        d = worst["detail"]
+        c = min(d["classes"], key=lambda x: x["r2"])
+        parts.append(f"rare-class scores R² {worst['figure']:.4f} (class {c['class']}; class {d['dominant']} wins "
+                     f"{round(d['share'] * d['judged'])} of {d['judged']})")
+    capped = [f for m in metrics for f in m.findings if f["criterion"] == "saturation" and not f["passed"]]
+    if capped:
+        worst = max(capped, key=lambda f: f["figure"])
+        parts.append(f"{worst['detail']['rows']} of {worst['detail']['judged']} rows capped at the output's range "
+                     f"[{worst['detail']['low']:.4g}, {worst['detail']['high']:.4g}]")
     rows = [f for m in metrics for f in m.findings if f["criterion"] == "neighbours"]
     if rows:
         worst = max(rows, key=lambda f: f["figure"])

@@ -65,10 +65,14 @@ def conversion_key(model: Path, recipe, io: str, calibration, data, trust: bool,
     if hasattr(recipe, "to_json"):
         engine = _engine_version(recipe)
         recipe = recipe.to_json(io)
+    from .. import statcache        # unchanged files are not read again (stat -> sha256, as git's index)
+
     def content(p):
-        return None if p is None else sha256_tree(Path(p))
-    return digest("conversion", FORMAT, __version__, _tf_version(), sha256_tree(model), recipe, io,
-                  content(calibration), content(data), trust, extra, engine)
+        return None if p is None else statcache.sha256_tree(Path(p))
+    key = digest("conversion", FORMAT, __version__, _tf_version(), statcache.sha256_tree(model), recipe, io,
+                 content(calibration), content(data), trust, extra, engine)
+    statcache.save()
+    return key
 
 
 def _engine_version(recipe) -> str | None:

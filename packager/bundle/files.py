@@ -18,7 +18,7 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
+from ..lazynp import np
 
 from ..errors import DeployError, UsageError
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field, replace
 
-import numpy as np
+from ..lazynp import np
 
 from ..compare import OutputMetrics, compare_all, with_kinds
 from ..errors import ConversionError, EdgepackError, VerificationError

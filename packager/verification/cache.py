@@ -18,7 +18,7 @@ from dataclasses import asdict
 from importlib import metadata
 from pathlib import Path
 
-import numpy as np
+from ..lazynp import np
 
 from ..version import __version__
 from ..bundle.files import npz_bytes, sha256_file, sha256_tree

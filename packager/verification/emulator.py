@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
+from ..lazynp import np
 
 from ..bundle.manifest import Manifest, RuntimeStatus
 from ..bundle.files import host_entrypoint, npz_stored, read_manifest
@@ -31,7 +31,6 @@ from ..compare import OutputMetrics, compare_all, merge_metrics
 from ..errors import EnvironmentProblem, UsageError
 from ..paths import env_dir
 from ..targets import RuntimeProfile
-from device_runtime.edgepack_run import EXIT_MEANINGS
 
 ENV_VERSION = 2           # bump to invalidate cached environments (2: installed from the runtime lock)
 WHEELS = ".edgepack-wheels.json"   # the locked wheels an environment holds
@@ -39,8 +38,22 @@ PIP_TIMEOUT = 900
 RUN_TIMEOUT = 600
 RUNTIME_MEMORY_ENV = "EDGEPACK_RUNTIME_MEMORY_MB"   # read by the device script's isolation child
 DEFAULT_RUNTIME_MEMORY_MB = 4096
-#: the device script's exit codes and what they mean (its own table, the one source)
-DEVICE_EXIT = {code: meaning for code, meaning in EXIT_MEANINGS.items() if code}
+
+
+def _device_exit() -> dict:
+    """The device script's exit codes and what they mean (its own table, the one source): read when first needed,
+    since importing the script imports numpy (an unchanged build never needs it)."""
+    global DEVICE_EXIT
+    if "DEVICE_EXIT" not in globals():
+        from device_runtime.edgepack_run import EXIT_MEANINGS
+        DEVICE_EXIT = {code: meaning for code, meaning in EXIT_MEANINGS.items() if code}
+    return DEVICE_EXIT
+
+
+def __getattr__(name):     # DEVICE_EXIT, the module attribute (PEP 562)
+    if name == "DEVICE_EXIT":
+        return _device_exit()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def host_arch() -> str:
@@ -485,7 +498,7 @@ def _device_error(stderr: str, code: int) -> str:
     for ln in reversed(lines):
         if ln.startswith("edgepack_run: error:"):
             return ln.split("error:", 1)[1].strip()
-    meaning = DEVICE_EXIT.get(code, f"exit code {code}" if code >= 0 else f"killed by signal {-code}")
+    meaning = _device_exit().get(code, f"exit code {code}" if code >= 0 else f"killed by signal {-code}")
     return f"{meaning}: {lines[-1][:300] if lines else 'no output'}"
 
 

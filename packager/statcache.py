@@ -38,6 +38,7 @@ _state: dict | None = None      # {"path": Path, "files": {...}, "trees": {...},
 
 
 def enabled() -> bool:
+    """False with ``EDGEPACK_NO_CACHE`` (as the conversion cache): every file is read and hashed."""
     return os.environ.get("EDGEPACK_NO_CACHE", "") in ("", "0")
 
 

@@ -15,34 +15,14 @@ so adding a deploy method = adding a module with a ``Transport`` subclass and on
 """
 from __future__ import annotations
 
-import importlib
-
-# Each name is imported from its module when first used (PEP 562): the CLI registers its device options from
-# TRANSPORTS without importing numpy (ondevice) or the release protocol, so an unchanged `edgepack build` stays
-# a fraction of a second (BENCHMARKS.md, issue 23).
-_WHERE = {
-    "TRANSPORTS": "transports", "make_transport": "transports", "transport_class": "transports",
-    "Transport": "base", "Completed": "base", "SshTransport": "ssh", "AdbTransport": "adb", "LocalTransport": "local",
-    **{name: "releases" for name in (
-        "Bundle", "DeployResult", "ReleaseInfo", "RollbackResult", "RunResult", "SelfTest", "StatusResult",
-        "default_remote_dir", "deploy", "deploy_method", "load_bundle", "rollback", "run", "status")},
-}
-
-
-def __getattr__(name):
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    if module == "releases":
-        importlib.import_module(".ondevice", __name__)  # registers the gates deploy(smoke=..., verify=...) runs
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_WHERE))
-
+from . import ondevice  # noqa: F401 - registers the gates deploy(smoke=..., verify=...) runs (releases.GATES)
+from .adb import AdbTransport
+from .base import Completed, Transport
+from .local import LocalTransport
+from .releases import (Bundle, DeployResult, ReleaseInfo, RollbackResult, RunResult, SelfTest, StatusResult,
+                       default_remote_dir, deploy, deploy_method, load_bundle, rollback, run, status)
+from .ssh import SshTransport
+from .transports import TRANSPORTS, make_transport, transport_class
 
 __all__ = [
     "TRANSPORTS", "make_transport", "transport_class", "Transport", "Completed", "SshTransport", "AdbTransport",

@@ -479,8 +479,8 @@ def _last_json(text: str) -> dict | None:
     return None
 
 
-#: How a deploy judges a release after its switch, registered by :mod:`packager.deploy.ondevice` (imported by
-#: :func:`deploy`): "samples" (bundle -> the bundled samples as material) and "judge" (run and judge material).
+#: How a deploy judges a release after its switch, registered by :mod:`packager.deploy.ondevice` (imported with
+#: ``packager.deploy``): "samples" (bundle -> the bundled samples as material) and "judge" (run and judge material).
 GATES: dict[str, Callable] = {}
 
 SELFTEST_RECORD = "selftest.last"   # DIR/selftest.last: the last smoke run's result (read by fleet status)
@@ -534,7 +534,6 @@ def deploy(bundle_dir: str | Path, transport: Transport, remote_dir: str | None 
     bundle = load_bundle(bundle_dir)
     if install and "requirements.txt" not in bundle.wanted:
         raise UsageError(f"--install needs requirements.txt in the bundle; {bundle.path} has none")
-    from . import ondevice  # noqa: F401 - registers GATES (packager.deploy imports its modules when first used)
     gates = ([("smoke test", GATES["samples"](bundle))] if smoke else []) + \
         ([("the verdict on the device", verify)] if verify is not None else [])
     spec = remote_dir or default_remote_dir(bundle.manifest, transport)

@@ -358,7 +358,7 @@ def _stage_verify_commit(model_path, output, profile, rec, io, prepared, name, s
             report = verdict.verify_staged(staging.dir, manifest, profile, rec, selected, prepared.check,
                                            prepared.references, conversion.spec, arch, progress, use_cache,
                                            prepared.tolerance, strict, require_all=bool(runtimes),
-                                           noise=prepared.noise)
+                                           noise=prepared.noise, host_outputs=conversion.check_head)
         if report is not None:
             report.notes += unheld_overrides(report, prepared.tolerance, overrides)
         contents.record_verification(manifest, selected, report)

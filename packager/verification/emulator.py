@@ -519,6 +519,8 @@ class RuntimeResult:
     static_problems: list[str] = field(default_factory=list)
     numpy: str | None = None
     wheels: list = field(default_factory=list)    # the locked wheels of the environment the verdict ran in
+    #: how its outputs were had when not all from its own run: a sentence for the verdict's notes (not in to_json)
+    evidence: str | None = field(default=None, compare=False)
 
     def to_json(self) -> dict:
         """JSON of the verdict: runtime, version, arch, machine, python, numpy, status, error, seconds (rounded to
@@ -532,13 +534,16 @@ class RuntimeResult:
 
 def verify_in_env(env: RuntimeEnv, bundle: Path, inputs, reference, tol,
                   labels=None, static_problems: list[str] | None = None, use_cache: bool = False,
-                  noise: dict | None = None, steps: dict | None = None) -> RuntimeResult:
+                  noise: dict | None = None, steps: dict | None = None,
+                  host_outputs: dict | None = None) -> RuntimeResult:
     """Run the bundle in ``env`` and compare with the reference outputs.
 
     ``inputs``/``reference`` are one dict each, or aligned lists of dicts (one group per length of
     a variable-length axis; every group is run and the metrics merged, worst first). ``tol`` is a
     Tolerance or {output name: Tolerance}. With ``use_cache``, the outputs of an identical run
-    (same model bytes, device script, inputs and environment) are reused; the comparison is not."""
+    (same model bytes, device script, inputs and environment) are reused; the comparison is not.
+    ``host_outputs``: the conversion check's outputs of this model on the first group (in-process ai-edge-litert,
+    :func:`packager.convert.converter.run_tflite`): see :func:`_smoke_then_host`."""
     groups = inputs if isinstance(inputs, list) else [inputs]
     references = reference if isinstance(reference, list) else [reference]
     manifest = read_manifest(bundle)
@@ -546,8 +551,11 @@ def verify_in_env(env: RuntimeEnv, bundle: Path, inputs, reference, tol,
     result = RuntimeResult(env.runtime, env.version, env.arch, RuntimeStatus.ERROR, static_problems=list(static_problems or []),
                            wheels=list(env.wheels))
     outputs = []
-    for group in groups:
-        run = _run_cached(env, bundle, manifest, group, use_cache)
+    for k, group in enumerate(groups):
+        run = None
+        if k == 0 and len(groups) == 1 and host_outputs:
+            run = _smoke_then_host(env, bundle, manifest, group, host_outputs, use_cache, result)
+        run = run or _run_cached(env, bundle, manifest, group, use_cache)
         result.seconds += run.seconds
         if not run.ok:
             result.error = run.error
@@ -569,6 +577,53 @@ def judge(result: RuntimeResult, groups: list, references: list, outputs: list, 
     result.metrics = merge_metrics(measured, labels_of)
     result.status = RuntimeStatus.PASSED if all(m.passed for m in result.metrics) else RuntimeStatus.FAILED
     return result
+
+
+HOST_CHECK_RUNTIME = "ai-edge-litert"     # the runtime the conversion check runs in-process (converter.run_tflite)
+
+
+def host_check_version() -> str | None:
+    """The version of the runtime the conversion check ran in this host's own Python, None if not installed."""
+    from importlib import metadata
+    try:
+        return metadata.version(HOST_CHECK_RUNTIME)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _smoke_then_host(env: RuntimeEnv, bundle: Path, manifest: Manifest, inputs: dict, host_outputs: dict,
+                     use_cache: bool, result: RuntimeResult) -> DeviceRun | None:
+    """The conversion check already ran this very model on these inputs in this host's ai-edge-litert: when ``env``
+    holds the same runtime at the same version on this architecture, the bundle's own script runs only its first
+    invoke (``--batch`` samples) there, and when those outputs are bit-identical to the check's first rows, the
+    check's outputs on every sample stand for this runtime's (issue 23: one run of the model fewer). The environment
+    run stays the evidence that the bundle's script runs where only the locked runtime is installed; the verdict
+    says which evidence it used (``result.evidence``). None (run every sample, as before) when not applicable or
+    not bit-identical."""
+    n = len(next(iter(inputs.values())))
+    first = min(n, invoke_batch(inputs))
+    if (env.runtime != HOST_CHECK_RUNTIME or env.arch != host_arch() or not env.version
+            or env.version != host_check_version() or first >= n
+            or any(len(v) < n for v in host_outputs.values())):
+        return None
+    run = _run_cached(env, bundle, manifest, {k: v[:first] for k, v in inputs.items()}, use_cache)
+    if not run.ok:
+        return run
+    same = set(run.outputs) == set(host_outputs) and all(
+        np.asarray(run.outputs[k]).dtype == np.asarray(host_outputs[k]).dtype
+        and np.asarray(run.outputs[k]).shape == np.asarray(host_outputs[k])[:first].shape
+        and np.asarray(run.outputs[k]).tobytes() == np.ascontiguousarray(np.asarray(host_outputs[k])[:first]).tobytes()
+        for k in run.outputs)
+    if not same:
+        result.evidence = (f"{env.runtime} {env.version}: the bundle's script gave outputs on the first {first} samples "
+                           "that are not bit-identical to the in-process conversion check's (the same version), so "
+                           f"it ran all {n} samples in its environment")
+        return None
+    result.evidence = (f"{env.runtime} {env.version}: judged on the conversion check's outputs on all {n} samples "
+                       f"(this host's in-process {HOST_CHECK_RUNTIME} {env.version}, the same version); the bundle's "
+                       f"own script ran the first {first} in the {env.runtime} environment (only the locked runtime "
+                       "installed) and its outputs were bit-identical")
+    return DeviceRun(True, 0, {k: np.asarray(v)[:n] for k, v in host_outputs.items()}, None, run.seconds, run.info)
 
 
 def _run_cached(env: RuntimeEnv, bundle: Path, manifest: Manifest, inputs: dict, use_cache: bool) -> DeviceRun:

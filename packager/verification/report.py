@@ -211,11 +211,14 @@ def _python_note(profile, arch, ready) -> list[str]:
 
 def verify_staged(bundle: Path, manifest, profile, rec, selected, data: Dataset, references: list, spec, arch,
                   progress, use_cache: bool = False, tolerance=None, strict: bool = False,
-                  require_all: bool = False, noise: dict | None = None) -> VerifyReport:
+                  require_all: bool = False, noise: dict | None = None,
+                  host_outputs: dict | None = None) -> VerifyReport:
     """Run the staged bundle in each selected runtime's environment on every group of ``data``
     and compare with ``references`` (one dict of outputs per group) by the criteria of each output's kind
     (``tolerance``: {output: Tolerance}; a kind not yet settled is inferred from the bundle's graph);
-    ``noise``: the model's own float noise per output (:func:`packager.convert.jobs.float_noise`)."""
+    ``noise``: the model's own float noise per output (:func:`packager.convert.jobs.float_noise`);
+    ``host_outputs``: the conversion check's outputs of this model on ``data``'s first group (in-process
+    ai-edge-litert), which may stand for the same runtime's (:func:`~packager.verification.emulator.verify_in_env`)."""
     from ..compare import with_kinds
     from ..convert.inspect import output_ops
     results, rebuilt = [], []
@@ -241,7 +244,7 @@ def verify_staged(bundle: Path, manifest, profile, rec, selected, data: Dataset,
         k, env, static = item
         progress(f"verifying with {env.runtime} ({env.arch})")
         return k, verify_in_env(env, bundle, data.groups, references, tol, data.labels, static,
-                                use_cache=use_cache, noise=noise, steps=steps)
+                                use_cache=use_cache, noise=noise, steps=steps, host_outputs=host_outputs)
     # The runtimes run side by side (each its own process): one core each, up to EDGEPACK_VERIFY_JOBS
     jobs = min(len(ready), verify_jobs())
     if jobs > 1:
@@ -263,6 +266,7 @@ def verify_staged(bundle: Path, manifest, profile, rec, selected, data: Dataset,
     passed = bool(loaded_ok) and all(r.status == "passed" for r in loaded_ok)
     notes = [f"{r.runtime} cannot run this model: {r.error}" for r in results if r.status == "error"]
     notes += [f"{r.runtime} was not verified (host environment problem): {r.error}" for r in unavailable]
+    notes += [r.evidence for r in results if getattr(r, "evidence", None)]
     notes += rebuilt + list(data.notes)
     notes += _python_note(profile, arch, ready)
     report = VerifyReport(str(bundle), rec.name, profile.name, passed, data.source, data.count, results,

@@ -619,11 +619,24 @@ def _smoke_then_host(env: RuntimeEnv, bundle: Path, manifest: Manifest, inputs: 
                            "that are not bit-identical to the in-process conversion check's (the same version), so "
                            f"it ran all {n} samples in its environment")
         return None
-    result.evidence = (f"{env.runtime} {env.version}: judged on the conversion check's outputs on all {n} samples "
+    result.evidence = (f"{env.runtime} {env.version}: judged on the conversion check's outputs "
                        f"(this host's in-process {HOST_CHECK_RUNTIME} {env.version}, the same version); the bundle's "
                        f"own script ran the first {first} in the {env.runtime} environment (only the locked runtime "
                        "installed) and its outputs were bit-identical")
     return DeviceRun(True, 0, {k: np.asarray(v)[:n] for k, v in host_outputs.items()}, None, run.seconds, run.info)
+
+
+def run_for_verdict(env: RuntimeEnv, bundle: Path, manifest: Manifest, inputs: dict, count: int,
+                    host_outputs: dict | None, use_cache: bool, result: RuntimeResult) -> tuple[DeviceRun, bool]:
+    """(the outputs of the first ``count`` samples of ``inputs`` in ``env``, whether they are the conversion check's
+    ``host_outputs`` after a bit-identical smoke run: :func:`_smoke_then_host`, which says so in ``result``)."""
+    head = {k: v[:count] for k, v in inputs.items()}
+    whole = len(next(iter(inputs.values())))
+    if host_outputs and all(len(v) >= whole for v in host_outputs.values()):    # may stand for every sample
+        run = _smoke_then_host(env, bundle, manifest, head, host_outputs, use_cache, result)
+        if run is not None:
+            return run, run.ok
+    return _run_cached(env, bundle, manifest, head, use_cache), False
 
 
 def _run_cached(env: RuntimeEnv, bundle: Path, manifest: Manifest, inputs: dict, use_cache: bool) -> DeviceRun:

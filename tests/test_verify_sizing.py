@@ -1,0 +1,74 @@
+"""Verification sized by the slowest runtime (issue 23): every runtime runs the first SAMPLE_FLOOR synthetic samples,
+timed; the count halves while the slowest one's cost exceeds the budget; every verdict is judged on the same samples
+and a cut count is said in the notes, with the figures it came from. The runtimes here are stand-ins (their runs are
+given), so the rule itself is what is tested."""
+import numpy as np
+import pytest
+
+from packager.load.calibration import Dataset
+from packager.recipes import get_recipe
+from packager.verification import emulator, report
+from packager.verification.emulator import DeviceRun, RuntimeEnv
+
+pytestmark = pytest.mark.fast
+
+
+def _env(name):
+    return RuntimeEnv(name, name.replace("-", "_"), (), emulator.host_arch(), ("python3",), version="1.0")
+
+
+def _run(monkeypatch, cost: dict, total=64):
+    x = np.random.default_rng(0).standard_normal((total, 3)).astype("float32")
+    ref = {"y": x * 2}
+    calls = []
+
+    def fake(env, bundle, manifest, inputs, count, host_outputs, use_cache, result):
+        rows = {k: v[:count] for k, v in inputs.items()}
+        calls.append((env.runtime, count))
+        return DeviceRun(True, 0, {"y": rows["x"] * 2}, None, cost[env.runtime] * count, {}), False
+    monkeypatch.setattr(emulator, "run_for_verdict", fake)
+    monkeypatch.setattr("packager.bundle.files.read_manifest", lambda b: type("M", (), {"outputs": []})())
+    monkeypatch.delenv("EDGEPACK_VERIFY_SAMPLES", raising=False)
+    monkeypatch.setenv("EDGEPACK_VERIFY_BUDGET", "2")
+    data = Dataset({"x": x}, None, "seed 0", [], "synthetic", [],
+                   [f"verified on {total} of 64 synthetic samples: one inference of the original model took 0.01 s"]
+                   if total < 64 else [])
+    ready = [(0, _env("fast-rt"), []), (1, _env("slow-rt"), [])]
+    tol = {"y": get_recipe("float32").tolerance}
+    assert report.runtime_budget(data) == 2.0
+    judged, done = report._sized_by_slowest("bundle", ready, data, [ref], tol, None, {}, None, False, 2.0,
+                                            lambda m: None, lambda fn, items: [fn(i) for i in items])
+    return judged, dict(done), calls
+
+
+def test_a_slow_runtime_cuts_the_count_for_every_runtime_and_says_so(monkeypatch):
+    judged, results, calls = _run(monkeypatch, {"fast-rt": 0.01, "slow-rt": 0.2})
+    assert judged.count == 16 and judged.describe() == "synthetic: seed 0, n=16"
+    assert calls == [("fast-rt", 16), ("slow-rt", 16)]              # nothing run beyond the first 16
+    assert all(r.status == "passed" and r.metrics[0].to_json() for r in results.values())
+    assert [n for n in judged.notes if n.startswith("verified on 16 of 64")] and "slow-rt 1.0" in judged.notes[-1] \
+        and "0.200 s per sample" in judged.notes[-1]
+
+
+def test_fast_runtimes_run_the_rest_and_are_judged_on_every_sample(monkeypatch):
+    judged, results, calls = _run(monkeypatch, {"fast-rt": 0.01, "slow-rt": 0.02})
+    assert judged.count == 64 and not judged.notes
+    assert sorted(calls) == [("fast-rt", 16), ("fast-rt", 48), ("slow-rt", 16), ("slow-rt", 48)]
+    assert all(r.status == "passed" for r in results.values())
+
+
+def test_the_reference_side_cut_note_is_replaced_not_contradicted(monkeypatch):
+    judged, _, _ = _run(monkeypatch, {"fast-rt": 0.01, "slow-rt": 0.1}, total=32)
+    assert judged.count == 16
+    assert [n[:27] for n in judged.notes] == ["verified on 16 of 64 synthe"]
+
+
+def test_pinned_count_held_out_data_and_variants_are_not_cut_here(monkeypatch):
+    x = np.zeros((64, 3), "float32")
+    monkeypatch.setenv("EDGEPACK_VERIFY_SAMPLES", "64")
+    assert report.runtime_budget(Dataset({"x": x}, None, "seed 0", [], "synthetic", [], [])) is None
+    monkeypatch.delenv("EDGEPACK_VERIFY_SAMPLES")
+    assert report.runtime_budget(Dataset({"x": x}, None, "eval.npz", [], "held-out", [], [])) is None
+    assert report.runtime_budget(Dataset({"x": x}, None, "seed 0", [], "synthetic", [{"x": x[:, :2]}], [])) is None
+    monkeypatch.setenv("EDGEPACK_VERIFY_BUDGET", "0")
+    assert report.runtime_budget(Dataset({"x": x}, None, "seed 0", [], "synthetic", [], [])) is None

@@ -165,6 +165,20 @@ def snapshot(bundle: Path) -> dict | None:
     return out
 
 
+def settled_start(snap: dict | None, wait_ns: int = 3 * RACY_NS) -> int:
+    """A read start time after which the files of ``snap`` count as settled: waits (at most ``wait_ns``) for files
+    written within the timestamps' granularity, such as the manifest a build writes just before its archive, so
+    that the build can remember them (an unchanged rebuild right after then reads nothing)."""
+    now = time.time_ns()
+    if enabled() and snap:
+        latest = max(max(st.st_mtime_ns, st.st_ctime_ns) for st in snap.values())
+        wait = latest + RACY_NS + 1_000_000 - now
+        if 0 < wait <= wait_ns:
+            time.sleep(wait / 1e9)
+            now = time.time_ns()
+    return now
+
+
 def _signature(bundle: Path, snap: dict, digests: dict) -> str:
     """What the tar stream of :func:`packager.bundle.files._tar_bytes` is a function of: the bundle's name and,
     in its order, each entry's path, kind, executable bit and content digest."""

@@ -127,3 +127,13 @@ def test_archive_check_reads_nothing_when_nothing_moved_and_everything_when_a_fi
     data = archive.read_bytes()
     archive.write_bytes(data[:-8] + bytes(8))
     assert not archive_matches(b, archive)
+
+
+def test_an_archive_written_right_after_its_files_is_remembered(tmp_path):
+    """A build writes manifest.json just before the archive: write_archive waits out the timestamps' granularity
+    (milliseconds) so that the unchanged rebuild right after reads nothing."""
+    b = _bundle(tmp_path)
+    (b / "manifest.json").write_text("{}\n")       # written now
+    write_archive(b)
+    known = statcache.known_tree(b)
+    assert known is not None and known[1] is not None

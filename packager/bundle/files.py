@@ -320,7 +320,8 @@ def write_archive(bundle: Path, archive: Path | None = None) -> Path:
     import struct
     from .. import statcache
     stored: list = []
-    started, before, digests = time.time_ns(), statcache.snapshot(bundle), {}
+    before, digests = statcache.snapshot(bundle), {}
+    started = statcache.settled_start(before)
     data = _tar_bytes(bundle, digests, stored=stored)
     gz = _gzip(data, stored)
     atomic_write(archive, gz)

@@ -199,8 +199,8 @@ def _blob(index, blobs: list):
     return blobs[index]
 
 
-def _array(data) -> "np.ndarray":
-    """An array from ``.npy`` bytes: the header read by the device script's own reader (no pickle, object
+def _array(data):
+    """An ndarray from ``.npy`` bytes: the header read by the device script's own reader (no pickle, object
     dtypes refused), the shape checked against the bytes that follow, C order (as :func:`encode` writes)."""
     import numpy as np
     from device_runtime.edgepack_run import _peek_npy

@@ -241,7 +241,6 @@ def _sized_by_slowest(bundle: Path, ready: list, data: Dataset, references: list
     manifest = read_manifest(bundle)
     scales = steps if steps is not None else {t.name: t.scale for t in manifest.outputs if t.quantized}
     total, first = data.count, SAMPLE_FLOOR
-    head = {k: v[:first] for k, v in data.inputs.items()}
 
     def phase1(item):
         k, env, static = item

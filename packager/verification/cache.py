@@ -21,7 +21,7 @@ from pathlib import Path
 from ..lazynp import np
 
 from ..version import __version__
-from ..bundle.files import npz_bytes, sha256_file, sha256_tree
+from ..bundle.files import npz_bytes, sha256_file, sha256_tree  # noqa: F401 - sha256_tree: api.build hashes references with it
 from ..bundle.manifest import Manifest
 from ..load.calibration import Dataset
 from ..compare import OutputMetrics

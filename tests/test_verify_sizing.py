@@ -17,7 +17,7 @@ def _env(name):
     return RuntimeEnv(name, name.replace("-", "_"), (), emulator.host_arch(), ("python3",), version="1.0")
 
 
-def _run(monkeypatch, cost: dict, total=64):
+def _run(monkeypatch, cost: dict, total=64, start_up=0.0):
     x = np.random.default_rng(0).standard_normal((total, 3)).astype("float32")
     ref = {"y": x * 2}
     calls = []
@@ -25,8 +25,9 @@ def _run(monkeypatch, cost: dict, total=64):
     def fake(env, bundle, manifest, inputs, count, host_outputs, use_cache, result):
         rows = {k: v[:count] for k, v in inputs.items()}
         calls.append((env.runtime, count))
-        return DeviceRun(True, 0, {"y": rows["x"] * 2}, None, cost[env.runtime] * count, {}), False
+        return DeviceRun(True, 0, {"y": rows["x"] * 2}, None, start_up + cost[env.runtime] * count, {}), False
     monkeypatch.setattr(emulator, "run_for_verdict", fake)
+    monkeypatch.setattr(emulator, "start_up_seconds", lambda env: start_up)
     monkeypatch.setattr("packager.bundle.files.read_manifest", lambda b: type("M", (), {"outputs": []})())
     monkeypatch.delenv("EDGEPACK_VERIFY_SAMPLES", raising=False)
     monkeypatch.setenv("EDGEPACK_VERIFY_BUDGET", "2")
@@ -72,3 +73,10 @@ def test_pinned_count_held_out_data_and_variants_are_not_cut_here(monkeypatch):
     assert report.runtime_budget(Dataset({"x": x}, None, "seed 0", [], "synthetic", [{"x": x[:, :2]}], [])) is None
     monkeypatch.setenv("EDGEPACK_VERIFY_BUDGET", "0")
     assert report.runtime_budget(Dataset({"x": x}, None, "seed 0", [], "synthetic", [], [])) is None
+
+
+def test_the_script_start_up_is_not_counted_as_cost_per_sample(monkeypatch):
+    """1 s to start and import the runtime, 0.02 s per sample: 64 samples fit 2 s (counting the start-up into the
+    first 16 samples' cost would have cut them to 16)."""
+    judged, _, calls = _run(monkeypatch, {"fast-rt": 0.01, "slow-rt": 0.02}, start_up=1.0)
+    assert judged.count == 64 and ("slow-rt", 48) in calls

@@ -478,8 +478,20 @@ def device_info(env: RuntimeEnv, bundle: Path) -> dict:
     per environment and process, since it cannot change between runs."""
     key = (env.argv, tuple(sorted(env.env.items())), env.module)
     if key not in _INFO:
+        start = time.perf_counter()
         _INFO[key] = _ask_info(env, bundle)
+        _START_UP[key] = time.perf_counter() - start
     return _INFO[key]
+
+
+_START_UP: dict = {}
+
+
+def start_up_seconds(env: RuntimeEnv) -> float:
+    """How long the device script took here to start and import its runtime without running a model (its
+    ``--info`` call, timed once per environment and process; 0 before it ran): the part of a run's wall time that
+    does not grow with the samples."""
+    return _START_UP.get((env.argv, tuple(sorted(env.env.items())), env.module), 0.0)
 
 
 def _ask_info(env: RuntimeEnv, bundle: Path) -> dict:

@@ -230,14 +230,15 @@ def _sized_by_slowest(bundle: Path, ready: list, data: Dataset, references: list
                       use_cache: bool, budget: float, progress, each) -> tuple[Dataset, list]:
     """Verification sized by the slowest runtime (issue 23: tflite-runtime 2.14 ran the Transformer 3.5x slower than
     ai-edge-litert, which the reference's cost cannot see). Every runtime runs the first :data:`SAMPLE_FLOOR`
-    samples, timed (start-up included: a cost per sample never below the real one); the count then halves from
+    samples, timed (less the script's start-up without a model, its ``--info`` call: the model's loading stays in, so
+    the cost per sample is never below the real one); the count then halves from
     ``data.count`` while the slowest runtime's cost per sample times the count exceeds ``budget``; the runtimes
     run the rest of that count, and every verdict is judged on the same first samples. A cut count is said in the
     notes with the figures it came from (the reference's own cut note is replaced). (``data`` as judged, results)."""
     import re
     from ..bundle.files import read_manifest
     from ..convert.jobs import SAMPLE_FLOOR
-    from .emulator import judge, run_for_verdict
+    from .emulator import judge, run_for_verdict, start_up_seconds
     manifest = read_manifest(bundle)
     scales = steps if steps is not None else {t.name: t.scale for t in manifest.outputs if t.quantized}
     total, first = data.count, SAMPLE_FLOOR
@@ -250,7 +251,8 @@ def _sized_by_slowest(bundle: Path, ready: list, data: Dataset, references: list
         run, reused = run_for_verdict(env, bundle, manifest, data.inputs, first, host_outputs, use_cache, result)
         return k, env, result, run, reused
     ran = each(phase1, ready)
-    timed = [(run.seconds / first, env) for _, env, _, run, reused in ran if run.ok and not reused]
+    timed = [(max(0.0, run.seconds - start_up_seconds(env)) / first, env)
+             for _, env, _, run, reused in ran if run.ok and not reused]
     n = total
     per, slowest = max(timed, key=lambda t: t[0]) if timed else (0.0, None)
     while n > first and n * per > budget:
@@ -288,7 +290,7 @@ def _sized_by_slowest(bundle: Path, ready: list, data: Dataset, references: list
         whole = next((int(m.group(1)) for m in map(said.match, data.notes) if m), total)
         cut.notes = [note for note in data.notes if not said.match(note)] + [
             f"verified on {n} of {whole} synthetic samples: the slowest runtime here, {slowest.describe()}, took "
-            f"{per:.3f} s per sample on the first {first} (start-up included), and each run over the samples is sized "
+            f"{per:.3f} s per sample on the first {first} (model loading included), and each run over the samples is sized "
             f"to about {budget:g} s (EDGEPACK_VERIFY_BUDGET; EDGEPACK_VERIFY_SAMPLES=N pins the count; --data with "
             "held-out inputs uses them all)"]
         data = cut

@@ -629,7 +629,7 @@ def _smoke_then_host(env: RuntimeEnv, bundle: Path, manifest: Manifest, inputs: 
     if not same:
         result.evidence = (f"{env.runtime} {env.version}: the bundle's script gave outputs on the first {first} samples "
                            "that are not bit-identical to the in-process conversion check's (the same version), so "
-                           f"it ran all {n} samples in its environment")
+                           "its verdict rests on its own run of every sample")
         return None
     result.evidence = (f"{env.runtime} {env.version}: judged on the conversion check's outputs "
                        f"(this host's in-process {HOST_CHECK_RUNTIME} {env.version}, the same version); the bundle's "

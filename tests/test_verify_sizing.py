@@ -80,3 +80,40 @@ def test_the_script_start_up_is_not_counted_as_cost_per_sample(monkeypatch):
     first 16 samples' cost would have cut them to 16)."""
     judged, _, calls = _run(monkeypatch, {"fast-rt": 0.01, "slow-rt": 0.02}, start_up=1.0)
     assert judged.count == 64 and ("slow-rt", 48) in calls
+
+
+@pytest.mark.parametrize("identical", [True, False])
+def test_host_check_outputs_stand_for_the_same_runtime_only_after_a_bit_identical_smoke_run(monkeypatch, identical):
+    """ai-edge-litert at the host check's version: its script runs one invoke; bit-identical -> the check's outputs
+    on every sample, said in the verdict; one bit off -> every sample runs in its environment (and that is said)."""
+    version = emulator.host_check_version()
+    if version is None:
+        pytest.skip("ai-edge-litert is not installed in this Python")
+    x = np.random.default_rng(1).standard_normal((16, 512, 512)).astype("float32")     # 1 MiB a sample: 4 an invoke
+    host = {"y": x.sum(axis=(1, 2))[:, None].astype("float32")}
+    runs = []
+
+    def fake(env, bundle, manifest, inputs, use_cache):
+        n = len(inputs["x"])
+        runs.append(n)
+        y = host["y"][:n].copy()
+        if not identical:
+            y[0, 0] = np.nextafter(y[0, 0], np.inf)
+        return DeviceRun(True, 0, {"y": y}, None, 0.1, {})
+    monkeypatch.setattr(emulator, "_run_cached", fake)
+    env = RuntimeEnv("ai-edge-litert", "ai_edge_litert", (), emulator.host_arch(), ("python3",), version=version)
+    result = emulator.RuntimeResult(env.runtime, env.version, env.arch, "error")
+    run, reused = emulator.run_for_verdict(env, "bundle", None, {"x": x}, 16, host, False, result)
+    first = emulator.invoke_batch({"x": x})
+    assert first < 16
+    if identical:
+        assert reused and runs == [first] and len(run.outputs["y"]) == 16
+        assert "judged on the conversion check's outputs" in result.evidence and f"first {first}" in result.evidence
+    else:
+        assert not reused and runs == [first, 16] and "not bit-identical" in result.evidence
+    # another runtime, or another version: never
+    for other in (RuntimeEnv("tflite-runtime", "tflite_runtime", (), env.arch, ("python3",), version=version),
+                  RuntimeEnv("ai-edge-litert", "ai_edge_litert", (), env.arch, ("python3",), version="0.0.1")):
+        runs.clear()
+        assert emulator.run_for_verdict(other, "bundle", None, {"x": x}, 16, host, False, result)[1] is False
+        assert runs == [16]

@@ -76,11 +76,17 @@ RUNTIMES = {
 MEMORY_ENV = "EDGEPACK_RUNTIME_MEMORY_MB"
 
 np = None  # run as a script: imported by _load_numpy() in the forked child, so the parent forks a small process
-if __name__ != "__main__":  # imported as a module (packager uses read_inputs & co.): import it now
-    try:
-        import numpy as np
-    except ImportError:  # pragma: no cover - reported by _load_numpy()
-        np = None
+if __name__ != "__main__":  # imported as a module (packager uses read_inputs & co.): imported when first used
+
+
+    class _Numpy:  # the host validates manifests (check_manifest) before it needs numpy; an unchanged build: never
+        def __getattr__(self, name):
+            global np
+            import numpy
+            np = numpy
+            return getattr(numpy, name)
+
+    np = _Numpy()
 
 
 def _load_numpy():

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, asdict, field, replace
 
-import numpy as np
+from .lazynp import np
 
 from .recipes import Tolerance
 from .criteria import DECISION_KINDS, Finding, Judged, infer_kind, judge, resolution_of

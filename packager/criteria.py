@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import numpy as np
+from .lazynp import np
 
 KINDS = {
     "class-scores": "one class per row: argmax over the last axis (softmax, or logits you mark)",

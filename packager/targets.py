@@ -103,7 +103,7 @@ def _runtime_from(data: dict, where: str) -> RuntimeProfile:
     merged = {**base, **data}
     try:
         module = merged["module"]
-        from device_runtime.edgepack_run import RUNTIMES
+        RUNTIMES = _script_runtimes()
         if module not in RUNTIMES:
             raise UsageError(f"{where}: runtime {merged['name']!r} imports {module!r}, which the device script cannot "
                              f"import (it knows {', '.join(RUNTIMES)})",
@@ -117,6 +117,22 @@ def _runtime_from(data: dict, where: str) -> RuntimeProfile:
     except (KeyError, TypeError) as exc:
         raise UsageError(f"{where}: runtime entry lacks {exc}",
                          hint="a runtime table needs name, module and requirements (see packager/runtimes.toml)") from None
+
+
+@lru_cache(maxsize=1)
+def _script_runtimes() -> tuple[str, ...]:
+    """The runtime modules the device script can import (its ``RUNTIMES``), read from its source: importing the
+    script as a module imports numpy, which an unchanged ``edgepack build`` never needs (BENCHMARKS.md, issue 23)."""
+    import ast
+    import sys
+    loaded = sys.modules.get("device_runtime.edgepack_run")
+    if loaded is not None:
+        return tuple(loaded.RUNTIMES)
+    script = Path(__file__).resolve().parent.parent / "device_runtime" / "edgepack_run.py"
+    for node in ast.parse(script.read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "RUNTIMES" for t in node.targets):
+            return tuple(ast.literal_eval(node.value))
+    raise RuntimeError(f"{script} defines no RUNTIMES")
 
 
 @lru_cache(maxsize=1)

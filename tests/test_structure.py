@@ -13,7 +13,7 @@ PACKAGE = ROOT / "packager"
 # a new module in a stage package needs no entry; a new top-level module must be placed here.
 STAGES = [
     ("foundation", ["packager.errors", "packager.version", "packager.paths", "packager.tensor", "packager.jsonsafe",
-                    "packager.recipes",
+                    "packager.recipes", "packager.statcache", "packager.lazynp",
                     "packager.targets", "packager.runtime_lock",
                     "packager.criteria", "packager.compare", "packager.contain"]),
     ("load", ["packager.load"]),

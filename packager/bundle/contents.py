@@ -11,7 +11,7 @@ import shlex
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
+from ..lazynp import np
 
 from ..convert.inspect import ModelSpec
 from ..targets import TargetProfile

@@ -12,11 +12,12 @@ import shutil
 import sys
 import tarfile
 import tempfile
+import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
+from ..lazynp import np
 
 from ..errors import DeployError, UsageError
 
@@ -302,9 +303,17 @@ def write_archive(bundle: Path, archive: Path | None = None) -> Path:
     the model stored (:data:`STORED_SUFFIXES`): the same bytes for the same bundle, every time."""
     bundle = Path(bundle)
     archive = Path(archive) if archive else bundle.with_name(bundle.name + ".tar.gz")
+    import struct
+    from .. import statcache
     stored: list = []
-    data = _tar_bytes(bundle, stored=stored)
-    atomic_write(archive, _gzip(data, stored))
+    before, digests = statcache.snapshot(bundle), {}
+    started = statcache.settled_start(before)
+    data = _tar_bytes(bundle, digests, stored=stored)
+    gz = _gzip(data, stored)
+    atomic_write(archive, gz)
+    # remembered (stat -> sha256, tree -> trailer) so that an unchanged rebuild reads neither (packager.statcache)
+    statcache.remember_tree(bundle, before, digests, started, struct.unpack("<II", gz[-8:]))
+    statcache.save()
     return archive
 
 
@@ -314,7 +323,7 @@ def archive_matches(bundle: Path, archive: Path, manifest: Manifest | None = Non
     (nothing is decompressed or recompressed); a truncated, replaced or stale archive fails it. With ``manifest``,
     the bundle must also be intact (:func:`check_files`, from the same one read of each file)."""
     import struct
-    import zlib
+    from .. import statcache
     archive = Path(archive)
     if archive.is_symlink() or not archive.is_file():
         return False
@@ -323,8 +332,16 @@ def archive_matches(bundle: Path, archive: Path, manifest: Manifest | None = Non
             head = fh.read(2)
             fh.seek(-8, os.SEEK_END)
             crc, size = struct.unpack("<II", fh.read(8))
-        digests: dict = {}
-        data = _tar_bytes(Path(bundle), digests)
+        # every file's stat as when it was last read here: its digests and the trailer of its tar stream, unread
+        known = statcache.known_tree(Path(bundle))
+        if known is not None and known[1] is not None:
+            digests, (want_crc, want_size) = known
+        else:
+            started, before, digests = time.time_ns(), statcache.snapshot(Path(bundle)), {}
+            data = _tar_bytes(Path(bundle), digests)
+            want_crc, want_size = zlib.crc32(data) & 0xFFFFFFFF, len(data) & 0xFFFFFFFF
+            statcache.remember_tree(Path(bundle), before, digests, started, (want_crc, want_size))
+            statcache.save()
     except OSError:
         return False
     if manifest is not None:
@@ -333,7 +350,7 @@ def archive_matches(bundle: Path, archive: Path, manifest: Manifest | None = Non
         if any(digests.get(rel) != digest or _under_link(root, rel) for rel, digest in files.items()) \
                 or requirement_problems(root):
             return False
-    return head == b"\x1f\x8b" and crc == zlib.crc32(data) & 0xFFFFFFFF and size == len(data) & 0xFFFFFFFF
+    return head == b"\x1f\x8b" and crc == want_crc and size == want_size
 
 
 ENTRYPOINT_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}\.py")

@@ -30,7 +30,6 @@ import struct
 import sys
 from pathlib import PurePath
 
-import numpy as np
 
 MAGIC = b"EPW1"
 MAX_HEADER = 64 * 1024 * 1024
@@ -84,7 +83,8 @@ def _enc(v, blobs: list, depth: int):
     if isinstance(v, (bytes, bytearray, memoryview)):
         blobs.append(bytes(v))
         return {"$b": len(blobs) - 1}
-    if isinstance(v, (np.ndarray, np.generic)):
+    np = sys.modules.get("numpy")       # not imported yet: no value can be an array (the CLI's no-op build needs none)
+    if np is not None and isinstance(v, (np.ndarray, np.generic)):
         arr = np.require(np.asarray(v), requirements="C")       # C order, 0-d kept
         if arr.dtype.hasobject:
             raise TypeError("object arrays are not plain data")
@@ -199,9 +199,10 @@ def _blob(index, blobs: list):
     return blobs[index]
 
 
-def _array(data) -> np.ndarray:
-    """An array from ``.npy`` bytes: the header read by the device script's own reader (no pickle, object
+def _array(data):
+    """An ndarray from ``.npy`` bytes: the header read by the device script's own reader (no pickle, object
     dtypes refused), the shape checked against the bytes that follow, C order (as :func:`encode` writes)."""
+    import numpy as np
     from device_runtime.edgepack_run import _peek_npy
     fh = io.BytesIO(data)
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field, replace
 
-import numpy as np
+from ..lazynp import np
 
 from ..compare import OutputMetrics, compare_all, with_kinds
 from ..errors import ConversionError, EdgepackError, VerificationError
@@ -44,11 +44,12 @@ class Conversion:
     metrics: list[OutputMetrics]
     tolerance: dict = field(default_factory=dict)     # output name -> Tolerance it was judged by (kinds settled)
     # the first CHECK_HEAD rows of this model's outputs on the check inputs (the bundle's expected sample outputs
-    # without running the model again in the parent); {} when they were larger than CHECK_HEAD_BYTES or not kept
+    # without running the model again in the parent, and ai-edge-litert's outputs in verification after a
+    # bit-identical smoke run: emulator._smoke_then_host); {} when larger than CHECK_HEAD_BYTES or not kept
     check_head: dict = field(default_factory=dict)
 
 
-CHECK_HEAD = 16
+CHECK_HEAD = 64       # every synthetic check sample: the outputs may stand for ai-edge-litert's in verification
 CHECK_HEAD_BYTES = 16 << 20
 
 

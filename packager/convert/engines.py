@@ -19,7 +19,7 @@ from io import StringIO
 from dataclasses import dataclass, replace
 from typing import Callable
 
-import numpy as np
+from ..lazynp import np
 
 from ..errors import ConversionError, EnvironmentProblem, UsageError, VerificationError
 from ..load.model import LoadedModel, native_quiet

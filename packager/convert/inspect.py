@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field, asdict
 
-import numpy as np
+from ..lazynp import np
 
 from ..errors import UsageError
 from ..tensor import Tensor

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
+from ..lazynp import np
 
 from ..bundle.files import Bundle, npz_stored, sha256_file
 from ..bundle.manifest import RuntimeStatus

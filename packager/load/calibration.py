@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
+from ..lazynp import np
 
 from ..errors import UsageError
 from ..tensor import Tensor

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
+from ..lazynp import np
 
 from ..errors import EnvironmentProblem, UsageError
 from ..tensor import Tensor

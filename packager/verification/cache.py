@@ -18,10 +18,10 @@ from dataclasses import asdict
 from importlib import metadata
 from pathlib import Path
 
-import numpy as np
+from ..lazynp import np
 
 from ..version import __version__
-from ..bundle.files import npz_bytes, sha256_file, sha256_tree
+from ..bundle.files import npz_bytes, sha256_file, sha256_tree  # noqa: F401 - sha256_tree: api.build hashes references with it
 from ..bundle.manifest import Manifest
 from ..load.calibration import Dataset
 from ..compare import OutputMetrics
@@ -65,10 +65,14 @@ def conversion_key(model: Path, recipe, io: str, calibration, data, trust: bool,
     if hasattr(recipe, "to_json"):
         engine = _engine_version(recipe)
         recipe = recipe.to_json(io)
+    from .. import statcache        # unchanged files are not read again (stat -> sha256, as git's index)
+
     def content(p):
-        return None if p is None else sha256_tree(Path(p))
-    return digest("conversion", FORMAT, __version__, _tf_version(), sha256_tree(model), recipe, io,
-                  content(calibration), content(data), trust, extra, engine)
+        return None if p is None else statcache.sha256_tree(Path(p))
+    key = digest("conversion", FORMAT, __version__, _tf_version(), statcache.sha256_tree(model), recipe, io,
+                 content(calibration), content(data), trust, extra, engine)
+    statcache.save()
+    return key
 
 
 def _engine_version(recipe) -> str | None:

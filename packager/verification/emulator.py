@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
+from ..lazynp import np
 
 from ..bundle.manifest import Manifest, RuntimeStatus
 from ..bundle.files import host_entrypoint, npz_stored, read_manifest
@@ -31,7 +31,6 @@ from ..compare import OutputMetrics, compare_all, merge_metrics
 from ..errors import EnvironmentProblem, UsageError
 from ..paths import env_dir
 from ..targets import RuntimeProfile
-from device_runtime.edgepack_run import EXIT_MEANINGS
 
 ENV_VERSION = 2           # bump to invalidate cached environments (2: installed from the runtime lock)
 WHEELS = ".edgepack-wheels.json"   # the locked wheels an environment holds
@@ -39,8 +38,22 @@ PIP_TIMEOUT = 900
 RUN_TIMEOUT = 600
 RUNTIME_MEMORY_ENV = "EDGEPACK_RUNTIME_MEMORY_MB"   # read by the device script's isolation child
 DEFAULT_RUNTIME_MEMORY_MB = 4096
-#: the device script's exit codes and what they mean (its own table, the one source)
-DEVICE_EXIT = {code: meaning for code, meaning in EXIT_MEANINGS.items() if code}
+
+
+def _device_exit() -> dict:
+    """The device script's exit codes and what they mean (its own table, the one source): read when first needed,
+    since importing the script imports numpy (an unchanged build never needs it)."""
+    global DEVICE_EXIT
+    if "DEVICE_EXIT" not in globals():
+        from device_runtime.edgepack_run import EXIT_MEANINGS
+        DEVICE_EXIT = {code: meaning for code, meaning in EXIT_MEANINGS.items() if code}
+    return DEVICE_EXIT
+
+
+def __getattr__(name):     # DEVICE_EXIT, the module attribute (PEP 562)
+    if name == "DEVICE_EXIT":
+        return _device_exit()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def host_arch() -> str:
@@ -472,8 +485,20 @@ def device_info(env: RuntimeEnv, bundle: Path) -> dict:
     per environment and process, since it cannot change between runs."""
     key = (env.argv, tuple(sorted(env.env.items())), env.module)
     if key not in _INFO:
+        start = time.perf_counter()
         _INFO[key] = _ask_info(env, bundle)
+        _START_UP[key] = time.perf_counter() - start
     return _INFO[key]
+
+
+_START_UP: dict = {}
+
+
+def start_up_seconds(env: RuntimeEnv) -> float:
+    """How long the device script took here to start and import its runtime without running a model (its
+    ``--info`` call, timed once per environment and process; 0 before it ran): the part of a run's wall time that
+    does not grow with the samples."""
+    return _START_UP.get((env.argv, tuple(sorted(env.env.items())), env.module), 0.0)
 
 
 def _ask_info(env: RuntimeEnv, bundle: Path) -> dict:
@@ -492,7 +517,7 @@ def _device_error(stderr: str, code: int) -> str:
     for ln in reversed(lines):
         if ln.startswith("edgepack_run: error:"):
             return ln.split("error:", 1)[1].strip()
-    meaning = DEVICE_EXIT.get(code, f"exit code {code}" if code >= 0 else f"killed by signal {-code}")
+    meaning = _device_exit().get(code, f"exit code {code}" if code >= 0 else f"killed by signal {-code}")
     return f"{meaning}: {lines[-1][:300] if lines else 'no output'}"
 
 
@@ -513,6 +538,8 @@ class RuntimeResult:
     static_problems: list[str] = field(default_factory=list)
     numpy: str | None = None
     wheels: list = field(default_factory=list)    # the locked wheels of the environment the verdict ran in
+    #: how its outputs were had when not all from its own run: a sentence for the verdict's notes (not in to_json)
+    evidence: str | None = field(default=None, compare=False)
 
     def to_json(self) -> dict:
         """JSON of the verdict: runtime, version, arch, machine, python, numpy, status, error, seconds (rounded to
@@ -526,13 +553,16 @@ class RuntimeResult:
 
 def verify_in_env(env: RuntimeEnv, bundle: Path, inputs, reference, tol,
                   labels=None, static_problems: list[str] | None = None, use_cache: bool = False,
-                  noise: dict | None = None, steps: dict | None = None) -> RuntimeResult:
+                  noise: dict | None = None, steps: dict | None = None,
+                  host_outputs: dict | None = None) -> RuntimeResult:
     """Run the bundle in ``env`` and compare with the reference outputs.
 
     ``inputs``/``reference`` are one dict each, or aligned lists of dicts (one group per length of
     a variable-length axis; every group is run and the metrics merged, worst first). ``tol`` is a
     Tolerance or {output name: Tolerance}. With ``use_cache``, the outputs of an identical run
-    (same model bytes, device script, inputs and environment) are reused; the comparison is not."""
+    (same model bytes, device script, inputs and environment) are reused; the comparison is not.
+    ``host_outputs``: the conversion check's outputs of this model on the first group (in-process ai-edge-litert,
+    :func:`packager.convert.converter.run_tflite`): see :func:`_smoke_then_host`."""
     groups = inputs if isinstance(inputs, list) else [inputs]
     references = reference if isinstance(reference, list) else [reference]
     manifest = read_manifest(bundle)
@@ -540,8 +570,11 @@ def verify_in_env(env: RuntimeEnv, bundle: Path, inputs, reference, tol,
     result = RuntimeResult(env.runtime, env.version, env.arch, RuntimeStatus.ERROR, static_problems=list(static_problems or []),
                            wheels=list(env.wheels))
     outputs = []
-    for group in groups:
-        run = _run_cached(env, bundle, manifest, group, use_cache)
+    for k, group in enumerate(groups):
+        run = None
+        if k == 0 and len(groups) == 1 and host_outputs:
+            run = _smoke_then_host(env, bundle, manifest, group, host_outputs, use_cache, result)
+        run = run or _run_cached(env, bundle, manifest, group, use_cache)
         result.seconds += run.seconds
         if not run.ok:
             result.error = run.error
@@ -563,6 +596,66 @@ def judge(result: RuntimeResult, groups: list, references: list, outputs: list, 
     result.metrics = merge_metrics(measured, labels_of)
     result.status = RuntimeStatus.PASSED if all(m.passed for m in result.metrics) else RuntimeStatus.FAILED
     return result
+
+
+HOST_CHECK_RUNTIME = "ai-edge-litert"     # the runtime the conversion check runs in-process (converter.run_tflite)
+
+
+def host_check_version() -> str | None:
+    """The version of the runtime the conversion check ran in this host's own Python, None if not installed."""
+    from importlib import metadata
+    try:
+        return metadata.version(HOST_CHECK_RUNTIME)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _smoke_then_host(env: RuntimeEnv, bundle: Path, manifest: Manifest, inputs: dict, host_outputs: dict,
+                     use_cache: bool, result: RuntimeResult) -> DeviceRun | None:
+    """The conversion check already ran this very model on these inputs in this host's ai-edge-litert: when ``env``
+    holds the same runtime at the same version on this architecture, the bundle's own script runs only its first
+    invoke (``--batch`` samples) there, and when those outputs are bit-identical to the check's first rows, the
+    check's outputs on every sample stand for this runtime's (issue 23: one run of the model fewer). The environment
+    run stays the evidence that the bundle's script runs where only the locked runtime is installed; the verdict
+    says which evidence it used (``result.evidence``). None (run every sample, as before) when not applicable or
+    not bit-identical."""
+    n = len(next(iter(inputs.values())))
+    first = min(n, invoke_batch(inputs))
+    if (env.runtime != HOST_CHECK_RUNTIME or env.arch != host_arch() or not env.version
+            or env.version != host_check_version() or first >= n
+            or any(len(v) < n for v in host_outputs.values())):
+        return None
+    run = _run_cached(env, bundle, manifest, {k: v[:first] for k, v in inputs.items()}, use_cache)
+    if not run.ok:
+        return run
+    same = set(run.outputs) == set(host_outputs) and all(
+        np.asarray(run.outputs[k]).dtype == np.asarray(host_outputs[k]).dtype
+        and np.asarray(run.outputs[k]).shape == np.asarray(host_outputs[k])[:first].shape
+        and np.asarray(run.outputs[k]).tobytes() == np.ascontiguousarray(np.asarray(host_outputs[k])[:first]).tobytes()
+        for k in run.outputs)
+    if not same:
+        result.evidence = (f"{env.runtime} {env.version}: the bundle's script gave outputs on the first {first} samples "
+                           "that are not bit-identical to the in-process conversion check's (the same version), so "
+                           "its verdict rests on its own run of every sample")
+        return None
+    result.evidence = (f"{env.runtime} {env.version}: judged on the conversion check's outputs "
+                       f"(this host's in-process {HOST_CHECK_RUNTIME} {env.version}, the same version); the bundle's "
+                       f"own script ran the first {first} in the {env.runtime} environment (only the locked runtime "
+                       "installed) and its outputs were bit-identical")
+    return DeviceRun(True, 0, {k: np.asarray(v)[:n] for k, v in host_outputs.items()}, None, run.seconds, run.info)
+
+
+def run_for_verdict(env: RuntimeEnv, bundle: Path, manifest: Manifest, inputs: dict, count: int,
+                    host_outputs: dict | None, use_cache: bool, result: RuntimeResult) -> tuple[DeviceRun, bool]:
+    """(the outputs of the first ``count`` samples of ``inputs`` in ``env``, whether they are the conversion check's
+    ``host_outputs`` after a bit-identical smoke run: :func:`_smoke_then_host`, which says so in ``result``)."""
+    head = {k: v[:count] for k, v in inputs.items()}
+    whole = len(next(iter(inputs.values())))
+    if host_outputs and all(len(v) >= whole for v in host_outputs.values()):    # may stand for every sample
+        run = _smoke_then_host(env, bundle, manifest, head, host_outputs, use_cache, result)
+        if run is not None:
+            return run, run.ok
+    return _run_cached(env, bundle, manifest, head, use_cache), False
 
 
 def _run_cached(env: RuntimeEnv, bundle: Path, manifest: Manifest, inputs: dict, use_cache: bool) -> DeviceRun:

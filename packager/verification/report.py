@@ -227,13 +227,104 @@ def _python_note(profile, arch, ready) -> list[str]:
             "--reference MODEL --host/--serial DEVICE` runs it on the device itself"]
 
 
+def runtime_budget(data: Dataset) -> float | None:
+    """Seconds one runtime's run over the synthetic check samples may take (``EDGEPACK_VERIFY_BUDGET``, as the
+    reference's sizing in :func:`packager.convert.jobs.sized_to_budget`), None when the count is not to be cut here:
+    held-out or calibration data, length variants, a pinned count (``EDGEPACK_VERIFY_SAMPLES``), budget 0, or no
+    more than the floor."""
+    import os
+    from ..convert.jobs import DEFAULT_BUDGET, SAMPLE_FLOOR
+    if data.evidence != "synthetic" or data.variants or os.environ.get("EDGEPACK_VERIFY_SAMPLES", "").strip() \
+            or data.count <= SAMPLE_FLOOR:
+        return None
+    try:
+        budget = float(os.environ.get("EDGEPACK_VERIFY_BUDGET", DEFAULT_BUDGET))
+    except ValueError:
+        budget = DEFAULT_BUDGET
+    return budget if budget > 0 else None
+
+
+def _sized_by_slowest(bundle: Path, ready: list, data: Dataset, references: list, tol, noise, steps, host_outputs,
+                      use_cache: bool, budget: float, progress, each) -> tuple[Dataset, list]:
+    """Verification sized by the slowest runtime (issue 23: tflite-runtime 2.14 ran the Transformer 3.5x slower than
+    ai-edge-litert, which the reference's cost cannot see). Every runtime runs the first :data:`SAMPLE_FLOOR`
+    samples, timed (less the script's start-up without a model, its ``--info`` call: the model's loading stays in, so
+    the cost per sample is never below the real one); the count then halves from
+    ``data.count`` while the slowest runtime's cost per sample times the count exceeds ``budget``; the runtimes
+    run the rest of that count, and every verdict is judged on the same first samples. A cut count is said in the
+    notes with the figures it came from (the reference's own cut note is replaced). (``data`` as judged, results)."""
+    import re
+    from ..bundle.files import read_manifest
+    from ..convert.jobs import SAMPLE_FLOOR
+    from .emulator import judge, run_for_verdict, start_up_seconds
+    manifest = read_manifest(bundle)
+    scales = steps if steps is not None else {t.name: t.scale for t in manifest.outputs if t.quantized}
+    total, first = data.count, SAMPLE_FLOOR
+
+    def phase1(item):
+        k, env, static = item
+        progress(f"verifying with {env.runtime} ({env.arch})")
+        result = RuntimeResult(env.runtime, env.version, env.arch, RuntimeStatus.ERROR, static_problems=list(static),
+                               wheels=list(env.wheels))
+        run, reused = run_for_verdict(env, bundle, manifest, data.inputs, first, host_outputs, use_cache, result)
+        return k, env, result, run, reused
+    ran = each(phase1, ready)
+    timed = [(max(0.0, run.seconds - start_up_seconds(env)) / first, env)
+             for _, env, _, run, reused in ran if run.ok and not reused]
+    n = total
+    per, slowest = max(timed, key=lambda t: t[0]) if timed else (0.0, None)
+    while n > first and n * per > budget:
+        n //= 2
+    n = max(n, first)
+
+    def phase2(entry):
+        import numpy as np
+        k, env, result, run, reused = entry
+        if not run.ok:
+            result.error = run.error
+            return k, result
+        outputs = run.outputs
+        if n > first and not reused:
+            rest = {key: v[first:n] for key, v in data.inputs.items()}
+            more = run_for_verdict(env, bundle, manifest, rest, n - first, None, use_cache, result)[0]
+            if not more.ok:
+                result.seconds += more.seconds
+                result.error = more.error
+                return k, result
+            outputs = {key: np.concatenate([outputs[key], more.outputs[key]]) for key in outputs}
+            result.seconds += more.seconds
+        elif reused:
+            outputs = {key: np.asarray(v)[:n] for key, v in host_outputs.items()}
+        result.seconds += run.seconds
+        result.machine, result.python = run.info.get("machine"), run.info.get("python")
+        result.numpy = run.info.get("numpy")
+        cut = data.head(n)
+        refs = [{key: v[:n] for key, v in references[0].items()}]
+        return k, judge(result, cut.groups, refs, [outputs], tol, scales, cut.labels, noise)
+    done = each(phase2, ran)
+    if n < total:
+        cut = data.head(n)
+        said = re.compile(rf"^verified on {total} of (\d+) synthetic samples")
+        whole = next((int(m.group(1)) for m in map(said.match, data.notes) if m), total)
+        cut.notes = [note for note in data.notes if not said.match(note)] + [
+            f"verified on {n} of {whole} synthetic samples: the slowest runtime here, {slowest.describe()}, took "
+            f"{per:.3f} s per sample on the first {first} (model loading included), and each run over the samples is sized "
+            f"to about {budget:g} s (EDGEPACK_VERIFY_BUDGET; EDGEPACK_VERIFY_SAMPLES=N pins the count; --data with "
+            "held-out inputs uses them all)"]
+        data = cut
+    return data, done
+
+
 def verify_staged(bundle: Path, manifest, profile, rec, selected, data: Dataset, references: list, spec, arch,
                   progress, use_cache: bool = False, tolerance=None, strict: bool = False,
-                  require_all: bool = False, noise: dict | None = None) -> VerifyReport:
+                  require_all: bool = False, noise: dict | None = None,
+                  host_outputs: dict | None = None) -> VerifyReport:
     """Run the staged bundle in each selected runtime's environment on every group of ``data``
     and compare with ``references`` (one dict of outputs per group) by the criteria of each output's kind
     (``tolerance``: {output: Tolerance}; a kind not yet settled is inferred from the bundle's graph);
-    ``noise``: the model's own float noise per output (:func:`packager.convert.jobs.float_noise`)."""
+    ``noise``: the model's own float noise per output (:func:`packager.convert.jobs.float_noise`);
+    ``host_outputs``: the conversion check's outputs of this model on ``data``'s first group (in-process
+    ai-edge-litert), which may stand for the same runtime's (:func:`~packager.verification.emulator.verify_in_env`)."""
     from ..compare import with_kinds
     from ..convert.inspect import output_ops
     results, rebuilt = [], []
@@ -259,15 +350,22 @@ def verify_staged(bundle: Path, manifest, profile, rec, selected, data: Dataset,
         k, env, static = item
         progress(f"verifying with {env.runtime} ({env.arch})")
         return k, verify_in_env(env, bundle, data.groups, references, tol, data.labels, static,
-                                use_cache=use_cache, noise=noise, steps=steps)
+                                use_cache=use_cache, noise=noise, steps=steps, host_outputs=host_outputs)
     # The runtimes run side by side (each its own process): one core each, up to EDGEPACK_VERIFY_JOBS
     jobs = min(len(ready), verify_jobs())
-    if jobs > 1:
-        from concurrent.futures import ThreadPoolExecutor
-        with ThreadPoolExecutor(jobs) as pool:
-            done = list(pool.map(run, ready))
+
+    def each(fn, items):
+        if jobs > 1:
+            from concurrent.futures import ThreadPoolExecutor
+            with ThreadPoolExecutor(jobs) as pool:
+                return list(pool.map(fn, items))
+        return [fn(item) for item in items]
+    budget = runtime_budget(data)
+    if budget is None:
+        done = each(run, ready)
     else:
-        done = [run(item) for item in ready]
+        data, done = _sized_by_slowest(bundle, ready, data, references, tol, noise, steps, host_outputs, use_cache,
+                                       budget, progress, each)
     for k, result in done:
         results[k] = result
     unavailable = [r for r in results if r.status == "unavailable"]
@@ -281,6 +379,7 @@ def verify_staged(bundle: Path, manifest, profile, rec, selected, data: Dataset,
     passed = bool(loaded_ok) and all(r.status == "passed" for r in loaded_ok)
     notes = [f"{r.runtime} cannot run this model: {r.error}" for r in results if r.status == "error"]
     notes += [f"{r.runtime} was not verified (host environment problem): {r.error}" for r in unavailable]
+    notes += [r.evidence for r in results if getattr(r, "evidence", None)]
     notes += rebuilt + list(data.notes)
     notes += _python_note(profile, arch, ready)
     report = VerifyReport(str(bundle), rec.name, profile.name, passed, data.source, data.count, results,

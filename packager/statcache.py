@@ -137,14 +137,17 @@ def sha256_file(path) -> str:
     return digest
 
 
-def sha256_tree(path: Path) -> str:
-    """:func:`packager.bundle.files.sha256_tree` (the same digest), each file through :func:`sha256_file`."""
+def sha256_tree(path: Path, file_hash=None) -> str:
+    """Content hash of a file or a directory (relative names + each file's sha256), for source identity: each file
+    through ``file_hash`` (default :func:`sha256_file`, this cache's); :func:`packager.bundle.files.sha256_tree` is
+    the same digest with plain hashing."""
     path = Path(path)
+    file_hash = file_hash or sha256_file
     if path.is_file():
-        return sha256_file(path)
+        return file_hash(path)
     h = hashlib.sha256()
     for p in sorted(q for q in path.rglob("*") if q.is_file()):
-        h.update(str(p.relative_to(path)).encode() + b"\0" + sha256_file(p).encode() + b"\0")
+        h.update(str(p.relative_to(path)).encode() + b"\0" + file_hash(p).encode() + b"\0")
     return h.hexdigest()
 
 

@@ -44,13 +44,10 @@ def sha256_file(path: Path) -> str:
 
 
 def sha256_tree(path: Path) -> str:
-    """Content hash of a file or a directory (relative names + bytes), for source identity."""
-    if path.is_file():
-        return sha256_file(path)
-    h = hashlib.sha256()
-    for p in sorted(q for q in path.rglob("*") if q.is_file()):
-        h.update(str(p.relative_to(path)).encode() + b"\0" + sha256_file(p).encode() + b"\0")
-    return h.hexdigest()
+    """Content hash of a file or a directory (relative names + bytes), for source identity (read afresh: no stat
+    cache)."""
+    from .. import statcache
+    return statcache.sha256_tree(Path(path), file_hash=sha256_file)
 
 
 def atomic_write(path: Path, data: bytes) -> None:

@@ -226,14 +226,21 @@ def _frozen_converter(tf, concrete):
     return tf.lite.TFLiteConverter.from_concrete_functions([frozen])
 
 
-def _unroll_config(cfg: dict) -> dict:
-    if "unroll" in cfg:
-        cfg["unroll"] = True
+def _recurrent_config(cfg: dict, **values) -> dict:
+    """A recurrent layer's config with each of ``values`` set where the config has that key, in a wrapper
+    (Bidirectional) on the layers it wraps too."""
+    for key, value in values.items():
+        if key in cfg:
+            cfg[key] = value
     for key in ("layer", "backward_layer"):
         inner = cfg.get(key)
         if isinstance(inner, dict) and isinstance(inner.get("config"), dict):
-            _unroll_config(inner["config"])
+            _recurrent_config(inner["config"], **values)
     return cfg
+
+
+def _unroll_config(cfg: dict) -> dict:
+    return _recurrent_config(cfg, unroll=True)
 
 
 def _unrolled_clone(model):
@@ -337,14 +344,7 @@ def _recurrent_dropout(model) -> list[str]:
 
 
 def _no_dropout_config(cfg: dict) -> dict:
-    for key in ("dropout", "recurrent_dropout"):
-        if key in cfg:
-            cfg[key] = 0.0
-    for key in ("layer", "backward_layer"):
-        inner = cfg.get(key)
-        if isinstance(inner, dict) and isinstance(inner.get("config"), dict):
-            _no_dropout_config(inner["config"])
-    return cfg
+    return _recurrent_config(cfg, dropout=0.0, recurrent_dropout=0.0)
 
 
 def _no_dropout_clone(model):

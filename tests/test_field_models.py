@@ -434,3 +434,17 @@ def test_device_script_warns_when_real_values_clip(out, tmp_path, runtime_python
                               capture_output=True, text=True, env=runtime_python.env)
         assert proc.returncode == 0, proc.stderr
         assert ("warning: input 'image'" in proc.stderr and "--raw" in proc.stderr) is warned, proc.stderr
+
+
+def test_quantized_weights_in_a_loop_body_count_as_quantized():
+    """A recurrent model's weights live in its WHILE body, a subgraph of its own: dynamic quantizes them there, and
+    the "quantized nothing" note must not say otherwise (it looked at the main subgraph only)."""
+    import keras
+    import tensorflow as tf
+    from packager.convert.jobs import _has_quantized_tensors
+    inp = keras.Input((6, 16), batch_size=1)
+    model = keras.Model(inp, keras.layers.Dense(3)(keras.layers.LSTM(64)(inp)))
+    conv = tf.lite.TFLiteConverter.from_keras_model(model)
+    plain = conv.convert()
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    assert _has_quantized_tensors(conv.convert()) and not _has_quantized_tensors(plain)

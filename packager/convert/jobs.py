@@ -403,14 +403,17 @@ def _convert_recipe(loaded, cal, check, references, noise, recipe_name: str, io:
 
 
 def _has_quantized_tensors(model: bytes) -> bool:
-    """Whether any tensor of the .tflite is int8/uint8/int16/float16 (weights or activations)."""
-    from ai_edge_litert.interpreter import Interpreter
+    """Whether any tensor of the .tflite, in any subgraph (a recurrent loop's body is a subgraph of its own), is
+    int8/uint8/int16/float16 (weights or activations)."""
     try:
-        details = Interpreter(model_content=model).get_tensor_details()
+        from ai_edge_litert import schema_py_generated as schema
+        types = {getattr(schema.TensorType, n) for n in ("INT8", "UINT8", "INT16", "FLOAT16", "INT4")
+                 if hasattr(schema.TensorType, n)}
+        m = schema.Model.GetRootAsModel(model, 0)
+        return any(m.Subgraphs(s).Tensors(t).Type() in types
+                   for s in range(m.SubgraphsLength()) for t in range(m.Subgraphs(s).TensorsLength()))
     except Exception:  # noqa: BLE001 - only a note depends on it
         return True
-    import numpy as np
-    return any(np.dtype(d["dtype"]).name in ("int8", "uint8", "int16", "float16") for d in details)
 
 
 def _release_tensorflow_memory() -> None:

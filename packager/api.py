@@ -660,6 +660,10 @@ def _mismatch_hint(report: VerifyReport, output, ids: list[str] = ()) -> str:
         finer = [r for r in ("int16x8", "dynamic", "float16") if r != report.recipe and not (r == "int16x8" and ids)]
         hint = (f"try a recipe that keeps more precision ({', '.join(finer)}), or --quantize auto to measure each; "
                 + hint)
+        if passed:      # the same model is right in one runtime and wrong in another: the runtime, not the recipe
+            names = ", ".join(r.runtime for r in failed)
+            hint = (f"the same {report.recipe} model matches in {passed[0].runtime} and not in {names}: build for "
+                    f"{passed[0].runtime} alone (--runtime {passed[0].runtime}), or " + hint)
     return hint
 
 

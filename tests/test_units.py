@@ -323,3 +323,16 @@ def test_a_tolerance_field_added_later_is_optional_in_recipes(monkeypatch, tmp_p
     finally:
         monkeypatch.undo()
         module.list_recipes.cache_clear()
+
+
+def test_a_bundle_right_in_one_runtime_and_wrong_in_another_points_at_the_runtime():
+    """int4w on a convolution: ai-edge-litert computes it, tflite-runtime 2.14 does not; the way out names the runtime
+    that computes it (--runtime), not only recipes with more precision."""
+    from types import SimpleNamespace as NS
+    from packager.api import _mismatch_hint
+    report = NS(recipe="int4w", runtimes=[NS(runtime="ai-edge-litert", status="passed"),
+                                          NS(runtime="tflite-runtime", status="failed")])
+    hint = _mismatch_hint(report, "dist/m")
+    assert "matches in ai-edge-litert and not in tflite-runtime" in hint and "--runtime ai-edge-litert" in hint
+    both = _mismatch_hint(NS(recipe="int8", runtimes=[NS(runtime="ai-edge-litert", status="failed")]), "dist/m")
+    assert "--runtime" not in both and "int16x8" in both

@@ -739,10 +739,25 @@ class _ReferenceSide:
     custom: tuple | None = None      # the resolved --custom-objects of the reference (packager.load.custom)
 
 
+def _other_reference(reference, manifest) -> str | None:
+    """A note when ``reference`` is not the model file the bundle was built from (its sha256 differs from the
+    manifest's ``source.sha256``): the verdict then compares the bundle with another model, which may be meant (a
+    re-saved copy) or a mistake (another training run)."""
+    recorded = manifest.source.get("sha256")
+    try:
+        got = sha256_tree(Path(reference)) if recorded else None
+    except OSError:
+        return None
+    if not got or got == recorded:
+        return None
+    return (f"the reference {Path(reference).name} is not the model this bundle was built from "
+            f"({manifest.source.get('path')}: sha256 {str(recorded)[:12]}..., this file {got[:12]}...): the verdict "
+            "compares the bundle with this file")
+
+
 def _reference_side(bundle: Path, reference, data, trust_model, progress, overrides,
                     signature: str | None = None, custom: tuple | None = None) -> _ReferenceSide:
     manifest = read_manifest(bundle)
-    signature = signature or manifest.source.get("signature")
     signature = signature or manifest.source.get("signature")
     from .bundle.files import host_entrypoint
     _, script_note = host_entrypoint(bundle, manifest)      # an entrypoint that is no plain file: UsageError first
@@ -776,7 +791,7 @@ def _reference_side(bundle: Path, reference, data, trust_model, progress, overri
     _check_names(ref_names, manifest)
     spec = _bundle_spec((bundle / manifest.model).read_bytes(), manifest)
     tolerance = _bundle_tolerance(manifest, rec, overrides)
-    notes = [n for n in (unconfined, script_note) if n]
+    notes = [n for n in (unconfined, script_note, _other_reference(reference, manifest)) if n]
     return _ReferenceSide(manifest, profile, rec, dataset, refs, noise, spec, tolerance, arrays, notes, signature,
                           custom)
 

@@ -43,6 +43,7 @@ def test_build_json_then_inspect_and_verify(zoo, data_files, tmp_path):
     proc = edgepack("verify", out, "--reference", zoo["keras3_h5"], "--json")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads(proc.stdout)["passed"] is True
+    assert not any("is not the model this bundle was built from" in n for n in json.loads(proc.stdout)["notes"])
     # A different model as reference: refused by name before any number is computed.
     proc = edgepack("verify", out, "--reference", zoo["multi_io"])
     assert_clean_error(proc, 2, "not the bundle's")
@@ -54,6 +55,8 @@ def test_verify_mismatch_exit_4_with_numbers(zoo, int8_bundle, tmp_path):
     assert proc.returncode == 4
     data = json.loads(proc.stdout)
     assert data["ok"] is False and data["failures"]
+    # the verdict also says the reference is another file than the one the bundle was built from
+    assert any("is not the model this bundle was built from" in n for n in data["notes"]), data
     assert "change their decision" in data["failures"][0] or "R²" in data["failures"][0]
 
 

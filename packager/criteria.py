@@ -188,8 +188,9 @@ def _unstable_words(j: Judged, n: int, total: int, unit: str) -> str:
 
 def _cannot_judge(j: Judged, n: int, total: int, unit: str) -> str:
     return (f"; but {n} of {total} {unit} are unstable at {j.moved[1]} input resolution (the model's own output "
-            f"moves that far when its inputs move within one {j.moved[1]} step): these inputs cannot judge the bundle, "
-            "pass --data with real inputs")
+            f"moves that far when its inputs move within one {j.moved[1]} step): these inputs cannot judge the bundle "
+            "(synthetic ones: pass --data with real inputs; real ones: the model is this sensitive, a recipe that "
+            "keeps its inputs finer, such as float32, can be judged)")
 
 
 def _noise(j: Judged, cols: int) -> np.ndarray:

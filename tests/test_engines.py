@@ -217,3 +217,30 @@ def test_a_recipe_sets_converter_flags(digits_models, data_files, tmp_path, monk
     finally:
         monkeypatch.undo()
         module.list_recipes.cache_clear()
+
+
+def test_a_users_multi_output_tflite_maps_converter_names_in_the_models_order(tmp_path, data_files):
+    """TFLiteConverter names a Keras model's outputs output_0, output_1: with the reference model they are taken in
+    its output order (said in a note) and verified; the bundle's outputs carry the model's names."""
+    import keras
+    import tensorflow as tf
+    keras.utils.set_random_seed(3)
+    inp = keras.Input((64,), name="pixels")
+    h = keras.layers.Dense(16, activation="relu")(inp)
+    model = keras.Model(inp, [keras.layers.Dense(3, name="zz")(h), keras.layers.Dense(3, name="aa")(h)])
+    model.save(tmp_path / "multi.keras")
+    (tmp_path / "multi.tflite").write_bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
+    x = np.load(data_files["eval"])["x"][:200].reshape(200, -1).astype(np.float32)
+    np.savez(tmp_path / "eval.npz", pixels=x)
+    res = api.build(tmp_path / "multi.tflite", reference=tmp_path / "multi.keras", data=tmp_path / "eval.npz",
+                    runtimes=LITERT, output=tmp_path / "b")
+    assert res.verification.passed and sorted(res.manifest.output_names) == ["aa", "zz"]
+    assert any("output_0 -> 'zz'" in w and "output_1 -> 'aa'" in w for w in res.warnings), res.warnings
+    got = fm_raw(res.bundle, {"pixels": x})
+    want = model.predict(x, verbose=0)
+    assert np.abs(got["zz"] - want[0]).max() < 1e-4 and np.abs(got["aa"] - want[1]).max() < 1e-4
+
+
+def fm_raw(bundle, arrays):
+    from tests.field_models import raw_outputs
+    return raw_outputs(bundle, arrays)

@@ -143,7 +143,10 @@ def _as_is(loaded: LoadedModel, recipe: Recipe, io: str, calibration: dict | Non
         raise UsageError(f"recipe {recipe.name!r} bundles a .tflite as it is; {loaded.path.name} is a "
                          f"{loaded.format} model", hint="choose a recipe that converts, e.g. --quantize float16")
     order = _order(loaded)
-    spec = named_spec(inspect_bytes(model, None, order), order)
+    spec = inspect_bytes(model, None, order)
+    if loaded.output_renames:     # the converter's output_N names, mapped to the reference's when the model loaded
+        spec = replace(spec, outputs=[replace(t, name=loaded.output_renames.get(t.name, t.name)) for t in spec.outputs])
+    spec = named_spec(spec, order)
     custom = sorted({op.name for op in spec.ops if op.custom})
     if custom:
         flex = [c for c in custom if c.startswith("Flex")]

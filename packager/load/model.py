@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 import tempfile
 import warnings
@@ -60,6 +61,7 @@ class LoadedModel:
     signature: str | None = None     # the SavedModel signature converted (None: not a SavedModel signature)
     model_bytes: bytes | None = None  # a .tflite brought by the user: the model itself (engine as-is)
     reference_source: str = ""       # where ``reference`` comes from when it is not the model itself ("none": nowhere)
+    output_renames: dict = field(default_factory=dict)   # a user's .tflite: its output name -> the reference's
 
 
 @contextlib.contextmanager
@@ -663,11 +665,28 @@ def with_reference(loaded: LoadedModel, reference: LoadedModel | None = None, ou
             loaded.notes.append(f"the .tflite's output {mine_out[0]!r} is the reference model's {name!r}")
             loaded.outputs = [replace(loaded.outputs[0], name=name)]
             mine_out = [name]
+        generic = [s.name for s in loaded.outputs]
+        if (theirs == mine_in and len(generic) == len(reference.outputs) > 1
+                and all(re.fullmatch(r"output_\d+", n) for n in generic)
+                and not set(generic) & {s.name for s in reference.outputs}):
+            # TFLiteConverter names a Keras model's outputs output_0, output_1, ... in the model's order: taken in
+            # that order (a wrong order cannot pass: the outputs are then compared with the wrong ones)
+            by_index = sorted(loaded.outputs, key=lambda t: int(t.name.split("_")[1]))
+            names = [s.name for s in reference.outputs]
+            loaded.notes.append("the .tflite's outputs " + ", ".join(f"{t.name} -> {n!r}" for t, n in
+                                                                      zip(by_index, names))
+                                + " (TFLiteConverter's names, in the reference model's output order)")
+            renamed = {t.name: n for t, n in zip(by_index, names)}
+            loaded.outputs = [replace(t, name=renamed[t.name]) for t in loaded.outputs]
+            loaded.output_renames = renamed
+            mine_out = sorted(renamed.values())
         if theirs != mine_in or not set(mine_out) <= {s.name for s in reference.outputs}:
             raise UsageError(f"the reference model's inputs/outputs ({', '.join(theirs)} / "
                              f"{', '.join(s.name for s in reference.outputs)}) are not the .tflite's "
                              f"({', '.join(mine_in)} / {', '.join(mine_out)})",
-                             hint="pass the model the .tflite was converted from")
+                             hint="pass the model the .tflite was converted from, or its outputs as "
+                                  "--reference-outputs FILE.npz keyed by the .tflite's names "
+                                  f"({', '.join(sorted(s.name for s in loaded.outputs))})")
         inner = reference.reference
 
         def from_model(arrays: dict) -> dict:

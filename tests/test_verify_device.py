@@ -69,7 +69,10 @@ def cli(*args, env: dict | None = None) -> tuple[int, str, str]:
 
 
 def leftovers(ddir: Path) -> list[str]:
-    return sorted(p.name for p in ddir.iterdir() if p.name not in ("releases", "current", "selftest.last", ".lock"))
+    """What a verify left in the deploy directory beyond what deploy keeps there (releases, current, the last
+    self-test, the lock, the remembered --device-python)."""
+    return sorted(p.name for p in ddir.iterdir()
+                  if p.name not in ("releases", "current", "selftest.last", ".lock", "python.last"))
 
 
 def test_verify_on_the_device_gives_the_emulators_verdict_checked_independently(case, ssh, device_pythons, tmp_path,

@@ -199,6 +199,8 @@ def test_cli_deploy_status_rollback_with_local(tmp_path):
     assert st.exit_code == 0 and json.loads(st.stdout)["previous"] == first["release"], st.output
     human = cli("status", "--local", d)
     assert "intact" in human.stdout and "current" in human.stdout
+    assert first["release"] in human.stdout and f"local:{d}:" not in human.stdout   # ids whole; the path said once
+    assert f"device python {PY} (from the last deploy)" in human.stdout
     rb = cli("rollback", "--local", d, "--json")
     assert json.loads(rb.stdout)["to_release"] == first["release"]
     # errors stay one line with a hint, through the one boundary

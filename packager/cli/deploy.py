@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from .. import deploy as dep
@@ -25,8 +24,8 @@ RemoteDirOpt = Annotated[Optional[str], typer.Option(
          "/data/local/tmp/edgepack/NAME (android)].")]
 PythonOpt = Annotated[Optional[str], typer.Option(
     "--device-python", metavar="PATH",
-    help="Python on the device for --smoke/run [default: DIR/venv/bin/python if --install made it, "
-         "else the target's (python3)].")]
+    help="Python on the device for --smoke/run/verify [default: DIR/venv/bin/python if --install made it, else the "
+         "one the last deploy was given (remembered in DIR/python.last), else the target's (python3)].")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
 TimeoutOpt = Annotated[float, typer.Option(
     "--timeout", metavar="SECONDS", min=1.0, help="Timeout of each device command (transfers get more).")]
@@ -34,8 +33,7 @@ BundleOpt = Annotated[Optional[Path], typer.Argument(
     metavar="[BUNDLE]", help="A bundle directory: its name and target give the remote dir and transport.",
     show_default=False)]
 
-_out = Console()
-_err = Console(stderr=True)
+from .render import out as _out, err as _err   # one console: 120 columns and one message per line when piped
 
 
 def _json(value, **extra) -> None:
@@ -317,9 +315,11 @@ def status_cmd(
     if not result.releases:
         _out.print(f"{result.device}: nothing deployed in {result.remote_dir}", highlight=False)
         return
-    table = Table(title=f"{result.device}:{result.remote_dir}", title_justify="left")
+    where = result.device if result.device.endswith(result.remote_dir) else f"{result.device}:{result.remote_dir}"
+    table = Table(title=where, title_justify="left")
     for col in ("", "release", "created (UTC)", "model sha256"):
-        table.add_column(col)
+        # a release id is what --release/--to take: never cut ("…"), folded when the terminal is narrow
+        table.add_column(col, overflow="fold", no_wrap=col in ("release", "created (UTC)"))
     for rel in reversed(result.releases):
         mark = "current" if rel.current else ("previous" if rel.id == result.previous else "")
         table.add_row(mark, rel.id, rel.created, rel.model_sha256_prefix)

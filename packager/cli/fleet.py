@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
@@ -36,8 +35,7 @@ RemoteDirOpt = Annotated[Optional[str], typer.Option("--remote-dir", metavar="DI
 OptBundle = Annotated[Optional[Path], typer.Argument(metavar="[BUNDLE]", show_default=False,
                                                      help="The bundle: its name and target give the remote dir.")]
 
-_out = Console()
-_err = Console(stderr=True)
+from .render import out as _out, err as _err   # one console: 120 columns and one message per line when piped
 # Columns whose values are never split across lines (release ids, byte counts, versions); the
 # free-text columns (why, problems) wrap instead.
 _WHOLE = {"outcome", "current release", "sent", "smoke", "files", "python", "from", "to / current"}

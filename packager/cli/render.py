@@ -313,6 +313,15 @@ def show_build(result: dict) -> None:
         out.print("[yellow]verification skipped (--no-verify): the bundle is unverified[/yellow]")
 
 
+def _integrity_text(integrity) -> str:
+    """``ok``, or the problems (a list from :func:`packager.api.inspect`) in words, with the way out."""
+    if integrity == "ok" or not integrity:
+        return "ok"
+    problems = [str(p) for p in (integrity if isinstance(integrity, (list, tuple)) else [integrity])]
+    return (f"DAMAGED ({len(problems)} problem{'s' if len(problems) > 1 else ''}: {'; '.join(problems)}): "
+            "files were changed after the build; rebuild it with edgepack build")
+
+
 def show_inspect(info: dict) -> None:
     """Print :func:`packager.api.inspect` output: model size in bytes and sha256, the tensors (index, shape, dtype,
     scale, zero point), the ops with versions, for a bundle its target, recipe, verification and integrity, and each
@@ -333,7 +342,7 @@ def show_inspect(info: dict) -> None:
     if info["kind"] == "bundle":
         m = info["manifest"]
         out.print(f"target {m['target']['name']}, recipe {m['recipe']['name']}, verification "
-                  f"{m['verification']['status']}, integrity {info['integrity']}")
+                  f"{m['verification']['status']}, integrity " + _integrity_text(info['integrity']))
     for rt, problems in info["runtime_problems"].items():
         if problems:
             out.print(f"[red]{escape(rt)} cannot run it:[/red] " + escape("; ".join(problems)))

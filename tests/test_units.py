@@ -336,3 +336,21 @@ def test_a_bundle_right_in_one_runtime_and_wrong_in_another_points_at_the_runtim
     assert "matches in ai-edge-litert and not in tflite-runtime" in hint and "--runtime ai-edge-litert" in hint
     both = _mismatch_hint(NS(recipe="int8", runtimes=[NS(runtime="ai-edge-litert", status="failed")]), "dist/m")
     assert "--runtime" not in both and "int16x8" in both
+
+
+def test_an_input_far_from_zero_is_named_as_an_offset_not_a_calibration_scale():
+    """int8's range holds 0: a sensor at 1e4 ± 10 gets a handful of the 256 steps however it is calibrated. The cause
+    says so and points at normalizing before the model, not at recalibrating (which cannot help)."""
+    from types import SimpleNamespace as NS
+    from packager.convert.localise import OpRow, explain
+    row = OpRow(index=0, op="QUANTIZE", version=1, tensor="t", float_tensor="t", dtype="int8", scale=39.2,
+                zero_point=-128, rel=0.1, cosine=1.0, steps=None, max_abs=1.0, clipped=0.0, below_step=0.0,
+                float_range=[9990.0, 10010.0], quant_range=[0.0, 10010.0], jump=0.0, label="input sensor")
+    dumps = NS(meta={"inputs": []})
+    causes = explain([row], dumps, dumps)
+    assert [c.kind for c in causes] == ["offset"], causes
+    assert "subtract the offset before the model" in causes[0].text and "cannot help" in causes[0].text
+    row.float_range = [-5.0, 8000.0]                           # wide data, narrow calibration: the old cause
+    row.quant_range = [-5.0, 80.0]
+    row.clipped = 0.4
+    assert [c.kind for c in explain([row], dumps, dumps)] == ["calibration-scale"]

@@ -361,9 +361,9 @@ def _outlier_evidence(f: np.ndarray, scale: float) -> str | None:
 
 @dataclass
 class Cause:
-    """A likely cause of a divergence: ``kind`` (below-step, outliers, calibration-scale, calibration-coverage,
+    """A likely cause of a divergence: ``kind`` (below-step, outliers, offset, calibration-scale, calibration-coverage,
     clipping or runtime) and ``text``, the cause with its evidence in one line."""
-    kind: str          # below-step | outliers | calibration-scale | calibration-coverage | clipping | runtime
+    kind: str          # below-step | outliers | offset | calibration-scale | calibration-coverage | clipping | runtime
     text: str
 
     def to_json(self) -> dict:
@@ -391,6 +391,17 @@ def explain(rows: list[OpRow], quant: Dump, flt: Dump, pairs: dict | None = None
                 seen.append((qi["name"], qr, [float(f.min()), float(f.max())], clipped))
     for name, (lo, hi), (dlo, dhi), clipped in seen:
         span = max(hi - lo, 1e-12)
+        far = min(abs(dlo), abs(dhi)) if dlo * dhi > 0 else 0.0        # the data's distance from zero
+        if clipped < 0.01 and far > 0 and (dhi - dlo) < 0.1 * far:
+            # int8's range always holds 0: data far from zero and narrow gets a handful of its 256 steps, however
+            # it is calibrated (recalibrating cannot help)
+            steps = (dhi - dlo) / max(span / 255.0, 1e-30)
+            causes.append(Cause("offset", (
+                f"input {name!r} spans [{dlo:.6g}, {dhi:.6g}], far from zero for its width: an integer range must "
+                f"hold 0, so it was quantized over [{lo:.4g}, {hi:.4g}] and the data gets about {steps:.0f} of its "
+                "256 steps; calibrating again cannot help: subtract the offset before the model (normalize in the "
+                "app) or use --quantize dynamic/float32")))
+            continue
         if dhi > hi + 0.25 * span or dlo < lo - 0.25 * span or (dhi - dlo) < 0.25 * span:
             causes.append(Cause("calibration-scale", (
                 f"calibration data on a different scale from the data: input {name!r} was calibrated to "
@@ -418,7 +429,7 @@ def explain(rows: list[OpRow], quant: Dump, flt: Dump, pairs: dict | None = None
     # SOFTMAX/LOGISTIC/TANH have fixed int8 output ranges (softmax tops out one step below 1):
     # values beyond them say nothing about calibration.
     clipping = [r for r in rows if r.op not in ("QUANTIZE",) + FIXED_SCALE_OPS and r.clipped > 0.01]
-    if clipping and not any(c.kind == "calibration-scale" for c in causes):
+    if clipping and not any(c.kind in ("calibration-scale", "offset") for c in causes):
         worst = max(clipping, key=lambda r: r.clipped)
         causes.append(Cause("calibration-coverage", (
             f"values beyond the calibrated range at {len(clipping)} op(s) (worst: op {worst.index} {worst.op} "

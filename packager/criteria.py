@@ -566,6 +566,37 @@ def _rare_r2_min(tol) -> float:
     return 1.0 - (1.0 - float(tol.r2_min)) / 2.0
 
 
+#: A class the model decides on at least this many rows (pixels, positions) must be decided by the bundle at least once.
+LOST_MIN = 3
+
+
+@criterion("class-scores", "pixel-classes")
+def lost_classes(j: Judged) -> Finding | None:
+    """Classes the model decides (argmax, on rows that do not tie within float noise) on at least :data:`LOST_MIN`
+    rows that the bundle never decides: a class that vanishes from the bundle's answers (its recall is 0), whatever
+    the flip budget allows. None when there are no decisions."""
+    d = decisions(j)
+    if d is None or d["ref"].size == 0 or j.ref.shape[-1] < 2:
+        return None
+    c = j.ref.shape[-1]
+    keep = ~d["tied"]
+    model = np.bincount(d["ref"][keep].astype(int), minlength=c)
+    bundle = np.bincount(d["got"][keep].astype(int), minlength=c)
+    lost = [k for k in range(c) if model[k] >= LOST_MIN and bundle[k] == 0]
+    decided = [k for k in range(c) if model[k] >= LOST_MIN]
+    unit = "rows" if j.kind == "class-scores" else "pixels" if j.ref.ndim == 4 else "positions"
+    n = int(keep.sum())
+    text = f"{len(decided) - len(lost)}/{len(decided)} classes the model decides are decided by the bundle"
+    detail = {"lost": lost, "model": [int(v) for v in model], "bundle": [int(v) for v in bundle], "judged": n}
+    if not lost:
+        return Finding("lost classes", 0, 0, False, True, text, "", detail)
+    names = column_names((1, c), c)
+    words = ", ".join(f"class {k} ({names[k]}; the model decides it on {model[k]} of {n} {unit})" for k in lost[:4])
+    reason = (f"the bundle never decides {words}: that class vanishes from its answers; ways out: calibrate on data "
+              "with more of that class, a recipe with more precision (int16x8, dynamic, float16), or --quantize auto")
+    return Finding("lost classes", float(len(lost)), 0, False, False, text, reason, detail)
+
+
 @criterion("class-scores", "pixel-classes")
 def rare_class_scores(j: Judged) -> Finding | None:
     """When one class wins at least :data:`DOMINANT_SHARE` of the rows (pixels, positions), the argmax decisions

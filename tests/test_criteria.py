@@ -293,6 +293,9 @@ def test_every_registered_criterion_speaks_on_its_kind():
             if fn.__name__ == "saturated":
                 bad = np.clip(ref, -0.5, 0.5)               # capped at a range narrower than the model's
                 step = criteria.Step(0.5 / 127, 0, "int8")         # range [-0.504, 0.5]
+            if fn.__name__ == "lost_classes":
+                bad = ref.copy()
+                bad[..., 0] = -1.0                          # class 0 never wins in the bundle
             good = fn(Judged("o", ref, ref.copy(), kind(INT8, k), k, step, None, labels.get(k)
                              if ref is data[k] else None))
             worse = fn(Judged("o", ref, bad, kind(INT8, k), k, step, None, labels.get(k) if ref is data[k] else None))
@@ -309,7 +312,8 @@ def test_every_registered_criterion_speaks_on_its_kind():
                                     ("accuracy", "class-scores"), ("scores", "probabilities"),
                                     ("row_cosine", "embedding"), ("neighbours", "embedding"),
                                     ("column_error", "values"), ("r_squared", "values"),
-                                    ("rare_class_scores", "pixel-classes"), ("saturated", "values")])
+                                    ("rare_class_scores", "pixel-classes"), ("saturated", "values"),
+                                    ("lost_classes", "class-scores")])
 def test_each_criterion_passes_identical_outputs(name, k):
     fn = getattr(criteria, name)
     assert fn in criteria.COMMON or fn in criteria.CRITERIA[k]
@@ -452,3 +456,20 @@ def test_a_capped_output_leads_the_refusal_to_calibration():
                    {"x": rng.uniform(-1, 1, (300, 8)).astype(np.float32)})
     assert "capped at its quantized range" in err.message and "the model reaches" in err.message
     assert err.hint.startswith("calibrate on data covering the outputs' full range") and "6" in err.hint
+
+
+def test_a_class_the_bundle_never_decides_is_refused_whatever_the_flip_budget():
+    """The model decides class 1 on 4 of 200 rows, the bundle never: 4 flips are within int8's 3% budget, but the class
+    vanishes from the bundle's answers (its recall is 0): refused, naming the class and its count."""
+    from packager.compare import compare_output
+    rng = np.random.default_rng(5)
+    ref = softmax(np.column_stack([rng.normal(2, 0.3, 200), rng.normal(0, 0.3, 200), rng.normal(0, 0.3, 200)]))
+    ref[:4, 1] = 0.9                                            # class 1 wins 4 rows by a clear margin
+    got = ref.copy()
+    got[:4, 1] = 0.05                                           # and never in the bundle
+    m = compare_output("p", ref, got, kind(INT8, "class-scores"))
+    assert not m.passed and any("never decides class 1" in r and "4 of 200 rows" in r for r in m.reasons), m.reasons
+    assert compare_output("p", ref, ref.copy(), kind(INT8, "class-scores")).passed
+    kept = got.copy()
+    kept[0, 1] = 0.9                                            # decided once: no class is lost (flips judge the rest)
+    assert not any("never decides" in r for r in compare_output("p", ref, kept, kind(INT8, "class-scores")).reasons)

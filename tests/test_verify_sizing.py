@@ -28,7 +28,7 @@ def _run(monkeypatch, cost: dict, total=64, start_up=0.0):
         return DeviceRun(True, 0, {"y": rows["x"] * 2}, None, start_up + cost[env.runtime] * count, {}), False
     monkeypatch.setattr(emulator, "run_for_verdict", fake)
     monkeypatch.setattr(emulator, "start_up_seconds", lambda env: start_up)
-    monkeypatch.setattr("packager.bundle.files.read_manifest", lambda b: type("M", (), {"outputs": []})())
+    manifest = type("M", (), {"outputs": []})()
     monkeypatch.delenv("EDGEPACK_VERIFY_SAMPLES", raising=False)
     monkeypatch.setenv("EDGEPACK_VERIFY_BUDGET", "2")
     data = Dataset({"x": x}, None, "seed 0", [], "synthetic", [],
@@ -37,7 +37,7 @@ def _run(monkeypatch, cost: dict, total=64, start_up=0.0):
     ready = [(0, _env("fast-rt"), []), (1, _env("slow-rt"), [])]
     tol = {"y": get_recipe("float32").tolerance}
     assert report.runtime_budget(data) == 2.0
-    judged, done = report._sized_by_slowest("bundle", ready, data, [ref], tol, None, {}, None, False, 2.0,
+    judged, done = report._sized_by_slowest("bundle", manifest, ready, data, [ref], tol, None, {}, None, False, 2.0,
                                             lambda m: None, lambda fn, items: [fn(i) for i in items])
     return judged, dict(done), calls
 

@@ -175,6 +175,16 @@ PROBE = 4
 DEFAULT_BUDGET = 2.0
 
 
+def verify_budget() -> float:
+    """Seconds one run over the synthetic samples may take: ``EDGEPACK_VERIFY_BUDGET`` (default
+    :data:`DEFAULT_BUDGET`, also when it is not a number; 0 or less: every sample)."""
+    import os
+    try:
+        return float(os.environ.get("EDGEPACK_VERIFY_BUDGET", DEFAULT_BUDGET))
+    except ValueError:
+        return DEFAULT_BUDGET
+
+
 def sized_to_budget(reference, check: Dataset) -> tuple[Dataset, dict]:
     """(the synthetic ``check`` inputs cut to what a time budget affords, the reference outputs on them). The
     original model runs on a first chunk of :data:`PROBE` samples (tracing and warm-up), then on a second, timed: its
@@ -200,10 +210,7 @@ def sized_to_budget(reference, check: Dataset) -> tuple[Dataset, dict]:
             cut.notes = list(check.notes) + [f"verified on {n} of {total} synthetic samples "
                                              "(EDGEPACK_VERIFY_SAMPLES)"]
         return cut, reference(cut.inputs)
-    try:
-        budget = float(os.environ.get("EDGEPACK_VERIFY_BUDGET", DEFAULT_BUDGET))
-    except ValueError:
-        budget = DEFAULT_BUDGET
+    budget = verify_budget()
     if budget <= 0 or total <= SAMPLE_FLOOR:
         return check, reference(check.inputs)
     parts = [reference({k: v[:PROBE] for k, v in check.inputs.items()})]
@@ -242,8 +249,7 @@ def float_noise(loaded, inputs: dict, reference: dict) -> dict:
     n = min(NOISE_SAMPLES, len(next(iter(inputs.values()))))
 
     def continuous(a) -> bool:   # whole numbers in a float tensor are ids or counts: one ulp is another id
-        a = np.asarray(a)[:n]
-        return a.dtype.kind == "f" and a.size > 0 and not np.all(np.isfinite(a) & (a == np.round(a)))
+        return _continuous(np.asarray(a)[:n])
     if not any(continuous(a) for a in inputs.values()):
         return {}
     stage("measuring the model's own float noise")
@@ -273,7 +279,7 @@ def input_resolution(recipe) -> str | None:
     """The resolution at which ``recipe``'s bundle sees continuous values: "8-bit" (activations quantized to int8:
     dynamic, int8, int4 weights with dynamic activations), "16-bit" (int16x8), "float16", or None (float32, a
     bundle brought as it is)."""
-    if recipe is None or recipe.engine == "as-is" or recipe.name == "float32":
+    if recipe is None or not recipe.quantizes:
         return None
     if "float16" in recipe.supported_types:
         return "float16"

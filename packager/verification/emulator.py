@@ -11,6 +11,7 @@ plain venvs without system site-packages, so the host's TensorFlow is not import
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -40,14 +41,12 @@ RUNTIME_MEMORY_ENV = "EDGEPACK_RUNTIME_MEMORY_MB"   # read by the device script'
 DEFAULT_RUNTIME_MEMORY_MB = 4096
 
 
+@functools.lru_cache(maxsize=1)
 def _device_exit() -> dict:
     """The device script's exit codes and what they mean (its own table, the one source): read when first needed,
     since importing the script imports numpy (an unchanged build never needs it)."""
-    global DEVICE_EXIT
-    if "DEVICE_EXIT" not in globals():
-        from device_runtime.edgepack_run import EXIT_MEANINGS
-        DEVICE_EXIT = {code: meaning for code, meaning in EXIT_MEANINGS.items() if code}
-    return DEVICE_EXIT
+    from device_runtime.edgepack_run import EXIT_MEANINGS
+    return {code: meaning for code, meaning in EXIT_MEANINGS.items() if code}
 
 
 def __getattr__(name):     # DEVICE_EXIT, the module attribute (PEP 562)

@@ -233,19 +233,16 @@ def runtime_budget(data: Dataset) -> float | None:
     held-out or calibration data, length variants, a pinned count (``EDGEPACK_VERIFY_SAMPLES``), budget 0, or no
     more than the floor."""
     import os
-    from ..convert.jobs import DEFAULT_BUDGET, SAMPLE_FLOOR
+    from ..convert.jobs import SAMPLE_FLOOR, verify_budget
     if data.evidence != "synthetic" or data.variants or os.environ.get("EDGEPACK_VERIFY_SAMPLES", "").strip() \
             or data.count <= SAMPLE_FLOOR:
         return None
-    try:
-        budget = float(os.environ.get("EDGEPACK_VERIFY_BUDGET", DEFAULT_BUDGET))
-    except ValueError:
-        budget = DEFAULT_BUDGET
+    budget = verify_budget()
     return budget if budget > 0 else None
 
 
-def _sized_by_slowest(bundle: Path, ready: list, data: Dataset, references: list, tol, noise, steps, host_outputs,
-                      use_cache: bool, budget: float, progress, each) -> tuple[Dataset, list]:
+def _sized_by_slowest(bundle: Path, manifest, ready: list, data: Dataset, references: list, tol, noise, steps,
+                      host_outputs, use_cache: bool, budget: float, progress, each) -> tuple[Dataset, list]:
     """Verification sized by the slowest runtime (issue 23: tflite-runtime 2.14 ran the Transformer 3.5x slower than
     ai-edge-litert, which the reference's cost cannot see). Every runtime runs the first :data:`SAMPLE_FLOOR`
     samples, timed (less the script's start-up without a model, its ``--info`` call: the model's loading stays in, so
@@ -254,10 +251,8 @@ def _sized_by_slowest(bundle: Path, ready: list, data: Dataset, references: list
     run the rest of that count, and every verdict is judged on the same first samples. A cut count is said in the
     notes with the figures it came from (the reference's own cut note is replaced). (``data`` as judged, results)."""
     import re
-    from ..bundle.files import read_manifest
     from ..convert.jobs import SAMPLE_FLOOR
     from .emulator import judge, run_for_verdict, start_up_seconds
-    manifest = read_manifest(bundle)
     scales = steps if steps is not None else {t.name: t.scale for t in manifest.outputs if t.quantized}
     total, first = data.count, SAMPLE_FLOOR
 
@@ -364,8 +359,8 @@ def verify_staged(bundle: Path, manifest, profile, rec, selected, data: Dataset,
     if budget is None:
         done = each(run, ready)
     else:
-        data, done = _sized_by_slowest(bundle, ready, data, references, tol, noise, steps, host_outputs, use_cache,
-                                       budget, progress, each)
+        data, done = _sized_by_slowest(bundle, manifest, ready, data, references, tol, noise, steps, host_outputs,
+                                       use_cache, budget, progress, each)
     for k, result in done:
         results[k] = result
     unavailable = [r for r in results if r.status == "unavailable"]

@@ -195,3 +195,36 @@ def test_float_ids_feeding_an_embedding_are_ids(tmp_path):
     check = {"tokens": np.random.default_rng(1).integers(0, 200, (64, 10)).astype(np.float32)}
     assert _ids(loaded) == ("tokens",)
     assert _likely_cause([], get_recipe("int8"), cal, check, ids=_ids(loaded)) is None
+
+
+def test_domains_freeze_only_models_that_index_a_table(tmp_path, monkeypatch):
+    """gather_domains freezes the model (every weight copied into a graph: ResNet50 ~1 GB and 3 s) only when some
+    gather reads a table: an Embedding (Keras 3's GatherV2 on a variable read, tf-keras's ResourceGather) does; a
+    Dense on a sequence (Tensordot gathers from a Shape) and a conv net do not, and their loading never freezes."""
+    import keras
+    import tensorflow.python.framework.convert_to_constants as c2c
+    from packager.load.formats import load_model
+    calls = []
+    real = c2c.convert_variables_to_constants_v2
+    monkeypatch.setattr(c2c, "convert_variables_to_constants_v2", lambda *a, **k: calls.append(1) or real(*a, **k))
+    keras.utils.set_random_seed(0)
+    seq = keras.Input((6, 5), name="x")
+    dense_seq = keras.Model(seq, keras.layers.Dense(3, name="y")(keras.layers.Dense(4)(seq)))
+    img = keras.Input((8, 8, 3), name="x")
+    conv = keras.Model(img, keras.layers.GlobalAveragePooling2D(name="y")(keras.layers.Conv2D(2, 3)(img)))
+    tok = keras.Input((7,), dtype="int32", name="tokens")
+    emb = keras.Model(tok, keras.layers.GlobalAveragePooling1D(name="y")(keras.layers.Embedding(50, 4)(tok)))
+    for name, model, freezes, domain in (("seq", dense_seq, 0, None), ("conv", conv, 0, None),
+                                         ("emb", emb, 1, (0, 50))):
+        model.save(tmp_path / f"{name}.keras")
+        calls.clear()
+        loaded = load_model(str(tmp_path / f"{name}.keras"))
+        assert len(calls) == freezes, name
+        assert loaded.inputs[0].domain == domain, name
+    import tf_keras
+    t = tf_keras.Input((7,), dtype="int32", name="tokens")
+    legacy = tf_keras.Model(t, tf_keras.layers.GlobalAveragePooling1D(name="y")(tf_keras.layers.Embedding(30, 4)(t)))
+    legacy.save(tmp_path / "legacy.h5")
+    calls.clear()
+    loaded = load_model(str(tmp_path / "legacy.h5"))
+    assert calls and loaded.inputs[0].domain == (0, 30)

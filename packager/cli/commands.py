@@ -32,7 +32,7 @@ ENVIRONMENT = {
     "EDGEPACK_DEVICE_CHUNK_MB": "verify on a device: MiB of inputs sent per run [8]",
     "EDGEPACK_VERIFY_JOBS": "runtime environments verifying at once [the CPUs edgepack may use]",
     "EDGEPACK_VERIFY_BUDGET": "seconds one run of the model over synthetic check inputs may take; fewer samples "
-                              "(floor 16, said in the verdict) when slower [2; 0: all 64]",
+                              "(floor 16, said in the verdict) when slower [1; 0: all 64]",
     "EDGEPACK_VERIFY_SAMPLES": "synthetic check inputs: this many samples (of 64), said in the verdict",
     "EDGEPACK_DEBUG": "1: traceback of an internal error",
     "EDGEPACK_IN_PROCESS": "1: TensorFlow in this process, not a child",

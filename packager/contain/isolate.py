@@ -49,7 +49,12 @@ def crash_seam(point: str) -> None:
 def stage(message: str, path: str | None = None) -> None:
     """Called by jobs: tell the parent what is running now (shown as progress, and named if the
     child dies there); ``path`` names the conversion path being tried, so a crash on one path
-    lets the parent try the others. In-process, it goes straight to the progress callback."""
+    lets the parent try the others. In-process, it goes straight to the progress callback. Only the main thread
+    reports: a stage is what a crash is blamed on, and the reference run beside a conversion
+    (:class:`packager.convert.jobs.Later`) must not take that from the conversion (nor interleave on the pipe)."""
+    import threading
+    if threading.current_thread() is not threading.main_thread():
+        return
     conn = _STAGE["conn"]
     if conn is not None:
         try:

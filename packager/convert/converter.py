@@ -142,11 +142,22 @@ def convert(loaded: LoadedModel, recipe: Recipe, io: str, calibration: dict | No
     recipe's). ``reference``: the original model's outputs on ``check_inputs`` when the caller has
     them already; ``labels``/``noise`` as in :func:`packager.compare.compare_all`. ``keep_best`` (``--no-verify``):
     when no path matches, the best path that ran is returned with its failing metrics instead of a refusal.
+    ``reference`` and ``noise`` may be functions giving them (computed beside this conversion,
+    :class:`packager.convert.jobs.Later`): they are called only once the first path has converted, before its check,
+    and before any other path is tried (another path may trace the model again).
     Raises :class:`ConversionError` naming the best path's numbers and likely cause."""
     recipe.check_request(io, calibration is not None)
     tf = import_tf()
     if reference is None:
         reference = loaded.reference(check_inputs)
+    pending = callable(reference) or callable(noise)
+
+    def settle() -> None:
+        nonlocal reference, noise, pending
+        if pending:
+            reference = reference() if callable(reference) else reference
+            noise = noise() if callable(noise) else noise
+            pending = False
     attempts: list[Attempt] = []
     ran: dict = {}                       # path -> (candidate, model bytes) of paths that ran
     order = {"inputs": [s.name for s in loaded.inputs], "outputs": [s.name for s in loaded.outputs]}
@@ -156,7 +167,9 @@ def convert(loaded: LoadedModel, recipe: Recipe, io: str, calibration: dict | No
         candidates = sorted(candidates, key=lambda c: not c.calibration_first)
     failed_numbers: dict = {}            # Candidate.numbers -> the path of that family that failed on accuracy
     failed_bytes: dict = {}              # sha256 of a model that ran and failed on accuracy -> its attempt
-    for cand in candidates:
+    for tried, cand in enumerate(candidates):
+        if tried:
+            settle()
         if cand.name in skip:
             attempts.append(Attempt(cand.name, False, "skipped: TensorFlow crashed on this path in an earlier "
                                                       "attempt (its crash is reported separately)"))
@@ -178,6 +191,7 @@ def convert(loaded: LoadedModel, recipe: Recipe, io: str, calibration: dict | No
         except Exception as exc:  # noqa: BLE001 - each path's failure is recorded and the next tried
             attempts.append(Attempt(cand.name, False, one_line(exc)))
             continue
+        settle()
         sha = hashlib.sha256(model).hexdigest()
         if sha in failed_bytes:
             same = failed_bytes[sha]
@@ -199,6 +213,7 @@ def convert(loaded: LoadedModel, recipe: Recipe, io: str, calibration: dict | No
             failed_bytes[sha] = attempt
             if cand.numbers:
                 failed_numbers.setdefault(cand.numbers, cand.name)
+    settle()
     ids = tuple(s.name for s in loaded.inputs if np.dtype(s.dtype).kind in "iu" or s.domain is not None)
     refusal = no_match(attempts, recipe, calibration, check_inputs,
                         lambda path: _first_divergence(tf, loaded, recipe, ran.get(path), check_inputs), ids)

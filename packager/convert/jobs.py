@@ -71,9 +71,9 @@ def prepare(model: str, recipe_name: str, io: str, calibration: str | None, data
     SavedModel signature to convert; ``custom``: the ``--custom-objects`` of :func:`packager.load.custom.resolve`,
     imported here, in the child), read calibration and check data, convert (skipping paths in ``skip``), compute the
     reference outputs of every check group. Raises UsageError, ConversionError or VerificationError."""
-    loaded, cal, check, references, noise = _load_for_conversion(model, calibration, data, trust, signature, custom,
-                                                                 overrides)
-    prepared = _convert_recipe(loaded, cal, check, references, noise, recipe_name, io, overrides, skip)
+    loaded, cal, check, side = _load_for_conversion(model, calibration, data, trust, signature, custom, overrides,
+                                                    beside=recipe_name)
+    prepared = _convert_recipe(loaded, cal, check, side, recipe_name, io, overrides, skip)
     # The result is encoded whole on its way to the parent (the .tflite and the check inputs: ~50 MB
     # for a MobileNetV2): drop the model and its traced functions first, so that copy does not
     # stack on top of them and set the child's peak.
@@ -88,12 +88,11 @@ def prepare_sweep(model: str, recipe_names: list, io: str, calibration: str | No
     """Several recipes of one model in one child: loading, data and reference outputs are shared.
     Returns ``[(recipe name, Prepared or the EdgepackError that recipe ended with)]`` in order."""
     from ..errors import EdgepackError
-    loaded, cal, check, references, noise = _load_for_conversion(model, calibration, data, trust, signature, custom,
-                                                                 overrides)
+    loaded, cal, check, side = _load_for_conversion(model, calibration, data, trust, signature, custom, overrides)
     out = []
     for name in recipe_names:
         try:
-            out.append((name, _convert_recipe(loaded, cal, check, references, noise, name, io, overrides, ())))
+            out.append((name, _convert_recipe(loaded, cal, check, side, name, io, overrides, ())))
         except EdgepackError as exc:
             out.append((name, exc))
     del loaded, cal
@@ -101,8 +100,59 @@ def prepare_sweep(model: str, recipe_names: list, io: str, calibration: str | No
     return out
 
 
+class Later:
+    """A value computed by ``fn`` in a background thread while the main thread converts; :meth:`get` waits for it and
+    raises its error. TensorFlow's converter holds one core (its CPU time equals its wall time: ResNet50 3.9 s,
+    the Transformer 3.3 s), so the original model's reference outputs and float noise, which it does not need, run
+    beside the first conversion path on the other (issue 23)."""
+
+    def __init__(self, fn):
+        import threading
+        self._value, self._error = None, None
+        self._done = threading.Event()
+        threading.Thread(target=self._run, args=(fn,), name="edgepack-reference", daemon=True).start()
+
+    def _run(self, fn) -> None:
+        try:
+            self._value = fn()
+        except BaseException as exc:  # noqa: BLE001 - raised in the main thread by get()
+            self._error = exc
+        finally:
+            self._done.set()
+
+    def get(self):
+        """The value, once ``fn`` has returned (waiting for it); ``fn``'s exception when it raised one."""
+        self._done.wait()
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
+def resolved(value):
+    """``value``, or what it stands for when it is a :class:`Later`."""
+    return value.get() if isinstance(value, Later) else value
+
+
+def overlaps(loaded, recipe_name: str | None) -> bool:
+    """Whether the reference side may run beside the first conversion of ``loaded`` with ``recipe_name``: a Keras
+    model whose first path is ``keras-concrete-function`` (it freezes the call traced at load: nothing is traced
+    again while the reference runs it; recurrent models start with paths that trace) and an engine that converts
+    with TensorFlow's converter (the others take the reference at once). ``EDGEPACK_SERIAL=1``: never."""
+    import os
+    from ..recipes import get_recipe
+    if os.environ.get("EDGEPACK_SERIAL", "") not in ("", "0") or recipe_name is None:
+        return False
+    return (loaded.format in ("keras-v3", "keras-h5") and bool(loaded.candidates)
+            and loaded.candidates[0].name == "keras-concrete-function"
+            and get_recipe(recipe_name).engine == "tflite-converter")
+
+
 def _load_for_conversion(model: str, calibration: str | None, data: str | None, trust: bool,
-                         signature: str | None = None, custom: tuple | None = None, overrides: dict | None = None):
+                         signature: str | None = None, custom: tuple | None = None, overrides: dict | None = None,
+                         beside: str | None = None):
+    """(loaded model, calibration, check inputs, the reference side: (reference outputs per check group, float
+    noise), or a :class:`Later` of them computed beside the first conversion when ``beside`` (the recipe) allows it,
+    :func:`overlaps`)."""
     from ..contain.isolate import stage
     from ..load.formats import load_model
     stage(f"loading {Path(model).name}")
@@ -114,12 +164,23 @@ def _load_for_conversion(model: str, calibration: str | None, data: str | None, 
     # The original model's outputs, computed once: the conversion check and the bundle's
     # verification use the same inputs (check.groups[0] is check.inputs).
     stage("computing the original model's outputs")
+    later = overlaps(loaded, beside)
     if check.evidence == "synthetic" and not check.variants:
-        check, first = sized_to_budget(loaded.reference, check)
+        check, first = sized_to_budget(loaded.reference, check, defer=later)
+        if later:
+            def side():
+                refs = [first()]
+                return refs, float_noise(loaded, check.groups[0], refs[0])
+            return loaded, cal, check, Later(side)
         references = [first]
+    elif later and not check.variants:
+        def side():
+            refs = references_of(loaded.reference, check)[1]
+            return refs, float_noise(loaded, check.groups[0], refs[0])
+        return loaded, cal, check, Later(side)
     else:
         check, references = references_of(loaded.reference, check)
-    return loaded, cal, check, references, float_noise(loaded, check.groups[0], references[0])
+    return loaded, cal, check, (references, float_noise(loaded, check.groups[0], references[0]))
 
 
 def references_of(reference, dataset: Dataset) -> tuple[Dataset, list]:
@@ -189,7 +250,7 @@ def verify_budget() -> float:
         return DEFAULT_BUDGET
 
 
-def sized_to_budget(reference, check: Dataset) -> tuple[Dataset, dict]:
+def sized_to_budget(reference, check: Dataset, defer: bool = False) -> tuple[Dataset, dict]:
     """(the synthetic ``check`` inputs cut to what a time budget affords, the reference outputs on them). The
     original model runs on a first chunk of :data:`PROBE` samples (tracing and warm-up), then on a second, timed: its
     cost per sample sizes the count so that one run over the samples takes about ``EDGEPACK_VERIFY_BUDGET`` seconds
@@ -197,7 +258,8 @@ def sized_to_budget(reference, check: Dataset) -> tuple[Dataset, dict]:
     :data:`SAMPLE_FLOOR`. ``EDGEPACK_VERIFY_SAMPLES=N`` pins the count. Every check and verification run the model
     that many times (the reference, its float noise, the conversion check, each runtime), so the budget bounds
     them all; a cut count is said in the verdict's notes with the figures it came from (issue 23). Only synthetic
-    inputs are cut: held-out data and calibration samples are all used."""
+    inputs are cut: held-out data and calibration samples are all used. ``defer``: the count is settled now (its probe
+    runs here) and the outputs are returned as a function computing the rest (for :class:`Later`)."""
     import os
     import time
     import numpy as np
@@ -213,10 +275,10 @@ def sized_to_budget(reference, check: Dataset) -> tuple[Dataset, dict]:
         if n < total:
             cut.notes = list(check.notes) + [f"verified on {n} of {total} synthetic samples "
                                              "(EDGEPACK_VERIFY_SAMPLES)"]
-        return cut, reference(cut.inputs)
+        return cut, ((lambda: reference(cut.inputs)) if defer else reference(cut.inputs))
     budget = verify_budget()
     if budget <= 0 or total <= SAMPLE_FLOOR:
-        return check, reference(check.inputs)
+        return check, ((lambda: reference(check.inputs)) if defer else reference(check.inputs))
     parts = [reference({k: v[:PROBE] for k, v in check.inputs.items()})]
     start = time.perf_counter()
     parts.append(reference({k: v[PROBE:2 * PROBE] for k, v in check.inputs.items()}))
@@ -225,16 +287,19 @@ def sized_to_budget(reference, check: Dataset) -> tuple[Dataset, dict]:
     while n > SAMPLE_FLOOR and n * per > budget:
         n //= 2
     n = max(n, SAMPLE_FLOOR, 2 * PROBE)
-    if n > 2 * PROBE:
-        parts.append(reference({k: v[2 * PROBE:n] for k, v in check.inputs.items()}))
+
+    def rest() -> dict:
+        if n > 2 * PROBE:
+            parts.append(reference({k: v[2 * PROBE:n] for k, v in check.inputs.items()}))
+        return join(parts)
     if n == total:
-        return check, join(parts)
+        return check, (rest if defer else rest())
     cut = check.head(n)
     cut.notes = list(check.notes) + [
         f"verified on {n} of {total} synthetic samples: one inference of the original model took {per:.2f} s here, "
         f"and each run over the samples is sized to about {budget:g} s (EDGEPACK_VERIFY_BUDGET; "
         f"EDGEPACK_VERIFY_SAMPLES=N pins the count; --data with held-out inputs uses them all)"]
-    return cut, join(parts)
+    return cut, (rest if defer else rest())
 
 
 NOISE_SAMPLES = 64
@@ -370,23 +435,38 @@ def _continuous(a) -> bool:
     return a.dtype.kind == "f" and a.size > 0 and not np.all(np.isfinite(a) & (a == np.round(a)))
 
 
-def _convert_recipe(loaded, cal, check, references, noise, recipe_name: str, io: str, overrides, skip) -> Prepared:
+def _convert_recipe(loaded, cal, check, side, recipe_name: str, io: str, overrides, skip) -> Prepared:
+    """``side``: (reference outputs per check group, float noise), or a :class:`Later` of them, which the first
+    conversion path runs beside (the converter waits for it before it checks a model or tries another path)."""
     from .engines import convert, get_engine
+    from ..errors import EdgepackError
     from ..recipes import get_recipe, resolve_tolerance
     recipe = get_recipe(recipe_name)
-    noise = {**noise, **resolution_moves(loaded, check.groups[0], references[0], input_resolution(recipe))}
+    settled: dict = {}
+
+    def ready() -> tuple[list, dict]:
+        if not settled:
+            refs, base = resolved(side)
+            settled.update(refs=refs, noise={**base, **resolution_moves(loaded, check.groups[0], refs[0],
+                                                                          input_resolution(recipe))})
+        return settled["refs"], settled["noise"]
+    if not isinstance(side, Later):
+        ready()
     tolerance = resolve_tolerance(recipe.tolerance, [s.name for s in loaded.outputs], overrides=overrides)
     try:
         conversion = convert(loaded, recipe, io, cal.inputs if cal else None, check.inputs, tolerance=tolerance,
-                             skip=tuple(skip), reference=references[0], labels=check.labels, noise=noise,
+                             skip=tuple(skip), reference=settled["refs"][0] if settled else lambda: ready()[0][0],
+                             labels=check.labels, noise=settled["noise"] if settled else lambda: ready()[1],
                              keep_best=bool((overrides or {}).get("no_verify")))
-    except VerificationError as exc:
-        if check.evidence == "synthetic":
+    except EdgepackError as exc:
+        ready()      # the original model's own error comes first, as when it ran before any conversion
+        if isinstance(exc, VerificationError) and check.evidence == "synthetic":
             exc.hint = ("these numbers come from synthetic inputs (uniform [0, 1) floats" +
                         (", ids over the vocabulary" if any(s.domain for s in loaded.inputs) else "") +
                         "); if the model's real inputs look different (bits, pixels 0..255, ids), pass --data with "
                         "real inputs; " + (exc.hint or ""))
         raise
+    references, noise = ready()
     fixed = dict(loaded.fixed)
     notes = list(loaded.notes)
     failing = [f"{m.name}: {'; '.join(m.reasons)}" for m in conversion.metrics if not m.passed]

@@ -15,6 +15,7 @@ import os
 import re
 import sys
 import tempfile
+import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,25 +65,40 @@ class LoadedModel:
     output_renames: dict = field(default_factory=dict)   # a user's .tflite: its output name -> the reference's
 
 
+_QUIET_LOCK = threading.Lock()
+_QUIET: dict = {"depth": 0}
+
+
 @contextlib.contextmanager
 def native_quiet():
     """Send what TensorFlow's C++ side writes to fd 2 (absl/cuda banners, converter chatter) to a
-    temp file instead of the user's terminal; EDGEPACK_DEBUG=1 shows it."""
+    temp file instead of the user's terminal, and Python warnings nowhere; EDGEPACK_DEBUG=1 shows both. Nested and
+    concurrent uses (the reference run beside a conversion, :class:`packager.convert.jobs.Later`) share one
+    redirection: the first to enter sets it up, the last to leave restores fd 2 and the warning filters."""
     if os.environ.get("EDGEPACK_DEBUG"):
         yield
         return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as sink:
-        os.dup2(sink.fileno(), 2)
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                yield
-        finally:
+    with _QUIET_LOCK:
+        if _QUIET["depth"] == 0:
             sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
+            sink = tempfile.TemporaryFile()
+            caught = warnings.catch_warnings()
+            caught.__enter__()
+            warnings.simplefilter("ignore")
+            _QUIET.update(saved=os.dup(2), sink=sink, caught=caught)
+            os.dup2(sink.fileno(), 2)
+        _QUIET["depth"] += 1
+    try:
+        yield
+    finally:
+        with _QUIET_LOCK:
+            _QUIET["depth"] -= 1
+            if _QUIET["depth"] == 0:
+                sys.stderr.flush()
+                os.dup2(_QUIET["saved"], 2)
+                os.close(_QUIET["saved"])
+                _QUIET["sink"].close()
+                _QUIET["caught"].__exit__(None, None, None)
 
 
 def import_tf():

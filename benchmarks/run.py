@@ -52,7 +52,10 @@ GOALS = {
 
 # --------------------------------------------------------------------------- processes
 def run(argv, env=None, cwd=None, timeout=900) -> dict:
-    """Run one process; wall time from spawn to reaped, its own peak RSS (wait4), stdout/stderr."""
+    """Run one process; wall time from spawn to reaped, its own peak RSS (wait4), stdout/stderr. Python writes and
+    reads bytecode as an installed tool does (PYTHONDONTWRITEBYTECODE is dropped: with it, every run of a fresh
+    checkout compiles edgepack's modules again, ~0.1 s, a third of an unchanged rebuild)."""
+    env = {k: v for k, v in (os.environ if env is None else env).items() if k != "PYTHONDONTWRITEBYTECODE"}
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         spawn = time.time()
         t0 = time.perf_counter()

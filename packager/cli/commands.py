@@ -34,6 +34,7 @@ ENVIRONMENT = {
     "EDGEPACK_VERIFY_BUDGET": "seconds one run of the model over synthetic check inputs may take; fewer samples "
                               "(floor 16, said in the verdict) when slower [1; 0: all 64]",
     "EDGEPACK_VERIFY_SAMPLES": "synthetic check inputs: this many samples (of 64), said in the verdict",
+    "EDGEPACK_SERIAL": "1: reference outputs computed after the conversion, not beside it (same results)",
     "EDGEPACK_DEBUG": "1: traceback of an internal error",
     "EDGEPACK_IN_PROCESS": "1: TensorFlow in this process, not a child",
     "EDGEPACK_RUNTIME": "device script: runtime to import (--runtime)",

@@ -119,3 +119,20 @@ def test_only_the_main_thread_reports_a_stage():
         isolate._STAGE.clear()
         isolate._STAGE.update(saved)
     assert seen == ["main"]
+
+
+def test_the_model_is_released_before_sending_only_when_that_lowers_the_peak(monkeypatch):
+    """The result crosses to the parent as one message (~2x its bytes at once): the model is dropped first when that
+    copy would lift the child's peak (a small model: issue 15), and not when the conversion's peak is above it (a
+    large one: the release costs 0.45 s and lowers nothing); without /proc, always."""
+    released = []
+    monkeypatch.setattr(jobs, "_release_tensorflow_memory", lambda: released.append(1))
+    result = [("float32", {"model": b"x" * (10 * 2 ** 20), "inputs": np.zeros((4, 2 ** 18), np.float32)})]
+    assert jobs._nbytes(result) == 14 * 2 ** 20
+    for rss_peak, release in (((1000.0, 3000.0), False), ((1000.0, 1020.0), True), (None, True)):
+        released.clear()
+        monkeypatch.setattr(jobs, "_memory_mib", lambda: rss_peak)
+        jobs._release_before_sending(result)
+        assert bool(released) is release, rss_peak
+    got = jobs._memory_mib()
+    assert got is None or 0 < got[0] <= got[1]
